@@ -1,0 +1,47 @@
+"""batchgen's exceptions, one tree; the CLI turns each into an exit code.
+
+BatchgenError                 any error batchgen reports to the user (exit 1 unless stated)
+├── ManifestInvalid           validation problems, all of them (exit 1)
+├── LedgerError               the ledger file cannot be used
+│   ├── JobConflict           a job changed under the same id (exit 1)
+│   └── LedgerBusy            another runner holds the ledger (exit 1)
+├── AuthError                 OKAYPIC_API_KEY missing or refused (exit 4)
+└── StoppedResumable          work remains and `resume` will continue it (exit 3)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchgen.problems import Problem
+
+
+class BatchgenError(Exception):
+    exit_code = 1
+
+
+class ManifestInvalid(BatchgenError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in the manifest")
+
+
+class LedgerError(BatchgenError):
+    pass
+
+
+class JobConflict(LedgerError):
+    pass
+
+
+class LedgerBusy(LedgerError):
+    pass
+
+
+class AuthError(BatchgenError):
+    exit_code = 4
+
+
+class StoppedResumable(BatchgenError):
+    exit_code = 3
