@@ -131,19 +131,30 @@ def check_request(request: dict[str, Any], catalog: Catalog | None = None) -> li
     duration = request.get("duration")
     if duration is not None and "duration" in model.fields:
         if not _is_int(duration):
-            problems.append(("duration", f"duration {duration!r} must be a whole number of seconds"))
+            problems.append(
+                ("duration", f"duration {duration!r} must be a whole number of seconds")
+            )
         elif not model.duration_allowed(duration):
             problems.append(
-                ("duration", f"duration {duration} is not allowed for {name} "
-                             f"(allowed: {model.allowed_durations()})")
+                (
+                    "duration",
+                    f"duration {duration} is not allowed for {name} "
+                    f"(allowed: {model.allowed_durations()})",
+                )
             )
 
-    for field, allowed in (("ratio", spec.get("ratios")), ("resolution", spec.get("resolutions")),
-                           ("variant", list(spec.get("variants", {})) or None)):
+    for field, allowed in (
+        ("ratio", spec.get("ratios")),
+        ("resolution", spec.get("resolutions")),
+        ("variant", list(spec.get("variants", {})) or None),
+    ):
         value = request.get(field)
         if value is not None and allowed is not None and value not in allowed:
             problems.append(
-                (field, f"{field} {value!r} is not allowed for {name} (allowed: {', '.join(allowed)})")
+                (
+                    field,
+                    f"{field} {value!r} is not allowed for {name} (allowed: {', '.join(allowed)})",
+                )
             )
 
     problems.extend(_check_media(request, model))
@@ -158,29 +169,45 @@ def _check_media(request: dict[str, Any], model: Model) -> list[tuple[str, str]]
     problems: list[tuple[str, str]] = []
     if ref_mode is not None and "ref_mode" in model.fields and ref_mode not in ref_modes:
         allowed = ", ".join(ref_modes)
-        problems.append(("ref_mode", f"ref_mode {ref_mode!r} is not allowed for {name} (allowed: {allowed})"))
+        problems.append(
+            ("ref_mode", f"ref_mode {ref_mode!r} is not allowed for {name} (allowed: {allowed})")
+        )
     if media is None or "media" not in model.fields:
         return problems
     if not isinstance(media, list):
         return problems + [("media", "media must be a list of {type, url} items")]
     types: list[str] = []
     for i, item in enumerate(media):
-        if (not isinstance(item, dict) or not isinstance(item.get("url"), str)
-                or not item["url"].strip() or set(item) - {"type", "url"}):
-            problems.append((f"media[{i}]", "each media item must be {type, url} with a non-empty url"))
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("url"), str)
+            or not item["url"].strip()
+            or set(item) - {"type", "url"}
+        ):
+            problems.append(
+                (f"media[{i}]", "each media item must be {type, url} with a non-empty url")
+            )
             continue
         types.append(str(item.get("type")))
 
     if ref_modes:  # Seedance: the ref_mode decides what media may be sent
         if media and ref_mode is None:
-            problems.append(("ref_mode", f"ref_mode is required with media for {name} "
-                                         f"(one of: {', '.join(ref_modes)})"))
+            problems.append(
+                (
+                    "ref_mode",
+                    f"ref_mode is required with media for {name} (one of: {', '.join(ref_modes)})",
+                )
+            )
             return problems
         rule = ref_modes.get(ref_mode) if isinstance(ref_mode, str) else None
         if rule is None:
             return problems
         where = f"ref_mode {ref_mode}"
-        allowed_types, max_items, max_per_type = rule["types"], rule["max_items"], rule["max_per_type"]
+        allowed_types, max_items, max_per_type = (
+            rule["types"],
+            rule["max_items"],
+            rule["max_per_type"],
+        )
     else:  # e.g. Veo: images only, as many as the variant allows
         where = name
         allowed_types = spec.get("media_types", [])
@@ -191,14 +218,23 @@ def _check_media(request: dict[str, Any], model: Model) -> list[tuple[str, str]]
             where = f"variant {request.get('variant')}"
     for i, kind in enumerate(types):
         if kind not in allowed_types:
-            problems.append((f"media[{i}]", f"media type {kind!r} is not allowed with {where} "
-                                            f"(allowed: {', '.join(allowed_types)})"))
+            problems.append(
+                (
+                    f"media[{i}]",
+                    f"media type {kind!r} is not allowed with {where} "
+                    f"(allowed: {', '.join(allowed_types)})",
+                )
+            )
     if max_items is not None and len(media) > max_items:
-        problems.append(("media", f"{len(media)} media items is more than {where} allows ({max_items})"))
+        problems.append(
+            ("media", f"{len(media)} media items is more than {where} allows ({max_items})")
+        )
     for kind, limit in max_per_type.items():
         count = types.count(kind)
         if count > limit:
-            problems.append(("media", f"{count} {kind} items is more than {where} allows ({limit})"))
+            problems.append(
+                ("media", f"{count} {kind} items is more than {where} allows ({limit})")
+            )
     return problems
 
 
@@ -210,8 +246,9 @@ def price_micros(request: dict[str, Any], catalog: Catalog | None = None) -> int
     pricing = model.spec.get("pricing", {})
     if "per_second_usd" in pricing:
         rate = pricing["per_second_usd"]
-        has_video = any(isinstance(m, dict) and m.get("type") == "video"
-                        for m in request.get("media") or [])
+        has_video = any(
+            isinstance(m, dict) and m.get("type") == "video" for m in request.get("media") or []
+        )
         if has_video and "per_second_with_video_ref_usd" in pricing:
             rate = pricing["per_second_with_video_ref_usd"]
         return to_micros(rate) * int(request["duration"])

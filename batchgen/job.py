@@ -15,6 +15,12 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def fingerprint(request: dict[str, Any], tags: list[str]) -> str:
+    """SHA-256 of a request body and tags: equal fingerprints mean the same job content."""
+    content = {"request": request, "tags": sorted(tags)}
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
 @dataclass(slots=True)
 class Job:
     campaign: str
@@ -32,15 +38,20 @@ class Job:
     def request(self) -> dict[str, Any]:
         """The JSON body POSTed for this job (catalog defaults filled in)."""
         return catalog.request_body(
-            {"model": self.model, "prompt": self.prompt, "duration": self.duration,
-             "ratio": self.ratio, "variant": self.variant, "ref_mode": self.ref_mode,
-             "resolution": self.resolution, "media": self.media}
+            {
+                "model": self.model,
+                "prompt": self.prompt,
+                "duration": self.duration,
+                "ratio": self.ratio,
+                "variant": self.variant,
+                "ref_mode": self.ref_mode,
+                "resolution": self.resolution,
+                "media": self.media,
+            }
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 of the request body and tags: equal fingerprints mean the same job content."""
-        content = {"request": self.request(), "tags": sorted(self.tags)}
-        return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+        return fingerprint(self.request(), self.tags)
 
     def cost_micros(self) -> int:
         """The price of one accepted attempt."""

@@ -1,0 +1,558 @@
+"""The ledger: batchgen's SQLite file, and the only module that speaks SQL.
+
+Every write is one `BEGIN IMMEDIATE` transaction on a WAL database with
+`synchronous=FULL`, so a kill -9 at any moment leaves the last committed state, which is
+always one the scheduler can resume from. Table and column meanings are in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from batchgen import catalog
+from batchgen.errors import JobConflict, LedgerBusy, LedgerError
+from batchgen.job import Campaign, Job, canonical_json
+from batchgen.job import fingerprint as job_fingerprint
+from batchgen.migrations import migrate
+
+DEFAULT_PATH = "batchgen.db"
+UNFINISHED = ("queued", "submitting", "running")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class LedgerJob:
+    """A job as the scheduler sees it: enough to submit and poll it."""
+
+    campaign: str
+    id: str
+    model: str
+    kind: str
+    request: dict[str, Any]
+    fingerprint: str
+    price_micros: int
+    duration: int | None
+    status: str
+    task_id: str | None
+    attempts: int
+    submitted_at: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.campaign, self.id)
+
+
+@dataclass
+class Money:
+    """Sums over attempts, in micro-dollars (see the README for each meaning)."""
+
+    spent: int = 0
+    in_flight: int = 0
+    unknown: int = 0
+    refunded: int = 0
+
+
+@dataclass
+class IngestResult:
+    new: int
+    unchanged: int
+    replaced: int
+
+
+class Ledger:
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise LedgerError(f"{self.path}: no ledger here (run `batchgen ingest` or `run` first)")
+        try:
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            migrate(self.conn)
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"{self.path}: cannot open the ledger: {e}") from e
+        self.db = sqlite_utils.Database(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _event(
+        self, kind: str, campaign: str | None = None, job_id: str | None = None, **detail: Any
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO events (at, campaign, job_id, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            (now(), campaign, job_id, kind, canonical_json(detail) if detail else None),
+        )
+
+    def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params if isinstance(params, dict) else list(params)))
+
+    # ---------------------------------------------------------------- ingest
+
+    def existing_fingerprints(self, campaign: str) -> dict[str, tuple[str, str]]:
+        """id -> (fingerprint, status) of every job already in the campaign."""
+        rows = self.conn.execute(
+            "SELECT id, fingerprint, status FROM jobs WHERE campaign = ?", (campaign,)
+        )
+        return {job_id: (fp, status) for job_id, fp, status in rows}
+
+    def ingest(
+        self, campaign: Campaign, jobs: Iterable[Job], replace: bool = False
+    ) -> IngestResult:
+        """Add the campaign's new jobs; a job whose content changed is an error unless `replace`.
+
+        All or nothing: on a conflict no row is written.
+        """
+        existing = self.existing_fingerprints(campaign.name)
+        stamp = now()
+        new_rows: list[tuple[Any, ...]] = []
+        changed: list[tuple[Job, str, int, dict[str, Any]]] = []
+        unchanged = 0
+        for job in jobs:
+            request = job.request()
+            fingerprint = job_fingerprint(request, job.tags)
+            price = catalog.price_micros(request)
+            old = existing.get(job.id)
+            if old is None:
+                new_rows.append(_job_row(job, request, fingerprint, price, stamp))
+            elif old[0] == fingerprint:
+                unchanged += 1
+            else:
+                changed.append((job, fingerprint, price, request))
+        if changed and not replace:
+            names = ", ".join(job.id for job, *_ in changed[:5])
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            raise JobConflict(
+                f"campaign {campaign.name}: job {names}{more} changed under the same id "
+                "(give it a new id, or ingest with --replace)"
+            )
+        busy = [job.id for job, *_ in changed if existing[job.id][1] in ("submitting", "running")]
+        if busy:
+            raise JobConflict(
+                f"campaign {campaign.name}: job {busy[0]} is in flight and cannot "
+                "be replaced now; wait for it to finish"
+            )
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO campaigns (name, manifest_path, manifest_sha256, budget_micro_usd,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET manifest_path = excluded.manifest_path,"
+                " manifest_sha256 = excluded.manifest_sha256,"
+                " budget_micro_usd = excluded.budget_micro_usd, updated_at = excluded.updated_at",
+                (
+                    campaign.name,
+                    campaign.manifest_path,
+                    campaign.manifest_sha256,
+                    campaign.budget_micros,
+                    stamp,
+                    stamp,
+                ),
+            )
+            start = db.execute(
+                "SELECT COALESCE(MAX(position), -1) + 1 FROM jobs WHERE campaign = ?",
+                (campaign.name,),
+            ).fetchone()[0]
+            db.executemany(
+                f"INSERT INTO jobs ({', '.join(JOB_INSERT_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(JOB_INSERT_COLUMNS))})",
+                ((campaign.name, start + i, *row) for i, row in enumerate(new_rows)),
+            )
+            for job, fingerprint, price, request in changed:
+                db.execute(
+                    "UPDATE jobs SET model=?, kind=?, prompt=?, duration=?, ratio=?, variant=?,"
+                    " ref_mode=?, resolution=?, media=?, tags=?, request=?, fingerprint=?,"
+                    " price_micro_usd=?, status='queued', reason=NULL, task_id=NULL,"
+                    " progress=NULL, result_urls=NULL, cost_micro_usd=0, attempts=0,"
+                    " last_error=NULL, updated_at=?, submitted_at=NULL, finished_at=NULL"
+                    " WHERE campaign=? AND id=?",
+                    (
+                        *_job_row(job, request, fingerprint, price, stamp)[1:13],
+                        stamp,
+                        campaign.name,
+                        job.id,
+                    ),
+                )
+                db.execute(
+                    "DELETE FROM files WHERE campaign=? AND job_id=?", (campaign.name, job.id)
+                )
+                self._event("replaced", campaign.name, job.id, fingerprint=fingerprint)
+            self._event(
+                "ingested",
+                campaign.name,
+                new=len(new_rows),
+                unchanged=unchanged,
+                replaced=len(changed),
+            )
+        return IngestResult(len(new_rows), unchanged, len(changed))
+
+    def campaign_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM campaigns ORDER BY name")]
+
+    def campaign(self, name: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM campaigns WHERE name = ?", [name])
+        return rows[0] if rows else None
+
+    # ---------------------------------------------------------------- the runner lock
+
+    def acquire_runner(self, command: str) -> None:
+        """Become the ledger's only runner, or raise LedgerBusy naming the live one."""
+        host, pid = socket.gethostname(), os.getpid()
+        with self.transaction() as db:
+            row = db.execute("SELECT pid, host, command, started_at FROM runner").fetchone()
+            if row and not (row[0] == pid and row[1] == host) and _alive(row[0], row[1]):
+                raise LedgerBusy(
+                    f"{self.path}: another batchgen `{row[2]}` is running on this ledger "
+                    f"(pid {row[0]} on {row[1]}, since {row[3]}); wait for it or stop it"
+                )
+            if row:
+                self._event("runner_taken_over", pid=row[0], host=row[1], since=row[3])
+            db.execute(
+                "INSERT OR REPLACE INTO runner VALUES (1, ?, ?, ?, ?)", (pid, host, command, now())
+            )
+
+    def release_runner(self) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM runner WHERE pid = ? AND host = ?", (os.getpid(), socket.gethostname())
+            )
+
+    # ---------------------------------------------------------------- scheduling
+
+    def unfinished_jobs(self, campaigns: list[str] | None = None) -> list[LedgerJob]:
+        """Jobs still to take to an end, in ingestion order: running, submitting, queued."""
+        where, params = _campaign_filter(campaigns)
+        rows = self.conn.execute(
+            "SELECT campaign, id, model, kind, request, fingerprint, price_micro_usd, duration,"
+            " status, task_id, attempts, submitted_at FROM jobs"
+            f" WHERE status IN ('queued', 'submitting', 'running') {where}"
+            " ORDER BY campaign, position",
+            params,
+        )
+        return [
+            LedgerJob(c, i, m, k, json.loads(r), fp, p, d, s, t, a, sa)
+            for c, i, m, k, r, fp, p, d, s, t, a, sa in rows
+        ]
+
+    def count_held(self, campaigns: list[str] | None = None) -> int:
+        where, params = _campaign_filter(campaigns)
+        return int(
+            self.conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE status = 'held' {where}", params
+            ).fetchone()[0]
+        )
+
+    def begin_attempt(self, job: LedgerJob) -> int:
+        """Commit the intent to submit before the request is sent: a crash after sending
+        must leave a trace, which resume reads as an attempt of unknown outcome."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO attempts (campaign, job_id, started_at, fingerprint,"
+                " unit_price_micro_usd, state) VALUES (?, ?, ?, ?, ?, 'sending')",
+                (job.campaign, job.id, now(), job.fingerprint, job.price_micros),
+            )
+            db.execute(
+                "UPDATE jobs SET status='submitting', reason=NULL, updated_at=?"
+                " WHERE campaign=? AND id=?",
+                (now(), job.campaign, job.id),
+            )
+        job.status = "submitting"
+        return int(cursor.lastrowid or 0)
+
+    def attempt_created(
+        self, job: LedgerJob, attempt_id: int, http_status: int, task_id: str
+    ) -> None:
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state='running', outcome='created', http_status=?,"
+                " task_id=?, answered_at=?, cost_micro_usd=unit_price_micro_usd WHERE id=?",
+                (http_status, task_id, stamp, attempt_id),
+            )
+            db.execute(
+                "UPDATE jobs SET status='running', task_id=?, progress=0, attempts=attempts+1,"
+                " submitted_at=?, updated_at=? WHERE campaign=? AND id=?",
+                (task_id, stamp, stamp, job.campaign, job.id),
+            )
+            self._event("submitted", job.campaign, job.id, task_id=task_id, attempt=attempt_id)
+        job.status, job.task_id, job.submitted_at = "running", task_id, stamp
+        job.attempts += 1
+
+    def attempt_ended(
+        self,
+        job: LedgerJob,
+        attempt_id: int,
+        *,
+        state: str,
+        outcome: str,
+        counted: bool,
+        job_status: str,
+        http_status: int | None = None,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Close an attempt that created no known task (not_sent, error, rejected, unknown)
+        and move its job on to `job_status` (queued, held or failed)."""
+        stamp = now()
+        possible = state == "unknown"
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state=?, outcome=?, counted=?, http_status=?, error=?,"
+                " answered_at=?, finished_at=?,"
+                " cost_micro_usd = CASE WHEN ? THEN unit_price_micro_usd ELSE 0 END WHERE id=?",
+                (
+                    state,
+                    outcome,
+                    int(counted),
+                    http_status,
+                    error,
+                    stamp,
+                    stamp,
+                    possible,
+                    attempt_id,
+                ),
+            )
+            db.execute(
+                "UPDATE jobs SET status=?, reason=?, attempts=attempts+?,"
+                " last_error=COALESCE(?, last_error), updated_at=?,"
+                " finished_at=CASE WHEN ?='failed' THEN ? ELSE finished_at END"
+                " WHERE campaign=? AND id=?",
+                (
+                    job_status,
+                    reason,
+                    int(counted),
+                    error,
+                    stamp,
+                    job_status,
+                    stamp,
+                    job.campaign,
+                    job.id,
+                ),
+            )
+            if counted or job_status != "queued":
+                self._event(
+                    f"attempt_{state}",
+                    job.campaign,
+                    job.id,
+                    attempt=attempt_id,
+                    http_status=http_status,
+                    error=error,
+                    job_status=job_status,
+                )
+        job.status = job_status
+        job.attempts += int(counted)
+
+    def interrupted_submissions(self, campaigns: list[str] | None = None) -> list[int]:
+        """Attempt ids left `sending` by a process that died: their outcome is unknown."""
+        where, params = _campaign_filter(campaigns, "a.campaign")
+        rows = self.conn.execute(
+            "SELECT a.id FROM attempts a WHERE a.state = 'sending' " + where, params
+        )
+        return [r[0] for r in rows]
+
+    def task_progress(self, job: LedgerJob, progress: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET progress=?, updated_at=? WHERE campaign=? AND id=?",
+                (progress, now(), job.campaign, job.id),
+            )
+
+    def task_completed(self, job: LedgerJob, result_urls: list[str]) -> None:
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state='completed', finished_at=? WHERE campaign=?"
+                " AND job_id=? AND task_id=? AND state='running'",
+                (stamp, job.campaign, job.id, job.task_id),
+            )
+            db.execute(
+                "UPDATE jobs SET status='completed', reason=NULL, progress=100, result_urls=?,"
+                " cost_micro_usd=(SELECT COALESCE(SUM(cost_micro_usd), 0) FROM attempts"
+                "   WHERE campaign=? AND job_id=? AND state='completed'),"
+                " updated_at=?, finished_at=? WHERE campaign=? AND id=?",
+                (json.dumps(result_urls), job.campaign, job.id, stamp, stamp, job.campaign, job.id),
+            )
+            self._event("completed", job.campaign, job.id, task_id=job.task_id)
+        job.status = "completed"
+
+    def task_failed(self, job: LedgerJob, message: str, job_status: str) -> None:
+        """The service says the task failed: refunded (catalog), then queued again or failed."""
+        refunded = catalog.load().failed_tasks_refunded
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state='failed', error=?, finished_at=?,"
+                " refunded_micro_usd = CASE WHEN ? THEN cost_micro_usd ELSE 0 END,"
+                " cost_micro_usd = CASE WHEN ? THEN 0 ELSE cost_micro_usd END"
+                " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
+                (message, stamp, refunded, refunded, job.campaign, job.id, job.task_id),
+            )
+            db.execute(
+                "UPDATE jobs SET status=?, task_id=NULL, progress=NULL, last_error=?,"
+                " updated_at=?, finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END"
+                " WHERE campaign=? AND id=?",
+                (
+                    job_status,
+                    f"task failed: {message}",
+                    stamp,
+                    job_status,
+                    stamp,
+                    job.campaign,
+                    job.id,
+                ),
+            )
+            self._event(
+                "task_failed",
+                job.campaign,
+                job.id,
+                task_id=job.task_id,
+                error=message,
+                job_status=job_status,
+            )
+        job.status, job.task_id = job_status, None
+
+    def set_reason(self, job: LedgerJob, reason: str | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET reason=?, updated_at=? WHERE campaign=? AND id=?",
+                (reason, now(), job.campaign, job.id),
+            )
+
+    def log(
+        self, kind: str, campaign: str | None = None, job_id: str | None = None, **detail: Any
+    ) -> None:
+        with self.transaction():
+            self._event(kind, campaign, job_id, **detail)
+
+    def attempt_job(self, attempt_id: int) -> tuple[str, str]:
+        row = self.conn.execute(
+            "SELECT campaign, job_id FROM attempts WHERE id=?", (attempt_id,)
+        ).fetchone()
+        return (row[0], row[1])
+
+    # ---------------------------------------------------------------- money and status
+
+    def money(self, campaigns: list[str] | None = None) -> Money:
+        where, params = _campaign_filter(campaigns)
+        row = self.conn.execute(
+            "SELECT"
+            " COALESCE(SUM(CASE WHEN state IN ('completed', 'failed') THEN cost_micro_usd END), 0),"
+            " COALESCE(SUM(CASE WHEN state = 'running' THEN cost_micro_usd END), 0),"
+            " COALESCE(SUM(CASE WHEN state IN ('unknown', 'sending')"
+            "   THEN unit_price_micro_usd END), 0),"
+            " COALESCE(SUM(refunded_micro_usd), 0)"
+            f" FROM attempts WHERE 1=1 {where}",
+            params,
+        ).fetchone()
+        return Money(*row)
+
+    def budget_micros(self, campaign: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT budget_micro_usd FROM campaigns WHERE name=?", (campaign,)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def counts(self, campaigns: list[str] | None = None) -> dict[str, int]:
+        where, params = _campaign_filter(campaigns)
+        counts = dict.fromkeys(
+            ("queued", "submitting", "running", "completed", "failed", "held"), 0
+        )
+        for status, n in self.conn.execute(
+            f"SELECT status, COUNT(*) FROM jobs WHERE 1=1 {where} GROUP BY status", params
+        ):
+            counts[status] = n
+        return counts
+
+
+JOB_INSERT_COLUMNS = (
+    "campaign",
+    "position",
+    "id",
+    "model",
+    "kind",
+    "prompt",
+    "duration",
+    "ratio",
+    "variant",
+    "ref_mode",
+    "resolution",
+    "media",
+    "tags",
+    "request",
+    "fingerprint",
+    "price_micro_usd",
+    "created_at",
+    "updated_at",
+)
+
+
+def _job_row(
+    job: Job, request: dict[str, Any], fingerprint: str, price: int, stamp: str
+) -> tuple[Any, ...]:
+    model = catalog.load().model(job.model)
+    assert model is not None
+    return (
+        job.id,
+        job.model,
+        model.kind,
+        job.prompt,
+        request.get("duration"),
+        request.get("ratio"),
+        request.get("variant"),
+        request.get("ref_mode"),
+        request.get("resolution"),
+        json.dumps(request["media"]) if "media" in request else None,
+        json.dumps(job.tags),
+        canonical_json(request),
+        fingerprint,
+        price,
+        stamp,
+        stamp,
+    )
+
+
+def _campaign_filter(
+    campaigns: list[str] | None, column: str = "campaign"
+) -> tuple[str, list[Any]]:
+    if not campaigns:
+        return "", []
+    return f"AND {column} IN ({', '.join('?' * len(campaigns))})", list(campaigns)
+
+
+def _alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot tell from here: assume it lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
