@@ -1,0 +1,421 @@
+"""The command line: parse options, call one function, print, turn errors into exit codes.
+
+Exit codes (PRODUCT.md §7): 0 all jobs of the run completed; 1 invalid input or failed
+jobs; 2 usage error; 3 stopped with work remaining and resumable; 4 authentication
+failed or no key; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from batchgen.errors import BatchgenError, ManifestInvalid
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_MAX_JOBS = 100_000
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our exceptions into one clear line on stderr and the exit code they carry."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ManifestInvalid as e:
+            for problem in e.problems:
+                click.echo(str(problem), err=True)
+            click.echo(f"{len(e.problems)} problem(s) found; nothing was written.", err=True)
+            sys.exit(e.exit_code)
+        except BatchgenError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def ledger_path(ctx: click.Context) -> str:
+    return str(ctx.obj["ledger"])
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--ledger",
+    envvar="BATCHGEN_LEDGER",
+    default="batchgen.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The SQLite ledger file (env BATCHGEN_LEDGER).",
+)
+@click.version_option(package_name="batchgen")
+@click.pass_context
+def cli(ctx: click.Context, ledger: str) -> None:
+    """Run large, resumable, cost-audited batches of okaypic generation jobs.
+
+    \b
+    Try it without an account:
+        batchgen run manifests/quickstart.yaml --sandbox
+    """
+    ctx.obj = {"ledger": ledger}
+
+
+max_jobs_option = click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_JOBS,
+    show_default=True,
+    help="Refuse manifests that expand to more jobs than this.",
+)
+manifest_argument = click.argument("manifest", type=click.Path(dir_okay=False))
+campaign_option = click.option(
+    "--campaign", "campaigns", multiple=True, help="Only this campaign (repeatable)."
+)
+
+
+@cli.command()
+@manifest_argument
+@max_jobs_option
+@reports_errors
+def validate(manifest: str, max_jobs: int) -> None:
+    """Check a manifest: YAML, schema, and every expanded job against the catalog.
+
+    \b
+    Example:
+        batchgen validate manifests/spring-launch.yaml
+    """
+    from batchgen.validate import check_manifest
+
+    result = check_manifest(manifest, max_jobs=max_jobs)
+    click.echo(f"{manifest}: valid, {len(result.jobs)} job(s) in campaign {result.campaign.name}")
+
+
+@cli.command()
+@manifest_argument
+@max_jobs_option
+@click.pass_context
+@reports_errors
+def plan(ctx: click.Context, manifest: str, max_jobs: int) -> None:
+    """Show what a manifest would do and cost, without calling the API or writing anything.
+
+    \b
+    Example:
+        batchgen plan manifests/spring-launch.yaml
+    """
+    from batchgen.plan import format_plan, make_plan
+    from batchgen.validate import check_manifest
+
+    result = check_manifest(manifest, max_jobs=max_jobs)
+    click.echo(format_plan(make_plan(result, ledger_path(ctx))))
+
+
+@cli.command()
+@manifest_argument
+@max_jobs_option
+@click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
+@click.pass_context
+@reports_errors
+def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> None:
+    """Validate a manifest and add its jobs to the ledger, without submitting anything.
+
+    \b
+    Example (load now, run tonight):
+        batchgen ingest manifests/spring-launch.yaml
+        batchgen resume
+    """
+    from batchgen.ledger import Ledger
+    from batchgen.validate import check_manifest
+
+    result = check_manifest(manifest, max_jobs=max_jobs)
+    ledger = Ledger(ledger_path(ctx))
+    added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    click.echo(
+        f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
+        f"already in the ledger, {added.replaced} replaced ({ledger.path})"
+    )
+
+
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--concurrency",
+            type=click.IntRange(1, 3),
+            default=3,
+            show_default=True,
+            help="Tasks in flight at once (the service allows 3 per key).",
+        ),
+        click.option(
+            "--poll-interval",
+            type=click.FloatRange(min=0.01),
+            default=5.0,
+            show_default=True,
+            help="Shortest spacing between two polls of a task (s).",
+        ),
+        click.option(
+            "--retry-delay",
+            type=click.FloatRange(min=0),
+            default=2.0,
+            show_default=True,
+            help="Base of the exponential backoff (s).",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Attempts per job before it fails.",
+        ),
+        click.option(
+            "--base-url",
+            envvar="OKAYPIC_BASE_URL",
+            default=None,
+            help="The service (env OKAYPIC_BASE_URL; default https://okaypic.com).",
+        ),
+        click.option(
+            "--on-unknown",
+            type=click.Choice(["resubmit", "hold"]),
+            default="resubmit",
+            show_default=True,
+            help="What to do after a submission whose outcome is unknown.",
+        ),
+        click.option(
+            "--download",
+            "download_dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Save result files under this folder as they finish.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _schedule(ctx: click.Context, campaigns: list[str], command_name: str, **options: Any) -> None:
+    from batchgen.runner import RunOptions, run_ledger
+
+    code = run_ledger(ledger_path(ctx), campaigns, RunOptions(**options), command_name)
+    sys.exit(code)
+
+
+@cli.command()
+@manifest_argument
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Run against a local simulated service with a demo key (no account).",
+)
+@max_jobs_option
+@click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
+@run_options
+@click.pass_context
+@reports_errors
+def run(
+    ctx: click.Context, manifest: str, sandbox: bool, max_jobs: int, replace: bool, **options: Any
+) -> None:
+    """Validate, ingest and run a manifest until nothing is left to do.
+
+    \b
+    Examples:
+        batchgen run manifests/quickstart.yaml --sandbox
+        OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download out
+    """
+    from batchgen.ledger import Ledger
+    from batchgen.validate import check_manifest
+
+    result = check_manifest(manifest, max_jobs=max_jobs)
+    ledger = Ledger(ledger_path(ctx))
+    added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    ledger.close()
+    click.echo(
+        f"campaign {result.campaign.name}: {added.new} new job(s), "
+        f"{added.unchanged} already in the ledger",
+        err=True,
+    )
+    _schedule(ctx, [result.campaign.name], "run", sandbox=sandbox, **options)
+
+
+@cli.command()
+@campaign_option
+@run_options
+@click.pass_context
+@reports_errors
+def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> None:
+    """Go on with every unfinished job in the ledger (after a crash, a top-up, or an ingest).
+
+    \b
+    Example:
+        batchgen resume --campaign spring-launch
+    """
+    _schedule(ctx, list(campaigns), "resume", sandbox=False, **options)
+
+
+@cli.command()
+@campaign_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+@reports_errors
+def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> None:
+    """Counts, spend, running tasks and failures.
+
+    \b
+    Examples:
+        batchgen status
+        batchgen status --json | jq .counts
+    """
+    from batchgen import status as status_module
+    from batchgen.ledger import Ledger
+
+    ledger = Ledger(ledger_path(ctx), create=False)
+    data = status_module.status_data(ledger, list(campaigns))
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        click.echo(status_module.format_status(ledger, data, list(campaigns)))
+
+
+@cli.command()
+@campaign_option
+@click.option(
+    "--by",
+    type=click.Choice(["campaign", "model", "tag", "status"]),
+    default="campaign",
+    show_default=True,
+    help="Group rows by this.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--jobs",
+    "per_job",
+    is_flag=True,
+    help="One row per job with its attempts, task ids and unit prices.",
+)
+@click.pass_context
+@reports_errors
+def report(
+    ctx: click.Context, campaigns: tuple[str, ...], by: str, fmt: str, per_job: bool
+) -> None:
+    """The cost audit: spent, in flight, unknown, refunded, per group with totals.
+
+    \b
+    Examples:
+        batchgen report --by model
+        batchgen report --format csv > audit.csv
+        batchgen report --jobs --format json
+    """
+    from batchgen import report as report_module
+    from batchgen.ledger import Ledger
+
+    ledger = Ledger(ledger_path(ctx), create=False)
+    click.echo(report_module.render(ledger, list(campaigns), by, fmt, per_job), nl=False)
+
+
+@cli.command()
+@campaign_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="out",
+    show_default=True,
+    envvar="BATCHGEN_OUT",
+    help="Folder for the files (env BATCHGEN_OUT).",
+)
+@click.pass_context
+@reports_errors
+def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> None:
+    """Save every completed job's result files as OUT/<campaign>/<job-id>[-n].<ext>.
+
+    \b
+    Example:
+        batchgen download --out out
+    """
+    from batchgen.download import download_all
+    from batchgen.ledger import Ledger
+
+    ledger = Ledger(ledger_path(ctx), create=False)
+    sys.exit(download_all(ledger, out_dir, list(campaigns)))
+
+
+@cli.command()
+@campaign_option
+@click.option("--unknown", is_flag=True, help="Requeue held jobs (unknown outcome) instead.")
+@click.pass_context
+@reports_errors
+def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool) -> None:
+    """Put failed jobs (or, with --unknown, held jobs) back in the queue with fresh attempts.
+
+    \b
+    Example:
+        batchgen retry && batchgen resume
+    """
+    from batchgen.ledger import Ledger
+
+    ledger = Ledger(ledger_path(ctx), create=False)
+    n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    click.echo(f"{n} job(s) queued again; run `batchgen resume` to go on.")
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--key", default="okpk_sandbox_demo", show_default=True, help="The API key the sandbox accepts."
+)
+@click.option("--balance", default="100.00", show_default=True, help="Starting balance (USD).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0),
+    default=0.05,
+    show_default=True,
+    help="Multiplies the typical generation times of the catalog.",
+)
+@click.option("--submit-500-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--poll-500-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--spurious-429-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Accept and charge a task, then drop the connection.",
+)
+@click.option("--garbage-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option(
+    "--latency",
+    type=(float, float),
+    default=(0.0, 0.0),
+    help="MIN MAX seconds added before each answer.",
+)
+@reports_errors
+def sandbox(port: int, key: str, balance: str, **knobs: Any) -> None:
+    """Serve a local simulator of the okaypic API on 127.0.0.1, for tests and demos.
+
+    \b
+    Example:
+        batchgen sandbox --port 8765 --fail-rate 0.1
+        OKAYPIC_BASE_URL=http://127.0.0.1:8765 OKAYPIC_API_KEY=okpk_sandbox_demo \\
+            batchgen run manifests/quickstart.yaml
+    """
+    from batchgen.sandbox import main as sandbox_main
+
+    sandbox_main(port=port, key=key, balance_usd=balance, **knobs)
+
+
+def main() -> None:
+    cli(prog_name="batchgen")
+
+
+if __name__ == "__main__":
+    main()
