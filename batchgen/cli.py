@@ -152,9 +152,9 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--poll-interval",
             type=click.FloatRange(min=0.01),
-            default=5.0,
-            show_default=True,
-            help="Shortest spacing between two polls of a task (s).",
+            default=None,
+            help="Shortest spacing between two polls of a task, in seconds "
+            "[default: 5; 0.2 with --sandbox].",
         ),
         click.option(
             "--retry-delay",
@@ -226,9 +226,12 @@ def run(
         OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download out
     """
     from batchgen.ledger import Ledger
+    from batchgen.runner import api_key
     from batchgen.validate import check_manifest
 
     result = check_manifest(manifest, max_jobs=max_jobs)
+    if not sandbox:
+        api_key()  # no key: stop before writing or sending anything
     ledger = Ledger(ledger_path(ctx))
     added = ledger.ingest(result.campaign, result.jobs, replace=replace)
     ledger.close()

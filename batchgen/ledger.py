@@ -369,13 +369,18 @@ class Ledger:
         job.status = job_status
         job.attempts += int(counted)
 
-    def interrupted_submissions(self, campaigns: list[str] | None = None) -> list[int]:
-        """Attempt ids left `sending` by a process that died: their outcome is unknown."""
-        where, params = _campaign_filter(campaigns, "a.campaign")
+    def interrupted_submissions(
+        self, campaigns: list[str] | None = None
+    ) -> list[tuple[int, str, str]]:
+        """(attempt id, campaign, job id) of attempts left `sending` by a process that died
+        between committing its intent and recording the answer: their outcome is unknown."""
+        where, params = _campaign_filter(campaigns)
         rows = self.conn.execute(
-            "SELECT a.id FROM attempts a WHERE a.state = 'sending' " + where, params
+            f"SELECT id, campaign, job_id FROM attempts WHERE state = 'sending' {where}"
+            " ORDER BY id",
+            params,
         )
-        return [r[0] for r in rows]
+        return [(a, c, j) for a, c, j in rows]
 
     def task_progress(self, job: LedgerJob, progress: int) -> None:
         with self.transaction() as db:
@@ -438,11 +443,14 @@ class Ledger:
             )
         job.status, job.task_id = job_status, None
 
-    def set_reason(self, job: LedgerJob, reason: str | None) -> None:
+    def set_reason(self, keys: list[tuple[str, str]], reason: str | None) -> None:
+        """Say why queued jobs wait (e.g. budget), all in one transaction."""
+        stamp = now()
         with self.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET reason=?, updated_at=? WHERE campaign=? AND id=?",
-                (reason, now(), job.campaign, job.id),
+            db.executemany(
+                "UPDATE jobs SET reason=?, updated_at=? WHERE campaign=? AND id=?"
+                " AND status='queued'",
+                ((reason, stamp, campaign, job_id) for campaign, job_id in keys),
             )
 
     def log(
@@ -451,11 +459,28 @@ class Ledger:
         with self.transaction():
             self._event(kind, campaign, job_id, **detail)
 
-    def attempt_job(self, attempt_id: int) -> tuple[str, str]:
-        row = self.conn.execute(
-            "SELECT campaign, job_id FROM attempts WHERE id=?", (attempt_id,)
-        ).fetchone()
-        return (row[0], row[1])
+    def fail_job(self, job: LedgerJob, error: str) -> None:
+        """Give up on a job that has used all its attempts."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status='failed', reason=NULL,"
+                " last_error=? || COALESCE('; last error: ' || last_error, ''), updated_at=?,"
+                " finished_at=? WHERE campaign=? AND id=?",
+                (error, stamp, stamp, job.campaign, job.id),
+            )
+            self._event("failed", job.campaign, job.id, error=error)
+        job.status = "failed"
+
+    def generation_seconds(self) -> dict[tuple[str, int | None], float]:
+        """Mean seconds from task creation to seen completion, per (model, duration)."""
+        rows = self.conn.execute(
+            "SELECT j.model, j.duration,"
+            " AVG((julianday(a.finished_at) - julianday(a.answered_at)) * 86400)"
+            " FROM attempts a JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id"
+            " WHERE a.state = 'completed' GROUP BY j.model, j.duration"
+        )
+        return {(model, duration): float(mean) for model, duration, mean in rows if mean}
 
     # ---------------------------------------------------------------- money and status
 

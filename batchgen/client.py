@@ -1,0 +1,70 @@
+"""The okaypic HTTP client: sends requests and reports how far each got, never deciding.
+
+Deciding what an answer means is `outcomes`' job; this module only tells apart a request
+that never left (connect errors) from one that left and got no usable answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from batchgen.outcomes import Answer, Transport
+
+MAX_BODY = 1_000_000  # an answer larger than this is not one the API documents
+USER_AGENT = "batchgen"
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=None),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def submit(self, path: str, body: dict[str, Any]) -> Answer:
+        return await self._send("POST", path, json=body)
+
+    async def poll(self, path: str) -> Answer:
+        return await self._send("GET", path)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> Answer:
+        try:
+            async with self._http.stream(method, path, **kwargs) as response:
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return Answer(
+                            Transport.ANSWERED, response.status_code, b"", error="answer too large"
+                        )
+                return Answer(
+                    Transport.ANSWERED,
+                    response.status_code,
+                    body,
+                    retry_after=response.headers.get("Retry-After"),
+                )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+            return Answer(Transport.NOT_SENT, error=_describe(e))
+        except (httpx.TransportError, httpx.DecodingError) as e:
+            # Read/write timeouts, resets, a server that hung up: the request left.
+            return Answer(Transport.LOST, error=_describe(e))
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:300] if str(error) else type(error).__name__

@@ -1,0 +1,106 @@
+"""What a run shows while it works: a live display on a terminal, plain log lines otherwise.
+
+Both go to stderr, so stdout stays for data. A plain log line reads
+`2026-11-24T07:31:02Z spring-launch/cat-piano: submitted, task 8c1f…`, and every minute
+a status line, so an overnight log tells its own story.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from batchgen.ledger import LedgerJob
+from batchgen.money import usd
+
+
+@dataclass
+class Snapshot:
+    total: int
+    done: int  # completed + failed
+    running: int
+    spent_micros: int
+    budget_micros: int | None
+    eta_seconds: float | None
+
+
+def describe(s: Snapshot) -> str:
+    budget = f" of {usd(s.budget_micros)}" if s.budget_micros is not None else ""
+    eta = f", ETA {_duration(s.eta_seconds)}" if s.eta_seconds is not None else ""
+    return (
+        f"{s.done}/{s.total} done, {s.running} running, spent ${usd(s.spent_micros)}{budget}{eta}"
+    )
+
+
+class PlainLog:
+    """Timestamped lines, for logs and pipes."""
+
+    status_every = 60.0
+
+    def __init__(self, stream: TextIO = sys.stderr):
+        self.stream = stream
+        self._last_status = time.monotonic()
+
+    def event(self, job: LedgerJob | None, text: str) -> None:
+        where = f"{job.campaign}/{job.id}: " if job else ""
+        self._line(f"{where}{text}")
+
+    def refresh(self, snapshot: Snapshot) -> None:
+        if time.monotonic() - self._last_status >= self.status_every:
+            self._last_status = time.monotonic()
+            self._line(describe(snapshot))
+
+    def close(self, snapshot: Snapshot) -> None:
+        self._line(describe(snapshot))
+
+    def _line(self, text: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"{stamp} {text}", file=self.stream, flush=True)
+
+
+class LiveDisplay:
+    """A one-line live status under the scrolling events, for a person at a terminal."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.live = Live(
+            Text("starting…"), console=self.console, refresh_per_second=4, transient=True
+        )
+        self.live.start()
+
+    def event(self, job: LedgerJob | None, text: str) -> None:
+        where = f"[bold]{job.campaign}/{job.id}[/bold]: " if job else ""
+        self.console.print(f"{where}{text}", highlight=False)
+
+    def refresh(self, snapshot: Snapshot) -> None:
+        bar = _bar(snapshot.done, snapshot.total)
+        self.live.update(Text(f"{bar} {describe(snapshot)}"))
+
+    def close(self, snapshot: Snapshot) -> None:
+        self.live.stop()
+        self.console.print(describe(snapshot), highlight=False)
+
+
+def make_display(stream: TextIO = sys.stderr) -> PlainLog | LiveDisplay:
+    return LiveDisplay() if stream.isatty() else PlainLog(stream)
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = width if total == 0 else width * done // total
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

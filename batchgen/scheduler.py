@@ -1,0 +1,407 @@
+"""The scheduler: takes a ledger's unfinished jobs to an end, at most N tasks in flight.
+
+Each job is driven by one coroutine that holds a slot from its first submission until
+its task ends (resubmissions after a failed task stay in the slot). The ledger is
+written before every request and right after every answer, so a kill at any moment
+leaves a state `resume` can continue from without submitting a recorded task again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from batchgen import catalog
+from batchgen.client import Client
+from batchgen.ledger import Ledger, LedgerJob
+from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit
+from batchgen.pacing import backoff, next_poll_delay
+
+SLOT_WAIT_CAP = 30.0  # longest wait between two submissions refused with 429
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: int = 3
+    poll_interval: float = 5.0
+    retry_delay: float = 2.0
+    max_attempts: int = 4
+    on_unknown: str = "resubmit"  # or "hold"
+
+
+class AuthFailed(Exception):
+    """The service refused the API key (401)."""
+
+
+@dataclass
+class Summary:
+    """How a run ended, for the exit code and the closing lines."""
+
+    stopped_for: str | None = None  # balance | unreachable | interrupted | auth
+    budget_blocked: set[tuple[str, str]] = field(default_factory=set)
+    completed: int = 0
+    failed: int = 0
+    message: str | None = None
+
+
+Reporter = Callable[[LedgerJob | None, str], None]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: Client,
+        settings: Settings,
+        report: Reporter = lambda job, text: None,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        on_completed: Callable[[LedgerJob], None] | None = None,
+    ):
+        self.ledger = ledger
+        self.client = client
+        self.settings = settings
+        self.report = report
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.on_completed = on_completed
+        self.catalog = catalog.load()
+        self.summary = Summary()
+        self.in_flight: dict[asyncio.Task[None], LedgerJob] = {}
+        self.halt_submits = asyncio.Event()  # balance, unreachable, interrupted
+        self.halt_all = asyncio.Event()  # interrupted: stop polling too
+        self.waiting_for_budget: set[tuple[str, str]] = set()
+        self.seen_seconds = ledger.generation_seconds()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, campaigns: list[str] | None = None) -> Summary:
+        self._settle_interrupted_submissions(campaigns)
+        jobs = self.ledger.unfinished_jobs(campaigns)
+        pending = deque(j for j in jobs if j.status == "queued")
+        deferred: list[LedgerJob] = []  # over budget for now; tried again when money frees up
+        for job in jobs:
+            if job.status == "running":  # already in flight: follow it, whatever the concurrency
+                self._start(job)
+        try:
+            while True:
+                room: dict[str, int | None] = {}  # budget left per campaign, this round
+                while (
+                    pending
+                    and len(self.in_flight) < self.settings.concurrency
+                    and not self.halt_submits.is_set()
+                ):
+                    job = pending.popleft()
+                    if job.campaign not in room:
+                        room[job.campaign] = self._budget_room(job.campaign)
+                    left = room[job.campaign]
+                    if left is not None and job.price_micros > left:
+                        deferred.append(job)
+                        continue
+                    if left is not None:
+                        room[job.campaign] = left - job.price_micros
+                    self._start(job)
+                if not self.in_flight:
+                    break
+                done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    job = self.in_flight.pop(task)
+                    task.result()  # AuthFailed, and any bug, surfaces here
+                    if job.key in self.waiting_for_budget:
+                        deferred.append(job)
+                self.waiting_for_budget.clear()
+                pending.extendleft(reversed(deferred))  # a refund may have made room
+                deferred.clear()
+        except BaseException:
+            await self._cancel_all()
+            raise
+        blocked = [
+            j.key
+            for j in pending
+            if self._budget_room(j.campaign) is not None
+            and j.price_micros > (self._budget_room(j.campaign) or 0)
+        ]
+        self.summary.budget_blocked = {j.key for j in deferred} | set(blocked)
+        self.ledger.set_reason(sorted(self.summary.budget_blocked), "budget")
+        return self.summary
+
+    def interrupt(self) -> None:
+        """SIGINT/SIGTERM: stop submitting and polling; what is in flight stays recorded."""
+        self.summary.stopped_for = "interrupted"
+        self.halt_submits.set()
+        self.halt_all.set()
+
+    async def finish_interrupted(self, grace: float) -> None:
+        """Give submissions already on the wire `grace` seconds to be answered, then stop."""
+        if self.in_flight:
+            await asyncio.wait(self.in_flight, timeout=grace)
+        await self._cancel_all()
+
+    def _start(self, job: LedgerJob) -> None:
+        self.in_flight[asyncio.get_running_loop().create_task(self._drive(job))] = job
+
+    async def _cancel_all(self) -> None:
+        for task in self.in_flight:
+            task.cancel()
+        if self.in_flight:
+            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        self.in_flight.clear()
+
+    def _budget_room(self, campaign: str) -> int | None:
+        """What the campaign may still commit: budget - (spent + in flight + unknown)."""
+        budget = self.ledger.budget_micros(campaign)
+        if budget is None:
+            return None
+        money = self.ledger.money([campaign])
+        return budget - money.spent - money.in_flight - money.unknown
+
+    def _settle_interrupted_submissions(self, campaigns: list[str] | None) -> None:
+        """A job left `submitting` by a killed process: its request may have left."""
+        by_key = {j.key: j for j in self.ledger.unfinished_jobs(campaigns)}
+        for attempt_id, campaign, job_id in self.ledger.interrupted_submissions(campaigns):
+            job = by_key.get((campaign, job_id))
+            if job is not None:
+                self._unknown(job, attempt_id, "the process stopped before the answer")
+
+    # ------------------------------------------------------------------ one job
+
+    async def _drive(self, job: LedgerJob) -> None:
+        """Take one job to an end: submit it, follow its task, resubmit while allowed."""
+        while True:
+            if job.status != "running" and not await self._submit(job):
+                return
+            if not await self._follow(job):
+                return
+
+    async def _submit(self, job: LedgerJob) -> bool:
+        """Submit until a task is created (True), or the job must wait or has ended."""
+        slot_waits = not_sent = 0
+        while True:
+            if self.halt_submits.is_set():
+                return False
+            if job.attempts >= self.settings.max_attempts:
+                self.ledger.fail_job(job, f"gave up after {job.attempts} attempt(s)")
+                self.summary.failed += 1
+                self.report(job, "failed: attempts exhausted")
+                return False
+            room = self._budget_room(job.campaign)
+            if room is not None and job.price_micros > room:
+                self.waiting_for_budget.add(job.key)
+                return False
+            model = self.catalog.model(job.model)
+            assert model is not None
+            attempt = self.ledger.begin_attempt(job)
+            outcome = classify_submit(await self.client.submit(model.submit_path, job.request))
+            action, message = outcome.action, outcome.message
+            if action is Submit.CREATED:
+                assert outcome.task_id is not None
+                self.ledger.attempt_created(job, attempt, outcome.status or 200, outcome.task_id)
+                self.report(job, f"submitted, task {outcome.task_id}")
+                return True
+            if action is Submit.WAIT_FOR_SLOT:
+                self.ledger.attempt_ended(
+                    job,
+                    attempt,
+                    state="not_sent",
+                    outcome="slot taken",
+                    counted=False,
+                    job_status="queued",
+                    http_status=429,
+                )
+                slot_waits += 1
+                delay = outcome.retry_after
+                if delay is None:
+                    ceiling = min(SLOT_WAIT_CAP, self.settings.retry_delay * 2 ** (slot_waits - 1))
+                    delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+                await self._pause(delay, self.halt_submits)
+            elif action is Submit.NOT_SENT:
+                self.ledger.attempt_ended(
+                    job,
+                    attempt,
+                    state="not_sent",
+                    outcome="not sent",
+                    counted=False,
+                    job_status="queued",
+                    error=message,
+                )
+                not_sent += 1
+                if not_sent >= self.settings.max_attempts:
+                    self.summary.message = f"cannot reach the service: {message}"
+                    self._halt("unreachable")
+                    return False
+                await self._pause(
+                    backoff(self.settings.retry_delay, not_sent, self.rng), self.halt_submits
+                )
+            elif action is Submit.SERVER_ERROR:
+                self.ledger.attempt_ended(
+                    job,
+                    attempt,
+                    state="error",
+                    outcome="server error",
+                    counted=True,
+                    job_status="queued",
+                    http_status=outcome.status,
+                    error=message,
+                )
+                self.report(job, f"server error on submit ({message}); will retry")
+                await self._pause(
+                    backoff(self.settings.retry_delay, job.attempts, self.rng), self.halt_submits
+                )
+            elif action is Submit.REJECTED:
+                self.ledger.attempt_ended(
+                    job,
+                    attempt,
+                    state="rejected",
+                    outcome="rejected",
+                    counted=True,
+                    job_status="failed",
+                    error=message,
+                )
+                self.summary.failed += 1
+                self.report(job, f"failed: rejected by the service: {message}")
+                return False
+            elif action is Submit.AUTH:
+                self.ledger.attempt_ended(
+                    job,
+                    attempt,
+                    state="not_sent",
+                    outcome="unauthorized",
+                    counted=False,
+                    job_status="queued",
+                    http_status=401,
+                    error=message,
+                )
+                self._halt("auth")
+                raise AuthFailed(message)
+            elif action is Submit.BALANCE:
+                self.ledger.attempt_ended(
+                    job,
+                    attempt,
+                    state="not_sent",
+                    outcome="insufficient balance",
+                    counted=False,
+                    job_status="queued",
+                    http_status=402,
+                    error=message,
+                    reason="balance",
+                )
+                self.report(job, "balance exhausted: submitting nothing more")
+                self._halt("balance")
+                return False
+            else:  # UNKNOWN
+                if not self._unknown(job, attempt, message or "no usable answer"):
+                    return False
+                await self._pause(
+                    backoff(self.settings.retry_delay, job.attempts, self.rng), self.halt_submits
+                )
+
+    def _unknown(self, job: LedgerJob, attempt: int, message: str) -> bool:
+        """Record an attempt of unknown outcome; True when the job may be submitted again."""
+        exhausted = job.attempts + 1 >= self.settings.max_attempts
+        if self.settings.on_unknown == "hold":
+            status = "held"
+        else:
+            status = "failed" if exhausted else "queued"
+        self.ledger.attempt_ended(
+            job,
+            attempt,
+            state="unknown",
+            outcome="unknown",
+            counted=True,
+            job_status=status,
+            error=message,
+            reason="unknown outcome" if status == "held" else None,
+        )
+        self.report(job, f"unknown outcome ({message}): {status}")
+        if status == "failed":
+            self.summary.failed += 1
+        return status == "queued"
+
+    async def _follow(self, job: LedgerJob) -> bool:
+        """Poll a task to its end; True when the job is to be submitted again."""
+        model = self.catalog.model(job.model)
+        assert model is not None and job.task_id is not None
+        path = model.poll_path(job.task_id)
+        started = _timestamp(job.submitted_at) or self.clock()
+        expected = self.seen_seconds.get((job.model, job.duration))
+        progress: int | None = None
+        errors = 0
+        while True:
+            elapsed = max(self.clock() - started, 0.0)
+            delay = next_poll_delay(elapsed, progress, expected, self.settings.poll_interval)
+            if errors:
+                delay = max(delay, backoff(self.settings.retry_delay, errors, self.rng))
+            if await self._pause(delay, self.halt_all):
+                return False
+            outcome = classify_poll(await self.client.poll(path))
+            if outcome.action is Poll.RUNNING:
+                errors = 0
+                if outcome.progress is not None and outcome.progress != progress:
+                    progress = outcome.progress
+                    self.ledger.task_progress(job, progress)
+            elif outcome.action is Poll.COMPLETED:
+                self.ledger.task_completed(job, list(outcome.result_urls))
+                self._learn(job, self.clock() - started)
+                self.summary.completed += 1
+                self.report(job, "completed")
+                if self.on_completed:
+                    self.on_completed(job)
+                return False
+            elif outcome.action is Poll.FAILED:
+                again = job.attempts < self.settings.max_attempts and not self.halt_submits.is_set()
+                message = outcome.message or "Generation failed"
+                self.ledger.task_failed(job, message, "queued" if again else "failed")
+                if not again and job.attempts >= self.settings.max_attempts:
+                    self.summary.failed += 1
+                self.report(
+                    job, f"task failed ({message})" + ("; submitting again" if again else "")
+                )
+                return again
+            elif outcome.action is Poll.AUTH:
+                self._halt("auth")
+                raise AuthFailed(outcome.message)
+            else:
+                errors += 1
+                if errors in (1, 5) or errors % 20 == 0:
+                    self.ledger.log(
+                        "poll_error",
+                        job.campaign,
+                        job.id,
+                        task_id=job.task_id,
+                        error=outcome.message,
+                        count=errors,
+                    )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _halt(self, reason: str) -> None:
+        if self.summary.stopped_for is None:
+            self.summary.stopped_for = reason
+        self.halt_submits.set()
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> bool:
+        """Sleep, waking early when `stop` is set; True when it was."""
+        if stop.is_set():
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _learn(self, job: LedgerJob, seconds: float) -> None:
+        key = (job.model, job.duration)
+        old = self.seen_seconds.get(key)
+        self.seen_seconds[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+
+def _timestamp(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
