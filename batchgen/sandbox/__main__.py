@@ -1,0 +1,29 @@
+"""`python -m batchgen.sandbox`: the sandbox without the CLI, e.g. for tests that need it
+in another process (`--port 0` picks a free port; read it from the first stdout line)."""
+
+from __future__ import annotations
+
+import argparse
+
+from batchgen.sandbox.config import DEFAULT_KEY, DEFAULT_PORT, RATE_KNOBS
+from batchgen.sandbox.standalone import main
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m batchgen.sandbox", description=__doc__)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--key", default=DEFAULT_KEY)
+    parser.add_argument("--balance", default="100.00", help="starting balance, USD")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--time-scale", type=float)
+    for name in RATE_KNOBS:
+        parser.add_argument("--" + name.replace("_", "-"), type=float)
+    parser.add_argument("--latency", type=float, nargs=2, metavar=("MIN_S", "MAX_S"))
+    parser.add_argument("--retry-after", type=int, help="seconds, sent with every 429")
+    parser.add_argument("--verbose", action="store_true", help="one line per request")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = vars(_arguments())
+    main(args.pop("port"), args.pop("key"), args.pop("balance"), **args)

@@ -1,0 +1,125 @@
+"""How a sandbox behaves: its keys and balances, its pace, and its fault knobs.
+
+Every knob is plain data so a test, `batchgen sandbox` and `run --sandbox` build the same
+simulated service from the same few values; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from batchgen import catalog
+from batchgen.money import to_micros
+
+DEFAULT_KEY = "okpk_sandbox_demo"
+DEFAULT_BALANCE_MICROS = 100_000_000  # $100: enough for a demo, small enough to run out
+DEFAULT_PORT = 8765
+
+RATE_KNOBS = (
+    "submit_500_rate",
+    "poll_500_rate",
+    "fail_rate",
+    "spurious_429_rate",
+    "drop_rate",
+    "garbage_rate",
+)
+
+
+def _default_keys() -> dict[str, int]:
+    return {DEFAULT_KEY: DEFAULT_BALANCE_MICROS}
+
+
+def _default_max_active() -> int:
+    return catalog.load().max_active_tasks
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The simulated service's settings; rates are probabilities in [0, 1] per request.
+
+    - keys: API key -> starting balance in micro-dollars.
+    - seed: every fault and jitter decision derives from it (same seed + same requests
+      = same decisions).
+    - time_scale: multiplies the catalog's typical generation time of each task.
+    - jitter: each task's generation time varies by up to ±jitter (a fraction).
+    - submit_500_rate: submit answers 500, no task created, nothing charged.
+    - poll_500_rate: poll answers 500 (the task goes on).
+    - fail_rate: an accepted task ends `failed` (and is refunded, per the catalog).
+    - spurious_429_rate: submit answers 429 even with free slots, no task created.
+    - drop_rate: on submit the task is created and charged, then the connection is closed
+      without an answer; on poll the connection is closed without an answer.
+    - garbage_rate: 200 with an unparseable body; on submit the task is created and charged.
+    - latency: (min_s, max_s) real seconds added before each API answer.
+    - retry_after: seconds sent as a Retry-After header with every 429, or None for none.
+    - max_active_tasks: pending/processing tasks allowed per key (from the catalog).
+    - file_bytes: size of each result file served under /files/.
+    """
+
+    keys: dict[str, int] = field(default_factory=_default_keys)
+    seed: int = 0
+    time_scale: float = 1.0
+    jitter: float = 0.10
+    submit_500_rate: float = 0.0
+    poll_500_rate: float = 0.0
+    fail_rate: float = 0.0
+    spurious_429_rate: float = 0.0
+    drop_rate: float = 0.0
+    garbage_rate: float = 0.0
+    latency: tuple[float, float] = (0.0, 0.0)
+    retry_after: int | None = None
+    max_active_tasks: int = field(default_factory=_default_max_active)
+    file_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in RATE_KNOBS:
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {rate!r}")
+        low, high = self.latency
+        if not 0.0 <= low <= high:
+            raise ValueError(f"latency must be (min_s, max_s) with 0 <= min <= max: {self.latency}")
+        if self.time_scale < 0:
+            raise ValueError(f"time_scale must be >= 0, not {self.time_scale!r}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), not {self.jitter!r}")
+        if self.retry_after is not None and self.retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0 seconds, not {self.retry_after!r}")
+        if self.max_active_tasks < 1:
+            raise ValueError("max_active_tasks must be at least 1")
+        if self.file_bytes < 1:
+            raise ValueError("file_bytes must be at least 1")
+        for key, balance in self.keys.items():
+            if not key or balance < 0:
+                raise ValueError(f"each key needs a name and a balance >= 0: {key!r}")
+
+    @classmethod
+    def from_knobs(cls, key: str, balance_usd: str, **knobs: Any) -> SandboxConfig:
+        """Build a config from command-line style values: one key, a USD balance, knobs.
+
+        Knobs that are None are left at their defaults; `latency` may be a (min, max) pair,
+        one number, or text such as "0.1,0.5". An unknown knob is an error, not ignored.
+        """
+        names = {f.name for f in fields(cls)} - {"keys"}
+        unknown = sorted(set(knobs) - names)
+        if unknown:
+            raise TypeError(f"unknown sandbox knob(s): {', '.join(unknown)}")
+        values = {name: value for name, value in knobs.items() if value is not None}
+        if "latency" in values:
+            values["latency"] = parse_latency(values["latency"])
+        return cls(keys={key: to_micros(balance_usd)}, **values)
+
+
+def parse_latency(value: Any) -> tuple[float, float]:
+    """(min_s, max_s) from a pair, a single number (fixed latency) or "min,max" text."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+        value = [float(p) for p in parts]
+    if isinstance(value, int | float):
+        return (float(value), float(value))
+    items = [float(v) for v in value]
+    if len(items) == 1:
+        return (items[0], items[0])
+    if len(items) != 2:
+        raise ValueError(f"latency must be MIN,MAX seconds, not {value!r}")
+    return (items[0], items[1])

@@ -1,0 +1,437 @@
+"""The simulated okaypic service: keys, balances, tasks on a clock, and seeded faults.
+
+`Sandbox.handle(method, target, headers, body)` answers one HTTP request as a `Response`
+(status, headers, body bytes or DROP), so the same object serves real HTTP (sandbox/http.py),
+an httpx.MockTransport (sandbox/transport.py) and direct unit tests. What a request may
+ask and what it costs come from the catalog (`check_request`, `price_micros`), never from
+rules restated here. Time is read from an injectable clock, so tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import re
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from batchgen import catalog as catalog_module
+from batchgen.catalog import Catalog, Model, check_request, price_micros
+from batchgen.money import to_micros, usd
+from batchgen.sandbox.config import SandboxConfig
+from batchgen.sandbox.faults import FaultDice, PollFaults, SubmitFaults
+from batchgen.sandbox.truth import MoneyEvent, Submission, Truth, payload_key
+
+
+class Drop:
+    """The answer that is no answer: close the connection without writing anything."""
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = Drop()
+
+
+class Response(NamedTuple):
+    """One answer: status, headers, body (or DROP); `delay_s` real seconds to wait first."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | Drop
+    delay_s: float = 0.0
+
+
+# What the reference does not say, chosen here: a task is `pending` for the first tenth of
+# its generation time, and each finished task has one result file of this type.
+PENDING_FRACTION = 0.10
+RESULT_FILES = {"video": ("mp4", "video/mp4"), "image": ("png", "image/png")}
+
+TRUTH_ROUTE = "GET /_sandbox/truth"
+TOPUP_ROUTE = "POST /_sandbox/topup"
+FILES_ROUTE = "GET /files/{task_id}/{n}.{ext}"
+OTHER_ROUTE = "other"
+_FILES_PATH = re.compile(r"^/files/(?P<task_id>[^/]+)/(?P<index>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
+
+
+@dataclass
+class _Task:
+    task_id: str
+    generation_id: str
+    key: str
+    kind: str
+    payload: dict[str, Any]
+    price_micros: int
+    submitted_at: float
+    ends_at: float
+    fails: bool
+    answered: str
+    settled: bool = False
+
+    def status(self, now: float) -> str:
+        if now >= self.ends_at:
+            return "failed" if self.fails else "completed"
+        elapsed = now - self.submitted_at
+        total = self.ends_at - self.submitted_at
+        return "pending" if elapsed < PENDING_FRACTION * total else "processing"
+
+    def progress(self, now: float) -> int:
+        """0 while pending, then rising with elapsed time, never 100 before completion."""
+        total = self.ends_at - self.submitted_at
+        if total <= 0 or self.status(now) == "pending":
+            return 0
+        return max(1, min(99, int(100 * (now - self.submitted_at) / total)))
+
+    def result_url(self, base_url: str, index: int = 0) -> str:
+        ext = RESULT_FILES[self.kind][0]
+        return f"{base_url.rstrip('/')}/files/{self.task_id}/{index}.{ext}"
+
+
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(obj).encode()
+    return Response(status, {"Content-Type": "application/json", **(headers or {})}, body)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json(status, {"error": message}, headers)
+
+
+def _garbled(response: Response) -> Response:
+    """The same answer cut in half: a 200 whose body no JSON parser accepts."""
+    assert isinstance(response.body, bytes)
+    return response._replace(body=response.body[: len(response.body) // 2])
+
+
+def file_bytes(task_id: str, index: int, size: int) -> bytes:
+    """The deterministic content of a result file: its SHA-256 seed repeated to `size`."""
+    block = hashlib.sha256(f"{task_id}/{index}".encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+class Sandbox:
+    """The state of one simulated service; every request runs under one lock."""
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.config = config or SandboxConfig()
+        self.clock = clock
+        self.catalog = catalog or catalog_module.load()
+        # where result files are said to live; serve() sets the real one
+        self.base_url = "http://sandbox.invalid"
+        self._lock = threading.Lock()
+        self._dice = FaultDice(self.config)
+        self._balances: dict[str, int] = dict(self.config.keys)
+        self._tasks: dict[str, _Task] = {}  # in submission order
+        self._unsettled: list[tuple[float, int, str]] = []  # heap of (ends_at, seq, task_id)
+        self._active: Counter[str] = Counter()
+        self._peak: dict[str, int] = {}
+        self._money: list[MoneyEvent] = []
+        self._responses: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._faults: Counter[str] = Counter()
+        self._polls: Counter[str] = Counter()
+        self._per_payload: Counter[str] = Counter()
+        self._submit_routes: dict[str, str] = {}  # path -> kind
+        self._poll_routes: list[tuple[re.Pattern[str], str, str]] = []  # (regex, kind, label)
+        for kind, endpoints in self.catalog.data["endpoints"].items():
+            self._submit_routes[endpoints["submit"]] = kind
+            template = endpoints["poll"]
+            pattern = re.escape(template).replace(re.escape("{task_id}"), r"(?P<task_id>[^/]+)")
+            self._poll_routes.append((re.compile(f"^{pattern}$"), kind, f"GET {template}"))
+
+    # -- the public face ---------------------------------------------------------------
+
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> Response:
+        """Answer one request (`target` is the path with an optional query string)."""
+        path = urlsplit(target).path
+        lowered = {k.lower(): v for k, v in headers.items()}
+        method = method.upper()
+        with self._lock:
+            now = self.clock()
+            self._settle(now)
+            route, response = self._dispatch(method, path, lowered, body, now)
+            status = "drop" if isinstance(response.body, Drop) else str(response.status)
+            self._responses[route][status] += 1
+        return response
+
+    def truth(self) -> Truth:
+        """A snapshot of everything the service did, for tests to check the ledger against."""
+        with self._lock:
+            now = self.clock()
+            self._settle(now)
+            return self._snapshot(now)
+
+    def top_up(self, key: str, micros: int) -> int:
+        """Add `micros` to a key's balance (creating the key if new); the new balance."""
+        if micros < 0:
+            raise ValueError("a top-up cannot be negative")
+        with self._lock:
+            return self._top_up(key, micros, self.clock())
+
+    def balance(self, key: str) -> int:
+        with self._lock:
+            self._settle(self.clock())
+            return self._balances[key]
+
+    def active_tasks(self, key: str) -> int:
+        """Tasks of `key` still pending or processing by the clock."""
+        with self._lock:
+            self._settle(self.clock())
+            return self._active[key]
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _dispatch(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, now: float
+    ) -> tuple[str, Response]:
+        if path in self._submit_routes:
+            route = f"POST {path}"
+            if method != "POST":
+                return route, _error(405, "Method not allowed", {"Allow": "POST"})
+            return route, self._submit(self._submit_routes[path], headers, body, now)
+        for pattern, kind, route in self._poll_routes:
+            match = pattern.match(path)
+            if match:
+                if method != "GET":
+                    return route, _error(405, "Method not allowed", {"Allow": "GET"})
+                return route, self._poll(kind, match["task_id"], headers, now)
+        match = _FILES_PATH.match(path)
+        if match and method == "GET":
+            return FILES_ROUTE, self._file(match["task_id"], int(match["index"]), match["ext"], now)
+        if path == "/_sandbox/truth" and method == "GET":
+            return TRUTH_ROUTE, _json(200, self._snapshot(now).to_dict())
+        if path == "/_sandbox/topup" and method == "POST":
+            return TOPUP_ROUTE, self._admin_top_up(body, now)
+        return OTHER_ROUTE, _error(404, "Not found")
+
+    def _authorized_key(self, headers: dict[str, str]) -> str | None:
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or token not in self._balances:
+            return None
+        return token
+
+    # -- the API -----------------------------------------------------------------------
+
+    def _submit(self, kind: str, headers: dict[str, str], body: bytes, now: float) -> Response:
+        faults = self._dice.submit()  # drawn for every submit: decision n depends on n only
+        key = self._authorized_key(headers)
+        if key is None:
+            response = _error(401, "Invalid or missing API key")
+        else:
+            response = self._submit_as(key, kind, body, now, faults)
+        return response._replace(delay_s=faults.latency_s)
+
+    def _submit_as(
+        self, key: str, kind: str, body: bytes, now: float, faults: SubmitFaults
+    ) -> Response:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "Request body is not valid JSON")
+        if not isinstance(payload, dict):
+            return _error(400, "Request body must be a JSON object")
+        name = payload.get("model")
+        model = self.catalog.model(name) if isinstance(name, str) else None
+        if model is not None and model.kind != kind:
+            return _error(400, f"{model.name} is not a {kind} model (use {model.submit_path})")
+        problems = check_request(payload, self.catalog)
+        if problems or model is None:
+            return _error(400, problems[0][1] if problems else "model is required")
+
+        if faults.error_500:
+            self._faults["submit.500"] += 1
+            return _error(500, "Internal server error")
+        retry_after = self.config.retry_after
+        too_many = _error(
+            429,
+            f"Too many concurrent tasks (max {self.config.max_active_tasks})",
+            {"Retry-After": str(retry_after)} if retry_after is not None else None,
+        )
+        if faults.spurious_429:
+            self._faults["submit.429"] += 1
+            return too_many
+        if self._active[key] >= self.config.max_active_tasks:
+            return too_many
+        request = _with_defaults(payload, model)
+        price = price_micros(request, self.catalog)
+        if self._balances[key] < price:
+            return _error(402, "Insufficient balance")
+
+        answered = "drop" if faults.drop else "garbage" if faults.garbage else "200"
+        task = self._accept(key, kind, payload, request, model, price, now, faults, answered)
+        if faults.fail:
+            self._faults["task.fail"] += 1
+        if faults.drop:
+            self._faults["submit.drop"] += 1
+            return Response(200, {}, DROP)
+        answer = _json(
+            200, {"generationId": task.generation_id, "taskId": task.task_id, "status": "pending"}
+        )
+        if faults.garbage:
+            self._faults["submit.garbage"] += 1
+            return _garbled(answer)
+        return answer
+
+    def _accept(
+        self,
+        key: str,
+        kind: str,
+        payload: dict[str, Any],
+        request: dict[str, Any],
+        model: Model,
+        price: int,
+        now: float,
+        faults: SubmitFaults,
+        answered: str,
+    ) -> _Task:
+        """Create, charge and start a task; it ends by the clock, settled in `_settle`."""
+        seconds = model.typical_seconds(request.get("duration"))
+        seconds *= self.config.time_scale * faults.jitter
+        task = _Task(
+            task_id=uuid.uuid4().hex,
+            generation_id=str(uuid.uuid4()),
+            key=key,
+            kind=kind,
+            payload=payload,
+            price_micros=price,
+            submitted_at=now,
+            ends_at=now + seconds,
+            fails=faults.fail,
+            answered=answered,
+        )
+        self._tasks[task.task_id] = task
+        heapq.heappush(self._unsettled, (task.ends_at, len(self._tasks), task.task_id))
+        self._balances[key] -= price
+        self._money.append(MoneyEvent(now, key, "charge", price, task.task_id))
+        self._active[key] += 1
+        self._peak[key] = max(self._peak.get(key, 0), self._active[key])
+        self._per_payload[payload_key(payload)] += 1
+        return task
+
+    def _poll(self, kind: str, task_id: str, headers: dict[str, str], now: float) -> Response:
+        faults = self._dice.poll()
+        key = self._authorized_key(headers)
+        task = self._tasks.get(task_id)
+        if key is None:
+            response = _error(401, "Invalid or missing API key")
+        elif task is None or task.key != key or task.kind != kind:
+            response = _error(404, "Task not found")  # another key's task is not revealed
+        else:
+            self._polls[task_id] += 1
+            response = self._poll_answer(task, now, faults)
+        return response._replace(delay_s=faults.latency_s)
+
+    def _poll_answer(self, task: _Task, now: float, faults: PollFaults) -> Response:
+        if faults.drop:
+            self._faults["poll.drop"] += 1
+            return Response(200, {}, DROP)
+        if faults.error_500:
+            self._faults["poll.500"] += 1
+            return _error(500, "Internal server error")
+        status = task.status(now)
+        answer: dict[str, Any]
+        if status == "completed":
+            answer = {"status": status, "resultUrls": [task.result_url(self.base_url)]}
+        elif status == "failed":
+            answer = {"status": status, "errorMessage": "Generation failed"}
+        else:
+            answer = {"status": status, "progress": task.progress(now)}
+        response = _json(200, {**answer, "type": task.kind})
+        if faults.garbage:
+            self._faults["poll.garbage"] += 1
+            return _garbled(response)
+        return response
+
+    def _file(self, task_id: str, index: int, ext: str, now: float) -> Response:
+        """A finished task's result file: no auth, like a CDN; 404 for anything else."""
+        task = self._tasks.get(task_id)
+        if task is None or task.status(now) != "completed" or index != 0:
+            return _error(404, "Not found")
+        expected_ext, content_type = RESULT_FILES[task.kind]
+        if ext != expected_ext:
+            return _error(404, "Not found")
+        content = file_bytes(task_id, index, self.config.file_bytes)
+        return Response(200, {"Content-Type": content_type}, content)
+
+    # -- admin and bookkeeping ---------------------------------------------------------
+
+    def _admin_top_up(self, body: bytes, now: float) -> Response:
+        try:
+            data = json.loads(body)
+            key, micros = str(data["key"]), to_micros(str(data["usd"]))
+            if not key or micros < 0:
+                raise ValueError(key)
+        except (ValueError, TypeError, KeyError, ArithmeticError):
+            return _error(400, 'expected {"key": "...", "usd": "12.50"} with usd >= 0')
+        balance = self._top_up(key, micros, now)
+        return _json(200, {"key": key, "balance_usd": usd(balance)})
+
+    def _top_up(self, key: str, micros: int, now: float) -> int:
+        self._balances[key] = self._balances.get(key, 0) + micros
+        self._money.append(MoneyEvent(now, key, "top_up", micros))
+        return self._balances[key]
+
+    def _settle(self, now: float) -> None:
+        """Free the slots of tasks that ended by `now`, refunding the failed ones."""
+        refund = self.catalog.failed_tasks_refunded
+        while self._unsettled and self._unsettled[0][0] <= now:
+            _, _, task_id = heapq.heappop(self._unsettled)
+            task = self._tasks[task_id]
+            task.settled = True
+            self._active[task.key] -= 1
+            if task.fails and refund:
+                self._balances[task.key] += task.price_micros
+                self._money.append(
+                    MoneyEvent(task.ends_at, task.key, "refund", task.price_micros, task_id)
+                )
+
+    def _snapshot(self, now: float) -> Truth:
+        submissions = [
+            Submission(
+                task_id=t.task_id,
+                generation_id=t.generation_id,
+                key=t.key,
+                kind=t.kind,
+                payload=json.loads(json.dumps(t.payload)),  # a copy the caller may keep
+                price_micros=t.price_micros,
+                submitted_at=t.submitted_at,
+                ends_at=t.ends_at,
+                fails=t.fails,
+                status=t.status(now),
+                answered=t.answered,
+            )
+            for t in self._tasks.values()
+        ]
+        return Truth(
+            submissions=submissions,
+            money=list(self._money),
+            balances=dict(self._balances),
+            responses={route: dict(counts) for route, counts in self._responses.items()},
+            faults=dict(self._faults),
+            peak_active=dict(self._peak),
+            polls=dict(self._polls),
+            submissions_per_payload=dict(self._per_payload),
+        )
+
+
+def _with_defaults(payload: dict[str, Any], model: Model) -> dict[str, Any]:
+    """The request as the service runs it: an omitted field takes the catalog default
+    (e.g. a per-second model without `duration` runs, and is priced, at its default)."""
+    request = dict(payload)
+    for name, value in model.defaults.items():
+        if request.get(name) is None and name in model.fields:
+            request[name] = value
+    return request

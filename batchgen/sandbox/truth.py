@@ -1,0 +1,114 @@
+"""What the simulated service really did: the yardstick tests hold batchgen's ledger to.
+
+A `Truth` is a snapshot (plain data, JSON-able both ways) so a test can compare it with
+the ledger after a run, whether the sandbox ran in the test's process or in another one
+(`GET /_sandbox/truth`, then `Truth.from_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def payload_key(payload: Any) -> str:
+    """One spelling per request body (sorted keys), to count repeated submissions."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One accepted submission: a task was created and charged (even if never answered)."""
+
+    task_id: str
+    generation_id: str
+    key: str
+    kind: str  # "video" | "image"
+    payload: dict[str, Any]
+    price_micros: int
+    submitted_at: float  # sandbox clock
+    ends_at: float  # when it completes or fails, on the sandbox clock
+    fails: bool
+    status: str  # at snapshot time: pending | processing | completed | failed
+    answered: str  # how the submit was answered: "200", "drop" or "garbage"
+
+
+@dataclass(frozen=True)
+class MoneyEvent:
+    """A change to a key's balance; `micros` is always positive, `kind` says which way."""
+
+    at: float
+    key: str
+    kind: str  # "charge" | "refund" | "top_up"
+    micros: int
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The service's own record, as of one moment."""
+
+    submissions: list[Submission] = field(default_factory=list)
+    money: list[MoneyEvent] = field(default_factory=list)
+    balances: dict[str, int] = field(default_factory=dict)
+    # route ("POST /api/video/generate", "GET /api/video/tasks/{taskId}", ...) ->
+    # status ("200", "429", ..., or "drop") -> count
+    responses: dict[str, dict[str, int]] = field(default_factory=dict)
+    # injected faults by name: submit.500, submit.429, submit.drop, submit.garbage,
+    # task.fail, poll.500, poll.drop, poll.garbage
+    faults: dict[str, int] = field(default_factory=dict)
+    peak_active: dict[str, int] = field(default_factory=dict)  # per key, ever
+    polls: dict[str, int] = field(default_factory=dict)  # per task id, by its owner
+    submissions_per_payload: dict[str, int] = field(default_factory=dict)  # payload_key ->
+
+    def _sum(self, kind: str, key: str | None) -> int:
+        return sum(e.micros for e in self.money if e.kind == kind and (key is None or e.key == key))
+
+    def charged_micros(self, key: str | None = None) -> int:
+        """Everything charged on acceptance (before refunds), for one key or all."""
+        return self._sum("charge", key)
+
+    def refunded_micros(self, key: str | None = None) -> int:
+        return self._sum("refund", key)
+
+    def net_charged_micros(self, key: str | None = None) -> int:
+        """What the service kept: charges minus refunds."""
+        return self.charged_micros(key) - self.refunded_micros(key)
+
+    def completed_micros(self, key: str | None = None) -> int:
+        """The price of tasks completed so far (what a faithful ledger calls spent)."""
+        return sum(
+            s.price_micros
+            for s in self.submissions
+            if s.status == "completed" and (key is None or s.key == key)
+        )
+
+    def statuses(self) -> dict[str, int]:
+        """How many accepted tasks are in each state now."""
+        return dict(Counter(s.status for s in self.submissions))
+
+    def count(self, route: str, status: int | str) -> int:
+        """How many answers `route` gave with `status` (an HTTP code or "drop")."""
+        return self.responses.get(route, {}).get(str(status), 0)
+
+    def duplicate_payloads(self) -> dict[str, int]:
+        """Request bodies accepted more than once, with how many times."""
+        return {k: n for k, n in self.submissions_per_payload.items() if n > 1}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Truth:
+        return cls(
+            submissions=[Submission(**s) for s in data.get("submissions", [])],
+            money=[MoneyEvent(**m) for m in data.get("money", [])],
+            balances=dict(data.get("balances", {})),
+            responses={r: dict(c) for r, c in data.get("responses", {}).items()},
+            faults=dict(data.get("faults", {})),
+            peak_active=dict(data.get("peak_active", {})),
+            polls=dict(data.get("polls", {})),
+            submissions_per_payload=dict(data.get("submissions_per_payload", {})),
+        )
