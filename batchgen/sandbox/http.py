@@ -7,15 +7,17 @@ stopped sandbox really stops answering.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from batchgen.sandbox.service import Drop, Sandbox
+from batchgen.sandbox.service import Drop, Response, Sandbox
 
 MAX_BODY_BYTES = 1_000_000  # a generate request is small; refuse anything absurd
 
@@ -42,6 +44,15 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that hangs up (e.g. its read timeout is shorter than the latency knob)
+        # is normal here, not worth a traceback
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            if self.verbose:
+                sys.stderr.write(f"sandbox {client_address[0]} hung up: {sys.exc_info()[1]}\n")
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         with self._connections_lock:
@@ -82,7 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(413 if length > 0 else 400)
             return
         body = self.rfile.read(length) if length else b""
-        response = self.server.sandbox.handle(self.command, self.path, dict(self.headers), body)
+        try:
+            response = self.server.sandbox.handle(self.command, self.path, dict(self.headers), body)
+        except Exception as exc:  # a sandbox bug: say so loudly, answer like a server would
+            traceback.print_exc()
+            message = json.dumps({"error": f"sandbox bug: {exc!r}"}).encode()
+            response = Response(500, {"Content-Type": "application/json"}, message)
         if response.delay_s > 0:
             time.sleep(response.delay_s)
         if isinstance(response.body, Drop):

@@ -1,0 +1,622 @@
+"""The sandbox is faithful to okaypic-api.txt and PRODUCT §2, and its faults are seeded.
+
+Most tests talk real HTTP to a sandbox served on 127.0.0.1 with a ManualClock, so time
+moves only when a test says so; fault sequences are checked on `Sandbox.handle` directly.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from batchgen import catalog
+from batchgen.sandbox import (
+    DEFAULT_KEY,
+    Drop,
+    Response,
+    Sandbox,
+    SandboxConfig,
+    Truth,
+    file_bytes,
+    mock_transport,
+    serve,
+)
+from batchgen.sandbox.config import parse_latency
+from tests.sandbox_fixtures import (  # noqa: F401  (fixtures are used by name)
+    ManualClock,
+    RunningSandbox,
+    make_sandbox,
+    sandbox,
+)
+
+VIDEO = "/api/video/generate"
+IMAGE = "/api/image/generate"
+VIDEO_POLL = "GET /api/video/tasks/{task_id}"
+
+# The three curl examples of okaypic-api.txt, verbatim.
+CURL_TEXT_ONLY = {
+    "model": "jimeng-video-seedance-2.0",
+    "prompt": "A cat playing piano in a jazz club",
+    "duration": 5,
+    "ratio": "16:9",
+}
+CURL_OMNI = {
+    "model": "jimeng-video-seedance-2.0",
+    "prompt": "Make this cat dance",
+    "duration": 5,
+    "ratio": "16:9",
+    "ref_mode": "omni",
+    "media": [{"type": "image", "url": "https://example.com/cat.jpg"}],
+}
+CURL_FIRST_LAST = {
+    "model": "jimeng-video-seedance-2.0",
+    "prompt": "Smooth transition",
+    "duration": 5,
+    "ratio": "16:9",
+    "ref_mode": "first-last",
+    "media": [
+        {"type": "image", "url": "https://example.com/frame1.jpg"},
+        {"type": "image", "url": "https://example.com/frame2.jpg"},
+    ],
+}
+GROK = {"model": "grok-video-3", "prompt": "A lighthouse", "duration": 5, "ratio": "1:1"}
+POSTER = {"model": "jimeng-5.0", "prompt": "A red bicycle", "ratio": "3:4", "resolution": "2k"}
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def sb(make_sandbox, clock) -> RunningSandbox:  # noqa: F811
+    """A served sandbox whose time moves only with `clock.advance`, at catalog pace."""
+    return make_sandbox(clock=clock, time_scale=1.0, jitter=0.0)
+
+
+def submit(sb: RunningSandbox, body: Any, path: str = VIDEO, **kwargs: Any) -> httpx.Response:
+    kwargs.setdefault("headers", sb.headers())
+    return httpx.post(sb.base_url + path, json=body, timeout=5, **kwargs)
+
+
+def poll(sb: RunningSandbox, task_id: str, kind: str = "video", **kwargs: Any) -> httpx.Response:
+    kwargs.setdefault("headers", sb.headers())
+    return httpx.get(f"{sb.base_url}/api/{kind}/tasks/{task_id}", timeout=5, **kwargs)
+
+
+def generation_seconds(body: dict[str, Any]) -> float:
+    model = catalog.load().model(body["model"])
+    assert model is not None
+    return model.typical_seconds(body.get("duration"))
+
+
+# -- the documented requests and answers -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body", [CURL_TEXT_ONLY, CURL_OMNI, CURL_FIRST_LAST], ids=["text", "omni", "first-last"]
+)
+def test_each_curl_example_of_the_reference_is_accepted_with_the_documented_shape(sb, body):
+    response = submit(sb, body)
+
+    assert response.status_code == 200
+    answer = response.json()
+    assert set(answer) == {"generationId", "taskId", "status"}
+    assert answer["status"] == "pending"
+    uuid.UUID(answer["generationId"])
+    assert sb.truth().submissions[0].task_id == answer["taskId"]
+    assert sb.truth().submissions[0].payload == body
+
+
+def test_a_task_is_pending_then_processing_with_rising_progress_then_completed(sb, clock):
+    task_id = submit(sb, CURL_TEXT_ONLY).json()["taskId"]
+    total = generation_seconds(CURL_TEXT_ONLY)  # jitter 0: exactly the catalog's time
+
+    assert poll(sb, task_id).json() == {"status": "pending", "progress": 0, "type": "video"}
+    seen = []
+    for _ in range(8):
+        clock.advance(total / 10)
+        answer = poll(sb, task_id).json()
+        assert answer["status"] == "processing" and answer["type"] == "video"
+        assert set(answer) == {"status", "progress", "type"}
+        seen.append(answer["progress"])
+    assert seen == sorted(seen) and 0 < seen[0] < seen[-1] <= 99
+    clock.advance(total)
+    done = poll(sb, task_id).json()
+
+    assert done == {
+        "status": "completed",
+        "resultUrls": [f"{sb.base_url}/files/{task_id}/0.mp4"],
+        "type": "video",
+    }
+    assert sb.truth().polls[task_id] == 10
+
+
+def test_result_files_are_served_without_auth_once_the_task_completed(sb, clock):
+    task_id = submit(sb, GROK).json()["taskId"]
+    url = f"{sb.base_url}/files/{task_id}/0.mp4"
+    assert httpx.get(url).status_code == 404  # not generated yet
+
+    clock.advance(generation_seconds(GROK) + 1)
+    [result_url] = poll(sb, task_id).json()["resultUrls"]
+    file = httpx.get(result_url)
+
+    assert result_url == url
+    assert file.status_code == 200 and file.headers["content-type"] == "video/mp4"
+    assert file.content == file_bytes(task_id, 0, 4096) == httpx.get(url).content
+    assert httpx.get(f"{sb.base_url}/files/{task_id}/0.png").status_code == 404
+    assert httpx.get(f"{sb.base_url}/files/{task_id}/1.mp4").status_code == 404
+    assert httpx.get(f"{sb.base_url}/files/nope/0.mp4").status_code == 404
+
+
+def test_image_jobs_use_the_image_endpoints_and_give_a_png(sb, clock):
+    response = submit(sb, POSTER, path=IMAGE)
+    assert response.status_code == 200
+    task_id = response.json()["taskId"]
+
+    assert poll(sb, task_id, "image").json() == {
+        "status": "pending",
+        "progress": 0,
+        "type": "image",
+    }
+    assert poll(sb, task_id, "video").status_code == 404  # an image task is not a video task
+    clock.advance(generation_seconds(POSTER) + 0.1)
+    done = poll(sb, task_id, "image").json()
+
+    assert done == {
+        "status": "completed",
+        "resultUrls": [f"{sb.base_url}/files/{task_id}/0.png"],
+        "type": "image",
+    }
+    file = httpx.get(done["resultUrls"][0])
+    assert file.headers["content-type"] == "image/png" and len(file.content) == 4096
+    assert sb.truth().charged_micros() == 200_000
+
+
+# -- 400: the catalog decides what is valid ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, body, words",
+    [
+        (VIDEO, {**CURL_TEXT_ONLY, "model": "sora-9"}, "not known"),
+        (VIDEO, POSTER, "not a video model"),
+        (IMAGE, CURL_TEXT_ONLY, "not a image model"),
+        (VIDEO, {**CURL_TEXT_ONLY, "duration": 20}, "duration 20 is not allowed"),
+        (VIDEO, {**GROK, "duration": 7}, "allowed: 5, 10, 15"),
+        (VIDEO, {**CURL_TEXT_ONLY, "duration": "5"}, "whole number"),
+        (VIDEO, {**CURL_TEXT_ONLY, "ratio": "5:4"}, "ratio '5:4' is not allowed"),
+        (VIDEO, {k: v for k, v in CURL_TEXT_ONLY.items() if k != "prompt"}, "prompt"),
+        (VIDEO, {"prompt": "no model"}, "model is required"),
+        (VIDEO, {**CURL_OMNI, "ref_mode": None}, "ref_mode is required"),
+        (
+            VIDEO,
+            {**CURL_FIRST_LAST, "media": [{"type": "video", "url": "https://e.com/v.mp4"}]},
+            "media type 'video' is not allowed with ref_mode first-last",
+        ),
+        (
+            VIDEO,
+            {**CURL_OMNI, "media": [{"type": "video", "url": f"https://e.com/{i}"} for i in "ab"]},
+            "2 video items",
+        ),
+        (VIDEO, {**GROK, "media": CURL_OMNI["media"]}, "media is not accepted by grok-video-3"),
+        (VIDEO, {"model": "veo3.1", "prompt": "Drone", "ratio": "9:16"}, "variant is required"),
+    ],
+)
+def test_an_invalid_request_gets_400_with_the_first_problem_and_creates_nothing(
+    sb, path, body, words
+):
+    response = submit(sb, body, path=path)
+
+    assert response.status_code == 400
+    assert words in response.json()["error"]
+    assert sb.truth().submissions == [] and sb.sim.balance(sb.key) == 100_000_000
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"", b"\xff\xfe"])
+def test_a_body_that_is_not_a_json_object_gets_400(sb, content):
+    response = httpx.post(sb.base_url + VIDEO, content=content, headers=sb.headers())
+    assert response.status_code == 400 and "JSON" in response.json()["error"]
+
+
+# -- 401, 402, 404, 429 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer okpk_wrong"}, {"Authorization": f"Basic {DEFAULT_KEY}"}],
+    ids=["missing", "wrong-key", "wrong-scheme"],
+)
+def test_a_missing_or_wrong_key_gets_401_on_submit_and_poll(sb, headers):
+    task_id = submit(sb, GROK).json()["taskId"]
+
+    refused = submit(sb, GROK, headers=headers)
+    polled = poll(sb, task_id, headers=headers)
+
+    assert refused.status_code == 401 and "error" in refused.json()
+    assert polled.status_code == 401
+    assert len(sb.truth().submissions) == 1
+
+
+def test_a_short_balance_gets_402_and_charges_nothing(make_sandbox, clock):  # noqa: F811
+    sb = make_sandbox(clock=clock, keys={"okpk_poor": 150_000})  # $0.15
+
+    first = submit(sb, GROK)  # $0.10
+    second = submit(sb, GROK)
+
+    assert first.status_code == 200
+    assert second.status_code == 402 and second.json() == {"error": "Insufficient balance"}
+    assert sb.sim.balance("okpk_poor") == 50_000
+    assert sb.truth().charged_micros("okpk_poor") == 100_000
+
+
+def test_a_failed_task_is_refunded_so_its_money_can_be_spent_again(make_sandbox, clock):  # noqa: F811
+    sb = make_sandbox(clock=clock, keys={"okpk_poor": 100_000}, fail_rate=1.0)
+    task_id = submit(sb, GROK).json()["taskId"]
+    assert sb.sim.balance("okpk_poor") == 0
+    assert submit(sb, GROK).status_code == 402
+
+    clock.advance(generation_seconds(GROK) * 1.2)
+    answer = poll(sb, task_id).json()
+
+    assert answer == {"status": "failed", "errorMessage": "Generation failed", "type": "video"}
+    assert sb.sim.balance("okpk_poor") == 100_000
+    truth = sb.truth()
+    assert truth.net_charged_micros() == 0 and truth.refunded_micros("okpk_poor") == 100_000
+    assert submit(sb, GROK).status_code == 200
+
+
+def test_prices_come_from_the_catalog_with_a_video_reference_doubling_the_rate(sb):
+    with_video = {**CURL_OMNI, "media": [{"type": "video", "url": "https://e.com/v.mp4"}]}
+    for body in (CURL_TEXT_ONLY, with_video):
+        assert submit(sb, body).status_code == 200
+
+    prices = [s.price_micros for s in sb.truth().submissions]
+
+    assert prices == [600_000, 1_200_000]  # 5 s x $0.12, 5 s x $0.24
+    assert sb.sim.balance(sb.key) == 100_000_000 - 1_800_000
+
+
+def test_an_omitted_duration_runs_and_is_charged_at_the_catalog_default(sb):
+    body = {k: v for k, v in GROK.items() if k != "duration"}
+    assert submit(sb, body).status_code == 200
+    assert sb.truth().submissions[0].price_micros == 100_000  # default 5 s x $0.02
+
+
+def test_a_fourth_active_task_gets_429_until_a_slot_frees(sb, clock):
+    for _ in range(3):
+        assert submit(sb, GROK).status_code == 200
+
+    fourth = submit(sb, GROK)
+    assert fourth.status_code == 429
+    assert fourth.json() == {"error": "Too many concurrent tasks (max 3)"}
+    assert "retry-after" not in fourth.headers
+    other_key = "okpk_other"
+    sb.sim.top_up(other_key, 1_000_000)
+    assert submit(sb, GROK, headers=sb.headers(other_key)).status_code == 200  # per key
+
+    clock.advance(generation_seconds(GROK) + 0.1)
+    assert submit(sb, GROK).status_code == 200
+    truth = sb.truth()
+    assert truth.peak_active == {sb.key: 3, other_key: 1}
+    assert truth.count("POST /api/video/generate", 429) == 1
+    assert truth.count("POST /api/video/generate", 200) == 5
+    assert len(truth.submissions) == 5
+
+
+def test_retry_after_is_sent_with_429_when_configured(make_sandbox):  # noqa: F811
+    sb = make_sandbox(clock=ManualClock(), retry_after=7)
+    for _ in range(3):
+        submit(sb, GROK)
+    assert submit(sb, GROK).headers["retry-after"] == "7"
+
+
+def test_unknown_tasks_and_other_keys_tasks_are_404(sb):
+    task_id = submit(sb, GROK).json()["taskId"]
+    sb.sim.top_up("okpk_other", 0)
+
+    assert poll(sb, "nope").status_code == 404
+    assert poll(sb, task_id, headers=sb.headers("okpk_other")).status_code == 404
+    assert poll(sb, task_id).status_code == 200
+    assert sb.truth().polls == {task_id: 1}
+    assert httpx.get(sb.base_url + "/api/nothing").status_code == 404
+    assert httpx.get(sb.base_url + VIDEO, headers=sb.headers()).status_code == 405
+
+
+def test_only_three_of_many_simultaneous_submits_are_accepted(sandbox):  # noqa: F811
+    answers: list[int] = []
+
+    def one() -> None:
+        answers.append(submit(sandbox, GROK).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(answers) == [200] * 3 + [429] * 9
+    assert sandbox.truth().peak_active[sandbox.key] == 3
+
+
+# -- truth and admin endpoints -----------------------------------------------------------
+
+
+def test_truth_records_submissions_money_responses_and_repeated_payloads(sb, clock):
+    submit(sb, GROK)
+    submit(sb, GROK)
+    submit(sb, {**GROK, "prompt": "Another"})
+    submit(sb, {**GROK, "duration": 3})
+    clock.advance(100)
+
+    truth = sb.truth()
+
+    assert [s.status for s in truth.submissions] == ["completed"] * 3
+    assert truth.statuses() == {"completed": 3}
+    assert truth.completed_micros() == truth.net_charged_micros() == 300_000
+    assert list(truth.duplicate_payloads().values()) == [2]
+    assert truth.count("POST /api/video/generate", 400) == 1
+    assert [m.kind for m in truth.money] == ["charge"] * 3
+    assert truth.balances[sb.key] == 100_000_000 - 300_000
+
+
+def test_truth_and_top_up_are_reachable_over_http_for_another_process(sb):
+    submit(sb, GROK)
+
+    topped = httpx.post(sb.base_url + "/_sandbox/topup", json={"key": "okpk_new", "usd": "2.50"})
+    truth = Truth.from_dict(httpx.get(sb.base_url + "/_sandbox/truth").json())
+
+    assert topped.json() == {"key": "okpk_new", "balance_usd": "2.50"}
+    assert truth.submissions == sb.truth().submissions
+    assert truth.balances["okpk_new"] == 2_500_000
+    assert submit(sb, GROK, headers=sb.headers("okpk_new")).status_code == 200
+    bad = httpx.post(sb.base_url + "/_sandbox/topup", json={"key": "k", "usd": "lots"})
+    assert bad.status_code == 400
+
+
+# -- HTTP behaviour ----------------------------------------------------------------------
+
+
+def test_one_connection_serves_many_requests_keep_alive(sb):
+    connection = http.client.HTTPConnection(sb.served.host, sb.served.port, timeout=5)
+    body = json.dumps(GROK)
+    headers = {**sb.headers(), "Content-Type": "application/json"}
+    for _ in range(3):
+        connection.request("POST", VIDEO, body=body, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["status"] == "pending"
+    connection.close()
+
+
+def test_stop_closes_idle_keep_alive_connections(make_sandbox):  # noqa: F811
+    sb = make_sandbox()
+    with httpx.Client(base_url=sb.base_url, timeout=2) as client:
+        assert client.get("/api/video/tasks/x").status_code == 401  # a connection is open
+
+        sb.served.stop()
+
+        with pytest.raises(httpx.TransportError):
+            client.get("/api/video/tasks/x")
+
+
+def test_a_bug_in_the_sandbox_is_answered_500_not_a_silent_drop(capsys):
+    class Broken(Sandbox):
+        def handle(self, *args: Any, **kwargs: Any) -> Response:
+            raise RuntimeError("oops")
+
+    with serve(Broken()) as served:
+        response = httpx.get(served.base_url + "/api/video/tasks/x")
+
+    assert response.status_code == 500 and "oops" in response.json()["error"]
+    assert "RuntimeError: oops" in capsys.readouterr().err
+
+
+def test_the_mock_transport_gives_the_same_answers_without_sockets():
+    sim = Sandbox(SandboxConfig(drop_rate=0.0), clock=ManualClock())
+    with httpx.Client(transport=mock_transport(sim), base_url="http://sandbox") as client:
+        answer = client.post(VIDEO, json=GROK, headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
+    assert answer.status_code == 200 and set(answer.json()) == {"generationId", "taskId", "status"}
+
+    dropping = Sandbox(SandboxConfig(drop_rate=1.0), clock=ManualClock())
+    with httpx.Client(transport=mock_transport(dropping), base_url="http://sandbox") as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post(VIDEO, json=GROK, headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
+    assert len(dropping.truth().submissions) == 1
+
+
+# -- fault knobs: their effect over HTTP, and their determinism -------------------------
+
+
+def test_submit_500_creates_no_task_and_charges_nothing(make_sandbox):  # noqa: F811
+    sb = make_sandbox(clock=ManualClock(), submit_500_rate=1.0)
+    response = submit(sb, GROK)
+    assert response.status_code == 500 and "error" in response.json()
+    assert sb.truth().submissions == [] and sb.truth().faults == {"submit.500": 1}
+
+
+def test_poll_500_answers_500_but_the_task_goes_on(make_sandbox, clock):  # noqa: F811
+    sb = make_sandbox(clock=clock, poll_500_rate=1.0)
+    task_id = submit(sb, GROK).json()["taskId"]
+    clock.advance(100)
+    assert poll(sb, task_id).status_code == 500
+    assert sb.truth().submissions[0].status == "completed"
+
+
+def test_a_spurious_429_comes_with_free_slots_and_creates_no_task(make_sandbox):  # noqa: F811
+    sb = make_sandbox(clock=ManualClock(), spurious_429_rate=1.0, retry_after=2)
+    response = submit(sb, GROK)
+    assert response.status_code == 429 and response.headers["retry-after"] == "2"
+    assert sb.truth().submissions == [] and sb.sim.active_tasks(sb.key) == 0
+
+
+def test_a_dropped_submit_creates_and_charges_a_task_but_answers_nothing(make_sandbox):  # noqa: F811
+    sb = make_sandbox(clock=ManualClock(), drop_rate=1.0)
+    client = sb.client()
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.post(VIDEO, json=GROK)
+
+    [task] = sb.truth().submissions
+    assert task.answered == "drop" and sb.truth().charged_micros() == 100_000
+    with pytest.raises(httpx.RemoteProtocolError):  # the client reconnects; polls drop too
+        client.get(f"/api/video/tasks/{task.task_id}")
+    assert sb.truth().count(VIDEO_POLL, "drop") == 1
+
+
+def test_a_garbage_submit_is_an_unparseable_200_for_a_created_charged_task(make_sandbox):  # noqa: F811
+    sb = make_sandbox(clock=ManualClock(), garbage_rate=1.0)
+    response = submit(sb, GROK)
+
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        response.json()
+    [task] = sb.truth().submissions
+    assert task.answered == "garbage" and sb.truth().charged_micros() == 100_000
+    polled = poll(sb, task.task_id)
+    assert polled.status_code == 200
+    with pytest.raises(ValueError):
+        polled.json()
+
+
+def test_latency_delays_each_api_answer_by_a_seeded_amount_in_the_range(make_sandbox):  # noqa: F811
+    sb = make_sandbox(latency=(0.05, 0.08))
+    started = time.monotonic()
+    assert submit(sb, GROK).status_code == 200
+    assert time.monotonic() - started >= 0.05
+
+    sim = Sandbox(SandboxConfig(latency=(0.1, 0.3), seed=1), clock=ManualClock())
+    delays = [handle_submit(sim).delay_s for _ in range(20)]
+    assert all(0.1 <= d <= 0.3 for d in delays) and len(set(delays)) == 20
+
+
+def handle_submit(sim: Sandbox, body: dict[str, Any] = GROK) -> Response:
+    headers = {"Authorization": f"Bearer {DEFAULT_KEY}"}
+    return sim.handle("POST", VIDEO, headers, json.dumps(body).encode())
+
+
+def outcome(response: Response) -> str:
+    """What a client would see: drop, garbage, or the status code."""
+    if isinstance(response.body, Drop):
+        return "drop"
+    try:
+        json.loads(response.body)
+    except ValueError:
+        return "garbage"
+    return str(response.status)
+
+
+def submit_outcomes(seed: int, **knobs: Any) -> list[str]:
+    """40 submits with time moving on far enough between them that slots are always free."""
+    clock = ManualClock()
+    sim = Sandbox(SandboxConfig(seed=seed, **knobs), clock=clock)
+    seen = []
+    for _ in range(40):
+        seen.append(outcome(handle_submit(sim)))
+        clock.advance(1000)
+    return seen + [s.status for s in sim.truth().submissions]
+
+
+def poll_outcomes(seed: int, **knobs: Any) -> list[str]:
+    """40 polls of one task that has long completed."""
+    clock = ManualClock()
+    sim = Sandbox(SandboxConfig(seed=seed, **knobs), clock=clock)
+    task_id = json.loads(handle_submit(sim).body)["taskId"]  # type: ignore[arg-type]
+    clock.advance(1000)
+    headers = {"Authorization": f"Bearer {DEFAULT_KEY}"}
+    return [outcome(sim.handle("GET", f"/api/video/tasks/{task_id}", headers)) for _ in range(40)]
+
+
+@pytest.mark.parametrize(
+    "knob, outcomes, effect",
+    [
+        ("submit_500_rate", submit_outcomes, "500"),
+        ("spurious_429_rate", submit_outcomes, "429"),
+        ("fail_rate", submit_outcomes, "failed"),
+        ("drop_rate", submit_outcomes, "drop"),
+        ("garbage_rate", submit_outcomes, "garbage"),
+        ("poll_500_rate", poll_outcomes, "500"),
+        ("drop_rate", poll_outcomes, "drop"),
+        ("garbage_rate", poll_outcomes, "garbage"),
+    ],
+)
+def test_each_fault_knob_is_seeded_same_seed_same_faults_other_seed_other_faults(
+    knob, outcomes, effect
+):
+    same = outcomes(seed=11, **{knob: 0.4})
+
+    assert same == outcomes(seed=11, **{knob: 0.4})
+    assert same != outcomes(seed=12, **{knob: 0.4})
+    assert 0 < same.count(effect) < 40  # a rate, neither never nor always
+    assert effect not in outcomes(seed=11)  # off by default
+
+
+def test_one_knob_does_not_shift_another_knobs_decisions():
+    alone = submit_outcomes(seed=5, submit_500_rate=0.3)
+    with_failures = submit_outcomes(seed=5, submit_500_rate=0.3, fail_rate=0.5)
+    assert [o == "500" for o in alone[:40]] == [o == "500" for o in with_failures[:40]]
+
+
+def test_generation_times_are_the_catalog_times_scaled_with_seeded_jitter():
+    def ends(seed: int) -> list[float]:
+        sim = Sandbox(SandboxConfig(seed=seed, time_scale=0.5), clock=ManualClock(0.0))
+        for _ in range(3):
+            handle_submit(sim)
+        return [s.ends_at for s in sim.truth().submissions]
+
+    typical = generation_seconds(GROK) * 0.5
+    assert all(0.9 * typical <= t <= 1.1 * typical for t in ends(1))
+    assert ends(1) == ends(1) != ends(2)
+
+
+# -- configuration and the standalone server ---------------------------------------------
+
+
+def test_config_refuses_out_of_range_knobs_and_parses_command_line_values():
+    with pytest.raises(ValueError):
+        SandboxConfig(fail_rate=1.5)
+    with pytest.raises(ValueError):
+        SandboxConfig(latency=(0.5, 0.1))
+    with pytest.raises(TypeError):
+        SandboxConfig.from_knobs("k", "1", no_such_knob=1)
+    config = SandboxConfig.from_knobs("k", "12.34", latency="0.1,0.2", seed=None, fail_rate=0.2)
+    assert config.keys == {"k": 12_340_000} and config.latency == (0.1, 0.2)
+    assert config.seed == 0 and config.fail_rate == 0.2
+    assert parse_latency(0.3) == (0.3, 0.3) and parse_latency((0, 1)) == (0.0, 1.0)
+
+
+def test_the_standalone_sandbox_prints_its_url_and_key_and_stops_on_sigterm():
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen.sandbox", "--port", "0", "--key", "okpk_t"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip().removeprefix("OKAYPIC_BASE_URL=")
+        key = process.stdout.readline().strip().removeprefix("OKAYPIC_API_KEY=")
+        answer = httpx.post(base_url + VIDEO, json=GROK, headers={"Authorization": f"Bearer {key}"})
+        assert key == "okpk_t" and answer.status_code == 200
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
