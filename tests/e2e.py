@@ -1,0 +1,115 @@
+"""Helpers for end-to-end tests: the real `batchgen` command in a subprocess, a real ledger
+file, and the sandbox served over HTTP on 127.0.0.1 by the test process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+FAST = ["--poll-interval", "0.02", "--retry-delay", "0.01"]
+
+
+def command_env(ledger: Path, base_url: str | None, key: str | None) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OKAYPIC_API_KEY", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
+    }
+    env["BATCHGEN_LEDGER"] = str(ledger)
+    if base_url is not None:
+        env["OKAYPIC_BASE_URL"] = base_url
+    if key is not None:
+        env["OKAYPIC_API_KEY"] = key
+    return env
+
+
+def batchgen(
+    *args: str,
+    ledger: Path,
+    base_url: str | None = None,
+    key: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real command to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchgen", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=command_env(ledger, base_url, key),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def spawn(
+    *args: str,
+    ledger: Path,
+    base_url: str | None = None,
+    key: str | None = None,
+    stdout: Any = subprocess.PIPE,
+) -> subprocess.Popen[str]:
+    """Start the real command, for tests that signal or kill it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgen", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=command_env(ledger, base_url, key),
+    )
+
+
+def write_manifest(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def grok_batch(path: Path, n: int, campaign: str = "e2e", budget: str | None = None) -> Path:
+    """n cheap grok jobs ($0.10 each at 5 s)."""
+    lines = ["version: 1", f"campaign: {campaign}"]
+    if budget is not None:
+        lines.append(f"budget_usd: {budget}")
+    lines += [
+        'defaults: {model: grok-video-3, duration: 5, ratio: "1:1"}',
+        "jobs:",
+        '  - id: "clip-{n}"',
+        '    prompt: "clip number {n}"',
+        f"    matrix: {{n: {list(range(1, n + 1))}}}",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def rows(ledger: Path, sql: str, *params: Any) -> list[dict[str, Any]]:
+    db = sqlite3.connect(ledger)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(sql, params)]
+    finally:
+        db.close()
+
+
+def status_json(ledger: Path) -> dict[str, Any]:
+    result = batchgen("status", "--json", ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def ledger_spent_micros(ledger: Path) -> int:
+    return rows(
+        ledger,
+        "SELECT COALESCE(SUM(cost_micro_usd), 0) AS s FROM attempts"
+        " WHERE state IN ('completed', 'failed')",
+    )[0]["s"]
+
+
+def recorded_task_ids(ledger: Path) -> list[str]:
+    return [
+        r["task_id"] for r in rows(ledger, "SELECT task_id FROM attempts WHERE task_id IS NOT NULL")
+    ]

@@ -1,0 +1,337 @@
+"""The scheduler end to end: the real `batchgen` command against the sandbox on 127.0.0.1,
+on a real SQLite ledger (PRODUCT.md §6, §7, §10)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.e2e import (
+    FAST,
+    batchgen,
+    grok_batch,
+    ledger_spent_micros,
+    recorded_task_ids,
+    rows,
+    spawn,
+    status_json,
+)
+
+SCALE = 0.01  # grok 5 s: about 0.4 s of generation
+
+
+def each_task_submitted_once(ledger, truth) -> None:
+    """No task with a recorded task id was submitted again: every sandbox submission is
+    one ledger attempt that created (or may have created) a task, never two."""
+    attempts = rows(
+        ledger,
+        "SELECT campaign, job_id, state FROM attempts"
+        " WHERE state IN ('running', 'completed', 'failed', 'unknown')",
+    )
+    known = [a for a in attempts if a["state"] != "unknown"]
+    assert len(truth.submissions) >= len(known)
+    assert len(truth.submissions) <= len(attempts)
+    assert len(set(recorded_task_ids(ledger))) == len(recorded_task_ids(ledger))
+
+
+def test_a_batch_completes_with_exact_costs_and_no_429(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 9)
+    result = batchgen(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    assert result.returncode == 0, result.stderr
+    truth = sandbox.sim.truth()
+    assert status_json(ledger)["counts"]["completed"] == 9
+    assert status_json(ledger)["spent_usd"] == "0.90"
+    assert ledger_spent_micros(ledger) == truth.net_charged_micros() == 900_000
+    assert truth.count("POST /api/video/generate", 429) == 0
+    assert truth.peak_active[sandbox.key] <= 3
+    each_task_submitted_once(ledger, truth)
+
+
+def test_a_second_run_of_the_same_manifest_submits_nothing(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 3)
+    for _ in range(2):
+        result = batchgen(
+            "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+        )
+        assert result.returncode == 0, result.stderr
+    assert len(sandbox.sim.truth().submissions) == 3
+
+
+@pytest.mark.parametrize("key", [None, "okpk_wrong"])
+def test_a_missing_or_wrong_key_exits_4_naming_the_variable_and_fails_no_job(
+    make_sandbox, tmp_path, key
+):
+    sandbox = make_sandbox(time_scale=SCALE)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 4)
+    started = time.monotonic()
+    result = batchgen(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=key
+    )
+    assert result.returncode == 4
+    assert time.monotonic() - started < 10
+    assert "OKAYPIC_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sandbox.sim.truth().submissions == []
+    if ledger.exists():
+        assert rows(ledger, "SELECT COUNT(*) AS n FROM jobs WHERE status != 'queued'")[0]["n"] == 0
+
+
+def test_402_mid_run_exits_3_keeps_the_rest_queued_and_resume_finishes_after_a_top_up(
+    make_sandbox, tmp_path
+):
+    sandbox = make_sandbox(time_scale=SCALE, keys={"okpk_small": 450_000})  # 4 x $0.10 + 0.05
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 8)
+    result = batchgen(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key="okpk_small"
+    )
+    assert result.returncode == 3, result.stderr
+    assert "balance" in result.stderr and "batchgen resume" in result.stderr
+    counts = status_json(ledger)["counts"]
+    assert counts["completed"] == 4
+    assert counts["queued"] == 4 and counts["failed"] == 0
+    sandbox.sim.top_up("okpk_small", 1_000_000)
+    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key="okpk_small")
+    assert result.returncode == 0, result.stderr
+    assert status_json(ledger)["counts"]["completed"] == 8
+    truth = sandbox.sim.truth()
+    assert ledger_spent_micros(ledger) == truth.net_charged_micros() == 800_000
+    each_task_submitted_once(ledger, truth)
+
+
+def test_the_budget_is_never_exceeded_and_the_run_exits_3(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 6, budget="0.35")
+    result = batchgen(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    assert result.returncode == 3, result.stderr
+    assert "budget" in result.stderr
+    truth = sandbox.sim.truth()
+    assert truth.charged_micros() == 300_000
+    status = status_json(ledger)
+    assert status["counts"] == {
+        "queued": 3,
+        "submitting": 0,
+        "running": 0,
+        "completed": 3,
+        "failed": 0,
+        "held": 0,
+    }
+    reasons = {r["reason"] for r in rows(ledger, "SELECT reason FROM jobs WHERE status='queued'")}
+    assert reasons == {"budget"}
+
+
+def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(make_sandbox, tmp_path):
+    sandbox = make_sandbox(
+        time_scale=SCALE,
+        seed=7,
+        submit_500_rate=0.15,
+        poll_500_rate=0.15,
+        fail_rate=0.15,
+        spurious_429_rate=0.15,
+        drop_rate=0.1,
+        garbage_rate=0.1,
+        latency=(0.0, 0.01),
+    )
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 20)
+    result = batchgen(
+        "run",
+        str(manifest),
+        *FAST,
+        "--max-attempts",
+        "6",
+        ledger=ledger,
+        base_url=sandbox.base_url,
+        key=sandbox.key,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    status = status_json(ledger)
+    assert status["counts"]["completed"] + status["counts"]["failed"] == 20
+    for job in status["jobs"]:
+        assert job["status"] == "completed" or job["error"]
+    truth = sandbox.sim.truth()
+    money = rows(
+        ledger,
+        "SELECT"
+        " SUM(CASE WHEN state IN ('completed','failed') THEN cost_micro_usd END) s,"
+        " SUM(CASE WHEN state = 'unknown' THEN unit_price_micro_usd END) u"
+        " FROM attempts",
+    )[0]
+    # Spent is exactly what completed tasks cost; unknown attempts cover whatever the
+    # service charged for tasks batchgen never heard of.
+    assert money["s"] == truth.completed_micros(sandbox.key)
+    assert money["s"] <= truth.net_charged_micros() <= money["s"] + (money["u"] or 0)
+    each_task_submitted_once(ledger, truth)
+
+
+def test_accept_then_drop_shows_as_unknown_cost_covering_what_was_charged(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE, seed=3, drop_rate=0.4)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 8)
+    result = batchgen(
+        "run",
+        str(manifest),
+        *FAST,
+        "--max-attempts",
+        "8",
+        ledger=ledger,
+        base_url=sandbox.base_url,
+        key=sandbox.key,
+    )
+    assert result.returncode == 0, result.stderr
+    status = status_json(ledger)
+    truth = sandbox.sim.truth()
+    dropped = truth.faults.get("submit.drop", 0)
+    assert dropped > 0
+    assert status["unknown_usd"] == f"{dropped * 0.10:.2f}"
+    spent = ledger_spent_micros(ledger)
+    assert spent + dropped * 100_000 == truth.net_charged_micros()
+
+
+def test_hold_keeps_a_job_of_unknown_outcome_for_a_person(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE, seed=3, drop_rate=0.5)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 6)
+    result = batchgen(
+        "run",
+        str(manifest),
+        *FAST,
+        "--on-unknown",
+        "hold",
+        ledger=ledger,
+        base_url=sandbox.base_url,
+        key=sandbox.key,
+    )
+    held = status_json(ledger)["counts"]["held"]
+    assert held > 0
+    assert result.returncode == 3
+    assert "retry --unknown" in result.stderr
+    before = len(sandbox.sim.truth().submissions)
+    assert batchgen("retry", "--unknown", ledger=ledger).returncode == 0
+    result = batchgen(
+        "resume",
+        *FAST,
+        "--on-unknown",
+        "hold",
+        ledger=ledger,
+        base_url=sandbox.base_url,
+        key=sandbox.key,
+    )
+    assert len(sandbox.sim.truth().submissions) > before
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_kill_9_mid_run_then_resume_completes_without_resubmitting_a_recorded_task(
+    make_sandbox, tmp_path
+):
+    sandbox = make_sandbox(time_scale=SCALE * 3)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 12)
+    process = spawn(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    wait_for(lambda: len(sandbox.sim.truth().submissions) >= 5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = set(recorded_task_ids(ledger))
+    assert before
+    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+    assert result.returncode == 0, result.stderr
+    truth = sandbox.sim.truth()
+    assert status_json(ledger)["counts"]["completed"] == 12
+    assert rows(ledger, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+    each_task_submitted_once(ledger, truth)
+    spent = ledger_spent_micros(ledger)
+    assert spent == truth.completed_micros()
+    unknown = rows(
+        ledger,
+        "SELECT COALESCE(SUM(unit_price_micro_usd), 0) u FROM attempts WHERE state = 'unknown'",
+    )[0]["u"]
+    assert spent <= truth.net_charged_micros() <= spent + unknown
+
+
+def test_ctrl_c_exits_130_within_2_s_and_resume_finishes_without_duplicates(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE * 5)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 9)
+    process = spawn(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    wait_for(lambda: len(sandbox.sim.truth().submissions) >= 3)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    process.wait(timeout=10)
+    assert time.monotonic() - started < 2.0
+    assert process.returncode == 130
+    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+    assert result.returncode == 0, result.stderr
+    truth = sandbox.sim.truth()
+    assert status_json(ledger)["counts"]["completed"] == 9
+    each_task_submitted_once(ledger, truth)
+    assert truth.duplicate_payloads() == {}
+
+
+def test_a_second_runner_on_the_same_ledger_is_refused_while_the_first_lives(
+    make_sandbox, tmp_path
+):
+    sandbox = make_sandbox(time_scale=SCALE * 10)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 6)
+    first = spawn(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    try:
+        wait_for(lambda: len(sandbox.sim.truth().submissions) >= 1)
+        second = batchgen(
+            "resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+        )
+        assert second.returncode == 1
+        assert f"pid {first.pid}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The holder died: the next runner takes over.
+    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_path):
+    secret = "okpk_secret_4f9a1c"
+    sandbox = make_sandbox(
+        time_scale=SCALE, keys={secret: 10_000_000}, drop_rate=0.2, submit_500_rate=0.2, seed=5
+    )
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 5)
+    outputs = []
+    for args in (
+        ("run", str(manifest), *FAST),
+        ("status",),
+        ("status", "--json"),
+        ("report", "--format", "csv"),
+        ("report", "--jobs", "--format", "json"),
+    ):
+        result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=secret)
+        outputs += [result.stdout, result.stderr]
+    assert all(secret not in text for text in outputs)
+    for path in tmp_path.iterdir():
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
