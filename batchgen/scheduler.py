@@ -44,8 +44,6 @@ class Summary:
 
     stopped_for: str | None = None  # balance | unreachable | interrupted | auth
     budget_blocked: set[tuple[str, str]] = field(default_factory=set)
-    completed: int = 0
-    failed: int = 0
     message: str | None = None
 
 
@@ -121,13 +119,7 @@ class Scheduler:
         except BaseException:
             await self._cancel_all()
             raise
-        blocked = [
-            j.key
-            for j in pending
-            if self._budget_room(j.campaign) is not None
-            and j.price_micros > (self._budget_room(j.campaign) or 0)
-        ]
-        self.summary.budget_blocked = {j.key for j in deferred} | set(blocked)
+        self.summary.budget_blocked = {j.key for j in deferred}
         self.ledger.set_reason(sorted(self.summary.budget_blocked), "budget")
         return self.summary
 
@@ -187,7 +179,6 @@ class Scheduler:
                 return False
             if job.attempts >= self.settings.max_attempts:
                 self.ledger.fail_job(job, f"gave up after {job.attempts} attempt(s)")
-                self.summary.failed += 1
                 self.report(job, "failed: attempts exhausted")
                 return False
             room = self._budget_room(job.campaign)
@@ -263,7 +254,6 @@ class Scheduler:
                     job_status="failed",
                     error=message,
                 )
-                self.summary.failed += 1
                 self.report(job, f"failed: rejected by the service: {message}")
                 return False
             elif action is Submit.AUTH:
@@ -319,8 +309,6 @@ class Scheduler:
             reason="unknown outcome" if status == "held" else None,
         )
         self.report(job, f"unknown outcome ({message}): {status}")
-        if status == "failed":
-            self.summary.failed += 1
         return status == "queued"
 
     async def _follow(self, job: LedgerJob) -> bool:
@@ -348,7 +336,6 @@ class Scheduler:
             elif outcome.action is Poll.COMPLETED:
                 self.ledger.task_completed(job, list(outcome.result_urls))
                 self._learn(job, self.clock() - started)
-                self.summary.completed += 1
                 self.report(job, "completed")
                 if self.on_completed:
                     self.on_completed(job)
@@ -357,8 +344,6 @@ class Scheduler:
                 again = job.attempts < self.settings.max_attempts and not self.halt_submits.is_set()
                 message = outcome.message or "Generation failed"
                 self.ledger.task_failed(job, message, "queued" if again else "failed")
-                if not again and job.attempts >= self.settings.max_attempts:
-                    self.summary.failed += 1
                 self.report(
                     job, f"task failed ({message})" + ("; submitting again" if again else "")
                 )
