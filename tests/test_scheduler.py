@@ -1,0 +1,279 @@
+"""The scheduler against a scripted service (httpx.MockTransport): each rule of §6 alone.
+
+End-to-end behaviour over real HTTP is in test_run_e2e.py; here every answer is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from batchgen.client import Client
+from batchgen.job import Campaign, Job
+from batchgen.ledger import Ledger
+from batchgen.scheduler import AuthFailed, Scheduler, Settings
+
+FAST = Settings(concurrency=3, poll_interval=0.001, retry_delay=0.001, max_attempts=4)
+DONE = {"status": "completed", "resultUrls": ["https://cdn.example.com/v.mp4"], "type": "video"}
+
+Reply = dict[str, Any] | Callable[[httpx.Request], httpx.Response]
+
+
+class ScriptedService:
+    """Answers each POST and GET with the next scripted reply (the last one repeats)."""
+
+    def __init__(self, posts: list[Reply], polls: list[Reply] | None = None):
+        self.posts = deque(posts)
+        self.polls = deque(polls or [DONE])
+        self.requests: list[httpx.Request] = []
+        self.tasks = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        queue = self.posts if request.method == "POST" else self.polls
+        reply = queue.popleft() if len(queue) > 1 else queue[0]
+        if callable(reply):
+            return reply(request)
+        body = dict(reply)
+        status = body.pop("_status", 200)
+        if request.method == "POST" and "taskId" in body:
+            self.tasks += 1
+            body["taskId"] = f"task-{self.tasks}"
+        return httpx.Response(status, json=body)
+
+    @property
+    def submits(self) -> int:
+        return sum(1 for r in self.requests if r.method == "POST")
+
+
+CREATED = {"generationId": "g", "taskId": "t", "status": "pending"}
+
+
+def error(status: int, message: str = "nope") -> dict[str, Any]:
+    return {"_status": status, "error": message}
+
+
+def raises(exc: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
+    def reply(request: httpx.Request) -> httpx.Response:
+        raise exc("scripted", request=request)
+
+    return reply
+
+
+def make_ledger(tmp_path, n: int = 1, budget: int | None = None) -> Ledger:
+    ledger = Ledger(tmp_path / "l.db")
+    jobs = [Job("c", f"j{i}", "grok-video-3", f"prompt {i}", duration=5) for i in range(n)]
+    ledger.ingest(Campaign("c", "m.yaml", "sha", budget), jobs)
+    return ledger
+
+
+def run(ledger: Ledger, service: ScriptedService, settings: Settings = FAST):
+    async def go():
+        client = Client("https://okaypic.test", "okpk_test", transport=httpx.MockTransport(service))
+        try:
+            return await Scheduler(ledger, client, settings).run()
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def attempts(ledger: Ledger) -> list[dict[str, Any]]:
+    return ledger.query("SELECT * FROM attempts ORDER BY id")
+
+
+def job(ledger: Ledger, job_id: str = "j0") -> dict[str, Any]:
+    return ledger.query("SELECT * FROM jobs WHERE id = ?", [job_id])[0]
+
+
+def test_a_created_task_is_polled_to_completion_and_costed(tmp_path):
+    ledger = make_ledger(tmp_path)
+    run(ledger, ScriptedService([CREATED], [{"status": "processing", "progress": 40}, DONE]))
+    row = job(ledger)
+    assert (row["status"], row["task_id"], row["cost_micro_usd"]) == (
+        "completed",
+        "task-1",
+        100_000,
+    )
+    assert json.loads(row["result_urls"]) == ["https://cdn.example.com/v.mp4"]
+    assert ledger.money().spent == 100_000
+
+
+def test_the_body_sent_is_the_job_request_with_the_bearer_key(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService([CREATED])
+    run(ledger, service)
+    post = service.requests[0]
+    assert post.url.path == "/api/video/generate"
+    assert post.headers["Authorization"] == "Bearer okpk_test"
+    assert json.loads(post.content) == {
+        "model": "grok-video-3",
+        "prompt": "prompt 0",
+        "duration": 5,
+    }
+
+
+def test_429_on_submit_waits_without_spending_an_attempt(tmp_path):
+    ledger = make_ledger(tmp_path)
+    run(ledger, ScriptedService([error(429), error(429), CREATED]))
+    assert job(ledger)["attempts"] == 1
+    assert [(a["http_status"], a["counted"], a["state"]) for a in attempts(ledger)] == [
+        (429, 0, "not_sent"),
+        (429, 0, "not_sent"),
+        (200, 1, "completed"),
+    ]
+
+
+def test_500_on_submit_is_retried_and_counts_until_the_job_fails(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService([error(500, "backend down")])
+    run(ledger, service)
+    row = job(ledger)
+    assert row["status"] == "failed"
+    assert service.submits == 4
+    assert row["last_error"] == "gave up after 4 attempt(s); last error: backend down"
+
+
+def test_400_fails_the_job_at_once_with_the_services_message(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService([error(400, "invalid ratio")])
+    run(ledger, service)
+    assert (job(ledger)["status"], job(ledger)["last_error"]) == ("failed", "invalid ratio")
+    assert service.submits == 1
+
+
+def test_a_connect_error_is_retried_without_counting_an_attempt(tmp_path):
+    ledger = make_ledger(tmp_path)
+    run(ledger, ScriptedService([raises(httpx.ConnectError), CREATED]))
+    assert job(ledger)["attempts"] == 1
+    assert job(ledger)["status"] == "completed"
+
+
+def test_a_service_that_cannot_be_reached_stops_the_run_resumably(tmp_path):
+    ledger = make_ledger(tmp_path, 2)
+    summary = run(ledger, ScriptedService([raises(httpx.ConnectError)]))
+    assert summary.stopped_for == "unreachable"
+    assert ledger.counts()["queued"] == 2
+
+
+def test_a_read_timeout_on_submit_is_an_unknown_attempt_then_resubmitted(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService([raises(httpx.ReadTimeout), CREATED])
+    run(ledger, service)
+    assert [a["state"] for a in attempts(ledger)] == ["unknown", "completed"]
+    assert ledger.money().unknown == 100_000
+    assert job(ledger)["attempts"] == 2
+
+
+def test_on_unknown_hold_keeps_the_job_for_a_person(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService([raises(httpx.ReadTimeout), CREATED])
+    run(ledger, service, Settings(3, 0.001, 0.001, 4, on_unknown="hold"))
+    assert job(ledger)["status"] == "held"
+    assert service.submits == 1
+
+
+def test_poll_errors_never_cause_a_resubmission(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService(
+        [CREATED],
+        [
+            error(500),
+            raises(httpx.ReadTimeout),
+            {"_status": 200, "garbage": True},
+            error(404),
+            DONE,
+        ],
+    )
+    run(ledger, service)
+    assert service.submits == 1
+    assert job(ledger)["status"] == "completed"
+
+
+def test_a_failed_task_is_refunded_and_submitted_again(tmp_path):
+    ledger = make_ledger(tmp_path)
+    failed = {"status": "failed", "errorMessage": "Generation failed", "type": "video"}
+    service = ScriptedService([CREATED], [failed, DONE])
+    run(ledger, service)
+    assert service.submits == 2
+    assert [
+        (a["state"], a["cost_micro_usd"], a["refunded_micro_usd"]) for a in attempts(ledger)
+    ] == [("failed", 0, 100_000), ("completed", 100_000, 0)]
+    money = ledger.money()
+    assert (money.spent, money.refunded) == (100_000, 100_000)
+
+
+def test_401_stops_at_once_and_leaves_the_job_queued(tmp_path):
+    ledger = make_ledger(tmp_path, 3)
+    with pytest.raises(AuthFailed):
+        run(ledger, ScriptedService([error(401, "Invalid or missing API key")]))
+    assert ledger.counts()["queued"] == 3
+
+
+def test_402_submits_nothing_more_but_lets_tasks_in_flight_finish(tmp_path):
+    ledger = make_ledger(tmp_path, 5)
+    service = ScriptedService(
+        [CREATED, CREATED, error(402, "Insufficient balance")],
+        [{"status": "processing", "progress": 10}] * 5 + [DONE],
+    )
+    summary = run(ledger, service)
+    assert summary.stopped_for == "balance"
+    counts = ledger.counts()
+    assert (counts["completed"], counts["queued"], counts["failed"]) == (2, 3, 0)
+    assert service.submits == 3
+
+
+def test_a_job_over_budget_is_not_submitted_and_waits_with_reason_budget(tmp_path):
+    ledger = make_ledger(tmp_path, 3, budget=250_000)
+    summary = run(ledger, ScriptedService([CREATED]))
+    assert len(summary.budget_blocked) == 1
+    assert ledger.counts()["completed"] == 2
+    assert ledger.query("SELECT reason FROM jobs WHERE status = 'queued'") == [{"reason": "budget"}]
+
+
+def test_a_submission_interrupted_by_a_crash_is_settled_as_unknown_on_resume(tmp_path):
+    ledger = make_ledger(tmp_path)
+    crashed = ledger.unfinished_jobs()[0]
+    ledger.begin_attempt(crashed)  # the process died after committing its intent
+    service = ScriptedService([CREATED])
+    run(ledger, service)
+    assert [a["state"] for a in attempts(ledger)] == ["unknown", "completed"]
+    assert job(ledger)["attempts"] == 2
+
+
+def test_a_task_recorded_before_a_crash_is_polled_not_resubmitted(tmp_path):
+    ledger = make_ledger(tmp_path)
+    crashed = ledger.unfinished_jobs()[0]
+    ledger.attempt_created(crashed, ledger.begin_attempt(crashed), 200, "task-from-before")
+    service = ScriptedService([CREATED])
+    run(ledger, service)
+    assert service.submits == 0
+    assert service.requests[0].url.path == "/api/video/tasks/task-from-before"
+    assert job(ledger)["status"] == "completed"
+
+
+def test_never_more_than_the_concurrency_in_flight(tmp_path):
+    ledger = make_ledger(tmp_path, 7)
+    in_flight = peak = 0
+
+    class Counting(ScriptedService):
+        def __call__(self, request):
+            nonlocal in_flight, peak
+            response = super().__call__(request)
+            if request.method == "POST":
+                in_flight += 1
+                peak = max(peak, in_flight)
+            elif json.loads(response.content).get("status") == "completed":
+                in_flight -= 1
+            return response
+
+    service = Counting([CREATED], [{"status": "processing", "progress": 50}, DONE])
+    run(ledger, service, Settings(2, 0.001, 0.001, 4))
+    assert ledger.counts()["completed"] == 7
+    assert peak == 2
