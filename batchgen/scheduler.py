@@ -51,6 +51,11 @@ Reporter = Callable[[LedgerJob | None, str], None]
 
 
 class Scheduler:
+    # Called with a name at each point where a crash matters (intent_committed,
+    # submit_answered, task_id_committed, poll_answered). A no-op in normal runs; the crash
+    # tests replace it to SIGKILL the process exactly there.
+    checkpoint: Callable[[str], None] = staticmethod(lambda name: None)
+
     def __init__(
         self,
         ledger: Ledger,
@@ -188,11 +193,15 @@ class Scheduler:
             model = self.catalog.model(job.model)
             assert model is not None
             attempt = self.ledger.begin_attempt(job)
-            outcome = classify_submit(await self.client.submit(model.submit_path, job.request))
+            self.checkpoint("intent_committed")
+            answer = await self.client.submit(model.submit_path, job.request)
+            self.checkpoint("submit_answered")
+            outcome = classify_submit(answer)
             action, message = outcome.action, outcome.message
             if action is Submit.CREATED:
                 assert outcome.task_id is not None
                 self.ledger.attempt_created(job, attempt, outcome.status or 200, outcome.task_id)
+                self.checkpoint("task_id_committed")
                 self.report(job, f"submitted, task {outcome.task_id}")
                 return True
             if action is Submit.WAIT_FOR_SLOT:
@@ -327,7 +336,9 @@ class Scheduler:
                 delay = max(delay, backoff(self.settings.retry_delay, errors, self.rng))
             if await self._pause(delay, self.halt_all):
                 return False
-            outcome = classify_poll(await self.client.poll(path))
+            answer = await self.client.poll(path)
+            self.checkpoint("poll_answered")
+            outcome = classify_poll(answer)
             if outcome.action is Poll.RUNNING:
                 errors = 0
                 if outcome.progress is not None and outcome.progress != progress:
