@@ -1,0 +1,189 @@
+"""The manifest's JSON Schema (2020-12), generated from the model catalog.
+
+The schema says what a manifest looks like: its keys, their types, and the names the
+catalog knows (models, ratios, variants, ref modes, resolutions, media types). Which value
+a given model accepts is the catalog's business (`catalog.check_request`), checked on every
+expanded job, because a matrix or a rows file can set any field.
+
+`python -m batchgen.schema` rewrites schemas/manifest.schema.json (committed, so editors
+can use it); `--check` exits 1 when the committed file is stale. At run time the validator
+is compiled once from the same generated schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from batchgen import catalog
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
+CAMPAIGN_PATTERN = "^[a-z0-9][a-z0-9._-]{0,63}$"
+CAMPAIGN_RULE = "1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+JOB_FIELDS: tuple[str, ...] = ("id", "model", *catalog.REQUEST_FIELDS, "tags")
+EXPANDERS = ("matrix", "rows", "takes")
+
+_DESCRIPTIONS = {
+    "id": "Unique within the campaign; a template ({name}). Absent: job- + a content hash.",
+    "model": "A model from the catalog.",
+    "prompt": "What to generate; a template ({name}, {{ and }} for literal braces).",
+    "duration": "Seconds of video (per-second models only).",
+    "ratio": "Aspect ratio; which ones a model takes is in the catalog.",
+    "variant": "Veo 3.1 only: the variant (required there).",
+    "ref_mode": "Seedance only: how media are used; required with media.",
+    "media": "Reference media; each url is a template.",
+    "resolution": "Image models only.",
+    "tags": "Labels for reports; a job's own tags replace the defaults' tags.",
+}
+
+
+def _union(lists: list[list[str]]) -> list[str]:
+    """Every name in `lists`, once, in order of first appearance."""
+    return list(dict.fromkeys(name for names in lists for name in names))
+
+
+def build(cat: catalog.Catalog | None = None) -> dict[str, Any]:
+    """The manifest schema for `cat` (the packaged catalog by default)."""
+    data = (cat or catalog.load()).data
+    specs = list(data["models"].values())
+    fields: dict[str, Any] = {
+        "id": {"type": "string", "minLength": 1},
+        "model": {"enum": list(data["models"])},
+        "prompt": {"type": "string"},
+        "duration": {"type": "integer"},
+        "ratio": {"enum": _union([s.get("ratios", []) for s in specs])},
+        "variant": {"enum": _union([list(s.get("variants", {})) for s in specs])},
+        "ref_mode": {"enum": _union([list(s.get("ref_modes", {})) for s in specs])},
+        "media": {"type": "array", "items": {"$ref": "#/$defs/media_item"}},
+        "resolution": {"enum": _union([s.get("resolutions", []) for s in specs])},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+    }
+    assert tuple(fields) == JOB_FIELDS, "every job field needs a schema"
+    for name, rule in fields.items():
+        rule["description"] = _DESCRIPTIONS[name]
+    field_refs = {name: {"$ref": f"#/$defs/{name}"} for name in JOB_FIELDS}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "batchgen manifest, version 1",
+        "description": "Generated from batchgen/catalog.json by `python -m batchgen.schema`.",
+        "type": "object",
+        "required": ["version", "campaign", "jobs"],
+        "additionalProperties": False,
+        "properties": {
+            "version": {"const": 1, "description": "The manifest format version."},
+            "campaign": {
+                "type": "string",
+                "pattern": CAMPAIGN_PATTERN,
+                "description": f"The campaign's name: {CAMPAIGN_RULE}.",
+            },
+            "budget_usd": {
+                "type": "number",
+                "minimum": 0,
+                "description": "Hard cap on this campaign's spend, in US dollars.",
+            },
+            "defaults": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": field_refs,
+                "description": "Fields for every job; a default its model does not take is "
+                "not applied.",
+            },
+            "jobs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"$ref": "#/$defs/job"},
+            },
+        },
+        "$defs": {
+            **fields,
+            "media_item": {
+                "type": "object",
+                "required": ["type", "url"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"enum": data["media_types"]},
+                    "url": {"type": "string", "minLength": 1},
+                },
+            },
+            "job": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    **field_refs,
+                    "matrix": {"$ref": "#/$defs/matrix"},
+                    "rows": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "A .csv (with a header) or .jsonl file, relative to "
+                        "the manifest: one job per row; columns are variables, and a column "
+                        "named like a job field sets it.",
+                    },
+                    "takes": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Independent generations of each job; {take} = 1..N.",
+                    },
+                },
+            },
+            "matrix": {
+                "type": "object",
+                "minProperties": 1,
+                "description": "Cartesian product of the lists, in key order; a key named like "
+                "a job field sets it, any other key is a template variable.",
+                "properties": {
+                    name: {"type": "array", "minItems": 1, "items": {"$ref": f"#/$defs/{name}"}}
+                    for name in JOB_FIELDS
+                },
+                "additionalProperties": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": ["string", "number", "boolean"]},
+                },
+            },
+        },
+    }
+
+
+def render(schema: dict[str, Any]) -> str:
+    """The committed spelling: two-space indent, keys in build order, final newline."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+@cache
+def validator() -> Draft202012Validator:
+    """The compiled validator of the generated schema (built once per process)."""
+    schema = build()
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m batchgen.schema", description="Write the manifest JSON Schema."
+    )
+    parser.add_argument("path", nargs="?", type=Path, default=SCHEMA_FILE)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    args = parser.parse_args(argv)
+    text = render(build())
+    current = args.path.read_text(encoding="utf-8") if args.path.exists() else None
+    if args.check:
+        if current != text:
+            print(f"{args.path} is stale: run python -m batchgen.schema", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        args.path.parent.mkdir(parents=True, exist_ok=True)
+        args.path.write_text(text, encoding="utf-8")
+        print(f"wrote {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
