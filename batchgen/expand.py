@@ -1,0 +1,703 @@
+"""Expand a manifest's jobs (PRODUCT.md §3): defaults, rows × matrix × takes, templates, ids.
+
+Input: the parts of a loaded manifest that passed the schema. Output: one `ExpandedJob` per
+job to run (a `batchgen.job.Job` plus where each of its values was written, so a problem
+can point at it), and problems. Catalog rules are checked afterwards, by validate.py.
+
+Choices where §3 is silent:
+- Order: for each row of `rows`, for each matrix combination (key order, last key varying
+  fastest), takes 1..N. Without `takes`, a job has one take, and `{take}` is 1.
+- A field is set in one place per job: on the job, by its matrix, or by its rows file;
+  two of them is a problem. `defaults` fill what none of them sets, and only the fields
+  the job's model takes (so `duration: 5` in defaults does not reach a veo3.1 job).
+- tags: a job's own tags (or its matrix's or rows') replace the defaults' tags, never merge.
+- Template variables: matrix keys, rows columns, `take`, and the job's scalar fields
+  model, duration, ratio, variant, ref_mode, resolution, with the catalog default when the
+  manifest leaves a field out (`{duration}` is the duration that will be sent).
+- Templates are rendered in id, prompt and media urls written in the YAML (on the job, in
+  defaults or in a matrix). Values read from a rows file are data, taken literally.
+- Rows files: UTF-8; CSV with a header; JSON Lines one object per line. An empty CSV cell
+  (or a JSON null) in a field column leaves that field unset for the row. CSV text is
+  converted: duration to a whole number, tags split on commas, media parsed as a JSON list.
+- A generated id is `job-` + 10 hex digits of SHA-256 over the canonical JSON of the job's
+  set fields (manifest defaults applied, catalog defaults not, empty lists left out) and
+  its take number: it does not depend on the job's position in the manifest.
+- An id must be usable as a file name: 1-200 characters, no '/', '\\' or control
+  characters, not '.' or '..'.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from itertools import product
+from typing import Any
+
+from batchgen import catalog
+from batchgen.job import Job, canonical_json
+from batchgen.manifest import Document, KeyPath, format_path
+from batchgen.problems import Problem
+from batchgen.schema import JOB_FIELDS
+
+MAX_ROWS_BYTES = 100 * 1024 * 1024  # a rows file is read whole; 100,000 long rows fit easily
+MAX_ID_LENGTH = 200  # ids become file names (PRODUCT.md §9)
+
+SCALAR_VARIABLES = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
+TEXT_FIELDS = ("id", "model", "prompt", "ratio", "variant", "ref_mode", "resolution")
+ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (not sent)
+
+Position = tuple[str, int, int]  # file, line, col
+
+_UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_WHOLE_NUMBER = re.compile(r"\s*[0-9]+\s*")
+
+
+class Problems:
+    """The problems found so far, each reported once.
+
+    The same problem met again in other expanded jobs (same place, same message: say a
+    matrix value or a default the model refuses) is counted, not repeated, so 100,000
+    expanded jobs never bury the output under 100,000 identical lines.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[Hashable, list[Any]] = {}
+
+    def add(
+        self, where: Position, path: str, message: str, repeats: Hashable | None = None
+    ) -> None:
+        """Record a problem; `repeats` names what makes later ones count as the same."""
+        key = (where, path, message) if repeats is None else repeats
+        found = self._found.get(key)
+        if found is None:
+            self._found[key] = [Problem(*where, path, message), 0]
+        else:
+            found[1] += 1
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def sorted(self) -> list[Problem]:
+        result = []
+        for problem, more in self._found.values():
+            if more:
+                jobs = "job" if more == 1 else "jobs"
+                message = f"{problem.message} (and {more:,} more expanded {jobs} like it)"
+                problem = Problem(problem.file, problem.line, problem.col, problem.path, message)
+            result.append(problem)
+        return sorted(result)
+
+
+# --- templates -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A parsed `{name}` template: a str.format_map pattern and the names it uses."""
+
+    pattern: str
+    names: tuple[str, ...]
+    error: str | None = None
+
+    def render(self, variables: dict[str, str]) -> str:
+        """The text, or KeyError(name) for a variable `variables` lacks."""
+        if not self.names:
+            return self.pattern
+        return self.pattern.format_map(variables)
+
+
+@cache
+def parse_template(text: str) -> Template:
+    """Parse `text`; a malformed template is a Template with `error` set."""
+    names: list[str] = []
+    pattern = []
+    end = 0
+    for match in _TEMPLATE_TOKEN.finditer(text):
+        literal = text[end : match.start()]
+        pattern.append(literal)
+        end = match.end()
+        token, name = match.group(0), match.group(1)
+        if token in ("{{", "}}"):
+            pattern.append(token)
+        elif name is None:
+            return Template(
+                "", (), f"unmatched {token!r} in {text!r} (write {token * 2} for a {token})"
+            )
+        elif not _VARIABLE.fullmatch(name):
+            return Template("", (), f"{{{name}}} in {text!r} is not a variable name")
+        else:
+            names.append(name)
+            pattern.append(token)
+    pattern.append(text[end:])
+    joined = "".join(pattern)
+    if not names:  # no variables: store the final text, braces unescaped
+        joined = joined.replace("{{", "{").replace("}}", "}")
+    return Template(joined, tuple(dict.fromkeys(names)))
+
+
+def _as_text(value: Any) -> str:
+    """A variable's value as it appears in rendered text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    return canonical_json(value)
+
+
+# --- rows files ------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Row:
+    """One row of a rows file: the job fields it sets and its other columns as variables."""
+
+    line: int
+    fields: dict[str, Any]
+    variables: dict[str, str]
+
+
+@dataclass(eq=False)
+class RowsFile:
+    """A rows file as read: its usable rows and what was wrong with the others."""
+
+    file: str  # as shown in problems: relative to where the manifest was named
+    header_line: int = 1
+    columns: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    problems: list[tuple[int, int, str]] = field(default_factory=list)  # line, col, message
+    truncated: bool = False  # stopped reading at the row limit
+    error: str | None = None  # the file could not be read at all
+
+
+def read_rows(file: str, limit: int) -> RowsFile:
+    """Read a .csv or .jsonl rows file, at most `limit` rows; never raises for bad input."""
+    result = RowsFile(file)
+    suffix = os.path.splitext(file)[1].lower()
+    if suffix not in (".csv", ".jsonl"):
+        result.error = f"rows file {file} must be a .csv or .jsonl file"
+        return result
+    try:
+        info = os.stat(file)
+        if not stat.S_ISREG(info.st_mode):
+            result.error = f"cannot read rows file {file}: not a regular file"
+            return result
+        if info.st_size > MAX_ROWS_BYTES:
+            mib = MAX_ROWS_BYTES // 1024 // 1024
+            result.error = f"rows file {file} is larger than the {mib} MiB limit"
+            return result
+        with open(file, "rb") as f:
+            raw = f.read(MAX_ROWS_BYTES + 1)
+    except OSError as e:
+        result.error = f"cannot read rows file {file}: {e.strerror or e}"
+        return result
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        result.problems.append((line, 1, f"not UTF-8 text (byte 0x{raw[e.start]:02x})"))
+        return result
+    records = _csv_records(text, result) if suffix == ".csv" else _jsonl_records(text, result)
+    for line, values in records:
+        if len(result.rows) >= limit:
+            result.truncated = True
+            break
+        row = _convert_row(line, values, csv_text=suffix == ".csv", rows=result)
+        if row is not None:
+            result.rows.append(row)
+    return result
+
+
+def _csv_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    try:
+        while True:
+            line = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            if not record or record == [""]:
+                continue
+            if header is None:
+                header = [name.strip() for name in record]
+                rows.header_line, rows.columns = line, header
+                for i, name in enumerate(header, 1):
+                    if not name:
+                        rows.problems.append((line, 1, f"column {i} of the header has no name"))
+                    elif header.index(name) < i - 1:
+                        rows.problems.append((line, 1, f"column {name!r} appears twice"))
+                if rows.problems:
+                    return
+                continue
+            if len(record) != len(header):
+                message = f"row has {len(record)} values; the header has {len(header)} columns"
+                rows.problems.append((line, 1, message))
+                continue
+            yield line, dict(zip(header, record, strict=True))
+    except csv.Error as e:
+        rows.problems.append((reader.line_num, 1, f"malformed CSV: {e}"))
+
+
+def _jsonl_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any]]]:
+    columns: dict[str, None] = {}
+    for line, content in enumerate(text.split("\n"), 1):
+        if not content.strip():
+            continue
+        try:
+            value = json.loads(content)
+        except ValueError as e:
+            message = f"invalid JSON: {getattr(e, 'msg', e)}"
+            rows.problems.append((line, getattr(e, "colno", 1), message))
+            continue
+        if not isinstance(value, dict):
+            rows.problems.append((line, 1, "each line must be a JSON object"))
+            continue
+        columns.update(dict.fromkeys(value))
+        rows.columns = list(columns)
+        yield line, value
+
+
+def _convert_row(line: int, values: dict[str, Any], csv_text: bool, rows: RowsFile) -> Row | None:
+    """Split a record into job fields (converted to their types) and template variables."""
+    fields: dict[str, Any] = {}
+    variables: dict[str, str] = {}
+    ok = True
+    for name, value in values.items():
+        if name not in JOB_FIELDS:
+            if value is not None:
+                variables[name] = _as_text(value)
+            continue
+        if value is None or value == "":
+            continue  # unset: the job's defaults apply
+        converted, error = _convert_field(name, value, csv_text)
+        if error:
+            rows.problems.append((line, 1, f"column {name}: {error}"))
+            ok = False
+        else:
+            fields[name] = converted
+    return Row(line, fields, variables) if ok else None
+
+
+def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | None]:
+    """A rows value as the job field `name`, or an error saying why it cannot be."""
+    if name == "duration":
+        if csv_text:
+            if _WHOLE_NUMBER.fullmatch(value):
+                return int(value), None
+            return None, f"{value!r} is not a whole number of seconds"
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"{value!r} is not a whole number of seconds"
+        return value, None
+    if name == "tags":
+        if csv_text:
+            return [tag.strip() for tag in value.split(",") if tag.strip()], None
+        if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+            return None, f"{_short(value)} is not a list of tags (non-empty text)"
+        return value, None
+    if name == "media":
+        if csv_text:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None, f"{_short(value)} is not a JSON list of {{type, url}} items"
+        return value, None  # the catalog checks the items
+    if not isinstance(value, str):
+        return None, f"{_short(value)} is not text"
+    return value, None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- expansion -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class JobSpec:
+    """One entry of the manifest's `jobs`, ready to expand."""
+
+    index: int
+    own: dict[str, Any]  # job fields written on the job itself
+    matrix_keys: list[str]
+    matrix_values: list[list[Any]]
+    takes: int
+    rows: RowsFile | None
+    known: frozenset[str]  # variables its templates may use
+
+    @property
+    def path(self) -> KeyPath:
+        return ("jobs", self.index)
+
+    @property
+    def size(self) -> int:
+        return (
+            (len(self.rows.rows) if self.rows else 1)
+            * math.prod(len(values) for values in self.matrix_values)
+            * self.takes
+        )
+
+
+@dataclass(slots=True, eq=False)
+class ExpandedJob:
+    """A job to run, and enough about its origin to say where each value was written."""
+
+    job: Job
+    spec: JobSpec
+    row: Row | None
+    combo: tuple[int, ...]  # index of the value taken from each matrix key
+    take: int
+
+    @property
+    def jobpath(self) -> str:
+        return f"jobs[{self.spec.index}] ({self.job.id})"
+
+
+@dataclass(slots=True, eq=False)
+class _Draft:
+    """An expanded job while its fields are merged and its templates rendered."""
+
+    spec: JobSpec
+    row: Row | None
+    combo: tuple[int, ...]
+    take: int
+    fields: dict[str, Any]
+    id: str | None = None
+
+    @property
+    def jobpath(self) -> str:
+        index = self.spec.index
+        return f"jobs[{index}] ({self.id})" if self.id is not None else f"jobs[{index}]"
+
+
+@dataclass
+class Expansion:
+    """Expands the schema-valid jobs of one manifest; see the module docstring."""
+
+    doc: Document
+    campaign: str
+    defaults: dict[str, Any]
+    problems: Problems
+    max_jobs: int
+    jobs: list[ExpandedJob] = field(default_factory=list)
+    _rows_files: dict[str, RowsFile] = field(default_factory=dict)
+    _ids: dict[str, ExpandedJob] = field(default_factory=dict)
+    _defaults_by_model: dict[Any, dict[str, Any]] = field(default_factory=dict)
+
+    def run(self, jobs: list[tuple[int, dict[str, Any]]]) -> list[ExpandedJob]:
+        """Expand `jobs` (index in the manifest, job) in order; problems go to `problems`."""
+        specs = [spec for index, job in jobs if (spec := self._spec(index, job)) is not None]
+        total = sum(spec.size for spec in specs)
+        if total > self.max_jobs:
+            more = "more than " if any(s.rows and s.rows.truncated for s in specs) else ""
+            self.problems.add(
+                self._at(("jobs",)),
+                "jobs",
+                f"the manifest expands to {more}{total:,} jobs; "
+                f"the limit is {self.max_jobs:,} (--max-jobs)",
+            )
+            return []
+        for spec in specs:
+            self._expand(spec)
+        return self.jobs
+
+    # where things are
+
+    def _at(self, path: KeyPath) -> Position:
+        return (self.doc.file, *self.doc.position(path))
+
+    def position(self, expanded: ExpandedJob, name: str) -> Position:
+        """Where the value of field `name` (or "media[2]") of an expanded job was written."""
+        base = name.partition("[")[0]
+        present = getattr(expanded.job, base, None) not in (None, [])
+        return self._where(expanded.spec, expanded.row, expanded.combo, name, present)
+
+    def _where(
+        self,
+        spec: JobSpec,
+        row: Row | None,
+        combo: tuple[int, ...],
+        name: str,
+        present: bool,
+        below: KeyPath = (),
+    ) -> Position:
+        """Where field `name` came from: the matrix, the rows file, the job, or defaults.
+
+        The sources never overlap (see `_spec`), so the first that sets the field is it.
+        `present` says whether the job has the field at all (else: the job's own position).
+        """
+        base, _, rest = name.partition("[")
+        item: KeyPath = (int(rest[:-1]),) if rest else ()
+        if base in spec.matrix_keys:
+            k = spec.matrix_keys.index(base)
+            return self._at((*spec.path, "matrix", base, combo[k], *item, *below))
+        if row is not None and base in row.fields:
+            assert spec.rows is not None
+            return (spec.rows.file, row.line, 1)
+        if base in spec.own:
+            return self._at((*spec.path, base, *item, *below))
+        if present and base in self.defaults:
+            return self._at(("defaults", base, *item, *below))
+        return self._at(spec.path)
+
+    # preparing a job
+
+    def _spec(self, index: int, job: dict[str, Any]) -> JobSpec | None:
+        path: KeyPath = ("jobs", index)
+        own = {name: job[name] for name in JOB_FIELDS if name in job}
+        matrix: dict[str, list[Any]] = job.get("matrix", {})
+        rows = self._rows(index, job["rows"]) if "rows" in job else None
+        ok = rows is not None or "rows" not in job
+        for key in matrix:
+            if key == "take":
+                message = "take is the take number (1..takes), not a matrix key"
+                self._spec_problem((*path, "matrix", key), message)
+                ok = False
+            elif key in own:
+                message = f"{key} is set both on the job and by its matrix"
+                self._spec_problem((*path, "matrix", key), message)
+                ok = False
+        if rows is not None:
+            for column in rows.columns:
+                clash = None
+                if column == "take":
+                    clash = "take is the take number (1..takes), not a column"
+                elif column in own:
+                    clash = f"column {column} sets {column}, which the job sets too"
+                elif column in matrix:
+                    clash = f"column {column} is also a key of the job's matrix"
+                if clash:
+                    where = (rows.file, rows.header_line, 1)
+                    self.problems.add(where, format_path(path), clash)
+                    ok = False
+        if not ok:
+            return None
+        known = {"take", *SCALAR_VARIABLES}
+        known.update(key for key in matrix if key not in JOB_FIELDS)
+        if rows is not None:
+            known.update(column for column in rows.columns if column not in JOB_FIELDS)
+        return JobSpec(
+            index,
+            own,
+            list(matrix),
+            list(matrix.values()),
+            int(job.get("takes", 1)),
+            rows,
+            frozenset(known),
+        )
+
+    def _spec_problem(self, path: KeyPath, message: str) -> None:
+        where = (self.doc.file, *self.doc.key_position(path))
+        self.problems.add(where, format_path(path), message)
+
+    def _rows(self, index: int, name: str) -> RowsFile | None:
+        """The job's rows file, read once per file; its problems reported for this job."""
+        file = os.path.join(os.path.dirname(self.doc.file), name)
+        rows = self._rows_files.get(file)
+        if rows is None:
+            rows = self._rows_files[file] = read_rows(file, limit=self.max_jobs + 1)
+        path: KeyPath = ("jobs", index, "rows")
+        if rows.error:
+            self.problems.add(self._at(path), format_path(path), rows.error)
+            return None
+        for line, col, message in rows.problems:
+            self.problems.add((rows.file, line, col), f"jobs[{index}]", message)
+        if not rows.rows and not rows.problems:
+            self.problems.add(self._at(path), format_path(path), f"rows file {file} has no rows")
+            return None
+        return rows
+
+    # expanding a job
+
+    def _expand(self, spec: JobSpec) -> None:
+        rows: list[Row | None] = list(spec.rows.rows) if spec.rows else [None]
+        combos = list(product(*(range(len(values)) for values in spec.matrix_values)))
+        for row, combo, take in product(rows, combos, range(1, spec.takes + 1)):
+            fields = dict(spec.own)
+            if row is not None:
+                fields.update(row.fields)
+            for key, values, k in zip(spec.matrix_keys, spec.matrix_values, combo, strict=True):
+                fields[key] = values[k]
+            for name, value in self._defaults_taken(fields.get("model")).items():
+                fields.setdefault(name, value)
+            draft = _Draft(spec, row, combo, take, fields)
+            if self._render(draft):
+                self._add(draft)
+
+    def _defaults_taken(self, model_name: Any) -> dict[str, Any]:
+        """The defaults that apply to a job of `model_name` (all of them if it is unknown)."""
+        key = model_name if isinstance(model_name, str) else None
+        taken = self._defaults_by_model.get(key)
+        if taken is None:
+            model = _model(key)
+            names = ALWAYS_TAKEN.union(model.fields) if model else set(self.defaults)
+            taken = {name: v for name, v in self.defaults.items() if name in names}
+            self._defaults_by_model[key] = taken
+        return taken
+
+    def _render(self, draft: _Draft) -> bool:
+        """Render the templates of a draft's id, prompt and media urls; False on a problem."""
+        fields = draft.fields
+        literal = draft.row.fields if draft.row is not None else {}
+        variables = _Variables(draft)
+        if "id" in fields:
+            job_id = fields["id"]
+            if "id" not in literal:
+                job_id = self._fill(draft, "id", job_id, variables)
+                if job_id is None:
+                    return False
+            fields["id"] = draft.id = job_id
+        if "prompt" in fields and "prompt" not in literal:
+            prompt = self._fill(draft, "prompt", fields["prompt"], variables)
+            if prompt is None:
+                return False
+            fields["prompt"] = prompt
+        if fields.get("media") and "media" not in literal:
+            media = []
+            for i, item in enumerate(fields["media"]):
+                url = self._fill(draft, f"media[{i}]", item["url"], variables, ("url",))
+                if url is None:
+                    return False
+                media.append({**item, "url": url})
+            fields["media"] = media
+        return True
+
+    def _fill(
+        self,
+        draft: _Draft,
+        name: str,
+        text: str,
+        variables: _Variables,
+        below: KeyPath = (),
+    ) -> str | None:
+        """Render one template, or report why it cannot be and return None."""
+        template = parse_template(text)
+        message = template.error
+        if message is None:
+            try:
+                return template.render(variables)
+            except KeyError as e:
+                missing = str(e.args[0])
+                if missing in draft.spec.known:
+                    message = f"{{{missing}}} has no value for this job"
+                else:
+                    known = ", ".join(sorted(draft.spec.known))
+                    message = f"unknown variable {{{missing}}} (known: {known})"
+        where = self._where(draft.spec, draft.row, draft.combo, name, True, below)
+        self.problems.add(where, draft.jobpath, message, repeats=(where, message))
+        return None
+
+    def _add(self, draft: _Draft) -> None:
+        """Make the Job, give it its id, and check the id is usable and unique."""
+        fields = draft.fields
+        for name in ("media", "tags"):
+            if fields.get(name) == []:
+                del fields[name]
+        job_id = fields.get("id")
+        if job_id is None:
+            content = {name: value for name, value in fields.items() if name != "id"}
+            content["take"] = draft.take
+            digest = hashlib.sha256(canonical_json(content).encode()).hexdigest()
+            job_id = draft.id = "job-" + digest[:10]
+        job = Job(
+            self.campaign,
+            job_id,
+            fields.get("model"),  # type: ignore[arg-type]  # the catalog layer checks them
+            fields.get("prompt"),  # type: ignore[arg-type]
+            duration=fields.get("duration"),
+            ratio=fields.get("ratio"),
+            variant=fields.get("variant"),
+            ref_mode=fields.get("ref_mode"),
+            resolution=fields.get("resolution"),
+            media=fields.get("media"),
+            tags=list(fields.get("tags", ())),
+        )
+        expanded = ExpandedJob(job, draft.spec, draft.row, draft.combo, draft.take)
+        reason = _id_problem(job_id)
+        first = self._ids.get(job_id)
+        if reason is None and first is None:
+            self._ids[job_id] = expanded
+            self.jobs.append(expanded)
+            return
+        where = self.position(expanded, "id")
+        if reason is not None:
+            self.problems.add(where, expanded.jobpath, f"id {_short(job_id)} {reason}")
+            return
+        assert first is not None
+        index = first.spec.index
+        if index == draft.spec.index:
+            hint = "put what varies in the id, e.g. {take} or a matrix key"
+            message = (
+                f"duplicate id {job_id!r}: jobs[{index}] expands to it more than once ({hint})"
+            )
+            self.problems.add(where, expanded.jobpath, message, repeats=("duplicate", index))
+        else:
+            message = f"duplicate id {job_id!r} (first used by {first.jobpath})"
+            self.problems.add(where, expanded.jobpath, message)
+
+
+class _Variables(dict[str, str]):
+    """The template variables of one draft, looked up only when a template asks."""
+
+    def __init__(self, draft: _Draft):
+        super().__init__()
+        self.draft = draft
+
+    def __missing__(self, name: str) -> str:
+        draft = self.draft
+        spec, row, fields = draft.spec, draft.row, draft.fields
+        if name == "take":
+            return str(draft.take)
+        if name in spec.matrix_keys and name not in JOB_FIELDS:
+            k = spec.matrix_keys.index(name)
+            return _as_text(spec.matrix_values[k][draft.combo[k]])
+        if row is not None and name in row.variables:
+            return row.variables[name]
+        if name in SCALAR_VARIABLES:
+            value = fields.get(name)
+            if value is None:
+                model = _model(fields.get("model"))
+                if model is not None and name in model.fields:
+                    value = model.defaults.get(name)
+            if value is not None:
+                return _as_text(value)
+        raise KeyError(name)
+
+
+def _model(name: Any) -> catalog.Model | None:
+    return _models().get(name) if isinstance(name, str) else None
+
+
+@cache
+def _models() -> dict[str, catalog.Model]:
+    return catalog.load().models
+
+
+def _id_problem(job_id: str) -> str | None:
+    """Why `job_id` cannot be an id (it becomes a file name), or None."""
+    if not job_id:
+        return "is empty"
+    if len(job_id) > MAX_ID_LENGTH:
+        return f"is longer than {MAX_ID_LENGTH} characters"
+    if job_id in (".", ".."):
+        return "cannot be a file name"
+    if _UNSAFE_ID.search(job_id):
+        return "contains '/', '\\' or a control character"
+    return None

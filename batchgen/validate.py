@@ -1,0 +1,221 @@
+"""Check a manifest in three layers and expand it (PRODUCT.md §4); `check_manifest` is the API.
+
+1. YAML (manifest.py): syntax, safe tags only, no duplicate keys, size/alias/depth limits.
+   When it fails, its problems are all there is to say.
+2. Structure, against the JSON Schema generated from the catalog (schema.py). A job with a
+   structural problem is not expanded (what else it breaks would be noise), nor is any job
+   when `defaults` has one.
+3. Every expanded job (expand.py) against the catalog (`catalog.check_request`), along
+   with rows files, templates and ids.
+
+Problems of layers 2 and 3 are reported together, sorted by file, line and column. Nothing
+is written anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from jsonschema import ValidationError
+
+from batchgen import catalog, manifest, schema
+from batchgen.errors import ManifestInvalid
+from batchgen.expand import ExpandedJob, Expansion, Problems
+from batchgen.job import Campaign, Job, canonical_json
+from batchgen.manifest import Document, KeyPath, format_path
+from batchgen.money import to_micros
+
+
+@dataclass
+class Manifest:
+    """A valid manifest: its campaign and its jobs, expanded, in manifest order."""
+
+    campaign: Campaign
+    jobs: list[Job]
+
+
+def check_manifest(path: str | Path, max_jobs: int = 100_000) -> Manifest:
+    """Load, validate (all three layers) and expand the manifest at `path`.
+
+    Raises ManifestInvalid listing every problem (sorted by file and line), and nothing
+    else for bad input. Catalog defaults are not baked into the jobs (Job.request() adds
+    them), so a catalog change does not change what the manifest says.
+    """
+    doc = manifest.load(path)
+    problems = Problems()
+    broken = _check_structure(doc, problems)
+    campaign = _campaign(doc, problems)
+    jobs: list[ExpandedJob] = []
+    if not broken & {"manifest", "jobs", "defaults"}:
+        data = doc.data
+        sound = [(i, job) for i, job in enumerate(data["jobs"]) if i not in broken]
+        expansion = Expansion(doc, campaign.name, data.get("defaults", {}), problems, max_jobs)
+        jobs = expansion.run(sound)
+        _check_catalog(expansion, jobs, problems)
+    if problems:
+        raise ManifestInvalid(problems.sorted())
+    return Manifest(campaign, [expanded.job for expanded in jobs])
+
+
+def _campaign(doc: Document, problems: Problems) -> Campaign:
+    """The campaign the manifest names (with the budget checked as money)."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    name = data.get("campaign")
+    budget = data.get("budget_usd")
+    budget_micros = None
+    if isinstance(budget, int | float) and not isinstance(budget, bool) and budget >= 0:
+        try:
+            if not math.isfinite(budget):
+                raise ValueError("not finite")
+            budget_micros = to_micros(Decimal(str(budget)))
+        except ValueError:
+            where = (doc.file, *doc.position(("budget_usd",)))
+            message = f"budget_usd {budget} must be a finite amount in whole micro-dollars"
+            problems.add(where, "budget_usd", message)
+    return Campaign(name if isinstance(name, str) else "", doc.file, doc.sha256, budget_micros)
+
+
+# --- layer 2: structure ----------------------------------------------------------------
+
+
+def _check_structure(doc: Document, problems: Problems) -> set[str | int]:
+    """Report every schema error; return the parts they break ("defaults", job indices...)."""
+    broken: set[str | int] = set()
+    for error in schema.validator().iter_errors(doc.data):
+        for path, message, at_key in _schema_problems(error):
+            position = doc.key_position(path) if at_key else doc.position(path)
+            problems.add((doc.file, *position), format_path(path), message)
+            if path[:1] == ("jobs",) and len(path) > 1:
+                broken.add(path[1])
+            else:
+                broken.add(str(path[0]) if path else "manifest")
+    return broken
+
+
+_TYPE_WORDS = {
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _schema_problems(error: ValidationError) -> list[tuple[KeyPath, str, bool]]:
+    """One schema error as (key path, message, point at the key rather than the value)."""
+    path: KeyPath = tuple(error.absolute_path)
+    value, rule, kind = error.instance, error.validator_value, error.validator
+    name = _name(path)
+    if kind == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [key for key in value if key not in allowed]
+        return [((*path, key), _unknown_key(key, allowed), True) for key in extra]
+    if kind == "required":
+        missing = [key for key in rule if key not in value]
+        return [((*path, key), f"{key} is required", False) for key in missing]
+    if kind == "type":
+        if not path and value is None:
+            return [(path, "the manifest is empty (it needs version, campaign and jobs)", False)]
+        types = [rule] if isinstance(rule, str) else rule
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        message = f"{name} must be {words} (got {_describe(value)})"
+    elif kind == "const":
+        message = f"{name} must be {rule!r} (got {_describe(value)})"
+    elif kind == "enum":
+        message = f"{name} {_describe(value)} is not one of: {', '.join(map(str, rule))}"
+    elif kind == "pattern":
+        rule_text = schema.CAMPAIGN_RULE if rule == schema.CAMPAIGN_PATTERN else rule
+        message = f"{name} {_describe(value)} is not allowed: {rule_text}"
+    elif kind == "minimum":
+        message = f"{name} must be at least {rule} (got {_describe(value)})"
+    elif kind in ("minItems", "minLength", "minProperties") and rule == 1:
+        message = f"{name} must not be empty"
+    else:
+        message = f"{name}: {error.message}"
+    return [(path, message, False)]
+
+
+def _name(path: KeyPath) -> str:
+    """How a message names the value at `path`: from its last key on ("tags[0]")."""
+    keys = [i for i, step in enumerate(path) if isinstance(step, str)]
+    return format_path(path[keys[-1] :]) if keys else format_path(path)
+
+
+def _unknown_key(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    return f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- layer 3: the catalog --------------------------------------------------------------
+
+
+def _check_catalog(expansion: Expansion, jobs: list[ExpandedJob], problems: Problems) -> None:
+    """catalog.check_request on every job, once per distinct shape (prompt text aside).
+
+    100,000 jobs that differ only in their prompt cost one check; each job's problems
+    still point at where its own values were written.
+    """
+    found: dict[Hashable, list[tuple[str, str]]] = {}
+    for expanded in jobs:
+        job = expanded.job
+        request = {
+            "model": job.model,
+            "prompt": job.prompt,
+            "duration": job.duration,
+            "ratio": job.ratio,
+            "variant": job.variant,
+            "ref_mode": job.ref_mode,
+            "media": job.media,
+            "resolution": job.resolution,
+        }
+        shape = _shape(request)
+        if shape not in found:
+            found[shape] = catalog.check_request(request)
+        for name, message in found[shape]:
+            where = expansion.position(expanded, name)
+            problems.add(where, expanded.jobpath, message, repeats=(where, message))
+
+
+def _shape(request: dict[str, Any]) -> Hashable:
+    """What check_request's answer depends on: every value but the prompt's and urls' text."""
+    prompt = request["prompt"]
+    prompt_given = isinstance(prompt, str) and bool(prompt.strip())
+    media = request["media"]
+    if media is None:  # the common case; every other value is text or a number
+        # type(): 5.0 == 5 as a key, but check_request accepts only the integer.
+        return (*(request[name] for name in _SCALARS), type(request["duration"]), prompt_given)
+    shape = {**request, "prompt": prompt_given}
+    if isinstance(media, list):
+        shape["media"] = [
+            {**item, "url": isinstance(item.get("url"), str) and bool(item["url"].strip())}
+            if isinstance(item, dict)
+            else item
+            for item in media
+        ]
+    return canonical_json(shape)
+
+
+_SCALARS = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
