@@ -32,7 +32,7 @@ class Snapshot:
 
 
 def describe(s: Snapshot) -> str:
-    budget = f" of {usd(s.budget_micros)}" if s.budget_micros is not None else ""
+    budget = f" of ${usd(s.budget_micros)}" if s.budget_micros is not None else ""
     eta = f", ETA {_duration(s.eta_seconds)}" if s.eta_seconds is not None else ""
     return (
         f"{s.done}/{s.total} done, {s.running} running, spent ${usd(s.spent_micros)}{budget}{eta}"

@@ -158,11 +158,16 @@ def _snapshot(
 ) -> Snapshot:
     counts = ledger.counts(campaigns)
     total, done = sum(counts.values()), counts["completed"] + counts["failed"]
-    budgets = [ledger.budget_micros(c) for c in (campaigns or ledger.campaign_names())]
-    budget = None if not budgets or None in budgets else sum(b or 0 for b in budgets)
+    budget = _budget(ledger, campaigns)
     rate = (done - done_before) / max(time.monotonic() - started, 1e-9)
     eta = (total - done) / rate if rate > 0 and total > done else None
     return Snapshot(total, done, counts["running"], ledger.money(campaigns).spent, budget, eta)
+
+
+def _budget(ledger: Ledger, campaigns: list[str] | None) -> int | None:
+    """The selected campaigns' budgets added up; None when any has no cap."""
+    budgets = [ledger.budget_micros(c) for c in (campaigns or ledger.campaign_names())]
+    return None if not budgets or None in budgets else sum(b or 0 for b in budgets)
 
 
 async def _tick(
@@ -183,14 +188,18 @@ def _finish(
     """The closing lines (what happened, what to do next) and the exit code."""
     counts = ledger.counts(campaigns)
     money = ledger.money(campaigns)
+    budget = _budget(ledger, campaigns)
+    spend = f"spent ${usd(money.spent)}" + (f" of ${usd(budget)} budget" if budget else "")
+    if money.unknown:
+        spend += f", ${usd(money.unknown)} of unknown outcome"
     lines = [
-        f"{counts['completed']} completed, {counts['failed']} failed, "
-        f"{counts['held']} held, {counts['queued'] + counts['submitting']} queued, "
-        f"{counts['running']} running; spent ${usd(money.spent)}"
-        + (f", unknown outcome ${usd(money.unknown)}" if money.unknown else "")
+        f"{counts['completed']} completed, {counts['failed']} failed, {counts['held']} held, "
+        f"{counts['queued'] + counts['submitting']} queued, {counts['running']} running; {spend}"
     ]
     if options.download_dir:
         lines.append(f"files in {options.download_dir}/")
+    elif counts["completed"]:
+        lines.append("save the files with `batchgen download --out DIR`")
     code = EXIT_OK
     if summary.stopped_for == "interrupted":
         lines.append("interrupted: run `batchgen resume` to go on (tasks in flight are kept)")

@@ -113,3 +113,11 @@ def recorded_task_ids(ledger: Path) -> list[str]:
     return [
         r["task_id"] for r in rows(ledger, "SELECT task_id FROM attempts WHERE task_id IS NOT NULL")
     ]
+
+
+def known_completed_micros(ledger: Path, truth: Any) -> int:
+    """What the service says the tasks the ledger knows of cost, those that completed."""
+    known = set(recorded_task_ids(ledger))
+    return sum(
+        s.price_micros for s in truth.submissions if s.status == "completed" and s.task_id in known
+    )

@@ -12,6 +12,7 @@ from tests.e2e import (
     FAST,
     batchgen,
     grok_batch,
+    known_completed_micros,
     ledger_spent_micros,
     recorded_task_ids,
     rows,
@@ -172,7 +173,7 @@ def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(make_san
     )[0]
     # Spent is exactly what completed tasks cost; unknown attempts cover whatever the
     # service charged for tasks batchgen never heard of.
-    assert money["s"] == truth.completed_micros(sandbox.key)
+    assert money["s"] == known_completed_micros(ledger, truth)
     assert money["s"] <= truth.net_charged_micros() <= money["s"] + (money["u"] or 0)
     each_task_submitted_once(ledger, truth)
 
@@ -261,7 +262,7 @@ def test_kill_9_mid_run_then_resume_completes_without_resubmitting_a_recorded_ta
     assert rows(ledger, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
     each_task_submitted_once(ledger, truth)
     spent = ledger_spent_micros(ledger)
-    assert spent == truth.completed_micros()
+    assert spent == known_completed_micros(ledger, truth)
     unknown = rows(
         ledger,
         "SELECT COALESCE(SUM(unit_price_micro_usd), 0) u FROM attempts WHERE state = 'unknown'",
