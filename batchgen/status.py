@@ -1,0 +1,168 @@
+"""`batchgen status`: where the batch stands and what to do next.
+
+`status_data` is the `--json` object of PRODUCT.md §7 (every job of the selection, built
+from one streamed query); `format_status` is for a person and never lists all jobs, so it
+answers at once on a 100,000-job ledger.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from batchgen.ledger import Ledger
+from batchgen.migrations import JOB_STATUSES
+from batchgen.money import usd
+from batchgen.progress import _duration as duration_text
+
+SHOWN = 10  # running tasks, failures and held jobs listed by the human format
+
+
+def status_data(ledger: Ledger, campaigns: list[str], jobs: bool = True) -> dict[str, Any]:
+    """The `status --json` object: counts, money, budget and one entry per job.
+
+    A job's `cost_usd` is the ledger's cost of the job (what its completed task cost;
+    failed tasks are refunded, §2); `files` are the paths saved by `download`. With
+    `jobs=False` the list is left empty, for the human format, which never shows it.
+    """
+    ledger.select_campaigns(campaigns)  # an unknown campaign is an error, not an empty answer
+    scope = campaigns or None
+    money = ledger.money(scope)
+    budgets = [b for b in ledger.budgets(scope).values() if b is not None]
+    entries = ledger.status_jobs(scope) if jobs else []
+    for entry in entries:
+        entry["cost_usd"] = usd(entry["cost_usd"])
+    return {
+        "counts": ledger.counts(scope),
+        "spent_usd": usd(money.spent),
+        "in_flight_usd": usd(money.in_flight),
+        "unknown_usd": usd(money.unknown),
+        "budget_usd": usd(sum(budgets)) if budgets else None,
+        "jobs": entries,
+    }
+
+
+def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) -> str:
+    """Counts, spend against budget, running tasks, recent failures, held jobs, next steps."""
+    scope = campaigns or None
+    counts: dict[str, int] = data["counts"]
+    names = campaigns or ledger.campaign_names()
+    lines = [f"ledger {ledger.path}: {len(names)} campaign(s): {_listed(names)}"]
+    total = sum(counts.values())
+    lines.append(
+        f"jobs: {total} total, "
+        + ", ".join(f"{counts[s]} {s}" for s in JOB_STATUSES if counts[s] or s == "completed")
+    )
+    money = ledger.money(scope)
+    budget = data["budget_usd"]
+    used = money.spent + money.in_flight + money.unknown
+    lines.append(
+        f"spent ${usd(money.spent)}"
+        + (f" of ${budget} budget" if budget is not None else " (no budget set)")
+        + (f", ${usd(money.in_flight)} in flight" if money.in_flight else "")
+        + (f", ${usd(money.unknown)} of unknown outcome" if money.unknown else "")
+        + (f", ${usd(money.refunded)} refunded" if money.refunded else "")
+    )
+    budgets = ledger.budgets(scope)
+    if len(budgets) > 1:
+        by_campaign = ledger.money_by_campaign(scope)
+        for name, cap in list(budgets.items())[:20]:
+            m = by_campaign.get(name)
+            campaign_used = m.spent + m.in_flight + m.unknown if m else 0
+            cap_text = f" of ${usd(cap)} ({_percent(campaign_used, cap)})" if cap else ""
+            lines.append(f"  {name}: ${usd(campaign_used)} used{cap_text}")
+    elif budget is not None:
+        cap = next(b for b in budgets.values() if b is not None)
+        lines.append(f"  budget used (spent + in flight + unknown): {_percent(used, cap)}")
+
+    now = datetime.now(UTC)
+    if counts["running"] or counts["submitting"]:
+        lines.append("")
+        lines.append(f"running ({counts['running']}, submitting {counts['submitting']}):")
+        for status in ("running", "submitting"):
+            for job in ledger.jobs_in_status(scope, status, SHOWN):
+                progress = f"{job['progress']}%" if job["progress"] is not None else status
+                since = job["submitted_at"] or job["updated_at"]
+                lines.append(
+                    f"  {job['campaign']}/{job['id']}  {job['model']}  "
+                    f"task {job['task_id'] or '-'}  {progress}  for {_age(since, now)}"
+                )
+    if counts["failed"]:
+        lines.append("")
+        lines.append(
+            f"recent failures (last {min(SHOWN, counts['failed'])} of {counts['failed']}):"
+        )
+        for job in ledger.jobs_in_status(scope, "failed", SHOWN, recent_first=True):
+            lines.append(
+                f"  {job['campaign']}/{job['id']}  {job['model']}  after {job['attempts']} "
+                f"attempt(s): {job['last_error'] or 'no reason recorded'}"
+            )
+    if counts["held"]:
+        lines.append("")
+        lines.append(f"held, outcome unknown ({counts['held']}):")
+        for job in ledger.jobs_in_status(scope, "held", SHOWN):
+            lines.append(
+                f"  {job['campaign']}/{job['id']}  {job['model']}  "
+                f"{job['last_error'] or job['reason'] or 'unknown outcome'}"
+            )
+    lines.append("")
+    lines.extend(_next_steps(ledger, scope, counts))
+    return "\n".join(lines)
+
+
+def _next_steps(ledger: Ledger, scope: list[str] | None, counts: dict[str, int]) -> list[str]:
+    """What a person should do now, most useful first."""
+    steps: list[str] = []
+    runner = ledger.runner()
+    if runner:
+        steps.append(
+            f"a `{runner['command']}` is running on this ledger (pid {runner['pid']} on "
+            f"{runner['host']}, since {runner['started_at']})"
+        )
+    reasons = ledger.queued_reasons(scope)
+    if reasons.get("balance"):
+        steps.append(
+            f"{reasons['balance']} job(s) wait for the okaypic balance: "
+            "top up, then `batchgen resume`"
+        )
+    if reasons.get("budget"):
+        steps.append(
+            f"{reasons['budget']} job(s) wait for budget: raise budget_usd in the manifest and "
+            "`batchgen ingest` it again, then `batchgen resume` (or leave them queued)"
+        )
+    waiting = sum(n for reason, n in reasons.items() if reason not in ("balance", "budget"))
+    unfinished = waiting + counts["running"] + counts["submitting"]
+    if unfinished and not runner:
+        steps.append(f"{unfinished} job(s) unfinished: `batchgen resume` goes on with them")
+    if counts["held"]:
+        steps.append(
+            f"{counts['held']} held job(s): check whether the service made them, "
+            "then `batchgen retry --unknown` to run them again"
+        )
+    if counts["failed"]:
+        steps.append(f"{counts['failed']} failed job(s): `batchgen retry` queues them again")
+    if not steps:
+        steps.append(
+            "nothing left to do"
+            + (": `batchgen download` saves the results" if counts["completed"] else "")
+        )
+    return ["next:", *(f"  - {step}" for step in steps)]
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (", ".join(names[:most]) or "none") + more
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def _age(stamp: str | None, now: datetime) -> str:
+    if not stamp:
+        return "?"
+    try:
+        then = datetime.fromisoformat(stamp)
+    except ValueError:
+        return "?"
+    return duration_text(max(0.0, (now - then).total_seconds()))

@@ -1,0 +1,372 @@
+"""`batchgen report`: the cost audit. Ledgers are built through the Ledger's own write
+methods, the path the scheduler takes, and every expected sum is worked out by hand from
+the price table (okaypic-api.txt).
+
+The ledger builders at the top are shared with test_status, test_plan and test_download.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchgen.cli import cli
+from batchgen.job import Campaign, Job
+from batchgen.ledger import Ledger, LedgerJob
+from batchgen.report import COLUMNS, render
+
+# ---------------------------------------------------------------- building ledgers the way the
+# scheduler does: begin_attempt, attempt_created, task_completed / task_failed / attempt_ended
+
+CDN = "https://cdn.example.com"
+
+
+def seedance(job_id: str, duration: int = 5, fast: bool = False, **kw) -> Job:
+    model = "jimeng-video-seedance-2.0" + ("-fast" if fast else "")
+    return Job("c", job_id, model, f"prompt {job_id}", duration=duration, **kw)
+
+
+def grok(job_id: str, duration: int = 5, **kw) -> Job:
+    return Job("c", job_id, "grok-video-3", f"prompt {job_id}", duration=duration, **kw)
+
+
+def veo(job_id: str, variant: str = "veo3.1-pro", **kw) -> Job:
+    return Job("c", job_id, "veo3.1", f"prompt {job_id}", variant=variant, **kw)
+
+
+def image(job_id: str, **kw) -> Job:
+    return Job("c", job_id, "jimeng-5.0", f"prompt {job_id}", **kw)
+
+
+def make_ledger(
+    path: Path, jobs: list[Job], campaign: str = "c", budget: int | None = None
+) -> Ledger:
+    ledger = Ledger(path)
+    for job in jobs:
+        job.campaign = campaign
+    ledger.ingest(Campaign(campaign, f"{campaign}.yaml", "sha", budget), jobs)
+    return ledger
+
+
+def queued(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
+    return next(j for j in ledger.unfinished_jobs([campaign]) if j.id == job_id)
+
+
+def start(ledger: Ledger, job_id: str, campaign: str = "c", task: str | None = None) -> LedgerJob:
+    """Submit a queued job: its task is created and charged (in flight)."""
+    job = queued(ledger, job_id, campaign)
+    attempt = ledger.begin_attempt(job)
+    ledger.attempt_created(job, attempt, 200, task or f"task-{campaign}-{job_id}-{job.attempts}")
+    return job
+
+
+def complete(
+    ledger: Ledger, job_id: str, campaign: str = "c", urls: list[str] | None = None
+) -> LedgerJob:
+    job = start(ledger, job_id, campaign)
+    ledger.task_completed(job, [f"{CDN}/{job_id}.mp4"] if urls is None else urls)
+    return job
+
+
+def fail(
+    ledger: Ledger, job_id: str, campaign: str = "c", then: str = "failed", why: str = "NSFW"
+) -> LedgerJob:
+    """The task is created, then fails (refunded); the job is `then` (failed or queued)."""
+    job = start(ledger, job_id, campaign)
+    ledger.task_failed(job, why, then)
+    return job
+
+
+def unknown(ledger: Ledger, job_id: str, campaign: str = "c", then: str = "held") -> LedgerJob:
+    """The request left and no usable answer came back."""
+    job = queued(ledger, job_id, campaign)
+    attempt = ledger.begin_attempt(job)
+    ledger.attempt_ended(
+        job,
+        attempt,
+        state="unknown",
+        outcome="read timeout",
+        counted=True,
+        job_status=then,
+        error="ReadTimeout",
+        reason="unknown outcome" if then == "held" else None,
+    )
+    return job
+
+
+def rejected(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
+    job = queued(ledger, job_id, campaign)
+    attempt = ledger.begin_attempt(job)
+    ledger.attempt_ended(
+        job,
+        attempt,
+        state="rejected",
+        outcome="rejected",
+        counted=True,
+        job_status="failed",
+        http_status=400,
+        error="invalid ratio",
+    )
+    return job
+
+
+def sending(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
+    """A crash right after the intent was committed: the attempt stays `sending`."""
+    job = queued(ledger, job_id, campaign)
+    ledger.begin_attempt(job)
+    return job
+
+
+def invoke(ledger: Path, *args: str):
+    return CliRunner().invoke(cli, ["--ledger", str(ledger), *args])
+
+
+# ---------------------------------------------------------------- a ledger with every state
+
+
+@pytest.fixture
+def audit(tmp_path) -> Path:
+    """Every money state once, with tags:
+
+    fast-10   seedance fast 10 s, completed        spent 0.80     tags a, b   10 video s
+    grok-15   grok 15 s, completed                  spent 0.30     tag a       15 video s
+    grok-bad  grok 5 s, task failed (refunded)      refunded 0.10  tag b
+    sd-run    seedance 5 s, running                 in flight 0.60
+    pro-lost  veo pro, unknown outcome, held        unknown 0.30   tag a
+    sd-sent   seedance 5 s + video ref, `sending`   unknown 1.20
+    poster    jimeng-5.0, completed                 spent 0.20     1 image
+    veo-done  veo fast, completed                   spent 0.10     0 video s
+    bad-400   grok 5 s, rejected                    nothing
+    wait      grok 10 s, queued                     nothing        tag a
+    """
+    path = tmp_path / "audit.db"
+    ref = [{"type": "video", "url": "https://example.com/ref.mp4"}]
+    ledger = make_ledger(
+        path,
+        [
+            seedance("fast-10", 10, fast=True, tags=["a", "b"]),
+            grok("grok-15", 15, tags=["a"]),
+            grok("grok-bad", tags=["b"]),
+            seedance("sd-run"),
+            veo("pro-lost", tags=["a"]),
+            seedance("sd-sent", ref_mode="omni", media=ref),
+            image("poster"),
+            veo("veo-done", variant="veo3.1-fast"),
+            grok("bad-400"),
+            grok("wait", 10, tags=["a"]),
+        ],
+        budget=5_000_000,
+    )
+    complete(ledger, "fast-10")
+    complete(ledger, "grok-15")
+    fail(ledger, "grok-bad")
+    start(ledger, "sd-run")
+    unknown(ledger, "pro-lost")
+    sending(ledger, "sd-sent")
+    complete(ledger, "poster", urls=[f"{CDN}/poster.png"])
+    complete(ledger, "veo-done")
+    rejected(ledger, "bad-400")
+    ledger.close()
+    return path
+
+
+def report(path: Path, by: str = "campaign", fmt: str = "json", per_job: bool = False, **kw):
+    ledger = Ledger(path, create=False)
+    try:
+        text = render(ledger, kw.get("campaigns", []), by, fmt, per_job)
+    finally:
+        ledger.close()
+    assert text.endswith("\n")
+    return json.loads(text) if fmt == "json" else text
+
+
+def test_json_totals_are_worked_out_from_the_price_table(audit):
+    totals = report(audit)["totals"]
+    assert totals == {
+        "key": "TOTAL",
+        "jobs": 10,
+        "completed": 4,
+        "failed": 2,
+        "queued": 1,
+        "spent_usd": "1.40",  # 0.80 + 0.30 + 0.20 + 0.10
+        "in_flight_usd": "0.60",
+        "unknown_usd": "1.50",  # veo pro 0.30 + seedance 5 s at the video-ref rate 1.20
+        "refunded_usd": "0.10",
+        "video_seconds": 25,  # 10 + 15; veo adds 0
+        "images": 1,
+    }
+
+
+def test_every_row_has_exactly_the_contract_keys_in_order(audit):
+    data = report(audit, by="model")
+    assert data["by"] == "model"
+    for row in [*data["groups"], data["totals"]]:
+        assert list(row) == list(COLUMNS)
+
+
+def test_json_by_model_gives_each_models_money(audit):
+    groups = {row["key"]: row for row in report(audit, by="model")["groups"]}
+    assert list(groups) == sorted(groups)
+    assert groups["jimeng-video-seedance-2.0-fast"]["spent_usd"] == "0.80"
+    assert groups["grok-video-3"]["spent_usd"] == "0.30"
+    assert groups["grok-video-3"]["refunded_usd"] == "0.10"
+    assert groups["grok-video-3"]["failed"] == 2 and groups["grok-video-3"]["queued"] == 1
+    assert groups["jimeng-video-seedance-2.0"]["in_flight_usd"] == "0.60"
+    assert groups["jimeng-video-seedance-2.0"]["unknown_usd"] == "1.20"
+    assert groups["veo3.1"]["unknown_usd"] == "0.30" and groups["veo3.1"]["spent_usd"] == "0.10"
+    assert groups["veo3.1"]["video_seconds"] == 0
+    assert groups["jimeng-5.0"]["images"] == 1 and groups["jimeng-5.0"]["spent_usd"] == "0.20"
+
+
+@pytest.mark.parametrize("by", ["campaign", "model", "status"])
+def test_groups_sum_to_the_totals(audit, by):
+    data = report(audit, by=by)
+    for column in COLUMNS[1:]:
+        if column.endswith("_usd"):
+            assert sum(Decimal(g[column]) for g in data["groups"]) == Decimal(
+                data["totals"][column]
+            )
+        else:
+            assert sum(g[column] for g in data["groups"]) == data["totals"][column]
+
+
+def test_csv_report_has_a_total_row_equal_to_the_sum_of_groups(audit):
+    rows = list(csv.DictReader(io.StringIO(report(audit, by="model", fmt="csv"))))
+    assert list(rows[0]) == list(COLUMNS)
+    *groups, total = rows
+    assert total["key"] == "TOTAL" and len(groups) == 5
+    for column in COLUMNS[1:]:
+        assert sum(Decimal(g[column]) for g in groups) == Decimal(total[column])
+    assert total["spent_usd"] == "1.40"
+
+
+def test_by_tag_counts_a_job_in_each_of_its_tags_and_once_in_the_totals(audit):
+    data = report(audit, by="tag")
+    groups = {row["key"]: row for row in data["groups"]}
+    assert set(groups) == {"a", "b", "(none)"}
+    assert groups["a"]["jobs"] == 4  # fast-10, grok-15, pro-lost, wait
+    assert groups["a"]["spent_usd"] == "1.10"  # 0.80 + 0.30
+    assert groups["b"]["jobs"] == 2 and groups["b"]["spent_usd"] == "0.80"
+    assert groups["b"]["refunded_usd"] == "0.10"
+    assert groups["(none)"]["jobs"] == 5
+    assert data["totals"]["jobs"] == 10 and data["totals"]["spent_usd"] == "1.40"
+    assert sum(g["jobs"] for g in data["groups"]) == 11  # fast-10 is in a and b
+
+
+def test_a_tag_listed_twice_on_one_job_counts_once(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("twice", tags=["x", "x"])])
+    complete(ledger, "twice")
+    ledger.close()
+    [group] = report(path, by="tag")["groups"]
+    assert (group["key"], group["jobs"], group["spent_usd"]) == ("x", 1, "0.10")
+
+
+def test_by_status_shows_the_jobs_that_queued_does_not_count(audit):
+    groups = {row["key"]: row["jobs"] for row in report(audit, by="status")["groups"]}
+    assert groups == {"completed": 4, "failed": 2, "queued": 1, "running": 1, "held": 1,
+                      "submitting": 1}  # fmt: skip
+
+
+def test_totals_agree_with_the_ledgers_money(audit):
+    ledger = Ledger(audit, create=False)
+    money = ledger.money()
+    ledger.close()
+    totals = report(audit)["totals"]
+    assert totals["spent_usd"] == "1.40" and money.spent == 1_400_000
+    assert (money.in_flight, money.unknown, money.refunded) == (600_000, 1_500_000, 100_000)
+
+
+def test_a_campaign_filter_keeps_other_campaigns_out(audit):
+    ledger = Ledger(audit)
+    ledger.ingest(Campaign("other", "o.yaml", "sha", None), [grok("o1")])
+    o1 = start(ledger, "o1", campaign="other")
+    ledger.task_completed(o1, [])
+    ledger.close()
+    assert report(audit)["totals"]["spent_usd"] == "1.50"
+    assert report(audit, campaigns=["c"])["totals"]["spent_usd"] == "1.40"
+    assert [g["key"] for g in report(audit, campaigns=["other"])["groups"]] == ["other"]
+
+
+def test_per_job_json_nests_each_attempt_with_its_price_task_and_state(audit):
+    jobs = {j["id"]: j for j in report(audit, per_job=True)["jobs"]}
+    assert len(jobs) == 10
+    bad = jobs["grok-bad"]
+    assert (bad["status"], bad["spent_usd"], bad["refunded_usd"]) == ("failed", "0.00", "0.10")
+    [attempt] = bad["attempts"]
+    assert list(attempt) == [
+        "number",
+        "started_at",
+        "http_status",
+        "outcome",
+        "state",
+        "task_id",
+        "unit_price_usd",
+        "cost_usd",
+        "refunded_usd",
+        "error",
+    ]
+    assert attempt["number"] == 1 and attempt["state"] == "failed"
+    assert attempt["task_id"] == "task-c-grok-bad-0" and attempt["unit_price_usd"] == "0.10"
+    assert attempt["cost_usd"] == "0.00" and attempt["error"] == "NSFW"
+    assert jobs["sd-sent"]["unknown_usd"] == "1.20"
+    assert jobs["sd-sent"]["attempts"][0]["state"] == "sending"
+    assert jobs["bad-400"]["attempts"][0]["http_status"] == 400
+    assert jobs["wait"]["attempts"] == [] and jobs["wait"]["price_usd"] == "0.20"
+    assert jobs["fast-10"]["tags"] == ["a", "b"] and jobs["fast-10"]["spent_usd"] == "0.80"
+
+
+def test_per_job_csv_has_one_row_per_attempt_with_the_job_repeated(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("twice"), grok("never")])
+    fail(ledger, "twice", then="queued")
+    complete(ledger, "twice")
+    ledger.close()
+    rows = list(csv.DictReader(io.StringIO(report(path, fmt="csv", per_job=True))))
+    assert [(r["id"], r["attempt_number"], r["attempt_state"]) for r in rows] == [
+        ("twice", "1", "failed"),
+        ("twice", "2", "completed"),
+        ("never", "", ""),
+    ]
+    assert rows[0]["spent_usd"] == rows[1]["spent_usd"] == "0.10"
+    assert rows[0]["attempt_refunded_usd"] == "0.10"
+
+
+def test_table_report_shows_groups_totals_and_budget_use(audit):
+    text = report(audit, by="model", fmt="table")
+    assert "grok-video-3" in text and "TOTAL" in text and "$1.40" in text
+    assert "c: $3.50 of $5.00 (70%)" in text  # spent 1.40 + in flight 0.60 + unknown 1.50
+
+
+def test_table_per_job_lists_attempts(audit):
+    text = report(audit, fmt="table", per_job=True)
+    assert "c/grok-bad" in text and "task-c-grok-bad-0" in text and "NSFW" in text
+
+
+def test_an_empty_ledger_reports_zero_totals(tmp_path):
+    Ledger(tmp_path / "l.db").close()
+    data = report(tmp_path / "l.db")
+    assert data["groups"] == [] and data["totals"]["spent_usd"] == "0.00"
+    assert data["totals"]["jobs"] == 0
+
+
+def test_report_command_prints_csv_with_the_total_last(audit):
+    result = invoke(audit, "report", "--by", "model", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("TOTAL,10,4,2,1,1.40,0.60,1.50,0.10,25,1")
+
+
+def test_report_command_on_an_unknown_campaign_says_so(audit):
+    result = invoke(audit, "report", "--campaign", "nope")
+    assert result.exit_code == 1 and "no campaign named nope" in result.output
+
+
+def test_report_command_without_a_ledger_fails_without_creating_one(tmp_path):
+    result = invoke(tmp_path / "none.db", "report")
+    assert result.exit_code == 1 and not (tmp_path / "none.db").exists()
