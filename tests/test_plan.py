@@ -1,0 +1,157 @@
+"""`batchgen plan`: counts, exact costs from the price table, the budget check, wall time
+on 3 slots, and what is new, changed or done against a ledger, with no write at all."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from batchgen.job import Campaign, Job
+from batchgen.plan import format_plan, make_plan
+from tests.test_report import complete, grok, image, invoke, make_ledger, seedance, start, veo
+
+ROOT = Path(__file__).resolve().parent.parent
+VIDEO_REF = [{"type": "video", "url": "https://example.com/ref.mp4"}]
+
+
+@dataclass
+class Manifest:
+    campaign: Campaign
+    jobs: list[Job]
+
+
+def manifest(jobs: list[Job], budget: int | None = None) -> Manifest:
+    return Manifest(Campaign("c", "m.yaml", "sha", budget), jobs)
+
+
+def price_table_jobs() -> list[Job]:
+    return [
+        seedance("sd-5"),  # 5 s x $0.12 = $0.60
+        seedance("sd-ref", ref_mode="omni", media=VIDEO_REF),  # 5 s x $0.24 = $1.20
+        seedance("fast-10", 10, fast=True),  # 10 s x $0.08 = $0.80
+        grok("grok-15", 15),  # 15 s x $0.02 = $0.30
+        veo("pro"),  # veo3.1-pro: $0.30
+        image("poster"),  # jimeng-5.0: $0.20
+    ]
+
+
+def test_costs_come_exactly_from_the_price_table(tmp_path):
+    plan = make_plan(manifest(price_table_jobs()), str(tmp_path / "none.db"))
+    lines = {m.model: (m.jobs, m.video_seconds, m.images, m.cost_micros) for m in plan.models}
+    assert lines == {
+        "jimeng-video-seedance-2.0": (2, 10, 0, 1_800_000),
+        "jimeng-video-seedance-2.0-fast": (1, 10, 0, 800_000),
+        "grok-video-3": (1, 15, 0, 300_000),
+        "veo3.1": (1, 0, 0, 300_000),
+        "jimeng-5.0": (1, 0, 1, 200_000),
+    }
+    assert (plan.jobs, plan.video_seconds, plan.images) == (6, 35, 1)
+    assert plan.cost_micros == plan.to_run_micros == 3_400_000
+
+
+def test_the_plan_text_shows_models_totals_and_cost(tmp_path):
+    text = format_plan(make_plan(manifest(price_table_jobs()), str(tmp_path / "none.db")))
+    assert "plan for campaign c: 6 job(s)" in text
+    assert "jimeng-video-seedance-2.0-fast" in text and "$0.80" in text
+    assert "total" in text and "$3.40" in text
+    assert "every job is new" in text
+
+
+def test_a_budget_below_the_cost_is_reported_over_by_the_difference(tmp_path):
+    plan = make_plan(manifest(price_table_jobs(), budget=3_000_000), str(tmp_path / "x.db"))
+    assert plan.over_budget_micros == 400_000
+    assert "OVER by $0.40" in format_plan(plan)
+
+
+def test_a_budget_equal_to_the_cost_fits(tmp_path):
+    plan = make_plan(manifest(price_table_jobs(), budget=3_400_000), str(tmp_path / "x.db"))
+    assert plan.over_budget_micros == 0
+    assert "fits, $0.00 to spare" in format_plan(plan)
+
+
+def test_no_budget_is_said_plainly(tmp_path):
+    assert "budget: none set" in format_plan(make_plan(manifest([grok("a")]), str(tmp_path / "x")))
+
+
+def test_plan_without_a_ledger_creates_no_file(tmp_path):
+    path = tmp_path / "ledger.db"
+    make_plan(manifest(price_table_jobs()), str(path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def ledger_with_history(tmp_path) -> Path:
+    """done (completed, $0.10), edit (queued), wait (queued), run (running, $0.10 in flight)."""
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("done"), grok("edit"), grok("wait"), grok("run")])
+    complete(ledger, "done")
+    start(ledger, "run")
+    ledger.close()
+    return path
+
+
+def test_against_a_ledger_jobs_are_new_changed_done_or_unfinished(tmp_path):
+    path = ledger_with_history(tmp_path)
+    jobs = [grok("done"), Job("c", "edit", "grok-video-3", "a new prompt", duration=5)]
+    jobs += [grok("wait"), grok("run"), grok("fresh", 10)]
+    plan = make_plan(manifest(jobs), str(path))
+    assert (plan.new, plan.changed, plan.done, plan.unfinished) == (1, 1, 1, 2)
+    # To run: fresh ($0.20), edit ($0.10) and wait ($0.10); run is already in flight.
+    assert (plan.to_run, plan.to_run_micros) == (3, 400_000)
+    text = format_plan(plan)
+    assert "1 new, 1 changed, 1 already done, 2 queued or unfinished" in text
+    assert "--replace" in text
+
+
+def test_the_budget_check_counts_what_the_ledger_already_spent_or_committed(tmp_path):
+    path = ledger_with_history(tmp_path)
+    jobs = [grok("done"), grok("wait"), grok("run")]
+    plan = make_plan(manifest(jobs, budget=250_000), str(path))
+    # spent 0.10 (done) + in flight 0.10 (run) + to run 0.10 (wait) = 0.30 > 0.25
+    assert plan.committed_micros == 200_000 and plan.to_run_micros == 100_000
+    assert plan.over_budget_micros == 50_000
+
+
+def test_plan_writes_nothing_to_an_existing_ledger(tmp_path):
+    path = ledger_with_history(tmp_path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    make_plan(manifest([grok("done"), grok("brand-new")]), str(path))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_wall_time_is_greedy_on_three_slots_from_typical_times(tmp_path):
+    # grok 5 s: typical 20 + 4 x 5 = 40 s; seven jobs on 3 slots take 3 rounds.
+    plan = make_plan(manifest([grok(f"g{i}") for i in range(7)]), str(tmp_path / "x.db"))
+    assert plan.wall_seconds == 120
+    assert "estimated wall time at 3 slots: 2m00s" in format_plan(plan)
+
+
+def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(tmp_path):
+    path = ledger_with_history(tmp_path)
+    db = sqlite3.connect(path)  # the seen task took 10 s from creation to completion
+    db.execute(
+        "UPDATE attempts SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', answered_at,"
+        " '+10 seconds') WHERE state = 'completed'"
+    )
+    db.commit()
+    db.close()
+    plan = make_plan(manifest([grok(f"g{i}") for i in range(6)]), str(path))
+    assert plan.wall_seconds == pytest.approx(20, abs=0.01) and plan.refined_models == [
+        "grok-video-3"
+    ]
+    # Another duration of the same model is not refined by it.
+    plan = make_plan(manifest([grok("g15", 15)]), str(path))
+    assert plan.wall_seconds == 80.0 and plan.refined_models == []
+
+
+def test_plan_command_prints_the_quickstart_cost_and_writes_nothing(tmp_path):
+    ledger = tmp_path / "ledger.db"
+    result = invoke(ledger, "plan", str(ROOT / "manifests" / "quickstart.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "$0.92" in result.output and "budget $2.00" in result.output
+    assert list(tmp_path.iterdir()) == []
