@@ -1,0 +1,294 @@
+"""Result files (PRODUCT.md §9): `DIR/<campaign>/<job-id>[-n].<ext>`, saved atomically,
+resumably, and recorded in the ledger's `files` table.
+
+"Generated" and "downloaded" are separate states: a download that fails is recorded with
+its error and tried again by the next `download`, never by generating again.
+
+- Names: a job with one result URL gives `<job-id>.<ext>`; with several, `<job-id>-1.<ext>`,
+  `<job-id>-2.<ext>`, … (numbered from 1, in result_urls order; the `files.n` column is the
+  0-based index). `<ext>` comes from the URL path, lower-cased, letters and digits only,
+  else `bin`.
+- Safety: campaign and job id keep only `A-Z a-z 0-9 . _ -`, lose leading dots, and get a
+  short hash of the original when anything was changed (so two ids never share a file);
+  the resolved path must lie inside DIR. Result URLs are fetched with a client that has no
+  Authorization header: the API key never goes to a CDN.
+- Atomic: streamed to a temporary file in the same folder, fsync'd, then `os.replace`d.
+- Resumable: a file already at its path with the recorded size and SHA-256 is kept
+  without any request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from batchgen.ledger import Ledger
+
+CHUNK = 1 << 16
+TRIES = 3  # per file and per `download`: transient errors (connection, 5xx) are retried
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+EXTENSION = re.compile(r"[a-z0-9]{1,10}")
+MAX_NAME = 120
+
+
+class DownloadError(Exception):
+    """One result file could not be saved (the message goes to the ledger)."""
+
+
+def safe_name(text: str) -> str:
+    """A file name made from `text` that cannot leave its folder or collide with another."""
+    name = UNSAFE.sub("_", text).lstrip(".")
+    if name != text or not name or len(name) > MAX_NAME:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"{name[:MAX_NAME] or '_'}-{digest}"
+    return name
+
+
+def extension(url: str) -> str:
+    """The file extension of a URL's path ('mp4'), or 'bin' when it has no safe one."""
+    last = unquote(urlsplit(url).path).rsplit("/", 1)[-1]
+    ext = last.rsplit(".", 1)[-1].lower() if "." in last else ""
+    return ext if EXTENSION.fullmatch(ext) else "bin"
+
+
+def file_path(
+    out_dir: str | Path, campaign: str, job_id: str, n: int, count: int, url: str
+) -> Path:
+    """Where result `n` (0-based) of `count` is saved; raises DownloadError if that would be
+    outside `out_dir` (it cannot, by construction; this is the last line of defence)."""
+    suffix = f"-{n + 1}" if count > 1 else ""
+    path = Path(out_dir) / safe_name(campaign) / f"{safe_name(job_id)}{suffix}.{extension(url)}"
+    root = Path(out_dir).resolve()
+    if not path.resolve().is_relative_to(root) or path.resolve() == root:
+        raise DownloadError(f"refusing to write outside {out_dir}: {path}")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Tally:
+    saved: int = 0
+    kept: int = 0  # already there, intact
+    failed: int = 0
+    bytes: int = 0
+
+
+class Downloader:
+    """Fetches the result files of completed jobs, a few at a time, for `download` and for
+    `run --download` (the runner calls `fetch_job` as each task completes)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        out_dir: str | Path,
+        client: httpx.AsyncClient | None = None,
+        concurrency: int = 4,
+        retry_delay: float = 0.5,
+        on_failure: Callable[[str], None] | None = None,
+        on_file: Callable[[], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.out_dir = Path(out_dir)
+        self._own_client = client is None
+        # No auth header, whatever the caller's client had: result URLs are CDN URLs.
+        self.client = client or httpx.AsyncClient(
+            follow_redirects=True, timeout=httpx.Timeout(30.0, connect=10.0)
+        )
+        self.slots = asyncio.Semaphore(concurrency)
+        self.retry_delay = retry_delay
+        self.on_failure = on_failure or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_file = on_file
+        self.tally = Tally()
+
+    async def fetch_job(self, campaign: str, job_id: str) -> bool:
+        """Save every result file of one completed job; True when all of them are saved."""
+        rows = self.ledger.result_files(job=(campaign, job_id))
+        results = await asyncio.gather(*(self.fetch_file(row) for row in rows))
+        return all(results)
+
+    async def fetch_file(self, row: dict[str, Any]) -> bool:
+        """Save one result file (a `Ledger.result_files` row), or record why it failed."""
+        campaign, job_id, n, url = row["campaign"], row["job_id"], row["n"], row["url"]
+        try:
+            async with self.slots:
+                path = file_path(self.out_dir, campaign, job_id, n, row["count"], url)
+                if await self._intact(path, row):
+                    self.tally.kept += 1
+                    if row["path"] != str(path):
+                        self.ledger.file_saved(
+                            campaign, job_id, n, url, str(path), row["size"], row["sha256"]
+                        )
+                else:
+                    size, digest = await self._fetch(url, path)
+                    self.ledger.file_saved(campaign, job_id, n, url, str(path), size, digest)
+                    self.tally.saved += 1
+                    self.tally.bytes += size
+            return True
+        except Exception as e:  # one bad file must not stop the others; it is recorded
+            error = str(e) or type(e).__name__
+            self.ledger.file_failed(campaign, job_id, n, url, error)
+            self.tally.failed += 1
+            self.on_failure(f"download failed: {campaign}/{job_id} file {n + 1}: {url}: {error}")
+            return False
+        finally:
+            if self.on_file is not None:
+                self.on_file()
+
+    async def _intact(self, path: Path, row: dict[str, Any]) -> bool:
+        """Is the file already saved, for this URL, with the recorded size and SHA-256?"""
+        if row["sha256"] is None or row["saved_url"] != row["url"]:
+            return False
+        try:
+            if path.stat().st_size != row["size"]:
+                return False
+        except OSError:
+            return False
+        return await asyncio.to_thread(sha256_of, path) == row["sha256"]
+
+    async def _fetch(self, url: str, path: Path) -> tuple[int, str]:
+        """Download `url` to `path` atomically, retrying transient failures."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise DownloadError(f"not an http(s) URL: {url}")
+        for attempt in range(1, TRIES + 1):
+            try:
+                return await self._stream(url, path)
+            except (httpx.TransportError, _Transient) as e:
+                if attempt == TRIES:
+                    raise DownloadError(f"{e or type(e).__name__} (after {TRIES} tries)") from e
+                await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    async def _stream(self, url: str, path: Path) -> tuple[int, str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                request = self.client.build_request("GET", url)
+                request.headers.pop("Authorization", None)  # never send a key to a CDN
+                answer = await self.client.send(request, stream=True, follow_redirects=True)
+                try:
+                    if answer.status_code >= 500 or answer.status_code == 429:
+                        raise _Transient(f"HTTP {answer.status_code}")
+                    if answer.status_code != 200:
+                        raise DownloadError(f"HTTP {answer.status_code}")
+                    expected = answer.headers.get("content-length")
+                    async for chunk in answer.aiter_bytes(CHUNK):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                finally:
+                    await answer.aclose()
+                if expected is not None and expected.isdigit() and int(expected) != size:
+                    raise _Transient(f"got {size} of {expected} bytes")
+                f.flush()
+                await asyncio.to_thread(os.fsync, f.fileno())
+            os.replace(temp, path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return size, digest.hexdigest()
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+
+class _Transient(Exception):
+    """Worth another try: a 5xx or 429 answer, or a body cut short."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (where the platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def download_all(ledger: Ledger, out_dir: str, campaigns: list[str]) -> int:
+    """Save every completed job's files; 0 when all are saved, 1 when some failed (one
+    line each on stderr, then a summary)."""
+    ledger.select_campaigns(campaigns)
+    rows = ledger.result_files(campaigns or None)
+    if not rows:
+        print("nothing to download: no completed job has result files yet", file=sys.stderr)
+        return 0
+    tally = asyncio.run(_download_rows(ledger, out_dir, rows))
+    print(
+        f"{tally.saved} file(s) saved ({_megabytes(tally.bytes)}), {tally.kept} already there, "
+        f"{tally.failed} failed, in {out_dir}/",
+        file=sys.stderr,
+    )
+    if tally.failed:
+        print("run `batchgen download` again to retry the failed files", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _download_rows(ledger: Ledger, out_dir: str, rows: list[dict[str, Any]]) -> Tally:
+    progress = _Progress(len(rows))
+    downloader = Downloader(ledger, out_dir, on_file=progress.advance)
+    try:
+        await asyncio.gather(*(downloader.fetch_file(row) for row in rows))
+    finally:
+        await downloader.aclose()
+        progress.close()
+    return downloader.tally
+
+
+class _Progress:
+    """Files done / total on stderr: a live bar on a terminal, a line now and then otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("downloading", total=total)
+        else:
+            print(f"downloading {total} file(s)", file=sys.stderr, flush=True)
+        self.every = max(1, total // 10)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        elif self.done % self.every == 0 and self.done < self.total:
+            print(f"{self.done}/{self.total} file(s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"

@@ -1,0 +1,323 @@
+"""Result files (§9): saved atomically under DIR/<campaign>/<job-id>[-n].<ext>, checked by
+SHA-256, resumable, recorded in the ledger, sanitized, and fetched from a real HTTP server
+on 127.0.0.1 (a tiny one in a thread, so each test chooses what every URL answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from batchgen.download import Downloader, download_all, extension, file_path, safe_name
+from batchgen.ledger import Ledger
+from tests.test_report import complete, grok, invoke, make_ledger
+
+
+class FileServer:
+    """Serves `files` (path -> bytes); records every request's path and headers.
+
+    `/redirect/<path>` answers 302 to `<path>`; `/short/<path>` promises more bytes than it
+    sends; a path in `fail_first` answers 500 that many times first.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.fail_first: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append((self.path, dict(self.headers)))
+                path = self.path
+                if path.startswith("/redirect/"):
+                    self.send_response(302)
+                    self.send_header("Location", path.removeprefix("/redirect"))
+                    self.end_headers()
+                    return
+                if server.fail_first.get(path, 0) > 0:
+                    server.fail_first[path] -= 1
+                    self.send_error(500)
+                    return
+                short = path.startswith("/short/")
+                body = server.files.get(path.removeprefix("/short") if short else path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body) + (10 if short else 0)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self.thread.start()
+
+    def add(self, path: str, body: bytes) -> str:
+        self.files[path] = body
+        return self.url + path
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    s = FileServer()
+    yield s
+    s.stop()
+
+
+VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+VIDEO2 = b"second take" * 1000
+PICTURE = b"\x89PNG\r\n" + b"pixels" * 500
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def ledger(tmp_path, server) -> Iterator[Ledger]:
+    """one (1 video), two (2 takes), poster (an image); `pending` is not completed."""
+    ledger = make_ledger(
+        tmp_path / "l.db", [grok("one"), grok("two"), grok("poster"), grok("pending")]
+    )
+    complete(ledger, "one", urls=[server.add("/r/one.mp4", VIDEO)])
+    complete(ledger, "two", urls=[server.add("/r/a.mp4", VIDEO), server.add("/r/b.MP4", VIDEO2)])
+    complete(ledger, "poster", urls=[server.add("/r/poster.png?sig=abc", PICTURE)])
+    yield ledger
+    ledger.close()
+
+
+def files(ledger: Ledger) -> dict[tuple[str, int], dict]:
+    return {(r["job_id"], r["n"]): r for r in ledger.query("SELECT * FROM files")}
+
+
+def test_download_saves_every_result_with_its_sha256_and_records_it(ledger, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 0
+    assert (out / "c" / "one.mp4").read_bytes() == VIDEO
+    assert (out / "c" / "two-1.mp4").read_bytes() == VIDEO
+    assert (out / "c" / "two-2.mp4").read_bytes() == VIDEO2
+    assert (out / "c" / "poster.png").read_bytes() == PICTURE
+    rows = files(ledger)
+    assert len(rows) == 4
+    row = rows[("two", 1)]
+    assert (row["path"], row["size"], row["sha256"]) == (
+        str(out / "c" / "two-2.mp4"),
+        len(VIDEO2),
+        sha(VIDEO2),
+    )
+    assert row["downloaded_at"] and row["error"] is None
+    assert sorted(p.name for p in (out / "c").iterdir()) == [
+        "one.mp4",
+        "poster.png",
+        "two-1.mp4",
+        "two-2.mp4",
+    ]  # no temporary file left behind
+    assert "4 file(s) saved" in capsys.readouterr().err
+
+
+def test_a_second_download_makes_no_request(ledger, tmp_path, server):
+    out = str(tmp_path / "out")
+    download_all(ledger, out, [])
+    before = len(server.requests)
+    assert download_all(ledger, out, []) == 0
+    assert len(server.requests) == before
+
+
+def test_a_deleted_or_truncated_file_is_downloaded_again_without_generating_again(
+    ledger, tmp_path, server
+):
+    out = tmp_path / "out"
+    download_all(ledger, str(out), [])
+    attempts = ledger.query("SELECT * FROM attempts")
+    (out / "c" / "one.mp4").unlink()
+    (out / "c" / "two-2.mp4").write_bytes(VIDEO2[:100])
+    (out / "c" / "poster.png").write_bytes(b"x" * len(PICTURE))  # same size, other bytes
+    server.requests.clear()
+    assert download_all(ledger, str(out), []) == 0
+    assert sorted(server.paths()) == ["/r/b.MP4", "/r/one.mp4", "/r/poster.png?sig=abc"]
+    assert (out / "c" / "one.mp4").read_bytes() == VIDEO
+    assert (out / "c" / "two-2.mp4").read_bytes() == VIDEO2
+    assert (out / "c" / "poster.png").read_bytes() == PICTURE
+    assert ledger.query("SELECT * FROM attempts") == attempts
+    assert ledger.counts()["completed"] == 3
+
+
+def test_a_failed_download_is_recorded_and_retried_by_the_next_download(
+    ledger, tmp_path, server, capsys
+):
+    del server.files["/r/b.MP4"]
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 1
+    err = capsys.readouterr().err
+    assert "download failed: c/two file 2:" in err and "HTTP 404" in err
+    assert "3 file(s) saved" in err and "1 failed" in err
+    assert files(ledger)[("two", 1)]["error"] == "HTTP 404"
+    assert ledger.counts()["completed"] == 3  # generated stays generated
+    server.add("/r/b.MP4", VIDEO2)
+    server.requests.clear()
+    assert download_all(ledger, str(out), []) == 0
+    assert server.paths() == ["/r/b.MP4"]
+    assert files(ledger)[("two", 1)]["error"] is None
+    assert list((out / "c").glob(".*")) == []
+
+
+def test_a_hostile_job_id_cannot_write_outside_the_folder(tmp_path, server):
+    ledger = make_ledger(tmp_path / "l.db", [grok("../../etc/x"), grok("..")])
+    complete(ledger, "../../etc/x", urls=[server.add("/x.mp4", VIDEO)])
+    complete(ledger, "..", urls=[server.add("/dots.mp4", VIDEO2)])
+    out = tmp_path / "deep" / "out"
+    assert download_all(ledger, str(out), []) == 0
+    saved = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".mp4")
+    assert len(saved) == 2
+    assert all(p.parent == out / "c" for p in saved)
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "deep" / "etc").exists()
+
+
+def test_a_hostile_url_extension_cannot_write_outside_the_folder(tmp_path, server):
+    ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
+    complete(ledger, "a", urls=[server.add("/v.%2e%2e%2f%2e%2e%2fevil", VIDEO)])
+    complete(ledger, "b", urls=[server.add("/v.mp4%2F..%2F..%2Fsh", VIDEO2)])
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 0
+    assert sorted(p.name for p in (out / "c").iterdir()) == ["a.bin", "b.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.db", "l.db-shm", "l.db-wal", "out"]
+
+
+def test_redirects_are_followed_and_no_authorization_header_is_sent(tmp_path, server):
+    ledger = make_ledger(tmp_path / "l.db", [grok("moved")])
+    server.add("/cdn/moved.mp4", VIDEO)
+    complete(ledger, "moved", urls=[server.url + "/redirect/cdn/moved.mp4"])
+
+    async def fetch() -> bool:
+        # Even a client carrying the API key must not send it to a result URL.
+        client = httpx.AsyncClient(headers={"Authorization": "Bearer okpk_secret"})
+        downloader = Downloader(ledger, tmp_path / "out", client=client)
+        try:
+            return await downloader.fetch_job("c", "moved")
+        finally:
+            await downloader.aclose()
+            await client.aclose()
+
+    assert asyncio.run(fetch())
+    assert (tmp_path / "out" / "c" / "moved.mp4").read_bytes() == VIDEO
+    assert server.paths() == ["/redirect/cdn/moved.mp4", "/cdn/moved.mp4"]
+    assert all("Authorization" not in headers for _, headers in server.requests)
+
+
+def test_a_500_or_a_short_body_is_tried_again(tmp_path, server):
+    ledger = make_ledger(tmp_path / "l.db", [grok("flaky"), grok("short")])
+    complete(ledger, "flaky", urls=[server.add("/flaky.mp4", VIDEO)])
+    complete(ledger, "short", urls=[server.url + "/short/short.mp4"])
+    server.add("/short.mp4", VIDEO2)
+    server.fail_first["/flaky.mp4"] = 2
+
+    async def fetch() -> list[bool]:
+        downloader = Downloader(ledger, tmp_path / "out", retry_delay=0.001)
+        try:
+            return [
+                await downloader.fetch_job("c", "flaky"),
+                await downloader.fetch_job("c", "short"),
+            ]
+        finally:
+            await downloader.aclose()
+
+    assert asyncio.run(fetch()) == [True, False]
+    assert server.paths().count("/flaky.mp4") == 3
+    assert server.paths().count("/short/short.mp4") == 3
+    assert "after 3 tries" in files(ledger)[("short", 0)]["error"]
+    assert sorted(p.name for p in (tmp_path / "out" / "c").iterdir()) == ["flaky.mp4"]
+
+
+def test_fetch_job_of_a_job_not_yet_completed_has_nothing_to_do(ledger, tmp_path, server):
+    async def fetch() -> bool:
+        downloader = Downloader(ledger, tmp_path / "out")
+        try:
+            return await downloader.fetch_job("c", "pending")
+        finally:
+            await downloader.aclose()
+
+    assert asyncio.run(fetch()) and server.requests == []
+
+
+def test_download_command_saves_files_and_status_lists_them(ledger, tmp_path):
+    out = tmp_path / "out"
+    result = invoke(ledger.path, "download", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    status = json.loads(invoke(ledger.path, "status", "--json").output)
+    saved = {job["id"]: job["files"] for job in status["jobs"]}
+    assert saved["two"] == [str(out / "c" / "two-1.mp4"), str(out / "c" / "two-2.mp4")]
+    assert saved["pending"] == []
+
+
+def test_download_command_with_nothing_completed_says_so(tmp_path):
+    make_ledger(tmp_path / "l.db", [grok("a")]).close()
+    result = invoke(tmp_path / "l.db", "download", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0 and "nothing to download" in result.output
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_safe_names_keep_plain_ids_and_mark_changed_ones_with_a_hash():
+    assert safe_name("cat-piano_2.v1") == "cat-piano_2.v1"
+    for hostile in ("../../etc/x", "..", ".hidden", "a/b", "a\x00b", "tab\there", "", "é"):
+        name = safe_name(hostile)
+        assert "/" not in name and "\x00" not in name and not name.startswith(".")
+        assert name not in ("", ".", "..") and name.isprintable()
+    assert safe_name("a/b") != safe_name("a_b")  # two ids never share a file
+    assert len(safe_name("x" * 1000)) < 140
+
+
+def test_extensions_come_from_the_url_path_or_default_to_bin():
+    assert extension("https://cdn.example.com/v/clip.MP4?sig=1#t") == "mp4"
+    assert extension("https://cdn.example.com/image.png") == "png"
+    assert extension("https://cdn.example.com/noext") == "bin"
+    assert extension("https://cdn.example.com/dir.v2/noext") == "bin"
+    assert extension("https://cdn.example.com/x.mp4;rm -rf") == "bin"
+    assert extension("https://cdn.example.com/x.%2e%2e%2fetc") == "bin"
+
+
+def test_file_numbers_start_at_1_only_when_a_job_has_several_results(tmp_path):
+    assert file_path(tmp_path, "c", "j", 0, 1, "https://x/a.mp4") == tmp_path / "c" / "j.mp4"
+    assert file_path(tmp_path, "c", "j", 0, 2, "https://x/a.mp4") == tmp_path / "c" / "j-1.mp4"
+    assert file_path(tmp_path, "c", "j", 1, 2, "https://x/b.png") == tmp_path / "c" / "j-2.png"
+
+
+def test_a_campaign_folder_that_is_a_symlink_out_of_the_folder_is_refused(tmp_path, server):
+    ledger = make_ledger(tmp_path / "l.db", [grok("a")])
+    complete(ledger, "a", urls=[server.add("/a.mp4", VIDEO)])
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "c").symlink_to(elsewhere)
+    assert download_all(ledger, str(out), []) == 1
+    assert list(elsewhere.iterdir()) == [] and server.requests == []
+    assert "refusing to write outside" in files(ledger)[("a", 0)]["error"]
+
+
+def test_path_of_a_saved_file_is_inside_the_folder(tmp_path):
+    root = Path(tmp_path).resolve()
+    assert (
+        file_path(tmp_path, "../c", "../../j", 0, 1, "https://x/y.z").resolve().is_relative_to(root)
+    )
