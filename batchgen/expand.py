@@ -52,7 +52,6 @@ MAX_ROWS_BYTES = 100 * 1024 * 1024  # a rows file is read whole; 100,000 long ro
 MAX_ID_LENGTH = 200  # ids become file names (PRODUCT.md §9)
 
 SCALAR_VARIABLES = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
-TEXT_FIELDS = ("id", "model", "prompt", "ratio", "variant", "ref_mode", "resolution")
 ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (not sent)
 
 Position = tuple[str, int, int]  # file, line, col
@@ -77,12 +76,12 @@ class Problems:
     def add(
         self, where: Position, path: str, message: str, repeats: Hashable | None = None
     ) -> None:
-        """Record a problem; `repeats` names what makes later ones count as the same."""
+        """Record a problem once; with `repeats` (what makes two the same), count the others."""
         key = (where, path, message) if repeats is None else repeats
         found = self._found.get(key)
         if found is None:
             self._found[key] = [Problem(*where, path, message), 0]
-        else:
+        elif repeats is not None:
             found[1] += 1
 
     def __bool__(self) -> bool:
@@ -246,7 +245,8 @@ def _csv_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any
                     return
                 continue
             if len(record) != len(header):
-                message = f"row has {len(record)} values; the header has {len(header)} columns"
+                values = "value" if len(record) == 1 else "values"
+                message = f"row has {len(record)} {values}; the header has {len(header)} columns"
                 rows.problems.append((line, 1, message))
                 continue
             yield line, dict(zip(header, record, strict=True))
@@ -308,21 +308,22 @@ def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | No
         if csv_text:
             return [tag.strip() for tag in value.split(",") if tag.strip()], None
         if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-            return None, f"{_short(value)} is not a list of tags (non-empty text)"
+            return None, f"{shown(value)} is not a list of tags (non-empty text)"
         return value, None
     if name == "media":
         if csv_text:
             try:
                 value = json.loads(value)
             except ValueError:
-                return None, f"{_short(value)} is not a JSON list of {{type, url}} items"
+                return None, f"{shown(value)} is not a JSON list of {{type, url}} items"
         return value, None  # the catalog checks the items
     if not isinstance(value, str):
-        return None, f"{_short(value)} is not text"
+        return None, f"{shown(value)} is not text"
     return value, None
 
 
-def _short(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as quoted in a message: its repr, cut short."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -338,6 +339,7 @@ class JobSpec:
     own: dict[str, Any]  # job fields written on the job itself
     matrix_keys: list[str]
     matrix_values: list[list[Any]]
+    matrix_fields: list[tuple[str, int]]  # (field, its index in matrix_keys)
     takes: int
     rows: RowsFile | None
     known: frozenset[str]  # variables its templates may use
@@ -493,11 +495,13 @@ class Expansion:
         known.update(key for key in matrix if key not in JOB_FIELDS)
         if rows is not None:
             known.update(column for column in rows.columns if column not in JOB_FIELDS)
+        keys = list(matrix)
         return JobSpec(
             index,
             own,
-            list(matrix),
+            keys,
             list(matrix.values()),
+            [(key, k) for k, key in enumerate(keys) if key in JOB_FIELDS],
             int(job.get("takes", 1)),
             rows,
             frozenset(known),
@@ -533,9 +537,10 @@ class Expansion:
             fields = dict(spec.own)
             if row is not None:
                 fields.update(row.fields)
-            for key, values, k in zip(spec.matrix_keys, spec.matrix_values, combo, strict=True):
-                fields[key] = values[k]
-            for name, value in self._defaults_taken(fields.get("model")).items():
+            for key, k in spec.matrix_fields:
+                fields[key] = spec.matrix_values[k][combo[k]]
+            model = fields.get("model", self.defaults.get("model"))
+            for name, value in self._defaults_taken(model).items():
                 fields.setdefault(name, value)
             draft = _Draft(spec, row, combo, take, fields)
             if self._render(draft):
@@ -638,7 +643,7 @@ class Expansion:
             return
         where = self.position(expanded, "id")
         if reason is not None:
-            self.problems.add(where, expanded.jobpath, f"id {_short(job_id)} {reason}")
+            self.problems.add(where, expanded.jobpath, f"id {shown(job_id)} {reason}")
             return
         assert first is not None
         index = first.spec.index

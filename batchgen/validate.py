@@ -26,7 +26,7 @@ from jsonschema import ValidationError
 
 from batchgen import catalog, manifest, schema
 from batchgen.errors import ManifestInvalid
-from batchgen.expand import ExpandedJob, Expansion, Problems
+from batchgen.expand import ExpandedJob, Expansion, Problems, shown
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.money import to_micros
@@ -102,7 +102,7 @@ _TYPE_WORDS = {
     "string": "text",
     "integer": "a whole number",
     "number": "a number",
-    "boolean": "true or false",
+    "boolean": "true/false",
     "object": "a mapping",
     "array": "a list",
     "null": "null",
@@ -124,13 +124,17 @@ def _schema_problems(error: ValidationError) -> list[tuple[KeyPath, str, bool]]:
     if kind == "type":
         if not path and value is None:
             return [(path, "the manifest is empty (it needs version, campaign and jobs)", False)]
-        types = [rule] if isinstance(rule, str) else rule
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        types = [_TYPE_WORDS.get(t, t) for t in ([rule] if isinstance(rule, str) else rule)]
+        words = ", ".join(types[:-1]) + " or " + types[-1] if len(types) > 1 else types[0]
         message = f"{name} must be {words} (got {_describe(value)})"
     elif kind == "const":
         message = f"{name} must be {rule!r} (got {_describe(value)})"
     elif kind == "enum":
-        message = f"{name} {_describe(value)} is not one of: {', '.join(map(str, rule))}"
+        choices = ", ".join(map(str, rule))
+        if isinstance(value, dict | list):
+            message = f"{name} must be one of: {choices} (got {_describe(value)})"
+        else:
+            message = f"{name} {_describe(value)} is not one of: {choices}"
     elif kind == "pattern":
         rule_text = schema.CAMPAIGN_RULE if rule == schema.CAMPAIGN_PATTERN else rule
         message = f"{name} {_describe(value)} is not allowed: {rule_text}"
@@ -165,8 +169,7 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(value)
 
 
 # --- layer 3: the catalog --------------------------------------------------------------
