@@ -23,8 +23,8 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +108,8 @@ class Downloader:
         self.ledger = ledger
         self.out_dir = Path(out_dir)
         self._own_client = client is None
-        # No auth header, whatever the caller's client had: result URLs are CDN URLs.
+        # Never the API client: result URLs are CDN URLs (and _stream drops any
+        # Authorization header a caller's client would add).
         self.client = client or httpx.AsyncClient(
             follow_redirects=True, timeout=httpx.Timeout(30.0, connect=10.0)
         )
@@ -178,7 +179,9 @@ class Downloader:
 
     async def _stream(self, url: str, path: Path) -> tuple[int, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        # Not mkstemp: its 0600 would stick to the saved file; this one follows the umask.
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         digest, size = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as f:
@@ -204,7 +207,7 @@ class Downloader:
             os.replace(temp, path)
             _fsync_dir(path.parent)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
         return size, digest.hexdigest()
 
@@ -251,11 +254,20 @@ def download_all(ledger: Ledger, out_dir: str, campaigns: list[str]) -> int:
     return 0
 
 
-async def _download_rows(ledger: Ledger, out_dir: str, rows: list[dict[str, Any]]) -> Tally:
+async def _download_rows(
+    ledger: Ledger, out_dir: str, rows: list[dict[str, Any]], concurrency: int = 4
+) -> Tally:
     progress = _Progress(len(rows))
-    downloader = Downloader(ledger, out_dir, on_file=progress.advance)
+    downloader = Downloader(ledger, out_dir, concurrency=concurrency, on_file=progress.advance)
+    queue = iter(rows)
+
+    async def worker() -> None:
+        # A few workers share one iterator: memory stays flat on 100,000 files.
+        for row in queue:
+            await downloader.fetch_file(row)
+
     try:
-        await asyncio.gather(*(downloader.fetch_file(row) for row in rows))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     finally:
         await downloader.aclose()
         progress.close()
@@ -269,14 +281,15 @@ class _Progress:
         self.total, self.done = total, 0
         self.bar: Any = None
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import Progress
 
-            self.bar = Progress(transient=True)
+            self.bar = Progress(console=Console(stderr=True), transient=True)
             self.bar.start()
             self.task = self.bar.add_task("downloading", total=total)
         else:
             print(f"downloading {total} file(s)", file=sys.stderr, flush=True)
-        self.every = max(1, total // 10)
+        self.every = max(10, total // 10)
 
     def advance(self) -> None:
         self.done += 1

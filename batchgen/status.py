@@ -143,8 +143,12 @@ def _next_steps(ledger: Ledger, scope: list[str] | None, counts: dict[str, int])
         steps.append(f"{counts['failed']} failed job(s): `batchgen retry` queues them again")
     if not steps:
         steps.append(
-            "nothing left to do"
-            + (": `batchgen download` saves the results" if counts["completed"] else "")
+            "nothing left to generate"
+            + (
+                "; `batchgen download --out DIR` saves any result file not yet saved"
+                if counts["completed"]
+                else ""
+            )
         )
     return ["next:", *(f"  - {step}" for step in steps)]
 
