@@ -10,10 +10,10 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from batchgen import catalog
-from batchgen.job import Campaign, Job
+from batchgen.job import Campaign, Job, fingerprint
 from batchgen.ledger import Ledger
 from batchgen.money import usd
 from batchgen.progress import _duration as duration_text
@@ -84,19 +84,20 @@ class Plan:
 
 def make_plan(manifest: ManifestLike, ledger_path: str) -> Plan:
     """Count, price and time the manifest's jobs, and compare them with the ledger."""
+    known = catalog.load().models
+    priced = [
+        _Priced(job, request := job.request(), catalog.price_micros(request))
+        for job in manifest.jobs
+    ]
     models: dict[str, ModelLine] = {}
-    prices: dict[str, int] = {}
-    for job in manifest.jobs:
-        request = job.request()
-        price = catalog.price_micros(request)
-        prices[job.id] = price
-        line = models.setdefault(job.model, ModelLine(job.model))
+    for p in priced:
+        line = models.setdefault(p.job.model, ModelLine(p.job.model))
         line.jobs += 1
-        line.cost_micros += price
-        if _kind(job.model) == "image":
+        line.cost_micros += p.price
+        if known[p.job.model].kind == "image":
             line.images += 1
         else:
-            line.video_seconds += int(request.get("duration") or 0)
+            line.video_seconds += int(p.request.get("duration") or 0)
 
     campaign = manifest.campaign
     plan = Plan(
@@ -118,12 +119,12 @@ def make_plan(manifest: ManifestLike, ledger_path: str) -> Plan:
         finally:
             ledger.close()
 
-    to_run: list[Job] = []
-    for job in manifest.jobs:
-        old = existing.get(job.id)
+    to_run: list[_Priced] = []
+    for p in priced:
+        old = existing.get(p.job.id)
         if old is None:
             plan.new += 1
-        elif old[0] != job.fingerprint():
+        elif old[0] != fingerprint(p.request, p.job.tags):
             plan.changed += 1
         elif old[1] == "completed":
             plan.done += 1
@@ -135,36 +136,35 @@ def make_plan(manifest: ManifestLike, ledger_path: str) -> Plan:
             plan.unfinished += 1
             if old[1] != "queued":
                 continue  # submitting or running: its cost is already committed
-        to_run.append(job)
-        plan.to_run_micros += prices[job.id]
+        to_run.append(p)
+        plan.to_run_micros += p.price
     plan.to_run = len(to_run)
     plan.wall_seconds, plan.refined_models = _makespan(to_run, seen)
     return plan
 
 
-def _kind(model: str) -> str:
-    spec = catalog.load().model(model)
-    assert spec is not None, model
-    return spec.kind
+class _Priced(NamedTuple):
+    job: Job
+    request: dict[str, Any]  # the body POSTed, catalog defaults filled in
+    price: int
 
 
 def _makespan(
-    jobs: Iterable[Job], seen: dict[tuple[str, int | None], float]
+    jobs: Iterable[_Priced], seen: dict[tuple[str, int | None], float]
 ) -> tuple[float, list[str]]:
     """Greedy list scheduling in ingestion order on SLOTS slots, as the scheduler does:
     each job starts on the first slot to come free. Generation time per job is the mean
     the ledger has seen for its model and duration, else the catalog's typical time."""
+    known = catalog.load().models
     slots = [0.0] * SLOTS
     refined: set[str] = set()
-    for job in jobs:
-        duration = job.request().get("duration")
-        seconds = seen.get((job.model, duration))
+    for p in jobs:
+        model, duration = p.job.model, p.request.get("duration")
+        seconds = seen.get((model, duration))
         if seconds is None:
-            model = catalog.load().model(job.model)
-            assert model is not None, job.model
-            seconds = model.typical_seconds(duration)
+            seconds = known[model].typical_seconds(duration)
         else:
-            refined.add(job.model)
+            refined.add(model)
         heapq.heapreplace(slots, slots[0] + seconds)
     return max(slots), sorted(refined)
 

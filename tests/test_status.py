@@ -117,6 +117,18 @@ def test_files_lists_only_paths_saved_by_download(tmp_path):
     assert job["files"] == ["out/c/two-1.mp4", "out/c/two-2.mp4"]
 
 
+def test_the_human_view_can_leave_the_jobs_list_out(tmp_path):
+    data = status_data(small(tmp_path), [], jobs=False)
+    assert data["jobs"] == [] and data["counts"]["completed"] == 1
+
+
+def test_jobs_of_several_campaigns_come_campaign_by_campaign_in_ingestion_order(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", [grok("z"), grok("a")], campaign="b")
+    ledger.ingest(Campaign("a", "a.yaml", "sha", None), [grok("y"), grok("b")])
+    ids = [(j["campaign"], j["id"]) for j in status_data(ledger, [])["jobs"]]
+    assert ids == [("a", "y"), ("a", "b"), ("b", "z"), ("b", "a")]
+
+
 def test_budget_is_the_sum_of_the_selected_campaigns_budgets_or_null(tmp_path):
     ledger = small(tmp_path, budget=None)
     assert status_data(ledger, [])["budget_usd"] is None
