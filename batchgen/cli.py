@@ -275,7 +275,7 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
     from batchgen.ledger import Ledger
 
     ledger = Ledger(ledger_path(ctx), create=False)
-    data = status_module.status_data(ledger, list(campaigns))
+    data = status_module.status_data(ledger, list(campaigns), jobs=as_json)
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False))
     else:

@@ -486,18 +486,11 @@ class Ledger:
     # ---------------------------------------------------------------- money and status
 
     def money(self, campaigns: list[str] | None = None) -> Money:
-        where, params = _campaign_filter(campaigns)
-        row = self.conn.execute(
-            "SELECT"
-            " COALESCE(SUM(CASE WHEN state IN ('completed', 'failed') THEN cost_micro_usd END), 0),"
-            " COALESCE(SUM(CASE WHEN state = 'running' THEN cost_micro_usd END), 0),"
-            " COALESCE(SUM(CASE WHEN state IN ('unknown', 'sending')"
-            "   THEN unit_price_micro_usd END), 0),"
-            " COALESCE(SUM(refunded_micro_usd), 0)"
-            f" FROM attempts WHERE 1=1 {where}",
-            params,
-        ).fetchone()
-        return Money(*row)
+        """Spent, in flight, unknown and refunded over the selected campaigns' attempts."""
+        where, params = _campaign_filter(campaigns, "a.campaign")
+        sums = ", ".join(f"COALESCE(SUM({expr}), 0)" for expr in self._ATTEMPT_MONEY)
+        row = self.conn.execute(f"SELECT {sums} FROM attempts a WHERE 1=1 {where}", params)
+        return Money(*row.fetchone())
 
     def budget_micros(self, campaign: str) -> int | None:
         row = self.conn.execute(
