@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from batchgen import catalog, schema
+from batchgen.errors import ManifestInvalid
 from batchgen.manifest import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +92,23 @@ def test_python_m_batchgen_schema_check_passes_on_the_committed_file():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_runtime_validator_checks_exactly_what_the_committed_schema_says():
+    """validator() inlines $refs for speed; it must find the same errors in the same places."""
+    committed = Draft202012Validator(json.loads(COMMITTED.read_text(encoding="utf-8")))
+    assert "$ref" not in json.dumps(schema.validator().schema)
+    corpus = ROOT / "tests" / "bad_manifests"
+    checked = 0
+    for path in sorted(corpus.glob("*.yaml")):
+        try:
+            data = load(path).data
+        except ManifestInvalid:  # YAML-level problems: nothing for the schema to see
+            continue
+        found = sorted(
+            (list(e.absolute_path), e.validator) for e in schema.validator().iter_errors(data)
+        )
+        expected = sorted((list(e.absolute_path), e.validator) for e in committed.iter_errors(data))
+        assert found == expected, path.name
+        checked += 1
+    assert checked > 30
