@@ -43,8 +43,15 @@ def test_the_corpus_is_large_enough_and_every_manifest_has_its_expected_lines():
     assert all((CORPUS / name).with_suffix(".expected").is_file() for name in BAD)
 
 
+# Syntax errors are worded by the parser: these expectations are libyaml's (PyYAML's wheels
+# bundle it; without it, PyYAML's own parser says the same thing in other words).
+LIBYAML_WORDING = {"bad-indentation.yaml"}
+
+
 @pytest.mark.parametrize("name", BAD)
 def test_a_bad_manifest_reports_exactly_its_expected_lines(name, monkeypatch):
+    if name in LIBYAML_WORDING and not yaml.__with_libyaml__:
+        pytest.skip("the expected wording is libyaml's")
     monkeypatch.chdir(CORPUS)  # FILE in each line is the path as given: the bare name
     options = {}
     limit = re.search(r"max_jobs=(\d+)", Path(name).read_text(encoding="utf-8", errors="replace"))
