@@ -28,7 +28,10 @@ CREATED = {"generationId": "g-1", "taskId": "task-1", "status": "pending"}
 def test_200_with_a_task_id_is_a_created_task_to_poll():
     outcome = classify_submit(answered(200, CREATED))
     assert (outcome.action, outcome.task_id, outcome.counts_as_attempt) == (
-        Submit.CREATED, "task-1", True)
+        Submit.CREATED,
+        "task-1",
+        True,
+    )
 
 
 def test_429_on_submit_waits_without_spending_an_attempt():
@@ -66,9 +69,16 @@ def test_a_request_lost_after_sending_has_an_unknown_outcome():
     assert (outcome.action, outcome.counts_as_attempt) == (Submit.UNKNOWN, True)
 
 
-@pytest.mark.parametrize("body", [b"<html>oops", b"", json.dumps({"taskId": 42}).encode(),
-                                  json.dumps({"status": "pending"}).encode(),
-                                  json.dumps(["taskId"]).encode()])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>oops",
+        b"",
+        json.dumps({"taskId": 42}).encode(),
+        json.dumps({"status": "pending"}).encode(),
+        json.dumps(["taskId"]).encode(),
+    ],
+)
 def test_an_unreadable_2xx_body_has_an_unknown_outcome(body):
     assert classify_submit(answered(200, body)).action is Submit.UNKNOWN
 
@@ -79,14 +89,23 @@ def test_a_gateway_error_may_hide_a_created_task(status):
 
 
 def test_poll_completed_gives_the_result_urls():
-    outcome = classify_poll(answered(200, {"status": "completed", "type": "video",
-                                           "resultUrls": ["https://cdn.example.com/v.mp4"]}))
+    outcome = classify_poll(
+        answered(
+            200,
+            {
+                "status": "completed",
+                "type": "video",
+                "resultUrls": ["https://cdn.example.com/v.mp4"],
+            },
+        )
+    )
     assert outcome.action is Poll.COMPLETED
     assert outcome.result_urls == ("https://cdn.example.com/v.mp4",)
 
 
-@pytest.mark.parametrize("urls", [None, [], ["not a url"], [42], "https://x/y.mp4",
-                                  ["file:///etc/passwd"]])
+@pytest.mark.parametrize(
+    "urls", [None, [], ["not a url"], [42], "https://x/y.mp4", ["file:///etc/passwd"]]
+)
 def test_poll_completed_without_usable_urls_is_an_error_not_a_completion(urls):
     body = {"status": "completed", "resultUrls": urls}
     assert classify_poll(answered(200, body)).action is Poll.ERROR
@@ -103,11 +122,17 @@ def test_poll_failed_carries_the_error_message():
     assert (outcome.action, outcome.message) == (Poll.FAILED, "NSFW")
 
 
-@pytest.mark.parametrize("answer", [
-    answered(500, {"error": "x"}), answered(200, b"garbage"), answered(404, {"error": "no"}),
-    answered(200, {"status": "weird"}), Answer(Transport.LOST, error="ReadTimeout"),
-    Answer(Transport.NOT_SENT, error="ConnectError"),
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        answered(500, {"error": "x"}),
+        answered(200, b"garbage"),
+        answered(404, {"error": "no"}),
+        answered(200, {"status": "weird"}),
+        Answer(Transport.LOST, error="ReadTimeout"),
+        Answer(Transport.NOT_SENT, error="ConnectError"),
+    ],
+)
 def test_poll_errors_are_errors_to_poll_again(answer):
     assert classify_poll(answer).action is Poll.ERROR
 
@@ -116,8 +141,16 @@ def test_poll_401_stops_the_run():
     assert classify_poll(answered(401, {"error": "bad key"})).action is Poll.AUTH
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("3", 3.0), ("0.5", 0.5), (None, None),
-                                                 ("Wed, 21 Oct 2015 07:28:00 GMT", None),
-                                                 ("-4", 0.0), ("99999", 600.0)])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        (None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("-4", 0.0),
+        ("99999", 600.0),
+    ],
+)
 def test_retry_after_is_read_in_seconds_and_bounded(value, seconds):
     assert parse_retry_after(value) == seconds
