@@ -3,6 +3,8 @@
 Input: the parts of a loaded manifest that passed the schema. Output: one `ExpandedJob` per
 job to run (a `batchgen.job.Job` plus where each of its values was written, so a problem
 can point at it), and problems. Catalog rules are checked afterwards, by validate.py.
+Reading rows files is rows.py's job and template syntax templates.py's; this module
+decides how their rows, variables and templates combine into jobs.
 
 Choices where §3 is silent:
 - Order: for each row of `rows`, for each matrix combination (key order, last key varying
@@ -16,9 +18,6 @@ Choices where §3 is silent:
   manifest leaves a field out (`{duration}` is the duration that will be sent).
 - Templates are rendered in id, prompt and media urls written in the YAML (on the job, in
   defaults or in a matrix). Values read from a rows file are data, taken literally.
-- Rows files: UTF-8; CSV with a header; JSON Lines one object per line. An empty CSV cell
-  (or a JSON null) in a field column leaves that field unset for the row. CSV text is
-  converted: duration to a whole number, tags split on commas, media parsed as a JSON list.
 - A generated id is `job-` + 10 hex digits of SHA-256 over the canonical JSON of the job's
   set fields (manifest defaults applied, catalog defaults not, empty lists left out) and
   its take number: it does not depend on the job's position in the manifest.
@@ -28,15 +27,11 @@ Choices where §3 is silent:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import math
 import os
 import re
-import stat
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import product
@@ -46,9 +41,10 @@ from batchgen import catalog
 from batchgen.job import Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.problems import Problem
+from batchgen.rows import Row, RowsFile, read_rows, shown
 from batchgen.schema import JOB_FIELDS
+from batchgen.templates import as_text, parse_template
 
-MAX_ROWS_BYTES = 100 * 1024 * 1024  # a rows file is read whole; 100,000 long rows fit easily
 MAX_ID_LENGTH = 200  # ids become file names (PRODUCT.md §9)
 
 SCALAR_VARIABLES = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
@@ -57,9 +53,6 @@ ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (n
 Position = tuple[str, int, int]  # file, line, col
 
 _UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
-_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_WHOLE_NUMBER = re.compile(r"\s*[0-9]+\s*")
 
 
 class Problems:
@@ -96,239 +89,6 @@ class Problems:
                 problem = Problem(problem.file, problem.line, problem.col, problem.path, message)
             result.append(problem)
         return sorted(result)
-
-
-# --- templates -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    """A parsed `{name}` template: a str.format_map pattern and the names it uses."""
-
-    pattern: str
-    names: tuple[str, ...]
-    error: str | None = None
-
-    def render(self, variables: dict[str, str]) -> str:
-        """The text, or KeyError(name) for a variable `variables` lacks."""
-        if not self.names:
-            return self.pattern
-        return self.pattern.format_map(variables)
-
-
-@cache
-def parse_template(text: str) -> Template:
-    """Parse `text`; a malformed template is a Template with `error` set."""
-    names: list[str] = []
-    pattern = []
-    end = 0
-    for match in _TEMPLATE_TOKEN.finditer(text):
-        literal = text[end : match.start()]
-        pattern.append(literal)
-        end = match.end()
-        token, name = match.group(0), match.group(1)
-        if token in ("{{", "}}"):
-            pattern.append(token)
-        elif name is None:
-            return Template(
-                "", (), f"unmatched {token!r} in {text!r} (write {token * 2} for a {token})"
-            )
-        elif not _VARIABLE.fullmatch(name):
-            return Template("", (), f"{{{name}}} in {text!r} is not a variable name")
-        else:
-            names.append(name)
-            pattern.append(token)
-    pattern.append(text[end:])
-    joined = "".join(pattern)
-    if not names:  # no variables: store the final text, braces unescaped
-        joined = joined.replace("{{", "{").replace("}}", "}")
-    return Template(joined, tuple(dict.fromkeys(names)))
-
-
-def _as_text(value: Any) -> str:
-    """A variable's value as it appears in rendered text."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, int | float):
-        return str(value)
-    return canonical_json(value)
-
-
-# --- rows files ------------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class Row:
-    """One row of a rows file: the job fields it sets and its other columns as variables."""
-
-    line: int
-    fields: dict[str, Any]
-    variables: dict[str, str]
-
-
-@dataclass(eq=False)
-class RowsFile:
-    """A rows file as read: its usable rows and what was wrong with the others."""
-
-    file: str  # as shown in problems: relative to where the manifest was named
-    header_line: int = 1
-    columns: list[str] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
-    problems: list[tuple[int, int, str]] = field(default_factory=list)  # line, col, message
-    truncated: bool = False  # stopped reading at the row limit
-    error: str | None = None  # the file could not be read at all
-
-
-def read_rows(file: str, limit: int) -> RowsFile:
-    """Read a .csv or .jsonl rows file, at most `limit` rows; never raises for bad input."""
-    result = RowsFile(file)
-    suffix = os.path.splitext(file)[1].lower()
-    if suffix not in (".csv", ".jsonl"):
-        result.error = f"rows file {file} must be a .csv or .jsonl file"
-        return result
-    try:
-        info = os.stat(file)
-        if not stat.S_ISREG(info.st_mode):
-            result.error = f"cannot read rows file {file}: not a regular file"
-            return result
-        if info.st_size > MAX_ROWS_BYTES:
-            mib = MAX_ROWS_BYTES // 1024 // 1024
-            result.error = f"rows file {file} is larger than the {mib} MiB limit"
-            return result
-        with open(file, "rb") as f:
-            raw = f.read(MAX_ROWS_BYTES + 1)
-    except OSError as e:
-        result.error = f"cannot read rows file {file}: {e.strerror or e}"
-        return result
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        result.problems.append((line, 1, f"not UTF-8 text (byte 0x{raw[e.start]:02x})"))
-        return result
-    records = _csv_records(text, result) if suffix == ".csv" else _jsonl_records(text, result)
-    for line, values in records:
-        if len(result.rows) >= limit:
-            result.truncated = True
-            break
-        row = _convert_row(line, values, csv_text=suffix == ".csv", rows=result)
-        if row is not None:
-            result.rows.append(row)
-    return result
-
-
-def _csv_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    try:
-        while True:
-            line = reader.line_num + 1
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            if not record or record == [""]:
-                continue
-            if header is None:
-                header = [name.strip() for name in record]
-                rows.header_line, rows.columns = line, header
-                for i, name in enumerate(header, 1):
-                    if not name:
-                        rows.problems.append((line, 1, f"column {i} of the header has no name"))
-                    elif header.index(name) < i - 1:
-                        rows.problems.append((line, 1, f"column {name!r} appears twice"))
-                if rows.problems:
-                    return
-                continue
-            if len(record) != len(header):
-                values = "value" if len(record) == 1 else "values"
-                message = f"row has {len(record)} {values}; the header has {len(header)} columns"
-                rows.problems.append((line, 1, message))
-                continue
-            yield line, dict(zip(header, record, strict=True))
-    except csv.Error as e:
-        rows.problems.append((reader.line_num, 1, f"malformed CSV: {e}"))
-
-
-def _jsonl_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any]]]:
-    columns: dict[str, None] = {}
-    for line, content in enumerate(text.split("\n"), 1):
-        if not content.strip():
-            continue
-        try:
-            value = json.loads(content)
-        except ValueError as e:
-            message = f"invalid JSON: {getattr(e, 'msg', e)}"
-            rows.problems.append((line, getattr(e, "colno", 1), message))
-            continue
-        if not isinstance(value, dict):
-            rows.problems.append((line, 1, "each line must be a JSON object"))
-            continue
-        columns.update(dict.fromkeys(value))
-        rows.columns = list(columns)
-        yield line, value
-
-
-def _convert_row(line: int, values: dict[str, Any], csv_text: bool, rows: RowsFile) -> Row | None:
-    """Split a record into job fields (converted to their types) and template variables."""
-    fields: dict[str, Any] = {}
-    variables: dict[str, str] = {}
-    ok = True
-    for name, value in values.items():
-        if name not in JOB_FIELDS:
-            if value is not None:
-                variables[name] = _as_text(value)
-            continue
-        if value is None or value == "":
-            continue  # unset: the job's defaults apply
-        converted, error = _convert_field(name, value, csv_text)
-        if error:
-            rows.problems.append((line, 1, f"column {name}: {error}"))
-            ok = False
-        else:
-            fields[name] = converted
-    return Row(line, fields, variables) if ok else None
-
-
-def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | None]:
-    """A rows value as the job field `name`, or an error saying why it cannot be."""
-    if name == "duration":
-        if csv_text:
-            if _WHOLE_NUMBER.fullmatch(value):
-                return int(value), None
-            return None, f"{value!r} is not a whole number of seconds"
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"{value!r} is not a whole number of seconds"
-        return value, None
-    if name == "tags":
-        if csv_text:
-            return [tag.strip() for tag in value.split(",") if tag.strip()], None
-        if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-            return None, f"{shown(value)} is not a list of tags (non-empty text)"
-        return value, None
-    if name == "media":
-        if csv_text:
-            try:
-                value = json.loads(value)
-            except ValueError:
-                return None, f"{shown(value)} is not a JSON list of {{type, url}} items"
-        return value, None  # the catalog checks the items
-    if not isinstance(value, str):
-        return None, f"{shown(value)} is not text"
-    return value, None
-
-
-def shown(value: Any) -> str:
-    """A value as quoted in a message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# --- expansion -------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
@@ -672,7 +432,7 @@ class _Variables(dict[str, str]):
             return str(draft.take)
         if name in spec.matrix_keys and name not in JOB_FIELDS:
             k = spec.matrix_keys.index(name)
-            return _as_text(spec.matrix_values[k][draft.combo[k]])
+            return as_text(spec.matrix_values[k][draft.combo[k]])
         if row is not None and name in row.variables:
             return row.variables[name]
         if name in SCALAR_VARIABLES:
@@ -682,7 +442,7 @@ class _Variables(dict[str, str]):
                 if model is not None and name in model.fields:
                     value = model.defaults.get(name)
             if value is not None:
-                return _as_text(value)
+                return as_text(value)
         raise KeyError(name)
 
 

@@ -26,10 +26,11 @@ from jsonschema import ValidationError
 
 from batchgen import catalog, manifest, schema
 from batchgen.errors import ManifestInvalid
-from batchgen.expand import ExpandedJob, Expansion, Problems, shown
+from batchgen.expand import ExpandedJob, Expansion, Problems
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.money import to_micros
+from batchgen.rows import shown
 
 
 @dataclass

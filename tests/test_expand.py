@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchgen.errors import ManifestInvalid
-from batchgen.expand import parse_template
 from batchgen.job import Job, canonical_json
+from batchgen.templates import parse_template
 from batchgen.validate import check_manifest
 
 
