@@ -40,8 +40,8 @@ from typing import Any
 from batchgen import catalog
 from batchgen.job import Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
-from batchgen.problems import Problem
-from batchgen.rows import Row, RowsFile, read_rows, shown
+from batchgen.problems import Problem, shown
+from batchgen.rows import Row, RowsFile, read_rows
 from batchgen.schema import JOB_FIELDS
 from batchgen.templates import as_text, parse_template
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchgen.problems import shown
 from batchgen.schema import JOB_FIELDS
 from batchgen.templates import as_text
 
@@ -191,9 +192,3 @@ def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | No
     if not isinstance(value, str):
         return None, f"{shown(value)} is not text"
     return value, None
-
-
-def shown(value: Any) -> str:
-    """A value as quoted in a message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

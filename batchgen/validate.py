@@ -30,7 +30,7 @@ from batchgen.expand import ExpandedJob, Expansion, Problems
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.money import to_micros
-from batchgen.rows import shown
+from batchgen.problems import shown
 
 
 @dataclass
