@@ -1,0 +1,111 @@
+"""What the benchmarks share: the machine they ran on, the real `batchgen` command in a
+subprocess, and a few numbers-to-text helpers.
+
+Not a benchmark itself. Each bench/*.py script puts the repository root on `sys.path`
+(batchgen need not be installed) and runs the CLI as `python -m batchgen` with the same
+root on PYTHONPATH, exactly as a user's shell would run it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SANDBOX_KEY = "okpk_sandbox_demo"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def header(title: str) -> None:
+    """Print what ran where and when, so a figure pasted elsewhere keeps its context."""
+    print(f"== {title}")
+    print(f"command : {shlex.join([sys.executable, *sys.argv])}")
+    print(f"date    : {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}")
+    system = f"{platform.system()} {platform.release()}"
+    print(f"machine : {os.cpu_count()} cores ({cpu_model()}), {system}")
+    print(f"python  : {platform.python_version()}, SQLite {sqlite3.sqlite_version}")
+    print()
+
+
+def command_env(
+    ledger: Path, base_url: str | None = None, key: str | None = None
+) -> dict[str, str]:
+    """The environment of a user's shell pointed at this ledger (and service, with a key)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OKAYPIC_API_KEY", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["BATCHGEN_LEDGER"] = str(ledger)
+    if base_url is not None:
+        env["OKAYPIC_BASE_URL"] = base_url
+    if key is not None:
+        env["OKAYPIC_API_KEY"] = key
+    return env
+
+
+def batchgen(
+    *args: str,
+    ledger: Path,
+    base_url: str | None = None,
+    key: str | None = None,
+    stdout: int | None = subprocess.PIPE,
+    timeout: float = 600,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run the real command to its end: (the finished process, its wall time in seconds)."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "batchgen", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        env=command_env(ledger, base_url, key),
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    return result, time.perf_counter() - started
+
+
+def check(result: subprocess.CompletedProcess[str], expected: tuple[int, ...] = (0,)) -> None:
+    if result.returncode not in expected:
+        sys.exit(
+            f"`{shlex.join(map(str, result.args))}` exited {result.returncode}:\n"
+            f"{(result.stderr or '')[-3000:]}"
+        )
+
+
+def iso_seconds(stamp: str) -> float:
+    """A ledger timestamp (ISO UTC) as epoch seconds: the clock of time.time()."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def best(samples: list[float]) -> str:
+    """`min (median of n)` in seconds: the minimum is the figure, the median its noise."""
+    ordered = sorted(samples)
+    median = ordered[len(ordered) // 2]
+    return f"{ordered[0]:.3f} s (median {median:.3f} s of {len(ordered)})"
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "MISSED"
