@@ -20,7 +20,7 @@ from batchgen import catalog
 from batchgen.client import Client
 from batchgen.ledger import Ledger, LedgerJob
 from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit
-from batchgen.pacing import backoff, next_poll_delay
+from batchgen.pacing import Reading, Started, backoff, next_poll_delay
 
 SLOT_WAIT_CAP = 30.0  # longest wait between two submissions refused with 429
 
@@ -81,6 +81,7 @@ class Scheduler:
         self.halt_all = asyncio.Event()  # interrupted: stop polling too
         self.waiting_for_budget: set[tuple[str, str]] = set()
         self.seen_seconds = ledger.generation_seconds()
+        self.sent_at: dict[tuple[str, str], float] = {}  # job -> when its last submit left
 
     # ------------------------------------------------------------------ the loop
 
@@ -194,6 +195,7 @@ class Scheduler:
             assert model is not None
             attempt = self.ledger.begin_attempt(job)
             self.checkpoint("intent_committed")
+            self.sent_at[job.key] = self.clock()
             answer = await self.client.submit(model.submit_path, job.request)
             self.checkpoint("submit_answered")
             outcome = classify_submit(answer)
@@ -325,28 +327,36 @@ class Scheduler:
         model = self.catalog.model(job.model)
         assert model is not None and job.task_id is not None
         path = model.poll_path(job.task_id)
-        started = _timestamp(job.submitted_at) or self.clock()
+        answered = _timestamp(job.submitted_at) or self.clock()
+        # The task started between its request leaving and its answer (a task followed
+        # after a resume has only the recorded answer time).
+        started = Started(min(self.sent_at.pop(job.key, answered), answered), answered)
         expected = self.seen_seconds.get((job.model, job.duration))
+        readings: list[Reading] = []
         progress: int | None = None
         errors = 0
         while True:
-            elapsed = max(self.clock() - started, 0.0)
-            delay = next_poll_delay(elapsed, progress, expected, self.settings.poll_interval)
+            delay = next_poll_delay(
+                self.clock(), started, readings, expected, self.settings.poll_interval
+            )
             if errors:
                 delay = max(delay, backoff(self.settings.retry_delay, errors, self.rng))
             if await self._pause(delay, self.halt_all):
                 return False
+            asked = self.clock()
             answer = await self.client.poll(path)
             self.checkpoint("poll_answered")
             outcome = classify_poll(answer)
             if outcome.action is Poll.RUNNING:
                 errors = 0
+                if outcome.progress is not None:
+                    readings.append(Reading(asked, self.clock(), outcome.progress))
                 if outcome.progress is not None and outcome.progress != progress:
                     progress = outcome.progress
                     self.ledger.task_progress(job, progress)
             elif outcome.action is Poll.COMPLETED:
                 self.ledger.task_completed(job, list(outcome.result_urls))
-                self._learn(job, self.clock() - started)
+                self._learn(job, self.clock() - answered)
                 self.report(job, "completed")
                 if self.on_completed:
                     self.on_completed(job)
