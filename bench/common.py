@@ -8,6 +8,7 @@ root on PYTHONPATH, exactly as a user's shell would run it.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -85,6 +86,34 @@ def batchgen(
         cwd=ROOT,
     )
     return result, time.perf_counter() - started
+
+
+# Runs argv[1:] and prints its wall time and peak RSS. A separate, small process starts
+# the command: Linux carries the high-water RSS of the process that exec()s into the new
+# program, so a command started straight from a benchmark holding 100,000 rows would
+# inherit the benchmark's peak, not show its own.
+_MEASURE = """
+import json, os, subprocess, sys, tempfile, time
+with tempfile.TemporaryFile() as err:
+    started = time.perf_counter()
+    process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=err)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    err.seek(0)
+    print(json.dumps({"wall": wall, "code": os.waitstatus_to_exitcode(status),
+                      "maxrss_kb": usage.ru_maxrss, "stderr": err.read().decode()[-3000:]}))
+"""
+
+
+def measure(*args: str, ledger: Path, base_url: str | None = None) -> tuple[float, float]:
+    """Run `batchgen ARGS` to its end: (wall seconds, peak RSS in MB of that process)."""
+    command = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "batchgen", *args]
+    env = command_env(ledger, base_url, SANDBOX_KEY if base_url else None)
+    out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    if result["code"] != 0:
+        sys.exit(f"`batchgen {shlex.join(args)}` exited {result['code']}:\n{result['stderr']}")
+    return result["wall"], result["maxrss_kb"] / 1024  # Linux reports kilobytes
 
 
 def check(result: subprocess.CompletedProcess[str], expected: tuple[int, ...] = (0,)) -> None:

@@ -1,0 +1,216 @@
+"""Ingest benchmark: a manifest of 100,000 jobs, validated and written to a new ledger,
+next to a bare sqlite3 `executemany` of the same rows (PRODUCT.md §11).
+
+How it measures, in one run, for each of two manifests written to a temporary folder
+(a matrix 100 x 100 x takes 10, and 100,000 rows of a CSV file):
+- in process: `check_manifest` (YAML, schema, expansion, catalog checks) and
+  `Ledger.ingest` (request bodies, prices, fingerprints, rows, one transaction), each
+  timed with perf_counter on a fresh ledger file;
+- the CLI: `batchgen ingest MANIFEST` in a subprocess on a fresh ledger: its wall time,
+  and its peak RSS (ru_maxrss of that process alone, from os.wait4 in a small launcher);
+- bare: the very rows `Ledger.ingest` wrote, read back beforehand, inserted with one
+  `executemany` in one transaction into an empty ledger of the same schema (indexes
+  and all) with the same pragmas (WAL, synchronous=FULL, foreign keys on).
+Each figure is the best of --repeat runs (the median is shown beside it).
+Targets: validate + ingest <= 3x the bare insert; peak memory < 300 MB.
+
+Run: python bench/ingest.py [--repeat 3] [--jobs 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: I001  (puts the repository on sys.path first)
+
+from batchgen.job import Job, canonical_json
+from batchgen.ledger import JOB_INSERT_COLUMNS, Ledger
+from batchgen.validate import check_manifest
+
+TIME_TARGET = 3.0
+MEMORY_TARGET_MB = 300
+
+
+def matrix_manifest(folder: Path, n: int) -> Path:
+    """One job with a matrix of 100 subjects x (n / 1000) styles, 10 takes each."""
+    styles = max(n // 1000, 1)
+    subjects = ", ".join(f"s{i:03d}" for i in range(100))
+    style_list = ", ".join(f"st{i:03d}" for i in range(styles))
+    path = folder / "matrix.yaml"
+    path.write_text(
+        "version: 1\n"
+        "campaign: bench-matrix\n"
+        'defaults: {model: grok-video-3, duration: 5, ratio: "1:1", tags: [bench]}\n'
+        "jobs:\n"
+        '  - id: "shot-{subject}-{style}-{take}"\n'
+        '    prompt: "A {subject} on a turntable, {style} lighting, take {take}"\n'
+        f"    matrix: {{subject: [{subjects}], style: [{style_list}]}}\n"
+        "    takes: 10\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def rows_manifest(folder: Path, n: int) -> Path:
+    """n rows of a spreadsheet export: sku, description, and a per-row duration."""
+    with open(folder / "prompts.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sku", "description", "duration"])
+        for i in range(n):
+            writer.writerow(
+                [f"sku{i:06d}", f"Product {i} on a marble table, slow pan", (5, 10, 15)[i % 3]]
+            )
+    path = folder / "rows.yaml"
+    path.write_text(
+        "version: 1\n"
+        "campaign: bench-rows\n"
+        'defaults: {model: grok-video-3, ratio: "2:3", tags: [catalog]}\n'
+        "jobs:\n"
+        '  - id: "row-{sku}"\n'
+        "    rows: prompts.csv\n"
+        '    prompt: "{description}, studio light"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def in_process(manifest: Path, ledger_path: Path, n: int) -> tuple[float, float, list[Job]]:
+    """(validate seconds, ingest seconds, the jobs) on a fresh ledger."""
+    started = time.perf_counter()
+    result = check_manifest(manifest, max_jobs=n)
+    validated = time.perf_counter()
+    ledger = Ledger(ledger_path)
+    opened = time.perf_counter()
+    added = ledger.ingest(result.campaign, result.jobs)
+    ingested = time.perf_counter()
+    ledger.close()
+    assert added.new == n, added
+    return validated - started, ingested - opened, result.jobs
+
+
+def check_rows(ledger_path: Path, jobs: list[Job], every: int = 97) -> int:
+    """The rows written hold what each Job says of itself (request body, fingerprint,
+    price, tags), checked the slow, obvious way on every `every`-th job; how many."""
+    db = sqlite3.connect(ledger_path)
+    written = {
+        job_id: rest
+        for job_id, *rest in db.execute(
+            "SELECT id, request, fingerprint, price_micro_usd, tags, duration, ratio FROM jobs"
+        )
+    }
+    db.close()
+    checked = 0
+    for job in jobs[::every]:
+        request = job.request()
+        expected = [
+            canonical_json(request),
+            job.fingerprint(),
+            job.cost_micros(),
+            json.dumps(job.tags),
+            request.get("duration"),
+            request.get("ratio"),
+        ]
+        assert written[job.id] == expected, (job, written[job.id], expected)
+        checked += 1
+    return checked
+
+
+def cli(manifest: Path, ledger_path: Path, n: int) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of `batchgen ingest` in a subprocess."""
+    return common.measure("ingest", "--max-jobs", str(n), str(manifest), ledger=ledger_path)
+
+
+def bare(rows: list[tuple[object, ...]], campaign: tuple[object, ...], path: Path) -> float:
+    """Seconds to insert `rows` with one executemany into an empty ledger file."""
+    Ledger(path).close()  # the same schema and indexes, created by the migrations
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    columns = ", ".join(JOB_INSERT_COLUMNS)
+    marks = ", ".join("?" * len(JOB_INSERT_COLUMNS))
+    started = time.perf_counter()
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?)", campaign)
+    db.executemany(f"INSERT INTO jobs ({columns}) VALUES ({marks})", rows)
+    db.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    db.close()
+    return seconds
+
+
+def written_rows(ledger_path: Path) -> tuple[list[tuple[object, ...]], tuple[object, ...]]:
+    db = sqlite3.connect(ledger_path)
+    rows = db.execute(
+        f"SELECT {', '.join(JOB_INSERT_COLUMNS)} FROM jobs ORDER BY position"
+    ).fetchall()
+    campaign = db.execute("SELECT * FROM campaigns").fetchone()
+    db.close()
+    return rows, campaign
+
+
+def scenario(name: str, manifest: Path, n: int, repeat: int, work: Path) -> bool:
+    validate_s, ingest_s, cli_s, rss, bare_s = [], [], [], [], []
+    rows: list[tuple[object, ...]] = []
+    campaign: tuple[object, ...] = ()
+    checked = 0
+    for i in range(repeat):
+        ledger_path = work / f"{name}-{i}.db"
+        v, g, jobs = in_process(manifest, ledger_path, n)
+        validate_s.append(v)
+        ingest_s.append(g)
+        if not rows:
+            rows, campaign = written_rows(ledger_path)
+            checked = check_rows(ledger_path, jobs)
+        del jobs
+        w, m = cli(manifest, work / f"{name}-cli-{i}.db", n)
+        cli_s.append(w)
+        rss.append(m)
+        bare_s.append(bare(rows, campaign, work / f"{name}-bare-{i}.db"))
+    total = [v + g for v, g in zip(validate_s, ingest_s, strict=True)]
+    ratio = min(total) / min(bare_s)
+    cli_ratio = min(cli_s) / min(bare_s)
+    size = (work / f"{name}-0.db").stat().st_size / 2**20
+    print(f"-- {name}: {manifest.name}, {n:,} jobs, ledger file {size:.0f} MB")
+    print(f"   check_manifest (validate + expand)   {common.best(validate_s)}")
+    print(f"   Ledger.ingest                         {common.best(ingest_s)}")
+    print(f"   validate + ingest, in process         {common.best(total)}")
+    print(f"   `batchgen ingest` CLI, wall           {common.best(cli_s)}")
+    print(f"   bare executemany, same rows           {common.best(bare_s)}")
+    print(f"   peak RSS of `batchgen ingest`         {max(rss):.0f} MB")
+    print(f"   rows checked against Job.request()/fingerprint()/cost_micros(): {checked:,}")
+    print(
+        f"   in process / bare = {ratio:.2f}x, CLI / bare = {cli_ratio:.2f}x "
+        f"(target <= {TIME_TARGET:.0f}x): {common.verdict(ratio <= TIME_TARGET)} in process, "
+        f"{common.verdict(cli_ratio <= TIME_TARGET)} CLI; "
+        f"memory < {MEMORY_TARGET_MB} MB: {common.verdict(max(rss) < MEMORY_TARGET_MB)}\n"
+    )
+    return ratio <= TIME_TARGET and max(rss) < MEMORY_TARGET_MB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=["matrix", "rows"], help="run one manifest only")
+    args = parser.parse_args()
+    common.header("ingest: validate + ingest 100,000 jobs vs a bare executemany")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        work = Path(tmp)
+        manifests = {
+            "matrix": matrix_manifest(work, args.jobs),
+            "rows": rows_manifest(work, args.jobs),
+        }
+        for name, manifest in manifests.items():
+            if args.only in (None, name):
+                scenario(name, manifest, args.jobs, args.repeat, work)
+
+
+if __name__ == "__main__":
+    main()
