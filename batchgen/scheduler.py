@@ -12,7 +12,8 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -80,6 +81,8 @@ class Scheduler:
         self.halt_submits = asyncio.Event()  # balance, unreachable, interrupted
         self.halt_all = asyncio.Event()  # interrupted: stop polling too
         self.waiting_for_budget: set[tuple[str, str]] = set()
+        self.key_accepted = False
+        self._key_lock = asyncio.Lock()
         self.seen_seconds = ledger.generation_seconds()
         self.sent_at: dict[tuple[str, str], float] = {}  # job -> when its last submit left
 
@@ -193,11 +196,16 @@ class Scheduler:
                 return False
             model = self.catalog.model(job.model)
             assert model is not None
-            attempt = self.ledger.begin_attempt(job)
-            self.checkpoint("intent_committed")
-            self.sent_at[job.key] = self.clock()
-            answer = await self.client.submit(model.submit_path, job.request)
-            self.checkpoint("submit_answered")
+            async with self._key_check():
+                if self.halt_submits.is_set():  # the key was refused while we waited
+                    return False
+                attempt = self.ledger.begin_attempt(job)
+                self.checkpoint("intent_committed")
+                self.sent_at[job.key] = self.clock()
+                answer = await self.client.submit(model.submit_path, job.request)
+                self.checkpoint("submit_answered")
+                if answer.status is not None and answer.status != 401:
+                    self.key_accepted = True
             outcome = classify_submit(answer)
             action, message = outcome.action, outcome.message
             if action is Submit.CREATED:
@@ -385,6 +393,16 @@ class Scheduler:
                     )
 
     # ------------------------------------------------------------------ helpers
+
+    @asynccontextmanager
+    async def _key_check(self) -> AsyncIterator[None]:
+        """Until the service has answered once without 401, submit one job at a time:
+        a wrong key then costs one request, and no other job changes state."""
+        if self.key_accepted:
+            yield
+            return
+        async with self._key_lock:
+            yield
 
     def _halt(self, reason: str) -> None:
         if self.summary.stopped_for is None:

@@ -209,10 +209,12 @@ def test_a_failed_task_is_refunded_and_submitted_again(tmp_path):
     assert (money.spent, money.refunded) == (100_000, 100_000)
 
 
-def test_401_stops_at_once_and_leaves_the_job_queued(tmp_path):
+def test_401_stops_at_once_after_one_request_and_no_job_changes_state(tmp_path):
     ledger = make_ledger(tmp_path, 3)
+    service = ScriptedService([error(401, "Invalid or missing API key")])
     with pytest.raises(AuthFailed):
-        run(ledger, ScriptedService([error(401, "Invalid or missing API key")]))
+        run(ledger, service)
+    assert service.submits == 1
     assert ledger.counts()["queued"] == 3
 
 
