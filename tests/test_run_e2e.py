@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from batchgen.money import to_micros
+from batchgen.validate import check_manifest
 from tests.e2e import (
     FAST,
     batchgen,
@@ -336,3 +339,26 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
     for path in tmp_path.iterdir():
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "manifests").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("manifest", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_429(
+    make_sandbox, tmp_path, manifest
+):
+    sandbox = make_sandbox(time_scale=0.002)
+    ledger = tmp_path / "l.db"
+    expected = sum(job.cost_micros() for job in check_manifest(manifest).jobs)
+    result = batchgen(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    assert result.returncode == 0, result.stderr
+    truth = sandbox.sim.truth()
+    status = status_json(ledger)
+    assert status["counts"]["completed"] == len(status["jobs"]) == len(truth.submissions)
+    assert to_micros(status["spent_usd"]) == expected == truth.net_charged_micros()
+    for route in ("POST /api/video/generate", "POST /api/image/generate"):
+        assert truth.count(route, 400) == 0
+        assert truth.count(route, 429) == 0
