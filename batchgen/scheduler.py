@@ -26,6 +26,18 @@ from batchgen.pacing import Reading, Started, backoff, next_poll_delay
 SLOT_WAIT_CAP = 30.0  # longest wait between two submissions refused with 429
 
 
+# How a submission that created no known task closes its attempt:
+# (attempt state, the outcome in words, the job's next status, the reason it waits)
+CLOSING: dict[Submit, tuple[str, str, str, str | None]] = {
+    Submit.WAIT_FOR_SLOT: ("not_sent", "slot taken", "queued", None),
+    Submit.NOT_SENT: ("not_sent", "not sent", "queued", None),
+    Submit.SERVER_ERROR: ("error", "server error", "queued", None),
+    Submit.REJECTED: ("rejected", "rejected", "failed", None),
+    Submit.AUTH: ("not_sent", "unauthorized", "queued", None),
+    Submit.BALANCE: ("not_sent", "insufficient balance", "queued", "balance"),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     concurrency: int = 3
@@ -214,16 +226,24 @@ class Scheduler:
                 self.checkpoint("task_id_committed")
                 self.report(job, f"submitted, task {outcome.task_id}")
                 return True
+            if action is Submit.UNKNOWN:
+                if not self._unknown(job, attempt, message or "no usable answer"):
+                    return False
+                await self._pause(self._backoff(job.attempts), self.halt_submits)
+                continue
+            state, words, job_status, reason = CLOSING[action]
+            self.ledger.attempt_ended(
+                job,
+                attempt,
+                state=state,
+                outcome=words,
+                counted=outcome.counts_as_attempt,
+                job_status=job_status,
+                http_status=outcome.status,
+                error=message,
+                reason=reason,
+            )
             if action is Submit.WAIT_FOR_SLOT:
-                self.ledger.attempt_ended(
-                    job,
-                    attempt,
-                    state="not_sent",
-                    outcome="slot taken",
-                    counted=False,
-                    job_status="queued",
-                    http_status=429,
-                )
                 slot_waits += 1
                 delay = outcome.retry_after
                 if delay is None:
@@ -231,84 +251,25 @@ class Scheduler:
                     delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)
                 await self._pause(delay, self.halt_submits)
             elif action is Submit.NOT_SENT:
-                self.ledger.attempt_ended(
-                    job,
-                    attempt,
-                    state="not_sent",
-                    outcome="not sent",
-                    counted=False,
-                    job_status="queued",
-                    error=message,
-                )
                 not_sent += 1
                 if not_sent >= self.settings.max_attempts:
                     self.summary.message = f"cannot reach the service: {message}"
                     self._halt("unreachable")
                     return False
-                await self._pause(
-                    backoff(self.settings.retry_delay, not_sent, self.rng), self.halt_submits
-                )
+                await self._pause(self._backoff(not_sent), self.halt_submits)
             elif action is Submit.SERVER_ERROR:
-                self.ledger.attempt_ended(
-                    job,
-                    attempt,
-                    state="error",
-                    outcome="server error",
-                    counted=True,
-                    job_status="queued",
-                    http_status=outcome.status,
-                    error=message,
-                )
                 self.report(job, f"server error on submit ({message}); will retry")
-                await self._pause(
-                    backoff(self.settings.retry_delay, job.attempts, self.rng), self.halt_submits
-                )
+                await self._pause(self._backoff(job.attempts), self.halt_submits)
             elif action is Submit.REJECTED:
-                self.ledger.attempt_ended(
-                    job,
-                    attempt,
-                    state="rejected",
-                    outcome="rejected",
-                    counted=True,
-                    job_status="failed",
-                    error=message,
-                )
                 self.report(job, f"failed: rejected by the service: {message}")
                 return False
             elif action is Submit.AUTH:
-                self.ledger.attempt_ended(
-                    job,
-                    attempt,
-                    state="not_sent",
-                    outcome="unauthorized",
-                    counted=False,
-                    job_status="queued",
-                    http_status=401,
-                    error=message,
-                )
                 self._halt("auth")
                 raise AuthFailed(message)
             elif action is Submit.BALANCE:
-                self.ledger.attempt_ended(
-                    job,
-                    attempt,
-                    state="not_sent",
-                    outcome="insufficient balance",
-                    counted=False,
-                    job_status="queued",
-                    http_status=402,
-                    error=message,
-                    reason="balance",
-                )
                 self.report(job, "balance exhausted: submitting nothing more")
                 self._halt("balance")
                 return False
-            else:  # UNKNOWN
-                if not self._unknown(job, attempt, message or "no usable answer"):
-                    return False
-                await self._pause(
-                    backoff(self.settings.retry_delay, job.attempts, self.rng), self.halt_submits
-                )
 
     def _unknown(self, job: LedgerJob, attempt: int, message: str) -> bool:
         """Record an attempt of unknown outcome; True when the job may be submitted again."""
@@ -348,7 +309,7 @@ class Scheduler:
                 self.clock(), started, readings, expected, self.settings.poll_interval
             )
             if errors:
-                delay = max(delay, backoff(self.settings.retry_delay, errors, self.rng))
+                delay = max(delay, self._backoff(errors))
             if await self._pause(delay, self.halt_all):
                 return False
             asked = self.clock()
@@ -403,6 +364,9 @@ class Scheduler:
             return
         async with self._key_lock:
             yield
+
+    def _backoff(self, failures: int) -> float:
+        return backoff(self.settings.retry_delay, failures, self.rng)
 
     def _halt(self, reason: str) -> None:
         if self.summary.stopped_for is None:
