@@ -249,20 +249,45 @@ class Ledger:
 
     # ---------------------------------------------------------------- scheduling
 
-    def unfinished_jobs(self, campaigns: list[str] | None = None) -> list[LedgerJob]:
-        """Jobs still to take to an end, in ingestion order: running, submitting, queued."""
+    _LEDGER_JOB = (
+        "SELECT campaign, id, model, kind, request, fingerprint, price_micro_usd, duration,"
+        " status, task_id, attempts, submitted_at, position FROM jobs"
+    )
+
+    def unfinished_jobs(
+        self, campaigns: list[str] | None = None, statuses: tuple[str, ...] = UNFINISHED
+    ) -> list[LedgerJob]:
+        """Jobs still to take to an end (or in `statuses`), in ingestion order."""
         where, params = _campaign_filter(campaigns)
         rows = self.conn.execute(
-            "SELECT campaign, id, model, kind, request, fingerprint, price_micro_usd, duration,"
-            " status, task_id, attempts, submitted_at FROM jobs"
-            f" WHERE status IN ('queued', 'submitting', 'running') {where}"
+            f"{self._LEDGER_JOB} WHERE status IN ({', '.join('?' * len(statuses))}) {where}"
             " ORDER BY campaign, position",
-            params,
+            [*statuses, *params],
         )
-        return [
-            LedgerJob(c, i, m, k, json.loads(r), fp, p, d, s, t, a, sa)
-            for c, i, m, k, r, fp, p, d, s, t, a, sa in rows
-        ]
+        return [_ledger_job(row) for row in rows]
+
+    def queued_jobs(
+        self, campaigns: list[str] | None = None, page: int = 500
+    ) -> Iterator[LedgerJob]:
+        """Queued jobs in ingestion order, read `page` at a time as they are wanted, so a
+        run starts at once on a 100,000-job ledger and holds one page, not all of them.
+
+        Each page is a fresh query after the last (campaign, position) read (the
+        jobs_by_status index): jobs this run has moved on are behind it, and jobs
+        ingested meanwhile are picked up at the end.
+        """
+        where, params = _campaign_filter(campaigns)
+        after: tuple[str, int] = ("", -1)
+        while True:
+            rows = self.conn.execute(
+                f"{self._LEDGER_JOB} WHERE status = 'queued' {where}"
+                " AND (campaign, position) > (?, ?) ORDER BY campaign, position LIMIT ?",
+                [*params, *after, page],
+            ).fetchall()
+            yield from (_ledger_job(row) for row in rows)
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][-1])
 
     def count_held(self, campaigns: list[str] | None = None) -> int:
         where, params = _campaign_filter(campaigns)
@@ -906,6 +931,12 @@ def _job_row(
         stamp,
         stamp,
     )
+
+
+def _ledger_job(row: tuple[Any, ...]) -> LedgerJob:
+    """A row of `Ledger._LEDGER_JOB` as a LedgerJob."""
+    c, i, m, k, r, fp, p, d, s, t, a, sa, _ = row
+    return LedgerJob(c, i, m, k, json.loads(r), fp, p, d, s, t, a, sa)
 
 
 def _campaign_filter(

@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,21 +102,20 @@ class Scheduler:
 
     async def run(self, campaigns: list[str] | None = None) -> Summary:
         self._settle_interrupted_submissions(campaigns)
-        jobs = self.ledger.unfinished_jobs(campaigns)
-        pending = deque(j for j in jobs if j.status == "queued")
+        pending = _Queue(self.ledger.queued_jobs(campaigns))
         deferred: list[LedgerJob] = []  # over budget for now; tried again when money frees up
-        for job in jobs:
-            if job.status == "running":  # already in flight: follow it, whatever the concurrency
-                self._start(job)
+        # Already in flight: follow them, whatever the concurrency.
+        for job in self.ledger.unfinished_jobs(campaigns, statuses=("running",)):
+            self._start(job)
         try:
             while True:
                 room: dict[str, int | None] = {}  # budget left per campaign, this round
                 while (
-                    pending
-                    and len(self.in_flight) < self.settings.concurrency
+                    len(self.in_flight) < self.settings.concurrency
                     and not self.halt_submits.is_set()
+                    and (queued := pending.pop()) is not None
                 ):
-                    job = pending.popleft()
+                    job = queued
                     if job.campaign not in room:
                         room[job.campaign] = self._budget_room(job.campaign)
                     left = room[job.campaign]
@@ -135,7 +134,7 @@ class Scheduler:
                     if job.key in self.waiting_for_budget:
                         deferred.append(job)
                 self.waiting_for_budget.clear()
-                pending.extendleft(reversed(deferred))  # a refund may have made room
+                pending.put_back(deferred)  # a refund may have made room
                 deferred.clear()
         except BaseException:
             await self._cancel_all()
@@ -176,8 +175,11 @@ class Scheduler:
 
     def _settle_interrupted_submissions(self, campaigns: list[str] | None) -> None:
         """A job left `submitting` by a killed process: its request may have left."""
+        interrupted = self.ledger.interrupted_submissions(campaigns)
+        if not interrupted:
+            return
         by_key = {j.key: j for j in self.ledger.unfinished_jobs(campaigns)}
-        for attempt_id, campaign, job_id in self.ledger.interrupted_submissions(campaigns):
+        for attempt_id, campaign, job_id in interrupted:
             job = by_key.get((campaign, job_id))
             if job is not None:
                 self._unknown(job, attempt_id, "the process stopped before the answer")
@@ -387,6 +389,24 @@ class Scheduler:
         key = (job.model, job.duration)
         old = self.seen_seconds.get(key)
         self.seen_seconds[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+
+class _Queue:
+    """The jobs waiting to be submitted: those put back (over budget for now) first, then
+    the ledger's queued jobs, read a page at a time as they are wanted."""
+
+    def __init__(self, ledger_jobs: Iterator[LedgerJob]):
+        self.put_back_jobs: deque[LedgerJob] = deque()
+        self.ledger_jobs = ledger_jobs
+
+    def pop(self) -> LedgerJob | None:
+        if self.put_back_jobs:
+            return self.put_back_jobs.popleft()
+        return next(self.ledger_jobs, None)
+
+    def put_back(self, jobs: list[LedgerJob]) -> None:
+        """Put jobs back at the front, in their order."""
+        self.put_back_jobs.extendleft(reversed(jobs))
 
 
 def _timestamp(iso: str | None) -> float | None:
