@@ -17,16 +17,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import sqlite_utils
 
 from batchgen import catalog
 from batchgen.errors import JobConflict, LedgerBusy, LedgerError
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.job import fingerprint as job_fingerprint
 from batchgen.migrations import migrate
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 DEFAULT_PATH = "batchgen.db"
 UNFINISHED = ("queued", "submitting", "running")
@@ -91,7 +92,7 @@ class Ledger:
             migrate(self.conn)
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{self.path}: cannot open the ledger: {e}") from e
-        self.db = sqlite_utils.Database(self.conn)
+        self._db: sqlite_utils.Database | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -114,8 +115,20 @@ class Ledger:
             (now(), campaign, job_id, kind, canonical_json(detail) if detail else None),
         )
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils on the ledger's connection, imported on first use: its imports
+        (numpy among them) take 0.1 s, which no command needs to pay before answering."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        return list(self.db.query(sql, params if isinstance(params, dict) else list(params)))
+        return list(
+            _dicts(self.conn.execute(sql, params if isinstance(params, dict) else list(params)))
+        )
 
     # ---------------------------------------------------------------- ingest
 
@@ -574,7 +587,7 @@ class Ledger:
             ledger.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{ledger.path}: cannot read the ledger: {e}") from e
-        ledger.db = sqlite_utils.Database(ledger.conn)
+        ledger._db = None
         return ledger
 
     def select_campaigns(self, campaigns: list[str] | None) -> list[str]:
@@ -721,17 +734,19 @@ class Ledger:
         """
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
-        return self.db.query(
-            "SELECT j.campaign, j.id, j.model, j.status, j.tags, j.duration, j.variant,"
-            " j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
-            " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
-            " a.task_id, a.unit_price_micro_usd, a.cost_micro_usd, a.refunded_micro_usd,"
-            " a.error,"
-            f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
-            f" COALESCE({refunded}, 0) AS refunded"
-            " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
-            f" WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
-            params,
+        return _dicts(
+            self.conn.execute(
+                "SELECT j.campaign, j.id, j.model, j.status, j.tags, j.duration, j.variant,"
+                " j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
+                " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
+                " a.task_id, a.unit_price_micro_usd, a.cost_micro_usd, a.refunded_micro_usd,"
+                " a.error,"
+                f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
+                f" COALESCE({refunded}, 0) AS refunded"
+                " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
+                f" WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
+                params,
+            )
         )
 
     def result_files(
@@ -940,6 +955,12 @@ def _job_row(
         stamp,
         stamp,
     )
+
+
+def _dicts(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+    """The rows of a query as dicts by column name (as sqlite-utils' `query` gives them)."""
+    keys = [column[0] for column in cursor.description]
+    return (dict(zip(keys, row, strict=True)) for row in cursor)
 
 
 def _ledger_job(row: tuple[Any, ...]) -> LedgerJob:
