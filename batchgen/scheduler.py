@@ -102,10 +102,13 @@ class Scheduler:
 
     async def run(self, campaigns: list[str] | None = None) -> Summary:
         self._settle_interrupted_submissions(campaigns)
-        pending = _Queue(self.ledger.queued_jobs(campaigns))
+        followed = self.ledger.unfinished_jobs(campaigns, statuses=("running",))
+        # A followed job whose task fails is `queued` while its own coroutine submits it
+        # again: the queue, read later, must not hand it out a second time.
+        pending = _Queue(self.ledger.queued_jobs(campaigns), skip={j.key for j in followed})
         deferred: list[LedgerJob] = []  # over budget for now; tried again when money frees up
         # Already in flight: follow them, whatever the concurrency.
-        for job in self.ledger.unfinished_jobs(campaigns, statuses=("running",)):
+        for job in followed:
             self._start(job)
         try:
             while True:
@@ -395,14 +398,15 @@ class _Queue:
     """The jobs waiting to be submitted: those put back (over budget for now) first, then
     the ledger's queued jobs, read a page at a time as they are wanted."""
 
-    def __init__(self, ledger_jobs: Iterator[LedgerJob]):
+    def __init__(self, ledger_jobs: Iterator[LedgerJob], skip: set[tuple[str, str]]):
         self.put_back_jobs: deque[LedgerJob] = deque()
         self.ledger_jobs = ledger_jobs
+        self.skip = skip  # jobs this run drives already
 
     def pop(self) -> LedgerJob | None:
         if self.put_back_jobs:
             return self.put_back_jobs.popleft()
-        return next(self.ledger_jobs, None)
+        return next((j for j in self.ledger_jobs if j.key not in self.skip), None)
 
     def put_back(self, jobs: list[LedgerJob]) -> None:
         """Put jobs back at the front, in their order."""
