@@ -171,6 +171,19 @@ def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool
             assert service[job["task_id"]].status == "completed", job
             assert json.loads(job["result_urls"]), job
 
+    # A job is submitted again only after its recorded task failed, or after an attempt
+    # of unknown outcome: of each job's recorded tasks, all but the last have failed.
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for a in attempts:
+        if a["task_id"] is not None:
+            by_job.setdefault(a["job_id"], []).append(a)
+    for job_id, tasks in by_job.items():
+        for earlier in tasks[:-1]:
+            assert earlier["state"] == "failed", (
+                f"{job_id}: recorded task {earlier['task_id']} ({earlier['state']}) "
+                "was followed by another submission"
+            )
+
     recorded = Counter(a["job_id"] for a in attempts if a["task_id"] is not None)
     result.unknown_attempts = Counter(a["job_id"] for a in attempts if a["state"] == "unknown")
     for job_id in jobs:
