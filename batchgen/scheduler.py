@@ -368,7 +368,11 @@ class Scheduler:
             yield
             return
         async with self._key_lock:
-            yield
+            if not self.key_accepted:
+                yield
+                return
+        # Accepted while this one waited: go at once, not behind the others that waited.
+        yield
 
     def _backoff(self, failures: int) -> float:
         return backoff(self.settings.retry_delay, failures, self.rng)
