@@ -7,6 +7,7 @@ always one the scheduler can resume from. Table and column meanings are in the R
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -647,7 +648,8 @@ class Ledger:
             " LEFT JOIN f ON f.campaign = j.campaign AND f.job_id = j.id",
             [*params, *params],
         ).fetchone()
-        jobs: list[dict[str, Any]] = json.loads(text)
+        with _collector_paused():
+            jobs: list[dict[str, Any]] = json.loads(text)
         return jobs
 
     def queued_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
@@ -955,6 +957,20 @@ def _job_row(
         stamp,
         stamp,
     )
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a burst of objects without cycles is
+    built (100,000 parsed dicts): it would otherwise rescan every live object again and
+    again meanwhile, doubling the time. Whatever it would have freed, it frees after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _dicts(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
