@@ -108,6 +108,16 @@ class Ledger:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read several things as of one moment: in WAL mode every statement of a read
+        transaction sees the same committed state, whatever a runner commits meanwhile."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
     def _event(
         self, kind: str, campaign: str | None = None, job_id: str | None = None, **detail: Any
     ) -> None:

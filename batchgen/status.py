@@ -27,13 +27,15 @@ def status_data(ledger: Ledger, campaigns: list[str], jobs: bool = True) -> dict
     """
     ledger.select_campaigns(campaigns)  # an unknown campaign is an error, not an empty answer
     scope = campaigns or None
-    money = ledger.money(scope)
-    budgets = [b for b in ledger.budgets(scope).values() if b is not None]
-    entries = ledger.status_jobs(scope) if jobs else []
+    with ledger.snapshot():  # one moment of the ledger, even while a runner commits
+        money = ledger.money(scope)
+        budgets = [b for b in ledger.budgets(scope).values() if b is not None]
+        entries = ledger.status_jobs(scope) if jobs else []
+        counts = ledger.counts(scope)
     for entry in entries:
         entry["cost_usd"] = usd(entry["cost_usd"])
     return {
-        "counts": ledger.counts(scope),
+        "counts": counts,
         "spent_usd": usd(money.spent),
         "in_flight_usd": usd(money.in_flight),
         "unknown_usd": usd(money.unknown),

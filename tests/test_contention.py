@@ -19,8 +19,6 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-import pytest
-
 from batchgen.ledger import Ledger
 from batchgen.status import status_data
 from tests.crashing import ROOT, audit, build_ledger
@@ -126,14 +124,6 @@ def test_status_in_other_processes_during_a_run_never_locks_nor_sees_half_writte
     audit(ledger, sandbox.sim.truth(), job_ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status_data reads money, the job list and the counts in separate statements "
-    "outside one read transaction, so a runner's commit between them shows in some parts of "
-    "the answer and not in others (seen end to end: spent_usd 5.90 while the jobs' costs "
-    "sum to 6.00; counts with 3 running while the jobs list 2). Fix: read them in one "
-    "transaction (BEGIN ... COMMIT: in WAL mode every statement then sees one snapshot).",
-)
 def test_one_status_answer_is_one_moment_of_the_ledger_while_the_runner_commits(
     tmp_path, monkeypatch
 ):
