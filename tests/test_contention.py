@@ -2,11 +2,12 @@
 processes, again and again, during a 60-job run, never fails with "database is locked"
 and never sees a half-written state.
 
-Each row of a snapshot is whole (no job running without a task id, no job completed
-without its urls and cost), counts sum to the jobs, and from one snapshot to the next
-nothing finished goes back and no money spent is unspent. That the parts of one answer
-(counts, money, the job list) are one moment of the ledger is checked deterministically
-by the last test, which interposes the runner's write between two of status's reads.
+Each snapshot is one moment of the ledger: every row whole (no job running without a
+task id, no job completed without its urls and cost), counts that sum to the jobs and
+agree with the jobs listed, money that adds up (spent = the jobs' costs, in flight = one
+price per running job); and from one snapshot to the next nothing finished goes back and
+no money spent is unspent. The last test pins "one moment" deterministically, by
+interposing the runner's commit between two of status's reads.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def test_status_in_other_processes_during_a_run_never_locks_nor_sees_half_writte
         assert len(taken) >= 5, f"only {len(taken)} snapshots during the run"
         for status in taken:
             whole_rows(status)
+            one_moment(status)
         for before, after in zip(taken, taken[1:], strict=False):
             assert Decimal(after["spent_usd"]) >= Decimal(before["spent_usd"]), "money went back"
             assert after["counts"]["completed"] >= before["counts"]["completed"]
@@ -118,7 +120,6 @@ def test_status_in_other_processes_during_a_run_never_locks_nor_sees_half_writte
             done_after = {j["id"] for j in after["jobs"] if j["status"] == "completed"}
             assert done_before <= done_after, "a completed job went back"
         assert taken[-1]["counts"]["completed"] == JOBS
-        one_moment(taken[-1])  # taken once the runner was done
     seen = {(s["counts"]["running"] > 0) for taken in snapshots for s in taken}
     assert True in seen, "no snapshot caught the run in flight"
     audit(ledger, sandbox.sim.truth(), job_ids)
