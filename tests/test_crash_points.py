@@ -179,7 +179,12 @@ def test_kill_after_the_request_reached_the_service_is_an_unknown_attempt_coveri
     sending = left_sending(ledger, truth)
     held_task = truth.submissions[NTH - 1]
     assert held_task.task_id not in {a["task_id"] for a in recorded(ledger)}
-    held_job = next(a["job_id"] for a in sending if a["job_id"] in unrecorded_tasks(ledger, truth))
+    (held_job,) = [
+        j["id"]
+        for j in query(ledger, "SELECT id, request FROM jobs")
+        if payload_key(json.loads(j["request"])) == payload_key(held_task.payload)
+    ]
+    assert held_job in {a["job_id"] for a in sending}, "its attempt is left `sending`"
 
     assert service.resume(ledger).returncode == 0
     truth = service.sim.truth()
