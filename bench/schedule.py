@@ -20,13 +20,7 @@ How it measures:
   how long a freed slot takes to be refilled (next submission - completion seen), the
   submit round trip including its commit, and one fsync'd ledger transaction.
 
-The sandbox's HTTP server (http.server) writes an answer's headers and body in two
-sends; with Nagle's algorithm on its socket and the client's delayed ACK, some answers
-(most submits, about one poll in ten) arrive ~40 ms after the sandbox made them. That
-is the sandbox's, not the service's: --sandbox-nodelay sets TCP_NODELAY on its sockets
-for this run (its handler's `disable_nagle_algorithm`) to show batchgen without it.
-
-Run: python bench/schedule.py [--jobs 45] [--seed 1] [--runs 1] [--sandbox-nodelay]
+Run: python bench/schedule.py [--jobs 45] [--seed 1] [--runs 1]
 """
 
 from __future__ import annotations
@@ -266,20 +260,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=1, help="repeat with seeds seed..seed+runs-1")
     parser.add_argument("--no-script", action="store_true", help="skip the baseline script")
-    parser.add_argument(
-        "--sandbox-nodelay",
-        action="store_true",
-        help="serve the sandbox with TCP_NODELAY (see the module docstring)",
-    )
     args = parser.parse_args()
-    if args.sandbox_nodelay:
-        from batchgen.sandbox import http
-
-        http._Handler.disable_nagle_algorithm = True
-
     common.header("schedule: batchgen vs ideal vs a 3-thread polling script")
-    if args.sandbox_nodelay:
-        print("sandbox served with TCP_NODELAY (--sandbox-nodelay)\n")
     jobs = make_jobs(args.jobs)
     print(
         f"{len(jobs)} jobs: {', '.join(f'{m} {d}s' for m, d in SHAPES)} (cycled); "
