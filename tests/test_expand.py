@@ -377,6 +377,12 @@ def job_specs(draw: st.DrawFn) -> dict[str, Any]:
     return job
 
 
+def base_prompt(job: dict[str, Any]) -> str:
+    """The prompt before its placeholders: two jobs whose templates differ only in variable
+    names would render the same content, which rightly gets the same generated id."""
+    return str(job["prompt"]).split("{")[0]
+
+
 def write_and_expand(directory: Path, jobs: list[dict[str, Any]]) -> list[Job]:
     written = []
     for i, job in enumerate(jobs):
@@ -397,7 +403,7 @@ def expected_count(job: dict[str, Any]) -> int:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(job_specs(), min_size=1, max_size=4, unique_by=lambda j: j["prompt"]))
+@given(st.lists(job_specs(), min_size=1, max_size=4, unique_by=base_prompt))
 def test_the_job_count_is_the_product_of_matrix_sizes_rows_and_takes(jobs):
     with tempfile.TemporaryDirectory() as directory:
         expanded = write_and_expand(Path(directory), jobs)
@@ -407,7 +413,7 @@ def test_the_job_count_is_the_product_of_matrix_sizes_rows_and_takes(jobs):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(job_specs(), min_size=2, max_size=4, unique_by=lambda j: j["prompt"]),
+    st.lists(job_specs(), min_size=2, max_size=4, unique_by=base_prompt),
     st.randoms(use_true_random=False),
 )
 def test_generated_ids_do_not_depend_on_the_other_jobs_or_their_order(jobs, random):
