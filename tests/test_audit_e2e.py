@@ -1,0 +1,161 @@
+"""The cost audit and the result files end to end: the real commands against the sandbox,
+the ledger held to what the service really charged and served (PRODUCT.md §7, §9)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+import pytest
+
+from batchgen.money import to_micros
+from batchgen.sandbox import file_bytes
+from tests.e2e import FAST, batchgen, grok_batch, recorded_task_ids, rows, status_json
+
+SCALE = 0.01
+GROUP_SUMS = ["jobs", "completed", "failed", "queued", "video_seconds", "images"]
+MONEY = ["spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"]
+
+
+def report(ledger, *args: str) -> str:
+    result = batchgen("report", *args, ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def audited(make_sandbox, tmp_path):
+    """Two campaigns run on one key through failed tasks, 500s, 429s and dropped answers."""
+    sandbox = make_sandbox(
+        time_scale=SCALE,
+        seed=11,
+        fail_rate=0.25,
+        submit_500_rate=0.15,
+        spurious_429_rate=0.15,
+        drop_rate=0.15,
+    )
+    ledger = tmp_path / "l.db"
+    for campaign, n in (("alpha", 8), ("beta", 6)):
+        manifest = grok_batch(tmp_path / f"{campaign}.yaml", n, campaign=campaign)
+        result = batchgen(
+            "run",
+            str(manifest),
+            *FAST,
+            "--max-attempts",
+            "8",
+            ledger=ledger,
+            base_url=sandbox.base_url,
+            key=sandbox.key,
+        )
+        assert result.returncode in (0, 1), result.stderr
+    return sandbox, ledger
+
+
+def test_report_totals_equal_the_services_net_charges_to_the_cent(audited):
+    sandbox, ledger = audited
+    truth = sandbox.sim.truth()
+    known = set(recorded_task_ids(ledger))
+    assert truth.faults.get("task.fail", 0) > 0 and truth.faults.get("submit.drop", 0) > 0
+    totals = json.loads(report(ledger, "--format", "json"))["totals"]
+    spent, unknown = to_micros(totals["spent_usd"]), to_micros(totals["unknown_usd"])
+    # What the service kept for tasks batchgen never heard of (their answers were dropped).
+    unheard = sum(
+        s.price_micros
+        for s in truth.submissions
+        if s.task_id not in known and s.status == "completed"
+    )
+    assert spent + unheard == truth.net_charged_micros()
+    assert spent <= truth.net_charged_micros() <= spent + unknown
+    refunded = sum(
+        s.price_micros for s in truth.submissions if s.task_id in known and s.status == "failed"
+    )
+    assert to_micros(totals["refunded_usd"]) == refunded > 0
+
+
+@pytest.mark.parametrize("by", ["campaign", "model", "status"])
+def test_group_rows_sum_to_the_totals(audited, by):
+    _, ledger = audited
+    data = json.loads(report(ledger, "--by", by, "--format", "json"))
+    assert data["by"] == by
+    for column in GROUP_SUMS:
+        assert sum(g[column] for g in data["groups"]) == data["totals"][column]
+    for column in MONEY:
+        assert sum(to_micros(g[column]) for g in data["groups"]) == to_micros(
+            data["totals"][column]
+        )
+    if by == "campaign":
+        assert [g["key"] for g in data["groups"]] == ["alpha", "beta"]
+        assert data["totals"]["jobs"] == 14
+
+
+def test_the_csv_report_opens_as_a_table_with_a_total_row(audited):
+    _, ledger = audited
+    table = list(csv.DictReader(io.StringIO(report(ledger, "--format", "csv", "--by", "campaign"))))
+    assert list(table[0]) == [
+        "key",
+        "jobs",
+        "completed",
+        "failed",
+        "queued",
+        *MONEY,
+        "video_seconds",
+        "images",
+    ]
+    assert [row["key"] for row in table] == ["alpha", "beta", "TOTAL"]
+    assert int(table[0]["jobs"]) + int(table[1]["jobs"]) == int(table[2]["jobs"]) == 14
+    assert to_micros(table[0]["spent_usd"]) + to_micros(table[1]["spent_usd"]) == to_micros(
+        table[2]["spent_usd"]
+    )
+
+
+def test_the_per_job_audit_lists_every_attempt_with_its_unit_price(audited):
+    sandbox, ledger = audited
+    jobs = json.loads(report(ledger, "--jobs", "--format", "json"))["jobs"]
+    assert len(jobs) == 14
+    attempts = [a for job in jobs for a in job["attempts"]]
+    assert len(attempts) == rows(ledger, "SELECT COUNT(*) n FROM attempts")[0]["n"]
+    assert {a["unit_price_usd"] for a in attempts} == {"0.10"}
+    created = [a["task_id"] for a in attempts if a["task_id"]]
+    assert sorted(created) == sorted(recorded_task_ids(ledger))
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_downloads_match_the_served_bytes_and_are_restored_without_generating_again(
+    make_sandbox, tmp_path
+):
+    sandbox = make_sandbox(time_scale=SCALE)
+    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    manifest = grok_batch(tmp_path / "m.yaml", 4)
+    result = batchgen(
+        "run",
+        str(manifest),
+        *FAST,
+        "--download",
+        str(out),
+        ledger=ledger,
+        base_url=sandbox.base_url,
+        key=sandbox.key,
+    )
+    assert result.returncode == 0, result.stderr
+    size = sandbox.sim.config.file_bytes
+    jobs = {job["id"]: job for job in status_json(ledger)["jobs"]}
+    for job_id, job in jobs.items():
+        path = out / "e2e" / f"{job_id}.mp4"
+        assert job["files"] == [str(path)]
+        assert path.read_bytes() == file_bytes(job["task_id"], 0, size)
+    (out / "e2e" / "clip-1.mp4").unlink()
+    (out / "e2e" / "clip-2.mp4").write_bytes(b"trunc")
+    before = len(sandbox.sim.truth().submissions)
+    result = batchgen("download", "--out", str(out), ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    for job_id, job in jobs.items():
+        path = out / "e2e" / f"{job_id}.mp4"
+        assert path.read_bytes() == file_bytes(job["task_id"], 0, size)
+        recorded = rows(ledger, "SELECT sha256 FROM files WHERE job_id = ?", job_id)[0]
+        assert recorded["sha256"] == sha256(path)
+    assert len(sandbox.sim.truth().submissions) == before  # nothing generated again
