@@ -1,0 +1,40 @@
+"""The ledger: batchgen's SQLite file, and the only package that speaks SQL.
+
+Every write is one `BEGIN IMMEDIATE` transaction on a WAL database with
+`synchronous=FULL`, so a kill -9 at any moment leaves the last committed state, which is
+always one the scheduler can resume from. Table and column meanings are in the README.
+
+The package's modules, each a part of the one `Ledger` class:
+- base: the connection, transactions, events, shared dataclasses and helpers;
+- ingest: writing a campaign's expanded jobs;
+- scheduling: the runner lock, the scheduler's reads and writes, money and counts;
+- reads: what status, report, plan and download read (and their few writes).
+"""
+
+from batchgen.ledger.base import (
+    DEFAULT_PATH,
+    UNFINISHED,
+    IngestResult,
+    LedgerJob,
+    Money,
+    now,
+)
+from batchgen.ledger.ingest import JOB_INSERT_COLUMNS, IngestMixin
+from batchgen.ledger.reads import ReadsMixin
+from batchgen.ledger.scheduling import SchedulingMixin
+
+__all__ = [
+    "DEFAULT_PATH",
+    "JOB_INSERT_COLUMNS",
+    "UNFINISHED",
+    "IngestResult",
+    "Ledger",
+    "LedgerJob",
+    "Money",
+    "now",
+]
+
+
+class Ledger(IngestMixin, SchedulingMixin, ReadsMixin):
+    """batchgen's ledger: one SQLite file, migrated on opening (`Ledger(path)`) or read
+    without writing (`Ledger.read_only(path)`)."""

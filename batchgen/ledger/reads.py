@@ -1,0 +1,289 @@
+"""The read side: what status, report, plan and download read, and the few writes they
+own (file records, requeue)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote
+
+from batchgen.errors import LedgerError
+from batchgen.ledger.base import LedgerBase, Money, _alive, _campaign_filter, _dicts, now
+
+
+class ReadsMixin(LedgerBase):
+    """The ledger's reports and results."""
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> Self:
+        """Open an existing ledger without migrating or writing anything (SQLite mode=ro).
+
+        SQLite may leave its empty `-wal`/`-shm` companions beside a WAL ledger; the
+        ledger's content is never changed.
+        """
+        ledger = cls.__new__(cls)
+        ledger.path = Path(path)
+        if not ledger.path.is_file():
+            raise LedgerError(f"{ledger.path}: no ledger here")
+        uri = f"file:{quote(str(ledger.path.resolve()))}?mode=ro"
+        try:
+            ledger.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            ledger.conn.execute("PRAGMA busy_timeout=30000")
+            ledger.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"{ledger.path}: cannot read the ledger: {e}") from e
+        return ledger
+
+    def campaign_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM campaigns ORDER BY name")]
+
+    def campaign(self, name: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM campaigns WHERE name = ?", [name])
+        return rows[0] if rows else None
+
+    def select_campaigns(self, campaigns: list[str] | None) -> list[str]:
+        """The campaigns named (all of them when none is): an unknown name is an error."""
+        known = self.campaign_names()
+        if not campaigns:
+            return known
+        unknown = [c for c in campaigns if c not in known]
+        if unknown:
+            raise LedgerError(
+                f"{self.path}: no campaign named {', '.join(unknown)} "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+        return list(dict.fromkeys(campaigns))
+
+    def budgets(self, campaigns: list[str] | None = None) -> dict[str, int | None]:
+        """campaign -> budget in micro-dollars (None: no cap)."""
+        where, params = _campaign_filter(campaigns, "name")
+        rows = self.conn.execute(
+            f"SELECT name, budget_micro_usd FROM campaigns WHERE 1=1 {where} ORDER BY name",
+            params,
+        )
+        return {name: budget for name, budget in rows}
+
+    def money_by_campaign(self, campaigns: list[str] | None = None) -> dict[str, Money]:
+        """Money (see `money`) of each campaign that has attempts."""
+        where, params = _campaign_filter(campaigns, "a.campaign")
+        sums = ", ".join(f"SUM({expr})" for expr in self._ATTEMPT_MONEY)
+        rows = self.conn.execute(
+            f"SELECT a.campaign, {sums} FROM attempts a WHERE 1=1 {where} GROUP BY a.campaign",
+            params,
+        )
+        return {campaign: Money(*sums_) for campaign, *sums_ in rows}
+
+    def status_jobs(self, campaigns: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every job, in ingestion order, as the `status --json` entry (campaign, id, status,
+        model, attempts, task_id, cost_usd, result_urls, files, error) except that cost_usd is
+        still integer micro-dollars: the job's `cost_micro_usd`. Saved files are the paths
+        `download` recorded without error.
+
+        SQLite builds the whole array in one query and Python parses it in one call: about
+        3x faster on 100,000 jobs than building the entries row by row.
+        """
+        where, params = _campaign_filter(campaigns)
+        (text,) = self.conn.execute(
+            "WITH f AS (SELECT campaign, job_id, json_group_array(path) AS paths"
+            "   FROM (SELECT campaign, job_id, path FROM files"
+            f"    WHERE error IS NULL AND downloaded_at IS NOT NULL {where}"
+            "     ORDER BY campaign, job_id, n)"
+            "   GROUP BY campaign, job_id)"
+            " SELECT json_group_array(json_object('campaign', j.campaign, 'id', j.id,"
+            " 'status', j.status, 'model', j.model, 'attempts', j.attempts,"
+            " 'task_id', j.task_id, 'cost_usd', j.cost_micro_usd,"
+            " 'result_urls', json(COALESCE(j.result_urls, '[]')),"
+            " 'files', json(COALESCE(f.paths, '[]')), 'error', j.last_error))"
+            f" FROM (SELECT * FROM jobs WHERE 1=1 {where} ORDER BY campaign, position) j"
+            " LEFT JOIN f ON f.campaign = j.campaign AND f.job_id = j.id",
+            [*params, *params],
+        ).fetchone()
+        with _collector_paused():
+            jobs: list[dict[str, Any]] = json.loads(text)
+        return jobs
+
+    def queued_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
+        """reason -> number of queued jobs waiting for it (None: nothing in the way)."""
+        where, params = _campaign_filter(campaigns)
+        rows = self.conn.execute(
+            f"SELECT reason, COUNT(*) FROM jobs WHERE status = 'queued' {where} GROUP BY reason",
+            params,
+        )
+        return {reason: n for reason, n in rows}
+
+    def jobs_in_status(
+        self, campaigns: list[str] | None, status: str, limit: int, recent_first: bool = False
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` jobs in `status`: in ingestion order, or most recently changed first."""
+        where, params = _campaign_filter(campaigns)
+        order = "updated_at DESC" if recent_first else "campaign, position"
+        return self.query(
+            "SELECT campaign, id, model, task_id, progress, reason, attempts, last_error,"
+            " submitted_at, updated_at, finished_at"
+            f" FROM jobs WHERE status = ? {where} ORDER BY {order} LIMIT ?",
+            [status, *params, limit],
+        )
+
+    def runner(self) -> dict[str, Any] | None:
+        """The runner that holds the ledger, if it is alive."""
+        rows = self.query("SELECT pid, host, command, started_at FROM runner")
+        if rows and _alive(rows[0]["pid"], rows[0]["host"]):
+            return rows[0]
+        return None
+
+    def report_groups(self, campaigns: list[str] | None, by: str | None) -> list[dict[str, Any]]:
+        """One row of sums per value of `by` (campaign, model, tag, status), sorted by key;
+        `by=None`: one row of totals. A job with several tags counts in each tag's group.
+
+        Columns: key, jobs, completed, failed, queued, spent, in_flight, unknown, refunded
+        (micro-dollars), video_seconds, images.
+        """
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        attempt_where, attempt_params = _campaign_filter(campaigns, "a.campaign")
+        spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
+        tagged, tag_join, group = "", "", "GROUP BY key ORDER BY key"
+        tag_params: list[Any] = []
+        if by is None:
+            key, group = "'TOTAL'", ""
+        elif by == "tag":
+            key = "COALESCE(k.tag, '(none)')"
+            # DISTINCT: a tag listed twice on one job counts once.
+            tagged = (
+                ", k AS (SELECT DISTINCT j.campaign, j.id AS job_id, t.value AS tag"
+                f" FROM jobs j, json_each(j.tags) t WHERE 1=1 {where})"
+            )
+            tag_params = params
+            tag_join = " LEFT JOIN k ON k.campaign = j.campaign AND k.job_id = j.id"
+        elif by in ("campaign", "model", "status"):
+            key = f"j.{by}"
+        else:
+            raise ValueError(f"cannot group by {by!r}")
+        return self.query(
+            "WITH m AS (SELECT a.campaign, a.job_id,"
+            f" SUM({spent}) AS spent, SUM({in_flight}) AS in_flight,"
+            f" SUM({unknown}) AS unknown, SUM({refunded}) AS refunded"
+            f" FROM attempts a WHERE 1=1 {attempt_where} GROUP BY a.campaign, a.job_id){tagged}"
+            f" SELECT {key} AS key, COUNT(*) AS jobs,"
+            " COALESCE(SUM(j.status = 'completed'), 0) AS completed,"
+            " COALESCE(SUM(j.status = 'failed'), 0) AS failed,"
+            " COALESCE(SUM(j.status = 'queued'), 0) AS queued,"
+            " COALESCE(SUM(m.spent), 0) AS spent, COALESCE(SUM(m.in_flight), 0) AS in_flight,"
+            " COALESCE(SUM(m.unknown), 0) AS unknown, COALESCE(SUM(m.refunded), 0) AS refunded,"
+            " COALESCE(SUM(CASE WHEN j.status = 'completed' AND j.kind = 'video'"
+            "   THEN COALESCE(j.duration, 0) ELSE 0 END), 0) AS video_seconds,"
+            " COALESCE(SUM(j.status = 'completed' AND j.kind = 'image'), 0) AS images"
+            " FROM jobs j LEFT JOIN m ON m.campaign = j.campaign AND m.job_id = j.id"
+            f"{tag_join} WHERE 1=1 {where} {group}",
+            [*attempt_params, *tag_params, *params],
+        )
+
+    def job_attempts(self, campaigns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every job with each of its attempts (one row per attempt; a job without attempts
+        gives one row whose attempt columns are NULL), in ingestion then attempt order.
+
+        Per attempt: spent, in_flight, unknown, refunded (its money, by the rules; 0 when
+        the job has no attempt).
+        """
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
+        return _dicts(
+            self.conn.execute(
+                "SELECT j.campaign, j.id, j.model, j.status, j.tags, j.duration, j.variant,"
+                " j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
+                " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
+                " a.task_id, a.unit_price_micro_usd, a.cost_micro_usd, a.refunded_micro_usd,"
+                " a.error,"
+                f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
+                f" COALESCE({refunded}, 0) AS refunded"
+                " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
+                f" WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
+                params,
+            )
+        )
+
+    def result_files(
+        self, campaigns: list[str] | None = None, job: tuple[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per result URL of each completed job (or of one job), with what the
+        `files` table recorded for it: campaign, job_id, n (index in result_urls), count
+        (of the job's URLs), url, saved_url, path, size, sha256, downloaded_at."""
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        if job is not None:
+            where, params = "AND j.campaign = ? AND j.id = ?", list(job)
+        return self.query(
+            "SELECT j.campaign, j.id AS job_id, u.key AS n,"
+            " json_array_length(j.result_urls) AS count, u.value AS url, f.url AS saved_url,"
+            " f.path, f.size, f.sha256, f.downloaded_at"
+            " FROM jobs j JOIN json_each(j.result_urls) u"
+            " LEFT JOIN files f ON f.campaign = j.campaign AND f.job_id = j.id AND f.n = u.key"
+            f" WHERE j.status = 'completed' AND j.result_urls IS NOT NULL {where}"
+            " ORDER BY j.campaign, j.position, u.key",
+            params,
+        )
+
+    def file_saved(
+        self, campaign: str, job_id: str, n: int, url: str, path: str, size: int, sha256: str
+    ) -> None:
+        """Record a result file saved (or found intact) at `path`."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO files (campaign, job_id, n, url, path, size, sha256, downloaded_at,"
+                " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+                " ON CONFLICT (campaign, job_id, n) DO UPDATE SET url = excluded.url,"
+                " path = excluded.path, size = excluded.size, sha256 = excluded.sha256,"
+                " downloaded_at = excluded.downloaded_at, error = NULL",
+                (campaign, job_id, n, url, path, size, sha256, now()),
+            )
+
+    def file_failed(self, campaign: str, job_id: str, n: int, url: str, error: str) -> None:
+        """Record a download that failed: `download` tries it again, generation never does."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO files (campaign, job_id, n, url, error) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (campaign, job_id, n) DO UPDATE SET url = excluded.url,"
+                " path = NULL, size = NULL, sha256 = NULL, downloaded_at = NULL,"
+                " error = excluded.error",
+                (campaign, job_id, n, url, error),
+            )
+
+    def requeue(self, campaigns: list[str] | None, status: str) -> int:
+        """Put `failed` (or `held`) jobs back to `queued` with fresh attempts; their old
+        attempts stay in the audit, and each requeue is an event."""
+        if status not in ("failed", "held"):
+            raise ValueError(f"only failed or held jobs can be requeued, not {status!r}")
+        where, params = _campaign_filter(self.select_campaigns(campaigns) if campaigns else None)
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (at, campaign, job_id, kind, detail)"
+                " SELECT ?, campaign, id, 'requeued', json_object('attempts', attempts,"
+                " 'from', status, 'last_error', last_error)"
+                f" FROM jobs WHERE status = ? {where} ORDER BY campaign, position",
+                (stamp, status, *params),
+            )
+            cursor = db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = 0, reason = NULL, task_id = NULL,"
+                " progress = NULL, last_error = NULL, submitted_at = NULL, finished_at = NULL,"
+                f" updated_at = ? WHERE status = ? {where}",
+                (stamp, status, *params),
+            )
+        return cursor.rowcount
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a burst of objects without cycles is
+    built (100,000 parsed dicts): it would otherwise rescan every live object again and
+    again meanwhile, doubling the time. Whatever it would have freed, it frees after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
