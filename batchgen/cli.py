@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
+from batchgen.ledger import DEFAULT_PATH
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MAX_JOBS = 100_000
@@ -48,7 +49,7 @@ def ledger_path(ctx: click.Context) -> str:
 @click.option(
     "--ledger",
     envvar="BATCHGEN_LEDGER",
-    default="batchgen.db",
+    default=DEFAULT_PATH,
     show_default=True,
     type=click.Path(dir_okay=False),
     help="The SQLite ledger file (env BATCHGEN_LEDGER).",

@@ -42,10 +42,6 @@ class ReadsMixin(LedgerBase):
     def campaign_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM campaigns ORDER BY name")]
 
-    def campaign(self, name: str) -> dict[str, Any] | None:
-        rows = self.query("SELECT * FROM campaigns WHERE name = ?", [name])
-        return rows[0] if rows else None
-
     def select_campaigns(self, campaigns: list[str] | None) -> list[str]:
         """The campaigns named (all of them when none is): an unknown name is an error."""
         known = self.campaign_names()

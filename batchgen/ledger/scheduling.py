@@ -91,14 +91,6 @@ class SchedulingMixin(LedgerBase):
                 return
             after = (rows[-1][0], rows[-1][-1])
 
-    def count_held(self, campaigns: list[str] | None = None) -> int:
-        where, params = _campaign_filter(campaigns)
-        return int(
-            self.conn.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE status = 'held' {where}", params
-            ).fetchone()[0]
-        )
-
     def begin_attempt(self, job: LedgerJob) -> int:
         """Commit the intent to submit before the request is sent: a crash after sending
         must leave a trace, which resume reads as an attempt of unknown outcome."""
