@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +27,7 @@ from batchgen.ledger import Ledger
 from batchgen.sandbox import Truth
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler
+from tests.e2e import rows as query
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,15 +96,6 @@ def run_crashing(
         env=env,
         stdin=subprocess.DEVNULL,
     )
-
-
-def query(ledger: Path, sql: str, *params: Any) -> list[dict[str, Any]]:
-    db = sqlite3.connect(ledger)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql, params)]
-    finally:
-        db.close()
 
 
 @dataclass

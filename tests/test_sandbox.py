@@ -337,11 +337,11 @@ def test_unknown_tasks_and_other_keys_tasks_are_404(sb):
 
 def test_only_three_of_many_simultaneous_submits_are_accepted(make_sandbox):  # noqa: F811
     # Tasks that last 40 s: none can end (and free a slot) while the threads submit.
-    sandbox = make_sandbox(time_scale=1.0)
+    long_tasks = make_sandbox(time_scale=1.0)
     answers: list[int] = []
 
     def one() -> None:
-        answers.append(submit(sandbox, GROK).status_code)
+        answers.append(submit(long_tasks, GROK).status_code)
 
     threads = [threading.Thread(target=one) for _ in range(12)]
     for thread in threads:
@@ -350,7 +350,7 @@ def test_only_three_of_many_simultaneous_submits_are_accepted(make_sandbox):  # 
         thread.join()
 
     assert sorted(answers) == [200] * 3 + [429] * 9
-    assert sandbox.truth().peak_active[sandbox.key] == 3
+    assert long_tasks.truth().peak_active[long_tasks.key] == 3
 
 
 # -- truth and admin endpoints -----------------------------------------------------------
