@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from batchgen import catalog
 from batchgen.client import Client
@@ -19,6 +20,9 @@ from batchgen.ledger import Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
 from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
+
+if TYPE_CHECKING:
+    from batchgen.download import Downloader
 
 SANDBOX_KEY = "okpk_sandbox_demo"
 SANDBOX_TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
@@ -140,7 +144,7 @@ async def _run(
     return _finish(ledger, selection, summary, options)
 
 
-def _downloader(ledger: Ledger, out_dir: str | None):  # type: ignore[no-untyped-def]
+def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
     if out_dir is None:
         return None
     from batchgen.download import Downloader
