@@ -8,7 +8,6 @@ a status line, so an overnight log tells its own story.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
@@ -42,20 +41,17 @@ def describe(s: Snapshot) -> str:
 class PlainLog:
     """Timestamped lines, for logs and pipes."""
 
-    status_every = 60.0
+    refresh_every = 60.0  # seconds between status lines
 
     def __init__(self, stream: TextIO = sys.stderr):
         self.stream = stream
-        self._last_status = time.monotonic()
 
     def event(self, job: LedgerJob | None, text: str) -> None:
         where = f"{job.campaign}/{job.id}: " if job else ""
         self._line(f"{where}{text}")
 
     def refresh(self, snapshot: Snapshot) -> None:
-        if time.monotonic() - self._last_status >= self.status_every:
-            self._last_status = time.monotonic()
-            self._line(describe(snapshot))
+        self._line(describe(snapshot))
 
     def close(self, snapshot: Snapshot) -> None:
         self._line(describe(snapshot))
@@ -67,6 +63,8 @@ class PlainLog:
 
 class LiveDisplay:
     """A one-line live status under the scrolling events, for a person at a terminal."""
+
+    refresh_every = 0.5
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)

@@ -181,9 +181,10 @@ async def _tick(
     started: float,
     done_before: int,
 ) -> None:
+    # The snapshot reads the ledger: take one only when the display will show it.
     while True:
+        await asyncio.sleep(display.refresh_every)
         display.refresh(_snapshot(ledger, campaigns, started, done_before))
-        await asyncio.sleep(0.5)
 
 
 def _finish(
