@@ -47,6 +47,15 @@ def batchgen(
     )
 
 
+def on_sandbox(
+    sandbox: Any, *args: str, ledger: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real command to its end against a served sandbox, with its key."""
+    return batchgen(
+        *args, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key, timeout=timeout
+    )
+
+
 def spawn(
     *args: str,
     ledger: Path,

@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.money import to_micros
 from batchgen.sandbox import file_bytes
-from tests.e2e import FAST, batchgen, grok_batch, recorded_task_ids, rows, status_json
+from tests.e2e import FAST, batchgen, grok_batch, on_sandbox, recorded_task_ids, rows, status_json
 
 SCALE = 0.01
 GROUP_SUMS = ["jobs", "completed", "failed", "queued", "video_seconds", "images"]
@@ -39,15 +39,8 @@ def audited(make_sandbox, tmp_path):
     ledger = tmp_path / "l.db"
     for campaign, n in (("alpha", 8), ("beta", 6)):
         manifest = grok_batch(tmp_path / f"{campaign}.yaml", n, campaign=campaign)
-        result = batchgen(
-            "run",
-            str(manifest),
-            *FAST,
-            "--max-attempts",
-            "8",
-            ledger=ledger,
-            base_url=sandbox.base_url,
-            key=sandbox.key,
+        result = on_sandbox(
+            sandbox, "run", str(manifest), *FAST, "--max-attempts", "8", ledger=ledger
         )
         assert result.returncode in (0, 1), result.stderr
     return sandbox, ledger
@@ -131,16 +124,7 @@ def test_downloads_match_the_served_bytes_and_are_restored_without_generating_ag
     sandbox = make_sandbox(time_scale=SCALE)
     ledger, out = tmp_path / "l.db", tmp_path / "out"
     manifest = grok_batch(tmp_path / "m.yaml", 4)
-    result = batchgen(
-        "run",
-        str(manifest),
-        *FAST,
-        "--download",
-        str(out),
-        ledger=ledger,
-        base_url=sandbox.base_url,
-        key=sandbox.key,
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
     assert result.returncode == 0, result.stderr
     size = sandbox.sim.config.file_bytes
     jobs = {job["id"]: job for job in status_json(ledger)["jobs"]}

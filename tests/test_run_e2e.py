@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.money import to_micros
+from batchgen.money import to_micros, usd
 from batchgen.validate import check_manifest
 from tests.e2e import (
     FAST,
@@ -17,6 +17,7 @@ from tests.e2e import (
     grok_batch,
     known_completed_micros,
     ledger_spent_micros,
+    on_sandbox,
     recorded_task_ids,
     rows,
     spawn,
@@ -44,9 +45,7 @@ def test_a_batch_completes_with_exact_costs_and_no_429(make_sandbox, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE)
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 9)
-    result = batchgen(
-        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
     truth = sandbox.sim.truth()
     assert status_json(ledger)["counts"]["completed"] == 9
@@ -62,9 +61,7 @@ def test_a_second_run_of_the_same_manifest_submits_nothing(make_sandbox, tmp_pat
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     for _ in range(2):
-        result = batchgen(
-            "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
-        )
+        result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
         assert result.returncode == 0, result.stderr
     assert len(sandbox.sim.truth().submissions) == 3
 
@@ -116,9 +113,7 @@ def test_the_budget_is_never_exceeded_and_the_run_exits_3(make_sandbox, tmp_path
     sandbox = make_sandbox(time_scale=SCALE)
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 6, budget="0.35")
-    result = batchgen(
-        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
     assert result.returncode == 3, result.stderr
     assert "budget" in result.stderr
     truth = sandbox.sim.truth()
@@ -150,16 +145,7 @@ def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(make_san
     )
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 20)
-    result = batchgen(
-        "run",
-        str(manifest),
-        *FAST,
-        "--max-attempts",
-        "6",
-        ledger=ledger,
-        base_url=sandbox.base_url,
-        key=sandbox.key,
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "6", ledger=ledger)
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     status = status_json(ledger)
@@ -185,22 +171,13 @@ def test_accept_then_drop_shows_as_unknown_cost_covering_what_was_charged(make_s
     sandbox = make_sandbox(time_scale=SCALE, seed=3, drop_rate=0.4)
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 8)
-    result = batchgen(
-        "run",
-        str(manifest),
-        *FAST,
-        "--max-attempts",
-        "8",
-        ledger=ledger,
-        base_url=sandbox.base_url,
-        key=sandbox.key,
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "8", ledger=ledger)
     assert result.returncode == 0, result.stderr
     status = status_json(ledger)
     truth = sandbox.sim.truth()
     dropped = truth.faults.get("submit.drop", 0)
     assert dropped > 0
-    assert status["unknown_usd"] == f"{dropped * 0.10:.2f}"
+    assert status["unknown_usd"] == usd(dropped * 100_000)
     spent = ledger_spent_micros(ledger)
     assert spent + dropped * 100_000 == truth.net_charged_micros()
 
@@ -209,31 +186,14 @@ def test_hold_keeps_a_job_of_unknown_outcome_for_a_person(make_sandbox, tmp_path
     sandbox = make_sandbox(time_scale=SCALE, seed=3, drop_rate=0.5)
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 6)
-    result = batchgen(
-        "run",
-        str(manifest),
-        *FAST,
-        "--on-unknown",
-        "hold",
-        ledger=ledger,
-        base_url=sandbox.base_url,
-        key=sandbox.key,
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--on-unknown", "hold", ledger=ledger)
     held = status_json(ledger)["counts"]["held"]
     assert held > 0
     assert result.returncode == 3
     assert "retry --unknown" in result.stderr
     before = len(sandbox.sim.truth().submissions)
     assert batchgen("retry", "--unknown", ledger=ledger).returncode == 0
-    result = batchgen(
-        "resume",
-        *FAST,
-        "--on-unknown",
-        "hold",
-        ledger=ledger,
-        base_url=sandbox.base_url,
-        key=sandbox.key,
-    )
+    result = on_sandbox(sandbox, "resume", *FAST, "--on-unknown", "hold", ledger=ledger)
     assert len(sandbox.sim.truth().submissions) > before
 
 
@@ -258,7 +218,7 @@ def test_kill_9_mid_run_then_resume_completes_without_resubmitting_a_recorded_ta
     process.wait()
     before = set(recorded_task_ids(ledger))
     assert before
-    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+    result = on_sandbox(sandbox, "resume", *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
     truth = sandbox.sim.truth()
     assert status_json(ledger)["counts"]["completed"] == 12
@@ -286,7 +246,7 @@ def test_ctrl_c_exits_130_within_2_s_and_resume_finishes_without_duplicates(make
     process.wait(timeout=10)
     assert time.monotonic() - started < 2.0
     assert process.returncode == 130
-    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+    result = on_sandbox(sandbox, "resume", *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
     truth = sandbox.sim.truth()
     assert status_json(ledger)["counts"]["completed"] == 9
@@ -305,16 +265,14 @@ def test_a_second_runner_on_the_same_ledger_is_refused_while_the_first_lives(
     )
     try:
         wait_for(lambda: len(sandbox.sim.truth().submissions) >= 1)
-        second = batchgen(
-            "resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
-        )
+        second = on_sandbox(sandbox, "resume", *FAST, ledger=ledger)
         assert second.returncode == 1
         assert f"pid {first.pid}" in second.stderr
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # The holder died: the next runner takes over.
-    result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+    result = on_sandbox(sandbox, "resume", *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
 
 
@@ -351,9 +309,7 @@ def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_42
     sandbox = make_sandbox(time_scale=0.002)
     ledger = tmp_path / "l.db"
     expected = sum(job.cost_micros() for job in check_manifest(manifest).jobs)
-    result = batchgen(
-        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
-    )
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
     truth = sandbox.sim.truth()
     status = status_json(ledger)
