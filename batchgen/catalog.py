@@ -42,10 +42,6 @@ class Model:
     def poll_path(self, task_id: str) -> str:
         return self.endpoints["poll"].format(task_id=task_id)
 
-    @property
-    def per_second(self) -> bool:
-        return "per_second_usd" in self.spec.get("pricing", {})
-
     def allowed_durations(self) -> str:
         rule = self.spec.get("durations", {})
         if "values" in rule:

@@ -5,8 +5,10 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 ├── LedgerError               the ledger file cannot be used
 │   ├── JobConflict           a job changed under the same id (exit 1)
 │   └── LedgerBusy            another runner holds the ledger (exit 1)
-├── AuthError                 OKAYPIC_API_KEY missing or refused (exit 4)
-└── StoppedResumable          work remains and `resume` will continue it (exit 3)
+└── AuthError                 OKAYPIC_API_KEY missing or refused (exit 4)
+
+A run that stops with work remaining (exit 3) or interrupted (130) is not an error:
+the runner returns those codes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,3 @@ class LedgerBusy(LedgerError):
 
 class AuthError(BatchgenError):
     exit_code = 4
-
-
-class StoppedResumable(BatchgenError):
-    exit_code = 3
