@@ -167,6 +167,33 @@ class _Fatal(Exception):
     """The document cannot be assembled any further."""
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark):
+        self.mark = mark
+
+
+class _DepthCheckingScanner(yaml.SafeLoader):
+    """PyYAML's own scanner, stopping as soon as collections nest deeper than MAX_DEPTH.
+
+    Flow levels plus block indentation levels never exceed the real nesting (a sequence
+    written at its parent key's indentation adds no level), so nothing within the limit
+    is refused."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        self._deeper()
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+
+    def add_indent(self, column: int) -> bool:
+        added: bool = super().add_indent(column)  # type: ignore[misc]
+        if added:
+            self._deeper(-1)
+        return added
+
+    def _deeper(self, already: int = 0) -> None:
+        if self.flow_level + len(self.indents) + already >= MAX_DEPTH:  # type: ignore[attr-defined]
+            raise _TooDeep(self.get_mark())  # type: ignore[attr-defined]
+
+
 @dataclass(eq=False, slots=True)
 class _Frame:
     """A collection being assembled."""
@@ -208,22 +235,43 @@ class _Builder:
     def _events(self, text: str) -> Iterator[yaml.Event]:
         try:
             yield from yaml.parse(text, Loader=_PARSER)
-        except yaml.MarkedYAMLError as e:
+        except yaml.YAMLError as e:
+            # A parser may refuse deep nesting of its own accord, before any event reaches
+            # the depth check in `_event`: libyaml (PyYAML >= 6.0.2) stops at 1,000 flow
+            # levels while it looks ahead. batchgen's own limit is checked first, so the
+            # message is the same whatever the parser and its version.
+            self._check_depth(text, e)
+            raise self._syntax_error(text, e) from None
+
+    def _check_depth(self, text: str, error: yaml.YAMLError) -> None:
+        """Raise batchgen's nesting problem if the text nests deeper than MAX_DEPTH before
+        the point where the parser gave up."""
+        mark = getattr(error, "problem_mark", None)
+        end = mark.index + 1 if mark is not None else len(text)
+        try:
+            for _ in yaml.scan(text[:end], Loader=_DepthCheckingScanner):
+                pass
+        except _TooDeep as deep:
+            line, col = deep.mark.line + 1, deep.mark.column + 1
+            raise self.fatal(line, col, self._path()[:MAX_SHOWN_DEPTH], _too_deep()) from None
+        except yaml.YAMLError:
+            pass  # the text up to the parser's error is broken in some other way
+
+    def _syntax_error(self, text: str, e: yaml.YAMLError) -> _Fatal:
+        if isinstance(e, yaml.MarkedYAMLError):
             mark = e.problem_mark or e.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             message = f"YAML syntax error: {e.problem or e.context}"
             if e.context and e.context_mark and e.problem:
                 cm = e.context_mark
                 message += f" ({e.context} at line {cm.line + 1}, column {cm.column + 1})"
-            raise self.fatal(line, col, (), message) from None
-        except yaml.reader.ReaderError as e:
+            return self.fatal(line, col, (), message)
+        if isinstance(e, yaml.reader.ReaderError):
             line, col = _offset_position(text, e.position)
             char = e.character if isinstance(e.character, int) else ord(e.character[:1] or "\0")
-            raise self.fatal(
-                line, col, (), f"character #x{char:04x} is not allowed in YAML"
-            ) from None
-        except yaml.YAMLError as e:  # anything else the parser may raise, without a position
-            raise self.fatal(1, 1, (), f"YAML error: {e}") from None
+            return self.fatal(line, col, (), f"character #x{char:04x} is not allowed in YAML")
+        # anything else the parser may raise, without a position
+        return self.fatal(1, 1, (), f"YAML error: {e}")
 
     def _path(self) -> KeyPath:
         """Where the next value goes."""

@@ -139,6 +139,41 @@ def test_deep_nesting_is_refused_without_recursion(tmp_path, text, parser):
     assert found.endswith(f"the manifest nests deeper than {manifest.MAX_DEPTH} levels")
 
 
+def nested(kind: str, levels: int) -> str:
+    """A document whose deepest value sits inside `levels` collections (the root counts)."""
+    if kind == "flow":
+        return "a: " + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "\n"
+    return "".join(" " * i + "k:\n" for i in range(levels - 1)) + " " * (levels - 1) + "k: 1\n"
+
+
+@pytest.mark.parametrize("kind", ["flow", "block"])
+def test_nesting_up_to_the_limit_is_accepted_and_one_more_level_is_not(tmp_path, kind, parser):
+    assert load_text(tmp_path, nested(kind, manifest.MAX_DEPTH)).data is not None
+    [found] = problems(tmp_path, nested(kind, manifest.MAX_DEPTH + 1))
+    assert found.endswith(f"the manifest nests deeper than {manifest.MAX_DEPTH} levels")
+
+
+class RefusesEverything(yaml.SafeLoader):
+    """A parser that reads the whole text, then gives up with words of its own, as libyaml
+    does on deep flow nesting since PyYAML 6.0.2."""
+
+    def check_token(self, *choices):
+        end = yaml.Mark("<text>", len(self.buffer) - 1, 0, 0, None, None)
+        raise yaml.scanner.ScannerError(None, None, "the parser's own words", end)
+
+
+@pytest.mark.parametrize("kind", ["flow", "block"])
+def test_a_parser_that_gives_up_first_still_gets_batchgens_nesting_message(
+    tmp_path, kind, monkeypatch
+):
+    monkeypatch.setattr(manifest, "_PARSER", RefusesEverything)
+    [found] = problems(tmp_path, nested(kind, manifest.MAX_DEPTH + 1))
+    assert found.endswith(f"the manifest nests deeper than {manifest.MAX_DEPTH} levels")
+    # within the limit, the parser's own error stands
+    [found] = problems(tmp_path, nested(kind, manifest.MAX_DEPTH))
+    assert found == "1:1: manifest: YAML syntax error: the parser's own words"
+
+
 def test_a_syntax_error_gives_its_position(tmp_path, parser):
     [found] = problems(tmp_path, 'version: 1\njobs:\n  - prompt: "unterminated\n')
     assert found.startswith("4:1: manifest: YAML syntax error: found unexpected end of stream")
