@@ -17,6 +17,7 @@ import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.ledger import DEFAULT_PATH
+from batchgen.text import shown
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MAX_JOBS = 100_000
@@ -31,11 +32,11 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except ManifestInvalid as e:
             for problem in e.problems:
-                click.echo(str(problem), err=True)
+                click.echo(shown(problem), err=True)
             click.echo(f"{len(e.problems)} problem(s) found; nothing was written.", err=True)
             sys.exit(e.exit_code)
         except BatchgenError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {shown(e)}", err=True)
             sys.exit(e.exit_code)
 
     return wrapper

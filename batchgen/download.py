@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from batchgen.ledger import Ledger
+from batchgen.text import shown
 
 CHUNK = 1 << 16
 TRIES = 3  # per file and per `download`: transient errors (connection, 5xx) are retried
@@ -115,7 +116,9 @@ class Downloader:
         )
         self.slots = asyncio.Semaphore(concurrency)
         self.retry_delay = retry_delay
-        self.on_failure = on_failure or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_failure = on_failure or (
+            lambda line: print(shown(line), file=sys.stderr, flush=True)
+        )
         self.on_file = on_file
         self.tally = Tally()
 

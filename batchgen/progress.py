@@ -18,6 +18,7 @@ from rich.text import Text
 
 from batchgen.ledger import LedgerJob
 from batchgen.money import usd
+from batchgen.text import shown
 
 
 @dataclass
@@ -47,8 +48,7 @@ class PlainLog:
         self.stream = stream
 
     def event(self, job: LedgerJob | None, text: str) -> None:
-        where = f"{job.campaign}/{job.id}: " if job else ""
-        self._line(f"{where}{text}")
+        self._line(_event_text(job, text))
 
     def refresh(self, snapshot: Snapshot) -> None:
         self._line(describe(snapshot))
@@ -74,8 +74,11 @@ class LiveDisplay:
         self.live.start()
 
     def event(self, job: LedgerJob | None, text: str) -> None:
-        where = f"[bold]{job.campaign}/{job.id}[/bold]: " if job else ""
-        self.console.print(f"{where}{text}", highlight=False)
+        # A Text, never a markup string: ids and the service's words are shown as written.
+        line = Text(_event_text(job, text))
+        if job:
+            line.stylize("bold", 0, len(shown(f"{job.campaign}/{job.id}")))
+        self.console.print(line, highlight=False)
 
     def refresh(self, snapshot: Snapshot) -> None:
         bar = _bar(snapshot.done, snapshot.total)
@@ -83,7 +86,12 @@ class LiveDisplay:
 
     def close(self, snapshot: Snapshot) -> None:
         self.live.stop()
-        self.console.print(describe(snapshot), highlight=False)
+        self.console.print(Text(describe(snapshot)), highlight=False)
+
+
+def _event_text(job: LedgerJob | None, text: str) -> str:
+    """One event as one line of plain text (ids and messages come from outside)."""
+    return shown(f"{job.campaign}/{job.id}: {text}" if job else text)
 
 
 def make_display(stream: TextIO = sys.stderr) -> PlainLog | LiveDisplay:

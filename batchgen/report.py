@@ -23,9 +23,11 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from batchgen.ledger import Ledger
 from batchgen.money import usd
+from batchgen.text import shown
 
 COLUMNS = (
     "key",
@@ -178,7 +180,7 @@ def _groups_table(
         table.add_column(header, justify="left" if i == 0 else "right")
     for row in [*groups, totals]:
         table.add_row(
-            *(("$" + str(row[c]) if c.endswith("_usd") else str(row[c])) for c in COLUMNS),
+            *(_cell("$" + str(row[c]) if c.endswith("_usd") else row[c]) for c in COLUMNS),
             end_section=row is groups[-1] if groups else False,
         )
     out = io.StringIO()
@@ -193,7 +195,7 @@ def _groups_table(
         m = money.get(name)
         used = m.spent + m.in_flight + m.unknown if m else 0
         share = f" of ${usd(cap)} ({100 * used / cap:.0f}%)" if cap else ", no budget set"
-        console.print(f"  {name}: ${usd(used)}{share}")
+        console.print(Text(f"  {name}: ${usd(used)}{share}"))
     return _tidy(out.getvalue())
 
 
@@ -206,23 +208,29 @@ def _jobs_table(jobs: Iterator[dict[str, Any]]) -> str:
         name = f"{job['campaign']}/{job['id']}"
         head = [name, job["model"], job["status"], "$" + job["spent_usd"]]
         if not job["attempts"]:
-            table.add_row(*head, *[""] * 9)
+            table.add_row(*map(_cell, head), *[""] * 9)
         for i, a in enumerate(job["attempts"]):
-            table.add_row(
+            cells = [
                 *(head if i == 0 else [""] * 4),
-                str(a["number"]),
+                a["number"],
                 a["started_at"],
-                str(a["http_status"] or ""),
+                a["http_status"] or "",
                 a["state"],
                 a["task_id"] or "",
                 "$" + a["unit_price_usd"],
                 "$" + a["cost_usd"],
                 "$" + a["refunded_usd"],
                 a["error"] or "",
-            )
+            ]
+            table.add_row(*map(_cell, cells))
     out = io.StringIO()
     _console(out).print(table)
     return _tidy(out.getvalue())
+
+
+def _cell(value: Any) -> Text:
+    """A table cell as plain text: a `[bold]` in an id or a message is not markup."""
+    return Text(shown(value))
 
 
 def _tidy(text: str) -> str:

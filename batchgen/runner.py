@@ -20,6 +20,7 @@ from batchgen.ledger import Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
 from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
+from batchgen.text import shown
 
 if TYPE_CHECKING:
     from batchgen.download import Downloader
@@ -234,5 +235,5 @@ def _finish(
         lines.append("some jobs failed: see `batchgen status`; `batchgen retry` requeues them")
         code = EXIT_FAILED
     for line in lines:
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     return code

@@ -14,6 +14,7 @@ from batchgen.ledger import Ledger
 from batchgen.migrations import JOB_STATUSES
 from batchgen.money import usd
 from batchgen.progress import _duration as duration_text
+from batchgen.text import shown
 
 SHOWN = 10  # running tasks, failures and held jobs listed by the human format
 
@@ -109,7 +110,8 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
             )
     lines.append("")
     lines.extend(_next_steps(ledger, scope, counts))
-    return "\n".join(lines)
+    # Each entry is one line; ids, task ids and the service's messages are shown as written.
+    return "\n".join(map(shown, lines))
 
 
 def _next_steps(ledger: Ledger, scope: list[str] | None, counts: dict[str, int]) -> list[str]:

@@ -1,0 +1,202 @@
+"""Text from outside is shown as written (PRODUCT.md §6): never read as rich markup, never
+passed to a terminal as control codes, on a terminal (a pseudo-terminal here) or off it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from batchgen.progress import LiveDisplay, PlainLog
+from batchgen.sandbox import Response, Sandbox, SandboxConfig, serve
+from batchgen.sandbox.config import DEFAULT_KEY
+from batchgen.text import shown, shown_lines
+from tests.e2e import FAST, batchgen, command_env, grok_batch, rows
+
+# What a hostile or careless service may say: rich markup, a closing tag that matches no
+# opening one (rich raises MarkupError on it), a colour code and a window-title change.
+FAILURE = "media url rejected [/cdn/cat.jpg] (see docs) \x1b[31mRED\x1b[0m [bold]loud"
+SERVER_ERROR = "upstream [/x] busy \x1b]0;owned\x07 title"
+TASK_IDS = ["[red]x", "x[bold]", "[/x]y", "[link=http://x]z"]
+
+
+class OddWordsSandbox(Sandbox):
+    """The sandbox, except that task ids hold markup, the first submit answers a 500 whose
+    message holds an escape sequence, and the first poll of the first two tasks says they
+    failed, with markup and colour codes in the message (so those jobs go again)."""
+
+    def __init__(self) -> None:
+        super().__init__(SandboxConfig(time_scale=0.01))
+        self.aliases: dict[str, str] = {}  # task id we gave -> the sandbox's own
+        self.failed_once: set[str] = set()
+        self.submits = 0
+        self.odd_lock = threading.Lock()
+
+    def handle(self, method: str, target: str, headers: Any, body: bytes = b"") -> Response:  # type: ignore[override]
+        path = urlsplit(target).path
+        if method == "POST" and path.endswith("/generate"):
+            with self.odd_lock:
+                self.submits += 1
+                first = self.submits == 1
+            if first:
+                return _json(500, {"error": SERVER_ERROR})
+            real = super().handle(method, target, headers, body)
+            if real.status != 200 or not isinstance(real.body, bytes):
+                return real
+            answer = json.loads(real.body)
+            with self.odd_lock:
+                odd = TASK_IDS[len(self.aliases) % len(TASK_IDS)] + str(len(self.aliases))
+                self.aliases[odd] = answer["taskId"]
+            return _json(200, {**answer, "taskId": odd})
+        if method == "GET" and "/tasks/" in path:
+            prefix, _, odd = path.partition("/tasks/")
+            odd = unquote(odd)
+            with self.odd_lock:
+                real_id = self.aliases.get(odd)
+                first_poll = real_id is not None and odd not in self.failed_once
+                if first_poll and len(self.failed_once) < 2:
+                    self.failed_once.add(odd)
+                else:
+                    first_poll = False
+            if real_id is None:
+                return _json(404, {"error": "Task not found"})
+            if first_poll:
+                return _json(200, {"status": "failed", "errorMessage": FAILURE, "type": "video"})
+            target = f"{prefix}/tasks/{real_id}"
+        return super().handle(method, target, headers, body)
+
+
+def _json(status: int, value: Any) -> Response:
+    return Response(status, {"Content-Type": "application/json"}, json.dumps(value).encode())
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    """Run the real command with a pseudo-terminal as its stdin, stdout and stderr (wide,
+    so nothing wraps); its exit code and everything it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**env, "TERM": "xterm-256color", "COLUMNS": "400", "LINES": "50"},
+        close_fds=True,
+    )
+    os.close(follower)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: every process holding it has ended
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(leader)
+    try:
+        code = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return code, output.decode("utf-8", "replace")
+
+
+def test_markup_and_escape_codes_from_the_service_are_shown_literally_on_a_terminal(tmp_path):
+    sandbox = OddWordsSandbox()
+    ledger = tmp_path / "ledger.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 4)
+    with serve(sandbox) as served:
+        env = command_env(ledger, served.base_url, DEFAULT_KEY)
+        code, output = run_on_a_terminal(["run", str(manifest), *FAST], env)
+
+    assert "Traceback" not in output and "MarkupError" not in output, output
+    assert code == 0, output
+    jobs = rows(ledger, "SELECT status FROM jobs")
+    assert [j["status"] for j in jobs] == ["completed"] * 4
+    # The service's words, as written: brackets kept, escape characters made visible ...
+    assert shown(FAILURE) in output
+    assert shown(SERVER_ERROR) in output
+    for odd in TASK_IDS:
+        assert odd in output
+    # ... and never sent to the terminal as they came.
+    assert "\x1b[31mRED" not in output
+    assert "\x1b]0;owned" not in output
+
+
+def test_markup_and_escape_codes_are_shown_literally_in_a_log(tmp_path):
+    sandbox = OddWordsSandbox()
+    ledger = tmp_path / "ledger.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 4)
+    with serve(sandbox) as served:
+        result = batchgen(
+            "run", str(manifest), *FAST,
+            ledger=ledger, base_url=served.base_url, key=DEFAULT_KEY,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert shown(FAILURE) in result.stderr
+    assert "\x1b" not in result.stderr
+    for odd in TASK_IDS:
+        assert odd in result.stderr
+    # status and report show the stored message the same way
+    status = batchgen("status", ledger=ledger)
+    report = batchgen("report", "--jobs", ledger=ledger)
+    for shown_by in (status, report):
+        assert shown_by.returncode == 0, shown_by.stderr
+        assert "\x1b" not in shown_by.stdout
+    assert "[/cdn/cat.jpg]" in report.stdout and "[bold]loud" in report.stdout
+
+
+@pytest.mark.parametrize(
+    "raw, one_line, lines",
+    [
+        ("plain [bold] text", "plain [bold] text", "plain [bold] text"),
+        ("a\x1b[31mb", "a\\x1b[31mb", "a\\x1b[31mb"),
+        ("two\nlines\tand a tab", "two\\nlines\\tand a tab", "two\nlines\tand a tab"),
+        ("cr\rnul\x00bs\x08vt\x0bdel\x7f", "cr\\rnul\\x00bs\\x08vt\\x0bdel\\x7f", None),
+        ("c1\x85\x9b31m", "c1\\x85\\x9b31m", None),
+        ("\u202eevil\u2066\u2069\u2028", "\\u202eevil\\u2066\\u2069\\u2028", None),
+        ("é ü 日本 \u00a0", "é ü 日本 \u00a0", "é ü 日本 \u00a0"),
+    ],
+)
+def test_control_characters_are_escaped_and_everything_else_kept(raw, one_line, lines):
+    assert shown(raw) == one_line
+    assert shown_lines(raw) == (one_line if lines is None else lines)
+
+
+def test_the_plain_log_writes_one_line_per_event_whatever_the_text(tmp_path):
+    out = (tmp_path / "log").open("w+")
+    PlainLog(out).event(None, "one\nfake line \x1b[2J [bold]x")
+    out.seek(0)
+    [line] = out.read().splitlines()
+    assert line.endswith("one\\nfake line \\x1b[2J [bold]x")
+
+
+def test_the_live_display_prints_events_without_reading_markup():
+    from io import StringIO
+
+    from rich.console import Console
+
+    buffer = StringIO()
+    console = Console(file=buffer, force_terminal=True, width=200, color_system=None)
+    display = LiveDisplay(console)
+    display.event(None, "media url rejected [/cdn/cat.jpg] [red]x")
+    display.live.stop()
+    assert "media url rejected [/cdn/cat.jpg] [red]x" in buffer.getvalue()
