@@ -88,19 +88,14 @@ class IngestMixin(LedgerBase):
                 ((campaign.name, start + i, *row) for i, row in enumerate(new_rows)),
             )
             for job, fingerprint, price, request in changed:
+                values = _job_row(job, request, fingerprint, price, stamp)
+                row = dict(zip(JOB_INSERT_COLUMNS[2:], values, strict=True))
                 db.execute(
-                    "UPDATE jobs SET model=?, kind=?, prompt=?, duration=?, ratio=?, variant=?,"
-                    " ref_mode=?, resolution=?, media=?, tags=?, request=?, fingerprint=?,"
-                    " price_micro_usd=?, status='queued', reason=NULL, task_id=NULL,"
-                    " progress=NULL, result_urls=NULL, cost_micro_usd=0, attempts=0,"
-                    " last_error=NULL, updated_at=?, submitted_at=NULL, finished_at=NULL"
-                    " WHERE campaign=? AND id=?",
-                    (
-                        *_job_row(job, request, fingerprint, price, stamp)[1:13],
-                        stamp,
-                        campaign.name,
-                        job.id,
-                    ),
+                    f"UPDATE jobs SET {', '.join(f'{c}=?' for c in _REPLACED)},"
+                    " status='queued', reason=NULL, task_id=NULL, progress=NULL,"
+                    " result_urls=NULL, cost_micro_usd=0, attempts=0, last_error=NULL,"
+                    " submitted_at=NULL, finished_at=NULL WHERE campaign=? AND id=?",
+                    (*(row[c] for c in _REPLACED), campaign.name, job.id),
                 )
                 db.execute(
                     "DELETE FROM files WHERE campaign=? AND job_id=?", (campaign.name, job.id)
@@ -136,6 +131,10 @@ JOB_INSERT_COLUMNS = (
     "created_at",
     "updated_at",
 )
+
+
+# What a replaced job takes from its new content: everything ingest writes but its place.
+_REPLACED = JOB_INSERT_COLUMNS[3:-2] + ("updated_at",)
 
 
 class _JobRows:
