@@ -89,13 +89,13 @@ class IngestMixin(LedgerBase):
             )
             for job, fingerprint, price, request in changed:
                 values = _job_row(job, request, fingerprint, price, stamp)
-                row = dict(zip(JOB_INSERT_COLUMNS[2:], values, strict=True))
+                content = dict(zip(JOB_INSERT_COLUMNS[2:], values, strict=True))
                 db.execute(
                     f"UPDATE jobs SET {', '.join(f'{c}=?' for c in _REPLACED)},"
                     " status='queued', reason=NULL, task_id=NULL, progress=NULL,"
                     " result_urls=NULL, cost_micro_usd=0, attempts=0, last_error=NULL,"
                     " submitted_at=NULL, finished_at=NULL WHERE campaign=? AND id=?",
-                    (*(row[c] for c in _REPLACED), campaign.name, job.id),
+                    (*(content[c] for c in _REPLACED), campaign.name, job.id),
                 )
                 db.execute(
                     "DELETE FROM files WHERE campaign=? AND job_id=?", (campaign.name, job.id)
