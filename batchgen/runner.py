@@ -204,6 +204,9 @@ def _finish(
     ]
     if options.download_dir:
         lines.append(f"files in {options.download_dir}/")
+    elif counts["completed"] and options.sandbox:
+        # The in-process sandbox, and every result URL it gave, ended with this run.
+        lines.append("files not saved: add `--download DIR` to save them during the run")
     elif counts["completed"]:
         lines.append("save the files with `batchgen download --out DIR`")
     code = EXIT_OK

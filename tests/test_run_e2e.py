@@ -3,6 +3,8 @@ on a real SQLite ledger (PRODUCT.md §6, §7, §10)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -318,3 +320,19 @@ def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_42
     for route in ("POST /api/video/generate", "POST /api/image/generate"):
         assert truth.count(route, 400) == 0
         assert truth.count(route, 429) == 0
+
+
+def test_the_sandbox_demo_only_advises_commands_that_work(tmp_path):
+    """`batchgen run manifests/quickstart.yaml --sandbox`, as `batchgen -h` suggests: every
+    command its closing lines name works on the ledger it leaves (the in-process sandbox,
+    and its result URLs, are gone by then)."""
+    ledger = tmp_path / "ledger.db"
+    quickstart = Path(__file__).parent.parent / "manifests" / "quickstart.yaml"
+    demo = batchgen("run", str(quickstart), "--sandbox", ledger=ledger)
+    assert demo.returncode == 0, demo.stderr
+    closing = demo.stderr.splitlines()[-3:]
+    advised = [c for line in closing for c in re.findall(r"`(batchgen [^`]*)`", line)]
+    for command in advised:
+        args = shlex.split(command.replace("DIR", str(tmp_path / "out")))[1:]
+        followed = batchgen(*args, ledger=ledger, timeout=60)
+        assert followed.returncode == 0, f"{command}: {followed.stderr}"
