@@ -4,7 +4,6 @@ the display, the scheduler, downloads, and the exit code (PRODUCT.md §6, §7)."
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from batchgen import catalog
 from batchgen.client import Client
 from batchgen.errors import AuthError
+from batchgen.keys import api_key
 from batchgen.ledger import Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
@@ -42,17 +42,7 @@ class RunOptions:
     on_unknown: str = "resubmit"
     download_dir: str | None = None
     sandbox: bool = False
-
-
-def api_key() -> str:
-    """The key from OKAYPIC_API_KEY; never from the command line, never printed."""
-    key = os.environ.get("OKAYPIC_API_KEY", "").strip()
-    if not key:
-        raise AuthError(
-            "OKAYPIC_API_KEY is missing: set it to your okaypic API key "
-            "(or try `batchgen run MANIFEST --sandbox`)"
-        )
-    return key
+    force: bool = False  # take over a runner lock held from another host
 
 
 @contextmanager
@@ -74,8 +64,11 @@ def service(options: RunOptions) -> Iterator[tuple[str, str]]:
 def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, command: str) -> int:
     with service(options) as (base_url, key):
         ledger = Ledger(ledger_path, create=False)
+        ledger.redact.add(key)  # nothing the service echoes of it is stored
         try:
-            ledger.acquire_runner(command)
+            warning = ledger.acquire_runner(command, force=options.force)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             try:
                 return asyncio.run(_run(ledger, campaigns, options, base_url, key))
             finally:
@@ -96,7 +89,7 @@ async def _run(
         options.on_unknown,
     )
     display = make_display()
-    client = Client(base_url, key)
+    client = Client(base_url, key, redactor=ledger.redact)
     downloads: list[asyncio.Task[bool]] = []
     downloader = _downloader(ledger, options.download_dir)
 
@@ -106,7 +99,10 @@ async def _run(
                 asyncio.get_running_loop().create_task(downloader.fetch_job(job.campaign, job.id))
             )
 
-    scheduler = Scheduler(ledger, client, settings, display.event, on_completed=completed)
+    def report(job: LedgerJob | None, text: str) -> None:
+        display.event(job, ledger.redact(text))
+
+    scheduler = Scheduler(ledger, client, settings, report, on_completed=completed)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
