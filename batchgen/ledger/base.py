@@ -149,8 +149,13 @@ class LedgerBase:
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def transaction(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` write; `patient`: wait, saying so, while another program
+        holds the lock (for commands outside a run, where Ctrl-C still stops the wait)."""
+        if patient:
+            self._patiently(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
         except BaseException:

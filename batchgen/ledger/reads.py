@@ -288,7 +288,7 @@ class ReadsMixin(LedgerBase):
             raise ValueError(f"only failed or held jobs can be requeued, not {status!r}")
         where, params = _campaign_filter(self.select_campaigns(campaigns) if campaigns else None)
         stamp = now()
-        with self.transaction() as db:
+        with self.transaction(patient=True) as db:
             db.execute(
                 "INSERT INTO events (at, campaign, job_id, kind, detail)"
                 " SELECT ?, campaign, id, 'requeued', json_object('attempts', attempts,"
