@@ -55,19 +55,24 @@ def liveness(holder: Holder, me: Holder | None = None) -> Liveness:
     )
     if not same_machine:
         return Liveness.ELSEWHERE
-    try:
-        os.kill(holder.pid, 0)
-    except ProcessLookupError:
+    if not pid_running(holder.pid):
         return Liveness.DEAD
-    except PermissionError:
-        pass  # it exists, under another user
-    except OSError:
-        return Liveness.ALIVE  # cannot tell: assume it lives
     if holder.process_start is not None:
         now = process_start(holder.pid)
         if now is not None and now != holder.process_start:
             return Liveness.DEAD  # the pid was reused by another process
     return Liveness.ALIVE
+
+
+def pid_running(pid: int) -> bool:
+    """Is there a process with this pid on this machine (of any user)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists under another user, or we cannot tell: assume it runs
+    return True
 
 
 def process_start(pid: int) -> str | None:

@@ -137,7 +137,8 @@ async def _run(
         await client.aclose()
         if downloader is not None:
             await downloader.aclose()
-    return _finish(ledger, selection, summary, options)
+    unsaved = downloader.tally.failed if downloader is not None else 0
+    return _finish(ledger, selection, summary, options, unsaved)
 
 
 def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
@@ -184,9 +185,14 @@ async def _tick(
 
 
 def _finish(
-    ledger: Ledger, campaigns: list[str] | None, summary: Summary, options: RunOptions
+    ledger: Ledger,
+    campaigns: list[str] | None,
+    summary: Summary,
+    options: RunOptions,
+    unsaved: int = 0,
 ) -> int:
-    """The closing lines (what happened, what to do next) and the exit code."""
+    """The closing lines (what happened, what to do next) and the exit code. `unsaved`:
+    result files whose download failed (the run then exits 3: `download` finishes it)."""
     counts = ledger.counts(campaigns)
     money = ledger.money(campaigns)
     budget = _budget(ledger, campaigns)
@@ -197,7 +203,12 @@ def _finish(
         f"{counts['completed']} completed, {counts['failed']} failed, {counts['held']} held, "
         f"{counts['queued'] + counts['submitting']} queued, {counts['running']} running; {spend}"
     ]
-    if options.download_dir:
+    if options.download_dir and unsaved:
+        lines.append(
+            f"{unsaved} result file(s) could not be saved (see above): "
+            f"`batchgen download --out {options.download_dir}` tries them again"
+        )
+    elif options.download_dir:
         lines.append(f"files in {options.download_dir}/")
     elif counts["completed"]:
         lines.append("save the files with `batchgen download --out DIR`")
@@ -229,6 +240,8 @@ def _finish(
     elif counts["failed"]:
         lines.append("some jobs failed: see `batchgen status`; `batchgen retry` requeues them")
         code = EXIT_FAILED
+    elif unsaved:
+        code = EXIT_RESUMABLE  # generated, not yet saved: work remains for `download`
     for line in lines:
         print(line, file=sys.stderr)
     return code

@@ -322,6 +322,32 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
             assert secret.encode() not in content and refused.encode() not in content, path
 
 
+def test_a_run_whose_downloads_failed_says_so_in_its_exit_line_and_exits_3(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE)
+    sandbox.sim.base_url = "http://127.0.0.1:1"  # result URLs nobody answers
+    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    manifest = grok_batch(tmp_path / "m.yaml", 3)
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "3 result file(s) could not be saved" in last and "batchgen download" in last
+    assert "files in" not in result.stderr
+    assert status_json(ledger)["counts"]["completed"] == 3  # generated once, not again
+    assert len(sandbox.sim.truth().submissions) == 3
+
+
+def test_a_completed_job_keeps_no_error_from_its_way_there(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE, spurious_429_rate=0.5, fail_rate=0.3, seed=2)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 6)
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "9", ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    refused = rows(ledger, "SELECT error FROM attempts WHERE http_status = 429")
+    assert refused and all(r["error"] for r in refused)  # the history stays in the attempts
+    assert rows(ledger, "SELECT COUNT(*) AS n FROM attempts WHERE state = 'failed'")[0]["n"] > 0
+    assert [job["error"] for job in status_json(ledger)["jobs"]] == [None] * 6
+
+
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "manifests").glob("*.yaml"))
 
 

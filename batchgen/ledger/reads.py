@@ -255,6 +255,16 @@ class ReadsMixin(LedgerBase):
             params,
         )
 
+    def recorded_file_paths(self, campaign: str) -> list[tuple[str, int, str]]:
+        """(job id, n, path) of every result file of `campaign` recorded with a path, in
+        the order they were first recorded."""
+        rows = self.conn.execute(
+            "SELECT job_id, n, path FROM files WHERE campaign = ? AND path IS NOT NULL"
+            " ORDER BY rowid",
+            (campaign,),
+        )
+        return [(job_id, n, path) for job_id, n, path in rows]
+
     def file_saved(
         self, campaign: str, job_id: str, n: int, url: str, path: str, size: int, sha256: str
     ) -> None:
