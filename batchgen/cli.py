@@ -359,7 +359,7 @@ def report(
 @click.pass_context
 @reports_errors
 def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> None:
-    """Save every completed job's result files as OUT/<campaign>/<job-id>[-n].<ext>.
+    """Save every completed job's result files as OUT/<campaign>/<job-id>[+n].<ext>.
 
     \b
     Example:

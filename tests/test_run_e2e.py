@@ -305,8 +305,14 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
     ):
         result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=key)
         outputs += [result.stdout, result.stderr]
-    truth = sandbox.sim.truth()
+    for text in outputs:
+        assert secret not in text and refused not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert secret.encode() not in content and refused.encode() not in content, path
     # The hostile messages were really sent, and batchgen kept their words, not the key.
+    truth = sandbox.sim.truth()
     assert truth.count("POST /api/video/generate", 400) >= 1
     assert truth.count("POST /api/video/generate", 401) >= 1
     assert truth.count("POST /api/video/generate", 500) >= 1
@@ -314,12 +320,6 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
     errors = [r["error"] for r in rows(ledger, "SELECT error FROM attempts") if r["error"]]
     assert any("content policy" in e for e in errors)
     assert any("Authorization: Bearer [key-" in e for e in errors)
-    for text in outputs:
-        assert secret not in text and refused not in text
-    for path in tmp_path.rglob("*"):
-        if path.is_file():
-            content = path.read_bytes()
-            assert secret.encode() not in content and refused.encode() not in content, path
 
 
 def test_a_run_whose_downloads_failed_says_so_in_its_exit_line_and_exits_3(make_sandbox, tmp_path):
