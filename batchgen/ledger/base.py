@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -242,7 +241,7 @@ def unusable(path: Path, error: sqlite3.DatabaseError) -> LedgerError:
         return LedgerError(f"{path}: not a batchgen ledger (not an SQLite database at all)")
     if code == _SQLITE_CORRUPT or not isinstance(error, sqlite3.OperationalError):
         return LedgerError(
-            f"{path}: the ledger file is damaged ({error}); nothing more was written. "
+            f"{path}: the ledger file is damaged ({error}); batchgen stopped. "
             f"Keep a copy; `sqlite3 {path} .recover` may rescue its content"
         )
     return LedgerError(f"{path}: cannot use the ledger: {error}")
@@ -284,6 +283,8 @@ def check_ours(db: sqlite3.Connection, path: Path, empty_ok: bool) -> None:
 
 
 def _version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("batchgen")
     except metadata.PackageNotFoundError:
