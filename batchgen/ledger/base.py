@@ -239,7 +239,7 @@ def unusable(path: Path, error: sqlite3.DatabaseError) -> LedgerError:
     code = _primary_code(error)
     if code == _SQLITE_NOTADB:
         return LedgerError(f"{path}: not a batchgen ledger (not an SQLite database at all)")
-    if code == _SQLITE_CORRUPT or not isinstance(error, sqlite3.OperationalError):
+    if code == _SQLITE_CORRUPT:
         return LedgerError(
             f"{path}: the ledger file is damaged ({error}); batchgen stopped. "
             f"Keep a copy; `sqlite3 {path} .recover` may rescue its content"
