@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
+from batchgen.keys import Redactor
 from batchgen.ledger import DEFAULT_PATH
 from batchgen.text import shown
 
@@ -28,16 +31,26 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        redact = Redactor.from_environment()  # no key in any line shown, whatever happens
         try:
             return command(*args, **kwargs)
         except ManifestInvalid as e:
             for problem in e.problems:
-                click.echo(shown(problem), err=True)
+                click.echo(shown(redact(str(problem))), err=True)
             click.echo(f"{len(e.problems)} problem(s) found; nothing was written.", err=True)
             sys.exit(e.exit_code)
         except BatchgenError as e:
-            click.echo(f"error: {shown(e)}", err=True)
+            click.echo(shown(redact(f"error: {e}")), err=True)
             sys.exit(e.exit_code)
+        except sqlite3.DatabaseError as e:  # the ledger failed mid-command (damaged page, I/O)
+            from batchgen.ledger import unusable
+
+            path = Path(click.get_current_context().find_root().obj["ledger"])
+            click.echo(shown(redact(f"error: {unusable(path, e)}")), err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
     return wrapper
 
@@ -192,6 +205,11 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Save result files under this folder as they finish.",
         ),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Take over the ledger from a runner on another host that cannot be checked.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -227,8 +245,8 @@ def run(
         batchgen run manifests/quickstart.yaml --sandbox
         OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download out
     """
+    from batchgen.keys import api_key
     from batchgen.ledger import Ledger
-    from batchgen.runner import api_key
     from batchgen.validate import check_manifest
 
     result = check_manifest(manifest, max_jobs=max_jobs)
@@ -276,12 +294,13 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
     from batchgen import status as status_module
     from batchgen.ledger import Ledger
 
-    ledger = Ledger(ledger_path(ctx), create=False)
+    ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
     data = status_module.status_data(ledger, list(campaigns), jobs=as_json)
+    redact = Redactor.from_environment()
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False))
+        click.echo(redact(json.dumps(data, ensure_ascii=False)))
     else:
-        click.echo(status_module.format_status(ledger, data, list(campaigns)))
+        click.echo(redact(status_module.format_status(ledger, data, list(campaigns))))
 
 
 @cli.command()
@@ -322,8 +341,9 @@ def report(
     from batchgen import report as report_module
     from batchgen.ledger import Ledger
 
-    ledger = Ledger(ledger_path(ctx), create=False)
-    click.echo(report_module.render(ledger, list(campaigns), by, fmt, per_job), nl=False)
+    ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
+    text = report_module.render(ledger, list(campaigns), by, fmt, per_job)
+    click.echo(Redactor.from_environment()(text), nl=False)
 
 
 @cli.command()
@@ -340,7 +360,7 @@ def report(
 @click.pass_context
 @reports_errors
 def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> None:
-    """Save every completed job's result files as OUT/<campaign>/<job-id>[-n].<ext>.
+    """Save every completed job's result files as OUT/<campaign>/<job-id>[+n].<ext>.
 
     \b
     Example:
@@ -397,6 +417,17 @@ def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool) -> None
     help="Accept and charge a task, then drop the connection.",
 )
 @click.option("--garbage-rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option(
+    "--reject-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Answer 400 to a valid submit (a content-policy refusal).",
+)
+@click.option(
+    "--echo-key",
+    is_flag=True,
+    help="Hostile: repeat the caller's bearer token in every error message.",
+)
 @click.option(
     "--latency",
     type=(float, float),

@@ -6,10 +6,12 @@ that never left (connect errors) from one that left and got no usable answer.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
 
+from batchgen.keys import Redactor
 from batchgen.outcomes import Answer, Transport
 
 MAX_BODY = 1_000_000  # an answer larger than this is not one the API documents
@@ -25,7 +27,12 @@ class Client:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        redactor: Redactor | None = None,
     ):
+        # Every answer is handed on without the key: a service that echoes the bearer
+        # token in a message must not get it stored or shown.
+        self._redact = redactor if redactor is not None else Redactor()
+        self._redact.add(api_key)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
@@ -35,10 +42,18 @@ class Client:
         )
 
     async def submit(self, path: str, body: dict[str, Any]) -> Answer:
-        return await self._send("POST", path, json=body)
+        return self._redacted(await self._send("POST", path, json=body))
 
     async def poll(self, path: str) -> Answer:
-        return await self._send("GET", path)
+        return self._redacted(await self._send("GET", path))
+
+    def _redacted(self, answer: Answer) -> Answer:
+        return dataclasses.replace(
+            answer,
+            body=self._redact.bytes(answer.body),
+            error=self._redact.text(answer.error),
+            retry_after=self._redact.text(answer.retry_after),
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -1,18 +1,27 @@
-"""Result files (PRODUCT.md §9): `DIR/<campaign>/<job-id>[-n].<ext>`, saved atomically,
+"""Result files (PRODUCT.md §9): `DIR/<campaign>/<job-id>[+n].<ext>`, saved atomically,
 resumably, and recorded in the ledger's `files` table.
 
 "Generated" and "downloaded" are separate states: a download that fails is recorded with
 its error and tried again by the next `download`, never by generating again.
 
-- Names: a job with one result URL gives `<job-id>.<ext>`; with several, `<job-id>-1.<ext>`,
-  `<job-id>-2.<ext>`, … (numbered from 1, in result_urls order; the `files.n` column is the
-  0-based index). `<ext>` comes from the URL path, lower-cased, letters and digits only,
-  else `bin`.
-- Safety: campaign and job id keep only `A-Z a-z 0-9 . _ -`, lose leading dots, and get a
-  short hash of the original when anything was changed (so two ids never share a file);
-  the resolved path must lie inside DIR. Result URLs are fetched with a client that has no
-  Authorization header: the API key never goes to a CDN.
-- Atomic: streamed to a temporary file in the same folder, fsync'd, then `os.replace`d.
+- Names: a job's first result is `<job-id>.<ext>`, its second and later ones
+  `<job-id>+2.<ext>`, `<job-id>+3.<ext>`, … (in result_urls order; `files.n` is the 0-based
+  index). `<ext>` comes from the URL path, lower-cased, letters and digits only, else `bin`.
+- Unique, also on a case-insensitive file system: a job id is used as it is only when it
+  is "plain" (lower-case letters, digits, `. _ -`, not starting with a dot, not a Windows
+  device name, at most 120 characters). Any other id keeps its safe characters and gets
+  `+` and 8 hex digits of its SHA-256 (`Shot` -> `Shot+1f3a09c2`). A plain name never
+  holds `+`, so a number or a hash can never make another job's name (`shot+2` is never
+  job `shot-2`'s, nor `Shot`'s).
+- A file the ledger recorded keeps its recorded name (files saved under an earlier
+  scheme stay where they are); a new name that a recorded file of the campaign already
+  holds is never reused: that result gets the hashed form of its name instead.
+- Safety: the resolved path must lie inside DIR. Result URLs are fetched with a client
+  that has no Authorization header: the API key never goes to a CDN.
+- Atomic: streamed to a temporary `.<name>.<host>-<pid>.<random>.part` in the same
+  folder, fsync'd, then `os.replace`d. A temporary file whose writer no longer runs on
+  this host (or, from another host, untouched for an hour) is removed the next time
+  that folder is downloaded into.
 - Resumable: a file already at its path with the recorded size and SHA-256 is kept
   without any request.
 """
@@ -24,7 +33,10 @@ import hashlib
 import os
 import re
 import secrets
+import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +46,22 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from batchgen.ledger import Ledger
+from batchgen.processes import pid_running
 from batchgen.text import shown
 
 CHUNK = 1 << 16
 TRIES = 3  # per file and per `download`: transient errors (connection, 5xx) are retried
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+PLAIN = re.compile(r"[a-z0-9_-][a-z0-9._-]*")
 EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 MAX_NAME = 120
+MARK = "+"  # never in a plain name: what follows it is a hash or a file number
+# Names Windows keeps for devices, whatever their extension.
+DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+           *(f"lpt{i}" for i in range(1, 10))}  # fmt: skip
+PART = re.compile(r"^\..+\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[0-9a-f]{8}\.part$")
+OLD_PART = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")  # before the writer was in the name
+STALE_AFTER = 3600.0  # seconds without a write, for a temporary file whose writer is unknown
 
 
 class DownloadError(Exception):
@@ -48,12 +69,18 @@ class DownloadError(Exception):
 
 
 def safe_name(text: str) -> str:
-    """A file name made from `text` that cannot leave its folder or collide with another."""
-    name = UNSAFE.sub("_", text).lstrip(".")
-    if name != text or not name or len(name) > MAX_NAME:
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        name = f"{name[:MAX_NAME] or '_'}-{digest}"
-    return name
+    """A file name made from `text` that cannot leave its folder, and that no other text
+    gives, even compared case-insensitively: `text` itself when plain, else its safe
+    characters + `+` + 8 hex digits of its SHA-256."""
+    if PLAIN.fullmatch(text) and len(text) <= MAX_NAME and text.split(".")[0] not in DEVICES:
+        return text
+    return _hashed(text)
+
+
+def _hashed(text: str) -> str:
+    name = UNSAFE.sub("_", text).lstrip(".")[:MAX_NAME] or "_"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{name}{MARK}{digest}"
 
 
 def extension(url: str) -> str:
@@ -63,17 +90,96 @@ def extension(url: str) -> str:
     return ext if EXTENSION.fullmatch(ext) else "bin"
 
 
-def file_path(
-    out_dir: str | Path, campaign: str, job_id: str, n: int, count: int, url: str
-) -> Path:
-    """Where result `n` (0-based) of `count` is saved; raises DownloadError if that would be
+def file_name(job_id: str, n: int, url: str, hashed: bool = False) -> str:
+    """The name of a job's result `n` (0-based): the first has no number. `hashed`: the
+    hashed form of the id even when it is plain (its plain name is held by another)."""
+    number = f"{MARK}{n + 1}" if n else ""
+    stem = _hashed(job_id) if hashed else safe_name(job_id)
+    return f"{stem}{number}.{extension(url)}"
+
+
+def file_path(out_dir: str | Path, campaign: str, name: str) -> Path:
+    """Where a campaign's file `name` is saved; raises DownloadError if that would be
     outside `out_dir` (it cannot, by construction; this is the last line of defence)."""
-    suffix = f"-{n + 1}" if count > 1 else ""
-    path = Path(out_dir) / safe_name(campaign) / f"{safe_name(job_id)}{suffix}.{extension(url)}"
+    path = Path(out_dir) / safe_name(campaign) / name
     root = Path(out_dir).resolve()
-    if not path.resolve().is_relative_to(root) or path.resolve() == root:
+    if Path(name).name != name or not path.resolve().is_relative_to(root) or path.resolve() == root:
         raise DownloadError(f"refusing to write outside {out_dir}: {path}")
     return path
+
+
+class _Names:
+    """Which name each result file of a campaign gets: its recorded name when the ledger
+    has one (for the same URL), else the scheme's; never a name that another file of the
+    campaign holds, compared case-insensitively. Read from the ledger once per campaign."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.owners: dict[str, dict[str, tuple[str, int]]] = {}  # campaign -> name -> file
+
+    def _owners(self, campaign: str) -> dict[str, tuple[str, int]]:
+        owners = self.owners.get(campaign)
+        if owners is None:
+            owners = {}
+            for job_id, n, path in self.ledger.recorded_file_paths(campaign):
+                owners.setdefault(Path(path).name.casefold(), (job_id, n))  # first keeps it
+            self.owners[campaign] = owners
+        return owners
+
+    def name(self, row: dict[str, Any]) -> str:
+        owners = self._owners(row["campaign"])
+        me = (row["job_id"], row["n"])
+        if row["path"] and row["saved_url"] == row["url"]:
+            recorded = Path(row["path"]).name
+            if owners.get(recorded.casefold()) == me:
+                return recorded
+        for hashed in (False, True):
+            name = file_name(row["job_id"], row["n"], row["url"], hashed)
+            if owners.setdefault(name.casefold(), me) == me:
+                return name
+        raise DownloadError(f"{name}: another result of campaign {row['campaign']} holds it")
+
+
+def _temp_path(path: Path) -> Path:
+    # Not mkstemp: its 0600 would stick to the saved file; this one follows the umask.
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def clean_stale_parts(folder: Path) -> int:
+    """Remove batchgen's temporary files in `folder` that nobody is writing any more: the
+    writer (named in the file name) no longer runs on this host, or the file is from
+    another host or an earlier batchgen and untouched for STALE_AFTER. How many went."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = PART.match(entry.name)
+        if match is None and not OLD_PART.match(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            idle = time.time() - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        writer_gone = (
+            match is not None
+            and match["host"] == _HOST
+            and int(match["pid"]) != os.getpid()
+            and not pid_running(int(match["pid"]))
+        )
+        if writer_gone or idle > STALE_AFTER:
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def sha256_of(path: Path) -> str:
@@ -90,6 +196,7 @@ class Tally:
     kept: int = 0  # already there, intact
     failed: int = 0
     bytes: int = 0
+    interrupted: bool = False
 
 
 class Downloader:
@@ -121,6 +228,8 @@ class Downloader:
         )
         self.on_file = on_file
         self.tally = Tally()
+        self.names = _Names(ledger)
+        self._cleaned: set[Path] = set()  # campaign folders rid of stale temporary files
 
     async def fetch_job(self, campaign: str, job_id: str) -> bool:
         """Save every result file of one completed job; True when all of them are saved."""
@@ -133,7 +242,10 @@ class Downloader:
         campaign, job_id, n, url = row["campaign"], row["job_id"], row["n"], row["url"]
         try:
             async with self.slots:
-                path = file_path(self.out_dir, campaign, job_id, n, row["count"], url)
+                path = file_path(self.out_dir, campaign, self.names.name(row))
+                if path.parent not in self._cleaned:
+                    self._cleaned.add(path.parent)
+                    await asyncio.to_thread(clean_stale_parts, path.parent)
                 if await self._intact(path, row):
                     self.tally.kept += 1
                     if row["path"] != str(path):
@@ -150,7 +262,8 @@ class Downloader:
             error = str(e) or type(e).__name__
             self.ledger.file_failed(campaign, job_id, n, url, error)
             self.tally.failed += 1
-            self.on_failure(f"download failed: {campaign}/{job_id} file {n + 1}: {url}: {error}")
+            line = f"download failed: {campaign}/{job_id} file {n + 1}: {url}: {error}"
+            self.on_failure(self.ledger.redact(line))
             return False
         finally:
             if self.on_file is not None:
@@ -182,8 +295,7 @@ class Downloader:
 
     async def _stream(self, url: str, path: Path) -> tuple[int, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its 0600 would stick to the saved file; this one follows the umask.
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        temp = _temp_path(path)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         digest, size = hashlib.sha256(), 0
         try:
@@ -251,6 +363,9 @@ def download_all(ledger: Ledger, out_dir: str, campaigns: list[str]) -> int:
         f"{tally.failed} failed, in {out_dir}/",
         file=sys.stderr,
     )
+    if tally.interrupted:
+        print("interrupted: run `batchgen download` again to save the rest", file=sys.stderr)
+        return 130
     if tally.failed:
         print("run `batchgen download` again to retry the failed files", file=sys.stderr)
         return 1
@@ -269,9 +384,23 @@ async def _download_rows(
         for row in queue:
             await downloader.fetch_file(row)
 
+    loop = asyncio.get_running_loop()
+    work = asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    def interrupt() -> None:  # Ctrl-C or SIGTERM: stop; temporary files are removed
+        downloader.tally.interrupted = True
+        work.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt)
     try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await work
+    except asyncio.CancelledError:
+        if not downloader.tally.interrupted:
+            raise
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         await downloader.aclose()
         progress.close()
     return downloader.tally

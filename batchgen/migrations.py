@@ -141,7 +141,25 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+def m003_runner_identity(db: sqlite3.Connection) -> None:
+    """Enough about the runner to tell whether it still runs when its pid was reused or its
+    host renamed (see batchgen/processes.py): its machine, and its process's start."""
+    _run_script(
+        db,
+        """
+    ALTER TABLE runner ADD COLUMN machine TEXT;        -- hash of machine id + pid namespace
+    ALTER TABLE runner ADD COLUMN process_start TEXT;  -- when the pid's process started
+    """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m003_runner_identity]
+
+
+def known_migrations() -> set[str]:
+    """The names this batchgen knows: a ledger that recorded any other was written by a
+    newer one."""
+    return {migration.__name__ for migration in MIGRATIONS}
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -4,7 +4,6 @@ the display, the scheduler, downloads, and the exit code (PRODUCT.md §6, §7)."
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from batchgen import catalog
 from batchgen.client import Client
 from batchgen.errors import AuthError
+from batchgen.keys import api_key
 from batchgen.ledger import Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
@@ -43,17 +43,7 @@ class RunOptions:
     on_unknown: str = "resubmit"
     download_dir: str | None = None
     sandbox: bool = False
-
-
-def api_key() -> str:
-    """The key from OKAYPIC_API_KEY; never from the command line, never printed."""
-    key = os.environ.get("OKAYPIC_API_KEY", "").strip()
-    if not key:
-        raise AuthError(
-            "OKAYPIC_API_KEY is missing: set it to your okaypic API key "
-            "(or try `batchgen run MANIFEST --sandbox`)"
-        )
-    return key
+    force: bool = False  # take over a runner lock held from another host
 
 
 @contextmanager
@@ -75,8 +65,11 @@ def service(options: RunOptions) -> Iterator[tuple[str, str]]:
 def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, command: str) -> int:
     with service(options) as (base_url, key):
         ledger = Ledger(ledger_path, create=False)
+        ledger.redact.add(key)  # nothing the service echoes of it is stored
         try:
-            ledger.acquire_runner(command)
+            warning = ledger.acquire_runner(command, force=options.force)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             try:
                 return asyncio.run(_run(ledger, campaigns, options, base_url, key))
             finally:
@@ -97,7 +90,7 @@ async def _run(
         options.on_unknown,
     )
     display = make_display()
-    client = Client(base_url, key)
+    client = Client(base_url, key, redactor=ledger.redact)
     downloads: list[asyncio.Task[bool]] = []
     downloader = _downloader(ledger, options.download_dir)
 
@@ -107,7 +100,10 @@ async def _run(
                 asyncio.get_running_loop().create_task(downloader.fetch_job(job.campaign, job.id))
             )
 
-    scheduler = Scheduler(ledger, client, settings, display.event, on_completed=completed)
+    def report(job: LedgerJob | None, text: str) -> None:
+        display.event(job, ledger.redact(text))
+
+    scheduler = Scheduler(ledger, client, settings, report, on_completed=completed)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
@@ -142,7 +138,8 @@ async def _run(
         await client.aclose()
         if downloader is not None:
             await downloader.aclose()
-    return _finish(ledger, selection, summary, options)
+    unsaved = downloader.tally.failed if downloader is not None else 0
+    return _finish(ledger, selection, summary, options, unsaved)
 
 
 def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
@@ -189,9 +186,14 @@ async def _tick(
 
 
 def _finish(
-    ledger: Ledger, campaigns: list[str] | None, summary: Summary, options: RunOptions
+    ledger: Ledger,
+    campaigns: list[str] | None,
+    summary: Summary,
+    options: RunOptions,
+    unsaved: int = 0,
 ) -> int:
-    """The closing lines (what happened, what to do next) and the exit code."""
+    """The closing lines (what happened, what to do next) and the exit code. `unsaved`:
+    result files whose download failed (the run then exits 3: `download` finishes it)."""
     counts = ledger.counts(campaigns)
     money = ledger.money(campaigns)
     budget = _budget(ledger, campaigns)
@@ -202,7 +204,12 @@ def _finish(
         f"{counts['completed']} completed, {counts['failed']} failed, {counts['held']} held, "
         f"{counts['queued'] + counts['submitting']} queued, {counts['running']} running; {spend}"
     ]
-    if options.download_dir:
+    if options.download_dir and unsaved:
+        lines.append(
+            f"{unsaved} result file(s) could not be saved (see above): "
+            f"`batchgen download --out {options.download_dir}` tries them again"
+        )
+    elif options.download_dir:
         lines.append(f"files in {options.download_dir}/")
     elif counts["completed"] and options.sandbox:
         # The in-process sandbox, and every result URL it gave, ended with this run.
@@ -237,6 +244,8 @@ def _finish(
     elif counts["failed"]:
         lines.append("some jobs failed: see `batchgen status`; `batchgen retry` requeues them")
         code = EXIT_FAILED
+    elif unsaved:
+        code = EXIT_RESUMABLE  # generated, not yet saved: work remains for `download`
     for line in lines:
         print(shown(line), file=sys.stderr)
     return code

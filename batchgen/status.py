@@ -119,9 +119,12 @@ def _next_steps(ledger: Ledger, scope: list[str] | None, counts: dict[str, int])
     steps: list[str] = []
     runner = ledger.runner()
     if runner:
+        where = f"pid {runner['pid']} on {runner['host']}, since {runner['started_at']}"
         steps.append(
-            f"a `{runner['command']}` is running on this ledger (pid {runner['pid']} on "
-            f"{runner['host']}, since {runner['started_at']})"
+            f"a `{runner['command']}` on another host holds this ledger ({where}); whether "
+            "it still runs cannot be checked from here (`batchgen resume --force` takes over)"
+            if runner["elsewhere"]
+            else f"a `{runner['command']}` is running on this ledger ({where})"
         )
     reasons = ledger.queued_reasons(scope)
     if reasons.get("balance"):

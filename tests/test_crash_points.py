@@ -385,6 +385,7 @@ def test_kill_mid_download_then_download_saves_every_file_without_generating_aga
         assert finish.returncode == 0, finish.stderr
         again = batchgen("download", "--out", str(out), ledger=ledger)
         assert again.returncode == 0, again.stderr
+        assert list(out.rglob("*.part")) == [], "the killed download's temporary file stays"
 
         truth = sim.truth()
         result = audit(ledger, truth, job_ids)

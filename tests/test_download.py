@@ -1,4 +1,4 @@
-"""Result files (§9): saved atomically under DIR/<campaign>/<job-id>[-n].<ext>, checked by
+"""Result files (§9): saved atomically under DIR/<campaign>/<job-id>[+n].<ext>, checked by
 SHA-256, resumable, recorded in the ledger, sanitized, and fetched from a real HTTP server
 on 127.0.0.1 (a tiny one in a thread, so each test chooses what every URL answers)."""
 
@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from batchgen.download import Downloader, download_all, extension, file_path, safe_name
+from batchgen.download import (
+    Downloader,
+    clean_stale_parts,
+    download_all,
+    extension,
+    file_name,
+    file_path,
+    safe_name,
+)
 from batchgen.ledger import Ledger
+from tests.e2e import spawn
 from tests.test_report import complete, grok, invoke, make_ledger
 
 
@@ -127,14 +140,14 @@ def test_download_saves_every_result_with_its_sha256_and_records_it(ledger, tmp_
     assert download_all(ledger, str(out), []) == 0
     assert (out / "c" / "one.mp4").read_bytes() == VIDEO
     assert (out / "c" / "one.mp4").stat().st_mode & 0o444 == 0o444  # readable as usual
-    assert (out / "c" / "two-1.mp4").read_bytes() == VIDEO
-    assert (out / "c" / "two-2.mp4").read_bytes() == VIDEO2
+    assert (out / "c" / "two.mp4").read_bytes() == VIDEO
+    assert (out / "c" / "two+2.mp4").read_bytes() == VIDEO2
     assert (out / "c" / "poster.png").read_bytes() == PICTURE
     rows = files(ledger)
     assert len(rows) == 4
     row = rows[("two", 1)]
     assert (row["path"], row["size"], row["sha256"]) == (
-        str(out / "c" / "two-2.mp4"),
+        str(out / "c" / "two+2.mp4"),
         len(VIDEO2),
         sha(VIDEO2),
     )
@@ -142,8 +155,8 @@ def test_download_saves_every_result_with_its_sha256_and_records_it(ledger, tmp_
     assert sorted(p.name for p in (out / "c").iterdir()) == [
         "one.mp4",
         "poster.png",
-        "two-1.mp4",
-        "two-2.mp4",
+        "two+2.mp4",
+        "two.mp4",
     ]  # no temporary file left behind
     assert "4 file(s) saved" in capsys.readouterr().err
 
@@ -163,13 +176,13 @@ def test_a_deleted_or_truncated_file_is_downloaded_again_without_generating_agai
     download_all(ledger, str(out), [])
     attempts = ledger.query("SELECT * FROM attempts")
     (out / "c" / "one.mp4").unlink()
-    (out / "c" / "two-2.mp4").write_bytes(VIDEO2[:100])
+    (out / "c" / "two+2.mp4").write_bytes(VIDEO2[:100])
     (out / "c" / "poster.png").write_bytes(b"x" * len(PICTURE))  # same size, other bytes
     server.requests.clear()
     assert download_all(ledger, str(out), []) == 0
     assert sorted(server.paths()) == ["/r/b.MP4", "/r/one.mp4", "/r/poster.png?sig=abc"]
     assert (out / "c" / "one.mp4").read_bytes() == VIDEO
-    assert (out / "c" / "two-2.mp4").read_bytes() == VIDEO2
+    assert (out / "c" / "two+2.mp4").read_bytes() == VIDEO2
     assert (out / "c" / "poster.png").read_bytes() == PICTURE
     assert ledger.query("SELECT * FROM attempts") == attempts
     assert ledger.counts()["completed"] == 3
@@ -288,7 +301,7 @@ def test_download_command_saves_files_and_status_lists_them(ledger, tmp_path):
     assert result.exit_code == 0, result.output
     status = json.loads(invoke(ledger.path, "status", "--json").output)
     saved = {job["id"]: job["files"] for job in status["jobs"]}
-    assert saved["two"] == [str(out / "c" / "two-1.mp4"), str(out / "c" / "two-2.mp4")]
+    assert saved["two"] == [str(out / "c" / "two.mp4"), str(out / "c" / "two+2.mp4")]
     assert saved["pending"] == []
 
 
@@ -311,6 +324,17 @@ def test_safe_names_keep_plain_ids_and_mark_changed_ones_with_a_hash():
     assert len(safe_name("x" * 1000)) < 140
 
 
+def test_names_differ_case_insensitively_and_a_hash_or_number_never_makes_another_id():
+    ids = ["shot", "Shot", "SHOT", "shot-1", "shot-2", "shot+2", "shot_2", "a b", "a_b",
+           "con", "CON", "con.v2", "x" * 130, "x" * 131, "é", "e"]  # fmt: skip
+    names = [file_name(i, n, "https://x/a.mp4") for i in ids for n in range(3)]
+    assert len({name.casefold() for name in names}) == len(names)
+    assert file_name("shot", 0, "https://x/a.mp4") == "shot.mp4"
+    assert file_name("shot", 1, "https://x/a.mp4") == "shot+2.mp4"
+    assert file_name("Shot", 0, "https://x/a.mp4").startswith("Shot+")
+    assert safe_name("con").startswith("con+") and safe_name("nul.v2").startswith("nul.v2+")
+
+
 def test_extensions_come_from_the_url_path_or_default_to_bin():
     assert extension("https://cdn.example.com/v/clip.MP4?sig=1#t") == "mp4"
     assert extension("https://cdn.example.com/image.png") == "png"
@@ -320,10 +344,14 @@ def test_extensions_come_from_the_url_path_or_default_to_bin():
     assert extension("https://cdn.example.com/x.%2e%2e%2fetc") == "bin"
 
 
-def test_file_numbers_start_at_1_only_when_a_job_has_several_results(tmp_path):
-    assert file_path(tmp_path, "c", "j", 0, 1, "https://x/a.mp4") == tmp_path / "c" / "j.mp4"
-    assert file_path(tmp_path, "c", "j", 0, 2, "https://x/a.mp4") == tmp_path / "c" / "j-1.mp4"
-    assert file_path(tmp_path, "c", "j", 1, 2, "https://x/b.png") == tmp_path / "c" / "j-2.png"
+def test_the_second_and_later_results_of_a_job_are_numbered_from_2(tmp_path):
+    assert (
+        file_path(tmp_path, "c", file_name("j", 0, "https://x/a.mp4")) == tmp_path / "c" / "j.mp4"
+    )
+    assert (
+        file_path(tmp_path, "c", file_name("j", 1, "https://x/b.png")) == tmp_path / "c" / "j+2.png"
+    )
+    assert file_path(tmp_path, "c", file_name("j", 2, "https://x/c")) == tmp_path / "c" / "j+3.bin"
 
 
 def test_a_campaign_folder_that_is_a_symlink_out_of_the_folder_is_refused(tmp_path, server):
@@ -341,5 +369,151 @@ def test_a_campaign_folder_that_is_a_symlink_out_of_the_folder_is_refused(tmp_pa
 def test_path_of_a_saved_file_is_inside_the_folder(tmp_path):
     root = Path(tmp_path).resolve()
     assert (
-        file_path(tmp_path, "../c", "../../j", 0, 1, "https://x/y.z").resolve().is_relative_to(root)
+        file_path(tmp_path, "../c", file_name("../../j", 0, "https://x/y.z"))
+        .resolve()
+        .is_relative_to(root)
     )
+
+
+# ---------------------------------------------------------------- no two results on one path
+
+
+def test_no_two_results_share_a_path_even_on_a_case_insensitive_file_system(tmp_path, server):
+    # `shot` with two results and `shot-1` once both wrote shot-1.mp4; `Shot` and `shot`
+    # are one file on macOS and Windows; `a b` and `a_b` sanitize alike.
+    ids = ["shot", "shot-1", "Shot", "SHOT", "shot-2", "a b", "a_b", "con", "CON"]
+    ledger = make_ledger(tmp_path / "l.db", [grok(i) for i in ids])
+    content: dict[tuple[str, int], bytes] = {}
+    for k, job_id in enumerate(ids):
+        count = 2 if job_id == "shot" else 1
+        urls = []
+        for n in range(count):
+            content[(job_id, n)] = f"{job_id} result {n}".encode() * 50
+            urls.append(server.add(f"/r/{k}-{n}.mp4", content[(job_id, n)]))
+        complete(ledger, job_id, urls=urls)
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 0
+    records = files(ledger)
+    paths = [Path(records[key]["path"]) for key in content]
+    assert len({str(p).casefold() for p in paths}) == len(content) == 10
+    for key, body in content.items():
+        assert Path(records[key]["path"]).read_bytes() == body, key
+    assert len(list((out / "c").iterdir())) == 10
+
+
+def record_legacy(ledger: Ledger, out: Path, job_id: str, n: int, url: str, name: str, body: bytes):
+    """A file saved and recorded by an earlier batchgen under its own naming scheme."""
+    path = out / "c" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    ledger.file_saved("c", job_id, n, url, str(path), len(body), sha(body))
+
+
+def test_files_saved_under_an_earlier_scheme_keep_their_path_and_are_never_overwritten(
+    tmp_path, server
+):
+    # The earlier scheme named job `two`'s results two-1.mp4 and two-2.mp4; job `two-1`,
+    # completed since, must not take two-1.mp4 from it.
+    ledger = make_ledger(tmp_path / "l.db", [grok("two"), grok("two-1")])
+    urls = [server.add("/r/a.mp4", VIDEO), server.add("/r/b.mp4", VIDEO2)]
+    complete(ledger, "two", urls=urls)
+    complete(ledger, "two-1", urls=[server.add("/r/c.mp4", PICTURE)])
+    out = tmp_path / "out"
+    record_legacy(ledger, out, "two", 0, urls[0], "two-1.mp4", VIDEO)
+    record_legacy(ledger, out, "two", 1, urls[1], "two-2.mp4", VIDEO2)
+    assert download_all(ledger, str(out), []) == 0
+    assert server.paths() == ["/r/c.mp4"]  # the recorded files are kept as they are
+    assert (out / "c" / "two-1.mp4").read_bytes() == VIDEO
+    assert (out / "c" / "two-2.mp4").read_bytes() == VIDEO2
+    moved = Path(files(ledger)[("two-1", 0)]["path"])
+    assert moved.name.startswith("two-1+") and moved.read_bytes() == PICTURE
+    server.requests.clear()
+    assert download_all(ledger, str(out), []) == 0 and server.requests == []
+
+
+def test_two_files_an_earlier_scheme_recorded_on_one_path_are_separated(tmp_path, server):
+    # What the earlier scheme left: `two`'s first result and `two-1`'s both recorded as
+    # two-1.mp4, the later download having overwritten the first.
+    ledger = make_ledger(tmp_path / "l.db", [grok("two"), grok("two-1")])
+    urls = [server.add("/r/a.mp4", VIDEO), server.add("/r/b.mp4", VIDEO2)]
+    complete(ledger, "two", urls=urls)
+    complete(ledger, "two-1", urls=[url := server.add("/r/c.mp4", PICTURE)])
+    out = tmp_path / "out"
+    record_legacy(ledger, out, "two", 0, urls[0], "two-1.mp4", VIDEO)
+    record_legacy(ledger, out, "two", 1, urls[1], "two-2.mp4", VIDEO2)
+    record_legacy(ledger, out, "two-1", 0, url, "two-1.mp4", PICTURE)
+    for _ in range(2):  # settles once, then stays
+        assert download_all(ledger, str(out), []) == 0
+    records = files(ledger)
+    assert {Path(r["path"]).read_bytes() for r in records.values()} == {VIDEO, VIDEO2, PICTURE}
+    assert Path(records[("two", 0)]["path"]).read_bytes() == VIDEO
+    assert Path(records[("two-1", 0)]["path"]).read_bytes() == PICTURE
+    server.requests.clear()
+    assert download_all(ledger, str(out), []) == 0 and server.requests == []
+
+
+# ---------------------------------------------------------------- stale temporary files
+
+
+def gone_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporary_files_of_writers_that_are_gone_are_removed_and_live_ones_kept(tmp_path):
+    from batchgen.download import _HOST
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        names = {
+            "dead": f".a.mp4.{_HOST}-{gone_pid()}.0123abcd.part",
+            "live": f".b.mp4.{_HOST}-{live.pid}.0123abcd.part",
+            "mine": f".c.mp4.{_HOST}-{os.getpid()}.0123abcd.part",
+            "other host": f".d.mp4.abcdef-{gone_pid()}.0123abcd.part",
+            "other host, idle": f".e.mp4.abcdef-{live.pid}.0123abcd.part",
+            "earlier batchgen": ".f.mp4.0123456789ab.part",
+            "earlier batchgen, idle": ".g.mp4.0123456789ab.part",
+            "not ours": ".notes.part",
+            "a result": "h.part",
+        }
+        for name in names.values():
+            (folder / name).write_bytes(b"partial")
+        hours_ago = time.time() - 2 * 3600
+        for idle in ("other host, idle", "earlier batchgen, idle"):
+            os.utime(folder / names[idle], (hours_ago, hours_ago))
+        assert clean_stale_parts(folder) == 3
+        left = {p.name for p in folder.iterdir()}
+        removed = {what for what, name in names.items() if name not in left}
+        assert removed == {"dead", "other host, idle", "earlier batchgen, idle"}
+    finally:
+        live.kill()
+        live.wait()
+
+
+# ---------------------------------------------------------------- interrupted
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_download_exits_130_leaving_no_partial_file(
+    ledger, tmp_path, server, signum
+):
+    server.delay = 30  # every answer is on its way when the signal comes
+    out = tmp_path / "out"
+    process = spawn("download", "--out", str(out), ledger=ledger.path)
+    try:
+        deadline = time.monotonic() + 30
+        while server.active == 0:
+            assert time.monotonic() < deadline, "no download started"
+            time.sleep(0.02)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "batchgen download" in err
+    assert "Traceback" not in err and "Aborted" not in err
+    assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []

@@ -279,26 +279,75 @@ def test_a_second_runner_on_the_same_ledger_is_refused_while_the_first_lives(
 
 
 def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_path):
-    secret = "okpk_secret_4f9a1c"
+    """Also when the service echoes the bearer token in its 400, 401, 500 and failed-task
+    messages (the sandbox's echo_key): such text is redacted before it is stored or shown."""
+    secret, refused = "okpk_secret_4f9a1c", "okpk_refused_77e2b0"
     sandbox = make_sandbox(
-        time_scale=SCALE, keys={secret: 10_000_000}, drop_rate=0.2, submit_500_rate=0.2, seed=5
+        time_scale=SCALE,
+        keys={secret: 10_000_000},
+        drop_rate=0.2,
+        submit_500_rate=0.2,
+        poll_500_rate=0.3,
+        reject_rate=0.2,
+        fail_rate=0.3,
+        echo_key=True,
+        seed=5,
     )
     ledger = tmp_path / "l.db"
-    manifest = grok_batch(tmp_path / "m.yaml", 5)
+    manifest = grok_batch(tmp_path / "m.yaml", 8)
     outputs = []
-    for args in (
-        ("run", str(manifest), *FAST),
-        ("status",),
-        ("status", "--json"),
-        ("report", "--format", "csv"),
-        ("report", "--jobs", "--format", "json"),
+    for key, args in (
+        (refused, ("run", str(manifest), *FAST)),  # 401, echoing the refused key
+        (secret, ("run", str(manifest), *FAST, "--download", str(tmp_path / "out"))),
+        (secret, ("status",)),
+        (secret, ("status", "--json")),
+        (secret, ("report", "--format", "csv")),
+        (secret, ("report", "--jobs", "--format", "json")),
+        (secret, ("report", "--jobs")),
     ):
-        result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=secret)
+        result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=key)
         outputs += [result.stdout, result.stderr]
-    assert all(secret not in text for text in outputs)
-    for path in tmp_path.iterdir():
+    for text in outputs:
+        assert secret not in text and refused not in text
+    for path in tmp_path.rglob("*"):
         if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+            content = path.read_bytes()
+            assert secret.encode() not in content and refused.encode() not in content, path
+    # The hostile messages were really sent, and batchgen kept their words, not the key.
+    truth = sandbox.sim.truth()
+    assert truth.count("POST /api/video/generate", 400) >= 1
+    assert truth.count("POST /api/video/generate", 401) >= 1
+    assert truth.count("POST /api/video/generate", 500) >= 1
+    assert any(s.fails for s in truth.submissions)
+    errors = [r["error"] for r in rows(ledger, "SELECT error FROM attempts") if r["error"]]
+    assert any("content policy" in e for e in errors)
+    assert any("Authorization: Bearer [key-" in e for e in errors)
+
+
+def test_a_run_whose_downloads_failed_says_so_in_its_exit_line_and_exits_3(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE)
+    sandbox.sim.base_url = "http://127.0.0.1:1"  # result URLs nobody answers
+    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    manifest = grok_batch(tmp_path / "m.yaml", 3)
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "3 result file(s) could not be saved" in last and "batchgen download" in last
+    assert "files in" not in result.stderr
+    assert status_json(ledger)["counts"]["completed"] == 3  # generated once, not again
+    assert len(sandbox.sim.truth().submissions) == 3
+
+
+def test_a_completed_job_keeps_no_error_from_its_way_there(make_sandbox, tmp_path):
+    sandbox = make_sandbox(time_scale=SCALE, spurious_429_rate=0.5, fail_rate=0.3, seed=2)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 6)
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "9", ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    refused = rows(ledger, "SELECT error FROM attempts WHERE http_status = 429")
+    assert refused and all(r["error"] for r in refused)  # the history stays in the attempts
+    assert rows(ledger, "SELECT COUNT(*) AS n FROM attempts WHERE state = 'failed'")[0]["n"] > 0
+    assert [job["error"] for job in status_json(ledger)["jobs"]] == [None] * 6
 
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "manifests").glob("*.yaml"))

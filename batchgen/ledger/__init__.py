@@ -18,6 +18,7 @@ from batchgen.ledger.base import (
     LedgerJob,
     Money,
     now,
+    unusable,
 )
 from batchgen.ledger.ingest import JOB_INSERT_COLUMNS, IngestMixin
 from batchgen.ledger.reads import ReadsMixin
@@ -32,6 +33,7 @@ __all__ = [
     "LedgerJob",
     "Money",
     "now",
+    "unusable",
 ]
 
 

@@ -7,22 +7,29 @@ The other modules of this package add the ledger's methods as mixins of `LedgerB
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
-from collections.abc import Iterable, Iterator
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batchgen.errors import LedgerError
 from batchgen.job import canonical_json
-from batchgen.migrations import migrate
+from batchgen.keys import Redactor
+from batchgen.migrations import known_migrations, migrate
+from batchgen.processes import Holder
 
 DEFAULT_PATH = "batchgen.db"
 UNFINISHED = ("queued", "submitting", "running")
+LOCK_WAIT_MS = 2000  # SQLite's own wait for a lock, before batchgen says it waits
+LOCK_NOTICE_EVERY = 5.0  # seconds between two "waiting for the ledger" lines
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+
+T = TypeVar("T")
 
 
 def now() -> str:
@@ -81,28 +88,73 @@ class LedgerBase:
         "a.refunded_micro_usd",
     )
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(
+        self, path: str | Path, create: bool = True, notify: Callable[[str], None] | None = None
+    ):
         self.path = Path(path)
+        self.notify = notify or _to_stderr
+        # Every key in force (the runner adds them): no text is stored with one in it.
+        self.redact = Redactor()
         if not create and not self.path.exists():
             raise LedgerError(f"{self.path}: no ledger here (run `batchgen ingest` or `run` first)")
         try:
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30, check_same_thread=False
             )
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self.conn.execute("PRAGMA busy_timeout=30000")
-            migrate(self.conn)
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{self.path}: cannot open the ledger: {e}") from e
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
+            self._patiently(self._open)
+            self.conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise unusable(self.path, e) from e
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self) -> None:
+        """Check that the file is a ledger of ours before anything writes to it (a foreign
+        database or a newer batchgen's ledger is left exactly as it is), then set it up and
+        bring its schema up to date."""
+        check_ours(self.conn, self.path, empty_ok=True)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        migrate(self.conn)
+
+    def _patiently(self, action: Callable[[], T]) -> T:
+        """Do `action`, waiting while another program keeps the ledger locked: a line every
+        few seconds says so (PRODUCT.md §5), never an error. Ctrl-C stops the wait."""
+        started, told = time.monotonic(), None
+        while True:
+            tried = time.monotonic()
+            try:
+                return action()
+            except sqlite3.OperationalError as e:
+                if not is_locked(e):
+                    raise
+            if time.monotonic() - tried < 0.1:
+                time.sleep(0.2)  # refused at once, without SQLite's own wait: do not spin
+            if told is None or time.monotonic() - told >= LOCK_NOTICE_EVERY:
+                told = time.monotonic()
+                self.notify(
+                    f"{self.path}: another program holds a lock on the ledger; waiting for "
+                    f"it ({told - started:.0f} s so far; Ctrl-C to stop)"
+                )
 
     def close(self) -> None:
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def transaction(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` write; `patient`: wait, saying so, while another program
+        holds the lock (for commands outside a run, where Ctrl-C still stops the wait)."""
+        if patient:
+            self._patiently(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
         except BaseException:
@@ -125,8 +177,19 @@ class LedgerBase:
     ) -> None:
         self.conn.execute(
             "INSERT INTO events (at, campaign, job_id, kind, detail) VALUES (?, ?, ?, ?, ?)",
-            (now(), campaign, job_id, kind, canonical_json(detail) if detail else None),
+            (
+                now(),
+                campaign,
+                job_id,
+                kind,
+                self.redact(canonical_json(detail)) if detail else None,
+            ),
         )
+
+    def _runner_row(self) -> dict[str, Any] | None:
+        """The runner lock's row (every column: a ledger not yet migrated has fewer)."""
+        rows = self.query("SELECT * FROM runner")
+        return rows[0] if rows else None
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return list(
@@ -148,13 +211,81 @@ def _campaign_filter(
     return f"AND {column} IN ({', '.join('?' * len(campaigns))})", list(campaigns)
 
 
-def _alive(pid: int, host: str) -> bool:
-    if host != socket.gethostname():
-        return True  # cannot tell from here: assume it lives
+def _holder(row: dict[str, Any]) -> Holder:
+    return Holder(row["pid"], row["host"], row.get("machine"), row.get("process_start"))
+
+
+def _is_me(holder: Holder, me: Holder) -> bool:
+    return holder.pid == me.pid and holder.host == me.host
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _primary_code(error: sqlite3.Error) -> int | None:
+    """SQLite's primary result code (the low byte of the extended one Python reports)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def is_locked(error: sqlite3.Error) -> bool:
+    """Is this SQLite's "busy" or "locked" (another connection holds the lock)?"""
+    return _primary_code(error) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def unusable(path: Path, error: sqlite3.DatabaseError) -> LedgerError:
+    """One clear line for a ledger file SQLite cannot use (damaged, not a database, ...)."""
+    code = _primary_code(error)
+    if code == _SQLITE_NOTADB:
+        return LedgerError(f"{path}: not a batchgen ledger (not an SQLite database at all)")
+    if code == _SQLITE_CORRUPT:
+        return LedgerError(
+            f"{path}: the ledger file is damaged ({error}); batchgen stopped. "
+            f"Keep a copy; `sqlite3 {path} .recover` may rescue its content"
+        )
+    return LedgerError(f"{path}: cannot use the ledger: {error}")
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def check_ours(db: sqlite3.Connection, path: Path, empty_ok: bool) -> None:
+    """Refuse, reading only, a database that is not a batchgen ledger, or a ledger written
+    by a newer batchgen (one that recorded a migration this one does not know). An empty
+    database is a new ledger when `empty_ok`."""
+    tables = _tables(db)
+    if not tables:
+        if empty_ok:
+            return
+        raise LedgerError(
+            f"{path}: no ledger here, the file is empty (run `batchgen ingest` first)"
+        )
+    names: set[str] = set()
+    if "_migrations" in tables:
+        try:
+            names = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+        except sqlite3.OperationalError as e:
+            if is_locked(e):
+                raise
+    if "m001_initial" not in names:
+        raise LedgerError(
+            f"{path}: not a batchgen ledger (an SQLite database with other tables); "
+            "it was left unchanged: give batchgen its own file with --ledger"
+        )
+    newer = sorted(names - known_migrations())
+    if newer:
+        raise LedgerError(
+            f"{path}: written by a newer batchgen (migration {newer[0]} is unknown to "
+            f"batchgen {_version()}); it was left unchanged: upgrade batchgen to use it"
+        )
+
+
+def _version() -> str:
+    from importlib import metadata
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return metadata.version("batchgen")
+    except metadata.PackageNotFoundError:
+        return "(unknown version)"

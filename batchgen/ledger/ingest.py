@@ -62,7 +62,7 @@ class IngestMixin(LedgerBase):
                 f"campaign {campaign.name}: job {busy[0]} is in flight and cannot "
                 "be replaced now; wait for it to finish"
             )
-        with self.transaction() as db:
+        with self.transaction(patient=True) as db:
             db.execute(
                 "INSERT INTO campaigns (name, manifest_path, manifest_sha256, budget_micro_usd,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"

@@ -6,37 +6,62 @@ from __future__ import annotations
 import gc
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
 
 from batchgen.errors import LedgerError
-from batchgen.ledger.base import LedgerBase, Money, _alive, _campaign_filter, _dicts, now
+from batchgen.keys import Redactor
+from batchgen.ledger.base import (
+    LOCK_WAIT_MS,
+    LedgerBase,
+    Money,
+    _campaign_filter,
+    _dicts,
+    _holder,
+    _to_stderr,
+    check_ours,
+    now,
+    unusable,
+)
+from batchgen.processes import Liveness, liveness
 
 
 class ReadsMixin(LedgerBase):
     """The ledger's reports and results."""
 
     @classmethod
-    def read_only(cls, path: str | Path) -> Self:
-        """Open an existing ledger without migrating or writing anything (SQLite mode=ro).
+    def read_only(cls, path: str | Path, notify: Callable[[str], None] | None = None) -> Self:
+        """Open an existing ledger for reading commands (status, report, plan): SQLite's
+        mode=ro, so nothing is migrated, switched or written. A file that is not a
+        batchgen ledger, or one written by a newer batchgen, is refused.
 
         SQLite may leave its empty `-wal`/`-shm` companions beside a WAL ledger; the
         ledger's content is never changed.
         """
         ledger = cls.__new__(cls)
         ledger.path = Path(path)
+        ledger.notify = notify or _to_stderr
+        ledger.redact = Redactor()
         if not ledger.path.is_file():
             raise LedgerError(f"{ledger.path}: no ledger here")
         uri = f"file:{quote(str(ledger.path.resolve()))}?mode=ro"
         try:
             ledger.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
-            ledger.conn.execute("PRAGMA busy_timeout=30000")
-            ledger.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{ledger.path}: cannot read the ledger: {e}") from e
+        try:
+            ledger.conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
+            ledger._patiently(lambda: check_ours(ledger.conn, ledger.path, empty_ok=False))
+            ledger.conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as e:
+            ledger.conn.close()
+            raise unusable(ledger.path, e) from e
+        except BaseException:
+            ledger.conn.close()
+            raise
         return ledger
 
     def campaign_names(self) -> list[str]:
@@ -126,11 +151,19 @@ class ReadsMixin(LedgerBase):
         )
 
     def runner(self) -> dict[str, Any] | None:
-        """The runner that holds the ledger, if it is alive."""
-        rows = self.query("SELECT pid, host, command, started_at FROM runner")
-        if rows and _alive(rows[0]["pid"], rows[0]["host"]):
-            return rows[0]
-        return None
+        """The runner that holds the ledger (pid, host, command, started_at, and
+        `elsewhere`: True when it runs on another host, which cannot be checked from
+        here), or None when no runner holds it or its holder no longer runs."""
+        row = self._runner_row()
+        if row is None:
+            return None
+        state = liveness(_holder(row))
+        if state is Liveness.DEAD:
+            return None
+        return {
+            **{k: row[k] for k in ("pid", "host", "command", "started_at")},
+            "elsewhere": state is Liveness.ELSEWHERE,
+        }
 
     def report_groups(self, campaigns: list[str] | None, by: str | None) -> list[dict[str, Any]]:
         """One row of sums per value of `by` (campaign, model, tag, status), sorted by key;
@@ -222,6 +255,16 @@ class ReadsMixin(LedgerBase):
             params,
         )
 
+    def recorded_file_paths(self, campaign: str) -> list[tuple[str, int, str]]:
+        """(job id, n, path) of every result file of `campaign` recorded with a path, in
+        the order they were first recorded."""
+        rows = self.conn.execute(
+            "SELECT job_id, n, path FROM files WHERE campaign = ? AND path IS NOT NULL"
+            " ORDER BY rowid",
+            (campaign,),
+        )
+        return [(job_id, n, path) for job_id, n, path in rows]
+
     def file_saved(
         self, campaign: str, job_id: str, n: int, url: str, path: str, size: int, sha256: str
     ) -> None:
@@ -238,6 +281,7 @@ class ReadsMixin(LedgerBase):
 
     def file_failed(self, campaign: str, job_id: str, n: int, url: str, error: str) -> None:
         """Record a download that failed: `download` tries it again, generation never does."""
+        error = self.redact(error)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO files (campaign, job_id, n, url, error) VALUES (?, ?, ?, ?, ?)"
@@ -254,7 +298,7 @@ class ReadsMixin(LedgerBase):
             raise ValueError(f"only failed or held jobs can be requeued, not {status!r}")
         where, params = _campaign_filter(self.select_campaigns(campaigns) if campaigns else None)
         stamp = now()
-        with self.transaction() as db:
+        with self.transaction(patient=True) as db:
             db.execute(
                 "INSERT INTO events (at, campaign, job_id, kind, detail)"
                 " SELECT ?, campaign, id, 'requeued', json_object('attempts', attempts,"

@@ -16,10 +16,12 @@ from batchgen.ledger.base import (
     LedgerBase,
     LedgerJob,
     Money,
-    _alive,
     _campaign_filter,
+    _holder,
+    _is_me,
     now,
 )
+from batchgen.processes import Liveness, liveness, this_process
 
 
 class SchedulingMixin(LedgerBase):
@@ -27,21 +29,53 @@ class SchedulingMixin(LedgerBase):
 
     # ---------------------------------------------------------------- the runner lock
 
-    def acquire_runner(self, command: str) -> None:
-        """Become the ledger's only runner, or raise LedgerBusy naming the live one."""
-        host, pid = socket.gethostname(), os.getpid()
+    def acquire_runner(self, command: str, force: bool = False) -> str | None:
+        """Become the ledger's only runner, or raise LedgerBusy naming the live one.
+
+        A holder that died, or whose pid now belongs to another process, is taken over.
+        One on another host cannot be checked from here: refused, unless `force`, and then
+        the warning to show is returned. Waits while another program locks the ledger.
+        """
+        return self._patiently(lambda: self._acquire_runner(command, force))
+
+    def _acquire_runner(self, command: str, force: bool) -> str | None:
+        me = this_process()
+        warning = None
         with self.transaction() as db:
-            row = db.execute("SELECT pid, host, command, started_at FROM runner").fetchone()
-            if row and not (row[0] == pid and row[1] == host) and _alive(row[0], row[1]):
-                raise LedgerBusy(
-                    f"{self.path}: another batchgen `{row[2]}` is running on this ledger "
-                    f"(pid {row[0]} on {row[1]}, since {row[3]}); wait for it or stop it"
+            row = self._runner_row()
+            if row is not None and not _is_me(_holder(row), me):
+                holder = _holder(row)
+                where = f"pid {holder.pid} on {holder.host}, since {row['started_at']}"
+                state = liveness(holder, me)
+                if state is Liveness.ALIVE:
+                    raise LedgerBusy(
+                        f"{self.path}: another batchgen `{row['command']}` is running on this "
+                        f"ledger ({where}); wait for it or stop it"
+                    )
+                if state is Liveness.ELSEWHERE and not force:
+                    raise LedgerBusy(
+                        f"{self.path}: a batchgen `{row['command']}` on another host holds this "
+                        f"ledger ({where}); whether it still runs cannot be checked from "
+                        "here: stop it there, or if it is gone, take over with --force"
+                    )
+                if state is Liveness.ELSEWHERE:
+                    warning = (
+                        f"--force: taking over the ledger from {where}; if that run still "
+                        "goes on, stop it now: two runners could submit the same jobs twice"
+                    )
+                self._event(
+                    "runner_taken_over",
+                    pid=holder.pid,
+                    host=holder.host,
+                    since=row["started_at"],
+                    why="forced" if warning else "not running",
                 )
-            if row:
-                self._event("runner_taken_over", pid=row[0], host=row[1], since=row[3])
             db.execute(
-                "INSERT OR REPLACE INTO runner VALUES (1, ?, ?, ?, ?)", (pid, host, command, now())
+                "INSERT OR REPLACE INTO runner (id, pid, host, command, started_at, machine,"
+                " process_start) VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (me.pid, me.host, command, now(), me.machine, me.process_start),
             )
+        return warning
 
     def release_runner(self) -> None:
         with self.transaction() as db:
@@ -142,6 +176,7 @@ class SchedulingMixin(LedgerBase):
     ) -> None:
         """Close an attempt that created no known task (not_sent, error, rejected, unknown)
         and move its job on to `job_status` (queued, held or failed)."""
+        error = self.redact.text(error)
         stamp = now()
         possible = state == "unknown"
         with self.transaction() as db:
@@ -219,8 +254,11 @@ class SchedulingMixin(LedgerBase):
                 " AND job_id=? AND task_id=? AND state='running'",
                 (stamp, job.campaign, job.id, job.task_id),
             )
+            # A completed job has no error: what went wrong before (a 429, a failed task)
+            # stays in its attempts and events.
             db.execute(
-                "UPDATE jobs SET status='completed', reason=NULL, progress=100, result_urls=?,"
+                "UPDATE jobs SET status='completed', reason=NULL, last_error=NULL, progress=100,"
+                " result_urls=?,"
                 " cost_micro_usd=(SELECT COALESCE(SUM(cost_micro_usd), 0) FROM attempts"
                 "   WHERE campaign=? AND job_id=? AND state='completed'),"
                 " updated_at=?, finished_at=? WHERE campaign=? AND id=?",
@@ -232,6 +270,7 @@ class SchedulingMixin(LedgerBase):
     def task_failed(self, job: LedgerJob, message: str, job_status: str) -> None:
         """The service says the task failed: refunded (catalog), then queued again or failed."""
         refunded = catalog.load().failed_tasks_refunded
+        message = self.redact(message)
         stamp = now()
         with self.transaction() as db:
             db.execute(
@@ -283,6 +322,7 @@ class SchedulingMixin(LedgerBase):
 
     def fail_job(self, job: LedgerJob, error: str) -> None:
         """Give up on a job that has used all its attempts."""
+        error = self.redact(error)
         stamp = now()
         with self.transaction() as db:
             db.execute(

@@ -23,6 +23,7 @@ RATE_KNOBS = (
     "spurious_429_rate",
     "drop_rate",
     "garbage_rate",
+    "reject_rate",
 )
 
 
@@ -50,6 +51,10 @@ class SandboxConfig:
     - drop_rate: on submit the task is created and charged, then the connection is closed
       without an answer; on poll the connection is closed without an answer.
     - garbage_rate: 200 with an unparseable body; on submit the task is created and charged.
+    - reject_rate: submit answers 400 to a valid request (as a content-policy refusal
+      would), no task created, nothing charged.
+    - echo_key: a hostile service: every error message (400, 401, 402, 429, 500) and every
+      failed task's errorMessage repeats the caller's Authorization header.
     - latency: (min_s, max_s) real seconds added before each API answer.
     - retry_after: seconds sent as a Retry-After header with every 429, or None for none.
     - max_active_tasks: pending/processing tasks allowed per key (from the catalog).
@@ -66,6 +71,8 @@ class SandboxConfig:
     spurious_429_rate: float = 0.0
     drop_rate: float = 0.0
     garbage_rate: float = 0.0
+    reject_rate: float = 0.0
+    echo_key: bool = False
     latency: tuple[float, float] = (0.0, 0.0)
     retry_after: int | None = None
     max_active_tasks: int = field(default_factory=_default_max_active)

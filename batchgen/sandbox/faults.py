@@ -22,6 +22,7 @@ class SubmitFaults:
 
     error_500: bool
     spurious_429: bool
+    reject: bool  # a 400 to a valid request
     fail: bool  # the task, if created, ends `failed`
     drop: bool
     garbage: bool
@@ -66,6 +67,7 @@ class FaultDice:
         return SubmitFaults(
             error_500=self._chance("submit", "500", c.submit_500_rate),
             spurious_429=self._chance("submit", "429", c.spurious_429_rate),
+            reject=self._chance("submit", "reject", c.reject_rate),
             fail=self._chance("submit", "fail", c.fail_rate),
             drop=self._chance("submit", "drop", c.drop_rate),
             garbage=self._chance("submit", "garbage", c.garbage_rate),

@@ -109,6 +109,23 @@ def _garbled(response: Response) -> Response:
     return response._replace(body=response.body[: len(response.body) // 2])
 
 
+def _echoing(response: Response, authorization: str) -> Response:
+    """The answer of a hostile service that repeats the caller's credentials in its error
+    messages (and failed tasks' errorMessage): what batchgen must never store or show."""
+    if not isinstance(response.body, bytes) or not authorization:
+        return response
+    try:
+        answer = json.loads(response.body)
+    except ValueError:
+        return response
+    if not isinstance(answer, dict):
+        return response
+    for field in ("error", "errorMessage"):
+        if isinstance(answer.get(field), str):
+            answer[field] += f" (request made with Authorization: {authorization})"
+    return response._replace(body=json.dumps(answer).encode())
+
+
 def file_bytes(task_id: str, index: int, size: int) -> bytes:
     """The deterministic content of a result file: its SHA-256 seed repeated to `size`."""
     block = hashlib.sha256(f"{task_id}/{index}".encode()).digest()
@@ -162,6 +179,8 @@ class Sandbox:
             now = self.clock()
             self._settle(now)
             route, response = self._dispatch(method, path, lowered, body, now)
+            if self.config.echo_key:
+                response = _echoing(response, lowered.get("authorization", ""))
             status = "drop" if isinstance(response.body, Drop) else str(response.status)
             self._responses[route][status] += 1
         return response
@@ -251,6 +270,9 @@ class Sandbox:
         if problems or model is None:
             return _error(400, problems[0][1] if problems else "model is required")
 
+        if faults.reject:
+            self._faults["submit.400"] += 1
+            return _error(400, "The prompt was refused by the content policy")
         if faults.error_500:
             self._faults["submit.500"] += 1
             return _error(500, "Internal server error")

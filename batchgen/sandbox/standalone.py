@@ -56,6 +56,8 @@ def main(
 
 def _summary(config: SandboxConfig, key: str) -> str:
     faults = [f"{name}={getattr(config, name)}" for name in RATE_KNOBS if getattr(config, name)]
+    if config.echo_key:
+        faults.append("echo_key (error messages repeat the caller's Authorization header)")
     if config.latency != (0.0, 0.0):
         faults.append(f"latency={config.latency[0]}-{config.latency[1]}s")
     return (
