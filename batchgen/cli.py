@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
-from batchgen.ledger import DEFAULT_PATH
+from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MAX_JOBS = 100_000
@@ -188,8 +188,15 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--download",
             "download_dir",
             type=click.Path(file_okay=False),
-            default=None,
-            help="Save result files under this folder as they finish.",
+            envvar="BATCHGEN_OUT",
+            default=DEFAULT_OUT,
+            show_default=True,
+            help="Save result files under this folder as each task completes (env BATCHGEN_OUT).",
+        ),
+        click.option(
+            "--no-download",
+            is_flag=True,
+            help="Do not save result files (`batchgen download` can save them later).",
         ),
     ]
     for option in reversed(options):
@@ -197,9 +204,17 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _schedule(ctx: click.Context, campaigns: list[str], command_name: str, **options: Any) -> None:
+def _schedule(
+    ctx: click.Context,
+    campaigns: list[str],
+    command_name: str,
+    no_download: bool = False,
+    **options: Any,
+) -> None:
     from batchgen.runner import RunOptions, run_ledger
 
+    if no_download:
+        options["download_dir"] = None
     code = run_ledger(ledger_path(ctx), campaigns, RunOptions(**options), command_name)
     sys.exit(code)
 
@@ -224,7 +239,7 @@ def run(
     \b
     Examples:
         batchgen run manifests/quickstart.yaml --sandbox
-        OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download out
+        OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download ~/renders
     """
     from batchgen.ledger import Ledger
     from batchgen.runner import api_key
@@ -331,7 +346,7 @@ def report(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default="out",
+    default=DEFAULT_OUT,
     show_default=True,
     envvar="BATCHGEN_OUT",
     help="Folder for the files (env BATCHGEN_OUT).",

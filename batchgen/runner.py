@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from batchgen import catalog
 from batchgen.client import Client
 from batchgen.errors import AuthError
-from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH, Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
 from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
@@ -56,14 +56,21 @@ def api_key() -> str:
 
 
 @contextmanager
-def service(options: RunOptions) -> Iterator[tuple[str, str]]:
+def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, str]]:
     """(base URL, key): the in-process sandbox with its demo key, or the real service."""
     if not options.sandbox:
         yield (options.base_url or catalog.load().base_url), api_key()
         return
     from batchgen.sandbox import Sandbox, SandboxConfig, serve
 
-    served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE)))
+    # Seeded by the attempts the ledger already holds: the same files for the same history,
+    # and a later run on the ledger (say after `retry --rejected`) never repeats a task id.
+    reader = Ledger.read_only(ledger_path)
+    try:
+        seed = reader.attempt_count()
+    finally:
+        reader.close()
+    served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE, seed=seed)))
     print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
     try:
         yield served.base_url, SANDBOX_KEY
@@ -72,7 +79,7 @@ def service(options: RunOptions) -> Iterator[tuple[str, str]]:
 
 
 def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, command: str) -> int:
-    with service(options) as (base_url, key):
+    with service(options, ledger_path) as (base_url, key):
         ledger = Ledger(ledger_path, create=False)
         try:
             ledger.acquire_runner(command)
@@ -141,7 +148,31 @@ async def _run(
         await client.aclose()
         if downloader is not None:
             await downloader.aclose()
-    return _finish(ledger, selection, summary, options)
+    failed_downloads = downloader.tally.failed if downloader is not None else 0
+    return _finish(ledger, selection, summary, options, failed_downloads)
+
+
+def _results_lines(
+    ledger: Ledger, completed: int, options: RunOptions, failed_downloads: int
+) -> list[str]:
+    """Where the files are and how to look at them (never a command that cannot work: the
+    in-process sandbox's result URLs end with the run, so no `download` is advised then)."""
+    if not completed:
+        return []
+    review = "batchgen" + ("" if str(ledger.path) == DEFAULT_PATH else f" --ledger {ledger.path}")
+    review += " review"
+    if options.download_dir is None:
+        if options.sandbox:
+            return ["files not saved (--no-download); the sandbox's result URLs ended with the run"]
+        return [f"files not saved (--no-download): `batchgen download` saves them; then `{review}`"]
+    if options.download_dir != DEFAULT_OUT:
+        review += f" --out {options.download_dir}"
+    lines = [f"files in {options.download_dir}/"]
+    if failed_downloads:
+        retry = "" if options.sandbox else ": `batchgen download` tries them again"
+        lines.append(f"{failed_downloads} file(s) could not be saved{retry}")
+    lines.append(f"look at the results, approve or reject them: `{review}`")
+    return lines
 
 
 def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
@@ -188,7 +219,11 @@ async def _tick(
 
 
 def _finish(
-    ledger: Ledger, campaigns: list[str] | None, summary: Summary, options: RunOptions
+    ledger: Ledger,
+    campaigns: list[str] | None,
+    summary: Summary,
+    options: RunOptions,
+    failed_downloads: int = 0,
 ) -> int:
     """The closing lines (what happened, what to do next) and the exit code."""
     counts = ledger.counts(campaigns)
@@ -201,10 +236,7 @@ def _finish(
         f"{counts['completed']} completed, {counts['failed']} failed, {counts['held']} held, "
         f"{counts['queued'] + counts['submitting']} queued, {counts['running']} running; {spend}"
     ]
-    if options.download_dir:
-        lines.append(f"files in {options.download_dir}/")
-    elif counts["completed"]:
-        lines.append("save the files with `batchgen download --out DIR`")
+    lines.extend(_results_lines(ledger, counts["completed"], options, failed_downloads))
     code = EXIT_OK
     if summary.stopped_for == "interrupted":
         lines.append("interrupted: run `batchgen resume` to go on (tasks in flight are kept)")

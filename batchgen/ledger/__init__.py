@@ -12,6 +12,7 @@ The package's modules, each a part of the one `Ledger` class:
 """
 
 from batchgen.ledger.base import (
+    DEFAULT_OUT,
     DEFAULT_PATH,
     UNFINISHED,
     IngestResult,
@@ -24,6 +25,7 @@ from batchgen.ledger.reads import ReadsMixin
 from batchgen.ledger.scheduling import SchedulingMixin
 
 __all__ = [
+    "DEFAULT_OUT",
     "DEFAULT_PATH",
     "JOB_INSERT_COLUMNS",
     "UNFINISHED",

@@ -22,6 +22,7 @@ from batchgen.job import canonical_json
 from batchgen.migrations import migrate
 
 DEFAULT_PATH = "batchgen.db"
+DEFAULT_OUT = "out"  # where result files are saved, and found by `review` (PRODUCT §9)
 UNFINISHED = ("queued", "submitting", "running")
 
 

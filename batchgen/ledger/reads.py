@@ -39,6 +39,10 @@ class ReadsMixin(LedgerBase):
             raise LedgerError(f"{ledger.path}: cannot read the ledger: {e}") from e
         return ledger
 
+    def attempt_count(self) -> int:
+        """How many attempts the ledger records, over every campaign."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+
     def campaign_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM campaigns ORDER BY name")]
 

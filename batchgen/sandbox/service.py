@@ -27,6 +27,7 @@ from batchgen.catalog import Catalog, Model, check_request, price_micros
 from batchgen.money import to_micros, usd
 from batchgen.sandbox.config import SandboxConfig
 from batchgen.sandbox.faults import FaultDice, PollFaults, SubmitFaults
+from batchgen.sandbox.media import result_file
 from batchgen.sandbox.truth import MoneyEvent, Submission, Truth, payload_key
 
 
@@ -50,9 +51,11 @@ class Response(NamedTuple):
 
 
 # What the reference does not say, chosen here: a task is `pending` for the first tenth of
-# its generation time, and each finished task has one result file of this type.
+# its generation time, and each finished task has one result file of this type (real
+# media, see media.py); a video without a duration (Veo's is fixed) lasts VEO_SECONDS.
 PENDING_FRACTION = 0.10
 RESULT_FILES = {"video": ("mp4", "video/mp4"), "image": ("png", "image/png")}
+VEO_SECONDS = 8
 
 TRUTH_ROUTE = "GET /_sandbox/truth"
 TOPUP_ROUTE = "POST /_sandbox/topup"
@@ -107,12 +110,6 @@ def _garbled(response: Response) -> Response:
     """The same answer cut in half: a 200 whose body no JSON parser accepts."""
     assert isinstance(response.body, bytes)
     return response._replace(body=response.body[: len(response.body) // 2])
-
-
-def file_bytes(task_id: str, index: int, size: int) -> bytes:
-    """The deterministic content of a result file: its SHA-256 seed repeated to `size`."""
-    block = hashlib.sha256(f"{task_id}/{index}".encode()).digest()
-    return (block * (size // len(block) + 1))[:size]
 
 
 class Sandbox:
@@ -300,9 +297,10 @@ class Sandbox:
         """Create, charge and start a task; it ends by the clock, settled in `_settle`."""
         seconds = model.typical_seconds(request.get("duration"))
         seconds *= self.config.time_scale * faults.jitter
+        task_id, generation_id = self._new_ids()
         task = _Task(
-            task_id=uuid.uuid4().hex,
-            generation_id=str(uuid.uuid4()),
+            task_id=task_id,
+            generation_id=generation_id,
             key=key,
             kind=kind,
             payload=payload,
@@ -320,6 +318,13 @@ class Sandbox:
         self._peak[key] = max(self._peak.get(key, 0), self._active[key])
         self._per_payload[payload_key(payload)] += 1
         return task
+
+    def _new_ids(self) -> tuple[str, str]:
+        """(task id, generation id) of the next task: from the seed and the number of tasks
+        so far, so a seeded sandbox hands out the same ids, and files, every time."""
+        seed = f"batchgen-sandbox/{self.config.seed}/task/{len(self._tasks)}".encode()
+        digest = hashlib.sha256(seed).digest()
+        return digest[:16].hex(), str(uuid.UUID(bytes=digest[16:32], version=4))
 
     def _poll(self, kind: str, task_id: str, headers: dict[str, str], now: float) -> Response:
         faults = self._dice.poll()
@@ -363,8 +368,28 @@ class Sandbox:
         expected_ext, content_type = RESULT_FILES[task.kind]
         if ext != expected_ext:
             return _error(404, "Not found")
-        content = file_bytes(task_id, index, self.config.file_bytes)
-        return Response(200, {"Content-Type": content_type}, content)
+        return Response(200, {"Content-Type": content_type}, self._content(task))
+
+    def result_file(self, task_id: str, index: int = 0) -> bytes | None:
+        """The bytes a completed task's result file `index` holds (None: no such file)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.status(self.clock()) != "completed" or index != 0:
+                return None
+            return self._content(task)
+
+    def _content(self, task: _Task) -> bytes:
+        """The task's real media: its look comes from its task id (so from the seed)."""
+        model = self.catalog.model(str(task.payload.get("model")))
+        seconds = task.payload.get("duration")
+        if not isinstance(seconds, int):
+            default = model.defaults.get("duration") if model else None
+            seconds = default if isinstance(default, int) else VEO_SECONDS
+        ratio = task.payload.get("ratio")
+        if not isinstance(ratio, str):
+            default = model.defaults.get("ratio") if model else None
+            ratio = default if isinstance(default, str) else None
+        return result_file(task.kind, task.task_id, ratio, seconds, self.config.file_bytes)
 
     # -- admin and bookkeeping ---------------------------------------------------------
 
