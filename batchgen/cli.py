@@ -302,7 +302,7 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
 @campaign_option
 @click.option(
     "--by",
-    type=click.Choice(["campaign", "model", "tag", "status"]),
+    type=click.Choice(["campaign", "model", "tag", "status", "verdict"]),
     default="campaign",
     show_default=True,
     help="Group rows by this.",
@@ -370,19 +370,33 @@ def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> No
 @cli.command()
 @campaign_option
 @click.option("--unknown", is_flag=True, help="Requeue held jobs (unknown outcome) instead.")
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="Generate again the completed jobs a reviewer rejected (`batchgen review`).",
+)
 @click.pass_context
 @reports_errors
-def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool) -> None:
+def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool, rejected: bool) -> None:
     """Put failed jobs (or, with --unknown, held jobs) back in the queue with fresh attempts.
 
+    With --rejected: the completed jobs whose result was rejected in `batchgen review`;
+    the rejected results, their files and their cost stay in the audit.
+
     \b
-    Example:
+    Examples:
         batchgen retry && batchgen resume
+        batchgen retry --rejected && batchgen resume
     """
     from batchgen.ledger import Ledger
 
+    if unknown and rejected:
+        raise click.UsageError("--unknown and --rejected cannot be used together")
     ledger = Ledger(ledger_path(ctx), create=False)
-    n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    if rejected:
+        n = ledger.requeue_rejected(list(campaigns))
+    else:
+        n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
     click.echo(f"{n} job(s) queued again; run `batchgen resume` to go on.")
 
 

@@ -7,7 +7,8 @@ its error and tried again by the next `download`, never by generating again.
 - Names: a job with one result URL gives `<job-id>.<ext>`; with several, `<job-id>-1.<ext>`,
   `<job-id>-2.<ext>`, … (numbered from 1, in result_urls order; the `files.n` column is the
   0-based index). `<ext>` comes from the URL path, lower-cased, letters and digits only,
-  else `bin`.
+  else `bin`. A job generated again after a rejection saves its new result as
+  `<job-id>~2.<ext>` (then `~3`, …), beside the earlier one.
 - Safety: campaign and job id keep only `A-Z a-z 0-9 . _ -`, lose leading dots, and get a
   short hash of the original when anything was changed (so two ids never share a file);
   the resolved path must lie inside DIR. Result URLs are fetched with a client that has no
@@ -63,11 +64,15 @@ def extension(url: str) -> str:
 
 
 def file_path(
-    out_dir: str | Path, campaign: str, job_id: str, n: int, count: int, url: str
+    out_dir: str | Path, campaign: str, job_id: str, n: int, count: int, url: str, result: int = 1
 ) -> Path:
     """Where result `n` (0-based) of `count` is saved; raises DownloadError if that would be
-    outside `out_dir` (it cannot, by construction; this is the last line of defence)."""
-    suffix = f"-{n + 1}" if count > 1 else ""
+    outside `out_dir` (it cannot, by construction; this is the last line of defence).
+
+    A job's second and later results (generated again after `retry --rejected`) get
+    `~<result>` after the id, so they never overwrite the earlier files; no name made
+    from an id holds a `~` (safe_name), so this cannot meet another job's file."""
+    suffix = (f"~{result}" if result > 1 else "") + (f"-{n + 1}" if count > 1 else "")
     path = Path(out_dir) / safe_name(campaign) / f"{safe_name(job_id)}{suffix}.{extension(url)}"
     root = Path(out_dir).resolve()
     if not path.resolve().is_relative_to(root) or path.resolve() == root:
@@ -130,7 +135,9 @@ class Downloader:
         campaign, job_id, n, url = row["campaign"], row["job_id"], row["n"], row["url"]
         try:
             async with self.slots:
-                path = file_path(self.out_dir, campaign, job_id, n, row["count"], url)
+                path = file_path(
+                    self.out_dir, campaign, job_id, n, row["count"], url, row.get("result", 1)
+                )
                 if await self._intact(path, row):
                     self.tally.kept += 1
                     if row["path"] != str(path):
