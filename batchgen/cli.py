@@ -401,6 +401,43 @@ def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool, rejecte
 
 
 @cli.command()
+@campaign_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8766,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_OUT,
+    show_default=True,
+    envvar="BATCHGEN_OUT",
+    help="The folder the result files were saved in (env BATCHGEN_OUT).",
+)
+@click.pass_context
+@reports_errors
+def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: str) -> None:
+    """The morning review: a local web page of the results, to approve or reject each.
+
+    Serves on 127.0.0.1 only. Results are grouped by campaign and prompt, so the takes
+    and models of one prompt sit side by side; keys j/k move, a approves, r rejects
+    (with an optional note), ? lists the rest. Only verdicts and notes are written.
+
+    \b
+    Example:
+        batchgen review            # then open http://127.0.0.1:8766/
+        batchgen retry --rejected && batchgen resume
+    """
+    from batchgen.review import main as review_main
+
+    review_main(ledger_path(ctx), list(campaigns), out_dir, port)
+
+
+@cli.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option(
     "--key", default="okpk_sandbox_demo", show_default=True, help="The API key the sandbox accepts."
