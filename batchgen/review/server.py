@@ -70,6 +70,12 @@ class ReviewServer(ThreadingHTTPServer):
         self.origins = {f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}"}
         self.hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser drops connections all the time (a video seeked, a page closed).
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
     def results(self, since: str | None) -> dict[str, Any]:
         scope = self.campaigns or None
         with self.lock, self.ledger.snapshot():

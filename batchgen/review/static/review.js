@@ -113,6 +113,14 @@ function makeCard(result) {
   actions.append(approve, reject, note);
   meta.append(title, el("div", "facts"), el("div", "tags"), el("div", "state"), el("div", "note"), actions);
   card.append(el("div", "media"), meta);
+  card.addEventListener("mouseenter", () => {
+    const video = card.querySelector("video");
+    if (video) video.controls = true;
+  });
+  card.addEventListener("mouseleave", () => {
+    const video = card.querySelector("video");
+    if (video && card !== state.current) video.controls = false;
+  });
   card.addEventListener("click", (event) => {
     if (!event.target.closest("button, video")) setCurrent(card, false);
   });
@@ -176,7 +184,7 @@ function updateMedia(card, result) {
     let media;
     if (item.type === "video") {
       media = el("video");
-      media.controls = true;
+      media.controls = card === state.current;
       media.muted = true;
       media.loop = true;
       media.playsInline = true;
@@ -285,15 +293,16 @@ function setCurrent(card, scroll = true) {
   if (state.current) {
     state.current.classList.remove("current");
     const video = state.current.querySelector("video");
-    if (video) video.pause();
+    if (video) { video.pause(); video.controls = false; }
   }
   state.current = card;
   if (!card) return;
   card.classList.add("current");
-  if (scroll) {
-    card.scrollIntoView({ block: "nearest", inline: "nearest" });
-    const video = card.querySelector("video");
-    if (video) video.play().catch(() => {});
+  if (scroll) card.scrollIntoView({ block: "nearest", inline: "nearest" });
+  const video = card.querySelector("video");
+  if (video) {
+    video.controls = true;  // controls on the current card only: the others show the picture
+    video.play().catch(() => {});  // muted: browsers allow it
   }
 }
 
