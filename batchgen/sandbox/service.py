@@ -155,6 +155,9 @@ class Sandbox:
         path = urlsplit(target).path
         lowered = {k.lower(): v for k, v in headers.items()}
         method = method.upper()
+        match = _FILES_PATH.match(path)
+        if match and method == "GET":
+            return self._file(match["task_id"], int(match["index"]), match["ext"])
         with self._lock:
             now = self.clock()
             self._settle(now)
@@ -204,9 +207,6 @@ class Sandbox:
                 if method != "GET":
                     return route, _error(405, "Method not allowed", {"Allow": "GET"})
                 return route, self._poll(kind, match["task_id"], headers, now)
-        match = _FILES_PATH.match(path)
-        if match and method == "GET":
-            return FILES_ROUTE, self._file(match["task_id"], int(match["index"]), match["ext"], now)
         if path == "/_sandbox/truth" and method == "GET":
             return TRUTH_ROUTE, _json(200, self._snapshot(now).to_dict())
         if path == "/_sandbox/topup" and method == "POST":
@@ -360,26 +360,31 @@ class Sandbox:
             return _garbled(response)
         return response
 
-    def _file(self, task_id: str, index: int, ext: str, now: float) -> Response:
-        """A finished task's result file: no auth, like a CDN; 404 for anything else."""
-        task = self._tasks.get(task_id)
-        if task is None or task.status(now) != "completed" or index != 0:
+    def _file(self, task_id: str, index: int, ext: str) -> Response:
+        """A finished task's result file: no auth, like a CDN; 404 for anything else. The
+        file is made outside the lock: the API does not wait while a picture is drawn."""
+        with self._lock:
+            self._settle(self.clock())
+            recipe = self._recipe(task_id, index)
+            expected = RESULT_FILES[recipe[0]][0] if recipe else None
+            status = "200" if recipe and ext == expected else "404"
+            self._responses[FILES_ROUTE][status] += 1
+        if recipe is None or ext != expected:
             return _error(404, "Not found")
-        expected_ext, content_type = RESULT_FILES[task.kind]
-        if ext != expected_ext:
-            return _error(404, "Not found")
-        return Response(200, {"Content-Type": content_type}, self._content(task))
+        return Response(200, {"Content-Type": RESULT_FILES[recipe[0]][1]}, result_file(*recipe))
 
     def result_file(self, task_id: str, index: int = 0) -> bytes | None:
         """The bytes a completed task's result file `index` holds (None: no such file)."""
         with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None or task.status(self.clock()) != "completed" or index != 0:
-                return None
-            return self._content(task)
+            recipe = self._recipe(task_id, index)
+        return None if recipe is None else result_file(*recipe)
 
-    def _content(self, task: _Task) -> bytes:
-        """The task's real media: its look comes from its task id (so from the seed)."""
+    def _recipe(self, task_id: str, index: int) -> tuple[str, str, str | None, int, int] | None:
+        """What makes a completed task's file (media.result_file's arguments): its kind,
+        its task id (its look), ratio, seconds and the padding knob; None if no file."""
+        task = self._tasks.get(task_id)
+        if task is None or task.status(self.clock()) != "completed" or index != 0:
+            return None
         model = self.catalog.model(str(task.payload.get("model")))
         seconds = task.payload.get("duration")
         if not isinstance(seconds, int):
@@ -389,7 +394,7 @@ class Sandbox:
         if not isinstance(ratio, str):
             default = model.defaults.get("ratio") if model else None
             ratio = default if isinstance(default, str) else None
-        return result_file(task.kind, task.task_id, ratio, seconds, self.config.file_bytes)
+        return task.kind, task.task_id, ratio, seconds, self.config.file_bytes
 
     # -- admin and bookkeeping ---------------------------------------------------------
 
