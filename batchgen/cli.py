@@ -19,7 +19,7 @@ import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import Redactor
-from batchgen.ledger import DEFAULT_PATH
+from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
 from batchgen.text import shown
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -202,8 +202,15 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--download",
             "download_dir",
             type=click.Path(file_okay=False),
-            default=None,
-            help="Save result files under this folder as they finish.",
+            envvar="BATCHGEN_OUT",
+            default=DEFAULT_OUT,
+            show_default=True,
+            help="Save result files under this folder as each task completes (env BATCHGEN_OUT).",
+        ),
+        click.option(
+            "--no-download",
+            is_flag=True,
+            help="Do not save result files (`batchgen download` can save them later).",
         ),
         click.option(
             "--force",
@@ -216,9 +223,17 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _schedule(ctx: click.Context, campaigns: list[str], command_name: str, **options: Any) -> None:
+def _schedule(
+    ctx: click.Context,
+    campaigns: list[str],
+    command_name: str,
+    no_download: bool = False,
+    **options: Any,
+) -> None:
     from batchgen.runner import RunOptions, run_ledger
 
+    if no_download:
+        options["download_dir"] = None
     code = run_ledger(ledger_path(ctx), campaigns, RunOptions(**options), command_name)
     sys.exit(code)
 
@@ -243,7 +258,7 @@ def run(
     \b
     Examples:
         batchgen run manifests/quickstart.yaml --sandbox
-        OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download out
+        OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download ~/renders
     """
     from batchgen.keys import api_key
     from batchgen.ledger import Ledger
@@ -307,7 +322,7 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
 @campaign_option
 @click.option(
     "--by",
-    type=click.Choice(["campaign", "model", "tag", "status"]),
+    type=click.Choice(["campaign", "model", "tag", "status", "verdict"]),
     default="campaign",
     show_default=True,
     help="Group rows by this.",
@@ -352,7 +367,7 @@ def report(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default="out",
+    default=DEFAULT_OUT,
     show_default=True,
     envvar="BATCHGEN_OUT",
     help="Folder for the files (env BATCHGEN_OUT).",
@@ -376,20 +391,71 @@ def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> No
 @cli.command()
 @campaign_option
 @click.option("--unknown", is_flag=True, help="Requeue held jobs (unknown outcome) instead.")
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="Generate again the completed jobs a reviewer rejected (`batchgen review`).",
+)
 @click.pass_context
 @reports_errors
-def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool) -> None:
+def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool, rejected: bool) -> None:
     """Put failed jobs (or, with --unknown, held jobs) back in the queue with fresh attempts.
 
+    With --rejected: the completed jobs whose result was rejected in `batchgen review`;
+    the rejected results, their files and their cost stay in the audit.
+
     \b
-    Example:
+    Examples:
         batchgen retry && batchgen resume
+        batchgen retry --rejected && batchgen resume
     """
     from batchgen.ledger import Ledger
 
+    if unknown and rejected:
+        raise click.UsageError("--unknown and --rejected cannot be used together")
     ledger = Ledger(ledger_path(ctx), create=False)
-    n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    if rejected:
+        n = ledger.requeue_rejected(list(campaigns))
+    else:
+        n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
     click.echo(f"{n} job(s) queued again; run `batchgen resume` to go on.")
+
+
+@cli.command()
+@campaign_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8766,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_OUT,
+    show_default=True,
+    envvar="BATCHGEN_OUT",
+    help="The folder the result files were saved in (env BATCHGEN_OUT).",
+)
+@click.pass_context
+@reports_errors
+def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: str) -> None:
+    """The morning review: a local web page of the results, to approve or reject each.
+
+    Serves on 127.0.0.1 only. Results are grouped by campaign and prompt, so the takes
+    and models of one prompt sit side by side; keys j/k move, a approves, r rejects
+    (with an optional note), ? lists the rest. Only verdicts and notes are written.
+
+    \b
+    Example:
+        batchgen review            # then open http://127.0.0.1:8766/
+        batchgen retry --rejected && batchgen resume
+    """
+    from batchgen.review import main as review_main
+
+    review_main(ledger_path(ctx), list(campaigns), out_dir, port)
 
 
 @cli.command()

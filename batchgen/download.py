@@ -1,4 +1,4 @@
-"""Result files (PRODUCT.md §9): `DIR/<campaign>/<job-id>[+n].<ext>`, saved atomically,
+"""Result files (PRODUCT.md §9): `DIR/<campaign>/<job-id>[~r][+n].<ext>`, saved atomically,
 resumably, and recorded in the ledger's `files` table.
 
 "Generated" and "downloaded" are separate states: a download that fails is recorded with
@@ -7,6 +7,9 @@ its error and tried again by the next `download`, never by generating again.
 - Names: a job's first result is `<job-id>.<ext>`, its second and later ones
   `<job-id>+2.<ext>`, `<job-id>+3.<ext>`, … (in result_urls order; `files.n` is the 0-based
   index). `<ext>` comes from the URL path, lower-cased, letters and digits only, else `bin`.
+  A job generated again (after `retry --rejected`, or a `--replace`) saves its new result
+  as `<job-id>~2.<ext>` (then `~3`, …; `<job-id>~2+2.<ext>` for its second file), beside
+  the earlier one, which is never overwritten.
 - Unique, also on a case-insensitive file system: a job id is used as it is only when it
   is "plain" (lower-case letters, digits, `. _ -`, not starting with a dot, not a Windows
   device name, at most 120 characters). Any other id keeps its safe characters and gets
@@ -56,6 +59,7 @@ PLAIN = re.compile(r"[a-z0-9_-][a-z0-9._-]*")
 EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 MAX_NAME = 120
 MARK = "+"  # never in a plain name: what follows it is a hash or a file number
+GENERATION = "~"  # never in a safe name: what follows it is the job's result number
 # Names Windows keeps for devices, whatever their extension.
 DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
            *(f"lpt{i}" for i in range(1, 10))}  # fmt: skip
@@ -90,12 +94,15 @@ def extension(url: str) -> str:
     return ext if EXTENSION.fullmatch(ext) else "bin"
 
 
-def file_name(job_id: str, n: int, url: str, hashed: bool = False) -> str:
-    """The name of a job's result `n` (0-based): the first has no number. `hashed`: the
-    hashed form of the id even when it is plain (its plain name is held by another)."""
+def file_name(job_id: str, n: int, url: str, hashed: bool = False, result: int = 1) -> str:
+    """The name of file `n` (0-based) of a job's `result`-th result: the first has no
+    number. `hashed`: the hashed form of the id even when it is plain (its plain name is
+    held by another). No safe name holds `~` or `+`, so neither suffix makes another
+    job's name."""
+    generation = f"{GENERATION}{result}" if result > 1 else ""
     number = f"{MARK}{n + 1}" if n else ""
     stem = _hashed(job_id) if hashed else safe_name(job_id)
-    return f"{stem}{number}.{extension(url)}"
+    return f"{stem}{generation}{number}.{extension(url)}"
 
 
 def file_path(out_dir: str | Path, campaign: str, name: str) -> Path:
@@ -134,7 +141,7 @@ class _Names:
             if owners.get(recorded.casefold()) == me:
                 return recorded
         for hashed in (False, True):
-            name = file_name(row["job_id"], row["n"], row["url"], hashed)
+            name = file_name(row["job_id"], row["n"], row["url"], hashed, row.get("result", 1))
             if owners.setdefault(name.casefold(), me) == me:
                 return name
         raise DownloadError(f"{name}: another result of campaign {row['campaign']} holds it")

@@ -153,7 +153,44 @@ def m003_runner_identity(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m003_runner_identity]
+VERDICTS = ("approved", "rejected")
+
+
+def m004_verdicts(db: sqlite3.Connection) -> None:
+    """The morning review's verdicts (PRODUCT §12): every approval, rejection, note and
+    withdrawal is a row, so the history stays; a result's verdict is its latest row."""
+    verdicts = ", ".join(f"'{v}'" for v in VERDICTS)
+    _run_script(
+        db,
+        f"""
+    CREATE TABLE verdicts (
+        id         INTEGER PRIMARY KEY,
+        campaign   TEXT NOT NULL,
+        job_id     TEXT NOT NULL,
+        task_id    TEXT NOT NULL,            -- the result judged: the job's task at the time
+        attempt_id INTEGER REFERENCES attempts (id),  -- the attempt that made that result
+        verdict    TEXT CHECK (verdict IN ({verdicts})),  -- NULL: verdict withdrawn
+        note       TEXT,
+        at         TEXT NOT NULL,
+        FOREIGN KEY (campaign, job_id) REFERENCES jobs (campaign, id)
+    );
+    CREATE INDEX verdicts_by_result ON verdicts (campaign, job_id, task_id, id);
+    CREATE INDEX verdicts_by_attempt ON verdicts (attempt_id, id);
+    -- one row per judged result: its latest verdict and note
+    CREATE VIEW current_verdicts AS
+        SELECT v.campaign, v.job_id, v.task_id, v.attempt_id, v.verdict, v.note, v.at
+        FROM verdicts v
+        WHERE v.id = (SELECT MAX(w.id) FROM verdicts w WHERE w.campaign = v.campaign
+                      AND w.job_id = v.job_id AND w.task_id = v.task_id);
+    """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    m001_initial,
+    m003_runner_identity,
+    m004_verdicts,
+]
 
 
 def known_migrations() -> set[str]:

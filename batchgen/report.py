@@ -8,6 +8,8 @@ failed tasks were refunded. Sums are integers in SQL; text is made by `money.usd
 Job columns: `jobs` counts every job of the group, `completed`, `failed` and `queued`
 count jobs in exactly that status. Jobs `submitting`, `running` or `held` are in `jobs`
 only (so jobs ≥ completed + failed + queued); `--by status` shows each of them.
+`--by verdict` groups jobs by their current result's review verdict: approved, rejected,
+unreviewed, or "(no result)" for jobs not completed (so the groups sum to the totals).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ ATTEMPT_COLUMNS = (
     "cost_usd",
     "refunded_usd",
     "error",
+    "verdict",
 )
 JOB_COLUMNS = (
     "campaign",
@@ -71,6 +74,8 @@ JOB_COLUMNS = (
     "unknown_usd",
     "refunded_usd",
     "error",
+    "verdict",
+    "note",
 )
 
 
@@ -127,6 +132,8 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
             "task_id": first["job_task_id"],
             **{MONEY[k]: _usd(v) for k, v in sums.items()},
             "error": first["last_error"],
+            "verdict": first["job_verdict"],  # of its current result (PRODUCT §12)
+            "note": first["job_note"],
             "attempts": [
                 {
                     "number": number,
@@ -139,6 +146,7 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
                     "cost_usd": _usd(a["cost_micro_usd"]),
                     "refunded_usd": _usd(a["refunded_micro_usd"]),
                     "error": a["error"],
+                    "verdict": a["attempt_verdict"],  # of the result this attempt made
                 }
                 for number, a in enumerate(attempts, start=1)
                 if a["attempt_id"] is not None
@@ -202,13 +210,14 @@ def _groups_table(
 def _jobs_table(jobs: Iterator[dict[str, Any]]) -> str:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for header in ("campaign/job", "model", "status", "spent", "#", "attempt started",
-                   "http", "state", "task", "unit price", "cost", "refunded", "error"):  # fmt: skip
+                   "http", "state", "task", "unit price", "cost", "refunded", "error",
+                   "verdict"):  # fmt: skip
         table.add_column(header)
     for job in jobs:
         name = f"{job['campaign']}/{job['id']}"
         head = [name, job["model"], job["status"], "$" + job["spent_usd"]]
         if not job["attempts"]:
-            table.add_row(*map(_cell, head), *[""] * 9)
+            table.add_row(*map(_cell, head), *[""] * 10)
         for i, a in enumerate(job["attempts"]):
             cells = [
                 *(head if i == 0 else [""] * 4),
@@ -221,6 +230,7 @@ def _jobs_table(jobs: Iterator[dict[str, Any]]) -> str:
                 "$" + a["cost_usd"],
                 "$" + a["refunded_usd"],
                 a["error"] or "",
+                a["verdict"] or "",
             ]
             table.add_row(*map(_cell, cells))
     out = io.StringIO()

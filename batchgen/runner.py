@@ -16,7 +16,7 @@ from batchgen import catalog
 from batchgen.client import Client
 from batchgen.errors import AuthError
 from batchgen.keys import api_key
-from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH, Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
 from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
@@ -47,14 +47,21 @@ class RunOptions:
 
 
 @contextmanager
-def service(options: RunOptions) -> Iterator[tuple[str, str]]:
+def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, str]]:
     """(base URL, key): the in-process sandbox with its demo key, or the real service."""
     if not options.sandbox:
         yield (options.base_url or catalog.load().base_url), api_key()
         return
     from batchgen.sandbox import Sandbox, SandboxConfig, serve
 
-    served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE)))
+    # Seeded by the attempts the ledger already holds: the same files for the same history,
+    # and a later run on the ledger (say after `retry --rejected`) never repeats a task id.
+    reader = Ledger.read_only(ledger_path)
+    try:
+        seed = reader.attempt_count()
+    finally:
+        reader.close()
+    served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE, seed=seed)))
     print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
     try:
         yield served.base_url, SANDBOX_KEY
@@ -63,7 +70,7 @@ def service(options: RunOptions) -> Iterator[tuple[str, str]]:
 
 
 def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, command: str) -> int:
-    with service(options) as (base_url, key):
+    with service(options, ledger_path) as (base_url, key):
         ledger = Ledger(ledger_path, create=False)
         ledger.redact.add(key)  # nothing the service echoes of it is stored
         try:
@@ -142,6 +149,25 @@ async def _run(
     return _finish(ledger, selection, summary, options, unsaved)
 
 
+def _results_lines(ledger: Ledger, completed: int, options: RunOptions) -> list[str]:
+    """Where the files are and how to look at them (never a command that cannot work: the
+    in-process sandbox's result URLs end with the run, so no `download` is advised then)."""
+    if not completed:
+        return []
+    review = "batchgen" + ("" if str(ledger.path) == DEFAULT_PATH else f" --ledger {ledger.path}")
+    review += " review"
+    if options.download_dir is None:
+        if options.sandbox:
+            return ["files not saved (--no-download); the sandbox's result URLs ended with the run"]
+        return [f"files not saved (--no-download): `batchgen download` saves them; then `{review}`"]
+    if options.download_dir != DEFAULT_OUT:
+        review += f" --out {options.download_dir}"
+    return [
+        f"files in {options.download_dir}/",
+        f"look at the results, approve or reject them: `{review}`",
+    ]
+
+
 def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
     if out_dir is None:
         return None
@@ -204,18 +230,8 @@ def _finish(
         f"{counts['completed']} completed, {counts['failed']} failed, {counts['held']} held, "
         f"{counts['queued'] + counts['submitting']} queued, {counts['running']} running; {spend}"
     ]
-    if options.download_dir and unsaved:
-        lines.append(
-            f"{unsaved} result file(s) could not be saved (see above): "
-            f"`batchgen download --out {options.download_dir}` tries them again"
-        )
-    elif options.download_dir:
-        lines.append(f"files in {options.download_dir}/")
-    elif counts["completed"] and options.sandbox:
-        # The in-process sandbox, and every result URL it gave, ended with this run.
-        lines.append("files not saved: add `--download DIR` to save them during the run")
-    elif counts["completed"]:
-        lines.append("save the files with `batchgen download --out DIR`")
+    if not unsaved:
+        lines.extend(_results_lines(ledger, counts["completed"], options))
     code = EXIT_OK
     if summary.stopped_for == "interrupted":
         lines.append("interrupted: run `batchgen resume` to go on (tasks in flight are kept)")
@@ -246,6 +262,13 @@ def _finish(
         code = EXIT_FAILED
     elif unsaved:
         code = EXIT_RESUMABLE  # generated, not yet saved: work remains for `download`
+    if unsaved:
+        again = (
+            "the sandbox's result URLs ended with the run"
+            if options.sandbox
+            else f"`batchgen download --out {options.download_dir}` tries them again"
+        )
+        lines.append(f"{unsaved} result file(s) could not be saved (see above): {again}")
     for line in lines:
         print(shown(line), file=sys.stderr)
     return code

@@ -33,6 +33,7 @@ def status_data(ledger: Ledger, campaigns: list[str], jobs: bool = True) -> dict
         budgets = [b for b in ledger.budgets(scope).values() if b is not None]
         entries = ledger.status_jobs(scope) if jobs else []
         counts = ledger.counts(scope)
+        verdicts = ledger.verdict_counts(scope)
     for entry in entries:
         entry["cost_usd"] = usd(entry["cost_usd"])
     return {
@@ -41,6 +42,7 @@ def status_data(ledger: Ledger, campaigns: list[str], jobs: bool = True) -> dict
         "in_flight_usd": usd(money.in_flight),
         "unknown_usd": usd(money.unknown),
         "budget_usd": usd(sum(budgets)) if budgets else None,
+        "verdicts": verdicts,  # completed jobs by their review verdict (PRODUCT §12)
         "jobs": entries,
     }
 
@@ -78,6 +80,13 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
         cap = next(b for b in budgets.values() if b is not None)
         lines.append(f"  budget used (spent + in flight + unknown): {_percent(used, cap)}")
 
+    if counts["completed"]:
+        verdicts = data["verdicts"]
+        lines.append(
+            f"review: {verdicts['approved']} approved, {verdicts['rejected']} rejected, "
+            f"{verdicts['unreviewed']} not yet reviewed"
+        )
+
     now = datetime.now(UTC)
     if counts["running"] or counts["submitting"]:
         lines.append("")
@@ -109,12 +118,14 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
                 f"{job['last_error'] or job['reason'] or 'unknown outcome'}"
             )
     lines.append("")
-    lines.extend(_next_steps(ledger, scope, counts))
+    lines.extend(_next_steps(ledger, scope, counts, data["verdicts"]))
     # Each entry is one line; ids, task ids and the service's messages are shown as written.
     return "\n".join(map(shown, lines))
 
 
-def _next_steps(ledger: Ledger, scope: list[str] | None, counts: dict[str, int]) -> list[str]:
+def _next_steps(
+    ledger: Ledger, scope: list[str] | None, counts: dict[str, int], verdicts: dict[str, int]
+) -> list[str]:
     """What a person should do now, most useful first."""
     steps: list[str] = []
     runner = ledger.runner()
@@ -148,6 +159,13 @@ def _next_steps(ledger: Ledger, scope: list[str] | None, counts: dict[str, int])
         )
     if counts["failed"]:
         steps.append(f"{counts['failed']} failed job(s): `batchgen retry` queues them again")
+    if verdicts["rejected"]:
+        steps.append(
+            f"{verdicts['rejected']} rejected result(s): `batchgen retry --rejected` "
+            "generates them again (the rejected ones stay in the audit)"
+        )
+    if verdicts["unreviewed"]:
+        steps.append(f"{verdicts['unreviewed']} result(s) to look at: `batchgen review`")
     if not steps:
         steps.append(
             "nothing left to generate"

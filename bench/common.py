@@ -58,6 +58,7 @@ def command_env(
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["BATCHGEN_LEDGER"] = str(ledger)
+    env["BATCHGEN_OUT"] = str(ledger.parent / "out")  # run/resume save files by default
     if base_url is not None:
         env["OKAYPIC_BASE_URL"] = base_url
     if key is not None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own ledger path and no API key from the user's shell."""
+"""Shared fixtures: every test gets its own ledger path and files folder, and no API key
+from the user's shell."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ if os.environ.get("CI"):
 @pytest.fixture(autouse=True)
 def env_setup(monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHGEN_LEDGER", str(tmp_path / "ledger.db"))
+    monkeypatch.setenv("BATCHGEN_OUT", str(tmp_path / "out"))  # files saved by run/resume
     monkeypatch.delenv("OKAYPIC_API_KEY", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)
 

@@ -22,6 +22,7 @@ def command_env(ledger: Path, base_url: str | None, key: str | None) -> dict[str
         if k not in ("OKAYPIC_API_KEY", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
     }
     env["BATCHGEN_LEDGER"] = str(ledger)
+    env["BATCHGEN_OUT"] = str(ledger.parent / "out")  # run/resume save files by default
     if base_url is not None:
         env["OKAYPIC_BASE_URL"] = base_url
     if key is not None:

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from batchgen.money import to_micros
-from batchgen.sandbox import file_bytes
 from tests.e2e import FAST, batchgen, grok_batch, on_sandbox, recorded_task_ids, rows, status_json
 
 SCALE = 0.01
@@ -126,12 +125,11 @@ def test_downloads_match_the_served_bytes_and_are_restored_without_generating_ag
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
     assert result.returncode == 0, result.stderr
-    size = sandbox.sim.config.file_bytes
     jobs = {job["id"]: job for job in status_json(ledger)["jobs"]}
     for job_id, job in jobs.items():
         path = out / "e2e" / f"{job_id}.mp4"
         assert job["files"] == [str(path)]
-        assert path.read_bytes() == file_bytes(job["task_id"], 0, size)
+        assert path.read_bytes() == sandbox.sim.result_file(job["task_id"], 0)
     (out / "e2e" / "clip-1.mp4").unlink()
     (out / "e2e" / "clip-2.mp4").write_bytes(b"trunc")
     before = len(sandbox.sim.truth().submissions)
@@ -139,7 +137,7 @@ def test_downloads_match_the_served_bytes_and_are_restored_without_generating_ag
     assert result.returncode == 0, result.stderr
     for job_id, job in jobs.items():
         path = out / "e2e" / f"{job_id}.mp4"
-        assert path.read_bytes() == file_bytes(job["task_id"], 0, size)
+        assert path.read_bytes() == sandbox.sim.result_file(job["task_id"], 0)
         recorded = rows(ledger, "SELECT sha256 FROM files WHERE job_id = ?", job_id)[0]
         assert recorded["sha256"] == sha256(path)
     assert len(sandbox.sim.truth().submissions) == before  # nothing generated again

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from batchgen.sandbox import Drop, Response, Sandbox, SandboxConfig, Truth, file_bytes, serve
+from batchgen.sandbox import Drop, Response, Sandbox, SandboxConfig, Truth, serve
 from batchgen.sandbox.truth import payload_key
 from tests.crashing import Audit, audit, build_ledger, query, run_crashing
 from tests.e2e import FAST, batchgen, command_env, spawn
@@ -285,8 +285,8 @@ class StallingFiles:
 
     PATH = re.compile(r"^/files/(?P<task_id>[^/]+)/(?P<n>\d+)\.(?P<ext>[a-z0-9]+)$")
 
-    def __init__(self, size: int, nth: int) -> None:
-        self.size, self.nth = size, nth
+    def __init__(self, sim: Sandbox, nth: int) -> None:
+        self.sim, self.nth = sim, nth
         self.requests: list[str] = []
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -302,7 +302,10 @@ class StallingFiles:
                 if match is None:
                     self.send_error(404)
                     return
-                body = file_bytes(match["task_id"], int(match["n"]), files.size)
+                body = files.sim.result_file(match["task_id"], int(match["n"]))
+                if body is None:
+                    self.send_error(404)
+                    return
                 with lock:
                     files.requests.append(match["task_id"])
                     stall = len(files.requests) == files.nth
@@ -347,7 +350,7 @@ def test_kill_mid_download_then_download_saves_every_file_without_generating_aga
     size = 256 * 1024
     sim = Sandbox(SandboxConfig(time_scale=SCALE, file_bytes=size))
     service = Service(sim)
-    files = StallingFiles(size, nth=2)
+    files = StallingFiles(sim, nth=2)
     sim.base_url = files.base_url  # result URLs point at the stalling CDN
     ledger, out = tmp_path / "l.db", tmp_path / "out"
     job_ids = build_ledger(ledger, JOBS)
@@ -395,7 +398,8 @@ def test_kill_mid_download_then_download_saves_every_file_without_generating_aga
         records = {r["job_id"]: r for r in query(ledger, "SELECT * FROM files")}
         for job_id in job_ids:
             path = out / "c" / f"{job_id}.mp4"
-            content = file_bytes(jobs[job_id]["task_id"], 0, size)
+            content = sim.result_file(jobs[job_id]["task_id"], 0)
+            assert content is not None and len(content) == size
             assert path.read_bytes() == content, f"{path} is not the task's file"
             record = records[job_id]
             assert (record["size"], record["sha256"]) == (

@@ -311,6 +311,7 @@ def test_per_job_json_nests_each_attempt_with_its_price_task_and_state(audit):
         "cost_usd",
         "refunded_usd",
         "error",
+        "verdict",
     ]
     assert attempt["number"] == 1 and attempt["state"] == "failed"
     assert attempt["task_id"] == "task-c-grok-bad-0" and attempt["unit_price_usd"] == "0.10"

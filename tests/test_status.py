@@ -31,6 +31,7 @@ JOB_KEYS = [
     "cost_usd",
     "result_urls",
     "files",
+    "verdict",
     "error",
 ]
 
@@ -56,6 +57,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "in_flight_usd",
         "unknown_usd",
         "budget_usd",
+        "verdicts",
         "jobs",
     ]
     assert data["counts"] == {
@@ -84,6 +86,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "cost_usd": "0.40",
         "result_urls": ["https://cdn.example.com/done.mp4"],
         "files": [],
+        "verdict": None,
         "error": None,
     }
 

@@ -8,10 +8,12 @@ The package's modules, each a part of the one `Ledger` class:
 - base: the connection, transactions, events, shared dataclasses and helpers;
 - ingest: writing a campaign's expanded jobs;
 - scheduling: the runner lock, the scheduler's reads and writes, money and counts;
-- reads: what status, report, plan and download read (and their few writes).
+- reads: what status, report, plan and download read (and their few writes);
+- review: verdicts, the review page's reads, and `retry --rejected`.
 """
 
 from batchgen.ledger.base import (
+    DEFAULT_OUT,
     DEFAULT_PATH,
     UNFINISHED,
     IngestResult,
@@ -22,12 +24,15 @@ from batchgen.ledger.base import (
 )
 from batchgen.ledger.ingest import JOB_INSERT_COLUMNS, IngestMixin
 from batchgen.ledger.reads import ReadsMixin
+from batchgen.ledger.review import ReviewMixin, VerdictRefused
 from batchgen.ledger.scheduling import SchedulingMixin
 
 __all__ = [
+    "DEFAULT_OUT",
     "DEFAULT_PATH",
     "JOB_INSERT_COLUMNS",
     "UNFINISHED",
+    "VerdictRefused",
     "IngestResult",
     "Ledger",
     "LedgerJob",
@@ -37,6 +42,6 @@ __all__ = [
 ]
 
 
-class Ledger(IngestMixin, SchedulingMixin, ReadsMixin):
+class Ledger(IngestMixin, SchedulingMixin, ReviewMixin, ReadsMixin):
     """batchgen's ledger: one SQLite file, migrated on opening (`Ledger(path)`) or read
     without writing (`Ledger.read_only(path)`)."""

@@ -24,6 +24,7 @@ from batchgen.migrations import known_migrations, migrate
 from batchgen.processes import Holder
 
 DEFAULT_PATH = "batchgen.db"
+DEFAULT_OUT = "out"  # where result files are saved, and found by `review` (PRODUCT §9)
 UNFINISHED = ("queued", "submitting", "running")
 LOCK_WAIT_MS = 2000  # SQLite's own wait for a lock, before batchgen says it waits
 LOCK_NOTICE_EVERY = 5.0  # seconds between two "waiting for the ledger" lines

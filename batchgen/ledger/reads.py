@@ -28,6 +28,14 @@ from batchgen.ledger.base import (
 )
 from batchgen.processes import Liveness, liveness
 
+# The current verdict of each job's current result, as SQL joined to `jobs j` (the view
+# `current_verdicts` is made by migration m004_verdicts).
+JOB_VERDICT_JOIN = (
+    " LEFT JOIN current_verdicts cv ON cv.campaign = j.campaign AND cv.job_id = j.id"
+    " AND cv.task_id = j.task_id AND j.status = 'completed'"
+)
+NO_RESULT = "(no result)"  # the `report --by verdict` group of jobs not completed
+
 
 class ReadsMixin(LedgerBase):
     """The ledger's reports and results."""
@@ -63,6 +71,10 @@ class ReadsMixin(LedgerBase):
             ledger.conn.close()
             raise
         return ledger
+
+    def attempt_count(self) -> int:
+        """How many attempts the ledger records, over every campaign."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
 
     def campaign_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM campaigns ORDER BY name")]
@@ -101,9 +113,9 @@ class ReadsMixin(LedgerBase):
 
     def status_jobs(self, campaigns: list[str] | None = None) -> list[dict[str, Any]]:
         """Every job, in ingestion order, as the `status --json` entry (campaign, id, status,
-        model, attempts, task_id, cost_usd, result_urls, files, error) except that cost_usd is
-        still integer micro-dollars: the job's `cost_micro_usd`. Saved files are the paths
-        `download` recorded without error.
+        model, attempts, task_id, cost_usd, result_urls, files, verdict, error) except that
+        cost_usd is still integer micro-dollars: the job's `cost_micro_usd`. Saved files are
+        the paths `download` recorded without error; the verdict is its current result's.
 
         SQLite builds the whole array in one query and Python parses it in one call: about
         3x faster on 100,000 jobs than building the entries row by row.
@@ -119,9 +131,10 @@ class ReadsMixin(LedgerBase):
             " 'status', j.status, 'model', j.model, 'attempts', j.attempts,"
             " 'task_id', j.task_id, 'cost_usd', j.cost_micro_usd,"
             " 'result_urls', json(COALESCE(j.result_urls, '[]')),"
-            " 'files', json(COALESCE(f.paths, '[]')), 'error', j.last_error))"
+            " 'files', json(COALESCE(f.paths, '[]')), 'verdict', cv.verdict,"
+            " 'error', j.last_error))"
             f" FROM (SELECT * FROM jobs WHERE 1=1 {where} ORDER BY campaign, position) j"
-            " LEFT JOIN f ON f.campaign = j.campaign AND f.job_id = j.id",
+            f" LEFT JOIN f ON f.campaign = j.campaign AND f.job_id = j.id{JOB_VERDICT_JOIN}",
             [*params, *params],
         ).fetchone()
         with _collector_paused():
@@ -166,8 +179,10 @@ class ReadsMixin(LedgerBase):
         }
 
     def report_groups(self, campaigns: list[str] | None, by: str | None) -> list[dict[str, Any]]:
-        """One row of sums per value of `by` (campaign, model, tag, status), sorted by key;
-        `by=None`: one row of totals. A job with several tags counts in each tag's group.
+        """One row of sums per value of `by` (campaign, model, tag, status, verdict), sorted
+        by key; `by=None`: one row of totals. A job with several tags counts in each tag's
+        group. By verdict, a job is in the group of its current result's verdict
+        (approved, rejected, unreviewed) or, with no completed result, in NO_RESULT.
 
         Columns: key, jobs, completed, failed, queued, spent, in_flight, unknown, refunded
         (micro-dollars), video_seconds, images.
@@ -188,6 +203,12 @@ class ReadsMixin(LedgerBase):
             )
             tag_params = params
             tag_join = " LEFT JOIN k ON k.campaign = j.campaign AND k.job_id = j.id"
+        elif by == "verdict":
+            key = (
+                "COALESCE(cv.verdict, CASE WHEN j.status = 'completed' THEN 'unreviewed'"
+                f" ELSE '{NO_RESULT}' END)"
+            )
+            tag_join = JOB_VERDICT_JOIN
         elif by in ("campaign", "model", "status"):
             key = f"j.{by}"
         else:
@@ -216,7 +237,8 @@ class ReadsMixin(LedgerBase):
         gives one row whose attempt columns are NULL), in ingestion then attempt order.
 
         Per attempt: spent, in_flight, unknown, refunded (its money, by the rules; 0 when
-        the job has no attempt).
+        the job has no attempt) and attempt_verdict (the verdict on the result it made);
+        per job: job_verdict and job_note (of its current result).
         """
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
@@ -228,9 +250,12 @@ class ReadsMixin(LedgerBase):
                 " a.task_id, a.unit_price_micro_usd, a.cost_micro_usd, a.refunded_micro_usd,"
                 " a.error,"
                 f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
-                f" COALESCE({refunded}, 0) AS refunded"
+                f" COALESCE({refunded}, 0) AS refunded,"
+                " cv.verdict AS job_verdict, cv.note AS job_note,"
+                " (SELECT av.verdict FROM current_verdicts av WHERE av.attempt_id = a.id"
+                "   ORDER BY av.at DESC LIMIT 1) AS attempt_verdict"
                 " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
-                f" WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
+                f"{JOB_VERDICT_JOIN} WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
                 params,
             )
         )
@@ -240,14 +265,17 @@ class ReadsMixin(LedgerBase):
     ) -> list[dict[str, Any]]:
         """One row per result URL of each completed job (or of one job), with what the
         `files` table recorded for it: campaign, job_id, n (index in result_urls), count
-        (of the job's URLs), url, saved_url, path, size, sha256, downloaded_at."""
+        (of the job's URLs), url, saved_url, path, size, sha256, downloaded_at, and result:
+        the job's how-manyth result this is (1, or more after `retry --rejected`)."""
         where, params = _campaign_filter(campaigns, "j.campaign")
         if job is not None:
             where, params = "AND j.campaign = ? AND j.id = ?", list(job)
         return self.query(
             "SELECT j.campaign, j.id AS job_id, u.key AS n,"
             " json_array_length(j.result_urls) AS count, u.value AS url, f.url AS saved_url,"
-            " f.path, f.size, f.sha256, f.downloaded_at"
+            " f.path, f.size, f.sha256, f.downloaded_at,"
+            " (SELECT COUNT(*) FROM attempts a WHERE a.campaign = j.campaign"
+            "   AND a.job_id = j.id AND a.state = 'completed') AS result"
             " FROM jobs j JOIN json_each(j.result_urls) u"
             " LEFT JOIN files f ON f.campaign = j.campaign AND f.job_id = j.id AND f.n = u.key"
             f" WHERE j.status = 'completed' AND j.result_urls IS NOT NULL {where}"

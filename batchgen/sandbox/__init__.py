@@ -8,12 +8,13 @@ Used by every end-to-end test, by `batchgen sandbox` and in-process by `run --sa
     sim.truth()                          # what the service really did and charged
 
 Modules: config (knobs), faults (seeded decisions), service (the simulated state),
+media (the PNG and MP4 result files),
 truth (its record), http (the server), transport (httpx.MockTransport), standalone (main).
 """
 
 from batchgen.sandbox.config import DEFAULT_KEY, DEFAULT_PORT, SandboxConfig
 from batchgen.sandbox.http import Served, serve
-from batchgen.sandbox.service import DROP, Drop, Response, Sandbox, file_bytes
+from batchgen.sandbox.service import DROP, Drop, Response, Sandbox
 from batchgen.sandbox.standalone import main
 from batchgen.sandbox.transport import mock_transport
 from batchgen.sandbox.truth import MoneyEvent, Submission, Truth
@@ -30,7 +31,6 @@ __all__ = [
     "Served",
     "Submission",
     "Truth",
-    "file_bytes",
     "main",
     "mock_transport",
     "serve",

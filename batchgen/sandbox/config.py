@@ -58,7 +58,8 @@ class SandboxConfig:
     - latency: (min_s, max_s) real seconds added before each API answer.
     - retry_after: seconds sent as a Retry-After header with every 429, or None for none.
     - max_active_tasks: pending/processing tasks allowed per key (from the catalog).
-    - file_bytes: size of each result file served under /files/.
+    - file_bytes: result files (real PNG/MP4 media) are padded to at least this many
+      bytes; 0 serves them as made (tens of kilobytes).
     """
 
     keys: dict[str, int] = field(default_factory=_default_keys)
@@ -76,7 +77,7 @@ class SandboxConfig:
     latency: tuple[float, float] = (0.0, 0.0)
     retry_after: int | None = None
     max_active_tasks: int = field(default_factory=_default_max_active)
-    file_bytes: int = 4096
+    file_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in RATE_KNOBS:
@@ -94,8 +95,8 @@ class SandboxConfig:
             raise ValueError(f"retry_after must be >= 0 seconds, not {self.retry_after!r}")
         if self.max_active_tasks < 1:
             raise ValueError("max_active_tasks must be at least 1")
-        if self.file_bytes < 1:
-            raise ValueError("file_bytes must be at least 1")
+        if self.file_bytes < 0:
+            raise ValueError("file_bytes must be >= 0")
         for key, balance in self.keys.items():
             if not key or balance < 0:
                 raise ValueError(f"each key needs a name and a balance >= 0: {key!r}")

@@ -27,6 +27,7 @@ from batchgen.catalog import Catalog, Model, check_request, price_micros
 from batchgen.money import to_micros, usd
 from batchgen.sandbox.config import SandboxConfig
 from batchgen.sandbox.faults import FaultDice, PollFaults, SubmitFaults
+from batchgen.sandbox.media import result_file
 from batchgen.sandbox.truth import MoneyEvent, Submission, Truth, payload_key
 
 
@@ -50,9 +51,11 @@ class Response(NamedTuple):
 
 
 # What the reference does not say, chosen here: a task is `pending` for the first tenth of
-# its generation time, and each finished task has one result file of this type.
+# its generation time, and each finished task has one result file of this type (real
+# media, see media.py); a video without a duration (Veo's is fixed) lasts VEO_SECONDS.
 PENDING_FRACTION = 0.10
 RESULT_FILES = {"video": ("mp4", "video/mp4"), "image": ("png", "image/png")}
+VEO_SECONDS = 8
 
 TRUTH_ROUTE = "GET /_sandbox/truth"
 TOPUP_ROUTE = "POST /_sandbox/topup"
@@ -126,12 +129,6 @@ def _echoing(response: Response, authorization: str) -> Response:
     return response._replace(body=json.dumps(answer).encode())
 
 
-def file_bytes(task_id: str, index: int, size: int) -> bytes:
-    """The deterministic content of a result file: its SHA-256 seed repeated to `size`."""
-    block = hashlib.sha256(f"{task_id}/{index}".encode()).digest()
-    return (block * (size // len(block) + 1))[:size]
-
-
 class Sandbox:
     """The state of one simulated service; every request runs under one lock."""
 
@@ -175,6 +172,9 @@ class Sandbox:
         path = urlsplit(target).path
         lowered = {k.lower(): v for k, v in headers.items()}
         method = method.upper()
+        match = _FILES_PATH.match(path)
+        if match and method == "GET":
+            return self._file(match["task_id"], int(match["index"]), match["ext"])
         with self._lock:
             now = self.clock()
             self._settle(now)
@@ -226,9 +226,6 @@ class Sandbox:
                 if method != "GET":
                     return route, _error(405, "Method not allowed", {"Allow": "GET"})
                 return route, self._poll(kind, match["task_id"], headers, now)
-        match = _FILES_PATH.match(path)
-        if match and method == "GET":
-            return FILES_ROUTE, self._file(match["task_id"], int(match["index"]), match["ext"], now)
         if path == "/_sandbox/truth" and method == "GET":
             return TRUTH_ROUTE, _json(200, self._snapshot(now).to_dict())
         if path == "/_sandbox/topup" and method == "POST":
@@ -322,9 +319,10 @@ class Sandbox:
         """Create, charge and start a task; it ends by the clock, settled in `_settle`."""
         seconds = model.typical_seconds(request.get("duration"))
         seconds *= self.config.time_scale * faults.jitter
+        task_id, generation_id = self._new_ids()
         task = _Task(
-            task_id=uuid.uuid4().hex,
-            generation_id=str(uuid.uuid4()),
+            task_id=task_id,
+            generation_id=generation_id,
             key=key,
             kind=kind,
             payload=payload,
@@ -342,6 +340,13 @@ class Sandbox:
         self._peak[key] = max(self._peak.get(key, 0), self._active[key])
         self._per_payload[payload_key(payload)] += 1
         return task
+
+    def _new_ids(self) -> tuple[str, str]:
+        """(task id, generation id) of the next task: from the seed and the number of tasks
+        so far, so a seeded sandbox hands out the same ids, and files, every time."""
+        seed = f"batchgen-sandbox/{self.config.seed}/task/{len(self._tasks)}".encode()
+        digest = hashlib.sha256(seed).digest()
+        return digest[:16].hex(), str(uuid.UUID(bytes=digest[16:32], version=4))
 
     def _poll(self, kind: str, task_id: str, headers: dict[str, str], now: float) -> Response:
         faults = self._dice.poll()
@@ -377,16 +382,41 @@ class Sandbox:
             return _garbled(response)
         return response
 
-    def _file(self, task_id: str, index: int, ext: str, now: float) -> Response:
-        """A finished task's result file: no auth, like a CDN; 404 for anything else."""
+    def _file(self, task_id: str, index: int, ext: str) -> Response:
+        """A finished task's result file: no auth, like a CDN; 404 for anything else. The
+        file is made outside the lock: the API does not wait while a picture is drawn."""
+        with self._lock:
+            self._settle(self.clock())
+            recipe = self._recipe(task_id, index)
+            expected = RESULT_FILES[recipe[0]][0] if recipe else None
+            status = "200" if recipe and ext == expected else "404"
+            self._responses[FILES_ROUTE][status] += 1
+        if recipe is None or ext != expected:
+            return _error(404, "Not found")
+        return Response(200, {"Content-Type": RESULT_FILES[recipe[0]][1]}, result_file(*recipe))
+
+    def result_file(self, task_id: str, index: int = 0) -> bytes | None:
+        """The bytes a completed task's result file `index` holds (None: no such file)."""
+        with self._lock:
+            recipe = self._recipe(task_id, index)
+        return None if recipe is None else result_file(*recipe)
+
+    def _recipe(self, task_id: str, index: int) -> tuple[str, str, str | None, int, int] | None:
+        """What makes a completed task's file (media.result_file's arguments): its kind,
+        its task id (its look), ratio, seconds and the padding knob; None if no file."""
         task = self._tasks.get(task_id)
-        if task is None or task.status(now) != "completed" or index != 0:
-            return _error(404, "Not found")
-        expected_ext, content_type = RESULT_FILES[task.kind]
-        if ext != expected_ext:
-            return _error(404, "Not found")
-        content = file_bytes(task_id, index, self.config.file_bytes)
-        return Response(200, {"Content-Type": content_type}, content)
+        if task is None or task.status(self.clock()) != "completed" or index != 0:
+            return None
+        model = self.catalog.model(str(task.payload.get("model")))
+        seconds = task.payload.get("duration")
+        if not isinstance(seconds, int):
+            default = model.defaults.get("duration") if model else None
+            seconds = default if isinstance(default, int) else VEO_SECONDS
+        ratio = task.payload.get("ratio")
+        if not isinstance(ratio, str):
+            default = model.defaults.get("ratio") if model else None
+            ratio = default if isinstance(default, str) else None
+        return task.kind, task.task_id, ratio, seconds, self.config.file_bytes
 
     # -- admin and bookkeeping ---------------------------------------------------------
 

@@ -1,0 +1,185 @@
+"""Review verdicts in the ledger (PRODUCT §12): recorded per result with their history,
+shown by `status`, `report --by verdict` and `report --jobs`, and acted on by
+`retry --rejected`, which keeps the rejected result, its files and its cost in the audit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+
+import pytest
+
+from batchgen.download import file_path
+from batchgen.ledger import Ledger, VerdictRefused
+from batchgen.migrations import MIGRATIONS, migrate
+from batchgen.status import format_status, status_data
+from tests.test_report import CDN, complete, grok, image, invoke, make_ledger, report, start
+
+
+@pytest.fixture
+def reviewed(tmp_path):
+    """good (approved), bad (rejected with a note), fresh (completed, unreviewed),
+    later (running): grok at $0.10 each, an image at $0.20."""
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("good"), grok("bad"), image("fresh"), grok("later")])
+    for job_id in ("good", "bad", "fresh"):
+        complete(ledger, job_id)
+    start(ledger, "later")
+    ledger.file_saved("c", "bad", 0, f"{CDN}/bad.mp4", "out/c/bad.mp4", 10, "ab" * 32)
+    ledger.record_verdict("c", "good", "task-c-good-0", "approved", None)
+    ledger.record_verdict("c", "bad", "task-c-bad-0", "approved", "first look")
+    ledger.record_verdict("c", "bad", "task-c-bad-0", "rejected", "  the cat has five legs ")
+    ledger.close()
+    return path
+
+
+def test_a_verdict_is_kept_with_its_history_and_the_latest_counts(reviewed):
+    ledger = Ledger(reviewed, create=False)
+    rows = ledger.query("SELECT job_id, task_id, verdict, note, at FROM verdicts ORDER BY id")
+    assert [(r["job_id"], r["verdict"], r["note"]) for r in rows] == [
+        ("good", "approved", None),
+        ("bad", "approved", "first look"),
+        ("bad", "rejected", "the cat has five legs"),
+    ]
+    assert all(r["at"].endswith("Z") for r in rows)
+    assert ledger.verdict_counts() == {"approved": 1, "rejected": 1, "unreviewed": 1}
+
+
+def test_a_verdict_can_be_withdrawn(reviewed):
+    ledger = Ledger(reviewed, create=False)
+    ledger.record_verdict("c", "good", "task-c-good-0", None, None)
+    assert ledger.verdict_counts() == {"approved": 0, "rejected": 1, "unreviewed": 2}
+
+
+@pytest.mark.parametrize(
+    ("job_id", "task_id", "verdict", "note", "reason"),
+    [
+        ("nope", "t", "approved", None, "unknown"),
+        ("later", "task-c-later-0", "approved", None, "stale"),  # not completed
+        ("good", "task-of-an-older-result", "rejected", None, "stale"),
+        ("good", "task-c-good-0", "maybe", None, "invalid"),
+        ("good", "task-c-good-0", "rejected", "x" * 2001, "invalid"),
+    ],
+)
+def test_a_verdict_on_anything_but_a_jobs_current_result_is_refused(
+    reviewed, job_id, task_id, verdict, note, reason
+):
+    ledger = Ledger(reviewed, create=False)
+    before = ledger.query("SELECT COUNT(*) AS n FROM verdicts")[0]["n"]
+    with pytest.raises(VerdictRefused) as refused:
+        ledger.record_verdict("c", job_id, task_id, verdict, note)
+    assert refused.value.reason == reason
+    assert ledger.query("SELECT COUNT(*) AS n FROM verdicts")[0]["n"] == before
+
+
+def test_status_shows_each_jobs_verdict_and_the_counts(reviewed):
+    ledger = Ledger(reviewed, create=False)
+    data = status_data(ledger, [])
+    assert {j["id"]: j["verdict"] for j in data["jobs"]} == {
+        "good": "approved",
+        "bad": "rejected",
+        "fresh": None,
+        "later": None,
+    }
+    assert data["verdicts"] == {"approved": 1, "rejected": 1, "unreviewed": 1}
+    text = format_status(ledger, status_data(ledger, [], jobs=False), [])
+    assert "review: 1 approved, 1 rejected, 1 not yet reviewed" in text
+    assert "`batchgen retry --rejected`" in text and "`batchgen review`" in text
+
+
+def test_report_by_verdict_groups_sum_to_the_totals(reviewed):
+    data = report(reviewed, by="verdict")
+    groups = {g["key"]: g for g in data["groups"]}
+    assert {
+        k: (g["jobs"], g["completed"], g["spent_usd"], g["in_flight_usd"])
+        for k, g in groups.items()
+    } == {  # fmt: skip
+        "(no result)": (1, 0, "0.00", "0.10"),
+        "approved": (1, 1, "0.10", "0.00"),
+        "rejected": (1, 1, "0.10", "0.00"),
+        "unreviewed": (1, 1, "0.20", "0.00"),
+    }
+    assert sum(g["jobs"] for g in groups.values()) == data["totals"]["jobs"] == 4
+    text = report(reviewed, by="verdict", fmt="table")
+    assert "rejected" in text and "unreviewed" in text
+
+
+def test_report_jobs_has_the_verdict_and_note_of_each_job_and_attempt(reviewed):
+    jobs = {j["id"]: j for j in report(reviewed, per_job=True)["jobs"]}
+    assert (jobs["bad"]["verdict"], jobs["bad"]["note"]) == ("rejected", "the cat has five legs")
+    assert jobs["bad"]["attempts"][0]["verdict"] == "rejected"
+    assert jobs["fresh"]["verdict"] is None and jobs["later"]["attempts"][0]["verdict"] is None
+    rows = list(csv.DictReader(io.StringIO(report(reviewed, fmt="csv", per_job=True))))
+    bad = next(r for r in rows if r["id"] == "bad")
+    assert (bad["verdict"], bad["note"], bad["attempt_verdict"]) == (
+        "rejected",
+        "the cat has five legs",
+        "rejected",
+    )
+
+
+def test_retry_rejected_requeues_only_rejected_results_and_keeps_the_old_one_in_the_audit(
+    reviewed,
+):
+    result = invoke(reviewed, "retry", "--rejected")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("1 job(s) queued again")
+
+    ledger = Ledger(reviewed, create=False)
+    jobs = {j["id"]: j for j in status_data(ledger, [])["jobs"]}
+    assert {k: j["status"] for k, j in jobs.items()} == {
+        "good": "completed",
+        "bad": "queued",
+        "fresh": "completed",
+        "later": "running",
+    }
+    bad = jobs["bad"]
+    assert (bad["attempts"], bad["task_id"], bad["result_urls"], bad["files"]) == (0, None, [], [])
+    assert bad["cost_usd"] == "0.10"  # what it cost stays
+    [event] = ledger.query("SELECT detail FROM events WHERE kind = 'requeued'")
+    detail = json.loads(event["detail"])
+    assert detail["task_id"] == "task-c-bad-0" and detail["note"] == "the cat has five legs"
+    assert detail["result_urls"] == [f"{CDN}/bad.mp4"]
+    assert detail["files"][0]["path"] == "out/c/bad.mp4"
+    # the rejected attempt keeps its cost and its verdict in the report
+    [attempt] = {j["id"]: j for j in report(reviewed, per_job=True)["jobs"]}["bad"]["attempts"]
+    assert (attempt["state"], attempt["cost_usd"], attempt["verdict"]) == (
+        "completed",
+        "0.10",
+        "rejected",
+    )
+    assert report(reviewed)["totals"]["spent_usd"] == "0.40"
+    again = invoke(reviewed, "retry", "--rejected")
+    assert again.output.startswith("0 job(s) queued again")
+
+
+def test_a_job_generated_again_is_unreviewed_and_saved_beside_its_rejected_result(reviewed):
+    assert invoke(reviewed, "retry", "--rejected").exit_code == 0
+    ledger = Ledger(reviewed, create=False)
+    job = start(ledger, "bad", task="task-c-bad-second")
+    ledger.task_completed(job, [f"{CDN}/bad-2.mp4"])
+    assert {j["id"]: j["verdict"] for j in status_data(ledger, [])["jobs"]}["bad"] is None
+    assert ledger.verdict_counts() == {"approved": 1, "rejected": 0, "unreviewed": 2}
+    [row] = ledger.result_files(job=("c", "bad"))
+    assert row["result"] == 2
+    path = file_path("out", "c", "bad", row["n"], row["count"], row["url"], row["result"])
+    assert str(path) == "out/c/bad~2.mp4"
+    assert report(reviewed)["totals"]["spent_usd"] == "0.50"  # both results paid for
+
+
+def test_retry_takes_either_unknown_or_rejected_not_both(reviewed):
+    result = invoke(reviewed, "retry", "--unknown", "--rejected")
+    assert result.exit_code == 2
+
+
+def test_the_verdicts_migration_applies_to_a_ledger_made_before_it(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)  # only m001: a ledger from before the review
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    db.execute("INSERT INTO _migrations VALUES ('m001_initial', 'then')")
+    assert "m004_verdicts" in migrate(db)
+    assert db.execute("SELECT COUNT(*) FROM current_verdicts").fetchone() == (0,)
+    db.close()
