@@ -107,3 +107,19 @@ def test_run_replace_generates_the_new_version_and_keeps_the_old_ones_cost(sandb
     assert status_json(ledger)["spent_usd"] == "0.30"
     report = batchgen("report", "--format", "csv", ledger=ledger)
     assert report.stdout.splitlines()[-1].split(",")[5] == "0.30"
+
+
+def test_a_replaced_jobs_new_result_is_saved_beside_the_old_one(sandbox, tmp_path):
+    ledger, out = tmp_path / "ledger.db", tmp_path / "out" / "swap"
+    first = on_sandbox(sandbox, "run", str(manifest(tmp_path, "a red cat")), *FAST, ledger=ledger)
+    assert first.returncode == 0, first.stderr
+    old_bytes = (out / "change.mp4").read_bytes()
+
+    changed = manifest(tmp_path, "a blue cat")
+    second = on_sandbox(sandbox, "run", str(changed), "--replace", *FAST, ledger=ledger)
+    assert second.returncode == 0, second.stderr
+    assert (out / "change.mp4").read_bytes() == old_bytes  # the paid-for old video stays
+    new_bytes = (out / "change~2.mp4").read_bytes()
+    assert new_bytes != old_bytes
+    [saved] = rows(ledger, "SELECT path FROM files WHERE job_id = 'change'")
+    assert saved["path"].endswith("change~2.mp4")
