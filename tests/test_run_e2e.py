@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from batchgen.money import to_micros, usd
@@ -381,7 +382,24 @@ def test_the_sandbox_demo_only_advises_commands_that_work(tmp_path):
     assert demo.returncode == 0, demo.stderr
     closing = demo.stderr.splitlines()[-3:]
     advised = [c for line in closing for c in re.findall(r"`(batchgen [^`]*)`", line)]
+    assert advised, demo.stderr
     for command in advised:
         args = shlex.split(command.replace("DIR", str(tmp_path / "out")))[1:]
+        if "review" in args:  # a server: it must start and serve its page
+            assert_serves_the_review_page([*args, "--port", "0"], ledger)
+            continue
         followed = batchgen(*args, ledger=ledger, timeout=60)
         assert followed.returncode == 0, f"{command}: {followed.stderr}"
+
+
+def assert_serves_the_review_page(args: list[str], ledger: Path) -> None:
+    server = spawn(*args, ledger=ledger)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("review page: http://127.0.0.1:"), line + server.stderr.read()
+        page = httpx.get(line.split(": ", 1)[1].strip(), timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

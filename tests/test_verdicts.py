@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from batchgen.download import file_path
+from batchgen.download import file_name, file_path
 from batchgen.ledger import Ledger, VerdictRefused
 from batchgen.migrations import MIGRATIONS, migrate
 from batchgen.status import format_status, status_data
@@ -164,7 +164,7 @@ def test_a_job_generated_again_is_unreviewed_and_saved_beside_its_rejected_resul
     assert ledger.verdict_counts() == {"approved": 1, "rejected": 0, "unreviewed": 2}
     [row] = ledger.result_files(job=("c", "bad"))
     assert row["result"] == 2
-    path = file_path("out", "c", "bad", row["n"], row["count"], row["url"], row["result"])
+    path = file_path("out", "c", file_name("bad", row["n"], row["url"], result=row["result"]))
     assert str(path) == "out/c/bad~2.mp4"
     assert report(reviewed)["totals"]["spent_usd"] == "0.50"  # both results paid for
 
