@@ -141,6 +141,22 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
     )
 
 
+class Duration(click.ParamType):
+    """A DURATION (PRODUCT.md §7): seconds, or a number with s, m or h (90s, 30m, 8h)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return float(value)
+        from batchgen.durations import parse_duration
+
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
@@ -183,6 +199,15 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default="resubmit",
             show_default=True,
             help="What to do after a submission whose outcome is unknown.",
+        ),
+        click.option(
+            "--lost-after",
+            type=Duration(),
+            default="1h",
+            show_default=True,
+            help="Give up on a task that answers 404 or nothing usable for this long: its "
+            "job is held (reason lost); resume polls it once more (DURATION: 3600, 90s, 30m, "
+            "1h).",
         ),
         click.option(
             "--download",

@@ -8,8 +8,12 @@ The package's modules, each a part of the one `Ledger` class:
 - base: the connection, transactions, events, shared dataclasses and helpers;
 - ingest: writing a campaign's expanded jobs;
 - scheduling: the runner lock, the scheduler's reads and writes, money and counts;
-- reads: what status, report, plan and download read (and their few writes).
+- reads: what status, report, plan and download read (and their few writes);
+- recovery: writes that may fail, and the recovery file of answers not yet recorded,
+  applied by every opening for writing before anything else.
 """
+
+from pathlib import Path
 
 from batchgen.ledger.base import (
     DEFAULT_PATH,
@@ -21,7 +25,7 @@ from batchgen.ledger.base import (
 )
 from batchgen.ledger.ingest import JOB_INSERT_COLUMNS, IngestMixin
 from batchgen.ledger.reads import ReadsMixin
-from batchgen.ledger.scheduling import SchedulingMixin
+from batchgen.ledger.recovery import RecoveryMixin
 
 __all__ = [
     "DEFAULT_PATH",
@@ -35,6 +39,15 @@ __all__ = [
 ]
 
 
-class Ledger(IngestMixin, SchedulingMixin, ReadsMixin):
+class Ledger(IngestMixin, RecoveryMixin, ReadsMixin):
     """batchgen's ledger: one SQLite file, migrated on opening (`Ledger(path)`) or read
-    without writing (`Ledger.read_only(path)`)."""
+    without writing (`Ledger.read_only(path)`). Opening it for writing first records the
+    answers a run left in its recovery file (ledger/recovery.py)."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        super().__init__(path, create)
+        try:
+            self.apply_recovery()
+        except BaseException:
+            self.close()
+            raise
