@@ -422,6 +422,17 @@ def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool) -> None
 )
 @click.option("--garbage-rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option(
+    "--vanish-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Accept and charge a task, then answer 404 to every poll of it.",
+)
+@click.option(
+    "--retry-after",
+    default=None,
+    help="Retry-After header sent with each 429, as given (e.g. 5, 0, -1, a date).",
+)
+@click.option(
     "--latency",
     type=(float, float),
     default=(0.0, 0.0),

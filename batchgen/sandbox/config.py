@@ -23,6 +23,7 @@ RATE_KNOBS = (
     "spurious_429_rate",
     "drop_rate",
     "garbage_rate",
+    "vanish_rate",
 )
 
 
@@ -50,8 +51,11 @@ class SandboxConfig:
     - drop_rate: on submit the task is created and charged, then the connection is closed
       without an answer; on poll the connection is closed without an answer.
     - garbage_rate: 200 with an unparseable body; on submit the task is created and charged.
+    - vanish_rate: an accepted task (created, charged, answered normally) then vanishes:
+      every poll of it answers 404 for ever, though the service runs it to its end.
     - latency: (min_s, max_s) real seconds added before each API answer.
-    - retry_after: seconds sent as a Retry-After header with every 429, or None for none.
+    - retry_after: the Retry-After header sent with every 429, as given (seconds, or any
+      text: "0", "-1", an HTTP date, garbage), or None for none.
     - max_active_tasks: pending/processing tasks allowed per key (from the catalog).
     - file_bytes: size of each result file served under /files/.
     """
@@ -66,8 +70,9 @@ class SandboxConfig:
     spurious_429_rate: float = 0.0
     drop_rate: float = 0.0
     garbage_rate: float = 0.0
+    vanish_rate: float = 0.0
     latency: tuple[float, float] = (0.0, 0.0)
-    retry_after: int | None = None
+    retry_after: int | str | None = None
     max_active_tasks: int = field(default_factory=_default_max_active)
     file_bytes: int = 4096
 
@@ -83,8 +88,8 @@ class SandboxConfig:
             raise ValueError(f"time_scale must be >= 0, not {self.time_scale!r}")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), not {self.jitter!r}")
-        if self.retry_after is not None and self.retry_after < 0:
-            raise ValueError(f"retry_after must be >= 0 seconds, not {self.retry_after!r}")
+        if isinstance(self.retry_after, str) and any(c in self.retry_after for c in "\r\n"):
+            raise ValueError("retry_after is one header value: no line breaks")
         if self.max_active_tasks < 1:
             raise ValueError("max_active_tasks must be at least 1")
         if self.file_bytes < 1:
