@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sqlite3
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from batchgen import cli
@@ -120,6 +122,43 @@ def main(argv: list[str]) -> None:
         arm_fill(*fill_at, free_after)
     sys.argv = ["batchgen", *args]
     cli.main()
+
+
+# ---------------------------------------------------------------------- for the tests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def faulty_command(faults: list[str], *args: str) -> list[str]:
+    return [sys.executable, "-m", "tests.faulty", *faults, "--", *args]
+
+
+def run_faulty(
+    faults: list[str], *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `batchgen ARGS` with `faults` (see the module's options) to its end."""
+    return subprocess.run(
+        faulty_command(faults, *args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def spawn_faulty(faults: list[str], *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start `batchgen ARGS` with `faults`, for tests that signal it or read it as it runs."""
+    return subprocess.Popen(
+        faulty_command(faults, *args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,19 @@ import pytest
 
 from batchgen.catalog import path_segment
 from batchgen.ledger import Ledger
-from batchgen.sandbox import Response, Sandbox, SandboxConfig, serve
+from batchgen.sandbox import Response, Sandbox, SandboxConfig, Stream, serve
 from tests.crashing import audit, build_ledger, query
-from tests.e2e import FAST, batchgen, grok_batch, on_sandbox, spawn, status_json, wait_for
+from tests.e2e import (
+    FAST,
+    batchgen,
+    command_env,
+    grok_batch,
+    on_sandbox,
+    spawn,
+    status_json,
+    wait_for,
+)
+from tests.faulty import run_faulty
 
 SCALE = 0.01
 PRICE = 100_000  # a 5 s grok task
@@ -691,3 +701,116 @@ def test_a_redirect_on_submit_stops_the_run_naming_the_location_with_no_unknown_
         ("not_sent", 0, status)
     ]
     assert where in attempts[0]["error"]
+
+
+# ---------------------------------------------------------------- trickling answers (§6)
+
+
+def trickle(body: bytes, every: float, started: threading.Event | None = None) -> Stream:
+    """`body` one byte at a time, `every` seconds apart: each read within any read
+    timeout, the whole answer taking len(body) * every seconds."""
+
+    def chunks() -> Any:
+        for n in range(len(body)):
+            if started is not None:
+                started.set()
+            time.sleep(every)
+            yield body[n : n + 1]
+
+    return Stream(chunks(), len(body))
+
+
+def trickling(response: Response, every: float = 0.3) -> Response:
+    assert isinstance(response.body, bytes)
+    return response._replace(body=trickle(response.body + b" " * 200, every))
+
+
+def deadline(seconds: float) -> list[str]:
+    """tests.faulty options: every API request's whole deadline (client.REQUEST_DEADLINE)."""
+    return ["--set", f"batchgen.client:REQUEST_DEADLINE={seconds}"]
+
+
+def test_a_poll_answer_that_trickles_in_is_cut_at_the_deadline_and_polled_again(tmp_path):
+    """Each of the first two polls of every task trickles in a byte at a time, fast
+    enough for every read: the whole-request deadline ends each, the task is polled again
+    (never resubmitted) and completes."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 3)
+    polls: Counter[str] = Counter()
+
+    def slow_first_polls(task_id: str, real: Response) -> Response | None:
+        polls[task_id] += 1
+        return trickling(real) if polls[task_id] <= 2 else None
+
+    sim = HostileSandbox(on_poll=slow_first_polls)
+    served = serve(sim)
+    try:
+        result = run_faulty(
+            deadline(1),
+            "resume",
+            *FAST,
+            env=command_env(ledger, served.base_url, "okpk_sandbox_demo"),
+            timeout=90,
+        )
+    finally:
+        served.stop()
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    truth = sim.truth()
+    audit(ledger, truth, job_ids)
+    assert truth.duplicate_payloads() == {}
+    cut = query(ledger, "SELECT detail FROM events WHERE kind = 'poll_error'")
+    assert cut and all("within 1 s" in e["detail"] for e in cut), cut
+
+
+def test_a_submit_answer_that_trickles_in_is_an_unknown_outcome_at_the_deadline(tmp_path):
+    """The task was created and its answer trickles: at the deadline the outcome is unknown
+    (the attempt covers the charge) and the job is submitted again, as §6 says."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 2)
+    sim = HostileSandbox(on_created=lambda n, task_id, real: trickling(real) if n == 1 else real)
+    served = serve(sim)
+    try:
+        result = run_faulty(
+            deadline(1),
+            "resume",
+            *FAST,
+            env=command_env(ledger, served.base_url, "okpk_sandbox_demo"),
+            timeout=90,
+        )
+    finally:
+        served.stop()
+    assert result.returncode == 0, result.stderr
+    truth = sim.truth()
+    checked = audit(ledger, truth, job_ids)
+    assert sum(checked.orphans.values()) == sum(checked.unknown_attempts.values()) == 1
+    assert truth.net_charged_micros() == checked.spent + checked.unknown == 3 * PRICE
+
+
+def test_a_result_file_that_trickles_in_fails_at_the_download_deadline_and_the_run_ends(
+    tmp_path,
+):
+    """`run --download` with a result file sent a byte per 0.5 s: past the download's
+    whole deadline the file is recorded as failed (for `download` to retry) and the run
+    ends instead of hanging."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 2)
+    sim = HostileSandbox(on_file=lambda target: Response(200, {}, trickle(b"x" * 1000, 0.5)))
+    served = serve(sim)
+    try:
+        result = run_faulty(
+            ["--set", "batchgen.download:DOWNLOAD_DEADLINE=1"],
+            "resume",
+            *FAST,
+            "--download",
+            str(tmp_path / "out"),
+            env=command_env(ledger, served.base_url, "okpk_sandbox_demo"),
+            timeout=90,
+        )
+    finally:
+        served.stop()
+    assert result.returncode != 130, result.stderr
+    no_traceback(result)
+    audit(ledger, sim.truth(), job_ids)
+    files = query(ledger, "SELECT * FROM files")
+    assert len(files) == 2 and all("within 1 s" in (f["error"] or "") for f in files), files
