@@ -233,7 +233,8 @@ def test_a_run_ended_while_the_disk_is_full_leaves_a_recovery_file_the_next_comm
     task_id = first_task(sandbox_service.sim.truth())
     assert process.returncode == (130 if signum == signal.SIGINT else -signal.SIGKILL)
     assert "Traceback" not in watch.text()
-    held = [json.loads(line) for line in recovery_file(ledger).read_text().splitlines()]
+    lines = recovery_file(ledger).read_text().splitlines()
+    held = [json.loads(line) for line in lines if line.strip()]
     assert [(h["kind"], h["task_id"]) for h in held] == [("created", task_id)]
     assert query(ledger, "SELECT task_id FROM attempts WHERE task_id IS NOT NULL") == []
 

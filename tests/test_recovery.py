@@ -131,10 +131,10 @@ def test_a_task_id_settled_as_unknown_by_a_resume_that_skipped_the_file_is_taken
 def test_a_line_cut_short_by_a_crash_is_skipped_and_the_rest_applied(sent, capsys):
     path, job, attempt = sent
     ledger = Ledger(path)
-    ledger.hold_answer(created(job, attempt))
-    ledger.close()
     with ledger.recovery_path.open("a") as f:
-        f.write('{"kind": "completed", "campaign": "c", "job_')
+        f.write('{"kind": "completed", "campaign": "c", "job_')  # a crash mid-write
+    ledger.hold_answer(created(job, attempt))  # a later run's answer, after it
+    ledger.close()
     Ledger(path).close()
     assert "recorded 1 answer(s)" in capsys.readouterr().err
     assert rows(path, "SELECT task_id FROM attempts") == [{"task_id": "task-1"}]

@@ -67,7 +67,8 @@ class RecoveryMixin(SchedulingMixin):
     def hold_answer(self, answer: dict[str, Any]) -> str | None:
         """Add an answer not yet recorded to the recovery file, durably; None when done,
         else why it could not be written (the caller then shows the answer on stderr)."""
-        line = json.dumps(answer, ensure_ascii=True, sort_keys=True) + "\n"
+        # A leading newline: a line a crash cut short never swallows this one.
+        line = "\n" + json.dumps(answer, ensure_ascii=True, sort_keys=True) + "\n"
         try:
             new = not self.recovery_path.exists()
             fd = os.open(self.recovery_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -84,8 +85,14 @@ class RecoveryMixin(SchedulingMixin):
 
     def release_answer(self, answer: dict[str, Any]) -> None:
         """Take a recorded answer out of the recovery file (the file goes when empty)."""
+        self._release_answers([answer])
+
+    def _release_answers(self, answers: list[dict[str, Any]]) -> None:
+        # Only these: a run still retrying may have added others meanwhile. (Two processes
+        # rewriting the file at the same instant could still drop a line: the run that
+        # added it keeps it in memory and on stderr, and records it when its write works.)
         held = self._held_answers()
-        kept = [a for a in held if a != answer]
+        kept = [a for a in held if a not in answers]
         if len(kept) == len(held):
             return
         with suppress(OSError):  # left in: applying it later finds it recorded
@@ -100,6 +107,8 @@ class RecoveryMixin(SchedulingMixin):
             raise LedgerError(f"{self.recovery_path}: cannot read the recovery file: {e}") from e
         answers = []
         for line in text.splitlines():
+            if not line.strip():
+                continue
             try:
                 answer = json.loads(line)
             except ValueError:
@@ -138,7 +147,7 @@ class RecoveryMixin(SchedulingMixin):
                 f"{self.path}: cannot apply {self.recovery_path.name} ({len(held)} answer(s) "
                 f"a run could not record): {e}; nothing else was done, try again"
             ) from e
-        self.recovery_path.unlink(missing_ok=True)
+        self._release_answers(held)
         print(
             f"{self.recovery_path}: recorded {applied} answer(s) that a run could not write "
             f"to the ledger ({len(held) - applied} already there)",
