@@ -50,7 +50,7 @@ def services() -> Iterator[list[Service]]:
         service.served.stop()
 
 
-def interrupted(process: Any, watch: StderrWatch, signum: int = signal.SIGINT) -> float:
+def interrupted(process: Any, signum: int = signal.SIGINT) -> float:
     """Send `signum`; the seconds until the process exited."""
     process.send_signal(signum)
     sent = time.monotonic()
@@ -80,7 +80,7 @@ def test_an_interrupt_waits_for_a_submission_on_the_wire_and_nothing_is_paid_twi
     process = service.spawn(ledger, "resume", *FAST)
     watch = StderrWatch(process)
     wait_for(created.is_set, what="the first task to be created")
-    interrupted(process, watch, signum)
+    interrupted(process, signum)
     stderr = watch.text()
     assert process.returncode == 130, stderr
     assert "waiting up to" in stderr and "Traceback" not in stderr
@@ -121,7 +121,7 @@ def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_answer(services, 
         process.send_signal(signal.SIGINT)
         watch.wait_for_line("Ctrl-C again")
         assert process.poll() is None, "did not wait for the submission on the wire"
-        seconds = interrupted(process, watch)
+        seconds = interrupted(process)
         assert process.returncode == 130, watch.text()
         assert seconds < 2.0
     finally:
@@ -171,7 +171,7 @@ def test_ctrl_c_stops_downloads_at_once(services, tmp_path, body):
     wait_for(started.is_set, what="the download to start")
     if body == "2 GB":
         wait_for(lambda: streamed[0] >= 64 * 1024**2, what="64 MB to be sent")
-    seconds = interrupted(process, watch)
+    seconds = interrupted(process)
     assert process.returncode == 130, watch.text()
     assert seconds < 2.0
     assert "Traceback" not in watch.text()
