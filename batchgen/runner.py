@@ -20,7 +20,7 @@ from batchgen.errors import AuthError, LedgerWriteFailed
 from batchgen.ledger import Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
-from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
+from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
 
 if TYPE_CHECKING:
     from batchgen.download import Downloader
@@ -157,7 +157,7 @@ def _release(ledger: Ledger) -> None:
     """Give the runner lock back; a ledger that cannot be written now (locked, full) keeps
     it, and the next runner takes it over since this process will be gone."""
     try:
-        ledger.try_write(ledger.release_runner, 1.0)
+        ledger.try_write(ledger.release_runner, WRITE_WAIT)
     except LedgerWriteFailed as e:
         print(
             f"warning: could not release the runner lock ({e}); the next run takes it over",
