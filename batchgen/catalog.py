@@ -11,10 +11,18 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from batchgen.money import to_micros
 
 REQUEST_FIELDS = ("prompt", "duration", "ratio", "variant", "ref_mode", "media", "resolution")
+
+
+def path_segment(text: str) -> str:
+    """`text` as one URL path segment: every reserved character escaped, and a segment of
+    dots only ("." or "..", which URL normalization would resolve) escaped as well."""
+    segment = quote(text, safe="")
+    return segment.replace(".", "%2E") if segment.strip(".") == "" else segment
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,9 @@ class Model:
         return self.endpoints["submit"]
 
     def poll_path(self, task_id: str) -> str:
-        return self.endpoints["poll"].format(task_id=task_id)
+        """The poll endpoint of a task: its id as ONE percent-escaped path segment, so an
+        id like `../../generate` or `x?admin=1` can reach no other endpoint."""
+        return self.endpoints["poll"].format(task_id=path_segment(task_id))
 
     def allowed_durations(self) -> str:
         rule = self.spec.get("durations", {})

@@ -155,6 +155,22 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
     )
 
 
+class Duration(click.ParamType):
+    """A DURATION (PRODUCT.md §7): seconds, or a number with s, m or h (90s, 30m, 8h)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return float(value)
+        from batchgen.durations import parse_duration
+
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
@@ -197,6 +213,15 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default="resubmit",
             show_default=True,
             help="What to do after a submission whose outcome is unknown.",
+        ),
+        click.option(
+            "--lost-after",
+            type=Duration(),
+            default="1h",
+            show_default=True,
+            help="Give up on a task that answers 404 or nothing usable for this long: its "
+            "job is held (reason lost); resume polls it once more (DURATION: 3600, 90s, 30m, "
+            "1h).",
         ),
         click.option(
             "--download",
@@ -493,6 +518,17 @@ def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: s
     "--echo-key",
     is_flag=True,
     help="Hostile: repeat the caller's bearer token in every error message.",
+)
+@click.option(
+    "--vanish-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Accept and charge a task, then answer 404 to every poll of it.",
+)
+@click.option(
+    "--retry-after",
+    default=None,
+    help="Retry-After header sent with each 429, as given (e.g. 5, 0, -1, a date).",
 )
 @click.option(
     "--latency",

@@ -54,6 +54,9 @@ from batchgen.text import shown
 
 CHUNK = 1 << 16
 TRIES = 3  # per file and per `download`: transient errors (connection, 5xx) are retried
+# Seconds for one whole download: a body trickling in (each read within its timeout) must
+# not hold a run, or its end, for ever. Past it the file fails; `download` tries again.
+DOWNLOAD_DEADLINE = 600.0
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 PLAIN = re.compile(r"[a-z0-9_-][a-z0-9._-]*")
 EXTENSION = re.compile(r"[a-z0-9]{1,10}")
@@ -293,7 +296,10 @@ class Downloader:
             raise DownloadError(f"not an http(s) URL: {url}")
         for attempt in range(1, TRIES + 1):
             try:
-                return await self._stream(url, path)
+                async with asyncio.timeout(DOWNLOAD_DEADLINE):
+                    return await self._stream(url, path)
+            except TimeoutError as e:
+                raise DownloadError(f"not downloaded within {DOWNLOAD_DEADLINE:g} s") from e
             except (httpx.TransportError, _Transient) as e:
                 if attempt == TRIES:
                     raise DownloadError(f"{e or type(e).__name__} (after {TRIES} tries)") from e

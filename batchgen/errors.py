@@ -4,7 +4,8 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 ├── ManifestInvalid           validation problems, all of them (exit 1)
 ├── LedgerError               the ledger file cannot be used
 │   ├── JobConflict           a job changed under the same id (exit 1)
-│   └── LedgerBusy            another runner holds the ledger (exit 1)
+│   ├── LedgerBusy            another runner holds the ledger (exit 1)
+│   └── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
 └── AuthError                 OKAYPIC_API_KEY missing or refused (exit 4)
 
 A run that stops with work remaining (exit 3) or interrupted (130) is not an error:
@@ -38,6 +39,10 @@ class JobConflict(LedgerError):
 
 
 class LedgerBusy(LedgerError):
+    pass
+
+
+class LedgerWriteFailed(LedgerError):
     pass
 
 

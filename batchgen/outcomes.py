@@ -3,26 +3,41 @@
 The client turns HTTP into `SubmitAnswer` / `PollAnswer` values; these functions decide.
 
     on submit                            meaning             action
-    200 with a task id                   task created        record it, poll it
-    429                                  no task created     wait for a slot; not an attempt
+    200 with a usable task id            task created        record it, poll it
+    429                                  no task created     wait for a slot (Retry-After
+                                                             1..600 s, else own backoff);
+                                                             not an attempt
     500, 503                             answered: no task   backoff; counts as an attempt
     400 and other 4xx                    rejected            job failed with the message
     401 / 402                            stop                job stays queued
+    3xx                                  no task created     stop the run (exit 1) naming
+                                         (wrong base URL)    the Location; not an attempt
     connect error / connect timeout      request never left  retry; not an attempt
     read timeout, reset after sending,   unknown outcome     record possible cost; then
-    unreadable 2xx body, 502 / 504 / other 5xx               --on-unknown resubmit | hold
+    unreadable 2xx body, unusable task                       --on-unknown resubmit | hold
+    id, 502 / 504 / other 5xx
+
+A task id is usable when it is text of 1..MAX_TASK_ID characters, not blank, without
+control characters or lone surrogates (PRODUCT.md §2); it is sent as one escaped path
+segment (`catalog.Model.poll_path`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
 MAX_MESSAGE = 300
+MAX_TASK_ID = 200  # characters; a longer "id" is not one (PRODUCT.md §2)
+# Retry-After seconds honoured (PRODUCT.md §2); anything else falls back to own backoff.
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 600
+_DELAY_SECONDS = re.compile(r"[0-9]{1,9}")  # HTTP's delay-seconds: 1*DIGIT
 
 
 class Transport(Enum):
@@ -40,6 +55,7 @@ class Answer:
     body: bytes = b""
     retry_after: str | None = None
     error: str | None = None  # the transport error, in words
+    location: str | None = None  # the Location header of a 3xx
 
 
 class Submit(Enum):
@@ -50,6 +66,7 @@ class Submit(Enum):
     REJECTED = "rejected"  # 400: the job fails
     AUTH = "auth"  # 401: stop everything
     BALANCE = "balance"  # 402: submit nothing more
+    REDIRECTED = "redirected"  # 3xx: the base URL is wrong; stop the run
     UNKNOWN = "unknown"  # the task may or may not exist
 
 
@@ -80,9 +97,20 @@ def _classify_submit(answer: Answer) -> SubmitOutcome:
     if 200 <= status < 300:
         data = _json(answer.body)
         task_id = data.get("taskId") if isinstance(data, dict) else None
-        if isinstance(task_id, str) and task_id.strip() and len(task_id) <= 200:
+        if task_id is None:
+            return SubmitOutcome(Submit.UNKNOWN, True, message=f"HTTP {status} without a task id")
+        problem = task_id_problem(task_id)
+        if problem is None:
             return SubmitOutcome(Submit.CREATED, True, task_id=task_id)
-        return SubmitOutcome(Submit.UNKNOWN, True, message=f"HTTP {status} without a task id")
+        return SubmitOutcome(
+            Submit.UNKNOWN, True, message=f"HTTP {status} with an unusable task id ({problem})"
+        )
+    if 300 <= status < 400:
+        # Not followed (the client never follows redirects): no task was created, and the
+        # base URL is wrong for every job.
+        where = _printable(answer.location) or "no Location given"
+        message = f"HTTP {status} redirecting to {where}"
+        return SubmitOutcome(Submit.REDIRECTED, False, message=message)
     if status == 429:
         return SubmitOutcome(
             Submit.WAIT_FOR_SLOT,
@@ -163,14 +191,40 @@ def error_message(body: bytes) -> str | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the HTTP-date form is rare for APIs and is ignored)."""
-    if value is None:
+    """Retry-After in whole seconds from RETRY_AFTER_MIN to RETRY_AFTER_MAX, else None:
+    0, negative, fractional, an HTTP date, garbage or a longer wait fall back to
+    batchgen's own backoff (a service answering "0" for ever must not be hammered)."""
+    if value is None or not _DELAY_SECONDS.fullmatch(value.strip()):
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
+    seconds = int(value.strip())
+    return float(seconds) if RETRY_AFTER_MIN <= seconds <= RETRY_AFTER_MAX else None
+
+
+def task_id_problem(task_id: object) -> str | None:
+    """Why a task id from the service is unusable (PRODUCT.md §2), or None when it is
+    usable: text, not blank, at most MAX_TASK_ID characters, no control characters (they
+    cannot go into a URL) and no lone surrogates (they cannot be stored or sent)."""
+    if not isinstance(task_id, str):
+        return f"not text but {type(task_id).__name__}"
+    if not task_id.strip():
+        return "empty"
+    if len(task_id) > MAX_TASK_ID:
+        return f"{len(task_id)} characters, over {MAX_TASK_ID}"
+    for char in task_id:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return "holds a control character"
+        if category == "Cs":
+            return "holds a lone surrogate"
+    return None
+
+
+def _printable(text: str | None) -> str | None:
+    """Service text safe to show on one line: control characters dropped, length capped."""
+    if text is None:
         return None
-    return min(max(seconds, 0.0), 600.0)
+    kept = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cs"))
+    return kept[:MAX_MESSAGE] or None
 
 
 def _progress(value: Any) -> int | None:

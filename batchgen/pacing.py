@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_BACKOFF = 60.0
+SLOT_WAIT_CAP = 30.0  # longest wait between two submissions refused with 429
+SLOT_WAIT_FLOOR = 0.05  # the first wait's ceiling even with --retry-delay 0: never a busy loop
 MAX_POLL_DELAY = 60.0
 # A task of a model and length seen before takes its typical time within +-this fraction.
 EXPECTED_SPREAD = 0.25
@@ -27,6 +29,17 @@ def backoff(base: float, failures: int, rng: random.Random, cap: float = MAX_BAC
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(failures-1))]."""
     ceiling = min(cap, base * 2 ** max(failures - 1, 0))
     return rng.uniform(0, ceiling)
+
+
+def slot_wait(retry_after: float | None, waits: int, base: float, rng: random.Random) -> float:
+    """How long to wait after the `waits`-th 429 in a row: the service's Retry-After when
+    it sent a usable one (outcomes.parse_retry_after), else an exponential backoff with
+    half jitter from `base` (at least SLOT_WAIT_FLOOR) up to SLOT_WAIT_CAP. Half jitter,
+    not full: a wait near 0 would only meet the same full slot again."""
+    if retry_after is not None:
+        return retry_after
+    ceiling = min(SLOT_WAIT_CAP, max(base, SLOT_WAIT_FLOOR) * 2 ** max(waits - 1, 0))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 @dataclass(frozen=True)

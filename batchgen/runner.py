@@ -10,16 +10,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batchgen import catalog
 from batchgen.client import Client
-from batchgen.errors import AuthError
+from batchgen.durations import format_duration
+from batchgen.errors import AuthError, LedgerWriteFailed
 from batchgen.keys import api_key
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH, Ledger, LedgerJob
 from batchgen.money import usd
 from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
-from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
+from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
 from batchgen.text import shown
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 SANDBOX_KEY = "okpk_sandbox_demo"
 SANDBOX_TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
 SANDBOX_POLL_INTERVAL = 0.2
-INTERRUPT_GRACE = 1.5  # seconds for answers already on the wire, within the 2 s promise
 
 EXIT_OK, EXIT_FAILED, EXIT_RESUMABLE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
@@ -41,6 +41,7 @@ class RunOptions:
     max_attempts: int = 4
     base_url: str | None = None
     on_unknown: str = "resubmit"
+    lost_after: float = 3600.0  # seconds without a usable answer before a task is lost
     download_dir: str | None = None
     sandbox: bool = False
     force: bool = False  # take over a runner lock held from another host
@@ -80,7 +81,7 @@ def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, comm
             try:
                 return asyncio.run(_run(ledger, campaigns, options, base_url, key))
             finally:
-                ledger.release_runner()
+                _release(ledger)
         finally:
             ledger.close()
 
@@ -95,6 +96,7 @@ async def _run(
         options.retry_delay,
         options.max_attempts,
         options.on_unknown,
+        options.lost_after,
     )
     display = make_display()
     client = Client(base_url, key, redactor=ledger.redact)
@@ -118,26 +120,23 @@ async def _run(
     started = time.monotonic()
     done_before = _done(ledger, selection)
     ticker = loop.create_task(_tick(ledger, selection, display, started, done_before))
-    work = loop.create_task(scheduler.run(selection))
     try:
-        await asyncio.wait(
-            [work, loop.create_task(scheduler.halt_all.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        if scheduler.halt_all.is_set() and not work.done():
-            await scheduler.finish_interrupted(INTERRUPT_GRACE)
-            work.cancel()
+        # The scheduler stops by itself on an interrupt (after recording the answers of
+        # submissions already on the wire, unless interrupted twice).
         try:
-            summary = await work
-        except asyncio.CancelledError:
-            summary = scheduler.summary
+            summary = await scheduler.run(selection)
         except AuthFailed:
             raise AuthError(
                 "the service refused OKAYPIC_API_KEY (401): it is invalid "
                 "or revoked; no job changed state"
             ) from None
         if downloads and summary.stopped_for != "interrupted":
-            await asyncio.gather(*downloads, return_exceptions=True)
+            await _until_done_or_halted(downloads, scheduler.halt_all)
     finally:
+        # Interrupted: downloads stop at once (`download` saves what is missing later).
+        for download in downloads:
+            download.cancel()
+        await asyncio.gather(*downloads, return_exceptions=True)
         ticker.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -166,6 +165,28 @@ def _results_lines(ledger: Ledger, completed: int, options: RunOptions) -> list[
         f"files in {options.download_dir}/",
         f"look at the results, approve or reject them: `{review}`",
     ]
+
+
+async def _until_done_or_halted(tasks: list[asyncio.Task[bool]], halt: asyncio.Event) -> None:
+    """Wait for the downloads to end, or for an interrupt."""
+    stopper = asyncio.get_running_loop().create_task(halt.wait())
+    either: list[asyncio.Future[Any]] = [asyncio.gather(*tasks, return_exceptions=True), stopper]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+
+
+def _release(ledger: Ledger) -> None:
+    """Give the runner lock back; a ledger that cannot be written now (locked, full) keeps
+    it, and the next runner takes it over since this process will be gone."""
+    try:
+        ledger.try_write(ledger.release_runner, WRITE_WAIT)
+    except LedgerWriteFailed as e:
+        print(
+            f"warning: could not release the runner lock ({e}); the next run takes it over",
+            file=sys.stderr,
+        )
 
 
 def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
@@ -233,9 +254,17 @@ def _finish(
     if not unsaved:
         lines.extend(_results_lines(ledger, counts["completed"], options))
     code = EXIT_OK
+    if ledger.recovery_path.exists():
+        lines.append(
+            f"answers the ledger could not record yet are kept in {ledger.recovery_path}: "
+            "the next batchgen command on this ledger records them first"
+        )
     if summary.stopped_for == "interrupted":
         lines.append("interrupted: run `batchgen resume` to go on (tasks in flight are kept)")
         code = EXIT_INTERRUPTED
+    elif summary.stopped_for == "redirect":
+        lines.append(f"stopped: {summary.message}")
+        code = EXIT_FAILED
     elif summary.stopped_for == "balance":
         lines.append("the okaypic balance is exhausted: top it up, then `batchgen resume`")
         code = EXIT_RESUMABLE
@@ -249,10 +278,18 @@ def _finish(
         )
         code = EXIT_RESUMABLE
     elif counts["held"]:
-        lines.append(
-            f"{counts['held']} job(s) held after an unknown outcome: check them "
-            "(`batchgen report --jobs`), then `batchgen retry --unknown`"
-        )
+        lost = ledger.held_reasons(campaigns).get("lost", 0)
+        if lost:
+            lines.append(
+                f"{lost} job(s) lost: their task gave no usable answer for over "
+                f"{format_duration(options.lost_after)}; `batchgen resume` polls them once "
+                "more, `batchgen retry --unknown` submits them anew"
+            )
+        if counts["held"] > lost:
+            lines.append(
+                f"{counts['held'] - lost} job(s) held after an unknown outcome: check them "
+                "(`batchgen report --jobs`), then `batchgen retry --unknown`"
+            )
         code = EXIT_RESUMABLE
     elif counts["queued"] or counts["submitting"] or counts["running"]:
         lines.append("work remains: run `batchgen resume`")

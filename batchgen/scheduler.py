@@ -4,6 +4,13 @@ Each job is driven by one coroutine that holds a slot from its first submission 
 its task ends (resubmissions after a failed task stay in the slot). The ledger is
 written before every request and right after every answer, so a kill at any moment
 leaves a state `resume` can continue from without submitting a recorded task again.
+
+A ledger write that fails (locked by another program, disk full) stops new submissions
+and is retried; an answer it would record (a task id, a completion) is held meanwhile in
+the ledger's recovery file, which the next command applies if this run has to end first.
+Interrupted, the run stops at once except for submissions already on the wire, whose
+answers are awaited (within the request's deadline) and recorded; a second interrupt
+stops those too.
 """
 
 from __future__ import annotations
@@ -16,14 +23,24 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
 
 from batchgen import catalog
 from batchgen.client import Client
-from batchgen.ledger import Ledger, LedgerJob
-from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit
-from batchgen.pacing import Reading, Started, backoff, next_poll_delay
+from batchgen.durations import format_duration
+from batchgen.errors import LedgerWriteFailed
+from batchgen.ledger import Ledger, LedgerJob, now
+from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit, task_id_problem
+from batchgen.pacing import Reading, Started, backoff, next_poll_delay, slot_wait
 
-SLOT_WAIT_CAP = 30.0  # longest wait between two submissions refused with 429
+T = TypeVar("T")
+
+WRITE_WAIT = 0.25  # seconds a ledger write waits for a lock before the run gets control back
+WRITE_RETRY_CAP = 5.0  # longest pause between two tries of a write that failed
+BLOCKED_REPORT_EVERY = 10.0  # seconds between two "cannot write the ledger" lines
+SLOT_SUMMARY_AFTER = 10  # 429s before the first "refused with 429" line
+SLOT_SUMMARY_EVERY = 60.0  # seconds between two such lines while the 429s go on
 
 
 # How a submission that created no known task closes its attempt:
@@ -35,6 +52,7 @@ CLOSING: dict[Submit, tuple[str, str, str, str | None]] = {
     Submit.REJECTED: ("rejected", "rejected", "failed", None),
     Submit.AUTH: ("not_sent", "unauthorized", "queued", None),
     Submit.BALANCE: ("not_sent", "insufficient balance", "queued", "balance"),
+    Submit.REDIRECTED: ("not_sent", "redirected", "queued", None),
 }
 
 
@@ -45,17 +63,23 @@ class Settings:
     retry_delay: float = 2.0
     max_attempts: int = 4
     on_unknown: str = "resubmit"  # or "hold"
+    lost_after: float = 3600.0  # seconds without a usable answer before a task is lost
 
 
 class AuthFailed(Exception):
     """The service refused the API key (401)."""
 
 
+class _Abandoned(Exception):
+    """The run ended while a ledger write was failing: the job stops where it is (an
+    answer it held is in the recovery file, a submission not recorded reads as unknown)."""
+
+
 @dataclass
 class Summary:
     """How a run ended, for the exit code and the closing lines."""
 
-    stopped_for: str | None = None  # balance | unreachable | interrupted | auth
+    stopped_for: str | None = None  # balance | unreachable | interrupted | auth | redirect
     budget_blocked: set[tuple[str, str]] = field(default_factory=set)
     message: str | None = None
 
@@ -91,7 +115,17 @@ class Scheduler:
         self.summary = Summary()
         self.in_flight: dict[asyncio.Task[None], LedgerJob] = {}
         self.halt_submits = asyncio.Event()  # balance, unreachable, interrupted
-        self.halt_all = asyncio.Event()  # interrupted: stop polling too
+        self.halt_all = asyncio.Event()  # interrupted, redirected: stop polling too
+        self.halt_now = asyncio.Event()  # a second interrupt: not even for answers on the wire
+        self.interrupts = 0
+        self.on_wire: set[asyncio.Task[Any]] = set()  # jobs between intent and its record
+        self.ledger_writable = asyncio.Event()  # cleared while a write keeps failing
+        self.ledger_writable.set()
+        self._failing_writes = 0
+        self._blocked_reported = 0.0  # monotonic time of the last "cannot write" line
+        self._refused = 0  # 429s since the last summary line
+        self._refused_since: float | None = None
+        self._refused_reported: float | None = None
         self.waiting_for_budget: set[tuple[str, str]] = set()
         self.key_accepted = False
         self._key_lock = asyncio.Lock()
@@ -101,8 +135,13 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, campaigns: list[str] | None = None) -> Summary:
-        self._settle_interrupted_submissions(campaigns)
+        try:
+            await self._settle_interrupted_submissions(campaigns)
+        except _Abandoned:
+            return self.summary
+        # Lost tasks (held, reason `lost`) are polled once more, and taken back if they answer.
         followed = self.ledger.unfinished_jobs(campaigns, statuses=("running",))
+        followed += self.ledger.lost_jobs(campaigns)
         # A followed job whose task fails is `queued` while its own coroutine submits it
         # again: the queue, read later, must not hand it out a second time.
         pending = _Queue(self.ledger.queued_jobs(campaigns), skip={j.key for j in followed})
@@ -110,6 +149,7 @@ class Scheduler:
         # Already in flight: follow them, whatever the concurrency.
         for job in followed:
             self._start(job)
+        halted = asyncio.get_running_loop().create_task(self.halt_all.wait())
         try:
             while True:
                 room: dict[str, int | None] = {}  # budget left per campaign, this round
@@ -130,8 +170,12 @@ class Scheduler:
                     self._start(job)
                 if not self.in_flight:
                     break
-                done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                waiting: list[asyncio.Future[Any]] = [*self.in_flight, halted]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if self.halt_all.is_set():
+                    await self._finish_halted()
+                    return self.summary
+                for task in [t for t in self.in_flight if t.done()]:
                     job = self.in_flight.pop(task)
                     task.result()  # AuthFailed, and any bug, surfaces here
                     if job.key in self.waiting_for_budget:
@@ -139,33 +183,60 @@ class Scheduler:
                 self.waiting_for_budget.clear()
                 pending.put_back(deferred)  # a refund may have made room
                 deferred.clear()
+            self.summary.budget_blocked = {j.key for j in deferred}
+            await self._record(
+                lambda: self.ledger.set_reason(sorted(self.summary.budget_blocked), "budget")
+            )
+        except _Abandoned:
+            pass
         except BaseException:
             await self._cancel_all()
             raise
-        self.summary.budget_blocked = {j.key for j in deferred}
-        self.ledger.set_reason(sorted(self.summary.budget_blocked), "budget")
+        finally:
+            halted.cancel()
         return self.summary
 
     def interrupt(self) -> None:
-        """SIGINT/SIGTERM: stop submitting and polling; what is in flight stays recorded."""
+        """SIGINT/SIGTERM: stop submitting and polling; a submission on the wire is still
+        awaited and recorded. A second one stops at once."""
+        self.interrupts += 1
         self.summary.stopped_for = "interrupted"
         self.halt_submits.set()
         self.halt_all.set()
+        if self.interrupts > 1:
+            self.halt_now.set()
 
-    async def finish_interrupted(self, grace: float) -> None:
-        """Give submissions already on the wire `grace` seconds to be answered, then stop."""
-        if self.in_flight:
-            await asyncio.wait(self.in_flight, timeout=grace)
+    async def _finish_halted(self) -> None:
+        """Stop every job at once, except those whose submission is on the wire: they get
+        their answer (within the request's deadline) and record it, so a task the service
+        created is never paid for twice, unless `halt_now` says not to wait."""
+        waiting = [task for task in self.in_flight if task in self.on_wire]
+        for task in self.in_flight:
+            if task not in self.on_wire:
+                task.cancel()
+        if waiting and not self.halt_now.is_set():
+            self.report(
+                None,
+                f"stopping: waiting up to {self.client.deadline:g} s for {len(waiting)} "
+                "submission(s) already sent, so their task ids are recorded "
+                "(Ctrl-C again to stop at once)",
+            )
+            now_waiter = asyncio.get_running_loop().create_task(self.halt_now.wait())
+            sent = asyncio.gather(*waiting, return_exceptions=True)
+            either: list[asyncio.Future[Any]] = [sent, now_waiter]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            now_waiter.cancel()
         await self._cancel_all()
 
     def _start(self, job: LedgerJob) -> None:
         self.in_flight[asyncio.get_running_loop().create_task(self._drive(job))] = job
 
     async def _cancel_all(self) -> None:
-        for task in self.in_flight:
+        tasks = list(self.in_flight)
+        for task in tasks:
             task.cancel()
-        if self.in_flight:
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         self.in_flight.clear()
 
     def _budget_room(self, campaign: str) -> int | None:
@@ -176,7 +247,7 @@ class Scheduler:
         money = self.ledger.money([campaign])
         return budget - money.spent - money.in_flight - money.unknown
 
-    def _settle_interrupted_submissions(self, campaigns: list[str] | None) -> None:
+    async def _settle_interrupted_submissions(self, campaigns: list[str] | None) -> None:
         """A job left `submitting` by a killed process: its request may have left."""
         interrupted = self.ledger.interrupted_submissions(campaigns)
         if not interrupted:
@@ -185,17 +256,56 @@ class Scheduler:
         for attempt_id, campaign, job_id in interrupted:
             job = by_key.get((campaign, job_id))
             if job is not None:
-                self._unknown(job, attempt_id, "the process stopped before the answer")
+                await self._unknown(job, attempt_id, "the process stopped before the answer")
 
     # ------------------------------------------------------------------ one job
 
     async def _drive(self, job: LedgerJob) -> None:
         """Take one job to an end: submit it, follow its task, resubmit while allowed."""
-        while True:
-            if job.status != "running" and not await self._submit(job):
+        try:
+            if job.status == "held" and not await self._poll_lost_task(job):
                 return
-            if not await self._follow(job):
-                return
+            if job.status == "running" and not await self._usable_recorded_task(job):
+                if job.status != "queued":
+                    return
+            while True:
+                if job.status != "running" and not await self._submit(job):
+                    return
+                if not await self._follow(job):
+                    return
+        except _Abandoned:
+            return
+
+    async def _usable_recorded_task(self, job: LedgerJob) -> bool:
+        """Whether the task id the ledger holds can be polled. One that cannot (written by
+        an older batchgen: a control character, too long) is an unknown outcome, as the
+        same answer would be today; it never wedges the run."""
+        problem = task_id_problem(job.task_id)
+        if problem is None:
+            return True
+        status, reason = self._after_unknown(job, counted=False)
+        await self._record(lambda: self.ledger.task_id_unusable(job, problem, status, reason))
+        self.report(job, f"unknown outcome (the recorded task id is unusable: {problem}): {status}")
+        return False
+
+    async def _poll_lost_task(self, job: LedgerJob) -> bool:
+        """A task given up as lost is polled once more: True (taken back, to follow) when it
+        answers usably, else it stays held."""
+        model = self.catalog.model(job.model)
+        if model is None or job.task_id is None or task_id_problem(job.task_id) is not None:
+            return False
+        if self.halt_all.is_set():
+            return False
+        outcome = classify_poll(await self.client.poll(model.poll_path(job.task_id)))
+        if outcome.action is Poll.AUTH:
+            self._halt("auth")
+            raise AuthFailed(outcome.message)
+        if outcome.action is Poll.ERROR:
+            self.report(job, f"still lost ({outcome.message}): held")
+            return False
+        await self._record(lambda: self.ledger.task_taken_back(job))
+        self.report(job, f"lost task {job.task_id} answers again: following it")
+        return True
 
     async def _submit(self, job: LedgerJob) -> bool:
         """Submit until a task is created (True), or the job must wait or has ended."""
@@ -204,7 +314,8 @@ class Scheduler:
             if self.halt_submits.is_set():
                 return False
             if job.attempts >= self.settings.max_attempts:
-                self.ledger.fail_job(job, f"gave up after {job.attempts} attempt(s)")
+                error = f"gave up after {job.attempts} attempt(s)"
+                await self._record(partial(self.ledger.fail_job, job, error))
                 self.report(job, "failed: attempts exhausted")
                 return False
             room = self._budget_room(job.campaign)
@@ -213,47 +324,44 @@ class Scheduler:
                 return False
             model = self.catalog.model(job.model)
             assert model is not None
+            if not await self._ledger_writable():
+                return False
             async with self._key_check():
                 if self.halt_submits.is_set():  # the key was refused while we waited
                     return False
-                attempt = self.ledger.begin_attempt(job)
-                self.checkpoint("intent_committed")
-                self.sent_at[job.key] = self.clock()
-                answer = await self.client.submit(model.submit_path, job.request)
-                self.checkpoint("submit_answered")
-                if answer.status is not None and answer.status != 401:
-                    self.key_accepted = True
-            outcome = classify_submit(answer)
+                attempt = await self._record(lambda: self.ledger.begin_attempt(job))
+                if self.halt_submits.is_set():  # halted while the intent waited for the ledger
+                    await self._close_unsent(job, attempt)
+                    return False
+                me = asyncio.current_task()
+                assert me is not None
+                self.on_wire.add(me)
+                try:
+                    self.checkpoint("intent_committed")
+                    self.sent_at[job.key] = self.clock()
+                    answer = await self.client.submit(model.submit_path, job.request)
+                    self.checkpoint("submit_answered")
+                    if answer.status is not None and answer.status != 401:
+                        self.key_accepted = True
+                    outcome = classify_submit(answer)
+                    if not await self._record_submit(job, attempt, outcome, answer.retry_after):
+                        return False
+                finally:
+                    self.on_wire.discard(me)
             action, message = outcome.action, outcome.message
             if action is Submit.CREATED:
-                assert outcome.task_id is not None
-                self.ledger.attempt_created(job, attempt, outcome.status or 200, outcome.task_id)
                 self.checkpoint("task_id_committed")
                 self.report(job, f"submitted, task {outcome.task_id}")
                 return True
             if action is Submit.UNKNOWN:
-                if not self._unknown(job, attempt, message or "no usable answer"):
-                    return False
                 await self._pause(self._backoff(job.attempts), self.halt_submits)
                 continue
-            state, words, job_status, reason = CLOSING[action]
-            self.ledger.attempt_ended(
-                job,
-                attempt,
-                state=state,
-                outcome=words,
-                counted=outcome.counts_as_attempt,
-                job_status=job_status,
-                http_status=outcome.status,
-                error=message,
-                reason=reason,
-            )
             if action is Submit.WAIT_FOR_SLOT:
                 slot_waits += 1
-                delay = outcome.retry_after
-                if delay is None:
-                    ceiling = min(SLOT_WAIT_CAP, self.settings.retry_delay * 2 ** (slot_waits - 1))
-                    delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+                self._note_refusal(answer.retry_after, outcome.retry_after)
+                delay = slot_wait(
+                    outcome.retry_after, slot_waits, self.settings.retry_delay, self.rng
+                )
                 await self._pause(delay, self.halt_submits)
             elif action is Submit.NOT_SENT:
                 not_sent += 1
@@ -275,23 +383,93 @@ class Scheduler:
                 self.report(job, "balance exhausted: submitting nothing more")
                 self._halt("balance")
                 return False
+            elif action is Submit.REDIRECTED:
+                self.summary.message = (
+                    f"the service redirects submissions ({message}), so the base URL is wrong "
+                    "for every job; nothing was created. Set --base-url or OKAYPIC_BASE_URL "
+                    "to the service itself, then `batchgen resume`"
+                )
+                self.report(job, f"not submitted: {message}; stopping the run")
+                self._halt("redirect")
+                self.halt_all.set()
+                return False
 
-    def _unknown(self, job: LedgerJob, attempt: int, message: str) -> bool:
-        """Record an attempt of unknown outcome; True when the job may be submitted again."""
-        exhausted = job.attempts + 1 >= self.settings.max_attempts
+    async def _record_submit(
+        self, job: LedgerJob, attempt: int, outcome: Any, retry_after: str | None
+    ) -> bool:
+        """Record what a submission's answer means; False when the job stops here."""
+        action, message = outcome.action, outcome.message
+        if action is Submit.CREATED:
+            task_id, status = outcome.task_id, outcome.status or 200
+            assert task_id is not None
+            answered_at = now()
+            held = {
+                "kind": "created",
+                "campaign": job.campaign,
+                "job_id": job.id,
+                "attempt": attempt,
+                "task_id": task_id,
+                "http_status": status,
+                "answered_at": answered_at,
+            }
+            await self._record(
+                lambda: self.ledger.attempt_created(job, attempt, status, task_id, answered_at),
+                job,
+                held,
+            )
+            return True
+        if action is Submit.UNKNOWN:
+            return await self._unknown(job, attempt, message or "no usable answer")
+        state, words, job_status, reason = CLOSING[action]
+        await self._record(
+            lambda: self.ledger.attempt_ended(
+                job,
+                attempt,
+                state=state,
+                outcome=words,
+                counted=outcome.counts_as_attempt,
+                job_status=job_status,
+                http_status=outcome.status,
+                error=message,
+                reason=reason,
+            )
+        )
+        return True
+
+    async def _close_unsent(self, job: LedgerJob, attempt: int) -> None:
+        """An intent committed for a request that will not be sent after all."""
+        await self._record(
+            lambda: self.ledger.attempt_ended(
+                job,
+                attempt,
+                state="not_sent",
+                outcome="not sent",
+                counted=False,
+                job_status="queued",
+            )
+        )
+
+    def _after_unknown(self, job: LedgerJob, counted: bool = True) -> tuple[str, str | None]:
+        """(job status, reason) after an attempt of unknown outcome, per --on-unknown."""
         if self.settings.on_unknown == "hold":
-            status = "held"
-        else:
-            status = "failed" if exhausted else "queued"
-        self.ledger.attempt_ended(
-            job,
-            attempt,
-            state="unknown",
-            outcome="unknown",
-            counted=True,
-            job_status=status,
-            error=message,
-            reason="unknown outcome" if status == "held" else None,
+            return "held", "unknown outcome"
+        exhausted = job.attempts + int(counted) >= self.settings.max_attempts
+        return ("failed" if exhausted else "queued"), None
+
+    async def _unknown(self, job: LedgerJob, attempt: int, message: str) -> bool:
+        """Record an attempt of unknown outcome; True when the job may be submitted again."""
+        status, reason = self._after_unknown(job)
+        await self._record(
+            lambda: self.ledger.attempt_ended(
+                job,
+                attempt,
+                state="unknown",
+                outcome="unknown",
+                counted=True,
+                job_status=status,
+                error=message,
+                reason=reason,
+            )
         )
         self.report(job, f"unknown outcome ({message}): {status}")
         return status == "queued"
@@ -309,6 +487,7 @@ class Scheduler:
         readings: list[Reading] = []
         progress: int | None = None
         errors = 0
+        usable_at = self.clock()  # the last usable answer (or the start of following)
         while True:
             delay = next_poll_delay(
                 self.clock(), started, readings, expected, self.settings.poll_interval
@@ -321,15 +500,26 @@ class Scheduler:
             answer = await self.client.poll(path)
             self.checkpoint("poll_answered")
             outcome = classify_poll(answer)
+            if outcome.action is not Poll.ERROR:
+                usable_at = self.clock()
             if outcome.action is Poll.RUNNING:
                 errors = 0
                 if outcome.progress is not None:
                     readings.append(Reading(asked, self.clock(), outcome.progress))
                 if outcome.progress is not None and outcome.progress != progress:
                     progress = outcome.progress
-                    self.ledger.task_progress(job, progress)
+                    self._try_once(partial(self.ledger.task_progress, job, progress))
             elif outcome.action is Poll.COMPLETED:
-                self.ledger.task_completed(job, list(outcome.result_urls))
+                urls, at = list(outcome.result_urls), now()
+                held = {
+                    "kind": "completed",
+                    "campaign": job.campaign,
+                    "job_id": job.id,
+                    "task_id": job.task_id,
+                    "result_urls": urls,
+                    "at": at,
+                }
+                await self._record(partial(self.ledger.task_completed, job, urls, at), job, held)
                 self._learn(job, self.clock() - answered)
                 self.report(job, "completed")
                 if self.on_completed:
@@ -338,7 +528,8 @@ class Scheduler:
             elif outcome.action is Poll.FAILED:
                 again = job.attempts < self.settings.max_attempts and not self.halt_submits.is_set()
                 message = outcome.message or "Generation failed"
-                self.ledger.task_failed(job, message, "queued" if again else "failed")
+                status = "queued" if again else "failed"
+                await self._record(partial(self.ledger.task_failed, job, message, status))
                 self.report(
                     job, f"task failed ({message})" + ("; submitting again" if again else "")
                 )
@@ -349,16 +540,158 @@ class Scheduler:
             else:
                 errors += 1
                 if errors in (1, 5) or errors % 20 == 0:
-                    self.ledger.log(
-                        "poll_error",
-                        job.campaign,
-                        job.id,
-                        task_id=job.task_id,
-                        error=outcome.message,
-                        count=errors,
+                    self._try_once(
+                        partial(
+                            self.ledger.log,
+                            "poll_error",
+                            job.campaign,
+                            job.id,
+                            task_id=job.task_id,
+                            error=outcome.message,
+                            count=errors,
+                        )
                     )
+                silent = self.clock() - usable_at
+                if silent > self.settings.lost_after:
+                    await self._lose(
+                        job,
+                        f"no usable answer for {format_duration(silent)} (last: {outcome.message})",
+                    )
+                    return False
+
+    async def _lose(self, job: LedgerJob, message: str) -> None:
+        """Give a task up (PRODUCT.md §2): held, reason lost; its slot is freed."""
+        await self._record(lambda: self.ledger.task_lost(job, message))
+        self.report(
+            job,
+            f"lost: {message}; held (`batchgen resume` polls it once more, "
+            "`batchgen retry --unknown` submits it anew)",
+        )
+
+    # ------------------------------------------------------------------ the ledger
+
+    async def _record(
+        self,
+        write: Callable[[], T],
+        job: LedgerJob | None = None,
+        held: dict[str, Any] | None = None,
+    ) -> T:
+        """Write to the ledger until it works (PRODUCT.md §6: nothing answered is lost).
+
+        While it fails: no new submission, `held` (the answer this write records) kept in
+        the recovery file, a line every few seconds, a retry with growing pauses. If the
+        run must end first, a write holding an answer gets one last try, then the job is
+        abandoned with the answer in the recovery file (and on stderr); other writes are
+        abandoned at once (what they would record, resume finds again)."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    result = self.ledger.try_write(write, WRITE_WAIT)
+                except LedgerWriteFailed as e:
+                    failures += 1
+                    if failures == 1:
+                        self._write_failed(str(e), held)
+                    elif time.monotonic() - self._blocked_reported >= BLOCKED_REPORT_EVERY:
+                        self._report_blocked(str(e))
+                    if self.halt_all.is_set() and (held is None or failures > 1):
+                        if held is not None:
+                            self._report_unrecorded(job, held)
+                        raise _Abandoned from e
+                    await self._pause(min(WRITE_RETRY_CAP, WRITE_WAIT * 2**failures), self.halt_all)
+                    continue
+                if failures:
+                    if held is not None:
+                        self.ledger.release_answer(held)
+                    self.report(job, "recorded in the ledger after all")
+                return result
+        except asyncio.CancelledError:
+            if failures and held is not None:
+                self._report_unrecorded(job, held)
+            raise
+        finally:
+            if failures:
+                self._failing_writes -= 1
+                if not self._failing_writes:
+                    self.ledger_writable.set()
+
+    def _write_failed(self, error: str, held: dict[str, Any] | None) -> None:
+        self._failing_writes += 1
+        self.ledger_writable.clear()
+        if held is not None:
+            problem = self.ledger.hold_answer(held)
+            if problem is not None:
+                self.report(None, f"cannot write {self.ledger.recovery_path} either: {problem}")
+        self._report_blocked(error)
+
+    def _report_blocked(self, error: str) -> None:
+        self._blocked_reported = time.monotonic()
+        self.report(
+            None,
+            f"cannot write the ledger ({error}): submitting nothing until it works; "
+            f"{self._failing_writes} write(s) waiting, answers kept in "
+            f"{self.ledger.recovery_path.name}; retrying",
+        )
+
+    def _report_unrecorded(self, job: LedgerJob | None, held: dict[str, Any]) -> None:
+        what = (
+            f"task {held['task_id']}"
+            if held["kind"] == "created"
+            else f"the completion of task {held['task_id']}"
+        )
+        self.report(
+            job,
+            f"NOT RECORDED in the ledger: {what} of {held['campaign']}/{held['job_id']}; "
+            f"kept in {self.ledger.recovery_path}, which the next batchgen command on "
+            "this ledger applies first",
+        )
+
+    def _try_once(self, write: Callable[[], object]) -> None:
+        """A write worth having but not worth waiting for (progress, a log event)."""
+        try:
+            self.ledger.try_write(write, WRITE_WAIT)
+        except LedgerWriteFailed:
+            pass
+
+    async def _ledger_writable(self) -> bool:
+        """Wait while ledger writes fail; False when submitting stops meanwhile."""
+        while not self.ledger_writable.is_set():
+            if await self._pause(1.0, self.halt_submits):
+                return False
+        return not self.halt_submits.is_set()
 
     # ------------------------------------------------------------------ helpers
+
+    def _note_refusal(self, raw: str | None, honoured: float | None) -> None:
+        """Count a 429; now and then (not once per 429) say how many there were."""
+        at = time.monotonic()
+        self._refused += 1
+        if self._refused_since is None:
+            self._refused_since = at
+        due = (
+            self._refused >= SLOT_SUMMARY_AFTER
+            if self._refused_reported is None
+            else at - self._refused_reported >= SLOT_SUMMARY_EVERY
+        )
+        if not due:
+            return
+        if honoured is not None:
+            how = f"waiting {honoured:g} s as its Retry-After asks"
+        elif raw is not None:
+            how = f"waiting with backoff (its Retry-After {ascii(raw[:40])} is not 1-600 s)"
+        else:
+            how = "waiting with backoff"
+        span = format_duration(max(at - self._refused_since, 1.0))
+        self.report(
+            None,
+            f"the service refused {self._refused} submission(s) with 429 (slot taken) "
+            f"in {span}; {how}",
+        )
+        refused, retry_after = self._refused, raw
+        self._try_once(
+            lambda: self.ledger.log("slot_waits", refused=refused, retry_after=retry_after)
+        )
+        self._refused, self._refused_since, self._refused_reported = 0, at, at
 
     @asynccontextmanager
     async def _key_check(self) -> AsyncIterator[None]:

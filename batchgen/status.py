@@ -152,9 +152,15 @@ def _next_steps(
     unfinished = waiting + counts["running"] + counts["submitting"]
     if unfinished and not runner:
         steps.append(f"{unfinished} job(s) unfinished: `batchgen resume` goes on with them")
-    if counts["held"]:
+    lost = ledger.held_reasons(scope).get("lost", 0) if counts["held"] else 0
+    if lost:
         steps.append(
-            f"{counts['held']} held job(s): check whether the service made them, "
+            f"{lost} lost task(s): `batchgen resume` polls them once more and takes back "
+            "those that answer; `batchgen retry --unknown` submits them anew"
+        )
+    if counts["held"] > lost:
+        steps.append(
+            f"{counts['held'] - lost} held job(s): check whether the service made them, "
             "then `batchgen retry --unknown` to run them again"
         )
     if counts["failed"]:

@@ -118,7 +118,9 @@ def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool
       at least in a legal state with a reason when it failed);
     - no recorded task submitted again: every task id in the ledger is distinct and is a
       task the service created for that very job; each job's tasks at the service are its
-      recorded ones plus at most one per attempt of unknown outcome;
+      recorded ones plus at most one per attempt of unknown outcome; a job is submitted
+      again only after its recorded task failed, or was given up as lost and a person
+      chose `retry --unknown`;
     - ledger spend equals what the service charged for the completed tasks it recorded,
       and spent + unknown covers everything the service kept (net charges).
     """
@@ -152,7 +154,8 @@ def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool
         assert a["task_id"] in service, f"task {a['task_id']} is unknown to the service"
         task = service[a["task_id"]]
         assert job_of_payload[payload_key(task.payload)] == a["job_id"], "task of another job"
-        assert a["state"] in ("running", "completed", "failed"), a
+        lost = a["state"] == "unknown" and a["outcome"] == "lost"
+        assert a["state"] in ("running", "completed", "failed") or lost, a
         if a["state"] == "completed":
             assert task.status == "completed", (a, task)
         if a["state"] == "failed":
@@ -163,14 +166,19 @@ def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool
             assert json.loads(job["result_urls"]), job
 
     # A job is submitted again only after its recorded task failed, or after an attempt
-    # of unknown outcome: of each job's recorded tasks, all but the last have failed.
+    # of unknown outcome: of each job's recorded tasks, all but the last have failed (or
+    # were lost, then requeued by `retry --unknown`: a requeued event says so).
+    requeued = {
+        r["job_id"] for r in query(ledger, "SELECT job_id FROM events WHERE kind = 'requeued'")
+    }
     by_job: dict[str, list[dict[str, Any]]] = {}
     for a in attempts:
         if a["task_id"] is not None:
             by_job.setdefault(a["job_id"], []).append(a)
     for job_id, tasks in by_job.items():
         for earlier in tasks[:-1]:
-            assert earlier["state"] == "failed", (
+            lost_then_requeued = earlier["outcome"] == "lost" and job_id in requeued
+            assert earlier["state"] == "failed" or lost_then_requeued, (
                 f"{job_id}: recorded task {earlier['task_id']} ({earlier['state']}) "
                 "was followed by another submission"
             )
@@ -190,10 +198,13 @@ def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool
         a["cost_micro_usd"] for a in attempts if a["state"] in ("completed", "failed")
     )
     result.unknown = sum(a["unit_price_micro_usd"] for a in attempts if a["state"] == "unknown")
+    # A task given up as lost may have completed at the service: the ledger cannot know,
+    # and counts its cost as unknown.
+    followed = {a["task_id"] for a in attempts if a["task_id"] and a["state"] != "unknown"}
     known_completed = sum(
         s.price_micros
         for s in truth.submissions
-        if s.status == "completed" and s.task_id in task_ids
+        if s.status == "completed" and s.task_id in followed
     )
     assert result.spent == known_completed, "ledger spend differs from the service's charges"
     assert result.spent == sum(j["cost_micro_usd"] for j in jobs.values())

@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,35 @@ def known_completed_micros(ledger: Path, truth: Any) -> int:
     return sum(
         s.price_micros for s in truth.submissions if s.status == "completed" and s.task_id in known
     )
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll `predicate` until it holds (an event a test waits for, not a timed claim)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class StderrWatch:
+    """Reads a spawned command's stderr line by line in a thread, so a test can wait for
+    a line (e.g. "cannot write the ledger") while the command runs, and read it all after."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        self.process = process
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for_line(self, text: str, timeout: float = 30.0) -> str:
+        wait_for(lambda: any(text in line for line in self.lines), timeout, repr(text))
+        return next(line for line in self.lines if text in line)
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return "".join(self.lines)

@@ -1,7 +1,9 @@
-"""A hostile service through the real `run`/`resume` (PRODUCT.md §6, §10): huge bodies,
+"""A hostile service through the real `run`/`resume` (PRODUCT.md §2, §6, §10): huge bodies,
 wrong types, task ids that are not strings, resultUrls that are not URLs, non-JSON, HTML
-error pages, "completed" without urls, negative/NaN progress. Each is a clear error or a
-retry, never a traceback, never a duplicate charge.
+error pages, "completed" without urls, negative/NaN progress; task ids with odd or
+control characters, tasks that never resolve, endless 429s with a Retry-After of 0,
+redirects, answers and result files that trickle in. Each is a clear error, a retry or a
+held job, never a traceback, a hang or a duplicate charge.
 
 The hostile answers come from a wrapped sandbox, so the service's truth still says what
 really happened: a hostile submit answer "after the task was created" is served only when
@@ -12,18 +14,34 @@ real one, and the task goes on.
 from __future__ import annotations
 
 import json
+import random
+import signal
 import sqlite3
 import threading
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
+import httpx
 import pytest
 
-from batchgen.sandbox import Response, Sandbox, SandboxConfig, serve
+from batchgen.ledger import Ledger
+from batchgen.sandbox import Response, Sandbox, SandboxConfig, Stream, serve
 from tests.crashing import audit, build_ledger, query
-from tests.e2e import FAST, batchgen, grok_batch
+from tests.e2e import (
+    FAST,
+    batchgen,
+    command_env,
+    grok_batch,
+    on_sandbox,
+    spawn,
+    status_json,
+    wait_for,
+)
+from tests.faulty import run_faulty
 
 SCALE = 0.01
 PRICE = 100_000  # a 5 s grok task
@@ -53,6 +71,11 @@ class HostileSandbox(Sandbox):
     - polls: answers for the first `polls_per_task` polls of each task, in turn.
     - progress: values put in place of `progress` in every running answer, in turn;
       `seen_progress` collects what the ledger holds for that task's job meanwhile.
+    - on_created(n, task_id, answer): the answer served for the n-th created task (e.g.
+      with an odd task id, put in `aliases` to map it back, or after a long wait).
+    - on_poll(task_id, answer): an answer served instead of the real one, or None.
+    - on_file(target): an answer for a result file instead of the real one, or None.
+    - requests: every (method, target) received, as sent (escapes kept).
     """
 
     def __init__(
@@ -65,8 +88,16 @@ class HostileSandbox(Sandbox):
         progress: list[Any] = (),  # type: ignore[assignment]
         ledger: Path | None = None,
         time_scale: float = SCALE,
+        on_created: Callable[[int, str, Response], Response] | None = None,
+        on_poll: Callable[[str, Response], Response | None] | None = None,
+        on_file: Callable[[str], Response | None] | None = None,
+        **config: Any,
     ) -> None:
-        super().__init__(SandboxConfig(time_scale=time_scale))
+        super().__init__(SandboxConfig(time_scale=time_scale, **config))
+        self.on_created, self.on_poll, self.on_file = on_created, on_poll, on_file
+        self.aliases: dict[str, str] = {}  # a task id served by on_created -> the real one
+        self.requests: list[tuple[str, str]] = []
+        self.created = 0
         self.submits, self.refusals = deque(submits), deque(refusals)
         self.polls, self.polls_per_task = list(polls), polls_per_task
         self.progress = list(progress)
@@ -77,11 +108,20 @@ class HostileSandbox(Sandbox):
         self._hostile_lock = threading.Lock()
 
     def handle(self, method: str, target: str, headers: Any, body: bytes = b"") -> Response:  # type: ignore[override]
+        with self._hostile_lock:
+            self.requests.append((method, target))
         path = urlsplit(target).path
         if method == "POST" and path.endswith("/generate"):
             return self._hostile_submit(method, target, headers, body)
         if method == "GET" and "/tasks/" in path:
-            return self._hostile_poll(method, target, headers, body, path.rsplit("/", 1)[-1])
+            segment = path.rsplit("/", 1)[-1]
+            task_id = self.aliases.get(unquote(segment), segment)
+            real_target = path[: -len(segment)] + task_id
+            return self._hostile_poll(method, real_target, headers, body, task_id)
+        if method == "GET" and path.startswith("/files/") and self.on_file is not None:
+            answer = self.on_file(target)
+            if answer is not None:
+                return answer
         return super().handle(method, target, headers, body)
 
     def _hostile_submit(self, method: str, target: str, headers: Any, body: bytes) -> Response:
@@ -95,6 +135,10 @@ class HostileSandbox(Sandbox):
             return real
         with self._hostile_lock:
             hostile = self.submits.popleft() if self.submits else None
+            self.created += 1
+            n = self.created
+        if hostile is None and self.on_created is not None and isinstance(real.body, bytes):
+            return self.on_created(n, json.loads(real.body)["taskId"], real)
         if hostile is None:
             return real
         self.served["submit"] += 1
@@ -113,6 +157,10 @@ class HostileSandbox(Sandbox):
         if hostile:
             return self.polls[index % len(self.polls)]
         real = super().handle(method, target, headers, body)
+        if self.on_poll is not None:
+            replaced = self.on_poll(task_id, real)
+            if replaced is not None:
+                return replaced
         answer = json.loads(real.body) if isinstance(real.body, bytes) else None
         if (
             self.progress
@@ -343,3 +391,430 @@ def test_negative_nan_and_odd_progress_is_ignored_and_never_stored(tmp_path):
     checked = audit(ledger, truth, job_ids)
     assert truth.duplicate_payloads() == {}
     assert truth.net_charged_micros() == checked.spent == 6 * PRICE
+
+
+# ---------------------------------------------------------------------- task ids (§2)
+
+
+def with_task_id(task_id: str) -> Callable[[Response], Response]:
+    """The real answer to a submit, with `task_id` in place of the real one."""
+
+    def answer(real: Response) -> Response:
+        assert isinstance(real.body, bytes)
+        return as_json({**json.loads(real.body), "taskId": task_id})
+
+    return answer
+
+
+ODD_BUT_USABLE = ["../../generate", "x?admin=1", "..", "a b#c/d", "tâche-é"]
+
+
+def test_odd_task_ids_are_polled_as_one_escaped_segment_and_reach_no_other_endpoint(tmp_path):
+    """Ids like `../../generate` or `x?admin=1` are polled at /api/video/tasks/<one escaped
+    segment>: no request, and so no bearer token, reaches any other endpoint; each task is
+    followed to its completion and paid once."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, len(ODD_BUT_USABLE))
+    sim = HostileSandbox()
+
+    def odd_id(n: int, task_id: str, real: Response) -> Response:
+        odd = ODD_BUT_USABLE[n - 1]
+        sim.aliases[odd] = task_id
+        return with_task_id(odd)(real)
+
+    sim.on_created = odd_id
+    result = run_against(sim, ledger, job_ids)
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    truth = sim.truth()
+    checked = audit_aliased(ledger, truth, job_ids, sim.aliases)
+    assert checked == len(ODD_BUT_USABLE) * PRICE == truth.net_charged_micros()
+    assert truth.duplicate_payloads() == {}
+    # each id percent-escaped whole; a dots-only one ("..") escaped too, or URL
+    # normalization would resolve it to the parent path
+    escaped = {
+        quote(odd, safe="") if odd.strip(".") else odd.replace(".", "%2E") for odd in ODD_BUT_USABLE
+    }
+    for method, target in sim.requests:
+        if method == "POST":
+            assert target == "/api/video/generate", target
+        else:
+            prefix, _, segment = target.rpartition("/")
+            assert prefix == "/api/video/tasks" and segment in escaped, target
+    assert truth.count("other", 404) == 0, "a request reached another endpoint"
+
+
+def audit_aliased(ledger: Path, truth: Any, job_ids: list[str], aliases: dict[str, str]) -> int:
+    """The ledger records the odd ids the service gave; each is a real, completed task of
+    its own job, recorded once. Returns the ledger's spend."""
+    jobs = {j["id"]: j for j in query(ledger, "SELECT * FROM jobs")}
+    assert sorted(jobs) == sorted(job_ids)
+    real = {s.task_id: s for s in truth.submissions}
+    for job in jobs.values():
+        assert job["status"] == "completed", job
+        task = real[aliases[job["task_id"]]]
+        assert json.loads(job["request"])["prompt"] == task.payload["prompt"]
+    attempts = query(ledger, "SELECT * FROM attempts")
+    assert sorted(a["task_id"] for a in attempts) == sorted(aliases)
+    return int(sum(a["cost_micro_usd"] for a in attempts if a["state"] == "completed"))
+
+
+UNUSABLE_TASK_IDS = ["a\nb", "\x00", "tab\there", "del\x7f", "t" * 201, "\ud800", "   "]
+
+
+def test_task_ids_with_control_characters_or_too_long_are_unknown_outcomes_never_a_crash(
+    tmp_path,
+):
+    """Each is an unusable answer (§2): an unknown attempt covering the task the service
+    did create, then a resubmission; no poll ever crashes on it."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 4)
+    hostile = [
+        raw(json.dumps({"taskId": t, "status": "pending"}).encode()) for t in UNUSABLE_TASK_IDS
+    ]
+    sim = HostileSandbox(submits=hostile, time_scale=SCALE / 4)
+    result = run_against(sim, ledger, job_ids, "--max-attempts", "8")
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    assert sim.served["submit"] == len(UNUSABLE_TASK_IDS)
+    truth = sim.truth()
+    checked = audit(ledger, truth, job_ids)
+    assert sum(checked.unknown_attempts.values()) == len(UNUSABLE_TASK_IDS)
+    assert truth.net_charged_micros() == checked.spent + checked.unknown
+    errors = [a["error"] for a in query(ledger, "SELECT error FROM attempts WHERE state='unknown'")]
+    assert all("unusable task id" in e for e in errors), errors
+
+
+def test_a_ledger_already_holding_an_unusable_task_id_does_not_wedge_resume(tmp_path):
+    """An older batchgen recorded the id "a\\nb": resume settles that attempt as an unknown
+    outcome (its possible cost kept) instead of crashing on every poll, and finishes."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 3)
+    sim = HostileSandbox()
+    served = serve(sim)
+    try:
+        old = Ledger(ledger)
+        job = old.unfinished_jobs()[0]
+        answer = httpx.post(
+            served.base_url + "/api/video/generate",
+            json=job.request,
+            headers={"Authorization": "Bearer okpk_sandbox_demo"},
+        )
+        assert answer.status_code == 200  # the service created (and charged) the task
+        attempt = old.begin_attempt(job)
+        old.attempt_created(job, attempt, 200, "a\nb")  # ... and answered an odd id
+        old.close()
+        for _ in range(2):  # the first resume settles it; later ones are not wedged either
+            result = batchgen(
+                "resume", *FAST, ledger=ledger, base_url=served.base_url, key="okpk_sandbox_demo"
+            )
+            assert result.returncode == 0, result.stderr
+            no_traceback(result)
+    finally:
+        served.stop()
+    truth = sim.truth()
+    checked = audit(ledger, truth, job_ids)
+    assert checked.unknown_attempts == Counter({job.id: 1})
+    assert checked.orphans == Counter({job.id: 1})
+    assert truth.net_charged_micros() == checked.spent + checked.unknown == 4 * PRICE
+
+
+# ------------------------------------------------------------ tasks that never resolve (§2)
+
+NEVER_RESOLVING = {
+    "404 for ever": as_json({"error": "Task not found"}, 404),
+    "completed without urls": as_json({"status": "completed", "type": "video"}),
+    "a file:// url": as_json({"status": "completed", "resultUrls": ["file:///etc/passwd"]}),
+    "101 urls": as_json(
+        {"status": "completed", "resultUrls": [f"https://cdn.test/{n}.mp4" for n in range(101)]}
+    ),
+    '"Completed"': as_json({"status": "Completed", "resultUrls": ["https://cdn.test/v.mp4"]}),
+}
+
+
+def test_tasks_that_never_resolve_are_given_up_as_lost_freeing_their_slots(tmp_path):
+    """Five tasks answer nothing usable for ever (one of each kind), and hold all three
+    slots: after --lost-after each is `held` (reason lost), its slot freed so the other
+    jobs run, its cost unknown (not in flight); the run exits 3 saying so. The next resume
+    polls each lost task exactly once more and submits nothing; once they answer, it
+    takes them back: every job completes, each task paid once."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 8)
+    hostile_answers = list(NEVER_RESOLVING.values())
+    hostile_tasks: dict[str, Response] = {}
+    heal = threading.Event()
+
+    def first_five(n: int, task_id: str, real: Response) -> Response:
+        if n <= len(hostile_answers):
+            hostile_tasks[task_id] = hostile_answers[n - 1]
+        return real
+
+    def never_resolving(task_id: str, real: Response) -> Response | None:
+        return None if heal.is_set() else hostile_tasks.get(task_id)
+
+    sim = HostileSandbox(on_created=first_five, on_poll=never_resolving)
+    served = serve(sim)
+
+    def resume() -> Any:
+        return batchgen(
+            "resume",
+            *FAST,
+            "--lost-after",
+            "1s",
+            ledger=ledger,
+            base_url=served.base_url,
+            key="okpk_sandbox_demo",
+            timeout=90,
+        )
+
+    try:
+        result = resume()
+        assert result.returncode == 3, result.stderr
+        no_traceback(result)
+        assert "5 job(s) lost" in result.stderr and "retry --unknown" in result.stderr
+        lost = query(ledger, "SELECT * FROM jobs WHERE status = 'held'")
+        assert {j["reason"] for j in lost} == {"lost"} and len(lost) == 5
+        assert {j["task_id"] for j in lost} == set(hostile_tasks)
+        assert status_json(ledger)["counts"]["completed"] == 3
+        money = status_json(ledger)
+        assert (money["in_flight_usd"], money["unknown_usd"]) == ("0.00", "0.50")
+        truth = sim.truth()
+        checked = audit(ledger, truth, job_ids, all_completed=False)
+        assert truth.duplicate_payloads() == {}
+        assert truth.net_charged_micros() == checked.spent + checked.unknown == 8 * PRICE
+        assert "5 lost task(s)" in batchgen("status", ledger=ledger).stdout
+
+        polls_before = dict(sim.truth().polls)
+        again = resume()  # still nothing usable: polled once more each, nothing submitted
+        assert again.returncode == 3, again.stderr
+        assert len(sim.truth().submissions) == 8
+        polls_after = sim.truth().polls
+        for task_id in hostile_tasks:
+            assert polls_after[task_id] - polls_before[task_id] == 1, "not polled once more"
+
+        heal.set()  # the tasks answer again: taken back and completed, not resubmitted
+        healed = resume()
+        assert healed.returncode == 0, healed.stderr
+        assert "answers again" in healed.stderr
+    finally:
+        served.stop()
+    truth = sim.truth()
+    checked = audit(ledger, truth, job_ids)
+    assert truth.duplicate_payloads() == {}
+    assert checked.spent == truth.net_charged_micros() == 8 * PRICE
+
+
+def first_draws(seed: int, knob: str, n: int, rate: float) -> list[bool]:
+    """The sandbox's first n fault decisions for `knob` on submits (sandbox/faults.py)."""
+    stream = random.Random(f"batchgen-sandbox/{seed}/submit/{knob}")
+    return [stream.random() < rate for _ in range(n)]
+
+
+def test_vanished_tasks_are_lost_and_retry_unknown_submits_them_anew(make_sandbox, tmp_path):
+    """The sandbox's --vanish-rate: tasks accepted and charged, then 404 for ever. They
+    end held (lost), exit 3; `retry --unknown` (a person's decision) submits them anew;
+    every charge is accounted for: the lost ones as unknown cost."""
+    # a seed whose first 4 submits have 2 vanishing tasks, and the next 2 none
+    seed = next(
+        s
+        for s in range(10_000)
+        if sum(first_draws(s, "vanish", 4, 0.5)) == 2
+        and not any(first_draws(s, "vanish", 6, 0.5)[4:])
+    )
+    sandbox = make_sandbox(time_scale=SCALE, vanish_rate=0.5, seed=seed)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 4, campaign="c")
+    first = on_sandbox(sandbox, "run", str(manifest), *FAST, "--lost-after", "1", ledger=ledger)
+    assert first.returncode == 3, first.stderr
+    assert "2 job(s) lost" in first.stderr
+    vanished = {s.task_id for s in sandbox.truth().submissions if s.vanished}
+    assert len(vanished) == 2
+    held = query(ledger, "SELECT task_id, reason FROM jobs WHERE status = 'held'")
+    assert {(h["task_id"], h["reason"]) for h in held} == {(t, "lost") for t in vanished}
+    retried = batchgen("retry", "--unknown", ledger=ledger)
+    assert retried.returncode == 0 and "2 job(s) queued again" in retried.stdout
+    result = on_sandbox(sandbox, "resume", *FAST, "--lost-after", "1", ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    truth = sandbox.truth()
+    job_ids = [f"clip-{n}" for n in range(1, 5)]
+    checked = audit(ledger, truth, job_ids)
+    assert len(truth.submissions) == 6
+    assert checked.unknown == 2 * PRICE and checked.spent == 4 * PRICE
+    assert truth.net_charged_micros() == checked.spent + checked.unknown
+
+
+# ---------------------------------------------------------------- 429 for ever, 3xx (§2)
+
+
+@pytest.mark.parametrize("retry_after", ["0", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+def test_endless_429s_with_an_unusable_retry_after_back_off_and_show_in_the_log(
+    make_sandbox, tmp_path, retry_after
+):
+    """Every submit answers 429 with Retry-After 0 (or -1, a date, garbage): batchgen's own
+    backoff paces the retries (a few a second at first, fewer and fewer), and the log says
+    now and then how many were refused, not one line per 429."""
+    sandbox = make_sandbox(time_scale=SCALE, spurious_429_rate=1.0, retry_after=retry_after)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 3)
+    process = spawn(
+        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
+    )
+    try:
+        wait_for(lambda: sandbox.truth().count("POST /api/video/generate", 429) >= 3)
+        before = sandbox.truth().count("POST /api/video/generate", 429)
+        time.sleep(3.0)  # a window to count the refusals in, not a wait for an event
+        during = sandbox.truth().count("POST /api/video/generate", 429) - before
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert during <= 60, f"{during} submissions in 3 s: Retry-After {retry_after!r} was obeyed"
+    summaries = [line for line in stderr.splitlines() if "with 429" in line]
+    assert 1 <= len(summaries) <= 3, stderr
+    assert "backoff" in summaries[0]
+    attempts = query(ledger, "SELECT state, counted FROM attempts")
+    assert {(a["state"], a["counted"]) for a in attempts} == {("not_sent", 0)}
+
+
+def redirect(status: int, location: str) -> Response:
+    return Response(status, {"Location": location, "Content-Type": "text/html"}, b"Moved")
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_on_submit_stops_the_run_naming_the_location_with_no_unknown_cost(
+    tmp_path, status
+):
+    """The base URL is wrong for every job: nothing is followed or created, the run stops
+    at once with exit 1 naming the Location, every job stays queued and no attempt of
+    unknown outcome eats the budget."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 4)
+    where = "https://www.okaypic.test/api/video/generate"
+    sim = HostileSandbox(refusals=[redirect(status, where)] * 20)
+    result = run_against(sim, ledger, job_ids)
+    assert result.returncode == 1, result.stderr
+    no_traceback(result)
+    assert where in result.stderr and "base URL" in result.stderr
+    assert sim.served["refusal"] == 1, "submitted again after a redirect"
+    assert sim.truth().submissions == []
+    status_after = status_json(ledger)
+    assert status_after["counts"]["queued"] == 4
+    assert status_after["unknown_usd"] == "0.00"
+    attempts = query(ledger, "SELECT * FROM attempts")
+    assert [(a["state"], a["counted"], a["http_status"]) for a in attempts] == [
+        ("not_sent", 0, status)
+    ]
+    assert where in attempts[0]["error"]
+
+
+# ---------------------------------------------------------------- trickling answers (§6)
+
+
+def trickle(body: bytes, every: float, started: threading.Event | None = None) -> Stream:
+    """`body` one byte at a time, `every` seconds apart: each read within any read
+    timeout, the whole answer taking len(body) * every seconds."""
+
+    def chunks() -> Any:
+        for n in range(len(body)):
+            if started is not None:
+                started.set()
+            time.sleep(every)
+            yield body[n : n + 1]
+
+    return Stream(chunks(), len(body))
+
+
+def trickling(response: Response, every: float = 0.3) -> Response:
+    assert isinstance(response.body, bytes)
+    return response._replace(body=trickle(response.body + b" " * 200, every))
+
+
+def deadline(seconds: float) -> list[str]:
+    """tests.faulty options: every API request's whole deadline (client.REQUEST_DEADLINE)."""
+    return ["--set", f"batchgen.client:REQUEST_DEADLINE={seconds}"]
+
+
+def test_a_poll_answer_that_trickles_in_is_cut_at_the_deadline_and_polled_again(tmp_path):
+    """Each of the first two polls of every task trickles in a byte at a time, fast
+    enough for every read: the whole-request deadline ends each, the task is polled again
+    (never resubmitted) and completes."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 3)
+    polls: Counter[str] = Counter()
+
+    def slow_first_polls(task_id: str, real: Response) -> Response | None:
+        polls[task_id] += 1
+        return trickling(real) if polls[task_id] <= 2 else None
+
+    sim = HostileSandbox(on_poll=slow_first_polls)
+    served = serve(sim)
+    try:
+        result = run_faulty(
+            deadline(1),
+            "resume",
+            *FAST,
+            env=command_env(ledger, served.base_url, "okpk_sandbox_demo"),
+            timeout=90,
+        )
+    finally:
+        served.stop()
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    truth = sim.truth()
+    audit(ledger, truth, job_ids)
+    assert truth.duplicate_payloads() == {}
+    cut = query(ledger, "SELECT detail FROM events WHERE kind = 'poll_error'")
+    assert cut and all("within 1 s" in e["detail"] for e in cut), cut
+
+
+def test_a_submit_answer_that_trickles_in_is_an_unknown_outcome_at_the_deadline(tmp_path):
+    """The task was created and its answer trickles: at the deadline the outcome is unknown
+    (the attempt covers the charge) and the job is submitted again, as §6 says."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 2)
+    sim = HostileSandbox(on_created=lambda n, task_id, real: trickling(real) if n == 1 else real)
+    served = serve(sim)
+    try:
+        result = run_faulty(
+            deadline(1),
+            "resume",
+            *FAST,
+            env=command_env(ledger, served.base_url, "okpk_sandbox_demo"),
+            timeout=90,
+        )
+    finally:
+        served.stop()
+    assert result.returncode == 0, result.stderr
+    truth = sim.truth()
+    checked = audit(ledger, truth, job_ids)
+    assert sum(checked.orphans.values()) == sum(checked.unknown_attempts.values()) == 1
+    assert truth.net_charged_micros() == checked.spent + checked.unknown == 3 * PRICE
+
+
+def test_a_result_file_that_trickles_in_fails_at_the_download_deadline_and_the_run_ends(
+    tmp_path,
+):
+    """`run --download` with a result file sent a byte per 0.5 s: past the download's
+    whole deadline the file is recorded as failed (for `download` to retry) and the run
+    ends instead of hanging."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, 2)
+    sim = HostileSandbox(on_file=lambda target: Response(200, {}, trickle(b"x" * 1000, 0.5)))
+    served = serve(sim)
+    try:
+        result = run_faulty(
+            ["--set", "batchgen.download:DOWNLOAD_DEADLINE=1"],
+            "resume",
+            *FAST,
+            "--download",
+            str(tmp_path / "out"),
+            env=command_env(ledger, served.base_url, "okpk_sandbox_demo"),
+            timeout=90,
+        )
+    finally:
+        served.stop()
+    assert result.returncode != 130, result.stderr
+    no_traceback(result)
+    audit(ledger, sim.truth(), job_ids)
+    files = query(ledger, "SELECT * FROM files")
+    assert len(files) == 2 and all("within 1 s" in (f["error"] or "") for f in files), files

@@ -108,6 +108,16 @@ def test_the_client_hands_on_no_answer_body_holding_the_key(method):
     json.loads(answer.body)  # still the service's JSON
 
 
+def test_the_client_hands_on_no_redirect_location_holding_the_key():
+    def redirect(request: httpx.Request) -> httpx.Response:
+        token = request.headers["Authorization"].split()[-1]
+        return httpx.Response(302, headers={"Location": f"https://elsewhere/login?token={token}"})
+
+    answer = _ask(_client(redirect), "POST")
+    assert answer.status == 302 and answer.location is not None
+    assert KEY not in answer.location and label(KEY) in answer.location
+
+
 def test_the_client_hands_on_no_transport_error_holding_the_key():
     def fail(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError(f"reset while sending {request.headers['Authorization']}")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
+from batchgen.catalog import load as load_catalog
+from batchgen.catalog import path_segment
 from batchgen.outcomes import (
+    MAX_TASK_ID,
     Answer,
     Poll,
     Submit,
@@ -14,12 +18,16 @@ from batchgen.outcomes import (
     classify_poll,
     classify_submit,
     parse_retry_after,
+    task_id_problem,
 )
+from batchgen.pacing import SLOT_WAIT_CAP, SLOT_WAIT_FLOOR, slot_wait
 
 
-def answered(status: int, body: object = None, retry_after: str | None = None) -> Answer:
+def answered(
+    status: int, body: object = None, retry_after: str | None = None, location: str | None = None
+) -> Answer:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Answer(Transport.ANSWERED, status, raw, retry_after=retry_after)
+    return Answer(Transport.ANSWERED, status, raw, retry_after=retry_after, location=location)
 
 
 CREATED = {"generationId": "g-1", "taskId": "task-1", "status": "pending"}
@@ -141,16 +149,194 @@ def test_poll_401_stops_the_run():
     assert classify_poll(answered(401, {"error": "bad key"})).action is Poll.AUTH
 
 
+# ---------------------------------------------------------------------- Retry-After (§2)
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
+        ("1", 1.0),  # the smallest wait honoured
         ("3", 3.0),
-        ("0.5", 0.5),
-        (None, None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
-        ("-4", 0.0),
-        ("99999", 600.0),
+        (" 7 ", 7.0),
+        ("600", 600.0),  # the longest wait honoured
+        ("0600", 600.0),
+        (None, None),  # not sent: own backoff
+        ("0", None),  # "now", for ever, would be a busy loop
+        ("-1", None),
+        ("-4", None),
+        ("601", None),  # past the longest honoured wait: own backoff, not 600
+        ("99999", None),
+        ("0.5", None),  # HTTP's delay-seconds are whole seconds
+        ("1.5", None),
+        ("+5", None),
+        ("", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # an HTTP date
+        ("1e3", None),
+        ("\u0665", None),  # a non-ASCII digit
     ],
 )
-def test_retry_after_is_read_in_seconds_and_bounded(value, seconds):
+def test_retry_after_from_1_to_600_seconds_is_honoured_anything_else_falls_back(value, seconds):
     assert parse_retry_after(value) == seconds
+
+
+@pytest.mark.parametrize(("header", "honoured"), [("0", None), ("-1", None), ("1", 1.0)])
+def test_a_429_carries_the_wait_it_asks_only_when_usable_and_is_never_an_attempt(header, honoured):
+    outcome = classify_submit(answered(429, {"error": "Too many concurrent tasks"}, header))
+    assert (outcome.action, outcome.counts_as_attempt) == (Submit.WAIT_FOR_SLOT, False)
+    assert outcome.retry_after == honoured
+
+
+def test_a_usable_retry_after_is_the_wait():
+    assert slot_wait(42.0, 1, 2.0, random.Random(1)) == 42.0
+    assert slot_wait(600.0, 9, 0.0, random.Random(1)) == 600.0
+
+
+def test_without_a_usable_retry_after_the_wait_backs_off_with_half_jitter_up_to_the_cap():
+    rng = random.Random(3)
+    for waits, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, SLOT_WAIT_CAP)]:
+        for _ in range(50):
+            assert ceiling / 2 <= slot_wait(None, waits, 2.0, rng) <= ceiling
+    assert slot_wait(None, 50, 2.0, rng) <= SLOT_WAIT_CAP
+
+
+def test_a_zero_retry_delay_still_waits_and_backs_off():
+    """--retry-delay 0 with a service answering 429 for ever is no busy loop."""
+    rng = random.Random(5)
+    assert SLOT_WAIT_FLOOR / 2 <= slot_wait(None, 1, 0.0, rng) <= SLOT_WAIT_FLOOR
+    assert slot_wait(None, 10, 0.0, rng) >= SLOT_WAIT_FLOOR * 2**9 / 2
+
+
+# ---------------------------------------------------------------------- 3xx on submit (§2, §6)
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+def test_a_3xx_on_submit_created_nothing_stops_the_run_and_names_the_location(status):
+    outcome = classify_submit(
+        answered(status, b"", location="https://www.okaypic.com/api/video/generate")
+    )
+    assert outcome.action is Submit.REDIRECTED
+    assert outcome.counts_as_attempt is False, "no task was created: not an attempt"
+    assert outcome.status == status
+    assert "https://www.okaypic.com/api/video/generate" in (outcome.message or "")
+
+
+def test_a_3xx_without_a_location_says_so_and_a_hostile_location_is_shown_as_plain_text():
+    assert "no Location" in (classify_submit(answered(302, b"")).message or "")
+    message = classify_submit(answered(301, b"", location="https://x.test/\x1b[31mred\n")).message
+    assert message is not None and "\x1b" not in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------- task ids (§2)
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "t",
+        "backend-task-id",
+        "t" * MAX_TASK_ID,  # 200 characters: the longest usable id
+        "../../generate",  # odd, but usable: sent as one escaped path segment
+        "x?admin=1",
+        "..",
+        "a b/c#d",
+        "é-ü-任务",
+    ],
+)
+def test_a_usable_task_id_is_a_created_task(task_id):
+    outcome = classify_submit(answered(200, {"taskId": task_id, "status": "pending"}))
+    assert (outcome.action, outcome.task_id, outcome.counts_as_attempt) == (
+        Submit.CREATED,
+        task_id,
+        True,
+    )
+    assert task_id_problem(task_id) is None
+
+
+@pytest.mark.parametrize(
+    ("task_id", "problem"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("t" * (MAX_TASK_ID + 1), "201 characters"),  # one too many
+        ("t" * 5000, "5000 characters"),
+        ("a\nb", "control character"),
+        ("a\rb", "control character"),
+        ("\x00", "control character"),
+        ("tab\there", "control character"),
+        ("del\x7f", "control character"),
+        ("c1\x85", "control character"),
+        ("\ud800", "lone surrogate"),
+        (12345, "not text"),
+        (["t-1"], "not text"),
+        ({"id": "t-1"}, "not text"),
+        (True, "not text"),
+    ],
+)
+def test_an_unusable_task_id_is_an_unknown_outcome_never_a_crash(task_id, problem):
+    body = json.dumps({"taskId": task_id, "status": "pending"}).encode()
+    outcome = classify_submit(answered(200, body))
+    assert (outcome.action, outcome.counts_as_attempt) == (Submit.UNKNOWN, True)
+    assert outcome.task_id is None
+    assert problem in (task_id_problem(task_id) or "")
+    assert problem in (outcome.message or "")
+
+
+def test_a_2xx_without_any_task_id_is_an_unknown_outcome():
+    outcome = classify_submit(answered(201, {"status": "pending"}))
+    assert (outcome.action, outcome.message) == (Submit.UNKNOWN, "HTTP 201 without a task id")
+
+
+@pytest.mark.parametrize(
+    ("task_id", "segment"),
+    [
+        ("abc123", "abc123"),
+        ("../../generate", "..%2F..%2Fgenerate"),
+        ("x?admin=1", "x%3Fadmin%3D1"),
+        ("a#b", "a%23b"),
+        ("a b", "a%20b"),
+        ("..", "%2E%2E"),  # a dot segment would be resolved away by URL normalization
+        (".", "%2E"),
+        ("...", "%2E%2E%2E"),
+        ("a.b", "a.b"),
+        ("a\nb", "a%0Ab"),  # never sent (unusable), but never a crash either
+        ("é", "%C3%A9"),
+    ],
+)
+def test_a_task_id_is_one_percent_escaped_path_segment(task_id, segment):
+    assert path_segment(task_id) == segment
+    model = load_catalog().model("grok-video-3")
+    assert model is not None
+    assert model.poll_path(task_id) == f"/api/video/tasks/{segment}"
+
+
+# ---------------------------------------------------------------------- answers that never resolve
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        answered(404, {"error": "Task not found"}),
+        answered(301, b"", location="https://elsewhere.test/"),
+        answered(200, {"status": "Completed", "resultUrls": ["https://cdn.example.com/v.mp4"]}),
+        answered(200, {"status": "completed", "resultUrls": ["file:///tmp/v.mp4"]}),
+        answered(200, {"status": "completed"}),
+        answered(
+            200,
+            {
+                "status": "completed",
+                "resultUrls": [f"https://cdn.example.com/{n}.mp4" for n in range(101)],
+            },
+        ),
+    ],
+    ids=["404", "3xx", "Completed", "file-url", "no-urls", "101-urls"],
+)
+def test_an_answer_that_resolves_nothing_is_a_poll_error_never_a_completion(answer):
+    """Polled again, and given up as lost after --lost-after (scheduler)."""
+    assert classify_poll(answer).action is Poll.ERROR
+
+
+def test_a_hundred_result_urls_are_still_a_completion():
+    urls = [f"https://cdn.example.com/{n}.mp4" for n in range(100)]
+    outcome = classify_poll(answered(200, {"status": "completed", "resultUrls": urls}))
+    assert (outcome.action, len(outcome.result_urls)) == (Poll.COMPLETED, 100)

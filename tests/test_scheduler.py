@@ -20,6 +20,7 @@ from batchgen.ledger import Ledger
 from batchgen.scheduler import AuthFailed, Scheduler, Settings
 
 FAST = Settings(concurrency=3, poll_interval=0.001, retry_delay=0.001, max_attempts=4)
+QUICK = {"poll_interval": 0.001, "retry_delay": 0.001}
 DONE = {"status": "completed", "resultUrls": ["https://cdn.example.com/v.mp4"], "type": "video"}
 
 Reply = dict[str, Any] | Callable[[httpx.Request], httpx.Response]
@@ -279,3 +280,49 @@ def test_never_more_than_the_concurrency_in_flight(tmp_path):
     run(ledger, service, Settings(2, 0.001, 0.001, 4))
     assert ledger.counts()["completed"] == 7
     assert peak == 2
+
+
+def moved(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(301, headers={"Location": "https://www.okaypic.test/api/video/generate"})
+
+
+def test_a_3xx_on_submit_stops_the_run_with_every_job_queued_and_no_attempt_counted(tmp_path):
+    ledger = make_ledger(tmp_path, 3)
+    service = ScriptedService([moved])
+    summary = run(ledger, service)
+    assert summary.stopped_for == "redirect"
+    assert summary.message is not None and "https://www.okaypic.test/" in summary.message
+    assert service.submits == 1, "submitted again after a redirect"
+    assert ledger.counts()["queued"] == 3
+    assert [(a["state"], a["counted"], a["http_status"]) for a in attempts(ledger)] == [
+        ("not_sent", 0, 301)
+    ]
+    assert ledger.money().unknown == 0
+
+
+def test_a_task_without_a_usable_answer_for_lost_after_is_held_as_lost(tmp_path):
+    ledger = make_ledger(tmp_path)
+    service = ScriptedService([CREATED], [error(404, "Task not found")])
+    run(ledger, service, Settings(3, 0.001, 0.001, 4, lost_after=0.05))
+    lost = job(ledger)
+    assert (lost["status"], lost["reason"], lost["task_id"]) == ("held", "lost", "task-1")
+    assert "Task not found" in lost["last_error"]
+    assert [(a["state"], a["outcome"]) for a in attempts(ledger)] == [("unknown", "lost")]
+    money = ledger.money()
+    assert (money.in_flight, money.unknown) == (0, 100_000)
+    assert service.submits == 1
+
+
+def test_a_lost_task_is_polled_once_more_by_the_next_run_and_taken_back_if_it_answers(tmp_path):
+    ledger = make_ledger(tmp_path)
+    run(ledger, ScriptedService([CREATED], [error(404)]), Settings(lost_after=0.05, **QUICK))
+    still_lost = ScriptedService([CREATED], [error(404)])
+    run(ledger, still_lost, Settings(lost_after=0.05, **QUICK))
+    assert (still_lost.submits, len(still_lost.requests)) == (0, 1), "polled once, not more"
+    assert job(ledger)["status"] == "held"
+    answers = ScriptedService([CREATED], [DONE])
+    run(ledger, answers, Settings(lost_after=0.05, **QUICK))
+    assert answers.submits == 0
+    assert (job(ledger)["status"], job(ledger)["task_id"]) == ("completed", "task-1")
+    assert [(a["state"], a["task_id"]) for a in attempts(ledger)] == [("completed", "task-1")]
+    assert ledger.money().spent == 100_000 and ledger.money().unknown == 0

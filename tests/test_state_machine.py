@@ -8,6 +8,8 @@ the wire may or may not have reached the service) then start a new Scheduler on 
 ledger. Invariants, after every step: at most 3 tasks in flight, no 429 the scheduler
 provoked itself, no job lost, no task with a recorded id submitted again, and the
 service's charges covered by the ledger's known tasks plus its attempts of unknown outcome.
+A request unanswered past the client's whole-request deadline is given up by the client
+(a submit then has an unknown outcome, and may still reach the service later).
 
 Time is virtual: the asyncio loop's `time()` is a counter the `advance` rule moves, so
 backoffs and poll delays elapse without sleeping, and the loop is run step by step.
@@ -89,11 +91,21 @@ class FakeOkaypic:
         self.waiting: list[Waiting] = []
         self.provoked_429 = 0  # limit hit while no hidden task could explain it
         self.polls_of_unknown_tasks = 0
+        # submits the client gave up on (past their deadline): they may still arrive
+        self.abandoned: list[httpx.Request] = []
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         future: asyncio.Future[httpx.Response] = asyncio.get_running_loop().create_future()
-        self.waiting.append(Waiting(request, future))
-        return await future
+        waiting = Waiting(request, future)
+        self.waiting.append(waiting)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if waiting in self.waiting:  # the client's deadline passed, not a crash
+                self.waiting.remove(waiting)
+                if waiting.is_submit:
+                    self.abandoned.append(request)
+            raise
 
     def active(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.state == "active"]
@@ -101,10 +113,10 @@ class FakeOkaypic:
     def net_charged(self) -> int:
         return sum(t.price for t in self.tasks.values() if t.state != "failed")
 
-    def accept(self, request: httpx.Request, hidden: bool) -> Task | None:
+    def accept(self, request: httpx.Request, hidden: bool, late: bool = False) -> Task | None:
         """Create and charge a task, or None when the key's slots are all taken (429)."""
         if len(self.active()) >= LIMIT:
-            if not any(t.hidden for t in self.active()):
+            if not late and not any(t.hidden for t in self.active()):
                 self.provoked_429 += 1
             return None
         payload = json.loads(request.content)
@@ -265,6 +277,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             w for w in self.waiting(submits=False) if w.request.url.path.endswith(f"/{task_id}")
         ]
         self.service.answer_poll(waiting, fault)
+        self.settle()
+
+    @precondition(lambda self: self.service.abandoned)
+    @rule(data=st.data())
+    def an_abandoned_submit_arrives_after_all(self, data):
+        """A submit the client gave up on (its deadline passed) reaches the service."""
+        request = data.draw(st.sampled_from(self.service.abandoned))
+        self.service.abandoned.remove(request)
+        self.service.accept(request, hidden=True, late=True)
         self.settle()
 
     @precondition(lambda self: self.service.active())

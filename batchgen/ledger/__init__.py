@@ -10,7 +10,11 @@ The package's modules, each a part of the one `Ledger` class:
 - scheduling: the runner lock, the scheduler's reads and writes, money and counts;
 - reads: what status, report, plan and download read (and their few writes);
 - review: verdicts, the review page's reads, and `retry --rejected`.
+- recovery: writes that may fail, and the recovery file of answers not yet recorded,
+  applied by every opening for writing before anything else.
 """
+
+from pathlib import Path
 
 from batchgen.ledger.base import (
     DEFAULT_OUT,
@@ -24,8 +28,8 @@ from batchgen.ledger.base import (
 )
 from batchgen.ledger.ingest import JOB_INSERT_COLUMNS, IngestMixin
 from batchgen.ledger.reads import ReadsMixin
+from batchgen.ledger.recovery import RecoveryMixin
 from batchgen.ledger.review import ReviewMixin, VerdictRefused
-from batchgen.ledger.scheduling import SchedulingMixin
 
 __all__ = [
     "DEFAULT_OUT",
@@ -42,6 +46,15 @@ __all__ = [
 ]
 
 
-class Ledger(IngestMixin, SchedulingMixin, ReviewMixin, ReadsMixin):
+class Ledger(IngestMixin, RecoveryMixin, ReviewMixin, ReadsMixin):
     """batchgen's ledger: one SQLite file, migrated on opening (`Ledger(path)`) or read
-    without writing (`Ledger.read_only(path)`)."""
+    without writing (`Ledger.read_only(path)`). Opening it for writing first records the
+    answers a run left in its recovery file (ledger/recovery.py)."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        super().__init__(path, create)
+        try:
+            self.apply_recovery()
+        except BaseException:
+            self.close()
+            raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,21 +144,18 @@ class SchedulingMixin(LedgerBase):
         return int(cursor.lastrowid or 0)
 
     def attempt_created(
-        self, job: LedgerJob, attempt_id: int, http_status: int, task_id: str
+        self,
+        job: LedgerJob,
+        attempt_id: int,
+        http_status: int,
+        task_id: str,
+        answered_at: str | None = None,
     ) -> None:
-        stamp = now()
+        """The service created `task_id`: the attempt is charged, the job follows it. (If a
+        recovery file was applied meanwhile, it is recorded already: nothing changes.)"""
+        stamp = answered_at or now()
         with self.transaction() as db:
-            db.execute(
-                "UPDATE attempts SET state='running', outcome='created', http_status=?,"
-                " task_id=?, answered_at=?, cost_micro_usd=unit_price_micro_usd WHERE id=?",
-                (http_status, task_id, stamp, attempt_id),
-            )
-            db.execute(
-                "UPDATE jobs SET status='running', task_id=?, progress=0, attempts=attempts+1,"
-                " submitted_at=?, updated_at=? WHERE campaign=? AND id=?",
-                (task_id, stamp, stamp, job.campaign, job.id),
-            )
-            self._event("submitted", job.campaign, job.id, task_id=task_id, attempt=attempt_id)
+            self._record_created(db, job.campaign, job.id, attempt_id, http_status, task_id, stamp)
         job.status, job.task_id, job.submitted_at = "running", task_id, stamp
         job.attempts += 1
 
@@ -246,25 +244,10 @@ class SchedulingMixin(LedgerBase):
                 (progress, now(), job.campaign, job.id),
             )
 
-    def task_completed(self, job: LedgerJob, result_urls: list[str]) -> None:
-        stamp = now()
+    def task_completed(self, job: LedgerJob, result_urls: list[str], at: str | None = None) -> None:
+        assert job.task_id is not None
         with self.transaction() as db:
-            db.execute(
-                "UPDATE attempts SET state='completed', finished_at=? WHERE campaign=?"
-                " AND job_id=? AND task_id=? AND state='running'",
-                (stamp, job.campaign, job.id, job.task_id),
-            )
-            # A completed job has no error: what went wrong before (a 429, a failed task)
-            # stays in its attempts and events.
-            db.execute(
-                "UPDATE jobs SET status='completed', reason=NULL, last_error=NULL, progress=100,"
-                " result_urls=?,"
-                " cost_micro_usd=(SELECT COALESCE(SUM(cost_micro_usd), 0) FROM attempts"
-                "   WHERE campaign=? AND job_id=? AND state='completed'),"
-                " updated_at=?, finished_at=? WHERE campaign=? AND id=?",
-                (json.dumps(result_urls), job.campaign, job.id, stamp, stamp, job.campaign, job.id),
-            )
-            self._event("completed", job.campaign, job.id, task_id=job.task_id)
+            self._record_completed(db, job.campaign, job.id, job.task_id, result_urls, at or now())
         job.status = "completed"
 
     def task_failed(self, job: LedgerJob, message: str, job_status: str) -> None:
@@ -302,6 +285,76 @@ class SchedulingMixin(LedgerBase):
                 error=message,
                 job_status=job_status,
             )
+        job.status, job.task_id = job_status, None
+
+    def task_lost(self, job: LedgerJob, message: str) -> None:
+        """Give up on a task that answered nothing usable for too long (PRODUCT.md §2): the
+        job is `held` (reason `lost`) and keeps its task id, so the next resume polls it
+        once more; its attempt's cost counts as unknown, not in flight."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state='unknown', outcome='lost', error=?, finished_at=?"
+                " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
+                (message, stamp, job.campaign, job.id, job.task_id),
+            )
+            db.execute(
+                "UPDATE jobs SET status='held', reason='lost', last_error=?, updated_at=?"
+                " WHERE campaign=? AND id=?",
+                (f"lost: {message}", stamp, job.campaign, job.id),
+            )
+            self._event("task_lost", job.campaign, job.id, task_id=job.task_id, error=message)
+        job.status = "held"
+
+    def lost_jobs(self, campaigns: list[str] | None = None) -> list[LedgerJob]:
+        """Held jobs whose task was given up as lost, to poll once more."""
+        where, params = _campaign_filter(campaigns)
+        rows = self.conn.execute(
+            f"{self._LEDGER_JOB} WHERE status = 'held' AND reason = 'lost'"
+            f" AND task_id IS NOT NULL {where} ORDER BY campaign, position",
+            params,
+        )
+        return [_ledger_job(row) for row in rows]
+
+    def task_taken_back(self, job: LedgerJob) -> None:
+        """A lost task answered after all: its job follows it again, its cost is in flight."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state='running', outcome='created', finished_at=NULL"
+                " WHERE campaign=? AND job_id=? AND task_id=? AND state='unknown'"
+                " AND outcome='lost'",
+                (job.campaign, job.id, job.task_id),
+            )
+            db.execute(
+                "UPDATE jobs SET status='running', reason=NULL, last_error=NULL, updated_at=?"
+                " WHERE campaign=? AND id=?",
+                (stamp, job.campaign, job.id),
+            )
+            self._event("task_taken_back", job.campaign, job.id, task_id=job.task_id)
+        job.status = "running"
+
+    def task_id_unusable(
+        self, job: LedgerJob, problem: str, job_status: str, reason: str | None
+    ) -> None:
+        """A recorded task id that cannot be polled (written by an older batchgen): its
+        attempt has an unknown outcome, like a fresh answer with that id (PRODUCT.md §2);
+        the id is kept in the error, in printable form, not as a task id."""
+        stamp = now()
+        error = f"unusable task id {ascii(job.task_id)[:80]} ({problem})"
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET state='unknown', outcome='unknown', task_id=NULL, error=?,"
+                " finished_at=? WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
+                (error, stamp, job.campaign, job.id, job.task_id),
+            )
+            db.execute(
+                "UPDATE jobs SET status=?, reason=?, task_id=NULL, progress=NULL, last_error=?,"
+                " updated_at=?, finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END"
+                " WHERE campaign=? AND id=?",
+                (job_status, reason, error, stamp, job_status, stamp, job.campaign, job.id),
+            )
+            self._event("attempt_unknown", job.campaign, job.id, error=error, job_status=job_status)
         job.status, job.task_id = job_status, None
 
     def set_reason(self, keys: list[tuple[str, str]], reason: str | None) -> None:
@@ -378,6 +431,102 @@ class SchedulingMixin(LedgerBase):
         ):
             counts[status] = n
         return counts
+
+    def held_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
+        """Held jobs by reason: `lost` tasks, `unknown outcome` attempts."""
+        where, params = _campaign_filter(campaigns)
+        rows = self.conn.execute(
+            f"SELECT reason, COUNT(*) FROM jobs WHERE status = 'held' {where} GROUP BY reason",
+            params,
+        )
+        return {reason: n for reason, n in rows}
+
+    # The two answers a recovery file may hold (recovery.py) are recorded by the same SQL
+    # whether they come in time or late.
+
+    def _record_created(
+        self,
+        db: sqlite3.Connection,
+        campaign: str,
+        job_id: str,
+        attempt_id: int,
+        http_status: int,
+        task_id: str,
+        stamp: str,
+        late: bool = False,
+    ) -> bool:
+        """The service created `task_id` for this attempt: the attempt is running (charged)
+        and the job follows that task. False when already recorded.
+
+        Late (from a recovery file), the attempt may have been settled as unknown by a
+        batchgen that did not apply the file first: if the job has not moved on to
+        another task, it takes this one back; otherwise the attempt keeps the task id,
+        for the audit, at its unknown cost."""
+        states = ("sending", "unknown") if late else ("sending",)
+        row = db.execute(
+            "SELECT state, task_id FROM attempts WHERE id = ? AND campaign = ? AND job_id = ?",
+            (attempt_id, campaign, job_id),
+        ).fetchone()
+        if row is None or row[0] not in states or row[1] is not None:
+            return False
+        was_counted = row[0] == "unknown"
+        job = db.execute(
+            "SELECT status, task_id FROM jobs WHERE campaign = ? AND id = ?", (campaign, job_id)
+        ).fetchone()
+        free = job is not None and job[1] is None and job[0] in ("queued", "submitting", "held")
+        if late and not free:
+            db.execute(
+                "UPDATE attempts SET task_id = ?, outcome = 'created (recorded late)',"
+                " http_status = ? WHERE id = ?",
+                (task_id, http_status, attempt_id),
+            )
+            self._event("task_recorded_late", campaign, job_id, task_id=task_id)
+            return True
+        db.execute(
+            "UPDATE attempts SET state='running', outcome='created', http_status=?, task_id=?,"
+            " answered_at=?, finished_at=NULL, error=NULL, counted=1,"
+            " cost_micro_usd=unit_price_micro_usd WHERE id=?",
+            (http_status, task_id, stamp, attempt_id),
+        )
+        db.execute(
+            "UPDATE jobs SET status='running', reason=NULL, task_id=?, progress=0,"
+            " attempts=attempts+?, submitted_at=?, updated_at=?, finished_at=NULL"
+            " WHERE campaign=? AND id=?",
+            (task_id, 0 if was_counted else 1, stamp, now(), campaign, job_id),
+        )
+        self._event("submitted", campaign, job_id, task_id=task_id, attempt=attempt_id)
+        return True
+
+    def _record_completed(
+        self,
+        db: sqlite3.Connection,
+        campaign: str,
+        job_id: str,
+        task_id: str,
+        result_urls: list[str],
+        stamp: str,
+    ) -> bool:
+        """The job's running task completed with these result URLs. False when the job
+        does not follow that task any more (already recorded)."""
+        cursor = db.execute(
+            "UPDATE attempts SET state='completed', finished_at=? WHERE campaign=?"
+            " AND job_id=? AND task_id=? AND state='running'",
+            (stamp, campaign, job_id, task_id),
+        )
+        if cursor.rowcount == 0:
+            return False
+        db.execute(
+            # A completed job has no error: what went wrong before (a 429, a failed task)
+            # stays in its attempts and events.
+            "UPDATE jobs SET status='completed', reason=NULL, last_error=NULL, progress=100,"
+            " result_urls=?,"
+            " cost_micro_usd=(SELECT COALESCE(SUM(cost_micro_usd), 0) FROM attempts"
+            "   WHERE campaign=? AND job_id=? AND state='completed'),"
+            " updated_at=?, finished_at=? WHERE campaign=? AND id=? AND task_id=?",
+            (json.dumps(result_urls), campaign, job_id, stamp, stamp, campaign, job_id, task_id),
+        )
+        self._event("completed", campaign, job_id, task_id=task_id)
+        return True
 
 
 def _ledger_job(row: tuple[Any, ...]) -> LedgerJob:

@@ -14,7 +14,7 @@ truth (its record), http (the server), transport (httpx.MockTransport), standalo
 
 from batchgen.sandbox.config import DEFAULT_KEY, DEFAULT_PORT, SandboxConfig
 from batchgen.sandbox.http import Served, serve
-from batchgen.sandbox.service import DROP, Drop, Response, Sandbox
+from batchgen.sandbox.service import DROP, Drop, Response, Sandbox, Stream
 from batchgen.sandbox.standalone import main
 from batchgen.sandbox.transport import mock_transport
 from batchgen.sandbox.truth import MoneyEvent, Submission, Truth
@@ -29,6 +29,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "Served",
+    "Stream",
     "Submission",
     "Truth",
     "main",

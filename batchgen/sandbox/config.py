@@ -24,6 +24,7 @@ RATE_KNOBS = (
     "drop_rate",
     "garbage_rate",
     "reject_rate",
+    "vanish_rate",
 )
 
 
@@ -55,8 +56,11 @@ class SandboxConfig:
       would), no task created, nothing charged.
     - echo_key: a hostile service: every error message (400, 401, 402, 429, 500) and every
       failed task's errorMessage repeats the caller's Authorization header.
+    - vanish_rate: an accepted task (created, charged, answered normally) then vanishes:
+      every poll of it answers 404 for ever, though the service runs it to its end.
     - latency: (min_s, max_s) real seconds added before each API answer.
-    - retry_after: seconds sent as a Retry-After header with every 429, or None for none.
+    - retry_after: the Retry-After header sent with every 429, as given (seconds, or any
+      text: "0", "-1", an HTTP date, garbage), or None for none.
     - max_active_tasks: pending/processing tasks allowed per key (from the catalog).
     - file_bytes: result files (real PNG/MP4 media) are padded to at least this many
       bytes; 0 serves them as made (tens of kilobytes).
@@ -74,8 +78,9 @@ class SandboxConfig:
     garbage_rate: float = 0.0
     reject_rate: float = 0.0
     echo_key: bool = False
+    vanish_rate: float = 0.0
     latency: tuple[float, float] = (0.0, 0.0)
-    retry_after: int | None = None
+    retry_after: int | str | None = None
     max_active_tasks: int = field(default_factory=_default_max_active)
     file_bytes: int = 0
 
@@ -91,8 +96,8 @@ class SandboxConfig:
             raise ValueError(f"time_scale must be >= 0, not {self.time_scale!r}")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), not {self.jitter!r}")
-        if self.retry_after is not None and self.retry_after < 0:
-            raise ValueError(f"retry_after must be >= 0 seconds, not {self.retry_after!r}")
+        if isinstance(self.retry_after, str) and any(c in self.retry_after for c in "\r\n"):
+            raise ValueError("retry_after is one header value: no line breaks")
         if self.max_active_tasks < 1:
             raise ValueError("max_active_tasks must be at least 1")
         if self.file_bytes < 0:

@@ -26,6 +26,7 @@ class SubmitFaults:
     fail: bool  # the task, if created, ends `failed`
     drop: bool
     garbage: bool
+    vanish: bool  # the task, if created, answers 404 to every poll
     latency_s: float
     jitter: float  # factor applied to the task's generation time, in [1-j, 1+j]
 
@@ -71,6 +72,7 @@ class FaultDice:
             fail=self._chance("submit", "fail", c.fail_rate),
             drop=self._chance("submit", "drop", c.drop_rate),
             garbage=self._chance("submit", "garbage", c.garbage_rate),
+            vanish=self._chance("submit", "vanish", c.vanish_rate),
             latency_s=self._latency("submit"),
             jitter=self._stream("submit", "jitter").uniform(1 - c.jitter, 1 + c.jitter),
         )

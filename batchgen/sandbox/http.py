@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from batchgen.sandbox.service import Drop, Response, Sandbox
+from batchgen.sandbox.service import Drop, Response, Sandbox, Stream
 
 MAX_BODY_BYTES = 1_000_000  # a generate request is small; refuse anything absurd
 
@@ -116,9 +116,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
+        if isinstance(response.body, Stream):
+            self._stream(response.body)
+            return
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         self.wfile.write(response.body)
+
+    def _stream(self, body: Stream) -> None:
+        self.send_header("Content-Length", str(body.length))
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        try:
+            for chunk in body.chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:  # the client hung up (its deadline, an interrupt): normal here
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:

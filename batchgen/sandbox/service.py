@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -41,12 +41,26 @@ class Drop:
 DROP = Drop()
 
 
+class Stream:
+    """A body written piece by piece as `chunks` yields them (each may sleep first): an
+    answer that trickles in, or one too large to hold. `length` is the Content-Length
+    announced; the connection closes after the body (or when the client hangs up)."""
+
+    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
+        self.chunks = chunks
+        self.length = length
+
+    def __repr__(self) -> str:
+        return f"Stream(length={self.length})"
+
+
 class Response(NamedTuple):
-    """One answer: status, headers, body (or DROP); `delay_s` real seconds to wait first."""
+    """One answer: status, headers, body (or DROP, or a Stream); `delay_s` real seconds to
+    wait first."""
 
     status: int
     headers: dict[str, str]
-    body: bytes | Drop
+    body: bytes | Drop | Stream
     delay_s: float = 0.0
 
 
@@ -76,6 +90,7 @@ class _Task:
     ends_at: float
     fails: bool
     answered: str
+    vanished: bool = False
     settled: bool = False
 
     def status(self, now: float) -> str:
@@ -108,7 +123,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def _garbled(response: Response) -> Response:
     """The same answer cut in half: a 200 whose body no JSON parser accepts."""
-    assert isinstance(response.body, bytes)
+    assert isinstance(response.body, bytes)  # the sandbox's own answers are whole
     return response._replace(body=response.body[: len(response.body) // 2])
 
 
@@ -293,6 +308,8 @@ class Sandbox:
         task = self._accept(key, kind, payload, request, model, price, now, faults, answered)
         if faults.fail:
             self._faults["task.fail"] += 1
+        if faults.vanish:
+            self._faults["task.vanish"] += 1
         if faults.drop:
             self._faults["submit.drop"] += 1
             return Response(200, {}, DROP)
@@ -331,6 +348,7 @@ class Sandbox:
             ends_at=now + seconds,
             fails=faults.fail,
             answered=answered,
+            vanished=faults.vanish,
         )
         self._tasks[task.task_id] = task
         heapq.heappush(self._unsettled, (task.ends_at, len(self._tasks), task.task_id))
@@ -356,6 +374,9 @@ class Sandbox:
             response = _error(401, "Invalid or missing API key")
         elif task is None or task.key != key or task.kind != kind:
             response = _error(404, "Task not found")  # another key's task is not revealed
+        elif task.vanished:
+            self._faults["poll.vanished"] += 1
+            response = _error(404, "Task not found")
         else:
             self._polls[task_id] += 1
             response = self._poll_answer(task, now, faults)
@@ -464,6 +485,7 @@ class Sandbox:
                 fails=t.fails,
                 status=t.status(now),
                 answered=t.answered,
+                vanished=t.vanished,
             )
             for t in self._tasks.values()
         ]

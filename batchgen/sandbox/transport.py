@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from batchgen.sandbox.service import Drop, Sandbox
+from batchgen.sandbox.service import Drop, Sandbox, Stream
 
 
 def mock_transport(sandbox: Sandbox) -> httpx.MockTransport:
@@ -21,6 +21,8 @@ def mock_transport(sandbox: Sandbox) -> httpx.MockTransport:
             raise httpx.RemoteProtocolError(
                 "Server disconnected without sending a response.", request=request
             )
-        return httpx.Response(response.status, headers=response.headers, content=response.body)
+        body = response.body
+        content = b"".join(body.chunks) if isinstance(body, Stream) else body
+        return httpx.Response(response.status, headers=response.headers, content=content)
 
     return httpx.MockTransport(handler)

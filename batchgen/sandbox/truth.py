@@ -33,6 +33,7 @@ class Submission:
     fails: bool
     status: str  # at snapshot time: pending | processing | completed | failed
     answered: str  # how the submit was answered: "200", "drop" or "garbage"
+    vanished: bool = False  # every poll of it answers 404 (vanish_rate)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Truth:
     # status ("200", "429", ..., or "drop") -> count
     responses: dict[str, dict[str, int]] = field(default_factory=dict)
     # injected faults by name: submit.500, submit.429, submit.drop, submit.garbage,
-    # task.fail, poll.500, poll.drop, poll.garbage
+    # task.fail, task.vanish, poll.500, poll.drop, poll.garbage, poll.vanished
     faults: dict[str, int] = field(default_factory=dict)
     peak_active: dict[str, int] = field(default_factory=dict)  # per key, ever
     polls: dict[str, int] = field(default_factory=dict)  # per task id, by its owner

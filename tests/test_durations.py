@@ -1,0 +1,45 @@
+"""DURATION values of the command line (PRODUCT.md §7): `--lost-after`."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchgen.durations import format_duration, parse_duration
+from tests.e2e import batchgen
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("3600", 3600.0),
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("8h", 28800.0),
+        ("1.5h", 5400.0),
+        (" 2 m ", 120.0),
+        ("1H", 3600.0),
+        ("0.5", 0.5),
+    ],
+)
+def test_a_duration_is_seconds_or_a_number_with_s_m_or_h(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0s", "-5", "1d", "h", "1h30m", "abc", "1e3", "inf"])
+def test_anything_else_is_refused_saying_what_is_accepted(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(45, "45s"), (1800, "30m"), (3600, "1h"), (5400, "1h30m")]
+)
+def test_a_duration_is_shown_as_a_person_writes_it(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_a_bad_lost_after_is_a_usage_error(tmp_path):
+    result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
+    assert result.returncode == 2
+    assert "--lost-after" in result.stderr and "30m" in result.stderr
