@@ -42,12 +42,11 @@ from batchgen.job import Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.problems import Problem, shown
 from batchgen.rows import Row, RowsFile, read_rows
-from batchgen.schema import JOB_FIELDS
+from batchgen.schema import JOB_FIELDS, SCALAR_VARIABLES
 from batchgen.templates import as_text, parse_template
 
 MAX_ID_LENGTH = 200  # ids become file names (PRODUCT.md §9)
 
-SCALAR_VARIABLES = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
 ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (not sent)
 
 Position = tuple[str, int, int]  # file, line, col
