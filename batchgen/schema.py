@@ -402,7 +402,9 @@ def _add_rules(schema: dict[str, Any], data: dict[str, Any]) -> None:
             )
         )
         # A field the model requires, and ref_mode with media: set somewhere.
-        required = [(name, {}) for name in spec.get("required", [])]
+        required: list[tuple[str, dict[str, Any]]] = [
+            (name, {}) for name in spec.get("required", [])
+        ]
         if spec.get("ref_modes"):
             required.append(("ref_mode", {"required": ["media"],
                                           "properties": {"media": {"minItems": 1}}}))  # fmt: skip
