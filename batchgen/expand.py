@@ -228,7 +228,7 @@ class Expansion:
             return self._at((*spec.path, "matrix", base, combo[k], *item, *below))
         if row is not None and base in row.fields:
             assert spec.rows is not None
-            return (spec.rows.file, row.line, 1)
+            return (spec.rows.file, row.line, row.columns.get(base, 1) if row.columns else 1)
         if base in spec.own:
             return self._at((*spec.path, base, *item, *below))
         if present and base in self.defaults:

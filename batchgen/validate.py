@@ -181,6 +181,10 @@ def _schema_problems(error: ValidationError) -> list[tuple[KeyPath, str, bool]]:
         message = f"{name} {_describe(value)} is not allowed: {rule_text}"
     elif kind == "minimum":
         message = f"{name} must be at least {rule} (got {_describe(value)})"
+    elif kind == "maximum":
+        message = f"{name} must be at most {rule:,} (got {_describe(value)})"
+        if path == ("budget_usd",):
+            message += "; leave budget_usd out for no cap"
     elif kind in ("minItems", "minLength", "minProperties") and rule == 1:
         message = f"{name} must not be empty"
     else:
