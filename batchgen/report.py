@@ -42,6 +42,7 @@ COLUMNS = (
 )
 MONEY = {"spent": "spent_usd", "in_flight": "in_flight_usd", "unknown": "unknown_usd",
          "refunded": "refunded_usd"}  # fmt: skip
+# `report --jobs --format json`: each job with its money, its attempts nested.
 ATTEMPT_COLUMNS = (
     "number",
     "started_at",
@@ -49,16 +50,22 @@ ATTEMPT_COLUMNS = (
     "outcome",
     "state",
     "task_id",
+    "key_label",  # NULL until keys are recorded per attempt (attempts.key_label)
     "unit_price_usd",
     "cost_usd",
+    "spent_usd",
+    "in_flight_usd",
+    "unknown_usd",
     "refunded_usd",
     "error",
+    "files",
 )
 JOB_COLUMNS = (
     "campaign",
     "id",
     "model",
     "status",
+    "prompt",
     "tags",
     "duration",
     "variant",
@@ -69,7 +76,17 @@ JOB_COLUMNS = (
     "unknown_usd",
     "refunded_usd",
     "error",
+    "files",
 )
+# `report --jobs --format csv`: one row per attempt (a job without one: one row of zeros),
+# the job it belongs to, then the attempt with its own money only, never the job's, so
+# each money column sums to the report's total (PRODUCT.md §7). `files` is on the attempt
+# whose task made them. (The review's verdict, a job's, goes after `files`.)
+CSV_JOB_COLUMNS = ("campaign", "job_id", "model", "status", "prompt", "tags", "duration",
+                   "variant")  # fmt: skip
+CSV_ATTEMPT_COLUMNS = ("attempt", "started_at", "http_status", "outcome", "state", "task_id",
+                       "key_label", "unit_price_usd", "spent_usd", "in_flight_usd",
+                       "unknown_usd", "refunded_usd", "error", "files")  # fmt: skip
 
 
 def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: bool) -> str:
@@ -113,11 +130,13 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
         attempts = list(group)
         first = attempts[0]
         sums = {k: sum(a[k] for a in attempts) for k in MONEY}
+        files = [json.loads(a["files"]) for a in attempts if a["files"] is not None]
         yield {
             "campaign": first["campaign"],
             "id": first["id"],
             "model": first["model"],
             "status": first["status"],
+            "prompt": first["prompt"],
             "tags": json.loads(first["tags"] or "[]"),
             "duration": first["duration"],
             "variant": first["variant"],
@@ -125,6 +144,7 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
             "task_id": first["job_task_id"],
             **{MONEY[k]: _usd(v) for k, v in sums.items()},
             "error": first["last_error"],
+            "files": files[-1] if files else [],
             "attempts": [
                 {
                     "number": number,
@@ -133,10 +153,12 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
                     "outcome": a["outcome"],
                     "state": a["state"],
                     "task_id": a["task_id"],
+                    "key_label": a["key_label"],
                     "unit_price_usd": _usd(a["unit_price_micro_usd"]),
                     "cost_usd": _usd(a["cost_micro_usd"]),
-                    "refunded_usd": _usd(a["refunded_micro_usd"]),
+                    **{MONEY[k]: _usd(a[k]) for k in MONEY},
                     "error": a["error"],
+                    "files": json.loads(a["files"]) if a["files"] is not None else [],
                 }
                 for number, a in enumerate(attempts, start=1)
                 if a["attempt_id"] is not None
@@ -145,14 +167,19 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
 
 
 def _jobs_csv(jobs: Iterator[dict[str, Any]]) -> str:
-    """One row per attempt, the job's columns repeated; a job without attempts: one row."""
+    """One row per attempt with its own money (see CSV_ATTEMPT_COLUMNS); a job without
+    attempts: one row, its money zero. Lists are one cell: tags `;`-joined, files by lines."""
     out = _csv_buffer()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*JOB_COLUMNS, *(f"attempt_{c}" for c in ATTEMPT_COLUMNS)])
+    writer.writerow([*CSV_JOB_COLUMNS, *CSV_ATTEMPT_COLUMNS])
+    none = {"number": None, **{c: _usd(0) for c in MONEY.values()}}
     for job in jobs:
-        head = [";".join(job[c]) if c == "tags" else job[c] for c in JOB_COLUMNS]
-        for attempt in job["attempts"] or [None]:
-            writer.writerow(head + [attempt[c] if attempt else None for c in ATTEMPT_COLUMNS])
+        head = [job["id"] if c == "job_id" else job[c] for c in CSV_JOB_COLUMNS]
+        head[CSV_JOB_COLUMNS.index("tags")] = ";".join(job["tags"])
+        for attempt in job["attempts"] or [none]:
+            cells = {**attempt, "attempt": attempt.get("number")}
+            cells["files"] = "\n".join(attempt.get("files") or [])
+            writer.writerow(head + [cells.get(c) for c in CSV_ATTEMPT_COLUMNS])
     return out.getvalue()
 
 
