@@ -7,8 +7,10 @@ failed or no key; 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +47,51 @@ def ledger_path(ctx: click.Context) -> str:
     return str(ctx.obj["ledger"])
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+def _ledger_after_command(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["ledger"] = value  # the group's dict: what ledger_path reads
+
+
+class Commands(click.Group):
+    """batchgen's command group: every command that uses the ledger also takes `--ledger`
+    after its name (`batchgen status --ledger x.db`), same as before it."""
+
+    WITHOUT_LEDGER = frozenset({"validate", "sandbox"})
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if cmd.name not in self.WITHOUT_LEDGER and not any(p.name == "ledger" for p in cmd.params):
+            cmd.params.append(
+                click.Option(
+                    ["--ledger"],
+                    type=click.Path(dir_okay=False),
+                    expose_value=False,
+                    callback=_ledger_after_command,
+                    help="The SQLite ledger file (also accepted before the command; "
+                    "env BATCHGEN_LEDGER).",
+                )
+            )
+        super().add_command(cmd, name)
+
+
+def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
+    """The checked manifest; with `as_json`, an invalid one's problems go to stdout as
+    JSON (`{"valid": false, "problems": [...]}`) and the command exits 1."""
+    from batchgen.validate import check_manifest
+
+    try:
+        return check_manifest(manifest, max_jobs=max_jobs)
+    except ManifestInvalid as e:
+        if not as_json:
+            raise
+        problems = [dataclasses.asdict(problem) for problem in e.problems]
+        click.echo(json.dumps({"valid": False, "problems": problems}, ensure_ascii=False))
+        sys.exit(e.exit_code)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+
+
+@click.group(cls=Commands, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--ledger",
     envvar="BATCHGEN_LEDGER",
@@ -82,37 +128,49 @@ campaign_option = click.option(
 @cli.command()
 @manifest_argument
 @max_jobs_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object on stdout: valid, campaign, jobs, and the problems (each with "
+    "file, line, col, path, message).",
+)
 @reports_errors
-def validate(manifest: str, max_jobs: int) -> None:
+def validate(manifest: str, max_jobs: int, as_json: bool) -> None:
     """Check a manifest: YAML, schema, and every expanded job against the catalog.
 
     \b
-    Example:
+    Examples:
         batchgen validate manifests/spring-launch.yaml
+        batchgen validate spring.yaml --json | jq -r '.problems[].message'
     """
-    from batchgen.validate import check_manifest
-
-    result = check_manifest(manifest, max_jobs=max_jobs)
+    result = checked(manifest, max_jobs, as_json)
+    if as_json:
+        answer = {"valid": True, "campaign": result.campaign.name, "jobs": len(result.jobs)}
+        click.echo(json.dumps({**answer, "problems": []}, ensure_ascii=False))
+        return
     click.echo(f"{manifest}: valid, {len(result.jobs)} job(s) in campaign {result.campaign.name}")
 
 
 @cli.command()
 @manifest_argument
 @max_jobs_option
+@json_option
 @click.pass_context
 @reports_errors
-def plan(ctx: click.Context, manifest: str, max_jobs: int) -> None:
+def plan(ctx: click.Context, manifest: str, max_jobs: int, as_json: bool) -> None:
     """Show what a manifest would do and cost, without calling the API or writing anything.
 
     \b
-    Example:
+    Examples:
         batchgen plan manifests/spring-launch.yaml
+        batchgen plan spring.yaml --json | jq .cost_usd
     """
-    from batchgen.plan import format_plan, make_plan
-    from batchgen.validate import check_manifest
+    from batchgen.plan import format_plan, make_plan, plan_json
 
-    result = check_manifest(manifest, max_jobs=max_jobs)
-    click.echo(format_plan(make_plan(result, ledger_path(ctx))))
+    result = checked(manifest, max_jobs, as_json)
+    made = make_plan(result, ledger_path(ctx))
+    click.echo(json.dumps(plan_json(made)) if as_json else format_plan(made))
 
 
 @cli.command()
@@ -141,8 +199,20 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
     )
 
 
-def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+def run_options(for_run: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options `run` and `resume` share (`for_run`: run's help, which knows --sandbox)."""
+    poll_default = "[default: 5; 0.2 with --sandbox]" if for_run else "[default: 5]"
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(_run_options(poll_default)):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_options(poll_default: str) -> list[Callable[..., Any]]:
+    return [
         click.option(
             "--concurrency",
             type=click.IntRange(1, 3),
@@ -154,8 +224,7 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--poll-interval",
             type=click.FloatRange(min=0.01),
             default=None,
-            help="Shortest spacing between two polls of a task, in seconds "
-            "[default: 5; 0.2 with --sandbox].",
+            help=f"Shortest spacing between two polls of a task, in seconds {poll_default}.",
         ),
         click.option(
             "--retry-delay",
@@ -192,9 +261,6 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Save result files under this folder as they finish.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 def _schedule(ctx: click.Context, campaigns: list[str], command_name: str, **options: Any) -> None:
@@ -213,7 +279,7 @@ def _schedule(ctx: click.Context, campaigns: list[str], command_name: str, **opt
 )
 @max_jobs_option
 @click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
-@run_options
+@run_options(for_run=True)
 @click.pass_context
 @reports_errors
 def run(
@@ -246,7 +312,7 @@ def run(
 
 @cli.command()
 @campaign_option
-@run_options
+@run_options(for_run=False)
 @click.pass_context
 @reports_errors
 def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> None:
@@ -261,7 +327,7 @@ def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> No
 
 @cli.command()
 @campaign_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@json_option
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> None:
@@ -322,7 +388,9 @@ def report(
     from batchgen.ledger import Ledger
 
     ledger = Ledger(ledger_path(ctx), create=False)
-    click.echo(report_module.render(ledger, list(campaigns), by, fmt, per_job), nl=False)
+    width = shutil.get_terminal_size().columns  # $COLUMNS, the terminal, else 80
+    text = report_module.render(ledger, list(campaigns), by, fmt, per_job, width=width)
+    click.echo(text, nl=False)
 
 
 @cli.command()

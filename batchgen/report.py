@@ -18,11 +18,13 @@ import io
 import itertools
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from batchgen.ledger import Ledger
 from batchgen.money import usd
@@ -89,8 +91,11 @@ CSV_ATTEMPT_COLUMNS = ("attempt", "started_at", "http_status", "outcome", "state
                        "unknown_usd", "refunded_usd", "error", "files")  # fmt: skip
 
 
-def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: bool) -> str:
-    """The report as text ending with a newline: `fmt` is table, csv or json."""
+def render(
+    ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: bool, width: int = 200
+) -> str:
+    """The report as text ending with a newline: `fmt` is table, csv or json; a table fits
+    in `width` columns (see `_fit`)."""
     ledger.select_campaigns(campaigns)
     scope = campaigns or None
     if per_job:
@@ -99,7 +104,7 @@ def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: boo
             return json.dumps({"jobs": list(jobs)}, ensure_ascii=False) + "\n"
         if fmt == "csv":
             return _jobs_csv(jobs)
-        return _jobs_table(jobs)
+        return _jobs_table(jobs, width)
     groups = [_row(r) for r in ledger.report_groups(scope, by)]
     totals = _row(ledger.report_groups(scope, None)[0])
     if fmt == "json":
@@ -110,7 +115,7 @@ def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: boo
         writer.writeheader()
         writer.writerows([*groups, totals])
         return out.getvalue()
-    return _groups_table(ledger, scope, by, groups, totals)
+    return _groups_table(ledger, scope, by, groups, totals, width)
 
 
 def _row(sums: dict[str, Any]) -> dict[str, Any]:
@@ -187,8 +192,106 @@ def _csv_buffer() -> io.StringIO:
     return io.StringIO(newline="")
 
 
-def _console(out: io.StringIO) -> Console:
-    return Console(file=out, width=200, color_system=None, highlight=False, soft_wrap=True)
+def _console(out: io.StringIO, width: int = 200) -> Console:
+    # Text lines wrap at the width too (soft_wrap off), like the tables.
+    # Names, prompts and errors are plain text: never read as markup or emoji codes.
+    return Console(
+        file=out,
+        width=width,
+        color_system=None,
+        highlight=False,
+        soft_wrap=False,
+        markup=False,
+        emoji=False,
+    )
+
+
+# --- tables that fit the terminal ---------------------------------------------------------
+
+
+@dataclass
+class _Column:
+    header: str
+    cells: list[str]
+    right: bool = False  # numbers and money: right-aligned
+    fold: bool = False  # long text that may wrap within its column
+
+    def natural(self) -> int:
+        return max([len(self.header), *(len(cell) for cell in self.cells)])
+
+
+def _fit(
+    columns: list[_Column], width: int, when_zero: list[str], when_narrow: list[str]
+) -> tuple[list[_Column], dict[str, int], list[str]]:
+    """The columns to show in `width` and how wide the folding ones may be: first leave out
+    the `when_zero` columns that say nothing (every cell $0.00 or 0), then fold long text,
+    then leave out `when_narrow` columns in order. Returns the columns, their widths, and
+    the headers left out (said under the table)."""
+
+    def needed(shown: list[_Column], folded: dict[str, int]) -> int:
+        return sum(folded.get(c.header, c.natural()) for c in shown) + 3 * (len(shown) - 1)
+
+    shown = list(columns)
+    dropped: list[str] = []
+    folded: dict[str, int] = {}
+    zero = {"0", "$0.00", ""}
+    for header in when_zero:
+        if needed(shown, folded) <= width:
+            break
+        column = next((c for c in shown if c.header == header), None)
+        if column is not None and all(cell in zero for cell in column.cells):
+            shown.remove(column)
+            dropped.append(header)
+    narrowing: list[str | None] = [None, *when_narrow]
+    for leave_out in narrowing:
+        if leave_out is not None:
+            column = next((c for c in shown if c.header == leave_out), None)
+            if column is None:
+                continue
+            shown.remove(column)
+            dropped.append(leave_out)
+        folding = [c for c in shown if c.fold]
+        excess = needed(shown, {}) - width
+        folded = {}
+        for c in folding:  # share the excess among folding columns, none below 12
+            cut = min(excess, max(c.natural() - 12, 0))
+            if cut > 0:
+                folded[c.header] = c.natural() - cut
+                excess -= cut
+        if needed(shown, folded) <= width:
+            break
+    return shown, folded, dropped
+
+
+def _fitted_table(
+    columns: list[_Column],
+    width: int,
+    when_zero: list[str],
+    when_narrow: list[str],
+    sections: frozenset[int] = frozenset(),
+) -> tuple[Table, list[str]]:
+    """A rich table of `columns` no wider than `width` (see `_fit`); `sections`: the row
+    indices after which a rule is drawn."""
+    shown, folded, dropped = _fit(columns, width, when_zero, when_narrow)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for c in shown:
+        fold = c.header in folded
+        table.add_column(
+            c.header,
+            justify="right" if c.right else "left",
+            overflow="fold" if fold else "ellipsis",
+            no_wrap=not fold,
+            width=folded.get(c.header),
+        )
+    for i in range(len(columns[0].cells)):
+        table.add_row(*(Text(c.cells[i]) for c in shown), end_section=i in sections)
+    return table, dropped
+
+
+def _left_out(dropped: list[str]) -> str | None:
+    if not dropped:
+        return None
+    return f"(left out to fit the width: {', '.join(dropped)}; --format csv has them all)"
 
 
 def _groups_table(
@@ -197,20 +300,32 @@ def _groups_table(
     by: str,
     groups: list[dict[str, Any]],
     totals: dict[str, Any],
+    width: int,
 ) -> str:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     headers = (by, "jobs", "completed", "failed", "queued", "spent", "in flight", "unknown",
                "refunded", "video s", "images")  # fmt: skip
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in [*groups, totals]:
-        table.add_row(
-            *(("$" + str(row[c]) if c.endswith("_usd") else str(row[c])) for c in COLUMNS),
-            end_section=row is groups[-1] if groups else False,
+    rows = [*groups, totals]
+    columns = [
+        _Column(
+            header,
+            [("$" + str(row[c]) if c.endswith("_usd") else str(row[c])) for row in rows],
+            right=i > 0,
+            fold=i == 0,
         )
+        for i, (header, c) in enumerate(zip(headers, COLUMNS, strict=True))
+    ]
+    table, dropped = _fitted_table(
+        columns,
+        width,
+        when_zero=["images", "video s", "refunded", "in flight", "unknown", "queued"],
+        when_narrow=["images", "video s", "queued", "failed"],
+        sections=frozenset({len(groups) - 1} if groups else ()),
+    )
     out = io.StringIO()
-    console = _console(out)
+    console = _console(out, width)
     console.print(table)
+    if note := _left_out(dropped):
+        console.print(note)
     if by == "tag":
         console.print("A job with several tags is in each of their groups, and once in TOTAL.")
     budgets = ledger.budgets(scope)
@@ -224,31 +339,48 @@ def _groups_table(
     return _tidy(out.getvalue())
 
 
-def _jobs_table(jobs: Iterator[dict[str, Any]]) -> str:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for header in ("campaign/job", "model", "status", "spent", "#", "attempt started",
-                   "http", "state", "task", "unit price", "cost", "refunded", "error"):  # fmt: skip
-        table.add_column(header)
+def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
+    """One row per attempt with its own money, like the CSV (a job without one: one row)."""
+    headers = ("campaign/job", "model", "status", "#", "started", "state", "task", "spent",
+               "in flight", "unknown", "refunded", "error")  # fmt: skip
+    cells: list[list[str]] = [[] for _ in headers]
     for job in jobs:
         name = f"{job['campaign']}/{job['id']}"
-        head = [name, job["model"], job["status"], "$" + job["spent_usd"]]
-        if not job["attempts"]:
-            table.add_row(*head, *[""] * 9)
-        for i, a in enumerate(job["attempts"]):
-            table.add_row(
-                *(head if i == 0 else [""] * 4),
-                str(a["number"]),
-                a["started_at"],
-                str(a["http_status"] or ""),
-                a["state"],
-                a["task_id"] or "",
-                "$" + a["unit_price_usd"],
-                "$" + a["cost_usd"],
-                "$" + a["refunded_usd"],
-                a["error"] or "",
-            )
+        for i, a in enumerate(job["attempts"] or [None]):
+            first = i == 0
+            values = [
+                name if first else "",
+                job["model"] if first else "",
+                job["status"] if first else "",
+                str(a["number"]) if a else "",
+                a["started_at"] if a else "",
+                a["state"] if a else "",
+                (a["task_id"] or "") if a else "",
+                *(("$" + a[m]) if a else "$0.00" for m in MONEY.values()),
+                (a["error"] or "") if a else "",
+            ]
+            for column, value in zip(cells, values, strict=True):
+                column.append(value)
+    columns = [
+        _Column(
+            header,
+            column,
+            right=header in ("#", "spent", "in flight", "unknown", "refunded"),
+            fold=header in ("campaign/job", "error"),
+        )  # fmt: skip
+        for header, column in zip(headers, cells, strict=True)
+    ]
+    table, dropped = _fitted_table(
+        columns,
+        width,
+        when_zero=["refunded", "in flight", "unknown", "error"],
+        when_narrow=["started", "task", "model", "error"],
+    )
     out = io.StringIO()
-    _console(out).print(table)
+    console = _console(out, width)
+    console.print(table)
+    if note := _left_out(dropped):
+        console.print(note)
     return _tidy(out.getvalue())
 
 

@@ -179,7 +179,7 @@ def audit(tmp_path) -> Path:
 def report(path: Path, by: str = "campaign", fmt: str = "json", per_job: bool = False, **kw):
     ledger = Ledger(path, create=False)
     try:
-        text = render(ledger, kw.get("campaigns", []), by, fmt, per_job)
+        text = render(ledger, kw.get("campaigns", []), by, fmt, per_job, kw.get("width", 200))
     finally:
         ledger.close()
     assert text.endswith("\n")
