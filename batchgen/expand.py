@@ -58,6 +58,7 @@ ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (n
 Position = tuple[str, int, int]  # file, line, col
 
 _UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
+_KNOWN: frozenset[str] = frozenset()  # shared by every job whose values are all known
 
 
 class Problems:
@@ -422,7 +423,7 @@ class Expansion:
             media=fields.get("media"),
             tags=list(fields.get("tags", ())),
         )
-        unknown = frozenset(draft.unknown)
+        unknown = frozenset(draft.unknown) if draft.unknown else _KNOWN
         expanded = ExpandedJob(job, draft.spec, draft.row, draft.combo, draft.take, unknown)
         self.jobs.append(expanded)
         if "id" in unknown or (generated and unknown):

@@ -123,10 +123,8 @@ def _add_rows(
     csv_text: bool,
     columns: dict[str, int] | None = None,
 ) -> None:
-    """Convert records (line, column -> value) into rows, skipping all-empty ones."""
+    """Convert records (line, column -> value) into rows (the readers skip blank ones)."""
     for line, values in records:
-        if all(_empty(value) for value in values.values()):
-            continue  # a blank row is not a job (it would be billed for nothing)
         if len(rows.rows) >= limit:
             rows.truncated = True
             break
@@ -149,8 +147,8 @@ def _csv_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any
                 record = next(reader)
             except StopIteration:
                 return
-            if all(not cell.strip() for cell in record):
-                continue  # a blank line, or a row of empty cells
+            if not "".join(record).strip():
+                continue  # a blank line, or a row of empty cells: never a job
             if header is None:
                 header = [name.strip() for name in record]
                 rows.header_line, rows.columns = line, header
@@ -194,6 +192,8 @@ def _jsonl_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, A
             )
             rows.problems.append((line, 1 + max(content.lower().find("\\ud"), 0), message))
             continue
+        if all(_empty(cell) for cell in value.values()):
+            continue  # {} or nothing but nulls and blanks: never a job
         columns.update(dict.fromkeys(value))
         rows.columns = list(columns)
         yield line, value
