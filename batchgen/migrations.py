@@ -230,7 +230,8 @@ M005_VIEWS: dict[str, str] = {
     ORDER BY j.campaign, j.position""",
     # Per campaign: jobs by status, money, what is left of the budget, what was made.
     "campaign_costs": f"""
-    SELECT c.name AS campaign, {_usd("c.budget_micro_usd")} AS budget_usd, {_JOB_COUNTS},
+    SELECT c.name AS campaign, {_USD.format("c.budget_micro_usd")} AS budget_usd,
+        {_JOB_COUNTS},
         {_MONEY_COLUMNS},
         CASE WHEN c.budget_micro_usd IS NULL THEN NULL ELSE
             {

@@ -152,6 +152,7 @@ def test_datasette_shows_the_views_with_the_reports_dollars(ran):
     assert [c["campaign"] for c in campaigns] == ["alpha", "beta"]
     for row in campaigns:
         assert same_money(row, reported[row["campaign"]]), row
+        assert row["budget_usd"] is None and row["budget_left_usd"] is None  # no budget set
     assert summed(models, "model") == {
         g["key"]: {c: dollars(g[c]) if c in MONEY else g[c] for c in (*MONEY, *COUNTS)}
         for g in by_model["groups"]
