@@ -7,8 +7,10 @@ failed or no key; 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import shutil
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -59,7 +61,51 @@ def ledger_path(ctx: click.Context) -> str:
     return str(ctx.obj["ledger"])
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+def _ledger_after_command(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["ledger"] = value  # the group's dict: what ledger_path reads
+
+
+class Commands(click.Group):
+    """batchgen's command group: every command that uses the ledger also takes `--ledger`
+    after its name (`batchgen status --ledger x.db`), same as before it."""
+
+    WITHOUT_LEDGER = frozenset({"validate", "sandbox"})
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if cmd.name not in self.WITHOUT_LEDGER and not any(p.name == "ledger" for p in cmd.params):
+            cmd.params.append(
+                click.Option(
+                    ["--ledger"],
+                    type=click.Path(dir_okay=False),
+                    expose_value=False,
+                    callback=_ledger_after_command,
+                    help="The SQLite ledger file (also accepted before the command; "
+                    "env BATCHGEN_LEDGER).",
+                )
+            )
+        super().add_command(cmd, name)
+
+
+def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
+    """The checked manifest; with `as_json`, an invalid one's problems go to stdout as
+    JSON (`{"valid": false, "problems": [...]}`) and the command exits 1."""
+    from batchgen.validate import check_manifest
+
+    try:
+        return check_manifest(manifest, max_jobs=max_jobs)
+    except ManifestInvalid as e:
+        if not as_json:
+            raise
+        problems = [dataclasses.asdict(problem) for problem in e.problems]
+        click.echo(json.dumps({"valid": False, "problems": problems}, ensure_ascii=False))
+        sys.exit(e.exit_code)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+
+
+@click.group(cls=Commands, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--ledger",
     envvar="BATCHGEN_LEDGER",
@@ -96,37 +142,49 @@ campaign_option = click.option(
 @cli.command()
 @manifest_argument
 @max_jobs_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object on stdout: valid, campaign, jobs, and the problems (each with "
+    "file, line, col, path, message).",
+)
 @reports_errors
-def validate(manifest: str, max_jobs: int) -> None:
+def validate(manifest: str, max_jobs: int, as_json: bool) -> None:
     """Check a manifest: YAML, schema, and every expanded job against the catalog.
 
     \b
-    Example:
+    Examples:
         batchgen validate manifests/spring-launch.yaml
+        batchgen validate spring.yaml --json | jq -r '.problems[].message'
     """
-    from batchgen.validate import check_manifest
-
-    result = check_manifest(manifest, max_jobs=max_jobs)
+    result = checked(manifest, max_jobs, as_json)
+    if as_json:
+        answer = {"valid": True, "campaign": result.campaign.name, "jobs": len(result.jobs)}
+        click.echo(json.dumps({**answer, "problems": []}, ensure_ascii=False))
+        return
     click.echo(f"{manifest}: valid, {len(result.jobs)} job(s) in campaign {result.campaign.name}")
 
 
 @cli.command()
 @manifest_argument
 @max_jobs_option
+@json_option
 @click.pass_context
 @reports_errors
-def plan(ctx: click.Context, manifest: str, max_jobs: int) -> None:
+def plan(ctx: click.Context, manifest: str, max_jobs: int, as_json: bool) -> None:
     """Show what a manifest would do and cost, without calling the API or writing anything.
 
     \b
-    Example:
+    Examples:
         batchgen plan manifests/spring-launch.yaml
+        batchgen plan spring.yaml --json | jq .cost_usd
     """
-    from batchgen.plan import format_plan, make_plan
-    from batchgen.validate import check_manifest
+    from batchgen.plan import format_plan, make_plan, plan_json
 
-    result = check_manifest(manifest, max_jobs=max_jobs)
-    click.echo(format_plan(make_plan(result, ledger_path(ctx))))
+    result = checked(manifest, max_jobs, as_json)
+    made = make_plan(result, ledger_path(ctx))
+    click.echo(json.dumps(plan_json(made)) if as_json else format_plan(made))
 
 
 @cli.command()
@@ -171,8 +229,20 @@ class Duration(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+def run_options(for_run: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options `run` and `resume` share (`for_run`: run's help, which knows --sandbox)."""
+    poll_default = "[default: 5; 0.2 with --sandbox]" if for_run else "[default: 5]"
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(_run_options(poll_default)):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_options(poll_default: str) -> list[Callable[..., Any]]:
+    return [
         click.option(
             "--concurrency",
             type=click.IntRange(1, 3),
@@ -184,8 +254,7 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--poll-interval",
             type=click.FloatRange(min=0.01),
             default=None,
-            help="Shortest spacing between two polls of a task, in seconds "
-            "[default: 5; 0.2 with --sandbox].",
+            help=f"Shortest spacing between two polls of a task, in seconds {poll_default}.",
         ),
         click.option(
             "--retry-delay",
@@ -243,9 +312,6 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Take over the ledger from a runner on another host that cannot be checked.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 def _schedule(
@@ -272,7 +338,7 @@ def _schedule(
 )
 @max_jobs_option
 @click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
-@run_options
+@run_options(for_run=True)
 @click.pass_context
 @reports_errors
 def run(
@@ -305,7 +371,7 @@ def run(
 
 @cli.command()
 @campaign_option
-@run_options
+@run_options(for_run=False)
 @click.pass_context
 @reports_errors
 def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> None:
@@ -320,7 +386,7 @@ def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> No
 
 @cli.command()
 @campaign_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@json_option
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> None:
@@ -382,7 +448,8 @@ def report(
     from batchgen.ledger import Ledger
 
     ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
-    text = report_module.render(ledger, list(campaigns), by, fmt, per_job)
+    width = shutil.get_terminal_size().columns  # $COLUMNS, the terminal, else 80
+    text = report_module.render(ledger, list(campaigns), by, fmt, per_job, width=width)
     click.echo(Redactor.from_environment()(text), nl=False)
 
 

@@ -1,8 +1,14 @@
 """Expand a manifest's jobs (PRODUCT.md §3): defaults, rows × matrix × takes, templates, ids.
 
-Input: the parts of a loaded manifest that passed the schema. Output: one `ExpandedJob` per
-job to run (a `batchgen.job.Job` plus where each of its values was written, so a problem
-can point at it), and problems. Catalog rules are checked afterwards, by validate.py.
+Input: the parts of a loaded manifest whose structure is sound, and the fields the schema
+found broken (in `defaults` or on a job). Output: one `ExpandedJob` per job to run (a
+`batchgen.job.Job` plus where each of its values was written, so a problem can point at
+it), and problems. Catalog rules are checked afterwards, by validate.py.
+
+All problems at once (PRODUCT.md §4): a field whose value is already known to be wrong
+(a schema problem, a default that is, or a template that could not be rendered) is
+*unknown* for the job: it is neither filled from `defaults` nor reported again, and the
+rest of the job is still expanded and checked (`ExpandedJob.unknown`).
 Reading rows files is rows.py's job and template syntax templates.py's; this module
 decides how their rows, variables and templates combine into jobs.
 
@@ -42,17 +48,17 @@ from batchgen.job import Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.problems import Problem, shown
 from batchgen.rows import Row, RowsFile, read_rows
-from batchgen.schema import JOB_FIELDS
+from batchgen.schema import JOB_FIELDS, SCALAR_VARIABLES
 from batchgen.templates import as_text, parse_template
 
 MAX_ID_LENGTH = 200  # ids become file names (PRODUCT.md §9)
 
-SCALAR_VARIABLES = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
 ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (not sent)
 
 Position = tuple[str, int, int]  # file, line, col
 
 _UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
+_KNOWN: frozenset[str] = frozenset()  # shared by every job whose values are all known
 
 
 class Problems:
@@ -103,6 +109,7 @@ class JobSpec:
     takes: int
     rows: RowsFile | None
     known: frozenset[str]  # variables its templates may use
+    broken: frozenset[str] = frozenset()  # fields written on it that the schema refused
 
     @property
     def path(self) -> KeyPath:
@@ -126,9 +133,12 @@ class ExpandedJob:
     row: Row | None
     combo: tuple[int, ...]  # index of the value taken from each matrix key
     take: int
+    unknown: frozenset[str] = frozenset()  # fields whose problem is already reported
 
     @property
     def jobpath(self) -> str:
+        if "id" in self.unknown:
+            return f"jobs[{self.spec.index}]"
         return f"jobs[{self.spec.index}] ({self.job.id})"
 
 
@@ -141,6 +151,7 @@ class _Draft:
     combo: tuple[int, ...]
     take: int
     fields: dict[str, Any]
+    unknown: set[str]
     id: str | None = None
 
     @property
@@ -158,14 +169,20 @@ class Expansion:
     defaults: dict[str, Any]
     problems: Problems
     max_jobs: int
+    broken_defaults: frozenset[str] = frozenset()  # refused by the schema: unknown values
     jobs: list[ExpandedJob] = field(default_factory=list)
     _rows_files: dict[str, RowsFile] = field(default_factory=dict)
     _ids: dict[str, ExpandedJob] = field(default_factory=dict)
     _defaults_by_model: dict[Any, dict[str, Any]] = field(default_factory=dict)
 
-    def run(self, jobs: list[tuple[int, dict[str, Any]]]) -> list[ExpandedJob]:
-        """Expand `jobs` (index in the manifest, job) in order; problems go to `problems`."""
-        specs = [spec for index, job in jobs if (spec := self._spec(index, job)) is not None]
+    def run(self, jobs: list[tuple[int, dict[str, Any], frozenset[str]]]) -> list[ExpandedJob]:
+        """Expand `jobs` (index in the manifest, job, its fields the schema refused) in
+        order; problems go to `problems`."""
+        specs = [
+            spec
+            for index, job, broken in jobs
+            if (spec := self._spec(index, job, broken)) is not None
+        ]
         total = sum(spec.size for spec in specs)
         if total > self.max_jobs:
             more = "more than " if any(s.rows and s.rows.truncated for s in specs) else ""
@@ -212,7 +229,7 @@ class Expansion:
             return self._at((*spec.path, "matrix", base, combo[k], *item, *below))
         if row is not None and base in row.fields:
             assert spec.rows is not None
-            return (spec.rows.file, row.line, 1)
+            return (spec.rows.file, row.line, row.columns.get(base, 1) if row.columns else 1)
         if base in spec.own:
             return self._at((*spec.path, base, *item, *below))
         if present and base in self.defaults:
@@ -221,9 +238,9 @@ class Expansion:
 
     # preparing a job
 
-    def _spec(self, index: int, job: dict[str, Any]) -> JobSpec | None:
+    def _spec(self, index: int, job: dict[str, Any], broken: frozenset[str]) -> JobSpec | None:
         path: KeyPath = ("jobs", index)
-        own = {name: job[name] for name in JOB_FIELDS if name in job}
+        own = {name: job[name] for name in JOB_FIELDS if name in job and name not in broken}
         matrix: dict[str, list[Any]] = job.get("matrix", {})
         rows = self._rows(index, job["rows"]) if "rows" in job else None
         ok = rows is not None or "rows" not in job
@@ -265,6 +282,7 @@ class Expansion:
             int(job.get("takes", 1)),
             rows,
             frozenset(known),
+            broken,
         )
 
     def _spec_problem(self, path: KeyPath, message: str) -> None:
@@ -299,50 +317,55 @@ class Expansion:
                 fields.update(row.fields)
             for key, k in spec.matrix_fields:
                 fields[key] = spec.matrix_values[k][combo[k]]
-            model = fields.get("model", self.defaults.get("model"))
+            unknown = set(spec.broken)
+            if "model" not in fields and "model" in self.broken_defaults:
+                unknown.add("model")
+            model = None if "model" in unknown else fields.get("model", self.defaults.get("model"))
             for name, value in self._defaults_taken(model).items():
-                fields.setdefault(name, value)
-            draft = _Draft(spec, row, combo, take, fields)
-            if self._render(draft):
-                self._add(draft)
+                if name not in unknown:
+                    fields.setdefault(name, value)
+            unknown.update(
+                name for name in self.broken_defaults if name not in fields and _takes(model, name)
+            )
+            draft = _Draft(spec, row, combo, take, fields, unknown)
+            self._render(draft)
+            self._add(draft)
 
     def _defaults_taken(self, model_name: Any) -> dict[str, Any]:
         """The defaults that apply to a job of `model_name` (all of them if it is unknown)."""
         key = model_name if isinstance(model_name, str) else None
         taken = self._defaults_by_model.get(key)
         if taken is None:
-            model = _model(key)
-            names = ALWAYS_TAKEN.union(model.fields) if model else set(self.defaults)
-            taken = {name: v for name, v in self.defaults.items() if name in names}
+            taken = {name: v for name, v in self.defaults.items() if _takes(key, name)}
             self._defaults_by_model[key] = taken
         return taken
 
-    def _render(self, draft: _Draft) -> bool:
-        """Render the templates of a draft's id, prompt and media urls; False on a problem."""
+    def _render(self, draft: _Draft) -> None:
+        """Render the templates of a draft's id, prompt and media urls. A field whose
+        template cannot be rendered becomes unknown (its problem is reported once)."""
         fields = draft.fields
         literal = draft.row.fields if draft.row is not None else {}
         variables = _Variables(draft)
-        if "id" in fields:
-            job_id = fields["id"]
-            if "id" not in literal:
-                job_id = self._fill(draft, "id", job_id, variables)
-                if job_id is None:
-                    return False
-            fields["id"] = draft.id = job_id
-        if "prompt" in fields and "prompt" not in literal:
-            prompt = self._fill(draft, "prompt", fields["prompt"], variables)
-            if prompt is None:
-                return False
-            fields["prompt"] = prompt
+        for name in ("id", "prompt"):
+            if name in fields and name not in literal:
+                text = self._fill(draft, name, fields[name], variables)
+                if text is None:
+                    del fields[name]
+                    draft.unknown.add(name)
+                else:
+                    fields[name] = text
+            if name == "id" and "id" in fields:
+                draft.id = fields["id"]
         if fields.get("media") and "media" not in literal:
             media = []
             for i, item in enumerate(fields["media"]):
                 url = self._fill(draft, f"media[{i}]", item["url"], variables, ("url",))
                 if url is None:
-                    return False
+                    del fields["media"]
+                    draft.unknown.add("media")
+                    return
                 media.append({**item, "url": url})
             fields["media"] = media
-        return True
 
     def _fill(
         self,
@@ -358,6 +381,8 @@ class Expansion:
         if message is None:
             try:
                 return template.render(variables)
+            except _UnknownValue:
+                return None  # the value's own problem is reported where it was written
             except KeyError as e:
                 missing = str(e.args[0])
                 if missing in draft.spec.known:
@@ -370,12 +395,16 @@ class Expansion:
         return None
 
     def _add(self, draft: _Draft) -> None:
-        """Make the Job, give it its id, and check the id is usable and unique."""
+        """Make the Job, give it its id, and check the id is usable and unique.
+
+        Every job is kept for the catalog check, also one whose id is unusable or taken
+        (all problems at once); an id is claimed only when it is the job's real one."""
         fields = draft.fields
         for name in ("media", "tags"):
             if fields.get(name) == []:
                 del fields[name]
         job_id = fields.get("id")
+        generated = job_id is None
         if job_id is None:
             content = {name: value for name, value in fields.items() if name != "id"}
             content["take"] = draft.take
@@ -394,12 +423,15 @@ class Expansion:
             media=fields.get("media"),
             tags=list(fields.get("tags", ())),
         )
-        expanded = ExpandedJob(job, draft.spec, draft.row, draft.combo, draft.take)
+        unknown = frozenset(draft.unknown) if draft.unknown else _KNOWN
+        expanded = ExpandedJob(job, draft.spec, draft.row, draft.combo, draft.take, unknown)
+        self.jobs.append(expanded)
+        if "id" in unknown or (generated and unknown):
+            return  # not its real id: nothing to say about it
         reason = _id_problem(job_id)
         first = self._ids.get(job_id)
         if reason is None and first is None:
             self._ids[job_id] = expanded
-            self.jobs.append(expanded)
             return
         where = self.position(expanded, "id")
         if reason is not None:
@@ -418,6 +450,10 @@ class Expansion:
             self.problems.add(where, expanded.jobpath, message)
 
 
+class _UnknownValue(KeyError):
+    """A template names a field whose value is unknown (its problem is already reported)."""
+
+
 class _Variables(dict[str, str]):
     """The template variables of one draft, looked up only when a template asks."""
 
@@ -428,6 +464,8 @@ class _Variables(dict[str, str]):
     def __missing__(self, name: str) -> str:
         draft = self.draft
         spec, row, fields = draft.spec, draft.row, draft.fields
+        if name in draft.unknown:
+            raise _UnknownValue(name)
         if name == "take":
             return str(draft.take)
         if name in spec.matrix_keys and name not in JOB_FIELDS:
@@ -444,6 +482,12 @@ class _Variables(dict[str, str]):
             if value is not None:
                 return as_text(value)
         raise KeyError(name)
+
+
+def _takes(model_name: Any, name: str) -> bool:
+    """Whether a job of `model_name` takes field `name` (any field, if the model is unknown)."""
+    model = _model(model_name)
+    return model is None or name in ALWAYS_TAKEN or name in model.fields
 
 
 def _model(name: Any) -> catalog.Model | None:

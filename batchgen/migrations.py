@@ -186,10 +186,186 @@ def m004_verdicts(db: sqlite3.Connection) -> None:
     )
 
 
+# --- m005: a single-column link to jobs, and views in dollars for people ----------------
+#
+# Datasette and other SQL browsers follow single-column foreign keys only; attempts and
+# files named their job by (campaign, job_id). m005 gives jobs an integer key `ref` (its
+# old rowid, so ingestion order is kept) and attempts and files a `job_ref` pointing at
+# it, filled for existing rows and, by triggers, for every row written later (whoever
+# writes it). SQLite adds a primary key only by rebuilding the table: done here in the
+# migration's one transaction, with foreign keys checked before it commits (`migrate`).
+#
+# The views answer a person's first questions in dollars (REAL, from integer micro-dollar
+# sums divided once: exact to the micro-dollar as shown; the *_micro_usd columns of the
+# tables stay the exact record). Money follows the attempt-state rules above:
+#   spent     completed and failed attempts' cost (a failed task's cost is 0: refunded)
+#   in flight running attempts' cost
+#   unknown   the unit price of attempts of unknown outcome (or left `sending` by a crash)
+#   refunded  what failed tasks were refunded
+#
+# All of the views' SQL is M005_VIEWS below, one entry per view, built on `attempt_costs`
+# (one row per attempt in dollars); `job_costs` also gives each job's current verdict.
+
+_USD = "{} / 1000000.0"  # micro-dollars (an integer sum) -> dollars
+
+
+def _usd(expression: str) -> str:
+    return _USD.format(f"COALESCE({expression}, 0)")
+
+
+_MONEY_COLUMNS = ", ".join(
+    f"{_usd(f'SUM({name}_micro)')} AS {name}_usd"
+    for name in ("spent", "in_flight", "unknown", "refunded")
+)
+_JOB_COUNTS = """
+    COUNT(*) AS jobs,
+    SUM(j.status = 'completed') AS completed,
+    SUM(j.status = 'failed') AS failed,
+    SUM(j.status = 'queued') AS queued,
+    SUM(j.status IN ('submitting', 'running')) AS running,
+    SUM(j.status = 'held') AS held"""
+_OUTPUT = """
+    SUM(CASE WHEN j.status = 'completed' AND j.kind = 'video'
+        THEN COALESCE(j.duration, 0) ELSE 0 END) AS video_seconds,
+    SUM(j.status = 'completed' AND j.kind = 'image') AS images"""
+# Per job, its attempts' money in micro-dollars (a job without attempts: zeros).
+_JOB_MONEY = """
+    SELECT j.*, COUNT(a.id) AS attempt_count,
+        COALESCE(SUM(a.spent_micro), 0) AS spent_micro,
+        COALESCE(SUM(a.in_flight_micro), 0) AS in_flight_micro,
+        COALESCE(SUM(a.unknown_micro), 0) AS unknown_micro,
+        COALESCE(SUM(a.refunded_micro), 0) AS refunded_micro
+    FROM jobs j LEFT JOIN _attempt_money a ON a.job_ref = j.ref
+    GROUP BY j.ref"""
+
+M005_VIEWS: dict[str, str] = {
+    # The money rules, once: each attempt's money in micro-dollars (a helper of the others).
+    "_attempt_money": """
+    SELECT a.*,
+        CASE WHEN a.state IN ('completed', 'failed') THEN a.cost_micro_usd ELSE 0 END
+            AS spent_micro,
+        CASE WHEN a.state = 'running' THEN a.cost_micro_usd ELSE 0 END AS in_flight_micro,
+        CASE WHEN a.state IN ('unknown', 'sending') THEN a.unit_price_micro_usd ELSE 0 END
+            AS unknown_micro,
+        a.refunded_micro_usd AS refunded_micro
+    FROM attempts a""",
+    # Every attempt in dollars, with its job: what was sent when, and what it cost.
+    "attempt_costs": f"""
+    SELECT a.id AS attempt, a.job_ref, a.campaign, a.job_id, j.position, j.model,
+        a.started_at, date(COALESCE(a.answered_at, a.started_at)) AS day,
+        a.http_status, a.outcome, a.state, a.task_id,
+        {_usd("a.unit_price_micro_usd")} AS unit_price_usd,
+        {_usd("a.spent_micro")} AS spent_usd, {_usd("a.in_flight_micro")} AS in_flight_usd,
+        {_usd("a.unknown_micro")} AS unknown_usd, {_usd("a.refunded_micro")} AS refunded_usd,
+        a.error
+    FROM _attempt_money a JOIN jobs j ON j.ref = a.job_ref
+    ORDER BY a.campaign, j.position, a.id""",
+    # Every job in manifest order: its prompt, status, cost and saved files.
+    "job_costs": f"""
+    SELECT j.ref, j.campaign, j.position, j.id, j.model, j.status, j.prompt, j.tags,
+        j.duration, j.variant, j.resolution, j.attempt_count AS attempts,
+        {_usd("j.spent_micro")} AS spent_usd, {_usd("j.in_flight_micro")} AS in_flight_usd,
+        {_usd("j.unknown_micro")} AS unknown_usd, {_usd("j.refunded_micro")} AS refunded_usd,
+        (SELECT json_group_array(f.path) FROM
+            (SELECT path FROM files WHERE job_ref = j.ref AND path IS NOT NULL
+             AND error IS NULL ORDER BY n) f) AS files,
+        j.task_id, j.last_error AS error, j.finished_at,
+        cv.verdict, cv.note AS verdict_note
+    FROM ({_JOB_MONEY}) j
+    LEFT JOIN current_verdicts cv ON cv.campaign = j.campaign AND cv.job_id = j.id
+        AND cv.task_id = j.task_id AND j.status = 'completed'
+    ORDER BY j.campaign, j.position""",
+    # Per campaign: jobs by status, money, what is left of the budget, what was made.
+    "campaign_costs": f"""
+    SELECT c.name AS campaign, {_USD.format("c.budget_micro_usd")} AS budget_usd,
+        {_JOB_COUNTS},
+        {_MONEY_COLUMNS},
+        CASE WHEN c.budget_micro_usd IS NULL THEN NULL ELSE
+            {
+        _USD.format(
+            "(c.budget_micro_usd - SUM(j.spent_micro + j.in_flight_micro + j.unknown_micro))"
+        )
+    }
+        END AS budget_left_usd, {_OUTPUT}
+    FROM campaigns c JOIN ({_JOB_MONEY}) j ON j.campaign = c.name
+    GROUP BY c.name ORDER BY c.name""",
+    # Per campaign and model (sum over campaigns for a model's total).
+    "model_costs": f"""
+    SELECT j.campaign, j.model, {_JOB_COUNTS}, {_MONEY_COLUMNS}, {_OUTPUT}
+    FROM ({_JOB_MONEY}) j
+    GROUP BY j.campaign, j.model ORDER BY j.campaign, j.model""",
+    # Per campaign and tag: a job with several tags counts in each ('(none)': no tag).
+    "tag_costs": f"""
+    SELECT j.campaign, COALESCE(t.tag, '(none)') AS tag, {_JOB_COUNTS}, {_MONEY_COLUMNS},
+        {_OUTPUT}
+    FROM ({_JOB_MONEY}) j
+    LEFT JOIN (SELECT DISTINCT jobs.ref, value AS tag FROM jobs, json_each(jobs.tags)) t
+        ON t.ref = j.ref
+    GROUP BY j.campaign, COALESCE(t.tag, '(none)') ORDER BY j.campaign, tag""",
+    # Per day (UTC, when the service answered the attempt) and campaign.
+    "daily_costs": f"""
+    SELECT a.day, a.campaign, COUNT(*) AS attempts, {_MONEY_COLUMNS}
+    FROM (SELECT *, date(COALESCE(answered_at, started_at)) AS day FROM _attempt_money) a
+    GROUP BY a.day, a.campaign ORDER BY a.day, a.campaign""",
+}
+
+
+def m005_views(db: sqlite3.Connection) -> None:
+    _add_integer_key(db, "jobs", "ref", "PRIMARY KEY (campaign, id)", "UNIQUE (campaign, id)")
+    for table, key in (("attempts", "id"), ("files", "rowid"), ("verdicts", "id")):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN job_ref INTEGER REFERENCES jobs (ref)")
+        db.execute(
+            f"UPDATE {table} SET job_ref = (SELECT ref FROM jobs"
+            f" WHERE jobs.campaign = {table}.campaign AND jobs.id = {table}.job_id)"
+        )
+        db.execute(f"CREATE INDEX {table}_by_job_ref ON {table} (job_ref)")
+        # Whoever inserts a row names its job by (campaign, job_id); the link follows.
+        db.execute(
+            f"CREATE TRIGGER {table}_job_ref AFTER INSERT ON {table} WHEN NEW.job_ref IS NULL"
+            f" BEGIN UPDATE {table} SET job_ref = (SELECT ref FROM jobs"
+            "  WHERE jobs.campaign = NEW.campaign AND jobs.id = NEW.job_id)"
+            f" WHERE {key} = NEW.{key}; END"
+        )
+    for name, select in M005_VIEWS.items():
+        db.execute(f"CREATE VIEW {name} AS {select}")
+
+
+def _add_integer_key(
+    db: sqlite3.Connection, table: str, key: str, old_primary_key: str, new_unique: str
+) -> None:
+    """Rebuild `table` with `key INTEGER PRIMARY KEY` first (taking each row's rowid) and
+    its old primary key made a UNIQUE constraint; every column, index and trigger kept,
+    including those later migrations of other branches may have added."""
+    (sql,) = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    head = f"CREATE TABLE {table} ("
+    if not sql.startswith(head) or sql.count(old_primary_key) != 1:
+        raise RuntimeError(f"unexpected schema of {table}: {sql[:80]}")
+    new_sql = sql.replace(head, f"CREATE TABLE _new_{table} (\n        {key} INTEGER PRIMARY KEY,")
+    new_sql = new_sql.replace(old_primary_key, new_unique)
+    columns = ", ".join(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+    others = [
+        row[0]
+        for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger')"
+            " AND sql IS NOT NULL",
+            (table,),
+        )
+    ]
+    db.execute(new_sql)
+    db.execute(f"INSERT INTO _new_{table} ({key}, {columns}) SELECT rowid, {columns} FROM {table}")
+    db.execute(f"DROP TABLE {table}")
+    db.execute(f"ALTER TABLE _new_{table} RENAME TO {table}")
+    for statement in others:
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m003_runner_identity,
     m004_verdicts,
+    m005_views,
 ]
 
 
@@ -200,29 +376,47 @@ def known_migrations() -> set[str]:
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply every migration not yet recorded in this file, each in its own transaction."""
+    """Apply every migration not yet recorded in this file, each in its own transaction.
+
+    Foreign keys are not enforced while a migration runs (a table rebuild drops the table
+    others refer to, SQLite's documented way), and are checked before it commits."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-    applied = []
-    for migration in MIGRATIONS:
-        if migration.__name__ in done:
-            continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have migrated between our read and our lock.
-            if db.execute(
-                "SELECT 1 FROM _migrations WHERE name = ?", (migration.__name__,)
-            ).fetchone():
-                db.execute("ROLLBACK")
-                continue
-            migration(db)
-            db.execute(
-                "INSERT INTO _migrations VALUES (?, ?)",
-                (migration.__name__, datetime.now(UTC).isoformat()),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        applied.append(migration.__name__)
+    applied: list[str] = []
+    pending = [migration for migration in MIGRATIONS if migration.__name__ not in done]
+    if not pending:
+        return applied
+    (enforced,) = db.execute("PRAGMA foreign_keys").fetchone()
+    db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before BEGIN
+    try:
+        for migration in pending:
+            if _apply(db, migration):
+                applied.append(migration.__name__)
+    finally:
+        db.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
     return applied
+
+
+def _apply(db: sqlite3.Connection, migration: Callable[[sqlite3.Connection], None]) -> bool:
+    """Apply one migration in one transaction; False if another process just did."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated between our read and our lock.
+        if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (migration.__name__,)).fetchone():
+            db.execute("ROLLBACK")
+            return False
+        migration(db)
+        broken = db.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise sqlite3.IntegrityError(
+                f"{migration.__name__} would break foreign keys: {broken[:3]}"
+            )
+        db.execute(
+            "INSERT INTO _migrations VALUES (?, ?)",
+            (migration.__name__, datetime.now(UTC).isoformat()),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return True

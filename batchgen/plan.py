@@ -230,3 +230,48 @@ def format_plan(plan: Plan) -> str:
         f"estimated wall time at {SLOTS} slots: {duration_text(plan.wall_seconds)} ({basis})"
     )
     return "\n".join(lines)
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as one JSON object (`plan --json`): money as exact decimal strings."""
+
+    def money(micros: int | None) -> str | None:
+        return None if micros is None else usd(micros)
+
+    over = plan.over_budget_micros
+    return {
+        "campaign": plan.campaign,
+        "jobs": plan.jobs,
+        "models": [
+            {
+                "model": m.model,
+                "jobs": m.jobs,
+                "video_seconds": m.video_seconds,
+                "images": m.images,
+                "cost_usd": usd(m.cost_micros),
+            }
+            for m in plan.models
+        ],
+        "video_seconds": plan.video_seconds,
+        "images": plan.images,
+        "cost_usd": usd(plan.cost_micros),
+        "ledger": {
+            "path": plan.ledger_path,
+            "found": plan.ledger_found,
+            "new": plan.new,
+            "changed": plan.changed,
+            "done": plan.done,
+            "unfinished": plan.unfinished,
+            "failed": plan.failed,
+            "held": plan.held,
+        },
+        "to_run": plan.to_run,
+        "to_run_usd": usd(plan.to_run_micros),
+        "committed_usd": usd(plan.committed_micros),
+        "budget_usd": money(plan.budget_micros),
+        "fits_budget": None if over is None else over <= 0,
+        "over_budget_usd": None if over is None else usd(max(over, 0)),
+        "wall_seconds": round(plan.wall_seconds, 1),
+        "slots": SLOTS,
+        "refined_models": plan.refined_models,
+    }

@@ -8,8 +8,6 @@ failed tasks were refunded. Sums are integers in SQL; text is made by `money.usd
 Job columns: `jobs` counts every job of the group, `completed`, `failed` and `queued`
 count jobs in exactly that status. Jobs `submitting`, `running` or `held` are in `jobs`
 only (so jobs ≥ completed + failed + queued); `--by status` shows each of them.
-`--by verdict` groups jobs by their current result's review verdict: approved, rejected,
-unreviewed, or "(no result)" for jobs not completed (so the groups sum to the totals).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import io
 import itertools
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from rich import box
@@ -46,6 +45,7 @@ COLUMNS = (
 )
 MONEY = {"spent": "spent_usd", "in_flight": "in_flight_usd", "unknown": "unknown_usd",
          "refunded": "refunded_usd"}  # fmt: skip
+# `report --jobs --format json`: each job with its money, its attempts nested.
 ATTEMPT_COLUMNS = (
     "number",
     "started_at",
@@ -53,17 +53,23 @@ ATTEMPT_COLUMNS = (
     "outcome",
     "state",
     "task_id",
+    "key_label",  # NULL until keys are recorded per attempt (attempts.key_label)
     "unit_price_usd",
     "cost_usd",
+    "spent_usd",
+    "in_flight_usd",
+    "unknown_usd",
     "refunded_usd",
     "error",
-    "verdict",
+    "files",
+    "verdict",  # the review's verdict on the result this attempt made
 )
 JOB_COLUMNS = (
     "campaign",
     "id",
     "model",
     "status",
+    "prompt",
     "tags",
     "duration",
     "variant",
@@ -74,13 +80,26 @@ JOB_COLUMNS = (
     "unknown_usd",
     "refunded_usd",
     "error",
-    "verdict",
+    "files",
+    "verdict",  # of its current result (PRODUCT §12)
     "note",
 )
+# `report --jobs --format csv`: one row per attempt (a job without one: one row of zeros),
+# the job it belongs to, then the attempt with its own money only, never the job's, so
+# each money column sums to the report's total (PRODUCT.md §7). `files` is on the attempt
+# whose task made them, and `verdict` is the review's on the result this attempt made.
+CSV_JOB_COLUMNS = ("campaign", "job_id", "model", "status", "prompt", "tags", "duration",
+                   "variant")  # fmt: skip
+CSV_ATTEMPT_COLUMNS = ("attempt", "started_at", "http_status", "outcome", "state", "task_id",
+                       "key_label", "unit_price_usd", "spent_usd", "in_flight_usd",
+                       "unknown_usd", "refunded_usd", "error", "files", "verdict")  # fmt: skip
 
 
-def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: bool) -> str:
-    """The report as text ending with a newline: `fmt` is table, csv or json."""
+def render(
+    ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: bool, width: int = 200
+) -> str:
+    """The report as text ending with a newline: `fmt` is table, csv or json; a table fits
+    in `width` columns (see `_fit`)."""
     ledger.select_campaigns(campaigns)
     scope = campaigns or None
     if per_job:
@@ -89,7 +108,7 @@ def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: boo
             return json.dumps({"jobs": list(jobs)}, ensure_ascii=False) + "\n"
         if fmt == "csv":
             return _jobs_csv(jobs)
-        return _jobs_table(jobs)
+        return _jobs_table(jobs, width)
     groups = [_row(r) for r in ledger.report_groups(scope, by)]
     totals = _row(ledger.report_groups(scope, None)[0])
     if fmt == "json":
@@ -100,7 +119,7 @@ def render(ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: boo
         writer.writeheader()
         writer.writerows([*groups, totals])
         return out.getvalue()
-    return _groups_table(ledger, scope, by, groups, totals)
+    return _groups_table(ledger, scope, by, groups, totals, width)
 
 
 def _row(sums: dict[str, Any]) -> dict[str, Any]:
@@ -120,11 +139,13 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
         attempts = list(group)
         first = attempts[0]
         sums = {k: sum(a[k] for a in attempts) for k in MONEY}
+        files = [json.loads(a["files"]) for a in attempts if a["files"] is not None]
         yield {
             "campaign": first["campaign"],
             "id": first["id"],
             "model": first["model"],
             "status": first["status"],
+            "prompt": first["prompt"],
             "tags": json.loads(first["tags"] or "[]"),
             "duration": first["duration"],
             "variant": first["variant"],
@@ -132,7 +153,8 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
             "task_id": first["job_task_id"],
             **{MONEY[k]: _usd(v) for k, v in sums.items()},
             "error": first["last_error"],
-            "verdict": first["job_verdict"],  # of its current result (PRODUCT §12)
+            "files": files[-1] if files else [],
+            "verdict": first["job_verdict"],
             "note": first["job_note"],
             "attempts": [
                 {
@@ -142,11 +164,13 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
                     "outcome": a["outcome"],
                     "state": a["state"],
                     "task_id": a["task_id"],
+                    "key_label": a["key_label"],
                     "unit_price_usd": _usd(a["unit_price_micro_usd"]),
                     "cost_usd": _usd(a["cost_micro_usd"]),
-                    "refunded_usd": _usd(a["refunded_micro_usd"]),
+                    **{MONEY[k]: _usd(a[k]) for k in MONEY},
                     "error": a["error"],
-                    "verdict": a["attempt_verdict"],  # of the result this attempt made
+                    "files": json.loads(a["files"]) if a["files"] is not None else [],
+                    "verdict": a["attempt_verdict"],
                 }
                 for number, a in enumerate(attempts, start=1)
                 if a["attempt_id"] is not None
@@ -155,14 +179,19 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
 
 
 def _jobs_csv(jobs: Iterator[dict[str, Any]]) -> str:
-    """One row per attempt, the job's columns repeated; a job without attempts: one row."""
+    """One row per attempt with its own money (see CSV_ATTEMPT_COLUMNS); a job without
+    attempts: one row, its money zero. Lists are one cell: tags `;`-joined, files by lines."""
     out = _csv_buffer()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*JOB_COLUMNS, *(f"attempt_{c}" for c in ATTEMPT_COLUMNS)])
+    writer.writerow([*CSV_JOB_COLUMNS, *CSV_ATTEMPT_COLUMNS])
+    none = {"number": None, "verdict": None, **{c: _usd(0) for c in MONEY.values()}}
     for job in jobs:
-        head = [";".join(job[c]) if c == "tags" else job[c] for c in JOB_COLUMNS]
-        for attempt in job["attempts"] or [None]:
-            writer.writerow(head + [attempt[c] if attempt else None for c in ATTEMPT_COLUMNS])
+        head = [job["id"] if c == "job_id" else job[c] for c in CSV_JOB_COLUMNS]
+        head[CSV_JOB_COLUMNS.index("tags")] = ";".join(job["tags"])
+        for attempt in job["attempts"] or [none]:
+            cells = {**attempt, "attempt": attempt.get("number")}
+            cells["files"] = "\n".join(attempt.get("files") or [])
+            writer.writerow(head + [cells.get(c) for c in CSV_ATTEMPT_COLUMNS])
     return out.getvalue()
 
 
@@ -170,8 +199,110 @@ def _csv_buffer() -> io.StringIO:
     return io.StringIO(newline="")
 
 
-def _console(out: io.StringIO) -> Console:
-    return Console(file=out, width=200, color_system=None, highlight=False, soft_wrap=True)
+def _console(out: io.StringIO, width: int = 200) -> Console:
+    # Text lines wrap at the width too (soft_wrap off), like the tables.
+    # Names, prompts and errors are plain text: never read as markup or emoji codes.
+    return Console(
+        file=out,
+        width=width,
+        color_system=None,
+        highlight=False,
+        soft_wrap=False,
+        markup=False,
+        emoji=False,
+    )
+
+
+# --- tables that fit the terminal ---------------------------------------------------------
+
+
+@dataclass
+class _Column:
+    header: str
+    cells: list[str]
+    right: bool = False  # numbers and money: right-aligned
+    fold: bool = False  # long text that may wrap within its column
+
+    def __post_init__(self) -> None:
+        # Ids, prompts and the service's messages: plain text, control characters shown.
+        self.cells = [shown(cell) for cell in self.cells]
+
+    def natural(self) -> int:
+        return max([len(self.header), *(len(cell) for cell in self.cells)])
+
+
+def _fit(
+    columns: list[_Column], width: int, when_zero: list[str], when_narrow: list[str]
+) -> tuple[list[_Column], dict[str, int], list[str]]:
+    """The columns to show in `width` and how wide the folding ones may be: first leave out
+    the `when_zero` columns that say nothing (every cell $0.00 or 0), then fold long text,
+    then leave out `when_narrow` columns in order. Returns the columns, their widths, and
+    the headers left out (said under the table)."""
+
+    def needed(shown: list[_Column], folded: dict[str, int]) -> int:
+        return sum(folded.get(c.header, c.natural()) for c in shown) + 3 * (len(shown) - 1)
+
+    shown = list(columns)
+    dropped: list[str] = []
+    folded: dict[str, int] = {}
+    zero = {"0", "$0.00", ""}
+    for header in when_zero:
+        if needed(shown, folded) <= width:
+            break
+        column = next((c for c in shown if c.header == header), None)
+        if column is not None and all(cell in zero for cell in column.cells):
+            shown.remove(column)
+            dropped.append(header)
+    narrowing: list[str | None] = [None, *when_narrow]
+    for leave_out in narrowing:
+        if leave_out is not None:
+            column = next((c for c in shown if c.header == leave_out), None)
+            if column is None:
+                continue
+            shown.remove(column)
+            dropped.append(leave_out)
+        folding = [c for c in shown if c.fold]
+        excess = needed(shown, {}) - width
+        folded = {}
+        for c in folding:  # share the excess among folding columns, none below 12
+            cut = min(excess, max(c.natural() - 12, 0))
+            if cut > 0:
+                folded[c.header] = c.natural() - cut
+                excess -= cut
+        if needed(shown, folded) <= width:
+            break
+    return shown, folded, dropped
+
+
+def _fitted_table(
+    columns: list[_Column],
+    width: int,
+    when_zero: list[str],
+    when_narrow: list[str],
+    sections: frozenset[int] = frozenset(),
+) -> tuple[Table, list[str]]:
+    """A rich table of `columns` no wider than `width` (see `_fit`); `sections`: the row
+    indices after which a rule is drawn."""
+    shown, folded, dropped = _fit(columns, width, when_zero, when_narrow)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for c in shown:
+        fold = c.header in folded
+        table.add_column(
+            c.header,
+            justify="right" if c.right else "left",
+            overflow="fold" if fold else "ellipsis",
+            no_wrap=not fold,
+            width=folded.get(c.header),
+        )
+    for i in range(len(columns[0].cells)):
+        table.add_row(*(Text(c.cells[i]) for c in shown), end_section=i in sections)
+    return table, dropped
+
+
+def _left_out(dropped: list[str]) -> str | None:
+    if not dropped:
+        return None
+    return f"(left out to fit the width: {', '.join(dropped)}; --format csv has them all)"
 
 
 def _groups_table(
@@ -180,20 +311,32 @@ def _groups_table(
     by: str,
     groups: list[dict[str, Any]],
     totals: dict[str, Any],
+    width: int,
 ) -> str:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     headers = (by, "jobs", "completed", "failed", "queued", "spent", "in flight", "unknown",
                "refunded", "video s", "images")  # fmt: skip
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in [*groups, totals]:
-        table.add_row(
-            *(_cell("$" + str(row[c]) if c.endswith("_usd") else row[c]) for c in COLUMNS),
-            end_section=row is groups[-1] if groups else False,
+    rows = [*groups, totals]
+    columns = [
+        _Column(
+            header,
+            [("$" + str(row[c]) if c.endswith("_usd") else str(row[c])) for row in rows],
+            right=i > 0,
+            fold=i == 0,
         )
+        for i, (header, c) in enumerate(zip(headers, COLUMNS, strict=True))
+    ]
+    table, dropped = _fitted_table(
+        columns,
+        width,
+        when_zero=["images", "video s", "refunded", "in flight", "unknown", "queued"],
+        when_narrow=["images", "video s", "queued", "failed"],
+        sections=frozenset({len(groups) - 1} if groups else ()),
+    )
     out = io.StringIO()
-    console = _console(out)
+    console = _console(out, width)
     console.print(table)
+    if note := _left_out(dropped):
+        console.print(note)
     if by == "tag":
         console.print("A job with several tags is in each of their groups, and once in TOTAL.")
     budgets = ledger.budgets(scope)
@@ -203,44 +346,54 @@ def _groups_table(
         m = money.get(name)
         used = m.spent + m.in_flight + m.unknown if m else 0
         share = f" of ${usd(cap)} ({100 * used / cap:.0f}%)" if cap else ", no budget set"
-        console.print(Text(f"  {name}: ${usd(used)}{share}"))
+        console.print(f"  {name}: ${usd(used)}{share}")
     return _tidy(out.getvalue())
 
 
-def _jobs_table(jobs: Iterator[dict[str, Any]]) -> str:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for header in ("campaign/job", "model", "status", "spent", "#", "attempt started",
-                   "http", "state", "task", "unit price", "cost", "refunded", "error",
-                   "verdict"):  # fmt: skip
-        table.add_column(header)
+def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
+    """One row per attempt with its own money, like the CSV (a job without one: one row)."""
+    headers = ("campaign/job", "model", "status", "#", "started", "state", "task", "spent",
+               "in flight", "unknown", "refunded", "error", "verdict")  # fmt: skip
+    cells: list[list[str]] = [[] for _ in headers]
     for job in jobs:
         name = f"{job['campaign']}/{job['id']}"
-        head = [name, job["model"], job["status"], "$" + job["spent_usd"]]
-        if not job["attempts"]:
-            table.add_row(*map(_cell, head), *[""] * 10)
-        for i, a in enumerate(job["attempts"]):
-            cells = [
-                *(head if i == 0 else [""] * 4),
-                a["number"],
-                a["started_at"],
-                a["http_status"] or "",
-                a["state"],
-                a["task_id"] or "",
-                "$" + a["unit_price_usd"],
-                "$" + a["cost_usd"],
-                "$" + a["refunded_usd"],
-                a["error"] or "",
-                a["verdict"] or "",
+        for i, a in enumerate(job["attempts"] or [None]):
+            first = i == 0
+            values = [
+                name if first else "",
+                job["model"] if first else "",
+                job["status"] if first else "",
+                str(a["number"]) if a else "",
+                a["started_at"] if a else "",
+                a["state"] if a else "",
+                (a["task_id"] or "") if a else "",
+                *(("$" + a[m]) if a else "$0.00" for m in MONEY.values()),
+                (a["error"] or "") if a else "",
+                (a["verdict"] or "") if a else "",
             ]
-            table.add_row(*map(_cell, cells))
+            for column, value in zip(cells, values, strict=True):
+                column.append(value)
+    columns = [
+        _Column(
+            header,
+            column,
+            right=header in ("#", "spent", "in flight", "unknown", "refunded"),
+            fold=header in ("campaign/job", "error"),
+        )  # fmt: skip
+        for header, column in zip(headers, cells, strict=True)
+    ]
+    table, dropped = _fitted_table(
+        columns,
+        width,
+        when_zero=["refunded", "in flight", "unknown", "error", "verdict"],
+        when_narrow=["started", "task", "model", "error"],
+    )
     out = io.StringIO()
-    _console(out).print(table)
+    console = _console(out, width)
+    console.print(table)
+    if note := _left_out(dropped):
+        console.print(note)
     return _tidy(out.getvalue())
-
-
-def _cell(value: Any) -> Text:
-    """A table cell as plain text: a `[bold]` in an id or a message is not markup."""
-    return Text(shown(value))
 
 
 def _tidy(text: str) -> str:

@@ -1,13 +1,18 @@
 """Read a job's rows file (PRODUCT.md §3) into rows of typed job fields and text variables.
 
 Kept apart from expand.py because reading a file is a job of its own: size and encoding
-limits, two formats, and turning CSV text into typed fields, each problem pinned to a line.
+limits, three formats, and turning cell text into typed fields, each problem pinned to a
+line (or a sheet's row and column).
 
-- UTF-8 (a BOM is skipped); CSV with a header; JSON Lines one object per line. A file is
-  read whole, so it must fit in MAX_ROWS_BYTES.
-- An empty CSV cell (or a JSON null) in a field column leaves that field unset for the row.
-- CSV text is converted: duration to a whole number, tags split on commas, media parsed as
-  a JSON list. JSON values keep their own types, which must already be the field's.
+- CSV with a header and JSON Lines (one object per line): UTF-8, a BOM is skipped; read
+  whole, so a file must fit in MAX_ROWS_BYTES. Excel workbooks (.xlsx): the first sheet,
+  or `book.xlsx#Sheet name`; the first non-empty row is the header. A workbook's problems
+  are placed as `book.xlsx#Sheet name:ROW:COLUMN` (column A = 1).
+- A row whose cells are all empty (blank text, JSON null) is skipped: never a job.
+- An empty cell (or a JSON null) in a field column leaves that field unset for the row.
+- CSV and spreadsheet cells are text to convert: duration to a whole number, tags split on
+  commas, media parsed as a JSON list. JSON values keep their own types, which must already
+  be the field's. Text must be valid Unicode (JSON can spell a lone surrogate; it is refused).
 - Columns that are not job fields become template variables, as text.
 - Bad input never raises: it is reported in `RowsFile.problems` or `RowsFile.error`.
 """
@@ -15,11 +20,13 @@ limits, two formats, and turning CSV text into typed fields, each problem pinned
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
 import re
 import stat
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +36,15 @@ from batchgen.schema import JOB_FIELDS
 from batchgen.templates import as_text
 
 MAX_ROWS_BYTES = 100 * 1024 * 1024  # a rows file is read whole; 100,000 long rows fit easily
+FORMATS = (".csv", ".jsonl", ".xlsx")
 
 _WHOLE_NUMBER = re.compile(r"\s*[0-9]+\s*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HOW_TO_SAVE_UTF8 = {
+    ".csv": 'save it as UTF-8 (in Excel: Save As, "CSV UTF-8 (Comma delimited) (*.csv)"; '
+    'in Google Sheets: File > Download > "Comma-separated values")',
+    ".jsonl": "save it as UTF-8",
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -40,6 +54,7 @@ class Row:
     line: int
     fields: dict[str, Any]
     variables: dict[str, str]
+    columns: dict[str, int] | None = None  # a spreadsheet's column number of each field
 
 
 @dataclass(eq=False)
@@ -55,12 +70,23 @@ class RowsFile:
     error: str | None = None  # the file could not be read at all
 
 
+def split_sheet(name: str) -> tuple[str, str | None]:
+    """`book.xlsx#Sheet name` -> ("book.xlsx", "Sheet name"); any other name: (name, None)."""
+    path, hash_, sheet = name.rpartition("#")
+    if hash_ and path.lower().endswith(".xlsx"):
+        return path, sheet
+    return name, None
+
+
 def read_rows(file: str, limit: int) -> RowsFile:
-    """Read a .csv or .jsonl rows file, at most `limit` rows; never raises for bad input."""
+    """Read a .csv, .jsonl or .xlsx rows file, at most `limit` rows; never raises for bad
+    input. `file` may name a workbook's sheet: `book.xlsx#Sheet name`."""
+    file, sheet = split_sheet(file)
     result = RowsFile(file)
     suffix = os.path.splitext(file)[1].lower()
-    if suffix not in (".csv", ".jsonl"):
-        result.error = f"rows file {file} must be a .csv or .jsonl file"
+    if suffix not in FORMATS:
+        hint = " (save a .xls workbook as .xlsx)" if suffix == ".xls" else ""
+        result.error = f"rows file {file} must be a .csv, .jsonl or .xlsx file{hint}"
         return result
     try:
         info = os.stat(file)
@@ -71,6 +97,8 @@ def read_rows(file: str, limit: int) -> RowsFile:
             mib = MAX_ROWS_BYTES // 1024 // 1024
             result.error = f"rows file {file} is larger than the {mib} MiB limit"
             return result
+        if suffix == ".xlsx":
+            return _read_workbook(file, sheet, limit, result)
         with open(file, "rb") as f:
             raw = f.read(MAX_ROWS_BYTES + 1)
     except OSError as e:
@@ -80,17 +108,33 @@ def read_rows(file: str, limit: int) -> RowsFile:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        result.problems.append((line, 1, f"not UTF-8 text (byte 0x{raw[e.start]:02x})"))
+        message = f"not UTF-8 text (byte 0x{raw[e.start]:02x}): {_HOW_TO_SAVE_UTF8[suffix]}"
+        result.problems.append((line, 1, message))
         return result
     records = _csv_records(text, result) if suffix == ".csv" else _jsonl_records(text, result)
-    for line, values in records:
-        if len(result.rows) >= limit:
-            result.truncated = True
-            break
-        row = _convert_row(line, values, csv_text=suffix == ".csv", rows=result)
-        if row is not None:
-            result.rows.append(row)
+    _add_rows(records, limit, result, csv_text=suffix == ".csv")
     return result
+
+
+def _add_rows(
+    records: Iterator[tuple[int, dict[str, Any]]],
+    limit: int,
+    rows: RowsFile,
+    csv_text: bool,
+    columns: dict[str, int] | None = None,
+) -> None:
+    """Convert records (line, column -> value) into rows (the readers skip blank ones)."""
+    for line, values in records:
+        if len(rows.rows) >= limit:
+            rows.truncated = True
+            break
+        row = _convert_row(line, values, csv_text, rows, columns)
+        if row is not None:
+            rows.rows.append(row)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or (isinstance(value, str) and not value.strip())
 
 
 def _csv_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -103,8 +147,8 @@ def _csv_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, Any
                 record = next(reader)
             except StopIteration:
                 return
-            if not record or record == [""]:
-                continue
+            if not "".join(record).strip():
+                continue  # a blank line, or a row of empty cells: never a job
             if header is None:
                 header = [name.strip() for name in record]
                 rows.header_line, rows.columns = line, header
@@ -140,12 +184,28 @@ def _jsonl_records(text: str, rows: RowsFile) -> Iterator[tuple[int, dict[str, A
         if not isinstance(value, dict):
             rows.problems.append((line, 1, "each line must be a JSON object"))
             continue
+        # Raw text is valid UTF-8; only a \u escape can spell half a character.
+        if "\\u" in content and _SURROGATE.search(json.dumps(value, ensure_ascii=False)):
+            message = (
+                "text with a lone surrogate (an escape such as \\ud83d without its pair) "
+                "is not valid Unicode: write the character itself, or both halves"
+            )
+            rows.problems.append((line, 1 + max(content.lower().find("\\ud"), 0), message))
+            continue
+        if all(_empty(cell) for cell in value.values()):
+            continue  # {} or nothing but nulls and blanks: never a job
         columns.update(dict.fromkeys(value))
         rows.columns = list(columns)
         yield line, value
 
 
-def _convert_row(line: int, values: dict[str, Any], csv_text: bool, rows: RowsFile) -> Row | None:
+def _convert_row(
+    line: int,
+    values: dict[str, Any],
+    csv_text: bool,
+    rows: RowsFile,
+    columns: dict[str, int] | None = None,
+) -> Row | None:
     """Split a record into job fields (converted to their types) and template variables."""
     fields: dict[str, Any] = {}
     variables: dict[str, str] = {}
@@ -159,11 +219,13 @@ def _convert_row(line: int, values: dict[str, Any], csv_text: bool, rows: RowsFi
             continue  # unset: the job's defaults apply
         converted, error = _convert_field(name, value, csv_text)
         if error:
-            rows.problems.append((line, 1, f"column {name}: {error}"))
+            col = columns[name] if columns else 1
+            cell = f"cell {_column_letters(col)}{line}: " if columns else ""
+            rows.problems.append((line, col, f"{cell}column {name}: {error}"))
             ok = False
         else:
             fields[name] = converted
-    return Row(line, fields, variables) if ok else None
+    return Row(line, fields, variables, columns) if ok else None
 
 
 def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | None]:
@@ -192,3 +254,107 @@ def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | No
     if not isinstance(value, str):
         return None, f"{shown(value)} is not text"
     return value, None
+
+
+# --- Excel workbooks ----------------------------------------------------------------------
+
+
+def _read_workbook(path: str, sheet: str | None, limit: int, result: RowsFile) -> RowsFile:
+    """Read one sheet of an .xlsx workbook (openpyxl, read-only: rows are streamed)."""
+    import openpyxl  # only rows files that are workbooks need it
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, SyntaxError) as e:
+        # a damaged workbook fails in openpyxl's zip or XML layers (ParseError: SyntaxError)
+        result.error = f"cannot read rows file {path}: not a readable .xlsx workbook ({e})"
+        return result
+    try:
+        titles = book.sheetnames
+        if sheet is not None and sheet not in titles:
+            result.error = f"rows file {path} has no sheet {sheet!r} (sheets: {', '.join(titles)})"
+            return result
+        worksheet = book[sheet] if sheet is not None else book.worksheets[0]
+        result.file = f"{path}#{worksheet.title}"
+        worksheet.reset_dimensions()  # the stored size may be wrong: read every row there is
+        columns: dict[str, int] = {}
+        records = _sheet_records(worksheet.iter_rows(), result, columns)
+        _add_rows(records, limit, result, csv_text=True, columns=columns)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, SyntaxError) as e:
+        result.error = f"cannot read rows file {path}: not a readable .xlsx workbook ({e})"
+    finally:
+        book.close()
+    return result
+
+
+def _sheet_records(
+    sheet_rows: Iterator[tuple[Any, ...]], rows: RowsFile, columns: dict[str, int]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-empty sheet row after the header as (row number, column -> cell text)."""
+    header: list[str] | None = None
+    for cells in sheet_rows:
+        filled = [(cell.row, cell.column, _cell_text(cell.value)) for cell in cells
+                  if getattr(cell, "value", None) is not None]  # fmt: skip
+        filled = [(row, col, text) for row, col, text in filled if text.strip()]
+        if not filled:
+            continue
+        line = filled[0][0]
+        if header is None:
+            header = _sheet_header(line, filled, rows, columns)
+            if header is None:
+                return
+            continue
+        beyond = [col for _, col, _ in filled if col > len(header)]
+        if beyond:
+            cell = f"{_column_letters(beyond[0])}{line}"
+            message = f"cell {cell} has a value, but its column has no name in the header"
+            rows.problems.append((line, beyond[0], message))
+            continue
+        values = dict.fromkeys(header, "")
+        for _, col, text in filled:
+            values[header[col - 1]] = text
+        yield line, values
+
+
+def _sheet_header(
+    line: int, filled: list[tuple[int, int, str]], rows: RowsFile, columns: dict[str, int]
+) -> list[str] | None:
+    """The header row's names by column (None, with problems, if it is unusable)."""
+    width = max(col for _, col, _ in filled)
+    names = [""] * width
+    for _, col, text in filled:
+        names[col - 1] = text.strip()
+    rows.header_line, rows.columns = line, names
+    for col, name in enumerate(names, 1):
+        cell = f"{_column_letters(col)}{line}"
+        if not name:
+            rows.problems.append((line, col, f"cell {cell}: the header's column has no name"))
+        elif name in columns:
+            rows.problems.append((line, col, f"cell {cell}: column {name!r} appears twice"))
+        else:
+            columns[name] = col
+    return None if rows.problems else names
+
+
+def _cell_text(value: Any) -> str:
+    """A spreadsheet cell as the text a person sees (a whole number without '.0')."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime.datetime) and value.time() == datetime.time():
+        return value.date().isoformat()
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
+
+
+def _column_letters(col: int) -> str:
+    """1 -> A, 27 -> AA: how a spreadsheet names column `col`."""
+    letters = ""
+    while col:
+        col, rest = divmod(col - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters

@@ -1,13 +1,24 @@
 """The manifest's JSON Schema (2020-12), generated from the model catalog.
 
-The schema says what a manifest looks like: its keys, their types, and the names the
-catalog knows (models, ratios, variants, ref modes, resolutions, media types). Which value
-a given model accepts is the catalog's business (`catalog.check_request`), checked on every
-expanded job, because a matrix or a rows file can set any field.
+Two parts, both generated here:
 
-`python -m batchgen.schema` rewrites schemas/manifest.schema.json (committed, so editors
-can use it); `--check` exits 1 when the committed file is stale. At run time the validator
-is compiled once from the same generated schema.
+- the **structure**: keys, their types, and the names the catalog knows (models, ratios,
+  variants, ref modes, resolutions, media types). `batchgen validate` checks it first
+  (`validator()`), and builds its own messages from its errors;
+- the **per-model rules** (schema_rules.py; `rules=True`, in the committed file only):
+  what each model takes, as `if`/`then` on the `model` a job states (on itself, in its
+  matrix, or through `defaults`), so an editor flags a grok `duration: 7`, a Veo job
+  without `variant` or media without `ref_mode` while the manifest is typed. `batchgen
+  validate` does not use them: it checks the same facts on every expanded job against
+  the catalog (`catalog.check_request`), which also sees values from rows files and says
+  more precisely where and why. The rules are never stricter than that check (a test
+  holds them to it); what they cannot see (rows files, duplicate ids, unknown matrix
+  variables) is left to `batchgen validate`.
+
+`python -m batchgen.schema` rewrites the committed copies: batchgen/manifest.schema.json
+(package data, installed with batchgen) and, in a checkout, schemas/manifest.schema.json
+(where editors point: `# yaml-language-server: $schema=../schemas/manifest.schema.json`).
+`--check` exits 1 when a copy is stale.
 """
 
 from __future__ import annotations
@@ -16,19 +27,27 @@ import argparse
 import json
 import sys
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
 from batchgen import catalog
+from batchgen.schema_rules import add_rules
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCHEMA_NAME = "manifest.schema.json"
+# In a checkout, the copy editors point at; in an installed package, absent.
+CHECKOUT_SCHEMA = PACKAGE_DIR.parent / "schemas" / SCHEMA_NAME
 CAMPAIGN_PATTERN = "^[a-z0-9][a-z0-9._-]{0,63}$"
 CAMPAIGN_RULE = "1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+MAX_BUDGET_USD = 10_000_000  # a sane cap: sums of many budgets stay far inside SQLite's integers
 
 JOB_FIELDS: tuple[str, ...] = ("id", "model", *catalog.REQUEST_FIELDS, "tags")
 EXPANDERS = ("matrix", "rows", "takes")
+# Fields a template may name ({duration}); the others are lists.
+SCALAR_VARIABLES = ("model", "duration", "ratio", "variant", "ref_mode", "resolution")
 
 _DESCRIPTIONS = {
     "id": "Unique within the campaign; a template ({name}). Absent: job- + a content hash.",
@@ -49,8 +68,9 @@ def _union(lists: list[list[str]]) -> list[str]:
     return list(dict.fromkeys(name for names in lists for name in names))
 
 
-def build(cat: catalog.Catalog | None = None) -> dict[str, Any]:
-    """The manifest schema for `cat` (the packaged catalog by default)."""
+def build(cat: catalog.Catalog | None = None, rules: bool = True) -> dict[str, Any]:
+    """The manifest schema for `cat` (the packaged catalog by default); `rules=False`:
+    the structure only, without the per-model rules (what `batchgen validate` checks)."""
     data = (cat or catalog.load()).data
     specs = list(data["models"].values())
     fields: dict[str, Any] = {
@@ -69,7 +89,7 @@ def build(cat: catalog.Catalog | None = None) -> dict[str, Any]:
     for name, rule in fields.items():
         rule["description"] = _DESCRIPTIONS[name]
     field_refs = {name: {"$ref": f"#/$defs/{name}"} for name in JOB_FIELDS}
-    return {
+    schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "batchgen manifest, version 1",
         "description": "Generated from batchgen/catalog.json by `python -m batchgen.schema`.",
@@ -86,7 +106,9 @@ def build(cat: catalog.Catalog | None = None) -> dict[str, Any]:
             "budget_usd": {
                 "type": "number",
                 "minimum": 0,
-                "description": "Hard cap on this campaign's spend, in US dollars.",
+                "maximum": MAX_BUDGET_USD,
+                "description": "Hard cap on this campaign's spend, in US dollars "
+                "(leave it out for no cap).",
             },
             "defaults": {
                 "type": "object",
@@ -121,9 +143,10 @@ def build(cat: catalog.Catalog | None = None) -> dict[str, Any]:
                     "rows": {
                         "type": "string",
                         "minLength": 1,
-                        "description": "A .csv (with a header) or .jsonl file, relative to "
-                        "the manifest: one job per row; columns are variables, and a column "
-                        "named like a job field sets it.",
+                        "description": "A .csv (with a header), .jsonl or .xlsx file "
+                        "(prompts.xlsx#Sheet name for another sheet than the first), relative "
+                        "to the manifest: one job per row; columns are variables, and a "
+                        "column named like a job field sets it.",
                     },
                     "takes": {
                         "type": "integer",
@@ -149,6 +172,9 @@ def build(cat: catalog.Catalog | None = None) -> dict[str, Any]:
             },
         },
     }
+    if rules:
+        add_rules(schema, data, JOB_FIELDS, SCALAR_VARIABLES)
+    return schema
 
 
 def render(schema: dict[str, Any]) -> str:
@@ -163,7 +189,7 @@ def validator() -> Draft202012Validator:
     It checks the same rules with every `$ref` replaced by its definition: resolving
     references is half of jsonschema's time on a manifest of many inline jobs.
     """
-    schema = build()
+    schema = build(rules=False)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(_inline_refs(schema, schema["$defs"]))
 
@@ -181,25 +207,42 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     return {**_inline_refs(defs[ref.removeprefix("#/$defs/")], defs), **inlined}
 
 
+def packaged_schema() -> str:
+    """The schema file installed with the package (package data), as text."""
+    return resources.files("batchgen").joinpath(SCHEMA_NAME).read_text(encoding="utf-8")
+
+
+def committed_copies() -> list[Path]:
+    """Where the schema is committed: in the package, and in a checkout's schemas/."""
+    copies = [PACKAGE_DIR / SCHEMA_NAME]
+    if (PACKAGE_DIR.parent / "pyproject.toml").is_file():
+        copies.append(CHECKOUT_SCHEMA)
+    return copies
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m batchgen.schema", description="Write the manifest JSON Schema."
+        prog="python -m batchgen.schema",
+        description="Write the manifest JSON Schema generated from the catalog (by default "
+        "into the package and, in a checkout, schemas/).",
     )
-    parser.add_argument("path", nargs="?", type=Path, default=SCHEMA_FILE)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     args = parser.parse_args(argv)
     text = render(build())
-    current = args.path.read_text(encoding="utf-8") if args.path.exists() else None
-    if args.check:
-        if current != text:
-            print(f"{args.path} is stale: run python -m batchgen.schema", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        args.path.parent.mkdir(parents=True, exist_ok=True)
-        args.path.write_text(text, encoding="utf-8")
-        print(f"wrote {args.path}")
-    return 0
+    stale = 0
+    for path in args.paths or committed_copies():
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current == text:
+            continue
+        if args.check:
+            print(f"{path} is stale: run python -m batchgen.schema", file=sys.stderr)
+            stale += 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,20 @@ from typing import Any
 
 from batchgen.job import canonical_json
 
+VARIABLE_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+# A well-formed template, as one regular expression (for the JSON Schema, so an editor
+# flags a stray brace): literal text, `{{`, `}}` and `{name}` only.
+TEMPLATE_PATTERN = r"^(?:[^{}]|\{\{|\}\}|\{" + VARIABLE_NAME + r"\})*$"
+
 _TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_VARIABLE = re.compile(VARIABLE_NAME)
+
+
+def uses_variable_pattern(names: list[str]) -> str:
+    """A regular expression that finds `{name}` for one of `names` used as a variable
+    (not inside `{{...}}`): an even run of `{` before it is literal braces."""
+    assert all(_VARIABLE.fullmatch(name) and "-" not in name for name in names), names
+    return r"(?:^|[^{])(?:\{\{)*\{(?:" + "|".join(names) + r")\}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,16 @@
 
 1. YAML (manifest.py): syntax, safe tags only, no duplicate keys, size/alias/depth limits.
    When it fails, its problems are all there is to say.
-2. Structure, against the JSON Schema generated from the catalog (schema.py). A job with a
-   structural problem is not expanded (what else it breaks would be noise), nor is any job
-   when `defaults` has one.
+2. Structure, against the JSON Schema generated from the catalog (schema.py, without its
+   per-model rules: layer 3 checks those facts on every expanded job).
 3. Every expanded job (expand.py) against the catalog (`catalog.check_request`), along
    with rows files, templates and ids.
+
+All problems at once: a structural problem stops only what it makes meaningless. A broken
+field (on a job or in `defaults`) is unknown to the jobs that would take it: not filled in
+and not reported again, while the rest of each job is still checked. Only a job that cannot
+be expanded (not a mapping, a broken matrix, rows or takes) is left out, and every job
+only when the manifest has no usable `jobs` list.
 
 Problems of layers 2 and 3 are reported together, sorted by file, line and column. Nothing
 is written anywhere.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -50,13 +55,25 @@ def check_manifest(path: str | Path, max_jobs: int = 100_000) -> Manifest:
     """
     doc = manifest.load(path)
     problems = Problems()
-    broken = _check_structure(doc, problems)
+    damage = _check_structure(doc, problems)
     campaign = _campaign(doc, problems)
     jobs: list[ExpandedJob] = []
-    if not broken & {"manifest", "jobs", "defaults"}:
+    if not damage.no_jobs:
         data = doc.data
-        sound = [(i, job) for i, job in enumerate(data["jobs"]) if i not in broken]
-        expansion = Expansion(doc, campaign.name, data.get("defaults", {}), problems, max_jobs)
+        defaults = data.get("defaults", {}) if isinstance(data.get("defaults", {}), dict) else {}
+        sound_defaults = {
+            name: value
+            for name, value in defaults.items()
+            if name in schema.JOB_FIELDS and name not in damage.defaults
+        }
+        sound = [
+            (i, job, frozenset(damage.fields.get(i, ())))
+            for i, job in enumerate(data["jobs"])
+            if i not in damage.jobs
+        ]
+        expansion = Expansion(
+            doc, campaign.name, sound_defaults, problems, max_jobs, frozenset(damage.defaults)
+        )
         jobs = expansion.run(sound)
         _check_catalog(expansion, jobs, problems)
     if problems:
@@ -85,18 +102,41 @@ def _campaign(doc: Document, problems: Problems) -> Campaign:
 # --- layer 2: structure ----------------------------------------------------------------
 
 
-def _check_structure(doc: Document, problems: Problems) -> set[str | int]:
-    """Report every schema error; return the parts they break ("defaults", job indices...)."""
-    broken: set[str | int] = set()
+@dataclass
+class Damage:
+    """What the schema's problems make meaningless to check further."""
+
+    no_jobs: bool = False  # no usable jobs list: nothing to expand
+    defaults: set[str] = field(default_factory=set)  # broken default fields
+    jobs: set[int] = field(default_factory=set)  # jobs that cannot be expanded
+    fields: dict[int, set[str]] = field(default_factory=dict)  # a job's broken fields
+
+    def note(self, path: KeyPath, unknown_key: bool) -> None:
+        """Record what a problem at `path` breaks (an unknown key breaks nothing else)."""
+        if not path or path == ("jobs",):
+            self.no_jobs = True
+        elif path[0] == "defaults":
+            if len(path) == 1:
+                self.defaults.update(schema.JOB_FIELDS)  # not a mapping: every default
+            elif not unknown_key:
+                self.defaults.add(str(path[1]))
+        elif path[0] == "jobs" and isinstance(path[1], int):
+            index = path[1]
+            if len(path) == 2 or path[2] in schema.EXPANDERS:
+                self.jobs.add(index)
+            elif not unknown_key:
+                self.fields.setdefault(index, set()).add(str(path[2]))
+
+
+def _check_structure(doc: Document, problems: Problems) -> Damage:
+    """Report every schema error; return what they break."""
+    damage = Damage()
     for error in schema.validator().iter_errors(doc.data):
         for path, message, at_key in _schema_problems(error):
             position = doc.key_position(path) if at_key else doc.position(path)
             problems.add((doc.file, *position), format_path(path), message)
-            if path[:1] == ("jobs",) and len(path) > 1:
-                broken.add(path[1])
-            else:
-                broken.add(str(path[0]) if path else "manifest")
-    return broken
+            damage.note(path, unknown_key=at_key and error.validator == "additionalProperties")
+    return damage
 
 
 _TYPE_WORDS = {
@@ -141,6 +181,10 @@ def _schema_problems(error: ValidationError) -> list[tuple[KeyPath, str, bool]]:
         message = f"{name} {_describe(value)} is not allowed: {rule_text}"
     elif kind == "minimum":
         message = f"{name} must be at least {rule} (got {_describe(value)})"
+    elif kind == "maximum":
+        message = f"{name} must be at most {rule:,} (got {_describe(value)})"
+        if path == ("budget_usd",):
+            message += "; leave budget_usd out for no cap"
     elif kind in ("minItems", "minLength", "minProperties") and rule == 1:
         message = f"{name} must not be empty"
     else:
@@ -199,6 +243,8 @@ def _check_catalog(expansion: Expansion, jobs: list[ExpandedJob], problems: Prob
         if shape not in found:
             found[shape] = catalog.check_request(request)
         for name, message in found[shape]:
+            if name.partition("[")[0] in expanded.unknown:
+                continue  # its problem is already reported where it was written
             where = expansion.position(expanded, name)
             problems.add(where, expanded.jobpath, message, repeats=(where, message))
 

@@ -113,6 +113,28 @@ def test_the_per_job_audit_lists_every_attempt_with_its_unit_price(audited):
     assert sorted(created) == sorted(recorded_task_ids(ledger))
 
 
+def test_the_per_attempt_csv_has_each_attempts_own_money_so_columns_sum_to_the_totals(audited):
+    """One row per attempt, money per attempt only: summing a column over a retried job
+    gives what that job cost, and over the file what the report's totals say."""
+    sandbox, ledger = audited
+    table = list(csv.DictReader(io.StringIO(report(ledger, "--jobs", "--format", "csv"))))
+    totals = json.loads(report(ledger, "--format", "json"))["totals"]
+    n_attempts = rows(ledger, "SELECT COUNT(*) n FROM attempts")[0]["n"]
+    idle = rows(ledger, "SELECT COUNT(*) n FROM jobs j WHERE NOT EXISTS (SELECT 1 FROM attempts a"
+                " WHERE a.campaign = j.campaign AND a.job_id = j.id)")[0]["n"]  # fmt: skip
+    assert len(table) == n_attempts + idle
+    for column in MONEY:
+        column_sum = sum(to_micros(row[column]) for row in table)
+        assert column_sum == to_micros(totals[column]), column
+    retried = [job for job in status_json(ledger)["jobs"] if job["attempts"] > 1]
+    assert retried and any(row["state"] == "failed" for row in table)
+    for job in retried:
+        own = [r for r in table if (r["campaign"], r["job_id"]) == (job["campaign"], job["id"])]
+        assert len(own) >= job["attempts"]
+        assert sum(to_micros(r["spent_usd"]) for r in own) == to_micros(job["cost_usd"])
+        assert {r["prompt"] for r in own} == {f"clip number {job['id'].split('-')[1]}"}
+
+
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from batchgen.cli import cli
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger, LedgerJob
-from batchgen.report import COLUMNS, render
+from batchgen.report import COLUMNS, JOB_COLUMNS, render
 
 # ---------------------------------------------------------------- building ledgers the way the
 # scheduler does: begin_attempt, attempt_created, task_completed / task_failed / attempt_ended
@@ -179,7 +179,7 @@ def audit(tmp_path) -> Path:
 def report(path: Path, by: str = "campaign", fmt: str = "json", per_job: bool = False, **kw):
     ledger = Ledger(path, create=False)
     try:
-        text = render(ledger, kw.get("campaigns", []), by, fmt, per_job)
+        text = render(ledger, kw.get("campaigns", []), by, fmt, per_job, kw.get("width", 200))
     finally:
         ledger.close()
     assert text.endswith("\n")
@@ -307,12 +307,19 @@ def test_per_job_json_nests_each_attempt_with_its_price_task_and_state(audit):
         "outcome",
         "state",
         "task_id",
+        "key_label",
         "unit_price_usd",
         "cost_usd",
+        "spent_usd",
+        "in_flight_usd",
+        "unknown_usd",
         "refunded_usd",
         "error",
+        "files",
         "verdict",
     ]
+    assert list(bad) == [*JOB_COLUMNS, "attempts"]
+    assert bad["prompt"] == "prompt grok-bad" and bad["files"] == []
     assert attempt["number"] == 1 and attempt["state"] == "failed"
     assert attempt["task_id"] == "task-c-grok-bad-0" and attempt["unit_price_usd"] == "0.10"
     assert attempt["cost_usd"] == "0.00" and attempt["error"] == "NSFW"
@@ -323,20 +330,35 @@ def test_per_job_json_nests_each_attempt_with_its_price_task_and_state(audit):
     assert jobs["fast-10"]["tags"] == ["a", "b"] and jobs["fast-10"]["spent_usd"] == "0.80"
 
 
-def test_per_job_csv_has_one_row_per_attempt_with_the_job_repeated(tmp_path):
+def test_per_job_csv_has_one_row_per_attempt_with_its_own_money_only(tmp_path):
     path = tmp_path / "l.db"
     ledger = make_ledger(path, [grok("twice"), grok("never")])
     fail(ledger, "twice", then="queued")
     complete(ledger, "twice")
+    ledger.file_saved("c", "twice", 0, f"{CDN}/twice.mp4", "out/c/twice.mp4", 10, "ab" * 32)
     ledger.close()
-    rows = list(csv.DictReader(io.StringIO(report(path, fmt="csv", per_job=True))))
-    assert [(r["id"], r["attempt_number"], r["attempt_state"]) for r in rows] == [
-        ("twice", "1", "failed"),
-        ("twice", "2", "completed"),
-        ("never", "", ""),
-    ]
-    assert rows[0]["spent_usd"] == rows[1]["spent_usd"] == "0.10"
-    assert rows[0]["attempt_refunded_usd"] == "0.10"
+    text = report(path, fmt="csv", per_job=True)
+    assert text.splitlines()[0] == (
+        "campaign,job_id,model,status,prompt,tags,duration,variant,attempt,started_at,"
+        "http_status,outcome,state,task_id,key_label,unit_price_usd,spent_usd,in_flight_usd,"
+        "unknown_usd,refunded_usd,error,files"
+    )
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["job_id"], r["attempt"], r["state"], r["spent_usd"], r["refunded_usd"],
+             r["files"]) for r in rows] == [
+        ("twice", "1", "failed", "0.00", "0.10", ""),
+        ("twice", "2", "completed", "0.10", "0.00", "out/c/twice.mp4"),
+        ("never", "", "", "0.00", "0.00", ""),
+    ]  # fmt: skip
+    assert {r["prompt"] for r in rows} == {"prompt twice", "prompt never"}
+    assert rows[2]["unit_price_usd"] == ""
+
+
+def test_per_job_csv_money_columns_sum_to_the_totals(audit):
+    rows = list(csv.DictReader(io.StringIO(report(audit, fmt="csv", per_job=True))))
+    totals = report(audit)["totals"]
+    for column in ("spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"):
+        assert sum(Decimal(r[column]) for r in rows) == Decimal(totals[column]), column
 
 
 def test_table_report_shows_groups_totals_and_budget_use(audit):

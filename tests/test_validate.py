@@ -331,3 +331,108 @@ def test_any_manifest_structure_gives_a_manifest_or_manifest_invalid(data):
             assert all(p.line >= 1 and p.col >= 1 and p.message for p in e.problems)
         else:
             assert all(job.request() and job.cost_micros() >= 0 for job in result.jobs)
+
+
+# --- all problems at once (PRODUCT.md §4): no layer hides another's problems -------------
+
+BROKEN_EVERYWHERE = """\
+version: 1
+campaign: Bad Name
+defaults: {model: grok-video-3, duration: five, colour: red}
+jobs:
+  - {id: a, prompt: A cat, ratio: "16:9", size: big}
+  - {id: dup, prompt: "A {mood} cat"}
+  - {id: dup, prompt: A dog, duration: 7}
+  - {id: "m-{model}", model: 5, prompt: A cat, duration: 99}
+  - {id: v, model: veo3.1, prompt: A ship, tags: [ok, ""]}
+  - {id: t, prompt: A cat, matrix: {n: []}, ratio: "16:9"}
+"""
+
+EVERY_PROBLEM = [
+    "m.yaml:2:11: campaign: campaign 'Bad Name' is not allowed: 1-64 lowercase letters, "
+    "digits, '.', '_' or '-', starting with a letter or digit",
+    "m.yaml:3:43: defaults.duration: duration must be a whole number (got 'five')",
+    "m.yaml:3:49: defaults.colour: unknown key 'colour' (allowed: id, model, prompt, duration, "
+    "ratio, variant, ref_mode, media, resolution, tags)",
+    # a job with an unknown key is still checked against the catalog
+    "m.yaml:5:35: jobs[0] (a): ratio '16:9' is not allowed for grok-video-3 (allowed: 2:3, "
+    "3:2, 1:1)",
+    "m.yaml:5:43: jobs[0].size: unknown key 'size' (allowed: id, model, prompt, duration, "
+    "ratio, variant, ref_mode, media, resolution, tags, matrix, rows, takes)",
+    # a template problem does not hide the duplicate id
+    "m.yaml:6:23: jobs[1] (dup): unknown variable {mood} (known: duration, model, ratio, "
+    "ref_mode, resolution, take, variant)",
+    "m.yaml:7:10: jobs[2] (dup): duplicate id 'dup' (first used by jobs[1] (dup))",
+    "m.yaml:7:40: jobs[2] (dup): duration 7 is not allowed for grok-video-3 (allowed: 5, 10, 15)",
+    # a broken model: nothing about the model twice, nor the templates that name it
+    "m.yaml:8:30: jobs[3].model: model 5 is not one of: jimeng-video-seedance-2.0, "
+    "jimeng-video-seedance-2.0-fast, grok-video-3, veo3.1, jimeng-5.0",
+    # a broken tag: the rest of the job is checked
+    "m.yaml:9:5: jobs[4] (v): variant is required for veo3.1",
+    "m.yaml:9:55: jobs[4].tags[1]: tags[1] must not be empty",
+    # a broken matrix: the job cannot be expanded, so nothing else is said about it
+    "m.yaml:10:40: jobs[5].matrix.n: n must not be empty",
+]
+
+
+def test_every_problem_of_every_layer_is_reported_at_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, BROKEN_EVERYWHERE)
+    assert problems_of("m.yaml") == EVERY_PROBLEM
+
+
+def test_fixing_the_reported_problems_reveals_no_new_ones(tmp_path, monkeypatch):
+    """The layered reporting this replaces showed a few problems, then more once they
+    were fixed: fixing the structural ones (same lines, same places) reveals nothing new."""
+    monkeypatch.chdir(tmp_path)
+    fixed = (
+        BROKEN_EVERYWHERE.replace("Bad Name", "bad-name")
+        .replace("duration: five,", "duration:    5,")
+        .replace(", size: big", "")
+        .replace("model: 5,", "model: grok-video-3,")
+        .replace('[ok, ""]', "[ok]")
+        .replace("{n: []}", "{n: [1]}")
+    )
+    write(tmp_path, BROKEN_EVERYWHERE)
+    before = problems_of("m.yaml")
+    write(tmp_path, fixed)
+    after = problems_of("m.yaml")
+    new = [line for line in after if line not in before]
+    # Only what the fix itself introduced: the job that now has a model of its own and the
+    # job whose matrix now expands are checked for the first time.
+    assert new == [
+        "m.yaml:8:69: jobs[3] (m-grok-video-3): duration 99 is not allowed for grok-video-3 "
+        "(allowed: 5, 10, 15)",
+        "m.yaml:10:53: jobs[5] (t): ratio '16:9' is not allowed for grok-video-3 (allowed: "
+        "2:3, 3:2, 1:1)",
+    ]
+
+
+def test_a_duplicate_id_is_reported_when_the_first_job_has_a_template_problem(tmp_path):
+    path = write(
+        tmp_path,
+        "version: 1\ncampaign: c\ndefaults: {model: grok-video-3}\njobs:\n"
+        '  - {id: cat, prompt: "A {nope} cat"}\n'
+        "  - {id: cat, prompt: A cat}\n",
+    )
+    found = problems_of(path)
+    assert len(found) == 2
+    assert "unknown variable {nope}" in found[0]
+    assert "duplicate id 'cat' (first used by jobs[0] (cat))" in found[1]
+
+
+def test_a_broken_default_model_leaves_only_the_jobs_with_their_own_model_checked(tmp_path):
+    path = write(
+        tmp_path,
+        "version: 1\ncampaign: c\ndefaults: {model: sora-9, duration: 7}\njobs:\n"
+        "  - {id: a, prompt: A cat}\n"
+        "  - {id: b, prompt: A cat, model: grok-video-3}\n"
+        "  - {id: c, prompt: A cat, model: veo3.1}\n",
+    )
+    found = problems_of(path)
+    assert [line.split(": ", 1)[1] for line in found] == [
+        "defaults.model: model 'sora-9' is not one of: jimeng-video-seedance-2.0, "
+        "jimeng-video-seedance-2.0-fast, grok-video-3, veo3.1, jimeng-5.0",
+        "jobs[1] (b): duration 7 is not allowed for grok-video-3 (allowed: 5, 10, 15)",
+        "jobs[2] (c): variant is required for veo3.1",
+    ]

@@ -237,23 +237,29 @@ class ReadsMixin(LedgerBase):
         gives one row whose attempt columns are NULL), in ingestion then attempt order.
 
         Per attempt: spent, in_flight, unknown, refunded (its money, by the rules; 0 when
-        the job has no attempt) and attempt_verdict (the verdict on the result it made);
-        per job: job_verdict and job_note (of its current result).
+        the job has no attempt), its key_label (NULL until keys are recorded per attempt),
+        `files`: a JSON list of the paths saved from its task, on the attempt whose task is
+        the job's completed one (NULL on the others), and attempt_verdict (the verdict on
+        the result it made). Per job: job_verdict and job_note (of its current result).
         """
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
         return _dicts(
             self.conn.execute(
-                "SELECT j.campaign, j.id, j.model, j.status, j.tags, j.duration, j.variant,"
-                " j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
+                "SELECT j.campaign, j.id, j.model, j.status, j.prompt, j.tags, j.duration,"
+                " j.variant, j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
                 " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
-                " a.task_id, a.unit_price_micro_usd, a.cost_micro_usd, a.refunded_micro_usd,"
-                " a.error,"
+                " a.task_id, NULL AS key_label, a.unit_price_micro_usd, a.cost_micro_usd,"
+                " a.refunded_micro_usd, a.error,"
                 f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
                 f" COALESCE({refunded}, 0) AS refunded,"
                 " cv.verdict AS job_verdict, cv.note AS job_note,"
                 " (SELECT av.verdict FROM current_verdicts av WHERE av.attempt_id = a.id"
-                "   ORDER BY av.at DESC LIMIT 1) AS attempt_verdict"
+                "   ORDER BY av.at DESC LIMIT 1) AS attempt_verdict,"
+                " CASE WHEN j.status = 'completed' AND a.state = 'completed'"
+                "  AND a.task_id = j.task_id THEN (SELECT json_group_array(path) FROM"
+                "   (SELECT path FROM files f WHERE f.campaign = j.campaign AND f.job_id = j.id"
+                "    AND f.path IS NOT NULL AND f.error IS NULL ORDER BY f.n)) END AS files"
                 " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
                 f"{JOB_VERDICT_JOIN} WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
                 params,

@@ -1,0 +1,183 @@
+"""Command-line conventions (PRODUCT.md §7): --json on validate and plan, --ledger before or
+after the command, help that fits the command, report tables that fit 80 columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchgen.cli import cli
+from batchgen.report import render
+from tests.e2e import batchgen, write_manifest
+from tests.test_report import audit, grok, make_ledger, report  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SPRING = ROOT / "manifests" / "spring-launch.yaml"
+
+
+def bad_manifest(tmp_path: Path) -> Path:
+    return write_manifest(
+        tmp_path / "bad.yaml",
+        """
+        version: 1
+        campaign: c
+        jobs:
+          - {id: a, model: grok-video-3, prompt: A cat, duration: 7}
+          - {id: b, model: veo3.1, prompt: A ship}
+        """,
+    )
+
+
+# --- --json ------------------------------------------------------------------------------
+
+
+def test_validate_json_gives_each_problem_as_an_object_on_stdout(tmp_path):
+    path = bad_manifest(tmp_path)
+    as_text = batchgen("validate", str(path), ledger=tmp_path / "l.db")
+    as_json = batchgen("validate", str(path), "--json", ledger=tmp_path / "l.db")
+    assert as_json.returncode == as_text.returncode == 1
+    answer = json.loads(as_json.stdout)
+    assert answer["valid"] is False
+    assert [list(p) for p in answer["problems"]] == [["file", "line", "col", "path", "message"]] * 2
+    lines = [f"{p['file']}:{p['line']}:{p['col']}: {p['path']}: {p['message']}"
+             for p in answer["problems"]]  # fmt: skip
+    assert lines == as_text.stderr.splitlines()[:2]
+    assert answer["problems"][0]["line"] == 4 and answer["problems"][0]["path"] == "jobs[0] (a)"
+
+
+def test_validate_json_on_a_valid_manifest_and_on_broken_yaml(tmp_path):
+    ok = batchgen("validate", str(SPRING), "--json", ledger=tmp_path / "l.db")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {
+        "valid": True, "campaign": "spring-launch", "jobs": 36, "problems": []
+    }  # fmt: skip
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\ncampaign: [unclosed\n", encoding="utf-8")
+    result = batchgen("validate", str(broken), "--json", ledger=tmp_path / "l.db")
+    assert result.returncode == 1
+    [problem] = json.loads(result.stdout)["problems"]
+    assert problem["path"] == "manifest" and "YAML" in problem["message"]
+
+
+def test_plan_json_gives_the_plan_as_one_object(tmp_path):
+    result = batchgen("plan", str(SPRING), "--json", ledger=tmp_path / "none.db")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert (plan["campaign"], plan["jobs"], plan["cost_usd"]) == ("spring-launch", 36, "15.08")
+    assert sum(m["jobs"] for m in plan["models"]) == 36
+    assert plan["ledger"]["found"] is False and plan["to_run"] == 36
+    assert (plan["budget_usd"], plan["fits_budget"], plan["over_budget_usd"]) == (
+        "40.00", True, "0.00"
+    )  # fmt: skip
+    assert not (tmp_path / "none.db").exists()
+    invalid = batchgen("plan", str(bad_manifest(tmp_path)), "--json", ledger=tmp_path / "l.db")
+    assert invalid.returncode == 1 and len(json.loads(invalid.stdout)["problems"]) == 2
+
+
+# --- --ledger after the command ----------------------------------------------------------
+
+
+def test_the_ledger_can_be_named_before_or_after_the_command_or_by_environment(tmp_path):
+    manifest = write_manifest(
+        tmp_path / "m.yaml",
+        "version: 1\ncampaign: c\njobs: [{id: a, model: grok-video-3, prompt: A cat}]\n",
+    )
+    elsewhere = tmp_path / "env.db"  # what BATCHGEN_LEDGER says in these runs
+    after, before = tmp_path / "after.db", tmp_path / "before.db"
+    result = batchgen("ingest", str(manifest), "--ledger", str(after), ledger=elsewhere)
+    assert result.returncode == 0, result.stderr
+    result = batchgen("--ledger", str(before), "ingest", str(manifest), ledger=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert after.exists() and before.exists() and not elsewhere.exists()
+    for args in (["status", "--json", "--ledger", str(after)],
+                 ["--ledger", str(after), "status", "--json"]):  # fmt: skip
+        result = batchgen(*args, ledger=elsewhere)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["counts"]["queued"] == 1
+    via_env = batchgen("status", "--json", ledger=before)
+    assert json.loads(via_env.stdout)["counts"]["queued"] == 1
+
+
+@pytest.mark.parametrize("command", sorted(set(cli.commands) - {"validate", "sandbox"}))
+def test_every_command_that_uses_the_ledger_takes_it_after_its_name(command, tmp_path):
+    result = CliRunner().invoke(cli, [command, "-h"])
+    assert result.exit_code == 0 and "--ledger" in result.output
+
+
+def test_resume_help_does_not_mention_the_sandbox_that_run_has():
+    resume = CliRunner().invoke(cli, ["resume", "-h"]).output
+    run = CliRunner().invoke(cli, ["run", "-h"]).output
+    assert "sandbox" not in resume.lower()
+    assert "--sandbox" in run
+
+
+# --- the README tells how to install, complete and save ---------------------------------
+
+
+def test_the_readme_documents_output_folder_completion_and_installing_as_a_tool():
+    for text in ("BATCHGEN_OUT", "_BATCHGEN_COMPLETE=bash_source batchgen",
+                 "_BATCHGEN_COMPLETE=zsh_source batchgen", "pipx install", "uv tool install",
+                 "datasette batchgen.db"):  # fmt: skip
+        assert text in README, text
+
+
+def test_shell_completion_works_as_the_readme_says(tmp_path):
+    env = {**os.environ, "_BATCHGEN_COMPLETE": "bash_complete", "COMP_WORDS": "batchgen rep",
+           "COMP_CWORD": "1"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "batchgen"], env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.stdout.strip() == "plain,report"
+
+
+# --- report tables fit 80 columns --------------------------------------------------------
+
+
+@pytest.mark.parametrize("by", ["campaign", "model", "tag", "status"])
+@pytest.mark.parametrize("per_job", [False, True])
+def test_report_tables_fit_in_80_columns(audit, by, per_job):  # noqa: F811
+    text = report(audit, by=by, fmt="table", per_job=per_job, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    if not per_job:  # nothing that costs money is ever left out
+        for header in ("spent", "in flight", "unknown", "refunded"):
+            assert header in text
+
+
+def test_report_command_fits_the_terminal_width_it_is_given(audit):  # noqa: F811
+    for args in (["report", "--by", "model"], ["report", "--jobs"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "batchgen", "--ledger", str(audit), *args],
+            env={**os.environ, "COLUMNS": "80"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    wide = render_text(audit, 200)
+    assert "refunded" in wide and "video s" in wide
+
+
+def render_text(path: Path, width: int) -> str:
+    from batchgen.ledger import Ledger
+
+    ledger = Ledger(path, create=False)
+    try:
+        return render(ledger, [], "model", "table", False, width=width)
+    finally:
+        ledger.close()
+
+
+def test_a_long_name_folds_within_its_column_at_80_columns(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", [grok("a-very-long-job-id-" + "x" * 60)],
+                         campaign="campaign-with-a-long-name")  # fmt: skip
+    ledger.close()
+    text = report(tmp_path / "l.db", per_job=True, fmt="table", width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "x" * 30 in text.replace("\n", "")  # folded over lines, not cut

@@ -1,0 +1,277 @@
+"""The ledger for people (PRODUCT.md §5): views in dollars, and foreign keys that SQL
+browsers follow, added by migration m005 (also to ledgers written before it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen import migrations
+from batchgen.job import Campaign
+from batchgen.ledger import Ledger
+from tests.e2e import FAST, on_sandbox, rows, write_manifest
+from tests.test_report import audit, complete, fail, grok, make_ledger, report, seedance  # noqa: F401
+
+MONEY = ("spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd")
+COUNTS = ("jobs", "completed", "failed", "queued", "video_seconds", "images")
+
+
+def dollars(value: Any) -> Decimal:
+    """A view's dollar figure (REAL) or a report's (exact text), as an exact amount."""
+    return Decimal(str(value)).quantize(Decimal("0.000001"))
+
+
+def same_money(view_row: dict[str, Any], report_row: dict[str, Any]) -> bool:
+    return all(dollars(view_row[k]) == dollars(report_row[k]) for k in MONEY) and all(
+        view_row[k] == report_row[k] for k in COUNTS
+    )
+
+
+def summed(view_rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """Rows of a per-campaign view added up per `key` (a model, a tag) over campaigns."""
+    sums: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(Decimal))
+    for row in view_rows:
+        for column in (*MONEY, *COUNTS):
+            sums[row[key]][column] += dollars(row[column]) if column in MONEY else row[column]
+    return sums
+
+
+# --- the views answer what the report says, in dollars ------------------------------------
+
+
+def test_each_view_gives_the_reports_money_in_dollars(audit):  # noqa: F811
+    by_campaign = report(audit, "campaign")
+    [campaign] = rows(audit, "SELECT * FROM campaign_costs")
+    assert same_money(campaign, by_campaign["totals"])
+    assert campaign["budget_usd"] == 5.0
+    spent = sum(dollars(campaign[k]) for k in ("spent_usd", "in_flight_usd", "unknown_usd"))
+    assert dollars(campaign["budget_left_usd"]) == Decimal(5) - spent
+
+    for view, by, key in (("model_costs", "model", "model"), ("tag_costs", "tag", "tag")):
+        groups = {g["key"]: g for g in report(audit, by)["groups"]}
+        assert summed(rows(audit, f"SELECT * FROM {view}"), key) == {
+            name: {c: dollars(g[c]) if c in MONEY else g[c] for c in (*MONEY, *COUNTS)}
+            for name, g in groups.items()
+        }, view
+
+    [day] = rows(audit, "SELECT * FROM daily_costs")
+    assert all(dollars(day[k]) == dollars(by_campaign["totals"][k]) for k in MONEY)
+
+
+def test_job_costs_lists_every_job_in_manifest_order_with_its_own_money(audit):  # noqa: F811
+    jobs = rows(audit, "SELECT * FROM job_costs")
+    per_job = {job["id"]: job for job in report(audit, per_job=True)["jobs"]}
+    assert [job["id"] for job in jobs] == list(per_job)  # manifest (ingestion) order
+    for job in jobs:
+        assert all(dollars(job[k]) == dollars(per_job[job["id"]][k]) for k in MONEY), job["id"]
+        assert job["prompt"] == f"prompt {job['id']}"
+        assert job["attempts"] == len(per_job[job["id"]]["attempts"])
+    assert sum(dollars(job["spent_usd"]) for job in jobs) == dollars("1.40")
+
+
+def test_attempt_costs_has_one_row_per_attempt_summing_to_the_totals(audit):  # noqa: F811
+    attempts = rows(audit, "SELECT * FROM attempt_costs")
+    assert len(attempts) == rows(audit, "SELECT COUNT(*) AS n FROM attempts")[0]["n"]
+    totals = report(audit)["totals"]
+    for column in MONEY:
+        assert sum(dollars(a[column]) for a in attempts) == dollars(totals[column]), column
+
+
+# --- Datasette, on a ledger from a real run -----------------------------------------------
+
+
+@pytest.fixture
+def ran(make_sandbox, tmp_path):
+    """A real run on the sandbox: two campaigns, four models, tags, failed tasks and 500s
+    (so retries and failed jobs), files saved."""
+    sandbox = make_sandbox(time_scale=0.01, seed=5, fail_rate=0.35, submit_500_rate=0.2)
+    ledger = tmp_path / "batchgen.db"
+    for campaign in ("alpha", "beta"):
+        manifest = write_manifest(
+            tmp_path / f"{campaign}.yaml",
+            f"""
+            version: 1
+            campaign: {campaign}
+            defaults: {{model: grok-video-3, tags: [{campaign}]}}
+            jobs:
+              - id: "clip-{{n}}"
+                prompt: "clip {{n}}"
+                matrix: {{n: [1, 2, 3, 4, 5, 6]}}
+                tags: [clips, {campaign}]
+              - {{id: poster, model: jimeng-5.0, prompt: A poster}}
+              - {{id: veo, model: veo3.1, variant: veo3.1-fast, prompt: A ship}}
+              - {{id: dance, model: jimeng-video-seedance-2.0-fast, duration: 4, prompt: A cat}}
+            """,
+        )
+        result = on_sandbox(
+            sandbox, "run", str(manifest), *FAST, "--max-attempts", "2",
+            "--download", str(tmp_path / "out"), ledger=ledger,
+        )  # fmt: skip
+        assert result.returncode in (0, 1), result.stderr
+    failed = rows(ledger, "SELECT COUNT(*) AS n FROM jobs WHERE status = 'failed'")[0]["n"]
+    retried = rows(ledger, "SELECT COUNT(*) AS n FROM jobs WHERE attempts > 1")[0]["n"]
+    assert failed > 0 and retried > 0, "the run should have had failures and retries"
+    return ledger
+
+
+def datasette_get(ledger: Path, *paths: str) -> list[Any]:
+    """GET each path from Datasette serving `ledger` (its own API, no server)."""
+    from datasette.app import Datasette
+
+    async def get() -> list[Any]:
+        datasette = Datasette([str(ledger)])
+        answers = []
+        for path in paths:
+            response = await datasette.client.get(path)
+            assert response.status_code == 200, (path, response.text[:300])
+            answers.append(response.json())
+        return answers
+
+    return asyncio.run(get())
+
+
+def test_datasette_shows_the_views_with_the_reports_dollars(ran):
+    from tests.test_audit_e2e import report as run_report
+
+    by_campaign = json.loads(run_report(ran, "--format", "json"))
+    by_model = json.loads(run_report(ran, "--format", "json", "--by", "model"))
+    campaigns, models, jobs = datasette_get(
+        ran,
+        "/batchgen/campaign_costs.json?_shape=array",
+        "/batchgen/model_costs.json?_shape=array&_size=max",
+        "/batchgen/job_costs.json?_shape=array&_size=max",
+    )
+    reported = {g["key"]: g for g in by_campaign["groups"]}
+    assert [c["campaign"] for c in campaigns] == ["alpha", "beta"]
+    for row in campaigns:
+        assert same_money(row, reported[row["campaign"]]), row
+        assert row["budget_usd"] is None and row["budget_left_usd"] is None  # no budget set
+    assert summed(models, "model") == {
+        g["key"]: {c: dollars(g[c]) if c in MONEY else g[c] for c in (*MONEY, *COUNTS)}
+        for g in by_model["groups"]
+    }
+    # each job: its prompt, status, money and the files saved for it, in manifest order
+    assert [(j["campaign"], j["position"]) for j in jobs] == sorted(
+        (j["campaign"], j["position"]) for j in jobs
+    )
+    assert sum(dollars(j["spent_usd"]) for j in jobs) == dollars(by_campaign["totals"]["spent_usd"])
+    for job in jobs:
+        files = json.loads(job["files"])
+        assert (job["status"] == "completed") == bool(files), job
+        assert all(Path(path).is_file() for path in files)
+        assert job["prompt"]
+
+
+def test_datasette_follows_attempts_and_files_to_their_job(ran):
+    attempts, files, job = datasette_get(
+        ran,
+        "/batchgen/attempts.json?_labels=on&_shape=objects&_size=max",
+        "/batchgen/files.json?_extra=expandable_columns&_size=1",
+        "/batchgen/jobs/1.json?_extras=foreign_key_tables",
+    )
+    link = {"column": "job_ref", "other_table": "jobs", "other_column": "ref"}
+    assert [link, None] in attempts["expandable_columns"]
+    assert [link, None] in files["expandable_columns"]
+    refs = {(r["campaign"], r["id"]): r["ref"] for r in rows(ran, "SELECT * FROM jobs")}
+    for attempt in attempts["rows"]:
+        # expanded: the value is the job's ref, the job named by (campaign, job_id)
+        assert attempt["job_ref"]["value"] == refs[(attempt["campaign"], attempt["job_id"])]
+    incoming = {t["other_table"]: t for t in job["foreign_key_tables"]}
+    assert incoming["attempts"]["other_column"] == incoming["files"]["other_column"] == "job_ref"
+    first = rows(ran, "SELECT COUNT(*) AS n FROM attempts WHERE job_ref = 1")[0]["n"]
+    assert incoming["attempts"]["count"] == first >= 1
+
+
+# --- migration m005 on a ledger written before it -----------------------------------------
+
+
+def old_ledger(path: Path, monkeypatch) -> None:
+    """A ledger as batchgen wrote it before m005: jobs, attempts (retries, a failure), files."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", [migrations.m001_initial])
+    ledger = make_ledger(path, [grok("g1"), seedance("s1"), grok("g2")], campaign="c")
+    ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("g1"), grok("d2")])
+    fail(ledger, "g1", then="queued")
+    complete(ledger, "g1")
+    complete(ledger, "s1")
+    complete(ledger, "g1", campaign="d")
+    ledger.file_saved("c", "g1", 0, "https://x/g1.mp4", "out/c/g1.mp4", 10, "ab" * 32)
+    ledger.file_saved("d", "g1", 0, "https://x/d-g1.mp4", "out/d/g1.mp4", 11, "cd" * 32)
+    ledger.close()
+    monkeypatch.undo()
+
+
+def table(path: Path, name: str, without: str | None = None) -> list[dict[str, Any]]:
+    found = rows(path, f"SELECT rowid AS _rowid, * FROM {name} ORDER BY rowid")
+    return [{k: v for k, v in row.items() if k not in (without, "_rowid")} for row in found]
+
+
+def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_path, monkeypatch):
+    path = tmp_path / "old.db"
+    old_ledger(path, monkeypatch)
+    before = {name: table(path, name) for name in ("jobs", "attempts", "files", "events")}
+    old_rowids = rows(path, "SELECT rowid, campaign, id FROM jobs")
+    assert not any(r["name"] == "ref" for r in rows(path, "PRAGMA table_info(jobs)"))
+
+    Ledger(path).close()  # opening migrates
+
+    assert table(path, "jobs", without="ref") == before["jobs"]
+    assert table(path, "attempts", without="job_ref") == before["attempts"]
+    assert table(path, "files", without="job_ref") == before["files"]
+    assert table(path, "events") == before["events"]
+    refs = {(r["campaign"], r["id"]): r["ref"] for r in rows(path, "SELECT * FROM jobs")}
+    assert refs == {(r["campaign"], r["id"]): r["rowid"] for r in old_rowids}
+    for name in ("attempts", "files"):
+        for row in rows(path, f"SELECT * FROM {name}"):
+            assert row["job_ref"] == refs[(row["campaign"], row["job_id"])], (name, row)
+    assert rows(path, "PRAGMA foreign_key_check") == []
+    assert rows(path, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+    indexes = {r["name"] for r in rows(path, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"jobs_by_status", "jobs_by_position", "attempts_by_job_ref"} <= indexes
+    applied = [r["name"] for r in rows(path, "SELECT name FROM _migrations")]
+    assert applied == ["m001_initial", "m005_views"]
+
+
+def test_rows_written_after_m005_are_linked_whoever_writes_them(tmp_path):
+    path = tmp_path / "new.db"
+    ledger = make_ledger(path, [grok("a"), grok("b")])
+    complete(ledger, "b")
+    ledger.file_saved("c", "b", 0, "https://x/b.mp4", "out/c/b.mp4", 10, "ab" * 32)
+    ledger.close()
+    db = sqlite3.connect(path)  # another program, naming the job the old way
+    with db:
+        db.execute(
+            "INSERT INTO attempts (campaign, job_id, started_at, fingerprint,"
+            " unit_price_micro_usd, state) VALUES ('c', 'a', 'now', 'f', 100000, 'error')"
+        )
+    db.close()
+    refs = {r["id"]: r["ref"] for r in rows(path, "SELECT * FROM jobs")}
+    assert [(r["job_id"], r["job_ref"]) for r in rows(path, "SELECT * FROM attempts")] == [
+        ("b", refs["b"]),
+        ("a", refs["a"]),
+    ]
+    assert [r["job_ref"] for r in rows(path, "SELECT * FROM files")] == [refs["b"]]
+
+
+def test_a_migration_that_fails_leaves_the_ledger_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "old.db"
+    old_ledger(path, monkeypatch)
+    schema_before = rows(path, "SELECT * FROM sqlite_master ORDER BY name")
+    jobs_before = table(path, "jobs")
+
+    def m005_then_fails(db: sqlite3.Connection) -> None:
+        migrations.m005_views(db)
+        raise OSError("disk full, say")
+
+    m005_then_fails.__name__ = "m005_views"
+    monkeypatch.setattr(migrations, "MIGRATIONS", [migrations.m001_initial, m005_then_fails])
+    with pytest.raises(OSError):
+        migrations.migrate(sqlite3.connect(path, isolation_level=None))
+    assert rows(path, "SELECT * FROM sqlite_master ORDER BY name") == schema_before
+    assert table(path, "jobs") == jobs_before
