@@ -62,7 +62,8 @@ ATTEMPT_COLUMNS = (
     "refunded_usd",
     "error",
     "files",
-    "verdict",  # the review's verdict on the result this attempt made
+    "verdict",  # the review's verdict on the result this attempt made, and its note
+    "note",
 )
 JOB_COLUMNS = (
     "campaign",
@@ -87,12 +88,13 @@ JOB_COLUMNS = (
 # `report --jobs --format csv`: one row per attempt (a job without one: one row of zeros),
 # the job it belongs to, then the attempt with its own money only, never the job's, so
 # each money column sums to the report's total (PRODUCT.md §7). `files` is on the attempt
-# whose task made them, and `verdict` is the review's on the result this attempt made.
+# whose task made them; `verdict` and `note` are the review's on the result this attempt made.
 CSV_JOB_COLUMNS = ("campaign", "job_id", "model", "status", "prompt", "tags", "duration",
                    "variant")  # fmt: skip
 CSV_ATTEMPT_COLUMNS = ("attempt", "started_at", "http_status", "outcome", "state", "task_id",
                        "key_label", "unit_price_usd", "spent_usd", "in_flight_usd",
-                       "unknown_usd", "refunded_usd", "error", "files", "verdict")  # fmt: skip
+                       "unknown_usd", "refunded_usd", "error", "files", "verdict",
+                       "note")  # fmt: skip
 
 
 def render(
@@ -171,6 +173,7 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
                     "error": a["error"],
                     "files": json.loads(a["files"]) if a["files"] is not None else [],
                     "verdict": a["attempt_verdict"],
+                    "note": a["attempt_note"],
                 }
                 for number, a in enumerate(attempts, start=1)
                 if a["attempt_id"] is not None
@@ -184,7 +187,7 @@ def _jobs_csv(jobs: Iterator[dict[str, Any]]) -> str:
     out = _csv_buffer()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*CSV_JOB_COLUMNS, *CSV_ATTEMPT_COLUMNS])
-    none = {"number": None, "verdict": None, **{c: _usd(0) for c in MONEY.values()}}
+    none = {"number": None, "verdict": None, "note": None, **{c: _usd(0) for c in MONEY.values()}}
     for job in jobs:
         head = [job["id"] if c == "job_id" else job[c] for c in CSV_JOB_COLUMNS]
         head[CSV_JOB_COLUMNS.index("tags")] = ";".join(job["tags"])

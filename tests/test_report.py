@@ -317,6 +317,7 @@ def test_per_job_json_nests_each_attempt_with_its_price_task_and_state(audit):
         "error",
         "files",
         "verdict",
+        "note",
     ]
     assert list(bad) == [*JOB_COLUMNS, "attempts"]
     assert bad["prompt"] == "prompt grok-bad" and bad["files"] == []
@@ -341,7 +342,7 @@ def test_per_job_csv_has_one_row_per_attempt_with_its_own_money_only(tmp_path):
     assert text.splitlines()[0] == (
         "campaign,job_id,model,status,prompt,tags,duration,variant,attempt,started_at,"
         "http_status,outcome,state,task_id,key_label,unit_price_usd,spent_usd,in_flight_usd,"
-        "unknown_usd,refunded_usd,error,files"
+        "unknown_usd,refunded_usd,error,files,verdict,note"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["job_id"], r["attempt"], r["state"], r["spent_usd"], r["refunded_usd"],

@@ -239,8 +239,9 @@ class ReadsMixin(LedgerBase):
         Per attempt: spent, in_flight, unknown, refunded (its money, by the rules; 0 when
         the job has no attempt), its key_label (NULL until keys are recorded per attempt),
         `files`: a JSON list of the paths saved from its task, on the attempt whose task is
-        the job's completed one (NULL on the others), and attempt_verdict (the verdict on
-        the result it made). Per job: job_verdict and job_note (of its current result).
+        the job's completed one (NULL on the others), and attempt_verdict and attempt_note
+        (the review's on the result it made). Per job: job_verdict and job_note (of its
+        current result).
         """
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
@@ -256,6 +257,8 @@ class ReadsMixin(LedgerBase):
                 " cv.verdict AS job_verdict, cv.note AS job_note,"
                 " (SELECT av.verdict FROM current_verdicts av WHERE av.attempt_id = a.id"
                 "   ORDER BY av.at DESC LIMIT 1) AS attempt_verdict,"
+                " (SELECT av.note FROM current_verdicts av WHERE av.attempt_id = a.id"
+                "   ORDER BY av.at DESC LIMIT 1) AS attempt_note,"
                 " CASE WHEN j.status = 'completed' AND a.state = 'completed'"
                 "  AND a.task_id = j.task_id THEN (SELECT json_group_array(path) FROM"
                 "   (SELECT path FROM files f WHERE f.campaign = j.campaign AND f.job_id = j.id"
