@@ -141,7 +141,21 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+def m002_observed_times(db: sqlite3.Connection) -> None:
+    """The generation time one process saw a task take, followed without a break from
+    its submission's answer to its completion: what pacing learns from. NULL for a task
+    taken over on resume (its time since submission includes the time no process ran)
+    and for every attempt recorded before this column existed."""
+    _run_script(
+        db,
+        """
+    ALTER TABLE attempts ADD COLUMN observed_seconds REAL;
+    CREATE INDEX attempts_observed ON attempts (id) WHERE observed_seconds IS NOT NULL
+    """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_observed_times]
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -111,9 +111,8 @@ async def _run(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
     selection = campaigns or None
-    started = time.monotonic()
-    done_before = _done(ledger, selection)
-    ticker = loop.create_task(_tick(ledger, selection, display, started, done_before))
+    eta = _Eta(ledger, selection, scheduler)
+    ticker = loop.create_task(_tick(ledger, selection, display, eta))
     work = loop.create_task(scheduler.run(selection))
     try:
         await asyncio.wait(
@@ -137,7 +136,7 @@ async def _run(
         ticker.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        display.close(_snapshot(ledger, selection, started, done_before))
+        display.close(_snapshot(ledger, selection, eta))
         await client.aclose()
         if downloader is not None:
             await downloader.aclose()
@@ -152,20 +151,36 @@ def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
     return Downloader(ledger, out_dir)
 
 
-def _done(ledger: Ledger, campaigns: list[str] | None) -> int:
-    counts = ledger.counts(campaigns)
-    return counts["completed"] + counts["failed"]
+class _Eta:
+    """The run's ETA from the scheduler's learned generation times (the ones pacing uses)
+    and the jobs left per (model, duration), re-read from the ledger at most every
+    REFRESH seconds (a GROUP BY over a large queue is not for every display refresh)."""
+
+    REFRESH = 5.0
+
+    def __init__(self, ledger: Ledger, campaigns: list[str] | None, scheduler: Scheduler):
+        self.ledger, self.campaigns, self.scheduler = ledger, campaigns, scheduler
+        self.queued: dict[tuple[str, int | None], int] = {}
+        self.read_at: float | None = None
+
+    def __call__(self) -> float | None:
+        now = time.monotonic()
+        if self.read_at is None or now - self.read_at >= self.REFRESH:
+            self.queued = self.ledger.queued_shapes(self.campaigns)
+            self.read_at = now
+        return self.scheduler.eta(self.queued)
 
 
 def _snapshot(
-    ledger: Ledger, campaigns: list[str] | None, started: float, done_before: int
+    ledger: Ledger,
+    campaigns: list[str] | None,
+    eta: _Eta | None = None,
 ) -> Snapshot:
     counts = ledger.counts(campaigns)
     total, done = sum(counts.values()), counts["completed"] + counts["failed"]
     budget = _budget(ledger, campaigns)
-    rate = (done - done_before) / max(time.monotonic() - started, 1e-9)
-    eta = (total - done) / rate if rate > 0 and total > done else None
-    return Snapshot(total, done, counts["running"], ledger.money(campaigns).spent, budget, eta)
+    left = eta() if eta is not None and total > done else None
+    return Snapshot(total, done, counts["running"], ledger.money(campaigns).spent, budget, left)
 
 
 def _budget(ledger: Ledger, campaigns: list[str] | None) -> int | None:
@@ -178,13 +193,12 @@ async def _tick(
     ledger: Ledger,
     campaigns: list[str] | None,
     display: PlainLog | LiveDisplay,
-    started: float,
-    done_before: int,
+    eta: _Eta,
 ) -> None:
     # The snapshot reads the ledger: take one only when the display will show it.
     while True:
         await asyncio.sleep(display.refresh_every)
-        display.refresh(_snapshot(ledger, campaigns, started, done_before))
+        display.refresh(_snapshot(ledger, campaigns, eta))
 
 
 def _finish(

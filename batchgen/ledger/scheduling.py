@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,13 +212,17 @@ class SchedulingMixin(LedgerBase):
                 (progress, now(), job.campaign, job.id),
             )
 
-    def task_completed(self, job: LedgerJob, result_urls: list[str]) -> None:
+    def task_completed(
+        self, job: LedgerJob, result_urls: list[str], observed_seconds: float | None = None
+    ) -> None:
+        """The task completed; `observed_seconds` is its generation time when this process
+        followed it from its submission (None when it was taken over on resume)."""
         stamp = now()
         with self.transaction() as db:
             db.execute(
-                "UPDATE attempts SET state='completed', finished_at=? WHERE campaign=?"
-                " AND job_id=? AND task_id=? AND state='running'",
-                (stamp, job.campaign, job.id, job.task_id),
+                "UPDATE attempts SET state='completed', finished_at=?, observed_seconds=?"
+                " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
+                (stamp, observed_seconds, job.campaign, job.id, job.task_id),
             )
             db.execute(
                 "UPDATE jobs SET status='completed', reason=NULL, progress=100, result_urls=?,"
@@ -294,24 +299,30 @@ class SchedulingMixin(LedgerBase):
             self._event("failed", job.campaign, job.id, error=error)
         job.status = "failed"
 
-    RECENT_TASKS = 5000  # how many completed tasks generation_seconds averages over
+    RECENT_TASKS = 5000  # how many observed generation times are read, newest first
 
-    def generation_seconds(self) -> dict[tuple[str, int | None], float]:
-        """Mean seconds from task creation to seen completion, per (model, duration), over
-        the RECENT_TASKS most recently started completed tasks: how the service runs now,
-        read in milliseconds on any ledger (not a join over every attempt ever made)."""
+    def observed_times(self) -> dict[tuple[str, int | None], list[float]]:
+        """Generation times per (model, duration), oldest first, of the RECENT_TASKS most
+        recent tasks a process followed from submission to completion (never one taken
+        over on resume, whose time includes the time no process ran): how the service
+        runs now, read in milliseconds on any ledger."""
         rows = self.conn.execute(
-            "SELECT j.model, j.duration,"
-            " AVG((julianday(a.finished_at) - julianday(a.answered_at)) * 86400)"
-            # `+state`: walk attempts newest first and stop at the limit, rather than
-            # sort every completed attempt found through attempts_by_state.
-            " FROM (SELECT campaign, job_id, answered_at, finished_at FROM attempts"
-            "   WHERE +state = 'completed' ORDER BY id DESC LIMIT ?) a"
+            "SELECT j.model, j.duration, a.observed_seconds"
+            " FROM (SELECT id, campaign, job_id, observed_seconds FROM attempts"
+            "   WHERE observed_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) a"
             " JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id"
-            " GROUP BY j.model, j.duration",
+            " ORDER BY a.id",
             (self.RECENT_TASKS,),
         )
-        return {(model, duration): float(mean) for model, duration, mean in rows if mean}
+        times: dict[tuple[str, int | None], list[float]] = {}
+        for model, duration, seconds in rows:
+            times.setdefault((model, duration), []).append(float(seconds))
+        return times
+
+    def generation_seconds(self) -> dict[tuple[str, int | None], float]:
+        """The median observed generation time per (model, duration) (see observed_times):
+        a median, so a few odd tasks do not move it."""
+        return {key: statistics.median(times) for key, times in self.observed_times().items()}
 
     # ---------------------------------------------------------------- money and status
 
@@ -327,6 +338,18 @@ class SchedulingMixin(LedgerBase):
             "SELECT budget_micro_usd FROM campaigns WHERE name=?", (campaign,)
         ).fetchone()
         return None if row is None else row[0]
+
+    def queued_shapes(
+        self, campaigns: list[str] | None = None
+    ) -> dict[tuple[str, int | None], int]:
+        """How many jobs wait to be submitted, per (model, duration): for the run's ETA."""
+        where, params = _campaign_filter(campaigns)
+        rows = self.conn.execute(
+            "SELECT model, duration, COUNT(*) FROM jobs"
+            f" WHERE status IN ('queued', 'submitting') {where} GROUP BY model, duration",
+            params,
+        )
+        return {(model, duration): n for model, duration, n in rows}
 
     def counts(self, campaigns: list[str] | None = None) -> dict[str, int]:
         where, params = _campaign_filter(campaigns)

@@ -27,6 +27,7 @@ class SubmitFaults:
     garbage: bool
     latency_s: float
     jitter: float  # factor applied to the task's generation time, in [1-j, 1+j]
+    progress_draw: float  # the task's own random number for its progress curve, in [0, 1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class FaultDice:
             garbage=self._chance("submit", "garbage", c.garbage_rate),
             latency_s=self._latency("submit"),
             jitter=self._stream("submit", "jitter").uniform(1 - c.jitter, 1 + c.jitter),
+            progress_draw=self._stream("submit", "progress").random(),
         )
 
     def poll(self) -> PollFaults:
