@@ -16,8 +16,9 @@ quantiles, so an outlier moves nothing). Around them:
 **Progress is a hint, never a clock.** Each way of reading it (`HYPOTHESES`: linear from
 the submission, linear from an unknown onset after a `pending` phase, locally linear near
 the end) predicts a completion window from a task's readings; it is used for a model
-only once it has held for the last `TRUST_AFTER` tasks of that model that completed
-(`ProgressTrust`), and for a task only while its readings agree with it. Even then it
+only once it has held for the last `TRUST_AFTER` tasks of that model that completed (or,
+until the model has that many, of the service's: `ProgressTrust`), for a task only while
+its readings agree with it, and only once its window is at most an interval wide. Even then it
 may move a poll earlier freely, but later by at most one poll interval beyond the
 evidence schedule: a wrong hint costs at most that much.
 """
@@ -264,22 +265,32 @@ def verdicts(started: Started, readings: Sequence[Reading], end: Window) -> dict
 
 
 class ProgressTrust:
-    """Per model, which ways of reading progress held for its last TRUST_AFTER tasks."""
+    """Which ways of reading progress held for the last TRUST_AFTER completed tasks of a
+    model; a model with fewer tasks of its own borrows the service-wide record (the
+    service reports progress the same way for all its models, most likely), unless one
+    of its own tasks already contradicted it."""
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], deque[bool]] = {}
+        self._service: dict[str, deque[bool]] = {}
 
     def record(self, model: str, outcome: Mapping[str, bool | None]) -> None:
         for name, held in outcome.items():
             if held is not None:
                 self._held.setdefault((model, name), deque(maxlen=TRUST_AFTER)).append(held)
+                self._service.setdefault(name, deque(maxlen=TRUST_AFTER)).append(held)
 
     def trusted(self, model: str) -> list[str]:
-        return [
-            name
-            for name in HYPOTHESES
-            if len(seen := self._held.get((model, name), ())) == TRUST_AFTER and all(seen)
-        ]
+        return [name for name in HYPOTHESES if self._trusts(model, name)]
+
+    def _trusts(self, model: str, name: str) -> bool:
+        own = self._held.get((model, name), ())
+        if not all(own):
+            return False
+        if len(own) == TRUST_AFTER:
+            return True
+        service = self._service.get(name, ())
+        return len(service) == TRUST_AFTER and all(service)
 
 
 def hint_window(

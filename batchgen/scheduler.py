@@ -24,6 +24,9 @@ from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit
 from batchgen.pacing import Follow, Key, Learned, Started, backoff, eta_seconds
 
 SLOT_WAIT_CAP = 30.0  # longest wait between two submissions refused with 429
+# A task's progress is shown by `status`: written at most this often per task, since each
+# write is an fsync'd commit that holds the event loop (and every other task's poll).
+PROGRESS_WRITE_EVERY = 1.0
 
 
 # How a submission that created no known task closes its attempt:
@@ -327,6 +330,7 @@ class Scheduler:
 
     async def _poll_until_done(self, job: LedgerJob, path: str, key: Key, follow: Follow) -> bool:
         progress: int | None = None
+        written = -PROGRESS_WRITE_EVERY  # when progress was last written to the ledger
         errors = 0
         while True:
             delay = self.learned.delay(key, follow, self.clock(), self.settings.poll_interval)
@@ -341,8 +345,12 @@ class Scheduler:
             if outcome.action is Poll.RUNNING:
                 errors = 0
                 follow.running(asked, self.clock(), outcome.progress)
-                if outcome.progress is not None and outcome.progress != progress:
-                    progress = outcome.progress
+                if (
+                    outcome.progress is not None
+                    and outcome.progress != progress
+                    and asked - written >= PROGRESS_WRITE_EVERY
+                ):
+                    progress, written = outcome.progress, asked
                     self.ledger.task_progress(job, progress)
             elif outcome.action is Poll.COMPLETED:
                 observed = self._learn(key, follow, self.clock())
