@@ -191,9 +191,20 @@ def test_a_way_of_reading_progress_is_trusted_after_holding_three_times_running_
         trust.record("m", {"from-submission": True, "from-onset": None})
     assert trust.trusted("m") == []
     trust.record("m", {"from-submission": True})
-    assert trust.trusted("m") == ["from-submission"] and trust.trusted("other") == []
+    assert trust.trusted("m") == ["from-submission"]
     trust.record("m", {"from-submission": False})  # one miss and it starts over
     assert trust.trusted("m") == []
+
+
+def test_a_model_borrows_the_services_record_until_it_has_its_own():
+    trust = ProgressTrust()
+    for model in ("a", "b", "c"):
+        trust.record(model, {"from-onset": True})
+    assert trust.trusted("new") == ["from-onset"]  # the service's last three held
+    trust.record("new", {"from-onset": True})
+    assert trust.trusted("new") == ["from-onset"]
+    trust.record("odd", {"from-onset": False})  # its own task contradicted it
+    assert trust.trusted("odd") == [] and trust.trusted("new") == []  # the service's too
 
 
 def test_a_trusted_reading_a_task_contradicts_is_set_aside_for_that_task():
