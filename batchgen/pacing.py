@@ -18,9 +18,9 @@ the submission, linear from an unknown onset after a `pending` phase, locally li
 the end) predicts a completion window from a task's readings; it is used for a model
 only once it has held for the last `TRUST_AFTER` tasks of that model that completed (or,
 until the model has that many, of the service's: `ProgressTrust`), for a task only while
-its readings agree with it, and only once its window is at most an interval wide. Even then it
-may move a poll earlier freely, but later by at most one poll interval beyond the
-evidence schedule: a wrong hint costs at most that much.
+its readings agree with it, and only once its window is at most an interval wide. Even
+then it may move a poll earlier freely, but later by at most one poll interval beyond
+the evidence schedule: a wrong hint costs at most that much.
 """
 
 from __future__ import annotations

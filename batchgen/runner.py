@@ -153,21 +153,25 @@ def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
 
 class _Eta:
     """The run's ETA from the scheduler's learned generation times (the ones pacing uses)
-    and the jobs left per (model, duration), re-read from the ledger at most every
-    REFRESH seconds (a GROUP BY over a large queue is not for every display refresh)."""
+    and the jobs left per (model, duration), re-read from the ledger every REFRESH seconds,
+    or less often on a queue so large that reading it takes long (50 ms per 100,000 jobs):
+    the read holds the event loop, and so every task's next poll."""
 
     REFRESH = 5.0
+    SHARE = 0.02  # of the run's time spent reading the queue, at most
 
     def __init__(self, ledger: Ledger, campaigns: list[str] | None, scheduler: Scheduler):
         self.ledger, self.campaigns, self.scheduler = ledger, campaigns, scheduler
         self.queued: dict[tuple[str, int | None], int] = {}
         self.read_at: float | None = None
+        self.every = self.REFRESH
 
     def __call__(self) -> float | None:
         now = time.monotonic()
-        if self.read_at is None or now - self.read_at >= self.REFRESH:
+        if self.read_at is None or now - self.read_at >= self.every:
             self.queued = self.ledger.queued_shapes(self.campaigns)
-            self.read_at = now
+            self.read_at = time.monotonic()
+            self.every = max(self.REFRESH, (self.read_at - now) / self.SHARE)
         return self.scheduler.eta(self.queued)
 
 

@@ -12,6 +12,7 @@ from batchgen.client import Client
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
 from batchgen.pacing import Follow, Learned, Started
+from batchgen.progress import describe
 from batchgen.scheduler import Scheduler, Settings
 
 GROK = ("grok-video-3", 5)
@@ -89,3 +90,15 @@ def test_the_eta_spreads_the_learned_times_of_what_is_left_over_the_slots(tmp_pa
     assert scheduler.eta({GROK: 3}) == pytest.approx((1.5 + 6.0) / 3)
     assert scheduler.eta({}) == pytest.approx(1.5)  # no sooner than the task in flight
     assert ledger.queued_shapes() == {GROK: 6}
+
+
+def test_the_runs_display_shows_the_eta_of_the_learned_times(tmp_path):
+    from batchgen.runner import _Eta, _snapshot
+
+    ledger = ledger_with_jobs(tmp_path / "l.db")
+    scheduler = Scheduler(ledger, Client("https://okaypic.test", "okpk_test"), Settings())
+    eta = _Eta(ledger, None, scheduler)
+    assert _snapshot(ledger, None, eta).eta_seconds is None  # nothing learned yet
+    scheduler.learned = Learned(history={GROK: [2.0, 2.0, 2.0]})
+    assert _snapshot(ledger, None, eta).eta_seconds == pytest.approx(4.0)
+    assert "ETA 4s" in describe(_snapshot(ledger, None, eta))
