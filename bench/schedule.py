@@ -18,6 +18,9 @@ How it measures:
 - ideal: the same tasks' generation times (ends_at - submitted_at in the truth), in the
   same order, list-scheduled on 3 slots that are never idle: zero overhead.
 - polls per task and 429s come from the sandbox's truth; lag = completion seen - ends_at.
+- batchgen and the script are compared by span over their own ideal: the script's threads
+  submit in a racy order, so its tasks draw other generation times from the same seeded
+  sandbox, and its ideal differs by up to 1 %.
 - The machine's load (`/proc/loadavg`, 1 minute) is recorded before each measurement:
   the benchmark runs 3 processes' worth of work and is sensitive to other load.
 
@@ -324,7 +327,9 @@ def main() -> None:
                 met
                 and statistics.fmean(p for o in mine for p in o.polls)
                 < statistics.fmean(p for o in script_runs for p in o.polls)
-                and all(a.makespan <= b.makespan for a, b in zip(mine, script_runs, strict=True))
+                # each against its own ideal: the script's threads submit in a racy order,
+                # so its tasks draw other generation times from the same seeded sandbox
+                and all(a.over <= b.over for a, b in zip(mine, script_runs, strict=True))
             )
         met_all = met_all and met
         loads = ", ".join(f"{o.load:.1f}" for o in mine + script_runs)
@@ -335,7 +340,7 @@ def main() -> None:
         )
     print(
         "\ntarget (every run within 3 % of ideal, no 429, fewer polls than the script and a "
-        f"span no longer than its span in every run): {common.verdict(met_all)}"
+        f"span over ideal no longer than its own in every run): {common.verdict(met_all)}"
     )
 
 
