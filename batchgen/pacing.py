@@ -46,6 +46,7 @@ APPROACH = 0.5  # before the window: wait this share of the distance to it
 GROWTH_UNKNOWN = 0.05  # no evidence: spacing grows with this share of the task's age
 GROWTH_BEYOND = 0.2  # past the window: spacing grows with this share of the overrun
 SHARP = 1.0  # a hint is used once its window is at most this many intervals wide
+KEEP_READINGS = 200  # readings kept per task
 TRUST_AFTER = 3  # a way of reading progress is trusted after holding this many times running
 
 EPSILON = 1e-9  # seconds: rounding, not time
@@ -392,6 +393,8 @@ class Follow:
 
     def running(self, asked: float, answered: float, progress: int | None) -> None:
         self.readings.append(Reading(asked, answered, progress))
+        if len(self.readings) > KEEP_READINGS:  # a task that never ends: keep the first
+            del self.readings[1]  # (the onset's anchor) and the most recent
         self.last_asked = self.last_running = asked
 
     def unanswered(self, asked: float) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from batchgen.pacing import (
     GROWTH_UNKNOWN,
+    KEEP_READINGS,
     MAX_POLL_DELAY,
     TRUST_AFTER,
     Durations,
@@ -274,6 +275,14 @@ def test_a_task_followed_from_its_submission_teaches_the_middle_of_where_it_ende
     follow.running(9.9, 9.92, None)
     assert learned.completed(GROK, follow, 10.02) == pytest.approx(9.96)
     assert learned.expected(GROK) == pytest.approx(9.96)
+
+
+def test_a_task_that_never_ends_keeps_its_first_reading_and_the_most_recent_ones():
+    follow = Follow(AT_ZERO, watching=0.0, own=True)
+    for i in range(1000):
+        follow.running(float(i), float(i), 50)
+    assert len(follow.readings) == KEEP_READINGS
+    assert follow.readings[0].asked == 0.0 and follow.readings[1].asked == 1000 - KEEP_READINGS + 1
 
 
 def test_the_ledgers_history_is_evidence_from_the_start():
