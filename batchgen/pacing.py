@@ -238,15 +238,20 @@ HYPOTHESES: dict[str, Callable[[Started, list[Reading]], list[Window | None]]] =
 }
 
 
+def _intersection(windows: Iterable[Window | None]) -> tuple[Window | None, bool]:
+    """(the windows' intersection, None if empty; whether there was any window)."""
+    present = [w for w in windows if w is not None]
+    if not present:
+        return None, False
+    earliest, latest = max(w[0] for w in present), min(w[1] for w in present)
+    return ((earliest, latest) if earliest <= latest else None), True
+
+
 def hypothesis_window(name: str, started: Started, readings: Sequence[Reading]) -> Window | None:
     """The end window one way of reading progress gives: every pair of readings it uses
     bounds the end, so the window is their intersection; None when it has nothing to go
     on or its readings contradict it (the intersection is empty)."""
-    windows = [w for w in HYPOTHESES[name](started, _usable(readings)) if w is not None]
-    if not windows:
-        return None
-    earliest, latest = max(w[0] for w in windows), min(w[1] for w in windows)
-    return (earliest, latest) if earliest <= latest else None
+    return _intersection(HYPOTHESES[name](started, _usable(readings)))[0]
 
 
 def verdicts(started: Started, readings: Sequence[Reading], end: Window) -> dict[str, bool | None]:
@@ -256,12 +261,10 @@ def verdicts(started: Started, readings: Sequence[Reading], end: Window) -> dict
     usable = _usable(readings)
     result: dict[str, bool | None] = {}
     for name, windows_of in HYPOTHESES.items():
-        windows = [w for w in windows_of(started, usable) if w is not None]
-        if not windows:
-            result[name] = None
-            continue
-        earliest, latest = max(w[0] for w in windows), min(w[1] for w in windows)
-        result[name] = earliest <= latest and earliest <= end[1] and latest >= end[0]
+        window, said = _intersection(windows_of(started, usable))
+        result[name] = (
+            None if not said else window is not None and window[0] <= end[1] and window[1] >= end[0]
+        )
     return result
 
 
@@ -299,11 +302,7 @@ def hint_window(
 ) -> Window | None:
     """What the trusted ways of reading progress agree on for this task: the intersection
     of the windows of those its readings still agree with; None if they disagree."""
-    windows = [w for w in (hypothesis_window(n, started, readings) for n in names) if w]
-    if not windows:
-        return None
-    earliest, latest = max(w[0] for w in windows), min(w[1] for w in windows)
-    return (earliest, latest) if earliest <= latest else None
+    return _intersection(hypothesis_window(n, started, readings) for n in names)[0]
 
 
 # ---------------------------------------------------------------------------- the schedule
