@@ -22,6 +22,8 @@ import click
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
+from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
+from batchgen.progress_curves import PROGRESS_MODES
 from batchgen.text import shown
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -603,13 +605,20 @@ def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: s
     default=(0.0, 0.0),
     help="MIN MAX seconds added before each answer.",
 )
+@click.option(
+    "--progress",
+    type=click.Choice(PROGRESS_MODES),
+    default=DEFAULT_PROGRESS_MODE,
+    show_default=True,
+    help="How a running task reports progress (see the README's sandbox section).",
+)
 @reports_errors
 def sandbox(port: int, key: str, balance: str, **knobs: Any) -> None:
     """Serve a local simulator of the okaypic API on 127.0.0.1, for tests and demos.
 
     \b
     Example:
-        batchgen sandbox --port 8765 --fail-rate 0.1
+        batchgen sandbox --port 8765 --fail-rate 0.1 --progress stuck
         OKAYPIC_BASE_URL=http://127.0.0.1:8765 OKAYPIC_API_KEY=okpk_sandbox_demo \\
             batchgen run manifests/quickstart.yaml
     """

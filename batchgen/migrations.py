@@ -141,6 +141,20 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
+def m002_observed_times(db: sqlite3.Connection) -> None:
+    """The generation time one process saw a task take, followed without a break from
+    its submission's answer to its completion: what pacing learns from. NULL for a task
+    taken over on resume (its time since submission includes the time no process ran)
+    and for every attempt recorded before this column existed."""
+    _run_script(
+        db,
+        """
+    ALTER TABLE attempts ADD COLUMN observed_seconds REAL;
+    CREATE INDEX attempts_observed ON attempts (id) WHERE observed_seconds IS NOT NULL
+    """,
+    )
+
+
 def m003_runner_identity(db: sqlite3.Connection) -> None:
     """Enough about the runner to tell whether it still runs when its pid was reused or its
     host renamed (see batchgen/processes.py): its machine, and its process's start."""
@@ -363,6 +377,7 @@ def _add_integer_key(
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
+    m002_observed_times,
     m003_runner_identity,
     m004_verdicts,
     m005_views,

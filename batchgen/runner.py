@@ -117,9 +117,8 @@ async def _run(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
     selection = campaigns or None
-    started = time.monotonic()
-    done_before = _done(ledger, selection)
-    ticker = loop.create_task(_tick(ledger, selection, display, started, done_before))
+    eta = _Eta(ledger, selection, scheduler)
+    ticker = loop.create_task(_tick(ledger, selection, display, eta))
     try:
         # The scheduler stops by itself on an interrupt (after recording the answers of
         # submissions already on the wire, unless interrupted twice).
@@ -140,7 +139,7 @@ async def _run(
         ticker.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        display.close(_snapshot(ledger, selection, started, done_before))
+        display.close(_snapshot(ledger, selection, eta))
         await client.aclose()
         if downloader is not None:
             await downloader.aclose()
@@ -197,20 +196,40 @@ def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
     return Downloader(ledger, out_dir)
 
 
-def _done(ledger: Ledger, campaigns: list[str] | None) -> int:
-    counts = ledger.counts(campaigns)
-    return counts["completed"] + counts["failed"]
+class _Eta:
+    """The run's ETA from the scheduler's learned generation times (the ones pacing uses)
+    and the jobs left per (model, duration), re-read from the ledger every REFRESH seconds,
+    or less often on a queue so large that reading it takes long (50 ms per 100,000 jobs):
+    the read holds the event loop, and so every task's next poll."""
+
+    REFRESH = 5.0
+    SHARE = 0.02  # of the run's time spent reading the queue, at most
+
+    def __init__(self, ledger: Ledger, campaigns: list[str] | None, scheduler: Scheduler):
+        self.ledger, self.campaigns, self.scheduler = ledger, campaigns, scheduler
+        self.queued: dict[tuple[str, int | None], int] = {}
+        self.read_at: float | None = None
+        self.every = self.REFRESH
+
+    def __call__(self) -> float | None:
+        now = time.monotonic()
+        if self.read_at is None or now - self.read_at >= self.every:
+            self.queued = self.ledger.queued_shapes(self.campaigns)
+            self.read_at = time.monotonic()
+            self.every = max(self.REFRESH, (self.read_at - now) / self.SHARE)
+        return self.scheduler.eta(self.queued)
 
 
 def _snapshot(
-    ledger: Ledger, campaigns: list[str] | None, started: float, done_before: int
+    ledger: Ledger,
+    campaigns: list[str] | None,
+    eta: _Eta | None = None,
 ) -> Snapshot:
     counts = ledger.counts(campaigns)
     total, done = sum(counts.values()), counts["completed"] + counts["failed"]
     budget = _budget(ledger, campaigns)
-    rate = (done - done_before) / max(time.monotonic() - started, 1e-9)
-    eta = (total - done) / rate if rate > 0 and total > done else None
-    return Snapshot(total, done, counts["running"], ledger.money(campaigns).spent, budget, eta)
+    left = eta() if eta is not None and total > done else None
+    return Snapshot(total, done, counts["running"], ledger.money(campaigns).spent, budget, left)
 
 
 def _budget(ledger: Ledger, campaigns: list[str] | None) -> int | None:
@@ -223,13 +242,12 @@ async def _tick(
     ledger: Ledger,
     campaigns: list[str] | None,
     display: PlainLog | LiveDisplay,
-    started: float,
-    done_before: int,
+    eta: _Eta,
 ) -> None:
     # The snapshot reads the ledger: take one only when the display will show it.
     while True:
         await asyncio.sleep(display.refresh_every)
-        display.refresh(_snapshot(ledger, campaigns, started, done_before))
+        display.refresh(_snapshot(ledger, campaigns, eta))
 
 
 def _finish(

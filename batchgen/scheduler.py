@@ -32,7 +32,7 @@ from batchgen.durations import format_duration
 from batchgen.errors import LedgerWriteFailed
 from batchgen.ledger import Ledger, LedgerJob, now
 from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit, task_id_problem
-from batchgen.pacing import Reading, Started, backoff, next_poll_delay, slot_wait
+from batchgen.pacing import Follow, Key, Learned, Started, backoff, eta_seconds, slot_wait
 
 T = TypeVar("T")
 
@@ -41,6 +41,9 @@ WRITE_RETRY_CAP = 5.0  # longest pause between two tries of a write that failed
 BLOCKED_REPORT_EVERY = 10.0  # seconds between two "cannot write the ledger" lines
 SLOT_SUMMARY_AFTER = 10  # 429s before the first "refused with 429" line
 SLOT_SUMMARY_EVERY = 60.0  # seconds between two such lines while the 429s go on
+# A task's progress is shown by `status`: written at most this often per task, since each
+# write is an fsync'd commit that holds the event loop (and every other task's poll).
+PROGRESS_WRITE_EVERY = 1.0
 
 
 # How a submission that created no known task closes its attempt:
@@ -129,7 +132,11 @@ class Scheduler:
         self.waiting_for_budget: set[tuple[str, str]] = set()
         self.key_accepted = False
         self._key_lock = asyncio.Lock()
-        self.seen_seconds = ledger.generation_seconds()
+        # Generation times learned from tasks a process followed from submission to
+        # completion (the ledger's history, then this run's), and which ways of reading
+        # progress have held per model: what pacing and the ETA rest on.
+        self.learned = Learned(self._typical_seconds, ledger.observed_times())
+        self.following: dict[tuple[str, str], tuple[Key, Follow]] = {}  # tasks being polled
         self.sent_at: dict[tuple[str, str], float] = {}  # job -> when its last submit left
 
     # ------------------------------------------------------------------ the loop
@@ -479,19 +486,33 @@ class Scheduler:
         model = self.catalog.model(job.model)
         assert model is not None and job.task_id is not None
         path = model.poll_path(job.task_id)
-        answered = _timestamp(job.submitted_at) or self.clock()
-        # The task started between its request leaving and its answer (a task followed
-        # after a resume has only the recorded answer time).
-        started = Started(min(self.sent_at.pop(job.key, answered), answered), answered)
-        expected = self.seen_seconds.get((job.model, job.duration))
-        readings: list[Reading] = []
+        key: Key = (job.model, job.duration)
+        follow = self._following(job)
+        self.following[job.key] = (key, follow)
+        try:
+            return await self._poll_until_done(job, path, key, follow)
+        finally:
+            self.following.pop(job.key, None)
+
+    def _following(self, job: LedgerJob) -> Follow:
+        """Start following a task: one this process submitted started between its request
+        leaving and now (its answer was just recorded); one taken over from an earlier
+        process has only the ledger's stamp of its answer, and teaches nothing."""
+        now = self.clock()
+        sent = self.sent_at.pop(job.key, None)
+        if sent is not None and sent <= now:
+            return Follow(Started(sent, now), watching=now, own=True)
+        stamp = _timestamp(job.submitted_at)
+        age = max(0.0, time.time() - stamp) if stamp is not None else 0.0
+        return Follow(Started(now - age, now - age), watching=now, own=False)
+
+    async def _poll_until_done(self, job: LedgerJob, path: str, key: Key, follow: Follow) -> bool:
         progress: int | None = None
+        written = -PROGRESS_WRITE_EVERY  # when progress was last written to the ledger
         errors = 0
         usable_at = self.clock()  # the last usable answer (or the start of following)
         while True:
-            delay = next_poll_delay(
-                self.clock(), started, readings, expected, self.settings.poll_interval
-            )
+            delay = self.learned.delay(key, follow, self.clock(), self.settings.poll_interval)
             if errors:
                 delay = max(delay, self._backoff(errors))
             if await self._pause(delay, self.halt_all):
@@ -504,12 +525,16 @@ class Scheduler:
                 usable_at = self.clock()
             if outcome.action is Poll.RUNNING:
                 errors = 0
-                if outcome.progress is not None:
-                    readings.append(Reading(asked, self.clock(), outcome.progress))
-                if outcome.progress is not None and outcome.progress != progress:
-                    progress = outcome.progress
+                follow.running(asked, self.clock(), outcome.progress)
+                if (
+                    outcome.progress is not None
+                    and outcome.progress != progress
+                    and asked - written >= PROGRESS_WRITE_EVERY
+                ):
+                    progress, written = outcome.progress, asked
                     self._try_once(partial(self.ledger.task_progress, job, progress))
             elif outcome.action is Poll.COMPLETED:
+                observed = self._learn(key, follow, self.clock())
                 urls, at = list(outcome.result_urls), now()
                 held = {
                     "kind": "completed",
@@ -519,8 +544,10 @@ class Scheduler:
                     "result_urls": urls,
                     "at": at,
                 }
-                await self._record(partial(self.ledger.task_completed, job, urls, at), job, held)
-                self._learn(job, self.clock() - answered)
+                write = partial(
+                    self.ledger.task_completed, job, urls, at=at, observed_seconds=observed
+                )
+                await self._record(write, job, held)
                 self.report(job, "completed")
                 if self.on_completed:
                     self.on_completed(job)
@@ -538,6 +565,7 @@ class Scheduler:
                 self._halt("auth")
                 raise AuthFailed(outcome.message)
             else:
+                follow.unanswered(asked)
                 errors += 1
                 if errors in (1, 5) or errors % 20 == 0:
                     self._try_once(
@@ -725,10 +753,32 @@ class Scheduler:
             return False
         return True
 
-    def _learn(self, job: LedgerJob, seconds: float) -> None:
-        key = (job.model, job.duration)
-        old = self.seen_seconds.get(key)
-        self.seen_seconds[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
+    def _learn(self, key: Key, follow: Follow, answered: float) -> float | None:
+        """Learn from a completion seen in a poll answered at `answered`: the generation
+        time observed (None for a task this process did not follow from its submission)."""
+        return self.learned.completed(key, follow, answered)
+
+    def _typical_seconds(self, key: Key) -> float | None:
+        model = self.catalog.model(key[0])
+        return model.typical_seconds(key[1]) if model is not None else None
+
+    def eta(self, queued: dict[Key, int]) -> float | None:
+        """Seconds until the batch should end, from the learned generation times: the
+        tasks in flight and `queued` jobs per (model, duration); None before any is known."""
+        now = self.clock()
+        running = []
+        for key, follow in self.following.values():
+            expected = self.learned.expected(key)
+            if expected is None:
+                return None
+            running.append(max(0.0, follow.started.sent + expected - now))
+        work = []
+        for key, count in queued.items():
+            expected = self.learned.expected(key)
+            if expected is None:
+                return None
+            work.append((expected, count))
+        return eta_seconds(running, work, self.settings.concurrency)
 
 
 class _Queue:

@@ -133,11 +133,8 @@ def test_wall_time_is_greedy_on_three_slots_from_typical_times(tmp_path):
 
 def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(tmp_path):
     path = ledger_with_history(tmp_path)
-    db = sqlite3.connect(path)  # the seen task took 10 s from creation to completion
-    db.execute(
-        "UPDATE attempts SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', answered_at,"
-        " '+10 seconds') WHERE state = 'completed'"
-    )
+    db = sqlite3.connect(path)  # the seen task was followed from creation to completion: 10 s
+    db.execute("UPDATE attempts SET observed_seconds = 10 WHERE state = 'completed'")
     db.commit()
     db.close()
     plan = make_plan(manifest([grok(f"g{i}") for i in range(6)]), str(path))
@@ -146,6 +143,20 @@ def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(tmp_pa
     ]
     # Another duration of the same model is not refined by it.
     plan = make_plan(manifest([grok("g15", 15)]), str(path))
+    assert plan.wall_seconds == 80.0 and plan.refined_models == []
+
+
+def test_wall_time_is_not_refined_by_a_task_no_process_followed_from_start_to_end(tmp_path):
+    # Its time from creation to completion (here 599 s) includes a process that was down.
+    path = ledger_with_history(tmp_path)
+    db = sqlite3.connect(path)
+    db.execute(
+        "UPDATE attempts SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', answered_at,"
+        " '+599 seconds'), observed_seconds = NULL WHERE state = 'completed'"
+    )
+    db.commit()
+    db.close()
+    plan = make_plan(manifest([grok(f"g{i}") for i in range(6)]), str(path))
     assert plan.wall_seconds == 80.0 and plan.refined_models == []
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sqlite3
+import statistics
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,10 +245,22 @@ class SchedulingMixin(LedgerBase):
                 (progress, now(), job.campaign, job.id),
             )
 
-    def task_completed(self, job: LedgerJob, result_urls: list[str], at: str | None = None) -> None:
+    def task_completed(
+        self,
+        job: LedgerJob,
+        result_urls: list[str],
+        *,
+        at: str | None = None,
+        observed_seconds: float | None = None,
+    ) -> None:
+        """The task completed (answered `at`); `observed_seconds` is its generation time
+        when this process followed it from its submission (None when it was taken over on
+        resume)."""
         assert job.task_id is not None
         with self.transaction() as db:
-            self._record_completed(db, job.campaign, job.id, job.task_id, result_urls, at or now())
+            self._record_completed(
+                db, job.campaign, job.id, job.task_id, result_urls, at or now(), observed_seconds
+            )
         job.status = "completed"
 
     def task_failed(self, job: LedgerJob, message: str, job_status: str) -> None:
@@ -387,24 +400,30 @@ class SchedulingMixin(LedgerBase):
             self._event("failed", job.campaign, job.id, error=error)
         job.status = "failed"
 
-    RECENT_TASKS = 5000  # how many completed tasks generation_seconds averages over
+    RECENT_TASKS = 5000  # how many observed generation times are read, newest first
 
-    def generation_seconds(self) -> dict[tuple[str, int | None], float]:
-        """Mean seconds from task creation to seen completion, per (model, duration), over
-        the RECENT_TASKS most recently started completed tasks: how the service runs now,
-        read in milliseconds on any ledger (not a join over every attempt ever made)."""
+    def observed_times(self) -> dict[tuple[str, int | None], list[float]]:
+        """Generation times per (model, duration), oldest first, of the RECENT_TASKS most
+        recent tasks a process followed from submission to completion (never one taken
+        over on resume, whose time includes the time no process ran): how the service
+        runs now, read in milliseconds on any ledger."""
         rows = self.conn.execute(
-            "SELECT j.model, j.duration,"
-            " AVG((julianday(a.finished_at) - julianday(a.answered_at)) * 86400)"
-            # `+state`: walk attempts newest first and stop at the limit, rather than
-            # sort every completed attempt found through attempts_by_state.
-            " FROM (SELECT campaign, job_id, answered_at, finished_at FROM attempts"
-            "   WHERE +state = 'completed' ORDER BY id DESC LIMIT ?) a"
+            "SELECT j.model, j.duration, a.observed_seconds"
+            " FROM (SELECT id, campaign, job_id, observed_seconds FROM attempts"
+            "   WHERE observed_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) a"
             " JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id"
-            " GROUP BY j.model, j.duration",
+            " ORDER BY a.id",
             (self.RECENT_TASKS,),
         )
-        return {(model, duration): float(mean) for model, duration, mean in rows if mean}
+        times: dict[tuple[str, int | None], list[float]] = {}
+        for model, duration, seconds in rows:
+            times.setdefault((model, duration), []).append(float(seconds))
+        return times
+
+    def generation_seconds(self) -> dict[tuple[str, int | None], float]:
+        """The median observed generation time per (model, duration) (see observed_times):
+        a median, so a few odd tasks do not move it."""
+        return {key: statistics.median(times) for key, times in self.observed_times().items()}
 
     # ---------------------------------------------------------------- money and status
 
@@ -420,6 +439,18 @@ class SchedulingMixin(LedgerBase):
             "SELECT budget_micro_usd FROM campaigns WHERE name=?", (campaign,)
         ).fetchone()
         return None if row is None else row[0]
+
+    def queued_shapes(
+        self, campaigns: list[str] | None = None
+    ) -> dict[tuple[str, int | None], int]:
+        """How many jobs wait to be submitted, per (model, duration): for the run's ETA."""
+        where, params = _campaign_filter(campaigns)
+        rows = self.conn.execute(
+            "SELECT model, duration, COUNT(*) FROM jobs"
+            f" WHERE status IN ('queued', 'submitting') {where} GROUP BY model, duration",
+            params,
+        )
+        return {(model, duration): n for model, duration, n in rows}
 
     def counts(self, campaigns: list[str] | None = None) -> dict[str, int]:
         where, params = _campaign_filter(campaigns)
@@ -505,13 +536,14 @@ class SchedulingMixin(LedgerBase):
         task_id: str,
         result_urls: list[str],
         stamp: str,
+        observed_seconds: float | None = None,
     ) -> bool:
         """The job's running task completed with these result URLs. False when the job
         does not follow that task any more (already recorded)."""
         cursor = db.execute(
-            "UPDATE attempts SET state='completed', finished_at=? WHERE campaign=?"
-            " AND job_id=? AND task_id=? AND state='running'",
-            (stamp, campaign, job_id, task_id),
+            "UPDATE attempts SET state='completed', finished_at=?, observed_seconds=?"
+            " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
+            (stamp, observed_seconds, campaign, job_id, task_id),
         )
         if cursor.rowcount == 0:
             return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from batchgen.progress_curves import PROGRESS_MODES
 from batchgen.sandbox.config import DEFAULT_KEY, DEFAULT_PORT, RATE_KNOBS
 from batchgen.sandbox.standalone import main
 
@@ -20,6 +21,7 @@ def _arguments() -> argparse.Namespace:
         parser.add_argument("--" + name.replace("_", "-"), type=float)
     parser.add_argument("--latency", type=float, nargs=2, metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--retry-after", type=int, help="seconds, sent with every 429")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, help="how tasks report progress")
     parser.add_argument("--verbose", action="store_true", help="one line per request")
     return parser.parse_args()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from batchgen import catalog
 from batchgen.money import to_micros
+from batchgen.progress_curves import DEFAULT_MODE, PROGRESS_MODES
 
 DEFAULT_KEY = "okpk_sandbox_demo"
 DEFAULT_BALANCE_MICROS = 100_000_000  # $100: enough for a demo, small enough to run out
@@ -64,6 +65,8 @@ class SandboxConfig:
     - max_active_tasks: pending/processing tasks allowed per key (from the catalog).
     - file_bytes: result files (real PNG/MP4 media) are padded to at least this many
       bytes; 0 serves them as made (tens of kilobytes).
+    - progress: how a running task reports progress, one of progress_curves.PROGRESS_MODES
+      (linear from submission by default; see batchgen/progress_curves.py and the README).
     """
 
     keys: dict[str, int] = field(default_factory=_default_keys)
@@ -83,6 +86,7 @@ class SandboxConfig:
     retry_after: int | str | None = None
     max_active_tasks: int = field(default_factory=_default_max_active)
     file_bytes: int = 0
+    progress: str = DEFAULT_MODE
 
     def __post_init__(self) -> None:
         for name in RATE_KNOBS:
@@ -102,6 +106,10 @@ class SandboxConfig:
             raise ValueError("max_active_tasks must be at least 1")
         if self.file_bytes < 0:
             raise ValueError("file_bytes must be >= 0")
+        if self.progress not in PROGRESS_MODES:
+            raise ValueError(
+                f"progress must be one of {', '.join(PROGRESS_MODES)}, not {self.progress!r}"
+            )
         for key, balance in self.keys.items():
             if not key or balance < 0:
                 raise ValueError(f"each key needs a name and a balance >= 0: {key!r}")

@@ -29,6 +29,7 @@ class SubmitFaults:
     vanish: bool  # the task, if created, answers 404 to every poll
     latency_s: float
     jitter: float  # factor applied to the task's generation time, in [1-j, 1+j]
+    progress_draw: float  # the task's own random number for its progress curve, in [0, 1)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class FaultDice:
             vanish=self._chance("submit", "vanish", c.vanish_rate),
             latency_s=self._latency("submit"),
             jitter=self._stream("submit", "jitter").uniform(1 - c.jitter, 1 + c.jitter),
+            progress_draw=self._stream("submit", "progress").random(),
         )
 
     def poll(self) -> PollFaults:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from batchgen import catalog as catalog_module
 from batchgen.catalog import Catalog, Model, check_request, price_micros
 from batchgen.money import to_micros, usd
+from batchgen.progress_curves import DEFAULT_MODE, task_state
 from batchgen.sandbox.config import SandboxConfig
 from batchgen.sandbox.faults import FaultDice, PollFaults, SubmitFaults
 from batchgen.sandbox.media import result_file
@@ -64,10 +65,10 @@ class Response(NamedTuple):
     delay_s: float = 0.0
 
 
-# What the reference does not say, chosen here: a task is `pending` for the first tenth of
-# its generation time, and each finished task has one result file of this type (real
-# media, see media.py); a video without a duration (Veo's is fixed) lasts VEO_SECONDS.
-PENDING_FRACTION = 0.10
+# What the reference does not say, chosen here: how a running task reports progress is
+# the config's `progress` mode (batchgen/progress_curves.py), and each finished task has
+# one result file of this type (real media, see media.py); a video without a duration
+# (Veo's is fixed) lasts VEO_SECONDS.
 RESULT_FILES = {"video": ("mp4", "video/mp4"), "image": ("png", "image/png")}
 VEO_SECONDS = 8
 
@@ -91,21 +92,23 @@ class _Task:
     fails: bool
     answered: str
     vanished: bool = False
+    progress_mode: str = DEFAULT_MODE
+    progress_draw: float = 0.0  # the task's own random number for its progress curve
     settled: bool = False
 
-    def status(self, now: float) -> str:
+    def state(self, now: float) -> tuple[str, int | None]:
+        """(status, progress): progress None once ended, or when the mode reports none."""
         if now >= self.ends_at:
-            return "failed" if self.fails else "completed"
-        elapsed = now - self.submitted_at
-        total = self.ends_at - self.submitted_at
-        return "pending" if elapsed < PENDING_FRACTION * total else "processing"
+            return ("failed" if self.fails else "completed"), None
+        return task_state(
+            self.progress_mode,
+            now - self.submitted_at,
+            self.ends_at - self.submitted_at,
+            self.progress_draw,
+        )
 
-    def progress(self, now: float) -> int:
-        """0 while pending, then rising with elapsed time, never 100 before completion."""
-        total = self.ends_at - self.submitted_at
-        if total <= 0 or self.status(now) == "pending":
-            return 0
-        return max(1, min(99, int(100 * (now - self.submitted_at) / total)))
+    def status(self, now: float) -> str:
+        return self.state(now)[0]
 
     def result_url(self, base_url: str, index: int = 0) -> str:
         ext = RESULT_FILES[self.kind][0]
@@ -349,6 +352,8 @@ class Sandbox:
             fails=faults.fail,
             answered=answered,
             vanished=faults.vanish,
+            progress_mode=self.config.progress,
+            progress_draw=faults.progress_draw,
         )
         self._tasks[task.task_id] = task
         heapq.heappush(self._unsettled, (task.ends_at, len(self._tasks), task.task_id))
@@ -389,14 +394,16 @@ class Sandbox:
         if faults.error_500:
             self._faults["poll.500"] += 1
             return _error(500, "Internal server error")
-        status = task.status(now)
+        status, progress = task.state(now)
         answer: dict[str, Any]
         if status == "completed":
             answer = {"status": status, "resultUrls": [task.result_url(self.base_url)]}
         elif status == "failed":
             answer = {"status": status, "errorMessage": "Generation failed"}
+        elif progress is None:
+            answer = {"status": status}
         else:
-            answer = {"status": status, "progress": task.progress(now)}
+            answer = {"status": status, "progress": progress}
         response = _json(200, {**answer, "type": task.kind})
         if faults.garbage:
             self._faults["poll.garbage"] += 1

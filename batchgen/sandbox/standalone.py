@@ -62,5 +62,6 @@ def _summary(config: SandboxConfig, key: str) -> str:
         faults.append(f"latency={config.latency[0]}-{config.latency[1]}s")
     return (
         f"okaypic sandbox: balance ${usd(config.keys[key])}, time scale {config.time_scale}, "
-        f"seed {config.seed}, faults: {', '.join(faults) or 'none'}. Ctrl-C to stop."
+        f"progress {config.progress}, seed {config.seed}, "
+        f"faults: {', '.join(faults) or 'none'}. Ctrl-C to stop."
     )
