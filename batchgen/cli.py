@@ -13,7 +13,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,10 @@ from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
 from batchgen.text import shown
+
+if TYPE_CHECKING:
+    from batchgen.companions import Companions
+    from batchgen.summary import EndOfRun
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MAX_JOBS = 100_000
@@ -242,6 +246,24 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Take over the ledger from a runner on another host that cannot be checked.",
         ),
+        click.option(
+            "--log",
+            "log_path",
+            default=None,
+            metavar="FILE",
+            help="Also append timestamped lines to FILE: every event, a status line each "
+            "minute, the end-of-run summary.",
+        ),
+        click.option(
+            "--notify",
+            "notify_urls",
+            multiple=True,
+            envvar="BATCHGEN_NOTIFY",
+            metavar="URL",
+            help="Send the end-of-run summary to this Apprise URL, whatever ended the run "
+            "(repeatable; env BATCHGEN_NOTIFY, space-separated): ntfy://topic, slack://…, "
+            "json://host:port/path, mailto://…",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -252,15 +274,23 @@ def _schedule(
     ctx: click.Context,
     campaigns: list[str],
     command_name: str,
+    companions: Companions,
     no_download: bool = False,
     **options: Any,
-) -> None:
+) -> EndOfRun:
     from batchgen.runner import RunOptions, run_ledger
 
     if no_download:
         options["download_dir"] = None
-    code = run_ledger(ledger_path(ctx), campaigns, RunOptions(**options), command_name)
-    sys.exit(code)
+    run_options = RunOptions(log=companions.log, ledger_option=_ledger_option(ctx), **options)
+    return run_ledger(ledger_path(ctx), campaigns, run_options, command_name)
+
+
+def _ledger_option(ctx: click.Context) -> str | None:
+    """The ledger path when `--ledger` was typed (the advised commands then repeat it)."""
+    root = ctx.find_root()
+    given = root.get_parameter_source("ledger") == click.core.ParameterSource.COMMANDLINE
+    return ledger_path(ctx) if given and ledger_path(ctx) != DEFAULT_PATH else None
 
 
 @cli.command()
@@ -276,7 +306,14 @@ def _schedule(
 @click.pass_context
 @reports_errors
 def run(
-    ctx: click.Context, manifest: str, sandbox: bool, max_jobs: int, replace: bool, **options: Any
+    ctx: click.Context,
+    manifest: str,
+    sandbox: bool,
+    max_jobs: int,
+    replace: bool,
+    log_path: str | None,
+    notify_urls: tuple[str, ...],
+    **options: Any,
 ) -> None:
     """Validate, ingest and run a manifest until nothing is left to do.
 
@@ -285,22 +322,29 @@ def run(
         batchgen run manifests/quickstart.yaml --sandbox
         OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download ~/renders
     """
+    from batchgen.companions import Companions
     from batchgen.keys import api_key
     from batchgen.ledger import Ledger
     from batchgen.validate import check_manifest
 
-    result = check_manifest(manifest, max_jobs=max_jobs)
-    if not sandbox:
-        api_key()  # no key: stop before writing or sending anything
-    ledger = Ledger(ledger_path(ctx))
-    added = ledger.ingest(result.campaign, result.jobs, replace=replace)
-    ledger.close()
-    click.echo(
-        f"campaign {result.campaign.name}: {added.new} new job(s), "
-        f"{added.unchanged} already in the ledger",
-        err=True,
-    )
-    _schedule(ctx, [result.campaign.name], "run", sandbox=sandbox, **options)
+    companions = Companions.open("run", log_path, notify_urls)  # before anything is sent
+
+    def run_manifest() -> EndOfRun:
+        result = check_manifest(manifest, max_jobs=max_jobs)
+        companions.campaigns = [result.campaign.name]
+        if not sandbox:
+            api_key()  # no key: stop before writing or sending anything
+        ledger = Ledger(ledger_path(ctx))
+        added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+        ledger.close()
+        click.echo(
+            f"campaign {result.campaign.name}: {added.new} new job(s), "
+            f"{added.unchanged} already in the ledger",
+            err=True,
+        )
+        return _schedule(ctx, [result.campaign.name], "run", companions, sandbox=sandbox, **options)
+
+    sys.exit(companions.watch(run_manifest).exit_code)
 
 
 @cli.command()
@@ -308,14 +352,28 @@ def run(
 @run_options
 @click.pass_context
 @reports_errors
-def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> None:
+def resume(
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    log_path: str | None,
+    notify_urls: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Go on with every unfinished job in the ledger (after a crash, a top-up, or an ingest).
 
     \b
-    Example:
+    Examples:
         batchgen resume --campaign spring-launch
+        batchgen resume --log night.log --notify ntfy://my-renders
     """
-    _schedule(ctx, list(campaigns), "resume", sandbox=False, **options)
+    from batchgen.companions import Companions
+
+    companions = Companions.open("resume", log_path, notify_urls)  # before anything is sent
+    companions.campaigns = list(campaigns)
+    end = companions.watch(
+        lambda: _schedule(ctx, list(campaigns), "resume", companions, sandbox=False, **options)
+    )
+    sys.exit(end.exit_code)
 
 
 @cli.command()
