@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
@@ -144,11 +145,17 @@ class Tee:
     """The screen's display and the `--log` file: every event to both; the file gets a
     status line each minute however often the screen refreshes."""
 
-    def __init__(self, screen: PlainLog | LiveDisplay, log: LogFile):
+    def __init__(
+        self,
+        screen: PlainLog | LiveDisplay,
+        log: LogFile,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.screen = screen
         self.log = log
         self.refresh_every = min(screen.refresh_every, log.refresh_every)
-        self._logged_status = time.monotonic()
+        self.clock = clock
+        self._logged_status = clock()
 
     def event(self, job: LedgerJob | None, text: str) -> None:
         self.screen.event(job, text)
@@ -157,8 +164,8 @@ class Tee:
     def refresh(self, snapshot: Snapshot) -> None:
         self.screen.refresh(snapshot)
         # The ticker wakes every refresh_every: allow it to come a little early.
-        if time.monotonic() - self._logged_status >= self.log.refresh_every - 1:
-            self._logged_status = time.monotonic()
+        if self.clock() - self._logged_status >= self.log.refresh_every - 1:
+            self._logged_status = self.clock()
             self.log.refresh(snapshot)
 
     def close(self, snapshot: Snapshot) -> None:

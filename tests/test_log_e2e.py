@@ -102,6 +102,26 @@ def test_a_second_run_appends_and_a_ctrl_c_ends_the_log_with_its_summary(make_sa
     assert "`batchgen resume --campaign second`" in summary[-1]
 
 
+def test_the_log_gets_every_event_but_a_status_line_only_each_minute():
+    from io import StringIO
+
+    from batchgen.progress import LogFile, PlainLog, Snapshot, Tee
+
+    now = [0.0]
+    screen_out, log_out = StringIO(), StringIO()
+    tee = Tee(PlainLog(screen_out), LogFile("night.log", log_out), clock=lambda: now[0])
+    snapshot = Snapshot(9, 3, 3, 300_000, None, None)
+    for now[0] in (0.5, 30.0, 58.5, 61.0, 90.0, 121.0, 125.0):
+        tee.refresh(snapshot)
+        tee.event(None, f"at {now[0]}")
+    screen = [text for _, text in stamped(screen_out.getvalue())]
+    log = [text for _, text in stamped(log_out.getvalue())]
+    assert screen.count("3/9 done, 3 running, spent $0.30") == 7
+    assert log.count("3/9 done, 3 running, spent $0.30") == 2  # at 61 s and 121 s
+    assert [t for t in log if t.startswith("at ")] == [t for t in screen if t.startswith("at ")]
+    assert log.index("3/9 done, 3 running, spent $0.30") == log.index("at 58.5") + 1
+
+
 def test_on_a_terminal_event_lines_show_the_time_and_the_log_file_is_written_too(tmp_path):
     from batchgen.sandbox import Sandbox, SandboxConfig, serve
 

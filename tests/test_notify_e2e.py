@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from batchgen.sandbox import serve
+from batchgen.sandbox.config import DEFAULT_KEY
 from tests.e2e import (
     FAST,
     StderrWatch,
@@ -29,6 +31,7 @@ from tests.e2e import (
     status_json,
     wait_for,
 )
+from tests.test_hostile_service import HostileSandbox, redirect
 from tests.webhook import (
     refusing_url,
     silent_target,
@@ -183,7 +186,8 @@ def test_lost_tasks_are_a_message_naming_them_and_both_ways_on(make_sandbox, tmp
     assert "`batchgen retry --unknown --campaign e2e` submits them anew" in body
 
 
-def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(make_sandbox, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(make_sandbox, tmp_path, signum):
     sandbox = make_sandbox(time_scale=SCALE * 5)
     ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", 9)
@@ -194,7 +198,7 @@ def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(make_sandbox, t
         )  # fmt: skip
         watch = StderrWatch(process)
         wait_for(lambda: len(sandbox.sim.truth().submissions) >= 3, what="three submissions")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         process.wait(timeout=30)
         assert process.returncode == 130, watch.text()
         message = the_message(hook)
@@ -202,6 +206,25 @@ def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(make_sandbox, t
     assert message["type"] == "warning"
     assert "run `batchgen resume --campaign e2e` to go on" in message["message"]
     assert "Traceback" not in watch.text()
+
+
+def test_a_redirect_is_a_message_naming_where_it_points(tmp_path):
+    where = "https://www.okaypic.test/api/video/generate"
+    sim = HostileSandbox(refusals=[redirect(302, where)] * 20)
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 3)
+    with serve(sim) as served, webhook() as hook:
+        result = batchgen(
+            "run", str(manifest), *FAST, "--notify", hook.url(),
+            ledger=ledger, base_url=served.base_url, key=DEFAULT_KEY,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        message = the_message(hook)
+    assert message["title"] == (
+        "batchgen run e2e: stopped: the service redirects (wrong base URL) (exit 1)"
+    )
+    assert message["message"].startswith("0 completed, 0 failed, 0 held, 3 queued")
+    assert where in message["message"].splitlines()[-1]
 
 
 def test_unsaved_files_are_a_message_saying_how_many_and_how_to_save_them(make_sandbox, tmp_path):
