@@ -11,7 +11,8 @@ from outside.
     failed: e2e/clip-5: after 1 attempt(s): rejected by the service: content policy
     files in out/
     look at the results, approve or reject them: `batchgen review`
-    some jobs failed: see `batchgen status`; `batchgen retry --campaign e2e` requeues them
+    some jobs failed: see `batchgen status --campaign e2e`; `batchgen retry --campaign e2e`
+    requeues them
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def end_of_run(
     result files whose download failed (the run then exits 3: `download` finishes it)."""
     counts = facts.counts
     lines = [_counts_line(facts)]
-    lines += _listed("failed", counts["failed"], facts.failed)
-    lines += _listed("held", counts["held"], facts.held)
+    status = closing.command_line("status")
+    lines += _listed("failed", counts["failed"], facts.failed, status)
+    lines += _listed("held", counts["held"], facts.held, status)
     if not unsaved:
         lines += _results_lines(counts["completed"], closing)
     if facts.recovery_file:
@@ -147,10 +149,7 @@ def end_of_run(
         advice = [f"work remains: run {resume}"]
     elif counts["failed"]:
         code, why = EXIT_FAILED, f"ended with {counts['failed']} failed job(s)"
-        advice = [
-            "some jobs failed: see `batchgen status`; "
-            f"{closing.command_line('retry')} requeues them"
-        ]
+        advice = [f"some jobs failed: see {status}; {closing.command_line('retry')} requeues them"]
     elif unsaved:
         code, why = EXIT_RESUMABLE, f"{unsaved} result file(s) not saved"
     lines += advice
@@ -201,14 +200,12 @@ def _counts_line(facts: LedgerFacts) -> str:
     )
 
 
-def _listed(status: str, total: int, notes: list[JobNote]) -> list[str]:
-    """`failed: campaign/id: why` for the first few, then how many more."""
+def _listed(status: str, total: int, notes: list[JobNote], more: str) -> list[str]:
+    """`failed: campaign/id: why` for the first few, then how many more (and where)."""
     lines = [f"{status}: {note.campaign}/{note.id}: {note.why}" for note in notes[:LISTED]]
     shown_here = min(len(notes), LISTED)
     if total > shown_here:
-        lines.append(
-            f"and {total - shown_here} more {status} job(s) (`batchgen status` lists them)"
-        )
+        lines.append(f"and {total - shown_here} more {status} job(s): {more}")
     return lines
 
 
@@ -264,6 +261,7 @@ def _held_advice(facts: LedgerFacts, closing: Closing) -> list[str]:
     if held > lost:
         lines.append(
             f"{held - lost} job(s) held after an unknown outcome: check them "
-            f"(`batchgen report --jobs`), then {closing.command_line('retry', '--unknown')}"
+            f"({closing.command_line('report', '--jobs')}), "
+            f"then {closing.command_line('retry', '--unknown')}"
         )
     return lines

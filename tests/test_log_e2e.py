@@ -138,3 +138,18 @@ def test_on_a_terminal_event_lines_show_the_time_and_the_log_file_is_written_too
     assert {f"e2e/clip-{n}: completed" for n in (1, 2, 3)} <= set(texts)
     assert "batchgen run e2e: all jobs completed (exit 0)" in texts
     assert texts[-1].startswith("look at the results, approve or reject them: `batchgen review")
+
+
+def test_a_log_file_that_can_no_longer_be_written_is_said_once_and_the_run_goes_on(capsys):
+    from io import StringIO
+
+    from batchgen.progress import LogFile
+
+    stream = StringIO()
+    log = LogFile("/mnt/full/night.log", stream)
+    log.lines(["before"])
+    stream.close()  # as a disk that fails under the run
+    log.lines(["after"])
+    log.event(None, "an event")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "cannot write the log file /mnt/full/night.log" in err[0]

@@ -59,9 +59,10 @@ def test_failed_jobs_exit_1_each_named_with_its_reason_the_first_five_then_a_cou
     assert end.title == "batchgen run spring: ended with 7 failed job(s) (exit 1)"
     named = [line for line in end.lines if line.startswith("failed: ")]
     assert named == [f"failed: spring/job-{i}: failed because {i}" for i in range(1, 6)]
-    assert "and 2 more failed job(s) (`batchgen status` lists them)" in end.lines
+    assert "and 2 more failed job(s): `batchgen status --campaign spring`" in end.lines
     assert end.lines[-1] == (
-        "some jobs failed: see `batchgen status`; `batchgen retry --campaign spring` requeues them"
+        "some jobs failed: see `batchgen status --campaign spring`; "
+        "`batchgen retry --campaign spring` requeues them"
     )
 
 
