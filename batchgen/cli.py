@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,10 @@ from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
 from batchgen.text import shown
+
+if TYPE_CHECKING:
+    from batchgen.companions import Companions
+    from batchgen.summary import EndOfRun
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MAX_JOBS = 100_000
@@ -313,6 +317,24 @@ def _run_options(poll_default: str) -> list[Callable[..., Any]]:
             is_flag=True,
             help="Take over the ledger from a runner on another host that cannot be checked.",
         ),
+        click.option(
+            "--log",
+            "log_path",
+            default=None,
+            metavar="FILE",
+            help="Also append timestamped lines to FILE: every event, a status line each "
+            "minute, the end-of-run summary.",
+        ),
+        click.option(
+            "--notify",
+            "notify_urls",
+            multiple=True,
+            envvar="BATCHGEN_NOTIFY",
+            metavar="URL",
+            help="Send the end-of-run summary to this Apprise URL, whatever ended the run "
+            "(repeatable; env BATCHGEN_NOTIFY, space-separated): ntfy://topic, slack://…, "
+            "json://host:port/path, mailto://…",
+        ),
     ]
 
 
@@ -320,15 +342,23 @@ def _schedule(
     ctx: click.Context,
     campaigns: list[str],
     command_name: str,
+    companions: Companions,
     no_download: bool = False,
     **options: Any,
-) -> None:
+) -> EndOfRun:
     from batchgen.runner import RunOptions, run_ledger
 
     if no_download:
         options["download_dir"] = None
-    code = run_ledger(ledger_path(ctx), campaigns, RunOptions(**options), command_name)
-    sys.exit(code)
+    run_options = RunOptions(log=companions.log, ledger_option=_ledger_option(ctx), **options)
+    return run_ledger(ledger_path(ctx), campaigns, run_options, command_name)
+
+
+def _ledger_option(ctx: click.Context) -> str | None:
+    """The ledger path when `--ledger` was typed (the advised commands then repeat it)."""
+    root = ctx.find_root()
+    given = root.get_parameter_source("ledger") == click.core.ParameterSource.COMMANDLINE
+    return ledger_path(ctx) if given and ledger_path(ctx) != DEFAULT_PATH else None
 
 
 @cli.command()
@@ -344,7 +374,14 @@ def _schedule(
 @click.pass_context
 @reports_errors
 def run(
-    ctx: click.Context, manifest: str, sandbox: bool, max_jobs: int, replace: bool, **options: Any
+    ctx: click.Context,
+    manifest: str,
+    sandbox: bool,
+    max_jobs: int,
+    replace: bool,
+    log_path: str | None,
+    notify_urls: tuple[str, ...],
+    **options: Any,
 ) -> None:
     """Validate, ingest and run a manifest until nothing is left to do.
 
@@ -353,22 +390,29 @@ def run(
         batchgen run manifests/quickstart.yaml --sandbox
         OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download ~/renders
     """
+    from batchgen.companions import Companions
     from batchgen.keys import api_key
     from batchgen.ledger import Ledger
     from batchgen.validate import check_manifest
 
-    result = check_manifest(manifest, max_jobs=max_jobs)
-    if not sandbox:
-        api_key()  # no key: stop before writing or sending anything
-    ledger = Ledger(ledger_path(ctx))
-    added = ledger.ingest(result.campaign, result.jobs, replace=replace)
-    ledger.close()
-    click.echo(
-        f"campaign {result.campaign.name}: {added.new} new job(s), "
-        f"{added.unchanged} already in the ledger",
-        err=True,
-    )
-    _schedule(ctx, [result.campaign.name], "run", sandbox=sandbox, **options)
+    companions = Companions.open("run", log_path, notify_urls)  # before anything is sent
+
+    def run_manifest() -> EndOfRun:
+        result = check_manifest(manifest, max_jobs=max_jobs)
+        companions.campaigns = [result.campaign.name]
+        if not sandbox:
+            api_key()  # no key: stop before writing or sending anything
+        ledger = Ledger(ledger_path(ctx))
+        added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+        ledger.close()
+        click.echo(
+            f"campaign {result.campaign.name}: {added.new} new job(s), "
+            f"{added.unchanged} already in the ledger",
+            err=True,
+        )
+        return _schedule(ctx, [result.campaign.name], "run", companions, sandbox=sandbox, **options)
+
+    sys.exit(companions.watch(run_manifest).exit_code)
 
 
 @cli.command()
@@ -376,14 +420,28 @@ def run(
 @run_options(for_run=False)
 @click.pass_context
 @reports_errors
-def resume(ctx: click.Context, campaigns: tuple[str, ...], **options: Any) -> None:
+def resume(
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    log_path: str | None,
+    notify_urls: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Go on with every unfinished job in the ledger (after a crash, a top-up, or an ingest).
 
     \b
-    Example:
+    Examples:
         batchgen resume --campaign spring-launch
+        batchgen resume --log night.log --notify ntfy://my-renders
     """
-    _schedule(ctx, list(campaigns), "resume", sandbox=False, **options)
+    from batchgen.companions import Companions
+
+    companions = Companions.open("resume", log_path, notify_urls)  # before anything is sent
+    companions.campaigns = list(campaigns)
+    end = companions.watch(
+        lambda: _schedule(ctx, list(campaigns), "resume", companions, sandbox=False, **options)
+    )
+    sys.exit(end.exit_code)
 
 
 @cli.command()

@@ -6,6 +6,8 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 │   ├── JobConflict           a job changed under the same id (exit 1)
 │   ├── LedgerBusy            another runner holds the ledger (exit 1)
 │   └── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
+├── UsageProblem              an option's value cannot be used: a --notify URL, a --log
+│                             file (exit 2)
 └── AuthError                 OKAYPIC_API_KEY missing or refused (exit 4)
 
 A run that stops with work remaining (exit 3) or interrupted (130) is not an error:
@@ -44,6 +46,10 @@ class LedgerBusy(LedgerError):
 
 class LedgerWriteFailed(LedgerError):
     pass
+
+
+class UsageProblem(BatchgenError):
+    exit_code = 2
 
 
 class AuthError(BatchgenError):

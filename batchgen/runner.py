@@ -1,5 +1,6 @@
 """One run: the key, the service (or an in-process sandbox), the runner lock, signals,
-the display, the scheduler, downloads, and the exit code (PRODUCT.md §6, §7)."""
+the display, the scheduler, downloads, and how it ended (PRODUCT.md §6, §7): the
+end-of-run summary and exit code come from `summary.end_of_run`."""
 
 from __future__ import annotations
 
@@ -7,21 +8,19 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchgen import catalog
 from batchgen.client import Client
-from batchgen.durations import format_duration
 from batchgen.errors import AuthError, LedgerWriteFailed
 from batchgen.keys import api_key
-from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH, Ledger, LedgerJob
-from batchgen.money import usd
-from batchgen.progress import LiveDisplay, PlainLog, Snapshot, make_display
+from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
+from batchgen.progress import Display, LogFile, Snapshot, make_display
 from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
-from batchgen.text import shown
+from batchgen.summary import LISTED, Closing, EndOfRun, JobNote, LedgerFacts, end_of_run
 
 if TYPE_CHECKING:
     from batchgen.download import Downloader
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
 SANDBOX_KEY = "okpk_sandbox_demo"
 SANDBOX_TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
 SANDBOX_POLL_INTERVAL = 0.2
-
-EXIT_OK, EXIT_FAILED, EXIT_RESUMABLE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
 
 @dataclass
@@ -45,6 +42,10 @@ class RunOptions:
     download_dir: str | None = None
     sandbox: bool = False
     force: bool = False  # take over a runner lock held from another host
+    log: LogFile | None = None  # --log: every event and a status line each minute, appended
+    # The --ledger that the advised commands repeat: the path when it was given on the
+    # command line (a ledger from BATCHGEN_LEDGER is found again in the same environment).
+    ledger_option: str | None = None
 
 
 @contextmanager
@@ -70,7 +71,9 @@ def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, str]]:
         served.stop()
 
 
-def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, command: str) -> int:
+def run_ledger(
+    ledger_path: str, campaigns: list[str], options: RunOptions, command: str
+) -> EndOfRun:
     with service(options, ledger_path) as (base_url, key):
         ledger = Ledger(ledger_path, create=False)
         ledger.redact.add(key)  # nothing the service echoes of it is stored
@@ -79,7 +82,7 @@ def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, comm
             if warning:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
             try:
-                return asyncio.run(_run(ledger, campaigns, options, base_url, key))
+                return asyncio.run(_run(ledger, campaigns, options, base_url, key, command))
             finally:
                 _release(ledger)
         finally:
@@ -87,8 +90,13 @@ def run_ledger(ledger_path: str, campaigns: list[str], options: RunOptions, comm
 
 
 async def _run(
-    ledger: Ledger, campaigns: list[str], options: RunOptions, base_url: str, key: str
-) -> int:
+    ledger: Ledger,
+    campaigns: list[str],
+    options: RunOptions,
+    base_url: str,
+    key: str,
+    command: str = "run",
+) -> EndOfRun:
     poll_interval = options.poll_interval or (SANDBOX_POLL_INTERVAL if options.sandbox else 5.0)
     settings = Settings(
         options.concurrency,
@@ -98,19 +106,21 @@ async def _run(
         options.on_unknown,
         options.lost_after,
     )
-    display = make_display()
+    display = make_display(log=options.log)
     client = Client(base_url, key, redactor=ledger.redact)
     downloads: list[asyncio.Task[bool]] = []
-    downloader = _downloader(ledger, options.download_dir)
+
+    def report(job: LedgerJob | None, text: str) -> None:
+        display.event(job, ledger.redact(text))
+
+    downloader = _downloader(ledger, options.download_dir, lambda line: report(None, line))
+    ledger_notice, ledger.notify = ledger.notify, lambda line: report(None, line)
 
     def completed(job: LedgerJob) -> None:
         if downloader is not None:
             downloads.append(
                 asyncio.get_running_loop().create_task(downloader.fetch_job(job.campaign, job.id))
             )
-
-    def report(job: LedgerJob | None, text: str) -> None:
-        display.event(job, ledger.redact(text))
 
     scheduler = Scheduler(ledger, client, settings, report, on_completed=completed)
     loop = asyncio.get_running_loop()
@@ -140,30 +150,21 @@ async def _run(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         display.close(_snapshot(ledger, selection, eta))
+        ledger.notify = ledger_notice
         await client.aclose()
         if downloader is not None:
             await downloader.aclose()
     unsaved = downloader.tally.failed if downloader is not None else 0
-    return _finish(ledger, selection, summary, options, unsaved)
-
-
-def _results_lines(ledger: Ledger, completed: int, options: RunOptions) -> list[str]:
-    """Where the files are and how to look at them (never a command that cannot work: the
-    in-process sandbox's result URLs end with the run, so no `download` is advised then)."""
-    if not completed:
-        return []
-    review = "batchgen" + ("" if str(ledger.path) == DEFAULT_PATH else f" --ledger {ledger.path}")
-    review += " review"
-    if options.download_dir is None:
-        if options.sandbox:
-            return ["files not saved (--no-download); the sandbox's result URLs ended with the run"]
-        return [f"files not saved (--no-download): `batchgen download` saves them; then `{review}`"]
-    if options.download_dir != DEFAULT_OUT:
-        review += f" --out {options.download_dir}"
-    return [
-        f"files in {options.download_dir}/",
-        f"look at the results, approve or reject them: `{review}`",
-    ]
+    closing = Closing(
+        command,
+        options.ledger_option,
+        campaigns,
+        options.sandbox,
+        options.download_dir,
+        options.download_dir == DEFAULT_OUT,
+        options.lost_after,
+    )
+    return _finish(ledger, selection, summary, closing, unsaved)
 
 
 async def _until_done_or_halted(tasks: list[asyncio.Task[bool]], halt: asyncio.Event) -> None:
@@ -188,12 +189,14 @@ def _release(ledger: Ledger) -> None:
         )
 
 
-def _downloader(ledger: Ledger, out_dir: str | None) -> Downloader | None:
+def _downloader(
+    ledger: Ledger, out_dir: str | None, on_failure: Callable[[str], None]
+) -> Downloader | None:
     if out_dir is None:
         return None
     from batchgen.download import Downloader
 
-    return Downloader(ledger, out_dir)
+    return Downloader(ledger, out_dir, on_failure=on_failure)
 
 
 class _Eta:
@@ -241,7 +244,7 @@ def _budget(ledger: Ledger, campaigns: list[str] | None) -> int | None:
 async def _tick(
     ledger: Ledger,
     campaigns: list[str] | None,
-    display: PlainLog | LiveDisplay,
+    display: Display,
     eta: _Eta,
 ) -> None:
     # The snapshot reads the ledger: take one only when the display will show it.
@@ -254,76 +257,47 @@ def _finish(
     ledger: Ledger,
     campaigns: list[str] | None,
     summary: Summary,
-    options: RunOptions,
+    closing: Closing,
     unsaved: int = 0,
-) -> int:
-    """The closing lines (what happened, what to do next) and the exit code. `unsaved`:
-    result files whose download failed (the run then exits 3: `download` finishes it)."""
+) -> EndOfRun:
+    """The end-of-run summary on stderr, and how the run ended. `unsaved`: result files
+    whose download failed (the run then exits 3: `download` finishes it)."""
+    end = end_of_run(_facts(ledger, campaigns), summary, closing, unsaved)
+    for line in [end.title, *end.lines]:
+        print(line, file=sys.stderr)
+    return end
+
+
+def _facts(ledger: Ledger, campaigns: list[str] | None) -> LedgerFacts:
+    """What the summary says about the ledger, read once the run is over."""
     counts = ledger.counts(campaigns)
     money = ledger.money(campaigns)
-    budget = _budget(ledger, campaigns)
-    spend = f"spent ${usd(money.spent)}" + (f" of ${usd(budget)} budget" if budget else "")
-    if money.unknown:
-        spend += f", ${usd(money.unknown)} of unknown outcome"
-    lines = [
-        f"{counts['completed']} completed, {counts['failed']} failed, {counts['held']} held, "
-        f"{counts['queued'] + counts['submitting']} queued, {counts['running']} running; {spend}"
-    ]
-    if not unsaved:
-        lines.extend(_results_lines(ledger, counts["completed"], options))
-    code = EXIT_OK
-    if ledger.recovery_path.exists():
-        lines.append(
-            f"answers the ledger could not record yet are kept in {ledger.recovery_path}: "
-            "the next batchgen command on this ledger records them first"
-        )
-    if summary.stopped_for == "interrupted":
-        lines.append("interrupted: run `batchgen resume` to go on (tasks in flight are kept)")
-        code = EXIT_INTERRUPTED
-    elif summary.stopped_for == "redirect":
-        lines.append(f"stopped: {summary.message}")
-        code = EXIT_FAILED
-    elif summary.stopped_for == "balance":
-        lines.append("the okaypic balance is exhausted: top it up, then `batchgen resume`")
-        code = EXIT_RESUMABLE
-    elif summary.stopped_for == "unreachable":
-        lines.append(f"{summary.message}; run `batchgen resume` when it is back")
-        code = EXIT_RESUMABLE
-    elif summary.budget_blocked:
-        lines.append(
-            f"{len(summary.budget_blocked)} job(s) wait: the campaign budget_usd "
-            "would be exceeded; raise it in the manifest and re-run"
-        )
-        code = EXIT_RESUMABLE
-    elif counts["held"]:
-        lost = ledger.held_reasons(campaigns).get("lost", 0)
-        if lost:
-            lines.append(
-                f"{lost} job(s) lost: their task gave no usable answer for over "
-                f"{format_duration(options.lost_after)}; `batchgen resume` polls them once "
-                "more, `batchgen retry --unknown` submits them anew"
+    failed = ledger.jobs_in_status(campaigns, "failed", LISTED, recent_first=True)
+    held = ledger.jobs_in_status(campaigns, "held", LISTED) if counts["held"] else []
+    return LedgerFacts(
+        campaigns=ledger.select_campaigns(campaigns),
+        counts=counts,
+        spent=money.spent,
+        in_flight=money.in_flight,
+        unknown=money.unknown,
+        budget=_budget(ledger, campaigns),
+        lost=ledger.held_reasons(campaigns).get("lost", 0) if counts["held"] else 0,
+        failed=[
+            JobNote(
+                j["campaign"],
+                j["id"],
+                f"after {j['attempts']} attempt(s): {j['last_error'] or 'no reason recorded'}",
             )
-        if counts["held"] > lost:
-            lines.append(
-                f"{counts['held'] - lost} job(s) held after an unknown outcome: check them "
-                "(`batchgen report --jobs`), then `batchgen retry --unknown`"
+            for j in failed
+        ],
+        held=[
+            JobNote(
+                j["campaign"],
+                j["id"],
+                ": ".join(filter(None, [j["reason"], j["last_error"]])) or "unknown outcome",
             )
-        code = EXIT_RESUMABLE
-    elif counts["queued"] or counts["submitting"] or counts["running"]:
-        lines.append("work remains: run `batchgen resume`")
-        code = EXIT_RESUMABLE
-    elif counts["failed"]:
-        lines.append("some jobs failed: see `batchgen status`; `batchgen retry` requeues them")
-        code = EXIT_FAILED
-    elif unsaved:
-        code = EXIT_RESUMABLE  # generated, not yet saved: work remains for `download`
-    if unsaved:
-        again = (
-            "the sandbox's result URLs ended with the run"
-            if options.sandbox
-            else f"`batchgen download --out {options.download_dir}` tries them again"
-        )
-        lines.append(f"{unsaved} result file(s) could not be saved (see above): {again}")
-    for line in lines:
-        print(shown(line), file=sys.stderr)
-    return code
+            for j in held
+        ],
+        recovery_file=str(ledger.recovery_path) if ledger.recovery_path.exists() else None,
+        manifests=ledger.manifest_paths(campaigns),
+    )

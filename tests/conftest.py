@@ -21,6 +21,7 @@ def env_setup(monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHGEN_OUT", str(tmp_path / "out"))  # files saved by run/resume
     monkeypatch.delenv("OKAYPIC_API_KEY", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("BATCHGEN_NOTIFY", raising=False)  # no test sends a user's messages
 
 
 # The sandbox fixtures (sandbox, make_sandbox, sandbox_env), for every test module.

@@ -101,6 +101,14 @@ class ReadsMixin(LedgerBase):
         )
         return {name: budget for name, budget in rows}
 
+    def manifest_paths(self, campaigns: list[str] | None = None) -> dict[str, str]:
+        """campaign -> the manifest file it was last ingested from, as it was given then."""
+        where, params = _campaign_filter(campaigns, "name")
+        rows = self.conn.execute(
+            f"SELECT name, manifest_path FROM campaigns WHERE 1=1 {where} ORDER BY name", params
+        )
+        return {name: path for name, path in rows}
+
     def money_by_campaign(self, campaigns: list[str] | None = None) -> dict[str, Money]:
         """Money (see `money`) of each campaign that has attempts."""
         where, params = _campaign_filter(campaigns, "a.campaign")

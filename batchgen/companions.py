@@ -1,0 +1,102 @@
+"""What goes along with a `run` or `resume` (PRODUCT.md §6, §7): the `--log` file and the
+`--notify` targets. Both are checked before anything is sent; at the end, whatever ended
+the run (its own end, an error, a Ctrl-C before it began), the log gets the end-of-run
+summary and every target gets it as one message. A message that fails is said on stderr
+and in the log; it changes neither the exit code nor the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+
+from batchgen import notify
+from batchgen.errors import AuthError, BatchgenError, ManifestInvalid, UsageProblem
+from batchgen.keys import Redactor
+from batchgen.progress import LogFile
+from batchgen.summary import EXIT_INTERRUPTED, EndOfRun, stopped_by_error
+from batchgen.text import shown
+
+AGAIN = "then run the same command again"
+
+
+class Companions:
+    """The log file and the notification targets of one `run` or `resume`."""
+
+    def __init__(self, command: str, log: LogFile | None, targets: list[notify.Target]):
+        self.command = command
+        self.log = log
+        self.targets = targets
+        self.campaigns: list[str] = []  # named in a title, once known
+        self.redact = Redactor.from_environment()  # no key in any line kept or sent
+
+    @classmethod
+    def open(cls, command: str, log_path: str | None, urls: Sequence[str]) -> Companions:
+        """Check the URLs, then open the log file: UsageProblem (exit 2) when either cannot
+        be used, before anything is written or sent."""
+        targets = notify.targets(urls)
+        log = None
+        if log_path:
+            try:
+                log = LogFile.open(log_path)
+            except OSError as e:
+                raise UsageProblem(
+                    f"--log {log_path}: cannot open it to append to ({e.strerror or e})"
+                ) from None
+        companions = cls(command, log, targets)
+        if log is not None:
+            log.lines([f"batchgen {command} started (pid {os.getpid()})"])
+        return companions
+
+    def watch(self, body: Callable[[], EndOfRun]) -> EndOfRun:
+        """Run `body`; at its end, or at the error that ends it, write the summary to the
+        log and send it. Errors go on to the CLI, which shows them as it always does."""
+        try:
+            end = body()
+        except (Exception, KeyboardInterrupt) as error:
+            self.ended(self._error_end(error))  # the CLI shows the error itself
+            raise
+        self.ended(end)  # the runner has shown it
+        return end
+
+    def ended(self, end: EndOfRun) -> None:
+        """The summary to the log and to every target."""
+        if self.log is not None:
+            self.log.lines([self.redact(line) for line in [end.title, *end.lines]])
+        notify.send(
+            self.targets,
+            end.title,
+            end.body,
+            end.kind,
+            redact=self.redact,
+            report=self._say,
+        )
+        if self.log is not None:
+            self.log.end()
+
+    def _say(self, line: str) -> None:
+        print(shown(line), file=sys.stderr, flush=True)
+        if self.log is not None:
+            self.log.lines([line])
+
+    def _error_end(self, error: BaseException) -> EndOfRun:
+        if isinstance(error, KeyboardInterrupt):
+            return stopped_by_error(
+                self.command, self.campaigns, "interrupted", EXIT_INTERRUPTED, AGAIN
+            )
+        if isinstance(error, ManifestInvalid):
+            first = [str(p) for p in error.problems[:3]]
+            text = f"{len(error.problems)} problem(s) in the manifest: " + "; ".join(first)
+            return stopped_by_error(self.command, self.campaigns, self.redact(text), 1, None)
+        if isinstance(error, BatchgenError):
+            step = f"set a valid OKAYPIC_API_KEY, {AGAIN}" if isinstance(error, AuthError) else None
+            return stopped_by_error(
+                self.command, self.campaigns, self.redact(str(error)), error.exit_code, step
+            )
+        if isinstance(error, sqlite3.DatabaseError):
+            text = f"the ledger failed: {error}"
+            return stopped_by_error(self.command, self.campaigns, self.redact(text), 1, None)
+        text = f"batchgen failed unexpectedly: {type(error).__name__}: {error}"
+        return stopped_by_error(self.command, self.campaigns, self.redact(text), 1, None)

@@ -1,0 +1,266 @@
+"""The end-of-run summary, case by case (PRODUCT.md §6, §7): one pure function from what
+the ledger says, how the scheduler says the run ended and the options, to the exit code,
+the title and the lines shown on the screen, written to the log and sent as the message."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchgen.scheduler import Summary
+from batchgen.summary import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RESUMABLE,
+    Closing,
+    EndOfRun,
+    JobNote,
+    LedgerFacts,
+    end_of_run,
+    stopped_by_error,
+)
+
+RUN = Closing(command="run", selection=["spring"])
+
+
+def counts(**given: int) -> dict[str, int]:
+    base = dict.fromkeys(("queued", "submitting", "running", "completed", "failed", "held"), 0)
+    return {**base, **given}
+
+
+def facts(**given: object) -> LedgerFacts:
+    values: dict[str, object] = {"campaigns": ["spring"], "counts": counts(completed=4)}
+    values.update(given)
+    return LedgerFacts(**values)  # type: ignore[arg-type]
+
+
+def notes(status: str, n: int) -> list[JobNote]:
+    return [JobNote("spring", f"job-{i}", f"{status} because {i}") for i in range(1, n + 1)]
+
+
+def test_all_done_exits_0_says_so_and_ends_with_where_the_files_are():
+    end = end_of_run(facts(spent=400_000, budget=1_000_000), Summary(), RUN)
+    assert end.exit_code == EXIT_OK and end.kind == "success"
+    assert end.title == "batchgen run spring: all jobs completed (exit 0)"
+    assert end.lines == [
+        "4 completed, 0 failed, 0 held, 0 queued, 0 running; spent $0.40 of $1.00 budget",
+        "files in out/",
+        "look at the results, approve or reject them: `batchgen review`",
+    ]
+    assert end.body == "\n".join(end.lines)
+
+
+def test_failed_jobs_exit_1_each_named_with_its_reason_the_first_five_then_a_count():
+    end = end_of_run(
+        facts(counts=counts(completed=2, failed=7), failed=notes("failed", 5)), Summary(), RUN
+    )
+    assert end.exit_code == EXIT_FAILED and end.kind == "failure"
+    assert end.title == "batchgen run spring: ended with 7 failed job(s) (exit 1)"
+    named = [line for line in end.lines if line.startswith("failed: ")]
+    assert named == [f"failed: spring/job-{i}: failed because {i}" for i in range(1, 6)]
+    assert "and 2 more failed job(s): `batchgen status --campaign spring`" in end.lines
+    assert end.lines[-1] == (
+        "some jobs failed: see `batchgen status --campaign spring`; "
+        "`batchgen retry --campaign spring` requeues them"
+    )
+
+
+def test_no_count_of_more_jobs_when_all_are_named():
+    end = end_of_run(facts(counts=counts(failed=2), failed=notes("failed", 2)), Summary(), RUN)
+    assert not any(line.startswith("and ") for line in end.lines)
+
+
+def test_interrupted_exits_130_with_the_exact_command_that_goes_on():
+    end = end_of_run(
+        facts(counts=counts(completed=1, running=2, queued=3), in_flight=200_000),
+        Summary(stopped_for="interrupted"),
+        RUN,
+    )
+    assert end.exit_code == EXIT_INTERRUPTED and end.kind == "warning"
+    assert "interrupted (exit 130)" in end.title
+    assert end.lines[0].endswith("spent $0.00, $0.20 in flight")
+    assert end.lines[-1] == (
+        "interrupted: run `batchgen resume --campaign spring` to go on (tasks in flight are kept)"
+    )
+
+
+def test_interrupted_wins_over_failed_jobs_and_work_remaining():
+    end = end_of_run(
+        facts(counts=counts(failed=1, queued=2), failed=notes("failed", 1)),
+        Summary(stopped_for="interrupted"),
+        RUN,
+    )
+    assert end.exit_code == EXIT_INTERRUPTED
+
+
+def test_a_redirect_exits_1_naming_it():
+    message = "the service redirects submissions (302 to https://elsewhere/), so the base URL ..."
+    end = end_of_run(
+        facts(counts=counts(queued=4)), Summary(stopped_for="redirect", message=message), RUN
+    )
+    assert end.exit_code == EXIT_FAILED
+    assert end.lines[-1] == f"stopped: {message}"
+
+
+def test_an_empty_balance_exits_3_top_up_then_resume():
+    end = end_of_run(
+        facts(counts=counts(completed=4, queued=4)), Summary(stopped_for="balance"), RUN
+    )
+    assert end.exit_code == EXIT_RESUMABLE
+    assert "okaypic balance exhausted" in end.title
+    assert end.lines[-1] == (
+        "the okaypic balance is exhausted: top it up, then `batchgen resume --campaign spring`"
+    )
+
+
+def test_an_unreachable_service_exits_3():
+    end = end_of_run(
+        facts(counts=counts(queued=4)),
+        Summary(stopped_for="unreachable", message="cannot reach the service: refused"),
+        RUN,
+    )
+    assert end.exit_code == EXIT_RESUMABLE
+    assert end.lines[-1] == (
+        "cannot reach the service: refused; run `batchgen resume --campaign spring` when it is back"
+    )
+
+
+def test_the_budget_exits_3_naming_the_manifest_to_edit_and_the_command_that_reads_it():
+    end = end_of_run(
+        facts(
+            counts=counts(completed=3, queued=3),
+            spent=300_000,
+            budget=350_000,
+            manifests={"spring": "manifests/spring launch.yaml"},
+        ),
+        Summary(budget_blocked={("spring", "a"), ("spring", "b"), ("spring", "c")}),
+        RUN,
+    )
+    assert end.exit_code == EXIT_RESUMABLE
+    assert "budget reached" in end.title
+    assert end.lines[0].endswith("spent $0.30 of $0.35 budget")
+    assert end.lines[-1] == (
+        "3 job(s) wait: the campaign budget_usd would be exceeded; raise budget_usd in "
+        "manifests/spring launch.yaml, then `batchgen run 'manifests/spring launch.yaml'`"
+    )
+
+
+def test_lost_tasks_exit_3_with_their_reasons_how_long_and_both_ways_on():
+    held = [JobNote("spring", "job-1", "lost: no usable answer for 1s (last: 404)")]
+    end = end_of_run(
+        facts(counts=counts(completed=3, held=1), lost=1, held=held, unknown=100_000),
+        Summary(),
+        Closing(command="run", selection=["spring"], lost_after=1.0),
+    )
+    assert end.exit_code == EXIT_RESUMABLE
+    assert end.title == "batchgen run spring: stopped: 1 job(s) held (lost) (exit 3)"
+    assert end.lines[0].endswith("spent $0.00, $0.10 of unknown outcome")
+    assert "held: spring/job-1: lost: no usable answer for 1s (last: 404)" in end.lines
+    assert end.lines[-1] == (
+        "1 job(s) lost: their task gave no usable answer for over 1s; `batchgen resume "
+        "--campaign spring` polls them once more, `batchgen retry --unknown --campaign "
+        "spring` submits them anew"
+    )
+
+
+def test_jobs_held_after_an_unknown_outcome_exit_3():
+    end = end_of_run(
+        facts(counts=counts(completed=3, held=2), held=notes("held", 2)), Summary(), RUN
+    )
+    assert end.exit_code == EXIT_RESUMABLE
+    assert end.lines[-1].startswith("2 job(s) held after an unknown outcome")
+
+
+def test_work_remaining_exits_3():
+    end = end_of_run(facts(counts=counts(completed=3, queued=1)), Summary(), RUN)
+    assert end.exit_code == EXIT_RESUMABLE
+    assert end.lines[-1] == "work remains: run `batchgen resume --campaign spring`"
+
+
+def test_unsaved_files_exit_3_and_say_so_in_the_last_line_instead_of_where_the_files_are():
+    end = end_of_run(
+        facts(), Summary(), Closing(selection=["spring"], download_dir="renders"), unsaved=3
+    )
+    assert end.exit_code == EXIT_RESUMABLE
+    assert "3 result file(s) not saved" in end.title
+    assert not any("files in" in line for line in end.lines)
+    assert end.lines[-1] == (
+        "3 result file(s) could not be saved (see above): "
+        "`batchgen download --out renders --campaign spring` tries them again"
+    )
+
+
+def test_unsaved_files_keep_the_code_of_failed_jobs_and_stay_the_last_line():
+    end = end_of_run(facts(counts=counts(failed=1)), Summary(), RUN, unsaved=1)
+    assert end.exit_code == EXIT_FAILED
+    assert end.lines[-1].startswith("1 result file(s) could not be saved")
+
+
+def test_answers_kept_in_a_recovery_file_are_named():
+    end = end_of_run(facts(recovery_file="/data/l.db.recovery"), Summary(), RUN)
+    assert any("/data/l.db.recovery" in line for line in end.lines)
+
+
+def test_money_in_flight_or_unknown_is_shown_only_when_not_zero():
+    end = end_of_run(facts(spent=100_000), Summary(), RUN)
+    assert end.lines[0].endswith("; spent $0.10")
+
+
+def test_a_ledger_given_on_the_command_line_is_repeated_in_every_command_quoted():
+    closing = Closing(command="resume", ledger="/srv/my ledgers/night.db")
+    end = end_of_run(facts(counts=counts(completed=1, queued=1)), Summary(), closing)
+    assert (
+        end.lines[-1] == "work remains: run `batchgen --ledger '/srv/my ledgers/night.db' resume`"
+    )
+    end = end_of_run(
+        facts(), Summary(), Closing(ledger="l.db", download_dir="x", default_out=False)
+    )
+    assert end.lines[-1].endswith("`batchgen --ledger l.db review --out x`")
+
+
+def test_no_download_advises_download_except_for_the_in_process_sandbox():
+    real = end_of_run(facts(), Summary(), Closing(selection=["spring"], download_dir=None))
+    assert real.lines[-1] == (
+        "files not saved (--no-download): `batchgen download --campaign spring` saves them; "
+        "then `batchgen review`"
+    )
+    demo = end_of_run(facts(), Summary(), Closing(sandbox=True, download_dir=None))
+    assert "download" not in demo.lines[-1].replace("--no-download", "")
+
+
+def test_text_from_outside_is_shown_plain_in_every_line():
+    failed = [JobNote("spring", "odd\x1b[31mid", "rejected:\n[bold]fake line\x07")]
+    end = end_of_run(facts(counts=counts(failed=1), failed=failed), Summary(), RUN)
+    line = next(line for line in end.lines if line.startswith("failed: "))
+    assert line == "failed: spring/odd\\x1b[31mid: rejected:\\n[bold]fake line\\x07"
+    assert all("\x1b" not in line and "\n" not in line for line in end.lines)
+
+
+def test_the_title_names_a_few_campaigns_then_counts_the_rest():
+    many = facts(campaigns=["a", "b", "c", "d", "e"])
+    end = end_of_run(many, Summary(), Closing(command="resume"))
+    assert end.title.startswith("batchgen resume a, b, c and 2 more: ")
+
+
+@pytest.mark.parametrize(
+    "code, kind", [(0, "success"), (1, "failure"), (3, "warning"), (4, "failure"), (130, "warning")]
+)
+def test_the_kind_of_message_follows_the_exit_code(code, kind):
+    assert EndOfRun(code, "t", []).kind == kind
+
+
+def test_an_error_that_ended_the_run_is_its_summary():
+    end = stopped_by_error(
+        "run",
+        ["spring"],
+        "the service refused OKAYPIC_API_KEY (401)",
+        EXIT_AUTH,
+        "set a valid OKAYPIC_API_KEY, then run the same command again",
+    )
+    assert end.exit_code == EXIT_AUTH and end.kind == "failure"
+    assert end.title == "batchgen run spring: stopped by an error (exit 4)"
+    assert end.lines == [
+        "error: the service refused OKAYPIC_API_KEY (401)",
+        "set a valid OKAYPIC_API_KEY, then run the same command again",
+    ]
