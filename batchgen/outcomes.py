@@ -29,7 +29,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, auto
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,9 +43,9 @@ _DELAY_SECONDS = re.compile(r"[0-9]{1,9}")  # HTTP's delay-seconds: 1*DIGIT
 class Transport(Enum):
     """How far a request got when it broke, as the client saw it."""
 
-    ANSWERED = "answered"  # an HTTP status and body came back
-    NOT_SENT = "not_sent"  # connect error, connect or pool timeout: nothing left this machine
-    LOST = "lost"  # it left (maybe partly), and no usable answer came back
+    ANSWERED = auto()  # an HTTP status and body came back
+    NOT_SENT = auto()  # connect error, connect or pool timeout: nothing left this machine
+    LOST = auto()  # it left (maybe partly), and no usable answer came back
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,15 @@ class Answer:
 
 
 class Submit(Enum):
-    CREATED = "created"
-    WAIT_FOR_SLOT = "wait_for_slot"  # 429
-    SERVER_ERROR = "server_error"  # 500: retry with backoff, counted
-    NOT_SENT = "not_sent"  # retry with backoff, not counted
-    REJECTED = "rejected"  # 400: the job fails
-    AUTH = "auth"  # 401: stop everything
-    BALANCE = "balance"  # 402: submit nothing more
-    REDIRECTED = "redirected"  # 3xx: the base URL is wrong; stop the run
-    UNKNOWN = "unknown"  # the task may or may not exist
+    CREATED = auto()
+    WAIT_FOR_SLOT = auto()  # 429
+    SERVER_ERROR = auto()  # 500: retry with backoff, counted
+    NOT_SENT = auto()  # retry with backoff, not counted
+    REJECTED = auto()  # 400: the job fails
+    AUTH = auto()  # 401: stop everything
+    BALANCE = auto()  # 402: submit nothing more
+    REDIRECTED = auto()  # 3xx: the base URL is wrong; stop the run
+    UNKNOWN = auto()  # the task may or may not exist
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,11 @@ def _classify_submit(answer: Answer) -> SubmitOutcome:
 
 
 class Poll(Enum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    ERROR = "error"  # no usable answer: poll again later, never resubmit
-    AUTH = "auth"
+    RUNNING = auto()
+    COMPLETED = auto()
+    FAILED = auto()
+    ERROR = auto()  # no usable answer: poll again later, never resubmit
+    AUTH = auto()
 
 
 @dataclass(frozen=True)

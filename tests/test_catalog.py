@@ -341,3 +341,24 @@ def test_pricing_or_sending_an_unknown_model_is_a_bug_that_names_it(use):
     with pytest.raises(AssertionError) as bug:
         use({"model": "sora", "prompt": "p"})
     assert bug.value.args == ("sora",)
+
+
+@pytest.mark.parametrize(
+    "task_id, segment",
+    [
+        ("abc-123_x.y~z", "abc-123_x.y~z"),
+        ("a/b", "a%2Fb"),
+        ("x?admin=1", "x%3Fadmin%3D1"),
+        ("../../generate", "..%2F..%2Fgenerate"),
+        (".", "%2E"),
+        ("..", "%2E%2E"),
+        ("...", "%2E%2E%2E"),
+        ("a.", "a."),
+        ("X.X", "X.X"),
+        ("任务", "%E4%BB%BB%E5%8A%A1"),
+    ],
+)
+def test_a_task_id_is_sent_as_one_path_segment(task_id, segment):
+    assert catalog.path_segment(task_id) == segment
+    model = catalog.load().model(GROK)
+    assert model is not None and model.poll_path(task_id) == f"/api/video/tasks/{segment}"

@@ -340,3 +340,176 @@ def test_a_hundred_result_urls_are_still_a_completion():
     urls = [f"https://cdn.example.com/{n}.mp4" for n in range(100)]
     outcome = classify_poll(answered(200, {"status": "completed", "resultUrls": urls}))
     assert (outcome.action, len(outcome.result_urls)) == (Poll.COMPLETED, 100)
+
+
+# ------------------------------------------------------ every message, flag and boundary
+
+
+def test_outcomes_and_answers_cannot_be_changed_once_made():
+    import dataclasses
+
+    for made in (
+        answered(200, CREATED),
+        classify_submit(answered(200, CREATED)),
+        classify_poll(answered(200, {"status": "processing", "progress": 5})),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.status = 1  # type: ignore[misc, union-attr]
+
+
+def test_an_answer_without_a_status_is_an_unknown_outcome_and_says_so():
+    outcome = classify_submit(Answer(Transport.ANSWERED, None))
+    assert (outcome.action, outcome.counts_as_attempt) == (Submit.UNKNOWN, True)
+    assert outcome.message == "no answer"
+    lost = classify_submit(Answer(Transport.LOST, 200, b"{}", error=None))
+    assert (lost.action, lost.message) == (Submit.UNKNOWN, "no answer")
+
+
+@pytest.mark.parametrize("status", [100, 199])
+def test_a_1xx_is_no_created_task_even_with_a_task_id(status):
+    outcome = classify_submit(answered(status, CREATED))
+    assert (outcome.action, outcome.counts_as_attempt) == (Submit.UNKNOWN, True)
+    assert outcome.message == f"HTTP {status}"
+
+
+@pytest.mark.parametrize(
+    "status, action, counted, message",
+    [
+        (400, Submit.REJECTED, True, "HTTP 400"),
+        (404, Submit.REJECTED, True, "HTTP 404"),
+        (499, Submit.REJECTED, True, "HTTP 499"),
+        (500, Submit.SERVER_ERROR, True, "HTTP 500"),
+        (503, Submit.SERVER_ERROR, True, "HTTP 503"),
+        (501, Submit.UNKNOWN, True, "HTTP 501"),
+        (502, Submit.UNKNOWN, True, "HTTP 502"),
+        (599, Submit.UNKNOWN, True, "HTTP 599"),
+        (429, Submit.WAIT_FOR_SLOT, False, "HTTP 429"),
+        (401, Submit.AUTH, False, "HTTP 401"),
+        (402, Submit.BALANCE, False, "HTTP 402"),
+        (399, Submit.REDIRECTED, False, "HTTP 399 redirecting to no Location given"),
+    ],
+)
+def test_each_status_without_words_of_the_service_is_named_by_its_number(
+    status, action, counted, message
+):
+    outcome = classify_submit(answered(status, b""))
+    assert (outcome.action, outcome.counts_as_attempt, outcome.status) == (action, counted, status)
+    assert outcome.message == message
+
+
+def test_a_2xx_without_or_with_an_unusable_task_id_says_which():
+    without = classify_submit(answered(201, {"status": "pending"}))
+    assert (without.action, without.counts_as_attempt) == (Submit.UNKNOWN, True)
+    assert without.message == "HTTP 201 without a task id"
+    unusable = classify_submit(answered(200, {"taskId": ""}))
+    assert (unusable.action, unusable.counts_as_attempt) == (Submit.UNKNOWN, True)
+    assert unusable.message == "HTTP 200 with an unusable task id (empty)"
+    assert classify_submit(answered(200, {"taskId": None})).message == (
+        "HTTP 200 without a task id"
+    )
+
+
+@pytest.mark.parametrize(
+    "task_id, problem",
+    [
+        (7, "not text but int"),
+        (["x"], "not text but list"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("a" * MAX_TASK_ID, None),
+        ("a" * (MAX_TASK_ID + 1), f"{MAX_TASK_ID + 1} characters, over {MAX_TASK_ID}"),
+        ("a\nb", "holds a control character"),
+        ("a\x7fb", "holds a control character"),
+        ("a\ud800b", "holds a lone surrogate"),
+        ("naïve-任务-🎬", None),
+    ],
+)
+def test_why_a_task_id_is_unusable_in_words(task_id, problem):
+    assert task_id_problem(task_id) == problem
+
+
+def test_a_location_is_shown_without_control_characters_or_surrogates_and_capped():
+    outcome = classify_submit(answered(302, b"", location="https://x/\x1b[2J\ud800y" + "z" * 400))
+    assert outcome.message == "HTTP 302 redirecting to https://x/[2Jy" + "z" * 286  # 300 in all
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (Answer(Transport.LOST, error=None), "no answer"),
+        (Answer(Transport.LOST, error="ReadTimeout"), "ReadTimeout"),
+        (Answer(Transport.NOT_SENT, error="ConnectError"), "ConnectError"),
+        (Answer(Transport.ANSWERED, None), "no answer"),
+        (answered(500, b"<html>"), "HTTP 500"),
+        (answered(404, {"error": "Task not found"}), "Task not found"),
+        (answered(200, b"not json"), "unreadable answer"),
+        (answered(200, ["a list"]), "unreadable answer"),
+        (answered(200, {"status": "completed"}), "completed without usable resultUrls"),
+        (answered(200, {"status": "Completed"}), "unexpected status 'Completed'"),
+        (answered(200, {"status": None}), "unexpected status 'None'"),
+        (answered(200, {"status": "x" * 50}), f"unexpected status {'x' * 40!r}"),
+    ],
+)
+def test_every_poll_error_says_what_was_wrong(answer, message):
+    outcome = classify_poll(answer)
+    assert (outcome.action, outcome.message) == (Poll.ERROR, message)
+
+
+def test_a_completion_is_at_100_percent():
+    urls = ["http://cdn.example.com/a.mp4"]  # plain http is a URL too
+    outcome = classify_poll(answered(200, {"status": "completed", "resultUrls": urls}))
+    assert (outcome.action, outcome.progress, outcome.result_urls) == (
+        Poll.COMPLETED,
+        100,
+        tuple(urls),
+    )
+
+
+@pytest.mark.parametrize("extra, usable", [(4096, True), (4097, False)])
+def test_a_result_url_up_to_4096_characters_is_usable(extra, usable):
+    url = "https://cdn.example.com/"
+    url += "a" * (extra - len(url))
+    outcome = classify_poll(answered(200, {"status": "completed", "resultUrls": [url]}))
+    assert (outcome.action is Poll.COMPLETED) is usable
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"status": "failed", "errorMessage": ""}, "Generation failed"),
+        ({"status": "failed", "errorMessage": 5}, "Generation failed"),
+        ({"status": "failed"}, "Generation failed"),
+        ({"status": "failed", "errorMessage": "x" * 400}, "x" * 300),
+        ({"status": "failed", "errorMessage": "NSFW"}, "NSFW"),
+    ],
+)
+def test_a_failed_tasks_message_is_its_own_words_capped_or_a_default(body, message):
+    outcome = classify_poll(answered(200, body))
+    assert (outcome.action, outcome.message) == (Poll.FAILED, message)
+
+
+@pytest.mark.parametrize("status", ["pending", "processing"])
+@pytest.mark.parametrize(
+    "progress, seen", [(0, 0), (-5, 0), (50.7, 50), (150, 100), (None, None), (True, None)]
+)
+def test_a_running_task_reports_its_progress_clamped(status, progress, seen):
+    outcome = classify_poll(answered(200, {"status": status, "progress": progress}))
+    assert (outcome.action, outcome.progress) == (Poll.RUNNING, seen)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"error": "a"}, "a"),
+        ({"message": "b"}, "b"),
+        ({"errorMessage": "c"}, "c"),
+        ({"detail": "d"}, "d"),
+        ({"error": "", "detail": "d"}, "d"),
+        ({"error": 5, "message": "b"}, "b"),
+        ({"error": "e" * 301}, "e" * 300),
+        ({"nothing": "x"}, None),
+    ],
+)
+def test_the_services_words_come_from_its_usual_error_fields(body, words):
+    outcome = classify_submit(answered(400, body))
+    assert outcome.message == (words or "HTTP 400")

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
-from batchgen.templates import Template, as_text, parse_template
+from batchgen.templates import (
+    TEMPLATE_PATTERN,
+    Template,
+    as_text,
+    parse_template,
+    uses_variable_pattern,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +94,46 @@ def test_parsing_is_cached():
 )
 def test_a_value_appears_in_text_as_a_person_would_write_it(value, text):
     assert as_text(value) == text
+
+
+@pytest.mark.parametrize(
+    "text, well_formed",
+    [
+        ("plain", True),
+        ("", True),
+        ("{x}-{take_2}-{a-b}", True),
+        ("{{literal}} and }}", True),
+        ("a { b", False),
+        ("a } b", False),
+        ("{}", False),
+        ("{1st}", False),
+        ("{a b}", False),
+    ],
+)
+def test_the_schemas_template_pattern_agrees_with_the_parser(text, well_formed):
+    assert bool(re.fullmatch(TEMPLATE_PATTERN, text)) is well_formed
+    assert (parse_template(text).error is None) is well_formed
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("{variant}", True),
+        ("a {duration}s", True),
+        ("{{variant}}", False),  # literal braces, not a variable
+        ("{{{variant}}}", True),  # a literal brace, then the variable
+        ("{{{{variant}}}}", False),
+        ("{variants}", False),
+        ("{ratio}", True),
+        ("{other}", False),
+    ],
+)
+def test_a_variable_naming_a_field_is_found_only_where_it_is_one(text, found):
+    pattern = uses_variable_pattern(["variant", "duration", "ratio"])
+    assert bool(re.search(pattern, text)) is found
+
+
+@pytest.mark.parametrize("names", [["a-b"], ["1x"], [""]])
+def test_only_plain_field_names_make_a_variable_pattern(names):
+    with pytest.raises(AssertionError):
+        uses_variable_pattern(names)
