@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from batchgen.durable import fsync_dir
 from batchgen.ledger import Ledger
 from batchgen.processes import pid_running
 from batchgen.text import shown
@@ -333,7 +334,7 @@ class Downloader:
                 f.flush()
                 await asyncio.to_thread(os.fsync, f.fileno())
             os.replace(temp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -346,20 +347,6 @@ class Downloader:
 
 class _Transient(Exception):
     """Worth another try: a 5xx or 429 answer, or a body cut short."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (where the platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def download_all(ledger: Ledger, out_dir: str, campaigns: list[str]) -> int:

@@ -26,6 +26,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
+from batchgen.durable import fsync_dir
 from batchgen.errors import LedgerError, LedgerWriteFailed
 from batchgen.ledger.base import now
 from batchgen.ledger.scheduling import SchedulingMixin
@@ -78,7 +79,7 @@ class RecoveryMixin(SchedulingMixin):
             finally:
                 os.close(fd)
             if new:
-                _fsync_dir(self.recovery_path.parent)
+                fsync_dir(self.recovery_path.parent)
         except OSError as e:
             return f"{type(e).__name__}: {e}"
         return None
@@ -181,17 +182,3 @@ class RecoveryMixin(SchedulingMixin):
         except (KeyError, TypeError, ValueError):
             pass
         return False
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a new file's name durable (where the platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
