@@ -341,7 +341,7 @@ def test_per_job_csv_has_one_row_per_attempt_with_its_own_money_only(tmp_path):
     assert text.splitlines()[0] == (
         "campaign,job_id,model,status,prompt,tags,duration,variant,attempt,started_at,"
         "http_status,outcome,state,task_id,key_label,unit_price_usd,spent_usd,in_flight_usd,"
-        "unknown_usd,refunded_usd,error,files"
+        "unknown_usd,refunded_usd,error,files,verdict"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["job_id"], r["attempt"], r["state"], r["spent_usd"], r["refunded_usd"],
