@@ -20,6 +20,7 @@ from batchgen.ledger.base import (
     _campaign_filter,
     _holder,
     _is_me,
+    job_counts,
     now,
 )
 from batchgen.processes import Liveness, liveness, this_process
@@ -409,10 +410,13 @@ class SchedulingMixin(LedgerBase):
     # ---------------------------------------------------------------- money and status
 
     def money(self, campaigns: list[str] | None = None) -> Money:
-        """Spent, in flight, unknown and refunded over the selected campaigns' attempts."""
+        """Spent, in flight, unknown and refunded over the selected campaigns' attempts
+        (from `attempt_totals`, kept by triggers: at once on any ledger)."""
         where, params = _campaign_filter(campaigns, "a.campaign")
         sums = ", ".join(f"COALESCE(SUM({expr}), 0)" for expr in self._ATTEMPT_MONEY)
-        row = self.conn.execute(f"SELECT {sums} FROM attempts a WHERE 1=1 {where}", params)
+        row = self.conn.execute(
+            f"SELECT {sums} FROM {self._money_table} a WHERE 1=1 {where}", params
+        )
         return Money(*row.fetchone())
 
     def budget_micros(self, campaign: str) -> int | None:
@@ -422,15 +426,8 @@ class SchedulingMixin(LedgerBase):
         return None if row is None else row[0]
 
     def counts(self, campaigns: list[str] | None = None) -> dict[str, int]:
-        where, params = _campaign_filter(campaigns)
-        counts = dict.fromkeys(
-            ("queued", "submitting", "running", "completed", "failed", "held"), 0
-        )
-        for status, n in self.conn.execute(
-            f"SELECT status, COUNT(*) FROM jobs WHERE 1=1 {where} GROUP BY status", params
-        ):
-            counts[status] = n
-        return counts
+        """Jobs per status (see base.job_counts: at once on a million jobs)."""
+        return job_counts(self.conn, campaigns)
 
     def held_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
         """Held jobs by reason: `lost` tasks, `unknown outcome` attempts."""

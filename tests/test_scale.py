@@ -1,0 +1,446 @@
+"""A year of campaigns in one ledger (issue 17): what makes `status` answer at once on a
+million jobs must not change a single answer.
+
+- `status --json` streams its jobs from SQLite; its output is byte for byte what
+  `json.dumps` of the same object, built the plain way, prints (odd text included);
+- the money and review totals that m006 keeps by triggers always equal the sums over the
+  rows, whatever writes them (the scheduler's writes, retries, review verdicts, a person
+  editing the ledger with SQL), and m006 brings an old ledger's totals up to date;
+- job counts from the index and the table's total equal a plain GROUP BY;
+- a reading command on a ledger not yet migrated answers the same without writing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchgen import migrations
+from batchgen.job import Campaign, Job
+from batchgen.ledger import Ledger
+from batchgen.ledger.reads import usd_sql
+from batchgen.money import usd
+from batchgen.status import status_data
+from tests.e2e import command_env
+from tests.test_report import (
+    CDN,
+    complete,
+    fail,
+    grok,
+    image,
+    invoke,
+    make_ledger,
+    rejected,
+    seedance,
+    sending,
+    start,
+    unknown,
+)
+
+ODD = 'quote " backslash \\ tab\t newline\n bell\x07 é 😀 \u2028 </script>'
+
+# ---------------------------------------------------------------- the plain way, for reference
+
+
+def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, Any]:
+    """The `status --json` object built the obvious way: every row read into Python."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    names = campaigns or [r[0] for r in db.execute("SELECT name FROM campaigns ORDER BY name")]
+    marks = ", ".join("?" * len(names))
+    jobs = db.execute(
+        f"SELECT * FROM jobs WHERE campaign IN ({marks}) ORDER BY campaign, position", names
+    ).fetchall()
+    attempts = db.execute(f"SELECT * FROM attempts WHERE campaign IN ({marks})", names).fetchall()
+    counts = dict.fromkeys(migrations.JOB_STATUSES, 0)
+    entries = []
+    verdicts = {"approved": 0, "rejected": 0, "unreviewed": 0}
+    for job in jobs:
+        counts[job["status"]] += 1
+        files = db.execute(
+            "SELECT path FROM files WHERE campaign = ? AND job_id = ? AND error IS NULL"
+            " AND downloaded_at IS NOT NULL ORDER BY n",
+            (job["campaign"], job["id"]),
+        ).fetchall()
+        verdict = None
+        if job["status"] == "completed":
+            latest = db.execute(
+                "SELECT verdict FROM verdicts WHERE campaign = ? AND job_id = ? AND task_id = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (job["campaign"], job["id"], job["task_id"]),
+            ).fetchone()
+            verdict = latest[0] if latest else None
+            verdicts[verdict or "unreviewed"] += 1
+        entries.append(
+            {
+                "campaign": job["campaign"],
+                "id": job["id"],
+                "status": job["status"],
+                "model": job["model"],
+                "attempts": job["attempts"],
+                "task_id": job["task_id"],
+                "cost_usd": usd(job["cost_micro_usd"]),
+                "result_urls": json.loads(job["result_urls"] or "[]"),
+                "files": [f[0] for f in files],
+                "verdict": verdict,
+                "error": job["last_error"],
+            }
+        )
+    money = plain_money(attempts)
+    budgets = [
+        r[0]
+        for r in db.execute(
+            f"SELECT budget_micro_usd FROM campaigns WHERE name IN ({marks})", names
+        )
+        if r[0] is not None
+    ]
+    db.close()
+    return {
+        "counts": counts,
+        "spent_usd": usd(money["spent"]),
+        "in_flight_usd": usd(money["in_flight"]),
+        "unknown_usd": usd(money["unknown"]),
+        "budget_usd": usd(sum(budgets)) if budgets else None,
+        "verdicts": verdicts,
+        "jobs": entries,
+    }
+
+
+def plain_money(attempts: list[sqlite3.Row]) -> dict[str, int]:
+    """The money rules of migrations.py, attempt by attempt, in Python."""
+    money = dict.fromkeys(("spent", "in_flight", "unknown", "refunded"), 0)
+    for a in attempts:
+        if a["state"] in ("completed", "failed"):
+            money["spent"] += a["cost_micro_usd"]
+        elif a["state"] == "running":
+            money["in_flight"] += a["cost_micro_usd"]
+        elif a["state"] in ("unknown", "sending"):
+            money["unknown"] += a["unit_price_micro_usd"]
+        money["refunded"] += a["refunded_micro_usd"]
+    return money
+
+
+def status_json_command(path: Path, *args: str) -> str:
+    result = invoke(path, "status", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def every_kind_of_job(path: Path) -> Ledger:
+    """Two campaigns, every status, odd text in ids, prompts and errors, result URLs with
+    non-ASCII characters (stored escaped by json.dumps), several files per job, a failed
+    download, a sub-cent price, verdicts current, withdrawn and stale."""
+    ledger = make_ledger(
+        path,
+        [
+            grok("done"),
+            seedance(f"odd {ODD}", fast=True),
+            grok("two-files"),
+            image("judged"),
+            grok("withdrawn"),
+            grok("again"),
+            grok("bad"),
+            seedance("run"),
+            grok("held"),
+            grok("sent"),
+            grok("wait"),
+            grok("refused"),
+        ],
+        budget=40_000_000,
+    )
+    ledger.ingest(Campaign("b-second", "b.yaml", "sha", None), [Job("b-second", "x", "veo3.1",
+                  "veo", variant="veo3.1-fast"), Job("b-second", "y", "grok-video-3", "y",
+                  duration=10)])  # fmt: skip
+    done = complete(ledger, "done")
+    ledger.record_verdict("c", "done", done.task_id or "", "approved", None)
+    complete(ledger, f"odd {ODD}", urls=[f"{CDN}/caf\u00e9 {ODD}.mp4"])
+    complete(ledger, "two-files", urls=[f"{CDN}/a.mp4", f"{CDN}/b.mp4"])
+    ledger.file_saved("c", "two-files", 1, f"{CDN}/b.mp4", f"out/c/two {ODD}.mp4", 3, "ab")
+    ledger.file_saved("c", "two-files", 0, f"{CDN}/a.mp4", "out/c/two-files.mp4", 3, "cd")
+    ledger.file_failed("c", "done", 0, f"{CDN}/done.mp4", f"HTTP 404 {ODD}")
+    for job_id in ("judged", "withdrawn", "again"):
+        job = complete(ledger, job_id)
+        ledger.record_verdict("c", job_id, job.task_id or "", "approved", None)
+    ledger.record_verdict("c", "judged", queued_task(ledger, "judged"), "rejected", ODD)
+    ledger.record_verdict("c", "withdrawn", queued_task(ledger, "withdrawn"), None, None)
+    assert ledger.requeue_rejected(["c"]) == 1  # judged: its rejected result is stale now
+    ledger.record_verdict("c", "again", queued_task(ledger, "again"), "rejected", "no")
+    fail(ledger, "bad", why=f"Generation failed: {ODD}")
+    start(ledger, "run")
+    unknown(ledger, "held")
+    sending(ledger, "sent")
+    rejected(ledger, "refused")
+    complete(ledger, "y", campaign="b-second")
+    start(ledger, "x", campaign="b-second")
+    return ledger
+
+
+def queued_task(ledger: Ledger, job_id: str) -> str:
+    (task_id,) = ledger.conn.execute(
+        "SELECT task_id FROM jobs WHERE campaign = 'c' AND id = ?", (job_id,)
+    ).fetchone()
+    return str(task_id)
+
+
+# ---------------------------------------------------------------- status --json, streamed
+
+
+def test_status_json_is_byte_for_byte_what_json_dumps_of_the_plain_object_prints(tmp_path):
+    path = tmp_path / "l.db"
+    every_kind_of_job(path).close()
+    expected = plain_status(path)
+    assert {j["status"] for j in expected["jobs"]} == set(migrations.JOB_STATUSES)
+    assert expected["verdicts"] == {"approved": 1, "rejected": 1, "unreviewed": 4}
+    assert status_json_command(path) == json.dumps(expected, ensure_ascii=False) + "\n"
+    for scope in (["c"], ["b-second"]):
+        text = status_json_command(path, *(a for c in scope for a in ("--campaign", c)))
+        assert text == json.dumps(plain_status(path, scope), ensure_ascii=False) + "\n"
+
+
+def test_status_json_of_an_empty_campaign_and_of_one_job(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("only")])
+    ledger.ingest(Campaign("empty", "e.yaml", "sha", None), [])
+    ledger.close()
+    for scope in ([], ["empty"], ["c"]):
+        args = [a for c in scope for a in ("--campaign", c)]
+        text = status_json_command(path, *args)
+        assert text == json.dumps(plain_status(path, scope or None), ensure_ascii=False) + "\n"
+    assert json.loads(status_json_command(path, "--campaign", "empty"))["jobs"] == []
+
+
+def test_status_json_written_in_many_pieces_is_one_object(tmp_path, monkeypatch):
+    from batchgen import status
+
+    path = tmp_path / "l.db"
+    make_ledger(path, [grok(f"j{i}") for i in range(7)]).close()
+    monkeypatch.setattr(status, "WRITE_EVERY", 2)
+    pieces: list[str] = []
+    ledger = Ledger.read_only(path)
+    status.write_json(ledger, [], pieces.append)
+    ledger.close()
+    assert len(pieces) > 3
+    assert "".join(pieces) == json.dumps(plain_status(path), ensure_ascii=False)
+
+
+def test_status_json_read_by_a_reader_that_stops_early_ends_quietly(tmp_path):
+    path = tmp_path / "l.db"
+    make_ledger(path, [grok(f"clip-{i:05d} {ODD}") for i in range(3000)]).close()
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "status", "--json"],
+        env=command_env(path, None, None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.read(100)
+    reader.stdout.close()  # like `| head -c 100`
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and err == ""
+
+
+@given(st.integers(min_value=-(10**13), max_value=10**13))
+def test_money_spelled_in_sql_is_money_usd(micros):
+    db = sqlite3.connect(":memory:")
+    assert db.execute(f"SELECT {usd_sql('?')}".replace("?", str(micros))).fetchone()[0] == usd(
+        micros
+    )
+
+
+# ---------------------------------------------------------------- totals kept by triggers
+
+
+def recomputed_totals(path: Path) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]:
+    """What attempt_totals and verdict_totals must hold, summed from the rows."""
+    db = sqlite3.connect(path)
+    attempts = {
+        (c, s): (n, cost, unit, refund)
+        for c, s, n, cost, unit, refund in db.execute(
+            "SELECT campaign, state, COUNT(*), SUM(cost_micro_usd), SUM(unit_price_micro_usd),"
+            " SUM(refunded_micro_usd) FROM attempts GROUP BY campaign, state"
+        )
+    }
+    verdicts = {
+        (c, v): n
+        for c, v, n in db.execute(
+            "SELECT j.campaign, cv.verdict, COUNT(*) FROM jobs j JOIN current_verdicts cv"
+            " ON cv.campaign = j.campaign AND cv.job_id = j.id AND cv.task_id = j.task_id"
+            " WHERE j.status = 'completed' AND cv.verdict IS NOT NULL GROUP BY 1, 2"
+        )
+    }
+    db.close()
+    return attempts, verdicts
+
+
+def kept_totals(path: Path) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]:
+    db = sqlite3.connect(path)
+    attempts = {
+        (c, s): (n, cost, unit, refund)
+        for c, s, n, cost, unit, refund in db.execute("SELECT * FROM attempt_totals")
+        if n
+    }
+    verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals") if n}
+    db.close()
+    return attempts, verdicts
+
+
+def test_the_totals_equal_the_sums_over_the_rows_after_every_kind_of_write(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = every_kind_of_job(path)
+    assert kept_totals(path) == recomputed_totals(path)
+    ledger.requeue(["c"], "failed")
+    ledger.requeue(["c"], "held")
+    job = start(ledger, "held")
+    ledger.task_lost(job, "no answer")
+    ledger.task_taken_back(job)
+    ledger.task_completed(job, [f"{CDN}/held.mp4"])
+    ledger.record_verdict("c", "held", job.task_id or "", "approved", "fine")
+    ledger.close()
+    assert kept_totals(path) == recomputed_totals(path)
+    attempts, verdicts = kept_totals(path)
+    assert verdicts[("c", "approved")] == 2 and verdicts[("c", "rejected")] == 1
+
+
+def test_a_person_editing_the_ledger_with_sql_keeps_the_totals_right(tmp_path):
+    path = tmp_path / "l.db"
+    every_kind_of_job(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            "UPDATE attempts SET cost_micro_usd = cost_micro_usd + 7 WHERE state = 'completed'"
+        )
+        db.execute(
+            "UPDATE attempts SET state = 'failed' WHERE state = 'running' AND campaign = 'c'"
+        )
+        db.execute("DELETE FROM attempts WHERE state = 'rejected'")
+        db.execute("UPDATE verdicts SET verdict = 'approved' WHERE verdict = 'rejected'")
+        db.execute("DELETE FROM verdicts WHERE verdict IS NULL")
+        db.execute(
+            "INSERT INTO verdicts (campaign, job_id, task_id, verdict, at)"
+            " SELECT campaign, id, task_id, 'rejected', 'now' FROM jobs WHERE id = 'done'"
+        )
+        db.execute("UPDATE verdicts SET job_id = 'two-files' WHERE job_id = 'done'")
+        db.execute("UPDATE jobs SET status = 'failed' WHERE id = 'again'")
+        db.execute("DELETE FROM files WHERE job_id = 'y'")
+        db.execute("DELETE FROM verdicts WHERE job_id = 'y'")
+        db.execute("DELETE FROM attempts WHERE job_id = 'y'")
+        db.execute("DELETE FROM jobs WHERE id = 'y'")
+    db.close()
+    assert kept_totals(path) == recomputed_totals(path)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_totals_stay_right_through_a_random_history_of_runs_and_reviews(tmp_path, seed):
+    rng = random.Random(seed)
+    path = tmp_path / "l.db"
+    ids = [f"j{i}" for i in range(12)]
+    ledger = make_ledger(path, [grok(i) for i in ids])
+    ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok(i) for i in ids[:4]])
+    for _ in range(60):
+        campaign = rng.choice(["c", "d"])
+        jobs = {j.id: j for j in ledger.unfinished_jobs([campaign])}
+        done = [
+            r[0]
+            for r in ledger.conn.execute(
+                "SELECT id FROM jobs WHERE campaign = ? AND status = 'completed'", (campaign,)
+            )
+        ]
+        step = rng.choice(["complete", "fail", "unknown", "reject", "judge", "judge", "retry"])
+        queued_ids = [i for i, j in jobs.items() if j.status == "queued"]
+        if step == "complete" and queued_ids:
+            complete(ledger, rng.choice(queued_ids), campaign)
+        elif step == "fail" and queued_ids:
+            fail(ledger, rng.choice(queued_ids), campaign, then=rng.choice(["failed", "queued"]))
+        elif step == "unknown" and queued_ids:
+            unknown(ledger, rng.choice(queued_ids), campaign, then=rng.choice(["held", "queued"]))
+        elif step == "reject" and queued_ids:
+            rejected(ledger, rng.choice(queued_ids), campaign)
+        elif step == "judge" and done:
+            job_id = rng.choice(done)
+            task = ledger.conn.execute(
+                "SELECT task_id FROM jobs WHERE campaign = ? AND id = ?", (campaign, job_id)
+            ).fetchone()[0]
+            verdict = rng.choice(["approved", "rejected", None])
+            ledger.record_verdict(campaign, job_id, task, verdict, rng.choice([None, "note"]))
+        elif step == "retry":
+            what = rng.choice(["failed", "held", "rejected"])
+            if what == "rejected":
+                ledger.requeue_rejected([campaign])
+            else:
+                ledger.requeue([campaign], what)
+        assert kept_totals(path) == recomputed_totals(path), step
+    counts = ledger.verdict_counts()
+    completed = ledger.counts()["completed"]
+    ledger.close()
+    assert sum(counts.values()) == completed
+
+
+def test_job_counts_from_the_index_equal_a_group_by(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = every_kind_of_job(path)
+    for scope in (None, ["c"], ["b-second"], ["c", "b-second"]):
+        names = scope or ["c", "b-second"]
+        rows = ledger.conn.execute(
+            f"SELECT status, COUNT(*) FROM jobs WHERE campaign IN ({', '.join('?' * len(names))})"
+            " GROUP BY status",
+            names,
+        )
+        assert ledger.counts(scope) == {**dict.fromkeys(migrations.JOB_STATUSES, 0), **dict(rows)}
+    ledger.close()
+
+
+# ---------------------------------------------------------------- m006 on an old ledger
+
+BEFORE_M006 = migrations.MIGRATIONS[: migrations.MIGRATIONS.index(migrations.m006_scale_totals)]
+
+
+def test_m006_brings_an_old_ledgers_totals_up_to_date_and_status_reads_it_before_too(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M006)
+    every_kind_of_job(path).close()
+    monkeypatch.undo()
+    expected = json.dumps(plain_status(path), ensure_ascii=False) + "\n"
+
+    # A reading command never writes: it reads the old ledger as it is, same answers.
+    assert status_json_command(path) == expected
+    human = invoke(path, "status")
+    assert human.exit_code == 0 and "review: 1 approved, 1 rejected, 4 not yet" in human.output
+    db = sqlite3.connect(path)
+    assert "m006_scale_totals" not in {r[0] for r in db.execute("SELECT name FROM _migrations")}
+    db.close()
+
+    Ledger(path).close()  # opening for writing migrates
+    assert kept_totals(path) == recomputed_totals(path)
+    assert status_json_command(path) == expected
+    assert invoke(path, "status").output == human.output
+
+
+def test_status_reads_its_head_and_its_jobs_in_one_moment(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("a"), grok("b")])
+    job = start(ledger, "a")
+    reader = Ledger.read_only(path)
+    entries = reader.status_entries
+
+    def entries_after_a_commit(*args: Any, **kwargs: Any) -> Any:
+        ledger.task_completed(job, [f"{CDN}/a.mp4"])  # the runner commits meanwhile
+        return entries(*args, **kwargs)
+
+    reader.status_entries = entries_after_a_commit  # type: ignore[method-assign]
+    data = status_data(reader, [])
+    reader.close()
+    ledger.close()
+    assert data["counts"]["running"] == 1 and data["in_flight_usd"] == "0.10"
+    assert [j["status"] for j in data["jobs"]] == ["running", "queued"]
