@@ -104,6 +104,15 @@ class SchedulingMixin(LedgerBase):
         )
         return [_ledger_job(row) for row in rows]
 
+    def unfinished_job(self, campaign: str, job_id: str) -> LedgerJob | None:
+        """One job, if it is still to take to an end."""
+        row = self.conn.execute(
+            f"{self._LEDGER_JOB} WHERE campaign = ? AND id = ?"
+            f" AND status IN ({', '.join('?' * len(UNFINISHED))})",
+            (campaign, job_id, *UNFINISHED),
+        ).fetchone()
+        return None if row is None else _ledger_job(row)
+
     def queued_jobs(
         self, campaigns: list[str] | None = None, page: int = 500
     ) -> Iterator[LedgerJob]:
