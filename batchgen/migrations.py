@@ -397,6 +397,7 @@ def _verdict_total(job: str, change: int) -> str:
         f"INSERT INTO verdict_totals (campaign, verdict, results)"
         f" SELECT {job}.campaign, {verdict}, {change} WHERE {verdict} IS NOT NULL"
         f" ON CONFLICT (campaign, verdict) DO UPDATE SET results = results + {change};"
+        + _emptied("verdict_totals", "results", f"{job}.campaign")
     )
 
 
@@ -415,7 +416,14 @@ def _verdict_total_of(row: str, change: int, unless_same_as: str | None = None) 
         f"INSERT INTO verdict_totals (campaign, verdict, results)"
         f" SELECT j.campaign, {verdict}, {change} FROM {found} WHERE {verdict} IS NOT NULL"
         f"{same} ON CONFLICT (campaign, verdict) DO UPDATE SET results = results + {change};"
+        + _emptied("verdict_totals", "results", f"{row}.campaign")
     )
+
+
+def _emptied(table: str, count: str, campaign: str) -> str:
+    """Drop a campaign's totals that came back to nothing: a total is there only while it
+    counts something (so a verdict given and withdrawn leaves the ledger as it was)."""
+    return f" DELETE FROM {table} WHERE campaign = {campaign} AND {count} = 0;"
 
 
 _MONEY = ("cost_micro_usd", "unit_price_micro_usd", "refunded_micro_usd")
@@ -429,7 +437,7 @@ def _attempt_total(row: str, sign: str) -> str:
         f"INSERT INTO attempt_totals (campaign, state, attempts, {', '.join(_MONEY)})"
         f" VALUES ({row}.campaign, {row}.state, {sign}1, {values})"
         f" ON CONFLICT (campaign, state) DO UPDATE SET attempts = attempts + excluded.attempts,"
-        f" {sums};"
+        f" {sums};" + (_emptied("attempt_totals", "attempts", f"{row}.campaign") if sign else "")
     )
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import common  # noqa: F401, I001  (puts the repository on sys.path first)
 
 from batchgen.ledger import Ledger
+from batchgen import migrations
 from batchgen.migrations import MIGRATIONS
 
 JOBS = 1_000_000
@@ -266,7 +267,7 @@ def cached_ledger(
     folder = folder or Path(tempfile.gettempdir()) / "batchgen-bench-scale"
     folder.mkdir(parents=True, exist_ok=True)
     schema = ",".join(m.__name__ for m in MIGRATIONS)
-    source = Path(__file__).read_bytes()
+    source = Path(__file__).read_bytes() + Path(migrations.__file__).read_bytes()
     key = hashlib.sha256(f"{jobs}/{campaigns}/{schema}/{LAYOUT_VERSION}".encode() + source)
     path = folder / f"year-{jobs}-{key.hexdigest()[:12]}.db"
     if path.exists():

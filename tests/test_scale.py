@@ -287,9 +287,8 @@ def kept_totals(path: Path) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]
     attempts = {
         (c, s): (n, cost, unit, refund)
         for c, s, n, cost, unit, refund in db.execute("SELECT * FROM attempt_totals")
-        if n
     }
-    verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals") if n}
+    verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals")}
     db.close()
     return attempts, verdicts
 

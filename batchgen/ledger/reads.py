@@ -121,11 +121,9 @@ class ReadsMixin(LedgerBase):
         """Money (see `money`) of each campaign that has attempts."""
         where, params = _campaign_filter(campaigns, "a.campaign")
         sums = ", ".join(f"SUM({expr})" for expr in self._ATTEMPT_MONEY)
-        # attempt_totals may keep a row of zeros for attempts deleted by hand: not shown.
-        kept = "SUM(a.attempts) > 0" if self._money_table == "attempt_totals" else "1"
         rows = self.conn.execute(
             f"SELECT a.campaign, {sums} FROM {self._money_table} a WHERE 1=1 {where}"
-            f" GROUP BY a.campaign HAVING {kept}",
+            " GROUP BY a.campaign",
             params,
         )
         return {campaign: Money(*sums_) for campaign, *sums_ in rows}
