@@ -467,8 +467,10 @@ def report(
 
     ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
     width = shutil.get_terminal_size().columns  # $COLUMNS, the terminal, else 80
-    text = report_module.render(ledger, list(campaigns), by, fmt, per_job, width=width)
-    click.echo(Redactor.from_environment()(text), nl=False)
+    redact = Redactor.from_environment()
+    with streaming_stdout() as out:  # --jobs as CSV or JSON: written as it is read
+        for text in report_module.chunks(ledger, list(campaigns), by, fmt, per_job, width):
+            out(redact(text))
 
 
 @cli.command()

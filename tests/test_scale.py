@@ -12,6 +12,8 @@ million jobs must not change a single answer.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 import sqlite3
@@ -443,3 +445,41 @@ def test_status_reads_its_head_and_its_jobs_in_one_moment(tmp_path):
     ledger.close()
     assert data["counts"]["running"] == 1 and data["in_flight_usd"] == "0.10"
     assert [j["status"] for j in data["jobs"]] == ["running", "queued"]
+
+
+# ---------------------------------------------------------------- report, streamed
+
+
+def test_report_totals_are_the_same_whichever_the_grouping(tmp_path):
+    from batchgen import report
+
+    path = tmp_path / "l.db"
+    ledger = every_kind_of_job(path)
+    whole = report._row(ledger.report_groups(None, None)[0])
+    for by in ("campaign", "model", "status", "verdict", "tag"):
+        data = json.loads(report.render(ledger, [], by, "json", False))
+        assert data["totals"] == whole, by
+    ledger.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_report_jobs_is_written_in_pieces_that_make_the_whole(tmp_path, fmt):
+    from batchgen import report
+
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok(f"clip-{i:05d} {ODD}") for i in range(2000)])
+    for i in range(0, 2000, 7):
+        complete(ledger, f"clip-{i:05d} {ODD}")
+    pieces = list(report.chunks(ledger, [], "campaign", fmt, True))
+    ledger.close()
+    assert len(pieces) > 3
+    text = "".join(pieces)
+    result = invoke(path, "report", "--jobs", "--format", fmt)
+    assert result.exit_code == 0 and result.output == text
+    if fmt == "json":
+        jobs = json.loads(text)["jobs"]
+        assert len(jobs) == 2000 and jobs[7]["spent_usd"] == "0.10"
+    else:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        assert len(rows) == 2000 and rows[7]["spent_usd"] == "0.10"
+        assert rows[1999]["job_id"] == f"clip-01999 {ODD}"
