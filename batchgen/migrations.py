@@ -442,7 +442,10 @@ def _attempt_total(row: str, sign: str) -> str:
 
 
 def m006_scale_totals(db: sqlite3.Connection) -> None:
-    """Money and review totals kept by triggers, so a million-job ledger answers at once."""
+    """Money and review totals kept by triggers, so a million-job ledger answers at once;
+    and the status checks of jobs and attempts spelled so that checking costs nothing."""
+    _cheap_check(db, "jobs", "status", JOB_STATUSES)
+    _cheap_check(db, "attempts", "state", ATTEMPT_STATES)
     _run_script(
         db,
         """
@@ -505,6 +508,38 @@ def m006_scale_totals(db: sqlite3.Connection) -> None:
     }
     for name, body in triggers.items():
         db.execute(f"CREATE TRIGGER {name} {body} END")
+
+
+def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[str, ...]) -> None:
+    """Spell m001's `CHECK (column IN (...))` as `column = ... OR column = ...`: the same rule,
+    but SQLite builds an IN list's lookup table again for every row it checks (1.6 µs a
+    row: a sixth of a 100,000-job ingest), and compares an OR chain at once.
+
+    A CHECK does not change how rows are stored, so the table's definition is edited in
+    place, as SQLite documents for such changes (lang_altertable.html, "otheralter"):
+    writable_schema, the new text, the schema version one up, in this migration's
+    transaction. Where SQLite refuses (a build in defensive mode) the rule stays as it was.
+    """
+    quoted = [f"'{value}'" for value in values]
+    listed = f"CHECK ({column} IN ({', '.join(quoted)}))"
+    chained = "CHECK (" + " OR ".join(f"{column} = {value}" for value in quoted) + ")"
+    (sql,) = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if sql.count(listed) != 1:
+        return  # not m001's spelling: leave it
+    (version,) = db.execute("PRAGMA schema_version").fetchone()
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+            (sql.replace(listed, chained), table),
+        )
+        db.execute(f"PRAGMA schema_version = {version + 1}")
+    except sqlite3.DatabaseError:
+        pass  # defensive mode: the IN list stays, and so does the rule
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [

@@ -483,3 +483,65 @@ def test_report_jobs_is_written_in_pieces_that_make_the_whole(tmp_path, fmt):
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
         assert len(rows) == 2000 and rows[7]["spent_usd"] == "0.10"
         assert rows[1999]["job_id"] == f"clip-01999 {ODD}"
+
+
+# ---------------------------------------------------------------- ingest: all or nothing
+
+# `batchgen ingest`, killed with SIGKILL (a kill -9: no cleanup) when every new row is
+# written and the transaction is about to be committed: at its `ingested` event.
+KILLED_AT_THE_LAST_WRITE = """
+import os, signal, sys
+from batchgen import cli
+from batchgen.ledger.base import LedgerBase
+
+write = LedgerBase._event
+
+def event(self, kind, *args, **kwargs):
+    write(self, kind, *args, **kwargs)
+    if kind == "ingested":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+LedgerBase._event = event
+sys.argv = ["batchgen", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def dump(path: Path) -> list[str]:
+    db = sqlite3.connect(path)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def test_a_kill_9_mid_ingest_leaves_the_ledger_exactly_as_it_was(tmp_path):
+    path = tmp_path / "l.db"
+    make_ledger(path, [grok("before"), image("also-before")]).close()
+    before = dump(path)
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text(
+        "version: 1\ncampaign: big\n"
+        'defaults: {model: grok-video-3, duration: 5, ratio: "1:1"}\n'
+        "jobs:\n"
+        '  - id: "shot-{n}-{m}"\n'
+        '    prompt: "A long enough prompt, so the rows outgrow the page cache: {n} {m}"\n'
+        f"    matrix: {{n: {list(range(200))}, m: {list(range(100))}}}\n",
+        encoding="utf-8",
+    )
+    env = command_env(path, None, None)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_THE_LAST_WRITE, "ingest", str(manifest)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr
+    wal = path.with_name(path.name + "-wal")
+    assert wal.exists() and wal.stat().st_size > 1_000_000, "the rows never reached the disk"
+
+    assert dump(path) == before  # nothing of the 20,000 jobs, nothing else changed
+    assert json.loads(status_json_command(path))["counts"]["queued"] == 2
+    again = invoke(path, "ingest", str(manifest))
+    assert again.exit_code == 0 and "20000 new job(s)" in again.output
