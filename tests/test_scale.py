@@ -545,3 +545,33 @@ def test_a_kill_9_mid_ingest_leaves_the_ledger_exactly_as_it_was(tmp_path):
     assert json.loads(status_json_command(path))["counts"]["queued"] == 2
     again = invoke(path, "ingest", str(manifest))
     assert again.exit_code == 0 and "20000 new job(s)" in again.output
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_m006_keeps_the_status_rules_spelled_so_they_cost_nothing(tmp_path, monkeypatch, old):
+    path = tmp_path / "l.db"
+    if old:
+        monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M006)
+        make_ledger(path, [grok("a")]).close()
+        monkeypatch.undo()
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert " IN (" not in tables["jobs"] and "status = 'held'" in tables["jobs"]
+    assert " IN (" not in tables["attempts"] and "state = 'not_sent'" in tables["attempts"]
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.execute("INSERT OR IGNORE INTO campaigns VALUES ('c', 'c.yaml', 'sha', NULL, 'a', 'b')")
+    columns = "campaign, id, position, model, kind, prompt, request, fingerprint, price_micro_usd"
+    job = "'c', ?, 9, 'm', 'video', 'p', '{}', 'f', 1, ?, 'a', 'b'"
+    for status in migrations.JOB_STATUSES:
+        db.execute(f"INSERT INTO jobs ({columns}, status, created_at, updated_at) VALUES ({job})",
+                   (f"ok-{status}", status))  # fmt: skip
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(f"INSERT INTO jobs ({columns}, status, created_at, updated_at) VALUES ({job})",
+                   ("bad", "Queued"))  # fmt: skip
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(
+            "INSERT INTO attempts (campaign, job_id, started_at, fingerprint,"
+            " unit_price_micro_usd, state) VALUES ('c', 'ok-queued', 'now', 'f', 1, 'lost')"
+        )
+    db.close()
