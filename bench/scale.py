@@ -47,11 +47,6 @@ JSON_TARGET_MB = 100
 PARTS = ("status", "report", "resume", "review")
 
 
-def load() -> str:
-    """The machine's load, as `uptime` says it (other work may share the machine)."""
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
 class FirstRequest(Sandbox):
     """The sandbox, noting when (time.time) its first API request arrived, and what it was."""
 
@@ -168,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.only.split(","))
     common.header(f"scale: a year of campaigns, {args.jobs:,} jobs in one ledger")
-    print(f"load before: {load()}")
+    print(f"load before: {common.load()}")
     ledger, built = year_ledger.cached_ledger(args.cache, args.jobs)
     how = f"built in {built:.1f} s" if built is not None else "reused from an earlier run"
     print(f"ledger: {ledger} ({ledger.stat().st_size / 2**20:,.0f} MB), {how}")
@@ -248,7 +243,7 @@ def main() -> None:
         mb = memory["status --json > /dev/null"]
         print(f"  status --json < {JSON_TARGET_MB} MB: {mb:.0f} MB "
               f"{common.verdict(mb < JSON_TARGET_MB)}")  # fmt: skip
-    print(f"\nload after: {load()}")
+    print(f"\nload after: {common.load()}")
     print(json.dumps({k: sorted(v) for k, v in figures.items()}), file=sys.stderr)
     os.environ.pop("BATCHGEN_LEDGER", None)
 
