@@ -575,3 +575,95 @@ def test_m006_keeps_the_status_rules_spelled_so_they_cost_nothing(tmp_path, monk
             " unit_price_micro_usd, state) VALUES ('c', 'ok-queued', 'now', 'f', 1, 'lost')"
         )
     db.close()
+
+
+# ---------------------------------------------------------------- what a run reads, at any size
+
+BIG = {"jobs", "attempts", "files", "verdicts", "events"}  # and their aliases in our SQL
+ALIASES = {"j": "jobs", "a": "attempts", "f": "files", "v": "verdicts"}
+
+
+def plans(ledger: Ledger, read: Any) -> list[tuple[str, list[str]]]:
+    """Each statement `read()` runs, with SQLite's plan for it."""
+    statements: list[str] = []
+    ledger.conn.set_trace_callback(statements.append)
+    try:
+        read()
+    finally:
+        ledger.conn.set_trace_callback(None)
+    return [
+        (sql, [row[3] for row in ledger.conn.execute("EXPLAIN QUERY PLAN " + sql)])
+        for sql in statements
+        if not sql.startswith(("BEGIN", "COMMIT", "PRAGMA", "SELECT name FROM sqlite_master"))
+    ]
+
+
+@pytest.mark.parametrize("scope", [None, ["c"], ["c", "b-second"]])
+def test_what_status_resume_and_each_tick_read_never_walks_a_whole_table(tmp_path, scope):
+    """Start-up and every tick of a run, and `status`, read through indexes or the totals:
+    on a year's ledger none of them may read every job, attempt, file or verdict."""
+    from batchgen import runner
+    from batchgen.ledger.review import ReviewFilters
+
+    ledger = every_kind_of_job(tmp_path / "l.db")
+    # The walks allowed: (plan step, what the statement must say for it to be allowed).
+    totals = {("SCAN a", "FROM attempt_totals a"), ("SCAN j", "FROM verdict_totals j")}
+    # SQLite's count of a whole table: it counts the cells of its smallest index's pages
+    # and reads no row.
+    whole_count = {
+        ("SCAN jobs USING COVERING INDEX jobs_by_position", "(SELECT COUNT(*) FROM jobs )")
+    }
+    # The 5,000 newest attempts, newest first, then stop: not every attempt.
+    newest = {("SCAN attempts", "ORDER BY id DESC LIMIT 5000"), ("SCAN a", "LIMIT 5000) a")}
+    reads: dict[str, Any] = {
+        "counts": lambda: ledger.counts(scope),
+        "money": lambda: ledger.money(scope),
+        "money by campaign": lambda: ledger.money_by_campaign(scope),
+        "verdict counts": lambda: ledger.verdict_counts(scope),
+        "the queue, a page at a time": lambda: list(ledger.queued_jobs(scope, page=2)),
+        "running": lambda: ledger.unfinished_jobs(scope, statuses=("running",)),
+        "lost": lambda: ledger.lost_jobs(scope),
+        "interrupted": lambda: ledger.interrupted_submissions(scope),
+        "one job": lambda: ledger.unfinished_job("c", "sent"),
+        "reasons": lambda: (ledger.held_reasons(scope), ledger.queued_reasons(scope)),
+        "recent failures": lambda: ledger.jobs_in_status(scope, "failed", 10, True),
+        "generation times": ledger.generation_seconds,
+        "the budget left": lambda: runner._budget(ledger, scope),
+        "the review's first page": lambda: ledger.review_page(scope, ReviewFilters(), 3),
+    }
+    for name, read in reads.items():
+        for sql, plan in plans(ledger, read):
+            for step in plan:
+                if not step.startswith("SCAN "):
+                    continue
+                if any(step == s and said in sql for s, said in totals | whole_count | newest):
+                    continue
+                table = step.split()[1]
+                assert ALIASES.get(table, table) not in BIG, (name, step, sql)
+            if name.startswith("the queue"):  # a sort would read the whole queue first
+                assert not any("TEMP B-TREE" in step for step in plan), (name, plan)
+    ledger.close()
+
+
+@pytest.mark.parametrize("scope", [None, ["c"], ["b-second", "c"], ["c", "c"]])
+@pytest.mark.parametrize("page", [1, 2, 3, 500])
+def test_the_queue_a_page_at_a_time_is_every_queued_job_in_ingestion_order(tmp_path, scope, page):
+    ledger = every_kind_of_job(tmp_path / "l.db")
+    ledger.ingest(
+        Campaign("b-second", "b.yaml", "sha", None), [grok(f"more-{i}") for i in range(4)]
+    )
+    ledger.ingest(
+        Campaign("c", "c.yaml", "sha", 40_000_000), [grok(f"later-{i}") for i in range(3)]
+    )
+    names = sorted(set(scope or ["c", "b-second"]))
+    expected = [
+        (c, i)
+        for c, i in ledger.conn.execute(
+            "SELECT campaign, id FROM jobs WHERE status = 'queued'"
+            f" AND campaign IN ({', '.join('?' * len(names))}) ORDER BY campaign, position",
+            names,
+        )
+    ]
+    assert len(expected) >= 4
+    assert [j.key for j in ledger.queued_jobs(scope, page=page)] == expected
+    ledger.close()

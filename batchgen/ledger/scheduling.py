@@ -121,20 +121,30 @@ class SchedulingMixin(LedgerBase):
 
         Each page is a fresh query after the last (campaign, position) read (the
         jobs_by_status index): jobs this run has moved on are behind it, and jobs
-        ingested meanwhile are picked up at the end.
+        ingested meanwhile are picked up at the end. Named campaigns are read one after
+        the other (in name order, as the whole ledger is): a page then reads its own
+        campaign's queue only, not every queued job of the others.
         """
-        where, params = _campaign_filter(campaigns)
-        after: tuple[str, int] = ("", -1)
+        for campaign in sorted(set(campaigns)) if campaigns else [None]:
+            yield from self._queued_pages(campaign, page)
+
+    def _queued_pages(self, campaign: str | None, page: int) -> Iterator[LedgerJob]:
+        """Queued jobs of one campaign (None: every one), `page` at a time, each page after
+        the last row read (keyset paging on jobs_by_status, in (campaign, position) order)."""
+        if campaign is None:
+            after, last = "(campaign, position) > (?, ?)", ["", -1]
+        else:
+            after, last = "campaign = ? AND position > ?", [campaign, -1]
         while True:
             rows = self.conn.execute(
-                f"{self._LEDGER_JOB} WHERE status = 'queued' {where}"
-                " AND (campaign, position) > (?, ?) ORDER BY campaign, position LIMIT ?",
-                [*params, *after, page],
+                f"{self._LEDGER_JOB} WHERE status = 'queued' AND {after}"
+                " ORDER BY campaign, position LIMIT ?",
+                [*last, page],
             ).fetchall()
             yield from (_ledger_job(row) for row in rows)
             if len(rows) < page:
                 return
-            after = (rows[-1][0], rows[-1][-1])
+            last = [rows[-1][0], rows[-1][-1]]
 
     def begin_attempt(self, job: LedgerJob) -> int:
         """Commit the intent to submit before the request is sent: a crash after sending
