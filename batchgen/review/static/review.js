@@ -487,8 +487,9 @@ function onKey(event) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const id of FILTERS) {
-    $(id).addEventListener("input", id === "f-text" ? typed : filtersChanged);
+  for (const id of FILTERS) {  // a select says "change" (also when a script picks), a box "input"
+    if (id === "f-text") $(id).addEventListener("input", typed);
+    else $(id).addEventListener("change", filtersChanged);
   }
   $("more-button").addEventListener("click", showMore);
   document.addEventListener("keydown", onKey);
