@@ -7,13 +7,15 @@ failed or no key; 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 import shutil
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +108,20 @@ def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
         problems = [dataclasses.asdict(problem) for problem in e.problems]
         click.echo(json.dumps({"valid": False, "problems": problems}, ensure_ascii=False))
         sys.exit(e.exit_code)
+
+
+@contextlib.contextmanager
+def streaming_stdout() -> Iterator[Callable[[str], object]]:
+    """Write text to stdout as it comes. A reader that stops early (`| head`) ends the
+    command quietly, as it ends any Unix tool, never with a traceback."""
+    out = sys.stdout
+    try:
+        yield out.write
+        out.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit, and complain: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        sys.exit(0)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -461,11 +477,13 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
     from batchgen.ledger import Ledger
 
     ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
-    data = status_module.status_data(ledger, list(campaigns), jobs=as_json)
     redact = Redactor.from_environment()
-    if as_json:
-        click.echo(redact(json.dumps(data, ensure_ascii=False)))
+    if as_json:  # written as it is read: its memory does not grow with the ledger
+        with streaming_stdout() as out:
+            status_module.write_json(ledger, list(campaigns), lambda text: out(redact(text)))
+            out("\n")
     else:
+        data = status_module.status_data(ledger, list(campaigns), jobs=False)
         click.echo(redact(status_module.format_status(ledger, data, list(campaigns))))
 
 
@@ -509,8 +527,10 @@ def report(
 
     ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
     width = shutil.get_terminal_size().columns  # $COLUMNS, the terminal, else 80
-    text = report_module.render(ledger, list(campaigns), by, fmt, per_job, width=width)
-    click.echo(Redactor.from_environment()(text), nl=False)
+    redact = Redactor.from_environment()
+    with streaming_stdout() as out:  # --jobs as CSV or JSON: written as it is read
+        for text in report_module.chunks(ledger, list(campaigns), by, fmt, per_job, width):
+            out(redact(text))
 
 
 @cli.command()

@@ -110,6 +110,9 @@ class JobSpec:
     rows: RowsFile | None
     known: frozenset[str]  # variables its templates may use
     broken: frozenset[str] = frozenset()  # fields written on it that the schema refused
+    # (variable, its index in matrix_keys, each value's text): the matrix keys that are
+    # template variables only, spelled once rather than once per expanded job.
+    matrix_texts: list[tuple[str, int, list[str]]] = field(default_factory=list)
 
     @property
     def path(self) -> KeyPath:
@@ -283,6 +286,11 @@ class Expansion:
             rows,
             frozenset(known),
             broken,
+            [
+                (key, k, [as_text(value) for value in matrix[key]])
+                for k, key in enumerate(keys)
+                if key not in JOB_FIELDS
+            ],
         )
 
     def _spec_problem(self, path: KeyPath, message: str) -> None:
@@ -311,25 +319,37 @@ class Expansion:
     def _expand(self, spec: JobSpec) -> None:
         rows: list[Row | None] = list(spec.rows.rows) if spec.rows else [None]
         combos = list(product(*(range(len(values)) for values in spec.matrix_values)))
+        # Nothing unknown (the usual case): defaults fill in with one dict merge per job.
+        clean = not spec.broken and not self.broken_defaults
+        default_model = self.defaults.get("model")
         for row, combo, take in product(rows, combos, range(1, spec.takes + 1)):
             fields = dict(spec.own)
             if row is not None:
                 fields.update(row.fields)
             for key, k in spec.matrix_fields:
                 fields[key] = spec.matrix_values[k][combo[k]]
-            unknown = set(spec.broken)
-            if "model" not in fields and "model" in self.broken_defaults:
-                unknown.add("model")
-            model = None if "model" in unknown else fields.get("model", self.defaults.get("model"))
-            for name, value in self._defaults_taken(model).items():
-                if name not in unknown:
-                    fields.setdefault(name, value)
-            unknown.update(
-                name for name in self.broken_defaults if name not in fields and _takes(model, name)
-            )
-            draft = _Draft(spec, row, combo, take, fields, unknown)
+            if clean:
+                fields = {**self._defaults_taken(fields.get("model", default_model)), **fields}
+                draft = _Draft(spec, row, combo, take, fields, set())
+            else:
+                draft = _Draft(spec, row, combo, take, fields, self._unknown(spec, fields))
             self._render(draft)
             self._add(draft)
+
+    def _unknown(self, spec: JobSpec, fields: dict[str, Any]) -> set[str]:
+        """Fill in a job's defaults, leaving out the fields whose values are unknown (broken
+        on the job or in defaults): those, which `fields` then lacks."""
+        unknown = set(spec.broken)
+        if "model" not in fields and "model" in self.broken_defaults:
+            unknown.add("model")
+        model = None if "model" in unknown else fields.get("model", self.defaults.get("model"))
+        for name, value in self._defaults_taken(model).items():
+            if name not in unknown:
+                fields.setdefault(name, value)
+        unknown.update(
+            name for name in self.broken_defaults if name not in fields and _takes(model, name)
+        )
+        return unknown
 
     def _defaults_taken(self, model_name: Any) -> dict[str, Any]:
         """The defaults that apply to a job of `model_name` (all of them if it is unknown)."""
@@ -410,18 +430,19 @@ class Expansion:
             content["take"] = draft.take
             digest = hashlib.sha256(canonical_json(content).encode()).hexdigest()
             job_id = draft.id = "job-" + digest[:10]
-        job = Job(
+        get = fields.get
+        job = Job(  # by position: 100,000 times
             self.campaign,
             job_id,
-            fields.get("model"),  # type: ignore[arg-type]  # the catalog layer checks them
-            fields.get("prompt"),  # type: ignore[arg-type]
-            duration=fields.get("duration"),
-            ratio=fields.get("ratio"),
-            variant=fields.get("variant"),
-            ref_mode=fields.get("ref_mode"),
-            resolution=fields.get("resolution"),
-            media=fields.get("media"),
-            tags=list(fields.get("tags", ())),
+            get("model"),  # type: ignore[arg-type]  # the catalog layer checks them
+            get("prompt"),  # type: ignore[arg-type]
+            get("duration"),
+            get("ratio"),
+            get("variant"),
+            get("ref_mode"),
+            get("resolution"),
+            get("media"),
+            list(get("tags", ())),
         )
         unknown = frozenset(draft.unknown) if draft.unknown else _KNOWN
         expanded = ExpandedJob(job, draft.spec, draft.row, draft.combo, draft.take, unknown)
@@ -455,11 +476,20 @@ class _UnknownValue(KeyError):
 
 
 class _Variables(dict[str, str]):
-    """The template variables of one draft, looked up only when a template asks."""
+    """The template variables of one draft. Those that cost nothing to know (take, the
+    matrix's variables, the row's columns) are there from the start, so rendering finds
+    them without a call into Python; the job's own fields are looked up only when a
+    template asks (`__missing__`)."""
 
     def __init__(self, draft: _Draft):
         super().__init__()
         self.draft = draft
+        # None of these is a job field, so none can be unknown (see __missing__'s order).
+        self["take"] = str(draft.take)
+        for name, k, texts in draft.spec.matrix_texts:
+            self[name] = texts[draft.combo[k]]
+        if draft.row is not None:
+            self.update(draft.row.variables)
 
     def __missing__(self, name: str) -> str:
         draft = self.draft

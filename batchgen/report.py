@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchgen.ledger import Ledger
-from batchgen.money import usd
+from batchgen.money import to_micros, usd
 from batchgen.text import shown
 
 COLUMNS = (
@@ -102,26 +102,76 @@ def render(
 ) -> str:
     """The report as text ending with a newline: `fmt` is table, csv or json; a table fits
     in `width` columns (see `_fit`)."""
+    return "".join(chunks(ledger, campaigns, by, fmt, per_job, width))
+
+
+def chunks(
+    ledger: Ledger, campaigns: list[str], by: str, fmt: str, per_job: bool, width: int = 200
+) -> Iterator[str]:
+    """The report (see `render`) in pieces, to write as they come: `--jobs` as CSV or JSON
+    is written as it is read, so a million jobs are never held at once (a table must see
+    every row to size its columns)."""
     ledger.select_campaigns(campaigns)
     scope = campaigns or None
     if per_job:
         jobs = _jobs(ledger, scope)
         if fmt == "json":
-            return json.dumps({"jobs": list(jobs)}, ensure_ascii=False) + "\n"
-        if fmt == "csv":
-            return _jobs_csv(jobs)
-        return _jobs_table(jobs, width)
+            yield from _batched(_jobs_json(jobs))
+        elif fmt == "csv":
+            yield from _jobs_csv(jobs)
+        else:
+            yield _jobs_table(jobs, width)
+        return
     groups = [_row(r) for r in ledger.report_groups(scope, by)]
-    totals = _row(ledger.report_groups(scope, None)[0])
+    if by == "tag":  # a job with several tags is in several groups: add them up apart
+        totals = _row(ledger.report_groups(scope, None)[0])
+    else:  # every job is in one group: the totals are the groups added up
+        totals = _sum(groups)
     if fmt == "json":
-        return json.dumps({"by": by, "groups": groups, "totals": totals}, ensure_ascii=False) + "\n"
+        yield json.dumps({"by": by, "groups": groups, "totals": totals}, ensure_ascii=False)
+        yield "\n"
+        return
     if fmt == "csv":
         out = _csv_buffer()
         writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows([*groups, totals])
-        return out.getvalue()
-    return _groups_table(ledger, scope, by, groups, totals, width)
+        yield out.getvalue()
+        return
+    yield _groups_table(ledger, scope, by, groups, totals, width)
+
+
+def _sum(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The TOTAL row of groups that share no job."""
+    totals: dict[str, Any] = {"key": "TOTAL"}
+    for column in COLUMNS[1:]:
+        if column.endswith("_usd"):
+            totals[column] = usd(sum(to_micros(g[column]) for g in groups))
+        else:
+            totals[column] = sum(g[column] for g in groups)
+    return totals
+
+
+def _batched(pieces: Iterator[str], size: int = 1 << 16) -> Iterator[str]:
+    """The same text in pieces of about `size` characters: fewer, larger writes."""
+    batch: list[str] = []
+    length = 0
+    for piece in pieces:
+        batch.append(piece)
+        length += len(piece)
+        if length >= size:
+            yield "".join(batch)
+            batch, length = [], 0
+    if batch:
+        yield "".join(batch)
+
+
+def _jobs_json(jobs: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """`{"jobs": [...]}` as json.dumps spells it, one job at a time."""
+    yield '{"jobs": ['
+    for n, job in enumerate(jobs):
+        yield (", " if n else "") + json.dumps(job, ensure_ascii=False)
+    yield "]}\n"
 
 
 def _row(sums: dict[str, Any]) -> dict[str, Any]:
@@ -181,9 +231,10 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
         }
 
 
-def _jobs_csv(jobs: Iterator[dict[str, Any]]) -> str:
+def _jobs_csv(jobs: Iterator[dict[str, Any]], size: int = 1 << 16) -> Iterator[str]:
     """One row per attempt with its own money (see CSV_ATTEMPT_COLUMNS); a job without
-    attempts: one row, its money zero. Lists are one cell: tags `;`-joined, files by lines."""
+    attempts: one row, its money zero. Lists are one cell: tags `;`-joined, files by lines.
+    Written `size` characters or so at a time."""
     out = _csv_buffer()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*CSV_JOB_COLUMNS, *CSV_ATTEMPT_COLUMNS])
@@ -195,7 +246,11 @@ def _jobs_csv(jobs: Iterator[dict[str, Any]]) -> str:
             cells = {**attempt, "attempt": attempt.get("number")}
             cells["files"] = "\n".join(attempt.get("files") or [])
             writer.writerow(head + [cells.get(c) for c in CSV_ATTEMPT_COLUMNS])
-    return out.getvalue()
+        if out.tell() >= size:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
 
 
 def _csv_buffer() -> io.StringIO:

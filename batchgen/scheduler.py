@@ -259,9 +259,12 @@ class Scheduler:
         interrupted = self.ledger.interrupted_submissions(campaigns)
         if not interrupted:
             return
-        by_key = {j.key: j for j in self.ledger.unfinished_jobs(campaigns)}
+        by_key: dict[tuple[str, str], LedgerJob | None] = {}  # only these: not every job
         for attempt_id, campaign, job_id in interrupted:
-            job = by_key.get((campaign, job_id))
+            key = (campaign, job_id)
+            if key not in by_key:
+                by_key[key] = self.ledger.unfinished_job(campaign, job_id)
+            job = by_key[key]
             if job is not None:
                 await self._unknown(job, attempt_id, "the process stopped before the answer")
 

@@ -1,12 +1,16 @@
 """`batchgen status`: where the batch stands and what to do next.
 
-`status_data` is the `--json` object of PRODUCT.md §7 (every job of the selection, built
-from one streamed query); `format_status` is for a person and never lists all jobs, so it
-answers at once on a 100,000-job ledger.
+`write_json` writes the `--json` object of PRODUCT.md §7, its `jobs` list streamed as
+SQLite reads it (a million jobs are never held at once); `status_data` is the same object
+as a dict. `format_status` is for a person and never lists all jobs: every figure it
+shows comes from an index or a total kept by the ledger, so it answers at once on a
+million-job ledger.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,33 +21,58 @@ from batchgen.progress import _duration as duration_text
 from batchgen.text import shown
 
 SHOWN = 10  # running tasks, failures and held jobs listed by the human format
+WRITE_EVERY = 1000  # jobs' entries written at a time by write_json
 
 
 def status_data(ledger: Ledger, campaigns: list[str], jobs: bool = True) -> dict[str, Any]:
-    """The `status --json` object: counts, money, budget and one entry per job.
+    """The `status --json` object as a dict: counts, money, budget, verdicts and one entry
+    per job (with `jobs=False` the list is left empty, for the human format, which never
+    shows it). The entries are read as `write_json` writes them."""
+    if not jobs:
+        ledger.select_campaigns(campaigns)
+        with ledger.snapshot():
+            return {**_head(ledger, campaigns or None), "jobs": []}
+    parts: list[str] = []
+    write_json(ledger, campaigns, parts.append)
+    data: dict[str, Any] = json.loads("".join(parts))
+    return data
 
-    A job's `cost_usd` is the ledger's cost of the job (what its completed task cost;
-    failed tasks are refunded, §2); `files` are the paths saved by `download`. With
-    `jobs=False` the list is left empty, for the human format, which never shows it.
+
+def write_json(ledger: Ledger, campaigns: list[str], write: Callable[[str], object]) -> None:
+    """Write the `status --json` object (PRODUCT.md §7) through `write`, as `json.dumps`
+    would spell it: the counts, money and budget, then each job's entry as it is read.
+
+    All of it is one moment of the ledger (one read transaction), even while a runner
+    commits; the transaction stays open while the jobs are written, which never blocks a
+    runner (WAL).
     """
     ledger.select_campaigns(campaigns)  # an unknown campaign is an error, not an empty answer
     scope = campaigns or None
     with ledger.snapshot():  # one moment of the ledger, even while a runner commits
-        money = ledger.money(scope)
-        budgets = [b for b in ledger.budgets(scope).values() if b is not None]
-        entries = ledger.status_jobs(scope) if jobs else []
-        counts = ledger.counts(scope)
-        verdicts = ledger.verdict_counts(scope)
-    for entry in entries:
-        entry["cost_usd"] = usd(entry["cost_usd"])
+        head = json.dumps({**_head(ledger, scope), "jobs": []}, ensure_ascii=False)
+        assert head.endswith("[]}")
+        batch = [head[:-2]]
+        for n, entry in enumerate(ledger.status_entries(scope)):
+            batch.append(entry if n == 0 else ", " + entry)
+            if len(batch) >= WRITE_EVERY:
+                write("".join(batch))
+                batch.clear()
+        batch.append("]}")
+        write("".join(batch))
+
+
+def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
+    """Everything but the jobs: counts, money, the budget (the selected campaigns' budgets
+    added up; null when none has one) and the review's verdicts."""
+    money = ledger.money(scope)
+    budgets = [b for b in ledger.budgets(scope).values() if b is not None]
     return {
-        "counts": counts,
+        "counts": ledger.counts(scope),
         "spent_usd": usd(money.spent),
         "in_flight_usd": usd(money.in_flight),
         "unknown_usd": usd(money.unknown),
         "budget_usd": usd(sum(budgets)) if budgets else None,
-        "verdicts": verdicts,  # completed jobs by their review verdict (PRODUCT §12)
-        "jobs": entries,
+        "verdicts": ledger.verdict_counts(scope),  # completed jobs by review verdict (§12)
     }
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from jsonschema import ValidationError
 
 from batchgen import catalog, manifest, schema
+from batchgen.bulk import collector_paused
 from batchgen.errors import ManifestInvalid
 from batchgen.expand import ExpandedJob, Expansion, Problems
 from batchgen.job import Campaign, Job, canonical_json
@@ -53,6 +54,11 @@ def check_manifest(path: str | Path, max_jobs: int = 100_000) -> Manifest:
     else for bad input. Catalog defaults are not baked into the jobs (Job.request() adds
     them), so a catalog change does not change what the manifest says.
     """
+    with collector_paused():  # 100,000 jobs, no cycles (bulk.py)
+        return _check(path, max_jobs)
+
+
+def _check(path: str | Path, max_jobs: int) -> Manifest:
     doc = manifest.load(path)
     problems = Problems()
     damage = _check_structure(doc, problems)
@@ -229,24 +235,35 @@ def _check_catalog(expansion: Expansion, jobs: list[ExpandedJob], problems: Prob
     found: dict[Hashable, list[tuple[str, str]]] = {}
     for expanded in jobs:
         job = expanded.job
-        request = {
-            "model": job.model,
-            "prompt": job.prompt,
-            "duration": job.duration,
-            "ratio": job.ratio,
-            "variant": job.variant,
-            "ref_mode": job.ref_mode,
-            "media": job.media,
-            "resolution": job.resolution,
-        }
-        shape = _shape(request)
+        shape: Hashable
+        if job.media is None:  # the common case: _shape's answer without the request dict
+            prompt = job.prompt
+            shape = (job.model, job.duration, job.ratio, job.variant, job.ref_mode,
+                     job.resolution, type(job.duration),
+                     isinstance(prompt, str) and bool(prompt.strip()))  # fmt: skip
+        else:
+            shape = _shape(_request(job))
         if shape not in found:
-            found[shape] = catalog.check_request(request)
+            found[shape] = catalog.check_request(_request(job))
         for name, message in found[shape]:
             if name.partition("[")[0] in expanded.unknown:
                 continue  # its problem is already reported where it was written
             where = expansion.position(expanded, name)
             problems.add(where, expanded.jobpath, message, repeats=(where, message))
+
+
+def _request(job: Job) -> dict[str, Any]:
+    """What catalog.check_request checks of a job."""
+    return {
+        "model": job.model,
+        "prompt": job.prompt,
+        "duration": job.duration,
+        "ratio": job.ratio,
+        "variant": job.variant,
+        "ref_mode": job.ref_mode,
+        "media": job.media,
+        "resolution": job.resolution,
+    }
 
 
 def _shape(request: dict[str, Any]) -> Hashable:

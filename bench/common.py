@@ -47,6 +47,11 @@ def header(title: str) -> None:
     print()
 
 
+def load() -> str:
+    """The machine's load, as `uptime` says it (other work may share the machine)."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def command_env(
     ledger: Path, base_url: str | None = None, key: str | None = None
 ) -> dict[str, str]:

@@ -192,14 +192,12 @@ def test_datasette_follows_attempts_and_files_to_their_job(ran):
 # --- migration m005 on a ledger written before it -----------------------------------------
 
 
-def before_m005() -> list:
-    every = migrations.MIGRATIONS
-    return every[: every.index(migrations.m005_views)]
+BEFORE_M005 = migrations.MIGRATIONS[: migrations.MIGRATIONS.index(migrations.m005_views)]
 
 
 def old_ledger(path: Path, monkeypatch) -> None:
     """A ledger as batchgen wrote it before m005: jobs, attempts (retries, a failure), files."""
-    monkeypatch.setattr(migrations, "MIGRATIONS", before_m005())
+    monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M005)
     ledger = make_ledger(path, [grok("g1"), seedance("s1"), grok("g2")], campaign="c")
     ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("g1"), grok("d2")])
     fail(ledger, "g1", then="queued")
@@ -240,7 +238,7 @@ def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_pat
     indexes = {r["name"] for r in rows(path, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"jobs_by_status", "jobs_by_position", "attempts_by_job_ref"} <= indexes
     applied = [r["name"] for r in rows(path, "SELECT name FROM _migrations")]
-    assert applied == [m.__name__ for m in migrations.MIGRATIONS]
+    assert applied == [m.__name__ for m in migrations.MIGRATIONS]  # each once, in order
 
 
 def test_rows_written_after_m005_are_linked_whoever_writes_them(tmp_path):
@@ -275,7 +273,7 @@ def test_a_migration_that_fails_leaves_the_ledger_as_it_was(tmp_path, monkeypatc
         raise OSError("disk full, say")
 
     m005_then_fails.__name__ = "m005_views"
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*before_m005(), m005_then_fails])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*BEFORE_M005, m005_then_fails])
     with pytest.raises(OSError):
         migrations.migrate(sqlite3.connect(path, isolation_level=None))
     assert rows(path, "SELECT * FROM sqlite_master ORDER BY name") == schema_before

@@ -64,7 +64,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 def newcomer_env() -> dict[str, str]:
@@ -340,3 +340,35 @@ def test_a_result_not_saved_locally_is_shown_from_the_services_url_and_marked(
             "return [...document.querySelectorAll('.media .remote')].map(e => e.textContent)"
         )
         assert marks == ["not saved locally: from the service's URL"] * 2
+
+
+def test_a_large_ledger_is_shown_a_page_at_a_time_and_filtered_by_the_server(browser, tmp_path):
+    from tests.test_report import complete, grok, make_ledger
+
+    ledger = make_ledger(tmp_path / "l.db", [grok(f"clip-{i:03d}") for i in range(230)])
+    complete(ledger, "clip-229", urls=[])  # the last job: the only completed one
+    ledger.close()
+    with serving(tmp_path, "--ledger", str(tmp_path / "l.db")) as url:
+        load(browser, url)
+
+        def cards(d: WebDriver) -> int:
+            return int(d.execute_script("return document.querySelectorAll('article.card').length"))
+
+        def more_shown(d: WebDriver) -> bool:
+            return not d.find_element(By.ID, "more").get_attribute("hidden")
+
+        assert cards(browser) == 200 and more_shown(browser)
+        assert "230 jobs · 200 shown (more below)" in browser.find_element(By.ID, "summary").text
+        browser.find_element(By.ID, "more-button").click()
+        wait(browser, "the next page", lambda d: cards(d) == 230 and not more_shown(d))
+        # A filter asks the server, over the whole ledger: the one completed job is found
+        # even when only the first page was shown.
+        browser.refresh()
+        load(browser, url)
+        Select(browser.find_element(By.ID, "f-status")).select_by_value("completed")
+        wait(browser, "the filtered answer", lambda d: cards(d) == 1)
+        key = browser.execute_script("return document.querySelector('article.card').dataset.key")
+        assert key == "c/clip-229"
+        Select(browser.find_element(By.ID, "f-status")).select_by_value("")
+        browser.find_element(By.ID, "f-text").send_keys("CLIP-21")  # ids clip-210..219
+        wait(browser, "the search's answer", lambda d: cards(d) == 10)

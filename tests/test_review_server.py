@@ -14,11 +14,12 @@ import threading
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from batchgen.job import Job
+from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
 from batchgen.review import open_review
 from batchgen.review.files import byte_range, locate
@@ -142,6 +143,114 @@ def test_results_answer_unchanged_until_the_ledger_changes_then_show_the_change(
     assert {r["id"]: r["status"] for g in changed["groups"] for r in g["results"]}["later"] == (
         "completed"
     )
+
+
+def test_a_verdict_given_here_changes_the_version_so_the_page_shows_it(server):
+    version = results(server)["version"]
+    assert verdict(server, "a2", "approved").status_code == 200
+    after = httpx.get(server.url + "api/results", params={"since": version}).json()
+    assert after["version"] != version and after["counts"]["approved"] == 1
+
+
+# -- a ledger too large for one answer: pages, newest campaign first, filters on the server --
+
+
+@pytest.fixture
+def many(tmp_path) -> Iterator[ReviewServer]:
+    """Two campaigns: `a-old` (5 jobs, ingested first: 3 completed, one approved) and
+    `z-new` (7 jobs, ingested later: 2 completed, tagged, one rejected)."""
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok(f"old-{i}") for i in range(5)], campaign="a-old")
+    for i in range(3):
+        complete(ledger, f"old-{i}", campaign="a-old")
+    ledger.ingest(
+        Campaign("z-new", "z.yaml", "sha", None),
+        [Job("z-new", f"new-{i}", "grok-video-3", f"A Lighthouse {i % 2}", duration=5,
+             tags=["night"] if i < 2 else []) for i in range(7)],
+    )  # fmt: skip
+    for job_id, campaign in (("new-0", "z-new"), ("new-1", "z-new")):
+        complete(ledger, job_id, campaign=campaign)
+    judge = {"old-0": ("a-old", "approved"), "new-1": ("z-new", "rejected")}
+    for job_id, (campaign, value) in judge.items():
+        task = ledger.conn.execute(
+            "SELECT task_id FROM jobs WHERE campaign = ? AND id = ?", (campaign, job_id)
+        ).fetchone()[0]
+        ledger.record_verdict(campaign, job_id, task, value, None)
+    ledger.close()
+    review = open_review(path, [], tmp_path / "out")
+    thread = threading.Thread(target=review.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield review
+    review.shutdown()
+    review.server_close()
+    review.ledger.close()
+    thread.join()
+
+
+def ask(server: ReviewServer, **params: Any) -> dict:
+    answer = httpx.get(server.url + "api/results", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def ids(data: dict) -> set[str]:
+    return {r["id"] for g in data["groups"] for r in g["results"]}
+
+
+def test_results_come_a_page_at_a_time_the_newest_campaign_first(many):
+    first = ask(many, limit=4)
+    assert ids(first) == {"new-0", "new-1", "new-2", "new-3"}
+    assert (first["shown"], first["more"], first["total_jobs"]) == (4, True, 12)
+    assert first["campaigns"] == ["a-old", "z-new"]
+    assert "grok-video-3" in first["models"]
+    more = ask(many, limit=9)
+    assert ids(more) == {*(f"new-{i}" for i in range(7)), "old-0", "old-1"}
+    assert more["more"] is True
+    order = [(g["campaign"], [r["id"] for r in g["results"]]) for g in more["groups"]]
+    assert order == [
+        ("z-new", ["new-0", "new-2", "new-4", "new-6"]),
+        ("z-new", ["new-1", "new-3", "new-5"]),
+        ("a-old", ["old-0"]),
+        ("a-old", ["old-1"]),
+    ]
+    everything = ask(many, limit=12)
+    assert len(ids(everything)) == 12 and everything["more"] is False
+    assert everything["counts"] == {"approved": 1, "rejected": 1, "unreviewed": 3}
+    # the same prompt's results side by side, within the page
+    groups = {g["prompt"]: [r["id"] for r in g["results"]] for g in first["groups"]}
+    assert groups == {"A Lighthouse 0": ["new-0", "new-2"], "A Lighthouse 1": ["new-1", "new-3"]}
+
+
+def test_a_page_without_a_limit_has_the_first_two_hundred(many):
+    data = ask(many)
+    assert (data["limit"], data["shown"], data["more"]) == (200, 12, False)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"campaign": "a-old"}, {"old-0", "old-1", "old-2", "old-3", "old-4"}),
+        ({"status": "completed"}, {"new-0", "new-1", "old-0", "old-1", "old-2"}),
+        ({"verdict": "unreviewed"}, {"new-0", "old-1", "old-2"}),
+        ({"verdict": "approved"}, {"old-0"}),
+        ({"verdict": "rejected", "campaign": "z-new"}, {"new-1"}),
+        ({"tag": "night"}, {"new-0", "new-1"}),
+        ({"q": "LIGHTHOUSE 1"}, {"new-1", "new-3", "new-5"}),
+        ({"q": "old-4"}, {"old-4"}),
+        ({"model": "jimeng-5.0"}, set()),
+        ({"status": "queued", "limit": 3}, {"new-2", "new-3", "new-4"}),
+    ],
+)
+def test_the_server_filters_before_it_pages(many, filters, expected):
+    data = ask(many, **filters)
+    assert ids(data) == expected
+    assert data["more"] is (filters == {"status": "queued", "limit": 3})
+
+
+@pytest.mark.parametrize("limit", ["0", "2001", "ten", "-1"])
+def test_a_limit_out_of_range_is_refused(many, limit):
+    answer = httpx.get(many.url + "api/results", params={"limit": limit})
+    assert answer.status_code == 400 and "limit" in answer.json()["error"]
 
 
 # -- verdicts -------------------------------------------------------------------------------

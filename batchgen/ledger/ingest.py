@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from batchgen import catalog
+from batchgen.bulk import collector_paused
 from batchgen.errors import JobConflict
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.job import fingerprint as job_fingerprint
@@ -38,17 +39,18 @@ class IngestMixin(LedgerBase):
         new_rows: list[tuple[Any, ...]] = []
         changed: list[tuple[Job, str, int, dict[str, Any]]] = []
         unchanged = 0
-        for job in jobs:
-            row = rows.row(job)
-            fingerprint = row[12]
-            old = existing.get(job.id)
-            if old is None:
-                new_rows.append(row)
-            elif old[0] == fingerprint:
-                unchanged += 1
-            else:
-                request = job.request()
-                changed.append((job, fingerprint, catalog.price_micros(request), request))
+        with collector_paused():  # 100,000 row tuples, no cycles (bulk.py)
+            for job in jobs:
+                row = rows.row(job)
+                fingerprint = row[12]
+                old = existing.get(job.id)
+                if old is None:
+                    new_rows.append(row)
+                elif old[0] == fingerprint:
+                    unchanged += 1
+                else:
+                    request = job.request()
+                    changed.append((job, fingerprint, catalog.price_micros(request), request))
         if changed and not replace:
             names = ", ".join(job.id for job, *_ in changed[:5])
             more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""

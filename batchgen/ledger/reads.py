@@ -3,11 +3,8 @@ own (file records, requeue)."""
 
 from __future__ import annotations
 
-import gc
-import json
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
@@ -34,7 +31,26 @@ JOB_VERDICT_JOIN = (
     " LEFT JOIN current_verdicts cv ON cv.campaign = j.campaign AND cv.job_id = j.id"
     " AND cv.task_id = j.task_id AND j.status = 'completed'"
 )
+# The same verdict as one value for the job `j` (the latest verdict row of its current
+# result), read on the verdicts_by_result index: for one job at a time, as a stream needs.
+CURRENT_VERDICT = (
+    "(SELECT v.verdict FROM verdicts v WHERE j.status = 'completed' AND v.campaign = j.campaign"
+    " AND v.job_id = j.id AND v.task_id = j.task_id ORDER BY v.id DESC LIMIT 1)"
+)
 NO_RESULT = "(no result)"  # the `report --by verdict` group of jobs not completed
+
+
+def usd_sql(micros: str) -> str:
+    """SQL spelling the integer micro-dollars `micros` as money.usd does ('0.40',
+    '0.001234', '-1.50'); whole cents, the usual amount, the short way."""
+    digits = f"rtrim(printf('%06d', abs({micros}) % 1000000), '0')"
+    return (
+        f"(CASE WHEN {micros} >= 0 AND {micros} % 10000 = 0"
+        f" THEN printf('%d.%02d', {micros} / 1000000, {micros} / 10000 % 100)"
+        f" ELSE CASE WHEN {micros} < 0 THEN '-' ELSE '' END || (abs({micros}) / 1000000) || '.'"
+        f" || CASE WHEN length({digits}) < 2 THEN substr({digits} || '00', 1, 2)"
+        f" ELSE {digits} END END)"
+    )
 
 
 class ReadsMixin(LedgerBase):
@@ -114,40 +130,40 @@ class ReadsMixin(LedgerBase):
         where, params = _campaign_filter(campaigns, "a.campaign")
         sums = ", ".join(f"SUM({expr})" for expr in self._ATTEMPT_MONEY)
         rows = self.conn.execute(
-            f"SELECT a.campaign, {sums} FROM attempts a WHERE 1=1 {where} GROUP BY a.campaign",
+            f"SELECT a.campaign, {sums} FROM {self._money_table} a WHERE 1=1 {where}"
+            " GROUP BY a.campaign",
             params,
         )
         return {campaign: Money(*sums_) for campaign, *sums_ in rows}
 
-    def status_jobs(self, campaigns: list[str] | None = None) -> list[dict[str, Any]]:
-        """Every job, in ingestion order, as the `status --json` entry (campaign, id, status,
-        model, attempts, task_id, cost_usd, result_urls, files, verdict, error) except that
-        cost_usd is still integer micro-dollars: the job's `cost_micro_usd`. Saved files are
-        the paths `download` recorded without error; the verdict is its current result's.
-
-        SQLite builds the whole array in one query and Python parses it in one call: about
-        3x faster on 100,000 jobs than building the entries row by row.
-        """
-        where, params = _campaign_filter(campaigns)
-        (text,) = self.conn.execute(
-            "WITH f AS (SELECT campaign, job_id, json_group_array(path) AS paths"
-            "   FROM (SELECT campaign, job_id, path FROM files"
-            f"    WHERE error IS NULL AND downloaded_at IS NOT NULL {where}"
-            "     ORDER BY campaign, job_id, n)"
-            "   GROUP BY campaign, job_id)"
-            " SELECT json_group_array(json_object('campaign', j.campaign, 'id', j.id,"
-            " 'status', j.status, 'model', j.model, 'attempts', j.attempts,"
-            " 'task_id', j.task_id, 'cost_usd', j.cost_micro_usd,"
-            " 'result_urls', json(COALESCE(j.result_urls, '[]')),"
-            " 'files', json(COALESCE(f.paths, '[]')), 'verdict', cv.verdict,"
-            " 'error', j.last_error))"
-            f" FROM (SELECT * FROM jobs WHERE 1=1 {where} ORDER BY campaign, position) j"
-            f" LEFT JOIN f ON f.campaign = j.campaign AND f.job_id = j.id{JOB_VERDICT_JOIN}",
-            [*params, *params],
-        ).fetchone()
-        with _collector_paused():
-            jobs: list[dict[str, Any]] = json.loads(text)
-        return jobs
+    def status_entries(self, campaigns: list[str] | None = None) -> Iterator[str]:
+        """Every job, in ingestion order, as the JSON text of its `status --json` entry
+        (campaign, id, status, model, attempts, task_id, cost_usd, result_urls, files,
+        verdict, error), spelled as `json.dumps` spells it, one at a time as SQLite reads
+        them: a million jobs are never held at once. Saved files are the paths `download`
+        recorded without error; the verdict is its current result's; cost_usd is the
+        job's `cost_micro_usd` as money text (money.usd)."""
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        rows = self.conn.execute(
+            "SELECT '{\"campaign\": ' || json_quote(j.campaign) || ', \"id\": ' || json_quote(j.id)"
+            " || ', \"status\": ' || json_quote(j.status) || ', \"model\": ' || json_quote(j.model)"
+            " || ', \"attempts\": ' || j.attempts || ', \"task_id\": ' || json_quote(j.task_id)"
+            f" || ', \"cost_usd\": \"' || {usd_sql('j.cost_micro_usd')} || '\"'"
+            # As stored (json.dumps'd), unless it holds \u escapes: json.dumps would have
+            # written those characters as they are (ensure_ascii=False).
+            " || ', \"result_urls\": ' || CASE WHEN j.result_urls IS NULL THEN '[]'"
+            "   WHEN instr(j.result_urls, '\\u') = 0 THEN j.result_urls"
+            "   ELSE '[' || COALESCE((SELECT group_concat(json_quote(u.value), ', ')"
+            "    FROM json_each(j.result_urls) u), '') || ']' END"
+            " || ', \"files\": [' || COALESCE((SELECT group_concat(json_quote(f.path), ', ')"
+            "   FROM (SELECT path FROM files f WHERE f.job_ref = j.ref AND f.error IS NULL"
+            "    AND f.downloaded_at IS NOT NULL ORDER BY f.n) f), '') || ']'"
+            f" || ', \"verdict\": ' || json_quote({CURRENT_VERDICT})"
+            " || ', \"error\": ' || json_quote(j.last_error) || '}'"
+            f" FROM jobs j WHERE 1=1 {where} ORDER BY j.campaign, j.position",
+            params,
+        )
+        return (text for (text,) in rows)
 
     def queued_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
         """reason -> number of queued jobs waiting for it (None: nothing in the way)."""
@@ -358,17 +374,3 @@ class ReadsMixin(LedgerBase):
                 (stamp, status, *params),
             )
         return cursor.rowcount
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a burst of objects without cycles is
-    built (100,000 parsed dicts): it would otherwise rescan every live object again and
-    again meanwhile, doubling the time. Whatever it would have freed, it frees after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -21,6 +21,7 @@ from batchgen.ledger.base import (
     _campaign_filter,
     _holder,
     _is_me,
+    job_counts,
     now,
 )
 from batchgen.processes import Liveness, liveness, this_process
@@ -104,6 +105,15 @@ class SchedulingMixin(LedgerBase):
         )
         return [_ledger_job(row) for row in rows]
 
+    def unfinished_job(self, campaign: str, job_id: str) -> LedgerJob | None:
+        """One job, if it is still to take to an end."""
+        row = self.conn.execute(
+            f"{self._LEDGER_JOB} WHERE campaign = ? AND id = ?"
+            f" AND status IN ({', '.join('?' * len(UNFINISHED))})",
+            (campaign, job_id, *UNFINISHED),
+        ).fetchone()
+        return None if row is None else _ledger_job(row)
+
     def queued_jobs(
         self, campaigns: list[str] | None = None, page: int = 500
     ) -> Iterator[LedgerJob]:
@@ -112,20 +122,30 @@ class SchedulingMixin(LedgerBase):
 
         Each page is a fresh query after the last (campaign, position) read (the
         jobs_by_status index): jobs this run has moved on are behind it, and jobs
-        ingested meanwhile are picked up at the end.
+        ingested meanwhile are picked up at the end. Named campaigns are read one after
+        the other (in name order, as the whole ledger is): a page then reads its own
+        campaign's queue only, not every queued job of the others.
         """
-        where, params = _campaign_filter(campaigns)
-        after: tuple[str, int] = ("", -1)
+        for campaign in sorted(set(campaigns)) if campaigns else [None]:
+            yield from self._queued_pages(campaign, page)
+
+    def _queued_pages(self, campaign: str | None, page: int) -> Iterator[LedgerJob]:
+        """Queued jobs of one campaign (None: every one), `page` at a time, each page after
+        the last row read (keyset paging on jobs_by_status, in (campaign, position) order)."""
+        if campaign is None:
+            after, last = "(campaign, position) > (?, ?)", ["", -1]
+        else:
+            after, last = "campaign = ? AND position > ?", [campaign, -1]
         while True:
             rows = self.conn.execute(
-                f"{self._LEDGER_JOB} WHERE status = 'queued' {where}"
-                " AND (campaign, position) > (?, ?) ORDER BY campaign, position LIMIT ?",
-                [*params, *after, page],
+                f"{self._LEDGER_JOB} WHERE status = 'queued' AND {after}"
+                " ORDER BY campaign, position LIMIT ?",
+                [*last, page],
             ).fetchall()
             yield from (_ledger_job(row) for row in rows)
             if len(rows) < page:
                 return
-            after = (rows[-1][0], rows[-1][-1])
+            last = [rows[-1][0], rows[-1][-1]]
 
     def begin_attempt(self, job: LedgerJob) -> int:
         """Commit the intent to submit before the request is sent: a crash after sending
@@ -428,10 +448,13 @@ class SchedulingMixin(LedgerBase):
     # ---------------------------------------------------------------- money and status
 
     def money(self, campaigns: list[str] | None = None) -> Money:
-        """Spent, in flight, unknown and refunded over the selected campaigns' attempts."""
+        """Spent, in flight, unknown and refunded over the selected campaigns' attempts
+        (from `attempt_totals`, kept by triggers: at once on any ledger)."""
         where, params = _campaign_filter(campaigns, "a.campaign")
         sums = ", ".join(f"COALESCE(SUM({expr}), 0)" for expr in self._ATTEMPT_MONEY)
-        row = self.conn.execute(f"SELECT {sums} FROM attempts a WHERE 1=1 {where}", params)
+        row = self.conn.execute(
+            f"SELECT {sums} FROM {self._money_table} a WHERE 1=1 {where}", params
+        )
         return Money(*row.fetchone())
 
     def budget_micros(self, campaign: str) -> int | None:
@@ -453,15 +476,8 @@ class SchedulingMixin(LedgerBase):
         return {(model, duration): n for model, duration, n in rows}
 
     def counts(self, campaigns: list[str] | None = None) -> dict[str, int]:
-        where, params = _campaign_filter(campaigns)
-        counts = dict.fromkeys(
-            ("queued", "submitting", "running", "completed", "failed", "held"), 0
-        )
-        for status, n in self.conn.execute(
-            f"SELECT status, COUNT(*) FROM jobs WHERE 1=1 {where} GROUP BY status", params
-        ):
-            counts[status] = n
-        return counts
+        """Jobs per status (see base.job_counts: at once on a million jobs)."""
+        return job_counts(self.conn, campaigns)
 
     def held_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
         """Held jobs by reason: `lost` tasks, `unknown outcome` attempts."""

@@ -2,7 +2,11 @@
 
 Routes:
     GET  /                      the page (static/index.html), /review.css, /review.js
-    GET  /api/results[?since=V] every job grouped by campaign and prompt, with a version V;
+    GET  /api/results           the first `limit` jobs (default 200, at most 2,000) grouped
+                                by campaign and prompt, the newest campaign first, with a
+                                version V; `more` says whether more match. Filters:
+                                campaign, status, model, tag, verdict (approved | rejected |
+                                unreviewed), q (text in the prompt or id). With since=V:
                                 {"version": V, "unchanged": true} while nothing changed
     POST /api/verdict           {"campaign", "job_id", "task_id", "verdict": "approved" |
                                 "rejected" | null, "note"}: the only write there is
@@ -19,6 +23,7 @@ Content-Security-Policy lets it load scripts and styles from this server only.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import threading
 from http import HTTPStatus
@@ -28,11 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from batchgen import catalog
 from batchgen.errors import LedgerError
 from batchgen.ledger import Ledger, VerdictRefused
+from batchgen.ledger.review import ReviewFilters
 from batchgen.review.files import byte_range, content_type, locate
 from batchgen.review.results import grouped
 
+PAGE = 200  # results in a first page: enough for a morning, cheap on a million jobs
+MAX_LIMIT = 2000  # results in one answer at most (the page asks for more, PAGE at a time)
+FILTERS = ("campaign", "status", "model", "tag", "verdict", "q")
 MAX_POST_BYTES = 64 * 1024
 CHUNK = 1 << 16
 STATIC = {
@@ -64,6 +74,7 @@ class ReviewServer(ThreadingHTTPServer):
         self.campaigns = campaigns
         self.out_dir = Path(out_dir)
         self.lock = threading.Lock()  # one SQLite connection, shared by the handler threads
+        self.token = secrets.token_hex(4)  # versions of another server's answers never match
         super().__init__(("127.0.0.1", port), _Handler)
         self.port = int(self.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -76,19 +87,33 @@ class ReviewServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
-    def results(self, since: str | None) -> dict[str, Any]:
+    def results(
+        self, since: str | None, filters: ReviewFilters, limit: int = PAGE
+    ) -> dict[str, Any]:
+        """The page's data: the first `limit` results under `filters`, grouped, with the
+        review's counts; or, when nothing changed since the version `since`, just that."""
         scope = self.campaigns or None
         with self.lock, self.ledger.snapshot():
-            version = self.ledger.review_version(scope)
+            version = f"{self.token}.{self.ledger.change_marker()}"
             if since == version:
                 return {"version": version, "unchanged": True}
-            jobs = self.ledger.review_jobs(scope)
+            jobs, more = self.ledger.review_page(scope, filters, limit)
             counts = self.ledger.verdict_counts(scope)
+            total = sum(self.ledger.counts(scope).values())
+            campaigns = self.ledger.select_campaigns(scope)
         return {
             "version": version,
             "ledger": str(self.ledger.path),
             "out": str(self.out_dir),
             "counts": counts,
+            "total_jobs": total,
+            "shown": len(jobs),
+            "more": more,
+            "limit": limit,
+            "campaigns": campaigns,
+            "models": sorted(
+                catalog.load().models
+            ),  # the catalog's: a ledger-wide DISTINCT would scan it
             "groups": grouped(jobs, self.out_dir),
         }
 
@@ -123,6 +148,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: ReviewServer
     protocol_version = "HTTP/1.1"
     server_version = "batchgen-review"
+    # Headers and body go out in two writes: without this, Nagle's algorithm holds the
+    # body until the browser's delayed ACK, ~40 ms on every answer.
+    disable_nagle_algorithm = True
 
     # -- routing -------------------------------------------------------------------------
 
@@ -174,9 +202,15 @@ class _Handler(BaseHTTPRequestHandler):
             extra = {"Content-Security-Policy": PAGE_POLICY} if name.endswith(".html") else {}
             self._send(HTTPStatus.OK, data, kind, head, {"Cache-Control": "no-cache", **extra})
         elif path == "/api/results":
-            since = parse_qs(split.query).get("since", [None])[0]
+            query = {k: v[0] for k, v in parse_qs(split.query).items() if v and v[0] != ""}
+            limit = query.get("limit", str(PAGE))
+            if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+                self._error(HTTPStatus.BAD_REQUEST, f"limit is a number from 1 to {MAX_LIMIT}")
+                return
+            filters = ReviewFilters(**{("text" if k == "q" else k): query.get(k) for k in FILTERS})
             try:
-                data = json.dumps(self.server.results(since), ensure_ascii=False).encode()
+                answer = self.server.results(query.get("since"), filters, int(limit))
+                data = json.dumps(answer, ensure_ascii=False).encode()
             except LedgerError as e:
                 self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(e))
                 return

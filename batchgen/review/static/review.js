@@ -1,10 +1,14 @@
 // batchgen review: the page's behaviour, plain JavaScript, no library, nothing from outside.
-// It polls /api/results (the ledger may still be filling), keeps one card per job and
-// updates it in place (a playing video keeps playing), and posts verdicts to /api/verdict.
+// It polls /api/results (the ledger may still be filling) for the first results under the
+// filters (the server filters: a ledger may hold a million jobs), PAGE more at a time on
+// "Show more", keeps one card per job and updates it in place (a playing video keeps
+// playing), and posts verdicts to /api/verdict.
 // Text from the ledger is only ever set as textContent, never parsed as HTML.
 "use strict";
 
 const POLL_MS = 2000;
+const PAGE = 200;       // results asked for at first, and added by "Show more"
+const TYPING_MS = 300;  // the search box asks the server once typing pauses
 const state = {
   version: null,
   cards: new Map(),     // "campaign/id" -> card element (with ._result)
@@ -12,6 +16,10 @@ const state = {
   current: null,        // the card the keys act on
   counts: null,
   ledger: "",
+  limit: PAGE,          // results asked for
+  data: null,           // the last answer (total_jobs, shown, more, campaigns, models)
+  asked: 0,             // requests sent; an answer older than the last one shown is dropped
+  shownAnswer: 0,
 };
 const $ = (id) => document.getElementById(id);
 
@@ -24,18 +32,54 @@ function el(tag, className, text) {
 
 // -- fetching ------------------------------------------------------------------------------
 
+// The filters the server applies: each select's and the search box's value.
+const SERVER_FILTERS = { campaign: "f-campaign", status: "f-status", model: "f-model",
+  tag: "f-tag", verdict: "f-verdict", q: "f-text" };
+
+function query(force) {
+  const params = new URLSearchParams({ limit: String(state.limit) });
+  for (const [name, id] of Object.entries(SERVER_FILTERS)) {
+    const value = $(id).value.trim();
+    if (value) params.set(name, value);
+  }
+  if (state.version && !force) params.set("since", state.version);
+  return "?" + params.toString();
+}
+
 async function refresh(force) {
-  const since = state.version && !force ? "?since=" + encodeURIComponent(state.version) : "";
-  const response = await fetch("/api/results" + since, { cache: "no-store" });
+  const mine = ++state.asked;
+  const response = await fetch("/api/results" + query(force), { cache: "no-store" });
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || "HTTP " + response.status);
+  if (mine < state.shownAnswer) return;  // a later request's answer is shown already
   if (data.unchanged) return;
+  state.shownAnswer = mine;
   state.version = data.version;
   state.counts = data.counts;
   state.ledger = data.ledger;
+  state.data = data;
   render(data.groups);
+  $("more").hidden = !data.more;
   document.body.dataset.version = data.version;
   document.body.dataset.ready = "1";
+}
+
+// A filter changed: ask the server again, from the first page.
+function filtersChanged() {
+  state.limit = PAGE;
+  applyFilters();
+  refresh(true).catch(() => {});
+}
+
+let typingTimer = null;
+function typed() {
+  clearTimeout(typingTimer);
+  typingTimer = setTimeout(filtersChanged, TYPING_MS);
+}
+
+function showMore() {
+  state.limit += PAGE;
+  refresh(true).catch(() => {});
 }
 
 function poll() {
@@ -221,25 +265,28 @@ function updateMedia(card, result) {
 
 const FILTERS = ["f-campaign", "f-status", "f-model", "f-tag", "f-verdict", "f-text"];
 
+// Campaigns and models from the server (all of them, not only those shown); tags from the
+// results shown (listing every tag of a million jobs would read them all).
 function fillChoices() {
   const results = [...state.cards.values()].map((card) => card._result);
-  setOptions($("f-campaign"), results.map((r) => r.campaign));
-  setOptions($("f-model"), results.map((r) => r.model));
+  const data = state.data || {};
+  setOptions($("f-campaign"), data.campaigns || results.map((r) => r.campaign));
+  setOptions($("f-model"), data.models || results.map((r) => r.model));
   setOptions($("f-tag"), results.flatMap((r) => r.tags));
 }
 
 function setOptions(select, values) {
-  const wanted = [...new Set(values)].sort();
+  const chosen = select.value;
+  const wanted = [...new Set(chosen ? [...values, chosen] : values)].sort();
   const have = [...select.options].slice(1).map((o) => o.value);
   if (wanted.join("\u0000") === have.join("\u0000")) return;
-  const chosen = select.value;
   select.replaceChildren(el("option", "", "all"), ...wanted.map((v) => {
     const option = el("option", "", v);
     option.value = v;
     return option;
   }));
   select.firstChild.value = "";
-  select.value = wanted.includes(chosen) ? chosen : "";
+  select.value = chosen;
 }
 
 function matches(card) {
@@ -266,7 +313,8 @@ function applyFilters() {
     section.hidden = visible === 0;
     shown += visible;
   }
-  $("empty").hidden = shown > 0 || state.cards.size === 0;
+  const filtered = FILTERS.some((id) => $(id).value.trim());
+  $("empty").hidden = shown > 0 || (state.cards.size === 0 && !filtered);
   if (!state.current || state.current.hidden || !state.current.isConnected) {
     setCurrent(visibleCards()[0] || null, false);
   }
@@ -275,8 +323,11 @@ function applyFilters() {
 
 function summary(shown) {
   const c = state.counts || { approved: 0, rejected: 0, unreviewed: 0 };
+  const data = state.data || {};
+  const total = data.total_jobs === undefined ? state.cards.size : data.total_jobs;
   $("summary").textContent = [
-    state.cards.size + " jobs", shown + " shown",
+    total.toLocaleString("en") + " jobs",
+    shown + " shown" + (data.more ? " (more below)" : ""),
     c.approved + " approved", c.rejected + " rejected", c.unreviewed + " to review",
     "ledger " + state.ledger,
   ].join(" · ");
@@ -436,7 +487,11 @@ function onKey(event) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const id of FILTERS) $(id).addEventListener("input", applyFilters);
+  for (const id of FILTERS) {  // a select says "change" (also when a script picks), a box "input"
+    if (id === "f-text") $(id).addEventListener("input", typed);
+    else $(id).addEventListener("change", filtersChanged);
+  }
+  $("more-button").addEventListener("click", showMore);
   document.addEventListener("keydown", onKey);
   $("help-button").addEventListener("click", () => { $("help").hidden = false; });
   $("help-close").addEventListener("click", () => { $("help").hidden = true; });
