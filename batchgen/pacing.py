@@ -188,8 +188,7 @@ def _pair_window(
     shortest; the end is the reading's moment plus what is left at that rate.
     """
     a_lo, a_hi, p_a, width = anchor
-    p = reading.progress
-    assert p is not None
+    p = _percent(reading)
     gained_least, gained_most = p - p_a - width, p + 1 - p_a
     shortest, longest = reading.asked - a_hi, reading.answered - a_lo
     if gained_least <= 0 or shortest <= 0:
@@ -200,6 +199,12 @@ def _pair_window(
 
 def _usable(readings: Sequence[Reading]) -> list[Reading]:
     return [r for r in readings if r.progress is not None and 1 <= r.progress <= 99]
+
+
+def _percent(reading: Reading) -> int:
+    """The progress of a reading `_usable` kept (so never None): what the hypotheses read."""
+    assert reading.progress is not None
+    return reading.progress
 
 
 def _from_submission(started: Started, usable: list[Reading]) -> list[Window | None]:
@@ -214,7 +219,7 @@ def _from_onset(started: Started, usable: list[Reading]) -> list[Window | None]:
     if not usable:
         return []
     first = usable[0]
-    anchor = (first.asked, first.answered, first.progress or 0, 1)
+    anchor = (first.asked, first.answered, _percent(first), 1)
     return [_pair_window(anchor, r) for r in usable[1:]]
 
 
@@ -229,19 +234,19 @@ def _local(started: Started, usable: list[Reading]) -> list[Window | None]:
     if not usable:
         return []
     last = usable[-1]
-    p = last.progress or 0
+    p = _percent(last)
     oldest = last.asked - LOCAL_AGE * (last.asked - started.sent)
     anchor = next(
         (
             r
             for r in reversed(usable[:-1])
-            if p - LOCAL_SPAN <= (r.progress or 0) <= p - LOCAL_GAIN and r.answered >= oldest
+            if p - LOCAL_SPAN <= _percent(r) <= p - LOCAL_GAIN and r.answered >= oldest
         ),
         None,
     )
     if anchor is None:
         return []
-    return [_pair_window((anchor.asked, anchor.answered, anchor.progress or 0, 1), last)]
+    return [_pair_window((anchor.asked, anchor.answered, _percent(anchor), 1), last)]
 
 
 HYPOTHESES: dict[str, Callable[[Started, list[Reading]], list[Window | None]]] = {

@@ -265,11 +265,17 @@ class Worker:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", default=list(TESTS), choices=list(TESTS))
+    # Checked below, not with `choices`: argparse (3.11) checks the whole list an empty
+    # nargs="*" gives against `choices`, so `python bench/mutate.py` alone would fail.
+    parser.add_argument("modules", nargs="*", help=f"default: every one of {', '.join(TESTS)}")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0, help="per mutant, seconds")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in TESTS]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}: choose from {', '.join(TESTS)}")
+    args.modules = args.modules or list(TESTS)
 
     every = [m for module in args.modules for m in mutants(module)]
     if args.list:
