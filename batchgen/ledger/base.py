@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from batchgen.errors import LedgerError
 from batchgen.job import canonical_json
@@ -91,23 +92,40 @@ class LedgerBase:
     )
 
     def __init__(
-        self, path: str | Path, create: bool = True, notify: Callable[[str], None] | None = None
+        self,
+        path: str | Path,
+        create: bool = True,
+        notify: Callable[[str], None] | None = None,
+        *,
+        read_only: bool = False,
     ):
+        """Open (creating it if `create`) and migrate the ledger; `read_only`: open an
+        existing one with SQLite's mode=ro, for reading commands, which never write."""
         self.path = Path(path)
         self.notify = notify or _to_stderr
         # Every key in force (the runner adds them): no text is stored with one in it.
         self.redact = Redactor()
+        if read_only and not self.path.is_file():
+            raise LedgerError(f"{self.path}: no ledger here")
         if not create and not self.path.exists():
             raise LedgerError(f"{self.path}: no ledger here (run `batchgen ingest` or `run` first)")
         try:
-            self.conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
-            )
+            if read_only:
+                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            else:
+                self.conn = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, check_same_thread=False
+                )
         except sqlite3.DatabaseError as e:
-            raise LedgerError(f"{self.path}: cannot open the ledger: {e}") from e
+            verb = "read" if read_only else "open"
+            raise LedgerError(f"{self.path}: cannot {verb} the ledger: {e}") from e
         try:
             self.conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
-            self._patiently(self._open)
+            if read_only:
+                self._patiently(lambda: check_ours(self.conn, self.path, empty_ok=False))
+            else:
+                self._patiently(self._open)
             self.conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as e:
             self.conn.close()

@@ -3,25 +3,18 @@ own (file records, requeue)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
 
 from batchgen.errors import LedgerError
-from batchgen.keys import Redactor
 from batchgen.ledger.base import (
-    LOCK_WAIT_MS,
     LedgerBase,
     Money,
     _campaign_filter,
     _dicts,
     _holder,
-    _to_stderr,
-    check_ours,
     now,
-    unusable,
 )
 from batchgen.processes import Liveness, liveness
 
@@ -65,27 +58,9 @@ class ReadsMixin(LedgerBase):
         SQLite may leave its empty `-wal`/`-shm` companions beside a WAL ledger; the
         ledger's content is never changed.
         """
+        # Not cls(...): a subclass's own opening (Ledger applies the recovery file) writes.
         ledger = cls.__new__(cls)
-        ledger.path = Path(path)
-        ledger.notify = notify or _to_stderr
-        ledger.redact = Redactor()
-        if not ledger.path.is_file():
-            raise LedgerError(f"{ledger.path}: no ledger here")
-        uri = f"file:{quote(str(ledger.path.resolve()))}?mode=ro"
-        try:
-            ledger.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
-        except sqlite3.DatabaseError as e:
-            raise LedgerError(f"{ledger.path}: cannot read the ledger: {e}") from e
-        try:
-            ledger.conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
-            ledger._patiently(lambda: check_ours(ledger.conn, ledger.path, empty_ok=False))
-            ledger.conn.execute("PRAGMA busy_timeout=30000")
-        except sqlite3.DatabaseError as e:
-            ledger.conn.close()
-            raise unusable(ledger.path, e) from e
-        except BaseException:
-            ledger.conn.close()
-            raise
+        LedgerBase.__init__(ledger, path, create=False, notify=notify, read_only=True)
         return ledger
 
     def attempt_count(self) -> int:
