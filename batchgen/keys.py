@@ -1,11 +1,15 @@
 """API keys: read from the environment only, checked, named by their label, and kept out
 of every text batchgen stores or shows (PRODUCT.md §6, §7).
 
-- A key comes from `OKAYPIC_API_KEY`, never from the command line.
+- Keys come from the environment, never from the command line: `OKAYPIC_API_KEYS` holds
+  one or more, comma-separated, each optionally named (`studio=okpk_…,night=okpk_…`);
+  `OKAYPIC_API_KEY` holds one. When both are set, `OKAYPIC_API_KEYS` is used.
 - A key is printable ASCII without spaces (what an HTTP `Authorization: Bearer` value can
   carry): anything else is refused with one line naming the variable, never the key.
-- A key's **label** is what the ledger, logs, status and report may show: for an unnamed
-  key, `key-` + the first 8 hex digits of its SHA-256.
+- A key's **label** is what the ledger, logs, status and report may show: its name, or
+  for an unnamed key `key-` + the first 8 hex digits of its SHA-256. A name is 1-40 of
+  letters, digits, `_`, `.`, `-`, starting with a letter or digit; an entry whose text
+  before its first `=` is not such a name is an unnamed key.
 - A `Redactor` holds every key in force and replaces each, wherever it appears in a text
   (also JSON-escaped or percent-encoded, as a service may echo it), by `[label]`. The
   client redacts every answer it hands on, and the ledger every text it stores, so a
@@ -17,12 +21,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from batchgen.errors import AuthError
 
 KEY_VARIABLE = "OKAYPIC_API_KEY"
+KEYS_VARIABLE = "OKAYPIC_API_KEYS"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key in force and the label it is shown by. Its text is never printed: the
+    dataclass's repr leaves it out."""
+
+    label: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return f"ApiKey({self.label!r})"
 
 
 def label(key: str) -> str:
@@ -52,16 +72,60 @@ def _kind(char: str) -> str:
     return "a non-ASCII character"
 
 
+def api_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
+    """The keys in force, in the order given, checked: from OKAYPIC_API_KEYS when it holds
+    any, else OKAYPIC_API_KEY. AuthError (exit 4) when there is none, when one is not
+    usable, or when two share a label or a key (one key counted twice would take 6 of
+    the service's 3 slots); the message names the variable and the entry, never a key."""
+    env = os.environ if environ is None else environ
+    entries = [e.strip() for e in env.get(KEYS_VARIABLE, "").split(",")]
+    if any(entries):
+        keys = [_entry(entry, n) for n, entry in enumerate(entries, start=1) if entry]
+    else:
+        key = env.get(KEY_VARIABLE, "").strip()
+        if not key:
+            raise AuthError(
+                f"{KEY_VARIABLE} is missing: set it to your okaypic API key, or "
+                f"{KEYS_VARIABLE} to several (comma-separated, each optionally name=key); "
+                "or try `batchgen run MANIFEST --sandbox`"
+            )
+        check(key)
+        keys = [ApiKey(label(key), key)]
+    _unique(keys)
+    return keys
+
+
 def api_key(environ: Mapping[str, str] | None = None) -> str:
-    """The key from OKAYPIC_API_KEY, checked; never from the command line, never printed."""
-    key = (os.environ if environ is None else environ).get(KEY_VARIABLE, "").strip()
-    if not key:
-        raise AuthError(
-            f"{KEY_VARIABLE} is missing: set it to your okaypic API key "
-            "(or try `batchgen run MANIFEST --sandbox`)"
-        )
-    check(key)
-    return key
+    """The first key in force (see `api_keys`)."""
+    return api_keys(environ)[0].secret
+
+
+def _entry(entry: str, position: int) -> ApiKey:
+    name, _, key = entry.partition("=")
+    where = f"{KEYS_VARIABLE} (entry {position})"
+    if key and not key.startswith("=") and _NAME.fullmatch(name.strip()):
+        key = key.strip()
+        check(key, where)
+        return ApiKey(name.strip(), key)
+    check(entry, where)
+    return ApiKey(label(entry), entry)
+
+
+def _unique(keys: list[ApiKey]) -> None:
+    seen_labels: dict[str, int] = {}
+    seen_keys: dict[str, int] = {}
+    for position, key in enumerate(keys, start=1):
+        if key.label in seen_labels:
+            raise AuthError(
+                f"{KEYS_VARIABLE}: entries {seen_labels[key.label]} and {position} are both "
+                f"labelled {key.label!r}: give each key its own name"
+            )
+        if key.secret in seen_keys:
+            raise AuthError(
+                f"{KEYS_VARIABLE}: entries {seen_keys[key.secret]} and {position} hold the "
+                "same key: each key gives 3 slots, so list it once"
+            )
+        seen_labels[key.label] = seen_keys[key.secret] = position
 
 
 class Redactor:
@@ -71,15 +135,19 @@ class Redactor:
     percent-encoded, the forms a service echoing a request is most likely to use.
     """
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str | ApiKey] = ()) -> None:
         self._forms: list[tuple[str, str]] = []
         for key in keys:
-            self.add(key)
+            if isinstance(key, ApiKey):
+                self.add(key.secret, key.label)
+            else:
+                self.add(key)
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, name: str | None = None) -> None:
+        """Hold `key`, replaced by `[name]` (default: its hash label)."""
         if not key:
             return
-        mark = f"[{label(key)}]"
+        mark = f"[{name or label(key)}]"
         forms = {key, json.dumps(key)[1:-1], key.replace("/", "\\/"), quote(key, safe="")}
         known = {form for form, _ in self._forms}
         self._forms.extend((form, mark) for form in forms if form and form not in known)
@@ -109,7 +177,17 @@ class Redactor:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Redactor:
-        """A redactor for whatever the key variable holds, usable or not: what a command
-        shows must never contain it, even when it is refused."""
-        value = (os.environ if environ is None else environ).get(KEY_VARIABLE, "")
-        return cls([k for k in {value, value.strip()} if k.strip()])
+        """A redactor for whatever the key variables hold, usable or not: what a command
+        shows must never contain a key, even one that is refused or badly written."""
+        env = os.environ if environ is None else environ
+        single = env.get(KEY_VARIABLE, "")
+        several = env.get(KEYS_VARIABLE, "")
+        redactor = cls()
+        for entry in several.split(","):
+            name, _, key = entry.partition("=")
+            redactor.add(key.strip(), name.strip() if _NAME.fullmatch(name.strip()) else None)
+            for text in (key, entry, entry.strip()):
+                redactor.add(text if text.strip() else "")
+        for text in (single, single.strip(), several, several.strip()):
+            redactor.add(text if text.strip() else "")
+        return redactor

@@ -524,6 +524,18 @@ def m006_scale_totals(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE TRIGGER {name} {body} END")
 
 
+def m007_key_labels(db: sqlite3.Connection) -> None:
+    """Several API keys (PRODUCT §6): the label of the key each attempt was sent with
+    (never the key), so its task is polled with that key. NULL for attempts recorded
+    before this column existed: their tasks are polled with the first key given."""
+    _run_script(
+        db,
+        """
+    ALTER TABLE attempts ADD COLUMN key_label TEXT;
+    """,
+    )
+
+
 def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[str, ...]) -> None:
     """Spell m001's `CHECK (column IN (...))` as `column = ... OR column = ...`: the same rule,
     but SQLite builds an IN list's lookup table again for every row it checks (1.6 µs a
@@ -563,6 +575,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m004_verdicts,
     m005_views,
     m006_scale_totals,
+    m007_key_labels,
 ]
 
 
