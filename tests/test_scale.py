@@ -33,6 +33,7 @@ from batchgen.ledger.reads import usd_sql
 from batchgen.money import usd
 from batchgen.status import status_data
 from tests.e2e import command_env
+from tests.old_ledgers import written_before
 from tests.test_report import (
     CDN,
     complete,
@@ -402,16 +403,14 @@ def test_job_counts_from_the_index_equal_a_group_by(tmp_path):
 
 # ---------------------------------------------------------------- m006 on an old ledger
 
-BEFORE_M006 = migrations.MIGRATIONS[: migrations.MIGRATIONS.index(migrations.m006_scale_totals)]
-
 
 def test_m006_brings_an_old_ledgers_totals_up_to_date_and_status_reads_it_before_too(
     tmp_path, monkeypatch
 ):
     path = tmp_path / "old.db"
-    monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M006)
-    every_kind_of_job(path).close()
-    monkeypatch.undo()
+    written_before(
+        migrations.m006_scale_totals, path, monkeypatch, lambda: every_kind_of_job(path).close()
+    )
     expected = json.dumps(plain_status(path), ensure_ascii=False) + "\n"
 
     # A reading command never writes: it reads the old ledger as it is, same answers.
@@ -551,9 +550,12 @@ def test_a_kill_9_mid_ingest_leaves_the_ledger_exactly_as_it_was(tmp_path):
 def test_m006_keeps_the_status_rules_spelled_so_they_cost_nothing(tmp_path, monkeypatch, old):
     path = tmp_path / "l.db"
     if old:
-        monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M006)
-        make_ledger(path, [grok("a")]).close()
-        monkeypatch.undo()
+        written_before(
+            migrations.m006_scale_totals,
+            path,
+            monkeypatch,
+            lambda: make_ledger(path, [grok("a")]).close(),
+        )
     Ledger(path).close()
     db = sqlite3.connect(path)
     tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
