@@ -491,10 +491,11 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
 @campaign_option
 @click.option(
     "--by",
-    type=click.Choice(["campaign", "model", "tag", "status", "verdict"]),
+    type=click.Choice(["campaign", "model", "tag", "status", "key", "verdict"]),
     default="campaign",
     show_default=True,
-    help="Group rows by this.",
+    help="Group rows by this (key: the API key's label; money by the key each attempt "
+    "was sent with, jobs by their latest attempt's key).",
 )
 @click.option(
     "--format",
@@ -519,6 +520,7 @@ def report(
     \b
     Examples:
         batchgen report --by model
+        batchgen report --by key
         batchgen report --format csv > audit.csv
         batchgen report --jobs --format json
     """

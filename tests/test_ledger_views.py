@@ -210,9 +210,9 @@ def old_ledger(path: Path, monkeypatch) -> None:
     monkeypatch.undo()
 
 
-def table(path: Path, name: str, without: str | None = None) -> list[dict[str, Any]]:
+def table(path: Path, name: str, *without: str) -> list[dict[str, Any]]:
     found = rows(path, f"SELECT rowid AS _rowid, * FROM {name} ORDER BY rowid")
-    return [{k: v for k, v in row.items() if k not in (without, "_rowid")} for row in found]
+    return [{k: v for k, v in row.items() if k not in (*without, "_rowid")} for row in found]
 
 
 def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_path, monkeypatch):
@@ -224,9 +224,11 @@ def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_pat
 
     Ledger(path).close()  # opening migrates
 
-    assert table(path, "jobs", without="ref") == before["jobs"]
-    assert table(path, "attempts", without="job_ref") == before["attempts"]
-    assert table(path, "files", without="job_ref") == before["files"]
+    assert table(path, "jobs", "ref") == before["jobs"]
+    # m007 adds each attempt's key_label: NULL, the key of that time had none
+    assert table(path, "attempts", "job_ref", "key_label") == before["attempts"]
+    assert {r["key_label"] for r in rows(path, "SELECT key_label FROM attempts")} == {None}
+    assert table(path, "files", "job_ref") == before["files"]
     assert table(path, "events") == before["events"]
     refs = {(r["campaign"], r["id"]): r["ref"] for r in rows(path, "SELECT * FROM jobs")}
     assert refs == {(r["campaign"], r["id"]): r["rowid"] for r in old_rowids}
