@@ -18,7 +18,17 @@ from batchgen import migrations
 
 # Later migrations today's write code needs, and how to take each back out.
 NEEDED_TO_WRITE: list[tuple[Callable[[sqlite3.Connection], None], str]] = [
-    (migrations.m007_key_labels, "ALTER TABLE attempts DROP COLUMN key_label"),
+    (
+        migrations.m007_key_labels,
+        """
+        DROP VIEW key_costs;
+        DROP TRIGGER attempts_key_total_insert;
+        DROP TRIGGER attempts_key_total_delete;
+        DROP TRIGGER attempts_key_total_update;
+        DROP TABLE key_totals;
+        ALTER TABLE attempts DROP COLUMN key_label;
+        """,
+    ),
 ]
 
 
@@ -40,8 +50,8 @@ def written_before(
     db = sqlite3.connect(path)
     try:
         for m, undo in reversed(extra):
-            db.execute(undo)
+            db.executescript(undo)
             db.execute("DELETE FROM _migrations WHERE name = ?", (m.__name__,))
-        db.commit()
+            db.commit()
     finally:
         db.close()
