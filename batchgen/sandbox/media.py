@@ -51,13 +51,23 @@ class _Look:
         self.phase = digest[7]  # where the moving mark starts on its path
         self.speed = 1 + digest[8] % 2  # the mark moves every frame (2) or every other (1)
 
-    def colour(self, x: int, y: int, width: int, height: int) -> Colour:
-        """The still background at (x, y): a diagonal gradient, every other stripe darker."""
-        t = (x / max(width - 1, 1) + y / max(height - 1, 1)) / 2
-        r, g, b = (round(a + (z - a) * t) for a, z in zip(self.start, self.end, strict=True))
-        if ((x + self.slant * y) // self.period) % 2:
-            r, g, b = r * 3 // 4, g * 3 // 4, b * 3 // 4
-        return r, g, b
+    def row(self, y: int, width: int, height: int, count: int | None = None) -> list[Colour]:
+        """The still background's row y of a `width` x `height` picture, left to right: a
+        diagonal gradient, every other stripe darker; `count` colours (default `width`;
+        more continue the gradient). A row at a time: the sandbox draws a picture for
+        every task it completes."""
+        (r0, g0, b0), (r1, g1, b1) = self.start, self.end
+        dr, dg, db = r1 - r0, g1 - g0, b1 - b0
+        across, down = max(width - 1, 1), max(height - 1, 1)
+        offset, period = self.slant * y, self.period
+        colours: list[Colour] = []
+        for x in range(width if count is None else count):
+            t = (x / across + y / down) / 2
+            r, g, b = round(r0 + dr * t), round(g0 + dg * t), round(b0 + db * t)
+            if ((x + offset) // period) % 2:
+                r, g, b = r * 3 // 4, g * 3 // 4, b * 3 // 4
+            colours.append((r, g, b))
+        return colours
 
 
 def _hsv(h: float, s: float, v: float) -> Colour:
@@ -89,13 +99,14 @@ def png(seed: str, ratio: str | None = None, min_size: int = 0) -> bytes:
     look = _Look(seed)
     cx, cy, radius = width * 0.62, height * 0.38, min(width, height) * 0.22
     rows = bytearray()
+    mark = bytes(look.mark)
     for y in range(height):
         rows.append(0)  # filter type: none
-        for x in range(width):
+        for x, colour in enumerate(look.row(y, width, height)):
             if (x - cx) ** 2 + (y - cy) ** 2 <= radius * radius:
-                rows += bytes(look.mark)
+                rows += mark
             else:
-                rows += bytes(look.colour(x, y, width, height))
+                rows += bytes(colour)
     chunks = [
         _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
         _png_chunk(b"IDAT", zlib.compress(bytes(rows), 6)),
@@ -261,27 +272,32 @@ class _Picture:
         self.cb = bytearray(self.width * self.height // 4)
         self.cr = bytearray(self.width * self.height // 4)
 
-    def paint(self, colour_at: Callable[[int, int], Colour]) -> None:
+    def paint(self, row_at: Callable[[int], list[Colour]]) -> None:
+        """Paint every row y with the colours `row_at(y)` (a colour per x)."""
         w = self.width
+        samples: dict[Colour, tuple[int, int, int]] = {}  # colour -> (Y, Cb, Cr)
         for y in range(self.height):
-            for x in range(w):
-                r, g, b = colour_at(x, y)
-                self.y[y * w + x] = _luma(r, g, b)
+            for x, colour in enumerate(row_at(y)):
+                if colour not in samples:
+                    samples[colour] = (_luma(*colour), *_chroma(*colour))
+                luma, cb, cr = samples[colour]
+                self.y[y * w + x] = luma
                 if not (x | y) & 1:
                     i = (y // 2) * (w // 2) + x // 2
-                    self.cb[i], self.cr[i] = _chroma(r, g, b)
+                    self.cb[i], self.cr[i] = cb, cr
 
     def fill_block(self, mx: int, my: int, colour: Colour, border: Colour) -> None:
         """Paint macroblock (mx, my) with `colour` inside a 2-pixel `border`."""
         w = self.width
+        inside = (_luma(*colour), *_chroma(*colour))
+        edge = (_luma(*border), *_chroma(*border))
         for y in range(MB):
             for x in range(MB):
-                edge = x < 2 or y < 2 or x >= MB - 2 or y >= MB - 2
-                r, g, b = border if edge else colour
-                self.y[(my * MB + y) * w + mx * MB + x] = _luma(r, g, b)
+                luma, cb, cr = edge if x < 2 or y < 2 or x >= MB - 2 or y >= MB - 2 else inside
+                self.y[(my * MB + y) * w + mx * MB + x] = luma
                 if not (x | y) & 1:
                     i = (my * 8 + y // 2) * (w // 2) + mx * 8 + x // 2
-                    self.cb[i], self.cr[i] = _chroma(r, g, b)
+                    self.cb[i], self.cr[i] = cb, cr
 
     def macroblock(self, address: int) -> bytes:
         """The 384 samples of a macroblock in I_PCM order: luma rows, then Cb, then Cr."""
@@ -324,7 +340,8 @@ def h264_frames(
     mbs_wide, mbs_high = -(-width // MB), -(-height // MB)
     sps = _sps(mbs_wide, mbs_high, mbs_wide * MB - width, mbs_high * MB - height)
     background = _Picture(mbs_wide, mbs_high)
-    background.paint(lambda x, y: look.colour(x, y, width, height))
+    # Samples past the visible picture (up to whole macroblocks) continue its gradient.
+    background.paint(lambda y: look.row(y, width, height, mbs_wide * MB))
     # the square stays on macroblocks wholly inside the visible picture
     cols, rows = max(1, width // MB), max(1, height // MB)
     path = [(c, r) for r in range(rows) for c in (range(cols) if r % 2 == 0 else range(cols)[::-1])]
