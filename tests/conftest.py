@@ -20,6 +20,7 @@ def env_setup(monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHGEN_LEDGER", str(tmp_path / "ledger.db"))
     monkeypatch.setenv("BATCHGEN_OUT", str(tmp_path / "out"))  # files saved by run/resume
     monkeypatch.delenv("OKAYPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OKAYPIC_API_KEYS", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)
     monkeypatch.delenv("BATCHGEN_NOTIFY", raising=False)  # no test sends a user's messages
 
