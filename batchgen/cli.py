@@ -405,9 +405,10 @@ def run(
     Examples:
         batchgen run manifests/quickstart.yaml --sandbox
         OKAYPIC_API_KEY=okpk_... batchgen run spring.yaml --download ~/renders
+        OKAYPIC_API_KEYS=studio=okpk_...,night=okpk_... batchgen run spring.yaml
     """
     from batchgen.companions import Companions
-    from batchgen.keys import api_key
+    from batchgen.keys import api_keys
     from batchgen.ledger import Ledger
     from batchgen.validate import check_manifest
 
@@ -417,7 +418,7 @@ def run(
         result = check_manifest(manifest, max_jobs=max_jobs)
         companions.campaigns = [result.campaign.name]
         if not sandbox:
-            api_key()  # no key: stop before writing or sending anything
+            api_keys()  # no key, or one unusable: stop before writing or sending anything
         ledger = Ledger(ledger_path(ctx))
         added = ledger.ingest(result.campaign, result.jobs, replace=replace)
         ledger.close()

@@ -91,7 +91,11 @@ class Companions:
             text = f"{len(error.problems)} problem(s) in the manifest: " + "; ".join(first)
             return stopped_by_error(self.command, self.campaigns, self.redact(text), 1, None)
         if isinstance(error, BatchgenError):
-            step = f"set a valid OKAYPIC_API_KEY, {AGAIN}" if isinstance(error, AuthError) else None
+            step = (
+                f"set a valid OKAYPIC_API_KEY (or OKAYPIC_API_KEYS), {AGAIN}"
+                if isinstance(error, AuthError)
+                else None
+            )
             return stopped_by_error(
                 self.command, self.campaigns, self.redact(str(error)), error.exit_code, step
             )

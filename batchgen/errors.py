@@ -8,7 +8,7 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 │   └── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
 ├── UsageProblem              an option's value cannot be used: a --notify URL, a --log
 │                             file (exit 2)
-└── AuthError                 OKAYPIC_API_KEY missing or refused (exit 4)
+└── AuthError                 no API key, or every key refused (exit 4)
 
 A run that stops with work remaining (exit 3) or interrupted (130) is not an error:
 the runner returns those codes.

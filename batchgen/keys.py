@@ -184,10 +184,9 @@ class Redactor:
         several = env.get(KEYS_VARIABLE, "")
         redactor = cls()
         for entry in several.split(","):
-            name, _, key = entry.partition("=")
+            name, _, key = entry.strip().partition("=")
             redactor.add(key.strip(), name.strip() if _NAME.fullmatch(name.strip()) else None)
-            for text in (key, entry, entry.strip()):
-                redactor.add(text if text.strip() else "")
-        for text in (single, single.strip(), several, several.strip()):
+            redactor.add(entry.strip())
+        for text in (single, single.strip(), several.strip()):
             redactor.add(text if text.strip() else "")
         return redactor

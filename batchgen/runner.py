@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from batchgen import catalog
 from batchgen.client import Client
 from batchgen.errors import AuthError, LedgerWriteFailed
-from batchgen.keys import api_key
+from batchgen.keys import ApiKey, api_keys, label
 from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
 from batchgen.progress import Display, LogFile, Snapshot, make_display
 from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
@@ -49,10 +49,11 @@ class RunOptions:
 
 
 @contextmanager
-def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, str]]:
-    """(base URL, key): the in-process sandbox with its demo key, or the real service."""
+def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, list[ApiKey]]]:
+    """(base URL, keys): the in-process sandbox with its demo key, or the real service
+    with the keys from the environment."""
     if not options.sandbox:
-        yield (options.base_url or catalog.load().base_url), api_key()
+        yield (options.base_url or catalog.load().base_url), api_keys()
         return
     from batchgen.sandbox import Sandbox, SandboxConfig, serve
 
@@ -66,7 +67,7 @@ def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, str]]:
     served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE, seed=seed)))
     print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
     try:
-        yield served.base_url, SANDBOX_KEY
+        yield served.base_url, [ApiKey(label(SANDBOX_KEY), SANDBOX_KEY)]
     finally:
         served.stop()
 
@@ -74,15 +75,16 @@ def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, str]]:
 def run_ledger(
     ledger_path: str, campaigns: list[str], options: RunOptions, command: str
 ) -> EndOfRun:
-    with service(options, ledger_path) as (base_url, key):
+    with service(options, ledger_path) as (base_url, keys):
         ledger = Ledger(ledger_path, create=False)
-        ledger.redact.add(key)  # nothing the service echoes of it is stored
+        for key in keys:
+            ledger.redact.add(key.secret, key.label)  # nothing the service echoes is stored
         try:
             warning = ledger.acquire_runner(command, force=options.force)
             if warning:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
             try:
-                return asyncio.run(_run(ledger, campaigns, options, base_url, key, command))
+                return asyncio.run(_run(ledger, campaigns, options, base_url, keys, command))
             finally:
                 _release(ledger)
         finally:
@@ -94,7 +96,7 @@ async def _run(
     campaigns: list[str],
     options: RunOptions,
     base_url: str,
-    key: str,
+    keys: list[ApiKey],
     command: str = "run",
 ) -> EndOfRun:
     poll_interval = options.poll_interval or (SANDBOX_POLL_INTERVAL if options.sandbox else 5.0)
@@ -107,7 +109,9 @@ async def _run(
         options.lost_after,
     )
     display = make_display(log=options.log)
-    client = Client(base_url, key, redactor=ledger.redact)
+    clients: dict[str | None, Client] = {
+        k.label: Client(base_url, k.secret, redactor=ledger.redact) for k in keys
+    }
     downloads: list[asyncio.Task[bool]] = []
 
     def report(job: LedgerJob | None, text: str) -> None:
@@ -122,7 +126,7 @@ async def _run(
                 asyncio.get_running_loop().create_task(downloader.fetch_job(job.campaign, job.id))
             )
 
-    scheduler = Scheduler(ledger, client, settings, report, on_completed=completed)
+    scheduler = Scheduler(ledger, clients, settings, report, on_completed=completed)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
@@ -135,10 +139,7 @@ async def _run(
         try:
             summary = await scheduler.run(selection)
         except AuthFailed:
-            raise AuthError(
-                "the service refused OKAYPIC_API_KEY (401): it is invalid "
-                "or revoked; no job changed state"
-            ) from None
+            raise AuthError(_refused(keys)) from None
         if downloads and summary.stopped_for != "interrupted":
             await _until_done_or_halted(downloads, scheduler.halt_all)
     finally:
@@ -151,7 +152,8 @@ async def _run(
             loop.remove_signal_handler(signum)
         display.close(_snapshot(ledger, selection, eta))
         ledger.notify = ledger_notice
-        await client.aclose()
+        for client in clients.values():
+            await client.aclose()
         if downloader is not None:
             await downloader.aclose()
     unsaved = downloader.tally.failed if downloader is not None else 0
@@ -165,6 +167,18 @@ async def _run(
         options.lost_after,
     )
     return _finish(ledger, selection, summary, closing, unsaved)
+
+
+def _refused(keys: list[ApiKey]) -> str:
+    if len(keys) == 1:
+        return (
+            "the service refused the API key (401): it is invalid or revoked; no job changed state"
+        )
+    labels = ", ".join(k.label for k in keys)
+    return (
+        f"the service refused every key given (401): {labels}; they are invalid or revoked. "
+        "Set OKAYPIC_API_KEYS to valid keys, then `batchgen resume`"
+    )
 
 
 async def _until_done_or_halted(tasks: list[asyncio.Task[bool]], halt: asyncio.Event) -> None:

@@ -70,7 +70,25 @@ class Settings:
 
 
 class AuthFailed(Exception):
-    """The service refused the API key (401)."""
+    """The service refused every API key given (401)."""
+
+
+@dataclass(eq=False)
+class KeySlots:
+    """One API key in the run: its client (which sends its bearer token) and its slots.
+
+    `label` is what the ledger records per attempt (None: a single key run by code that
+    gives no label). `busy` counts the jobs driven on this key: a task in flight, or a
+    submission on its way. `out`: why the key submits nothing more (`refused` after a
+    401: it polls nothing either; `balance` after a 402: its tasks are still followed).
+    """
+
+    label: str | None
+    client: Client
+    busy: int = 0
+    out: str | None = None
+    accepted: bool = False  # the service answered once without 401
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class _Abandoned(Exception):
@@ -85,6 +103,11 @@ class Summary:
     stopped_for: str | None = None  # balance | unreachable | interrupted | auth | redirect
     budget_blocked: set[tuple[str, str]] = field(default_factory=set)
     message: str | None = None
+    # Several keys (PRODUCT §6): keys taken out of the run (label -> `refused` | `balance`),
+    # and tasks left unpolled per label: their key is not given, or was refused.
+    keys_out: dict[str, str] = field(default_factory=dict)
+    unpolled: dict[str, int] = field(default_factory=dict)
+    missing_keys: set[str] = field(default_factory=set)  # labels of unpolled tasks not given
 
 
 Reporter = Callable[[LedgerJob | None, str], None]
@@ -99,7 +122,7 @@ class Scheduler:
     def __init__(
         self,
         ledger: Ledger,
-        client: Client,
+        client: Client | dict[str | None, Client],
         settings: Settings,
         report: Reporter = lambda job, text: None,
         *,
@@ -108,7 +131,12 @@ class Scheduler:
         on_completed: Callable[[LedgerJob], None] | None = None,
     ):
         self.ledger = ledger
-        self.client = client
+        # Each key's client and slots, in the order given. A task recorded without a label
+        # (before m007) is polled with the first key.
+        clients = client if isinstance(client, dict) else {None: client}
+        self.keys = {label: KeySlots(label, c) for label, c in clients.items()}
+        self.first_key = next(iter(self.keys.values()))
+        self.client = self.first_key.client
         self.settings = settings
         self.report = report
         self.rng = rng or random.Random()
@@ -116,7 +144,8 @@ class Scheduler:
         self.on_completed = on_completed
         self.catalog = catalog.load()
         self.summary = Summary()
-        self.in_flight: dict[asyncio.Task[None], LedgerJob] = {}
+        self.in_flight: dict[asyncio.Task[None], tuple[LedgerJob, KeySlots]] = {}
+        self.requeued: set[tuple[str, str]] = set()  # their key stopped: another may take them
         self.halt_submits = asyncio.Event()  # balance, unreachable, interrupted
         self.halt_all = asyncio.Event()  # interrupted, redirected: stop polling too
         self.halt_now = asyncio.Event()  # a second interrupt: not even for answers on the wire
@@ -130,8 +159,6 @@ class Scheduler:
         self._refused_since: float | None = None
         self._refused_reported: float | None = None
         self.waiting_for_budget: set[tuple[str, str]] = set()
-        self.key_accepted = False
-        self._key_lock = asyncio.Lock()
         # Generation times learned from tasks a process followed from submission to
         # completion (the ledger's history, then this run's), and which ways of reading
         # progress have held per model: what pacing and the ETA rest on.
@@ -153,16 +180,22 @@ class Scheduler:
         # again: the queue, read later, must not hand it out a second time.
         pending = _Queue(self.ledger.queued_jobs(campaigns), skip={j.key for j in followed})
         deferred: list[LedgerJob] = []  # over budget for now; tried again when money frees up
-        # Already in flight: follow them, whatever the concurrency.
+        # Already in flight: follow them with the key that created them, whatever the
+        # concurrency; a task whose key is not given is left alone (neither polled nor
+        # submitted again), and the run says which label it waits for.
         for job in followed:
-            self._start(job)
+            slots = self._key_of(job)
+            if slots is None:
+                self._unpolled(job, missing=True)
+            else:
+                self._start(job, slots)
         halted = asyncio.get_running_loop().create_task(self.halt_all.wait())
         try:
             while True:
                 room: dict[str, int | None] = {}  # budget left per campaign, this round
                 while (
-                    len(self.in_flight) < self.settings.concurrency
-                    and not self.halt_submits.is_set()
+                    not self.halt_submits.is_set()
+                    and (free := self._free_key()) is not None
                     and (queued := pending.pop()) is not None
                 ):
                     job = queued
@@ -174,7 +207,7 @@ class Scheduler:
                         continue
                     if left is not None:
                         room[job.campaign] = left - job.price_micros
-                    self._start(job)
+                    self._start(job, free)
                 if not self.in_flight:
                     break
                 waiting: list[asyncio.Future[Any]] = [*self.in_flight, halted]
@@ -183,11 +216,13 @@ class Scheduler:
                     await self._finish_halted()
                     return self.summary
                 for task in [t for t in self.in_flight if t.done()]:
-                    job = self.in_flight.pop(task)
+                    job, slots = self.in_flight.pop(task)
+                    slots.busy -= 1
                     task.result()  # AuthFailed, and any bug, surfaces here
-                    if job.key in self.waiting_for_budget:
+                    if job.key in self.waiting_for_budget or job.key in self.requeued:
                         deferred.append(job)
                 self.waiting_for_budget.clear()
+                self.requeued.clear()
                 pending.put_back(deferred)  # a refund may have made room
                 deferred.clear()
             self.summary.budget_blocked = {j.key for j in deferred}
@@ -235,8 +270,60 @@ class Scheduler:
             now_waiter.cancel()
         await self._cancel_all()
 
-    def _start(self, job: LedgerJob) -> None:
-        self.in_flight[asyncio.get_running_loop().create_task(self._drive(job))] = job
+    def _start(self, job: LedgerJob, slots: KeySlots) -> None:
+        slots.busy += 1
+        task = asyncio.get_running_loop().create_task(self._drive(job, slots))
+        self.in_flight[task] = (job, slots)
+
+    def _free_key(self) -> KeySlots | None:
+        """The key to submit the next job with: the least busy of those still submitting,
+        if it has a slot free."""
+        usable = [k for k in self.keys.values() if k.out is None]
+        if not usable:
+            return None
+        slots = min(usable, key=lambda k: k.busy)
+        return slots if slots.busy < self.settings.concurrency else None
+
+    def _key_of(self, job: LedgerJob) -> KeySlots | None:
+        """The key a recorded task must be polled with (None: not given in this run)."""
+        if job.key_label is None:
+            return self.first_key
+        return self.keys.get(job.key_label)
+
+    def _unpolled(self, job: LedgerJob, *, missing: bool) -> None:
+        """A task left alone: its key is not given (`missing`) or was refused."""
+        label = job.key_label or "(unlabelled)"
+        self.summary.unpolled[label] = self.summary.unpolled.get(label, 0) + 1
+        if missing:
+            self.summary.missing_keys.add(label)
+            self.report(
+                job,
+                f"task {job.task_id} was created with key {label}, which is not given: "
+                "left as it is (neither polled nor submitted again)",
+            )
+
+    def _key_out(self, slots: KeySlots, why: str, message: str | None) -> None:
+        """Take a key out of the run: `refused` (401) or `balance` (402). When no key is
+        left to submit with, submitting stops (and with every key refused, the run)."""
+        if slots.out is not None:
+            return
+        slots.out = why
+        if slots.label is not None:
+            self.summary.keys_out[slots.label] = why
+        name = f"key {slots.label}" if slots.label is not None else "the API key"
+        if why == "refused":
+            words = f"the service refused {name} (401: {message or 'unauthorized'})"
+        else:
+            words = f"balance exhausted on {name} (402)"
+        left = [str(k.label) for k in self.keys.values() if k.out is None]
+        words += f": going on with {', '.join(left)}" if left else ": submitting nothing more"
+        self.report(None, words)
+        if any(k.out is None for k in self.keys.values()):
+            return
+        if all(k.out == "refused" for k in self.keys.values()):
+            self._halt("auth")
+            raise AuthFailed(message)
+        self._halt("balance")
 
     async def _cancel_all(self) -> None:
         tasks = list(self.in_flight)
@@ -270,18 +357,21 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one job
 
-    async def _drive(self, job: LedgerJob) -> None:
-        """Take one job to an end: submit it, follow its task, resubmit while allowed."""
+    async def _drive(self, job: LedgerJob, slots: KeySlots) -> None:
+        """Take one job to an end on one key: submit it, follow its task, resubmit while
+        allowed. A job whose key stops submitting is handed back for another key."""
         try:
-            if job.status == "held" and not await self._poll_lost_task(job):
+            if job.status == "held" and not await self._poll_lost_task(job, slots):
                 return
             if job.status == "running" and not await self._usable_recorded_task(job):
                 if job.status != "queued":
                     return
             while True:
-                if job.status != "running" and not await self._submit(job):
+                if job.status != "running" and not await self._submit(job, slots):
+                    if job.status == "queued" and slots.out is not None:
+                        self.requeued.add(job.key)
                     return
-                if not await self._follow(job):
+                if not await self._follow(job, slots):
                     return
         except _Abandoned:
             return
@@ -298,18 +388,19 @@ class Scheduler:
         self.report(job, f"unknown outcome (the recorded task id is unusable: {problem}): {status}")
         return False
 
-    async def _poll_lost_task(self, job: LedgerJob) -> bool:
+    async def _poll_lost_task(self, job: LedgerJob, slots: KeySlots) -> bool:
         """A task given up as lost is polled once more: True (taken back, to follow) when it
         answers usably, else it stays held."""
         model = self.catalog.model(job.model)
         if model is None or job.task_id is None or task_id_problem(job.task_id) is not None:
             return False
-        if self.halt_all.is_set():
+        if self.halt_all.is_set() or slots.out == "refused":
             return False
-        outcome = classify_poll(await self.client.poll(model.poll_path(job.task_id)))
+        outcome = classify_poll(await slots.client.poll(model.poll_path(job.task_id)))
         if outcome.action is Poll.AUTH:
-            self._halt("auth")
-            raise AuthFailed(outcome.message)
+            self._key_out(slots, "refused", outcome.message)
+            self._unpolled(job, missing=False)
+            return False
         if outcome.action is Poll.ERROR:
             self.report(job, f"still lost ({outcome.message}): held")
             return False
@@ -317,11 +408,12 @@ class Scheduler:
         self.report(job, f"lost task {job.task_id} answers again: following it")
         return True
 
-    async def _submit(self, job: LedgerJob) -> bool:
-        """Submit until a task is created (True), or the job must wait or has ended."""
+    async def _submit(self, job: LedgerJob, slots: KeySlots) -> bool:
+        """Submit with `slots`' key until a task is created (True), or the job must wait,
+        has ended, or its key stopped submitting."""
         slot_waits = not_sent = 0
         while True:
-            if self.halt_submits.is_set():
+            if self.halt_submits.is_set() or slots.out is not None:
                 return False
             if job.attempts >= self.settings.max_attempts:
                 error = f"gave up after {job.attempts} attempt(s)"
@@ -336,10 +428,10 @@ class Scheduler:
             assert model is not None
             if not await self._ledger_writable():
                 return False
-            async with self._key_check():
-                if self.halt_submits.is_set():  # the key was refused while we waited
+            async with self._key_check(slots):
+                if self.halt_submits.is_set() or slots.out is not None:  # while we waited
                     return False
-                attempt = await self._record(lambda: self.ledger.begin_attempt(job))
+                attempt = await self._record(lambda: self.ledger.begin_attempt(job, slots.label))
                 if self.halt_submits.is_set():  # halted while the intent waited for the ledger
                     await self._close_unsent(job, attempt)
                     return False
@@ -349,10 +441,10 @@ class Scheduler:
                 try:
                     self.checkpoint("intent_committed")
                     self.sent_at[job.key] = self.clock()
-                    answer = await self.client.submit(model.submit_path, job.request)
+                    answer = await slots.client.submit(model.submit_path, job.request)
                     self.checkpoint("submit_answered")
                     if answer.status is not None and answer.status != 401:
-                        self.key_accepted = True
+                        slots.accepted = True
                     outcome = classify_submit(answer)
                     if not await self._record_submit(job, attempt, outcome, answer.retry_after):
                         return False
@@ -361,7 +453,9 @@ class Scheduler:
             action, message = outcome.action, outcome.message
             if action is Submit.CREATED:
                 self.checkpoint("task_id_committed")
-                self.report(job, f"submitted, task {outcome.task_id}")
+                job.key_label = slots.label
+                by = f" (key {slots.label})" if len(self.keys) > 1 else ""
+                self.report(job, f"submitted, task {outcome.task_id}{by}")
                 return True
             if action is Submit.UNKNOWN:
                 await self._pause(self._backoff(job.attempts), self.halt_submits)
@@ -387,11 +481,10 @@ class Scheduler:
                 self.report(job, f"failed: rejected by the service: {message}")
                 return False
             elif action is Submit.AUTH:
-                self._halt("auth")
-                raise AuthFailed(message)
+                self._key_out(slots, "refused", message)
+                return False
             elif action is Submit.BALANCE:
-                self.report(job, "balance exhausted: submitting nothing more")
-                self._halt("balance")
+                self._key_out(slots, "balance", message)
                 return False
             elif action is Submit.REDIRECTED:
                 self.summary.message = (
@@ -484,8 +577,9 @@ class Scheduler:
         self.report(job, f"unknown outcome ({message}): {status}")
         return status == "queued"
 
-    async def _follow(self, job: LedgerJob) -> bool:
-        """Poll a task to its end; True when the job is to be submitted again."""
+    async def _follow(self, job: LedgerJob, slots: KeySlots) -> bool:
+        """Poll a task to its end with the key that created it; True when the job is to
+        be submitted again."""
         model = self.catalog.model(job.model)
         assert model is not None and job.task_id is not None
         path = model.poll_path(job.task_id)
@@ -493,7 +587,7 @@ class Scheduler:
         follow = self._following(job)
         self.following[job.key] = (key, follow)
         try:
-            return await self._poll_until_done(job, path, key, follow)
+            return await self._poll_until_done(job, slots, path, key, follow)
         finally:
             self.following.pop(job.key, None)
 
@@ -509,7 +603,9 @@ class Scheduler:
         age = max(0.0, time.time() - stamp) if stamp is not None else 0.0
         return Follow(Started(now - age, now - age), watching=now, own=False)
 
-    async def _poll_until_done(self, job: LedgerJob, path: str, key: Key, follow: Follow) -> bool:
+    async def _poll_until_done(
+        self, job: LedgerJob, slots: KeySlots, path: str, key: Key, follow: Follow
+    ) -> bool:
         progress: int | None = None
         written = -PROGRESS_WRITE_EVERY  # when progress was last written to the ledger
         errors = 0
@@ -520,8 +616,11 @@ class Scheduler:
                 delay = max(delay, self._backoff(errors))
             if await self._pause(delay, self.halt_all):
                 return False
+            if slots.out == "refused":  # another of its tasks was refused meanwhile
+                self._unpolled(job, missing=False)
+                return False
             asked = self.clock()
-            answer = await self.client.poll(path)
+            answer = await slots.client.poll(path)
             self.checkpoint("poll_answered")
             outcome = classify_poll(answer)
             if outcome.action is not Poll.ERROR:
@@ -556,17 +655,23 @@ class Scheduler:
                     self.on_completed(job)
                 return False
             elif outcome.action is Poll.FAILED:
-                again = job.attempts < self.settings.max_attempts and not self.halt_submits.is_set()
+                # Attempts left: submitted again, by this key if it still submits, else by
+                # another, or by a later `resume` if submitting has stopped.
+                left = job.attempts < self.settings.max_attempts
+                again = left and slots.out is None and not self.halt_submits.is_set()
                 message = outcome.message or "Generation failed"
-                status = "queued" if again else "failed"
+                status = "queued" if left else "failed"
                 await self._record(partial(self.ledger.task_failed, job, message, status))
                 self.report(
                     job, f"task failed ({message})" + ("; submitting again" if again else "")
                 )
+                if left and not again:
+                    self.requeued.add(job.key)
                 return again
             elif outcome.action is Poll.AUTH:
-                self._halt("auth")
-                raise AuthFailed(outcome.message)
+                self._key_out(slots, "refused", outcome.message)
+                self._unpolled(job, missing=False)
+                return False
             else:
                 follow.unanswered(asked)
                 errors += 1
@@ -725,14 +830,14 @@ class Scheduler:
         self._refused, self._refused_since, self._refused_reported = 0, at, at
 
     @asynccontextmanager
-    async def _key_check(self) -> AsyncIterator[None]:
-        """Until the service has answered once without 401, submit one job at a time:
-        a wrong key then costs one request, and no other job changes state."""
-        if self.key_accepted:
+    async def _key_check(self, slots: KeySlots) -> AsyncIterator[None]:
+        """Until the service has answered a key once without 401, submit one job at a time
+        with it: a wrong key then costs one request, and no other job changes state."""
+        if slots.accepted:
             yield
             return
-        async with self._key_lock:
-            if not self.key_accepted:
+        async with slots.lock:
+            if not slots.accepted:
                 yield
                 return
         # Accepted while this one waited: go at once, not behind the others that waited.
@@ -781,7 +886,8 @@ class Scheduler:
             if expected is None:
                 return None
             work.append((expected, count))
-        return eta_seconds(running, work, self.settings.concurrency)
+        keys = sum(1 for k in self.keys.values() if k.out is None) or 1
+        return eta_seconds(running, work, self.settings.concurrency * keys)
 
 
 class _Queue:

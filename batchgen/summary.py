@@ -123,6 +123,7 @@ def end_of_run(
             f"answers the ledger could not record yet are kept in {facts.recovery_file}: "
             "the next batchgen command on this ledger records them first"
         )
+    lines += _key_lines(summary)
     resume = closing.command_line("resume")
     code, why, advice = EXIT_OK, "all jobs completed", []
     if summary.stopped_for == "interrupted":
@@ -137,6 +138,10 @@ def end_of_run(
     elif summary.stopped_for == "unreachable":
         code, why = EXIT_RESUMABLE, "stopped: the service cannot be reached"
         advice = [f"{summary.message}; run {resume} when it is back"]
+    elif summary.unpolled:
+        code = EXIT_RESUMABLE
+        why = f"stopped: {sum(summary.unpolled.values())} task(s) wait for their key"
+        advice = [_unpolled_advice(summary, closing)]
     elif summary.budget_blocked:
         code, why = EXIT_RESUMABLE, "stopped: budget reached"
         advice = [_budget_advice(len(summary.budget_blocked), facts, summary, closing)]
@@ -230,6 +235,27 @@ def _results_lines(completed: int, closing: Closing) -> list[str]:
         "look at the results, approve or reject them: "
         f"{closing.command_line(*review, campaigns=False)}",
     ]
+
+
+def _key_lines(summary: Summary) -> list[str]:
+    """Keys taken out of the run, and tasks left for a key that is absent or refused."""
+    lines = []
+    for label, why in summary.keys_out.items():
+        what = "refused by the service (401)" if why == "refused" else "balance exhausted (402)"
+        lines.append(f"key {label}: {what}")
+    for label, tasks in summary.unpolled.items():
+        state = "not given" if label in summary.missing_keys else "refused"
+        lines.append(f"key {label}: {tasks} task(s) not polled (the key is {state})")
+    return lines
+
+
+def _unpolled_advice(summary: Summary, closing: Closing) -> str:
+    labels = ", ".join(sorted(summary.unpolled))
+    resume = closing.command_line("resume")
+    return (
+        f"tasks created with key(s) {labels} are polled only with that key: give it again "
+        f"in OKAYPIC_API_KEYS (same name, or the same key unnamed), then {resume}"
+    )
 
 
 def _budget_advice(waiting: int, facts: LedgerFacts, summary: Summary, closing: Closing) -> str:

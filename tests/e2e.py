@@ -17,12 +17,18 @@ from typing import Any
 FAST = ["--poll-interval", "0.02", "--retry-delay", "0.01"]
 
 
-def command_env(ledger: Path, base_url: str | None, key: str | None) -> dict[str, str]:
+def command_env(
+    ledger: Path, base_url: str | None, key: str | None, keys: str | None = None
+) -> dict[str, str]:
+    """The command's environment: this ledger, service and key(s) (`keys`: the value of
+    OKAYPIC_API_KEYS), and none of the developer's own."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("OKAYPIC_API_KEY", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
+        if k not in ("OKAYPIC_API_KEY", "OKAYPIC_API_KEYS", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
     }
+    if keys is not None:
+        env["OKAYPIC_API_KEYS"] = keys
     env["BATCHGEN_LEDGER"] = str(ledger)
     env["BATCHGEN_OUT"] = str(ledger.parent / "out")  # run/resume save files by default
     if base_url is not None:
@@ -38,6 +44,7 @@ def batchgen(
     base_url: str | None = None,
     key: str | None = None,
     timeout: float = 120,
+    keys: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real command to its end."""
     return subprocess.run(
@@ -45,7 +52,7 @@ def batchgen(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=command_env(ledger, base_url, key),
+        env=command_env(ledger, base_url, key, keys),
         stdin=subprocess.DEVNULL,
     )
 
@@ -65,6 +72,7 @@ def spawn(
     base_url: str | None = None,
     key: str | None = None,
     stdout: Any = subprocess.PIPE,
+    keys: str | None = None,
 ) -> subprocess.Popen[str]:
     """Start the real command, for tests that signal or kill it."""
     return subprocess.Popen(
@@ -73,7 +81,7 @@ def spawn(
         stderr=subprocess.PIPE,
         text=True,
         stdin=subprocess.DEVNULL,
-        env=command_env(ledger, base_url, key),
+        env=command_env(ledger, base_url, key, keys),
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.client import Client
 from batchgen.errors import AuthError
-from batchgen.keys import Redactor, api_key, label
+from batchgen.keys import ApiKey, Redactor, api_key, api_keys, label
 from batchgen.outcomes import Transport
 from tests.e2e import batchgen, grok_batch, rows
 
@@ -150,3 +150,86 @@ def test_a_key_with_a_line_break_or_non_ascii_exits_4_in_one_line_never_showing_
         assert rows(ledger, "SELECT COUNT(*) AS n FROM attempts")[0]["n"] == 0
         for path in tmp_path.iterdir():
             assert b"second_half" not in path.read_bytes() and b"secr" not in path.read_bytes()
+
+
+# ---------------------------------------------------------------- several keys (§6)
+
+
+def _keys(value: str, single: str | None = None) -> list[tuple[str, str]]:
+    env = {"OKAYPIC_API_KEYS": value}
+    if single is not None:
+        env["OKAYPIC_API_KEY"] = single
+    return [(k.label, k.secret) for k in api_keys(env)]
+
+
+def test_several_keys_are_read_in_order_named_or_labelled_by_their_hash():
+    assert _keys("studio=okpk_a, okpk_b ,night=okpk_c") == [
+        ("studio", "okpk_a"),
+        (label("okpk_b"), "okpk_b"),
+        ("night", "okpk_c"),
+    ]
+
+
+def test_blank_entries_are_skipped_and_the_single_key_variable_is_the_fallback():
+    assert _keys(",okpk_a,, ,") == [(label("okpk_a"), "okpk_a")]
+    assert _keys(" , ", single="okpk_z") == [(label("okpk_z"), "okpk_z")]
+    # Both set: OKAYPIC_API_KEYS wins.
+    assert _keys("okpk_a", single="okpk_z") == [(label("okpk_a"), "okpk_a")]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("a=okpk_1", ("a", "okpk_1")),  # the shortest name
+        ("A.b_c-9=okpk_1", ("A.b_c-9", "okpk_1")),
+        ("x" * 40 + "=okpk_1", ("x" * 40, "okpk_1")),  # the longest name
+        # Not a name before the `=`: the whole entry is an unnamed key.
+        ("x" * 41 + "=okpk_1", (label("x" * 41 + "=okpk_1"), "x" * 41 + "=okpk_1")),
+        ("-a=okpk_1", (label("-a=okpk_1"), "-a=okpk_1")),
+        ("okpkAbc==", (label("okpkAbc=="), "okpkAbc==")),  # a base64 key's padding
+        ("okpk=", (label("okpk="), "okpk=")),
+    ],
+)
+def test_a_name_is_what_precedes_the_first_equals_sign_when_it_is_a_valid_name(entry, expected):
+    assert _keys(entry) == [expected]
+
+
+def test_a_named_key_that_cannot_be_a_bearer_token_is_refused_naming_the_entry_not_the_key():
+    with pytest.raises(AuthError) as caught:
+        api_keys({"OKAYPIC_API_KEYS": "okpk_a,night=okpk b"})
+    message = str(caught.value)
+    assert "OKAYPIC_API_KEYS" in message and "entry 2" in message
+    assert "okpk b" not in message and "okpk_a" not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["studio=okpk_a,studio=okpk_b", "okpk_a,okpk_a", "one=okpk_a,two=okpk_a"],
+)
+def test_two_entries_with_one_label_or_one_key_are_refused_naming_the_entries(value):
+    with pytest.raises(AuthError) as caught:
+        api_keys({"OKAYPIC_API_KEYS": value})
+    assert "entries 1 and 2" in str(caught.value)
+    assert "okpk_a" not in str(caught.value)
+
+
+def test_no_key_in_either_variable_names_both():
+    with pytest.raises(AuthError) as caught:
+        api_keys({"OKAYPIC_API_KEYS": " ,", "OKAYPIC_API_KEY": " "})
+    assert "OKAYPIC_API_KEY " in str(caught.value) and "OKAYPIC_API_KEYS" in str(caught.value)
+
+
+def test_a_key_object_never_shows_its_secret():
+    key = ApiKey("studio", "okpk_secret")
+    assert "okpk_secret" not in repr(key) and "okpk_secret" not in str(key)
+
+
+def test_the_environment_redactor_holds_every_key_of_both_variables_by_its_label():
+    redact = Redactor.from_environment(
+        {"OKAYPIC_API_KEYS": "studio=okpk_aaa, okpk_bbb", "OKAYPIC_API_KEY": "okpk_ccc"}
+    )
+    text = redact("echo okpk_aaa then okpk_bbb and okpk_ccc")
+    assert text == f"echo [studio] then [{label('okpk_bbb')}] and [{label('okpk_ccc')}]"
+    # Even a value that is not a usable list of keys is kept out of what is shown.
+    broken = Redactor.from_environment({"OKAYPIC_API_KEYS": "studio=okpk a b"})
+    assert "okpk a b" not in broken("it said: okpk a b")

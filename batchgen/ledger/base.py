@@ -55,6 +55,9 @@ class LedgerJob:
     task_id: str | None
     attempts: int
     submitted_at: str | None = None
+    # The label of the API key that created its task (attempts.key_label): its polls go
+    # with that key. None for a job without a task, or a task recorded before m007.
+    key_label: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:

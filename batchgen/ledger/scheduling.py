@@ -92,6 +92,14 @@ class SchedulingMixin(LedgerBase):
         "SELECT campaign, id, model, kind, request, fingerprint, price_micro_usd, duration,"
         " status, task_id, attempts, submitted_at, position FROM jobs"
     )
+    # The same, with the label of the key that created the job's task: for jobs that have
+    # one (running, lost), whose polls must go with that key.
+    _LEDGER_JOB_WITH_KEY = _LEDGER_JOB.replace(
+        " FROM jobs",
+        ", (SELECT a.key_label FROM attempts a WHERE a.campaign = jobs.campaign"
+        " AND a.job_id = jobs.id AND a.task_id = jobs.task_id ORDER BY a.id DESC LIMIT 1)"
+        " FROM jobs",
+    )
 
     def unfinished_jobs(
         self, campaigns: list[str] | None = None, statuses: tuple[str, ...] = UNFINISHED
@@ -99,7 +107,8 @@ class SchedulingMixin(LedgerBase):
         """Jobs still to take to an end (or in `statuses`), in ingestion order."""
         where, params = _campaign_filter(campaigns)
         rows = self.conn.execute(
-            f"{self._LEDGER_JOB} WHERE status IN ({', '.join('?' * len(statuses))}) {where}"
+            f"{self._LEDGER_JOB_WITH_KEY} WHERE status IN ({', '.join('?' * len(statuses))})"
+            f" {where}"
             " ORDER BY campaign, position",
             [*statuses, *params],
         )
@@ -108,7 +117,7 @@ class SchedulingMixin(LedgerBase):
     def unfinished_job(self, campaign: str, job_id: str) -> LedgerJob | None:
         """One job, if it is still to take to an end."""
         row = self.conn.execute(
-            f"{self._LEDGER_JOB} WHERE campaign = ? AND id = ?"
+            f"{self._LEDGER_JOB_WITH_KEY} WHERE campaign = ? AND id = ?"
             f" AND status IN ({', '.join('?' * len(UNFINISHED))})",
             (campaign, job_id, *UNFINISHED),
         ).fetchone()
@@ -147,14 +156,15 @@ class SchedulingMixin(LedgerBase):
                 return
             last = [rows[-1][0], rows[-1][-1]]
 
-    def begin_attempt(self, job: LedgerJob) -> int:
-        """Commit the intent to submit before the request is sent: a crash after sending
-        must leave a trace, which resume reads as an attempt of unknown outcome."""
+    def begin_attempt(self, job: LedgerJob, key_label: str | None = None) -> int:
+        """Commit the intent to submit, with the label of the key it goes with, before the
+        request is sent: a crash after sending must leave a trace, which resume reads as an
+        attempt of unknown outcome, and the task it may create is polled with that key."""
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO attempts (campaign, job_id, started_at, fingerprint,"
-                " unit_price_micro_usd, state) VALUES (?, ?, ?, ?, ?, 'sending')",
-                (job.campaign, job.id, now(), job.fingerprint, job.price_micros),
+                " unit_price_micro_usd, state, key_label) VALUES (?, ?, ?, ?, ?, 'sending', ?)",
+                (job.campaign, job.id, now(), job.fingerprint, job.price_micros, key_label),
             )
             db.execute(
                 "UPDATE jobs SET status='submitting', reason=NULL, updated_at=?"
@@ -343,7 +353,7 @@ class SchedulingMixin(LedgerBase):
         """Held jobs whose task was given up as lost, to poll once more."""
         where, params = _campaign_filter(campaigns)
         rows = self.conn.execute(
-            f"{self._LEDGER_JOB} WHERE status = 'held' AND reason = 'lost'"
+            f"{self._LEDGER_JOB_WITH_KEY} WHERE status = 'held' AND reason = 'lost'"
             f" AND task_id IS NOT NULL {where} ORDER BY campaign, position",
             params,
         )
@@ -578,6 +588,6 @@ class SchedulingMixin(LedgerBase):
 
 
 def _ledger_job(row: tuple[Any, ...]) -> LedgerJob:
-    """A row of `Ledger._LEDGER_JOB` as a LedgerJob."""
-    c, i, m, k, r, fp, p, d, s, t, a, sa, _ = row
-    return LedgerJob(c, i, m, k, json.loads(r), fp, p, d, s, t, a, sa)
+    """A row of `Ledger._LEDGER_JOB` (or `_LEDGER_JOB_WITH_KEY`) as a LedgerJob."""
+    c, i, m, k, r, fp, p, d, s, t, a, sa, _, *label = row
+    return LedgerJob(c, i, m, k, json.loads(r), fp, p, d, s, t, a, sa, *label)
