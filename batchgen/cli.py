@@ -188,25 +188,56 @@ def validate(manifest: str, max_jobs: int, as_json: bool) -> None:
     click.echo(f"{manifest}: valid, {len(result.jobs)} job(s) in campaign {result.campaign.name}")
 
 
+class Duration(click.ParamType):
+    """A DURATION (PRODUCT.md §7): seconds, or a number with s, m or h (90s, 30m, 8h)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int | float):
+            return float(value)
+        from batchgen.durations import parse_duration
+
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 @cli.command()
 @manifest_argument
 @max_jobs_option
+@click.option(
+    "--within",
+    type=Duration(),
+    default=None,
+    metavar="DURATION",
+    help="Say whether the jobs to run fit in this time with the API keys given, and how "
+    "many keys would make them fit (3 slots each; DURATION: 3600, 90s, 30m, 8h).",
+)
 @json_option
 @click.pass_context
 @reports_errors
-def plan(ctx: click.Context, manifest: str, max_jobs: int, as_json: bool) -> None:
+def plan(
+    ctx: click.Context, manifest: str, max_jobs: int, within: float | None, as_json: bool
+) -> None:
     """Show what a manifest would do and cost, without calling the API or writing anything.
+
+    The wall time is estimated for the API keys in OKAYPIC_API_KEYS (or OKAYPIC_API_KEY),
+    3 slots each; for one key when none is set.
 
     \b
     Examples:
         batchgen plan manifests/spring-launch.yaml
+        batchgen plan spring.yaml --within 8h
         batchgen plan spring.yaml --json | jq .cost_usd
     """
-    from batchgen.plan import format_plan, make_plan, plan_json
+    from batchgen.plan import format_plan, keys_given, make_plan, plan_json
 
     result = checked(manifest, max_jobs, as_json)
-    made = make_plan(result, ledger_path(ctx))
-    click.echo(json.dumps(plan_json(made)) if as_json else format_plan(made))
+    made = make_plan(result, ledger_path(ctx), keys_given(), within)
+    redact = Redactor.from_environment()  # never a key, even in a refused key's message
+    click.echo(redact(json.dumps(plan_json(made)) if as_json else format_plan(made)))
 
 
 @cli.command()
@@ -233,22 +264,6 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
         f"already in the ledger, {added.replaced} replaced ({ledger.path})"
     )
-
-
-class Duration(click.ParamType):
-    """A DURATION (PRODUCT.md §7): seconds, or a number with s, m or h (90s, 30m, 8h)."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int | float):
-            return float(value)
-        from batchgen.durations import parse_duration
-
-        try:
-            return parse_duration(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
 
 
 def run_options(for_run: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -492,10 +507,11 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
 @campaign_option
 @click.option(
     "--by",
-    type=click.Choice(["campaign", "model", "tag", "status", "verdict"]),
+    type=click.Choice(["campaign", "model", "tag", "status", "key", "verdict"]),
     default="campaign",
     show_default=True,
-    help="Group rows by this.",
+    help="Group rows by this (key: the API key's label; money by the key each attempt "
+    "was sent with, jobs by their latest attempt's key).",
 )
 @click.option(
     "--format",
@@ -520,6 +536,7 @@ def report(
     \b
     Examples:
         batchgen report --by model
+        batchgen report --by key
         batchgen report --format csv > audit.csv
         batchgen report --jobs --format json
     """

@@ -79,7 +79,7 @@ def api_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
     the service's 3 slots); the message names the variable and the entry, never a key."""
     env = os.environ if environ is None else environ
     entries = [e.strip() for e in env.get(KEYS_VARIABLE, "").split(",")]
-    if any(entries):
+    if source(env) == KEYS_VARIABLE:
         keys = [_entry(entry, n) for n, entry in enumerate(entries, start=1) if entry]
     else:
         key = env.get(KEY_VARIABLE, "").strip()
@@ -93,6 +93,12 @@ def api_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
         keys = [ApiKey(label(key), key)]
     _unique(keys)
     return keys
+
+
+def source(environ: Mapping[str, str] | None = None) -> str:
+    """The variable the keys in force come from (see `api_keys`)."""
+    env = os.environ if environ is None else environ
+    return KEYS_VARIABLE if env.get(KEYS_VARIABLE, "").replace(",", "").strip() else KEY_VARIABLE
 
 
 def api_key(environ: Mapping[str, str] | None = None) -> str:

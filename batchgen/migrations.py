@@ -524,16 +524,91 @@ def m006_scale_totals(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE TRIGGER {name} {body} END")
 
 
+# --- m007: several API keys --------------------------------------------------------------
+#
+# Each attempt records the label of the key it was sent with (`attempts.key_label`, never
+# the key), so its task is polled with that key. NULL for attempts recorded before: they
+# were all sent with the one key of that time.
+#
+# `status` shows each key's tasks in flight and spend on a ledger of a million jobs, so
+# m007 keeps them as m006 keeps attempt_totals, one level finer:
+#
+#   key_totals  per (campaign, key label, attempt state): how many attempts, and the sums
+#               of their cost, unit price and refund. The label of attempts recorded
+#               before labels is '' here (a primary key column cannot be NULL, and no
+#               label is empty); readers turn it back into NULL. Tasks in flight with a
+#               key are its `running` attempts; its money follows the same state rules.
+#
+# `key_costs` is the view in dollars per campaign and key, read from key_totals.
+
+
+def _key_total(row: str, sign: str) -> str:
+    """Add (`+`) or take away (`-`) one attempts row (`NEW`/`OLD`) from key_totals."""
+    values = ", ".join(f"{sign}{row}.{c}" for c in _MONEY)
+    sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in _MONEY)
+    emptied = (
+        f" DELETE FROM key_totals WHERE campaign = {row}.campaign"
+        f" AND key_label = COALESCE({row}.key_label, '') AND attempts = 0;"
+    )
+    return (
+        f"INSERT INTO key_totals (campaign, key_label, state, attempts, {', '.join(_MONEY)})"
+        f" VALUES ({row}.campaign, COALESCE({row}.key_label, ''), {row}.state, {sign}1, {values})"
+        " ON CONFLICT (campaign, key_label, state) DO UPDATE SET"
+        f" attempts = attempts + excluded.attempts, {sums};" + (emptied if sign else "")
+    )
+
+
+# The money rules of m005 (spent, in flight, unknown, refunded) over key_totals' sums.
+_KEY_MONEY = {
+    "spent": "CASE WHEN t.state IN ('completed', 'failed') THEN t.cost_micro_usd ELSE 0 END",
+    "in_flight": "CASE WHEN t.state = 'running' THEN t.cost_micro_usd ELSE 0 END",
+    "unknown": "CASE WHEN t.state IN ('unknown', 'sending') THEN t.unit_price_micro_usd ELSE 0 END",
+    "refunded": "t.refunded_micro_usd",
+}
+M007_KEY_COSTS = f"""
+    SELECT t.campaign, NULLIF(t.key_label, '') AS key_label,
+        SUM(t.attempts) AS attempts,
+        SUM(CASE WHEN t.state = 'running' THEN t.attempts ELSE 0 END) AS in_flight,
+        {", ".join(f"{_usd(f'SUM({rule})')} AS {name}_usd" for name, rule in _KEY_MONEY.items())}
+    FROM key_totals t
+    GROUP BY t.campaign, t.key_label ORDER BY t.campaign, t.key_label"""
+
+
 def m007_key_labels(db: sqlite3.Connection) -> None:
     """Several API keys (PRODUCT §6): the label of the key each attempt was sent with
     (never the key), so its task is polled with that key. NULL for attempts recorded
-    before this column existed: their tasks are polled with the first key given."""
+    before this column existed: their tasks are polled with the first key given.
+    And each key's tasks in flight and money, kept by triggers (key_totals)."""
     _run_script(
         db,
         """
     ALTER TABLE attempts ADD COLUMN key_label TEXT;
+    CREATE TABLE key_totals (
+        campaign             TEXT NOT NULL,
+        key_label            TEXT NOT NULL,  -- '': attempts recorded before labels
+        state                TEXT NOT NULL,
+        attempts             INTEGER NOT NULL,
+        cost_micro_usd       INTEGER NOT NULL,
+        unit_price_micro_usd INTEGER NOT NULL,
+        refunded_micro_usd   INTEGER NOT NULL,
+        PRIMARY KEY (campaign, key_label, state)
+    ) WITHOUT ROWID;
+    INSERT INTO key_totals
+        SELECT campaign, COALESCE(key_label, ''), state, COUNT(*), SUM(cost_micro_usd),
+            SUM(unit_price_micro_usd), SUM(refunded_micro_usd)
+        FROM attempts GROUP BY campaign, COALESCE(key_label, ''), state
     """,
     )
+    columns = ", ".join(("campaign", "state", "key_label", *_MONEY))
+    triggers = {
+        "attempts_key_total_insert": f"AFTER INSERT ON attempts BEGIN {_key_total('NEW', '')}",
+        "attempts_key_total_delete": f"AFTER DELETE ON attempts BEGIN {_key_total('OLD', '-')}",
+        "attempts_key_total_update": f"AFTER UPDATE OF {columns} ON attempts"
+        f" BEGIN {_key_total('OLD', '-')} {_key_total('NEW', '')}",
+    }
+    for name, body in triggers.items():
+        db.execute(f"CREATE TRIGGER {name} {body} END")
+    db.execute(f"CREATE VIEW key_costs AS {M007_KEY_COSTS}")
 
 
 def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[str, ...]) -> None:

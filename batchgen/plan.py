@@ -2,18 +2,25 @@
 
 No API call and no write: the ledger, when there is one, is opened read-only (and is
 never created), so a plan can be made while a run is going on.
+
+The wall time is estimated for the keys given (each key has SLOTS slots, PRODUCT §6):
+`keys_given` counts them from the environment as a run would, by label only.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from batchgen import catalog
+from batchgen.errors import AuthError
 from batchgen.job import Campaign, Job, fingerprint
+from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys
 from batchgen.ledger import Ledger
 from batchgen.money import usd
 from batchgen.progress import _duration as duration_text
@@ -26,6 +33,34 @@ class ManifestLike(Protocol):
 
     campaign: Campaign
     jobs: list[Job]
+
+
+@dataclass(frozen=True)
+class KeysGiven:
+    """The API keys a run would use, by label (never a key)."""
+
+    labels: tuple[str, ...] = ()
+    problem: str | None = None  # why the keys set cannot be used (a run would exit 4)
+
+    @property
+    def count(self) -> int:
+        """The keys the estimate is made for: those given, or 1 when none is usable."""
+        return max(1, len(self.labels))
+
+
+def keys_given(environ: Mapping[str, str] | None = None) -> KeysGiven:
+    """The keys OKAYPIC_API_KEYS (or OKAYPIC_API_KEY) holds, read and checked as `run`
+    reads them. None set: no labels. Set but not usable: no labels and the reason, which
+    names the variable and the entry, never a key."""
+    env = os.environ if environ is None else environ
+    try:
+        return KeysGiven(tuple(key.label for key in api_keys(env)))
+    except AuthError as e:
+        unset = (
+            not env.get(KEY_VARIABLE, "").strip()
+            and not env.get(KEYS_VARIABLE, "").replace(",", "").strip()
+        )
+        return KeysGiven((), None if unset else str(e))
 
 
 @dataclass
@@ -55,8 +90,25 @@ class Plan:
     to_run: int = 0  # jobs a `run` would submit: new + changed + queued
     to_run_micros: int = 0  # what they cost if each succeeds at its first attempt
     committed_micros: int = 0  # the campaign's spent + in flight + unknown in the ledger
-    wall_seconds: float = 0.0  # estimated makespan of the jobs to run on SLOTS slots
+    keys: KeysGiven = KeysGiven()
+    wall_seconds: float = 0.0  # estimated makespan of the jobs to run on `slots` slots
     refined_models: list[str] = field(default_factory=list)
+    longest_seconds: float = 0.0  # the longest job to run: no number of keys is faster
+    within_seconds: float | None = None  # `--within`
+    keys_needed: int | None = None  # the fewest keys that finish within it (None: none can)
+    needed_wall_seconds: float | None = None  # the estimate with keys_needed
+
+    @property
+    def slots(self) -> int:
+        return SLOTS * self.keys.count
+
+    @property
+    def fits_within(self) -> bool | None:
+        """Whether the jobs to run end within `--within` with the keys given (None: no
+        --within)."""
+        if self.within_seconds is None:
+            return None
+        return _within(self.wall_seconds, self.within_seconds)
 
     @property
     def jobs(self) -> int:
@@ -82,8 +134,15 @@ class Plan:
         return self.committed_micros + self.to_run_micros - self.budget_micros
 
 
-def make_plan(manifest: ManifestLike, ledger_path: str) -> Plan:
-    """Count, price and time the manifest's jobs, and compare them with the ledger."""
+def make_plan(
+    manifest: ManifestLike,
+    ledger_path: str,
+    keys: KeysGiven | None = None,
+    within: float | None = None,
+) -> Plan:
+    """Count, price and time the manifest's jobs (on the slots of `keys`: one key's when
+    none is given), and compare them with the ledger; `within` (seconds): how many keys
+    would finish the jobs to run in that time."""
     known = catalog.load().models
     priced = [
         _Priced(job, request := job.request(), catalog.price_micros(request))
@@ -106,6 +165,8 @@ def make_plan(manifest: ManifestLike, ledger_path: str) -> Plan:
         sorted(models.values(), key=lambda m: m.model),
         ledger_path,
         Path(ledger_path).is_file(),
+        keys=keys or KeysGiven(),
+        within_seconds=within,
     )
     existing: dict[str, tuple[str, str]] = {}
     seen: dict[tuple[str, int | None], float] = {}
@@ -139,7 +200,13 @@ def make_plan(manifest: ManifestLike, ledger_path: str) -> Plan:
         to_run.append(p)
         plan.to_run_micros += p.price
     plan.to_run = len(to_run)
-    plan.wall_seconds, plan.refined_models = _makespan(to_run, seen)
+    times, plan.refined_models = _generation_times(to_run, seen)
+    plan.wall_seconds = makespan(times, plan.slots)
+    plan.longest_seconds = max(times, default=0.0)
+    if within is not None:
+        plan.keys_needed = keys_needed(times, within)
+        if plan.keys_needed is not None:
+            plan.needed_wall_seconds = makespan(times, SLOTS * plan.keys_needed)
     return plan
 
 
@@ -149,14 +216,13 @@ class _Priced(NamedTuple):
     price: int
 
 
-def _makespan(
+def _generation_times(
     jobs: Iterable[_Priced], seen: dict[tuple[str, int | None], float]
-) -> tuple[float, list[str]]:
-    """Greedy list scheduling in ingestion order on SLOTS slots, as the scheduler does:
-    each job starts on the first slot to come free. Generation time per job is the mean
-    the ledger has seen for its model and duration, else the catalog's typical time."""
+) -> tuple[list[float], list[str]]:
+    """Each job's generation time, in ingestion order: the median the ledger has seen for
+    its model and duration, else the catalog's typical time; and the models refined."""
     known = catalog.load().models
-    slots = [0.0] * SLOTS
+    times: list[float] = []
     refined: set[str] = set()
     for p in jobs:
         model, duration = p.job.model, p.request.get("duration")
@@ -165,8 +231,43 @@ def _makespan(
             seconds = known[model].typical_seconds(duration)
         else:
             refined.add(model)
-        heapq.heapreplace(slots, slots[0] + seconds)
-    return max(slots), sorted(refined)
+        times.append(seconds)
+    return times, sorted(refined)
+
+
+def makespan(times: Sequence[float], slots: int) -> float:
+    """Greedy list scheduling in ingestion order on `slots` slots, as the scheduler does:
+    each job starts on the first slot to come free."""
+    free = [0.0] * max(1, min(slots, len(times)))
+    for seconds in times:
+        heapq.heapreplace(free, free[0] + seconds)
+    return max(free)
+
+
+def keys_needed(times: Sequence[float], within: float) -> int | None:
+    """The fewest keys (SLOTS slots each) whose makespan of `times` is at most `within`
+    seconds; None when one job alone takes longer (no number of keys can).
+
+    More slots never make this greedy schedule longer (each job starts no later), so
+    the answer is searched by halves between the work spread over all slots (fewer keys
+    cannot) and a slot per job (enough, as no job is longer than `within`)."""
+    if not times:
+        return 1
+    if not _within(max(times), within):
+        return None
+    low = max(1, math.ceil(sum(times) / (SLOTS * within) - 1e-9))
+    high = max(low, math.ceil(len(times) / SLOTS))
+    while low < high:
+        middle = (low + high) // 2
+        if _within(makespan(times, SLOTS * middle), within):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _within(seconds: float, limit: float) -> bool:
+    return seconds <= limit + 1e-6  # sums of float times: not a hair over
 
 
 def format_plan(plan: Plan) -> str:
@@ -227,9 +328,60 @@ def format_plan(plan: Plan) -> str:
         else "typical generation times from the catalog"
     )
     lines.append(
-        f"estimated wall time at {SLOTS} slots: {duration_text(plan.wall_seconds)} ({basis})"
+        f"estimated wall time with {_keys_text(plan.keys)}: "
+        f"{duration_text(plan.wall_seconds)} ({basis})"
     )
+    if plan.keys.problem:
+        lines.append(f"  the keys set cannot be used ({plan.keys.problem}): estimated for 1 key")
+    elif not plan.keys.labels:
+        lines.append(
+            f"  no API key is set ({KEYS_VARIABLE} or {KEY_VARIABLE}): estimated for 1 key; "
+            f"each key adds {SLOTS} slots"
+        )
+    if plan.within_seconds is not None:
+        lines.append(_within_text(plan, plan.within_seconds))
     return "\n".join(lines)
+
+
+def _keys_text(keys: KeysGiven, most: int = 5) -> str:
+    """`2 keys (studio, night: 6 slots)`: the keys by label, never a key."""
+    count = _count(keys.count)
+    if not keys.labels:
+        return f"{count} ({SLOTS * keys.count} slots)"
+    more = f" and {len(keys.labels) - most} more" if len(keys.labels) > most else ""
+    return f"{count} ({', '.join(keys.labels[:most])}{more}: {SLOTS * keys.count} slots)"
+
+
+def _within_text(plan: Plan, within: float) -> str:
+    """Whether the jobs to run fit in `--within`, and with how many keys they would."""
+    head = f"within {_limit(within)}:"
+    estimate = f"{duration_text(plan.wall_seconds)} with {_count(plan.keys.count)}"
+    needed = plan.keys_needed
+    if plan.fits_within:
+        if needed is not None and needed < plan.keys.count:
+            return f"{head} fits ({estimate}); {_count(needed)} would do"
+        return f"{head} fits ({estimate})"
+    if needed is None:
+        return (
+            f"{head} does not fit with any number of keys: one job alone takes about "
+            f"{duration_text(plan.longest_seconds)}"
+        )
+    return (
+        f"{head} does not fit ({estimate}); {_count(needed)} would "
+        f"({SLOTS * needed} slots: {duration_text(plan.needed_wall_seconds or 0.0)})"
+    )
+
+
+def _limit(seconds: float) -> str:
+    """A DURATION as given, never rounded (8h, 90m, 100s; else as wall times are shown)."""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return duration_text(seconds)
+
+
+def _count(keys: int) -> str:
+    return f"{keys} key{'s' if keys != 1 else ''}"
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -271,7 +423,18 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "budget_usd": money(plan.budget_micros),
         "fits_budget": None if over is None else over <= 0,
         "over_budget_usd": None if over is None else usd(max(over, 0)),
+        "keys": plan.keys.count,  # the keys the wall time is estimated for (1 when none is set)
+        "key_labels": list(plan.keys.labels),  # the keys given, by label ([]: none usable)
+        "keys_problem": plan.keys.problem,  # why the keys set cannot be used, or null
+        "slots": plan.slots,
         "wall_seconds": round(plan.wall_seconds, 1),
-        "slots": SLOTS,
         "refined_models": plan.refined_models,
+        "longest_seconds": round(plan.longest_seconds, 1),
+        # --within: null without it; keys_needed null when no number of keys fits
+        "within_seconds": plan.within_seconds,
+        "fits_within": plan.fits_within,
+        "keys_needed": plan.keys_needed,
+        "keys_needed_wall_seconds": None
+        if plan.needed_wall_seconds is None
+        else round(plan.needed_wall_seconds, 1),
     }

@@ -8,6 +8,11 @@ failed tasks were refunded. Sums are integers in SQL; text is made by `money.usd
 Job columns: `jobs` counts every job of the group, `completed`, `failed` and `queued`
 count jobs in exactly that status. Jobs `submitting`, `running` or `held` are in `jobs`
 only (so jobs ≥ completed + failed + queued); `--by status` shows each of them.
+
+`--by key`: money goes to the key each attempt was sent with, a job (and its video seconds
+or image) to the key of its latest attempt; attempts recorded before key labels were kept
+are in `(unlabelled)`, jobs never sent in `(none)`. Every attempt and job is in one group,
+so the groups add up to the totals.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ ATTEMPT_COLUMNS = (
     "outcome",
     "state",
     "task_id",
-    "key_label",  # NULL until keys are recorded per attempt (attempts.key_label)
+    "key_label",  # the label of the key it was sent with (null: recorded before labels)
     "unit_price_usd",
     "cost_usd",
     "spent_usd",
@@ -397,6 +402,11 @@ def _groups_table(
         console.print(note)
     if by == "tag":
         console.print("A job with several tags is in each of their groups, and once in TOTAL.")
+    if by == "key":
+        console.print(
+            "Money is in the group of the key each attempt was sent with; a job counts in "
+            "its latest attempt's key's group."
+        )
     budgets = ledger.budgets(scope)
     money = ledger.money_by_campaign(scope)
     console.print("\nbudget use (spent + in flight + unknown):")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from batchgen import catalog
 from batchgen.client import Client
 from batchgen.errors import AuthError, LedgerWriteFailed
-from batchgen.keys import ApiKey, api_keys, label
+from batchgen.keys import ApiKey, api_keys, label, source
 from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
 from batchgen.progress import Display, LogFile, Snapshot, make_display
 from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
@@ -139,7 +139,7 @@ async def _run(
         try:
             summary = await scheduler.run(selection)
         except AuthFailed:
-            raise AuthError(_refused(keys)) from None
+            raise AuthError(_refused(keys, options.sandbox)) from None
         if downloads and summary.stopped_for != "interrupted":
             await _until_done_or_halted(downloads, scheduler.halt_all)
     finally:
@@ -169,16 +169,13 @@ async def _run(
     return _finish(ledger, selection, summary, closing, unsaved)
 
 
-def _refused(keys: list[ApiKey]) -> str:
-    if len(keys) == 1:
-        return (
-            "the service refused the API key (401): it is invalid or revoked; no job changed state"
-        )
+def _refused(keys: list[ApiKey], sandbox: bool) -> str:
+    """Every key refused: which (by label, and the variable they came from)."""
+    variable = "the sandbox's demo key" if sandbox else source()
     labels = ", ".join(k.label for k in keys)
-    return (
-        f"the service refused every key given (401): {labels}; they are invalid or revoked. "
-        "Set OKAYPIC_API_KEYS to valid keys, then `batchgen resume`"
-    )
+    if len(keys) == 1:
+        return f"the service refused {variable} ({labels}, 401): it is invalid or revoked"
+    return f"the service refused every key of {variable} (401): {labels}; invalid or revoked"
 
 
 async def _until_done_or_halted(tasks: list[asyncio.Task[bool]], halt: asyncio.Event) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchgen.ledger import Ledger
+from batchgen.ledger.reads import UNLABELLED
 from batchgen.migrations import JOB_STATUSES
 from batchgen.money import usd
 from batchgen.progress import _duration as duration_text
@@ -63,7 +64,7 @@ def write_json(ledger: Ledger, campaigns: list[str], write: Callable[[str], obje
 
 def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
     """Everything but the jobs: counts, money, the budget (the selected campaigns' budgets
-    added up; null when none has one) and the review's verdicts."""
+    added up; null when none has one), each key's use and the review's verdicts."""
     money = ledger.money(scope)
     budgets = [b for b in ledger.budgets(scope).values() if b is not None]
     return {
@@ -72,6 +73,12 @@ def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
         "in_flight_usd": usd(money.in_flight),
         "unknown_usd": usd(money.unknown),
         "budget_usd": usd(sum(budgets)) if budgets else None,
+        # Each key that sent an attempt: label (null: recorded before labels were kept),
+        # tasks in flight now, and what its completed tasks cost (§6).
+        "keys": [
+            {"label": key.label, "in_flight": key.in_flight, "spent_usd": usd(key.money.spent)}
+            for key in ledger.key_use(scope)
+        ],
         "verdicts": ledger.verdict_counts(scope),  # completed jobs by review verdict (§12)
     }
 
@@ -108,6 +115,8 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
     elif budget is not None:
         cap = next(b for b in budgets.values() if b is not None)
         lines.append(f"  budget used (spent + in flight + unknown): {_percent(used, cap)}")
+
+    lines.extend(_keys(data["keys"]))
 
     if counts["completed"]:
         verdicts = data["verdicts"]
@@ -150,6 +159,21 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
     lines.extend(_next_steps(ledger, scope, counts, data["verdicts"]))
     # Each entry is one line; ids, task ids and the service's messages are shown as written.
     return "\n".join(map(shown, lines))
+
+
+def _keys(keys: list[dict[str, Any]]) -> list[str]:
+    """Each key's tasks in flight and spend, once any attempt was sent with a labelled
+    key (a ledger of one unlabelled key says nothing the lines above do not)."""
+    if not any(key["label"] is not None for key in keys):
+        return []
+    width = max(len(key["label"] or UNLABELLED) for key in keys)
+    lines = [f"keys ({len(keys)}):"]
+    for key in keys:
+        lines.append(
+            f"  {key['label'] or UNLABELLED:<{width}}  {key['in_flight']} in flight, "
+            f"${key['spent_usd']} spent"
+        )
+    return lines
 
 
 def _next_steps(

@@ -112,7 +112,7 @@ def end_of_run(
     """The closing lines (what happened, what to do next) and the exit code. `unsaved`:
     result files whose download failed (the run then exits 3: `download` finishes it)."""
     counts = facts.counts
-    lines = [_counts_line(facts)]
+    lines = [_counts_line(facts), *_key_lines(summary)]
     status = closing.command_line("status")
     lines += _listed("failed", counts["failed"], facts.failed, status)
     lines += _listed("held", counts["held"], facts.held, status)
@@ -123,7 +123,6 @@ def end_of_run(
             f"answers the ledger could not record yet are kept in {facts.recovery_file}: "
             "the next batchgen command on this ledger records them first"
         )
-    lines += _key_lines(summary)
     resume = closing.command_line("resume")
     code, why, advice = EXIT_OK, "all jobs completed", []
     if summary.stopped_for == "interrupted":

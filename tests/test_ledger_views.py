@@ -17,6 +17,7 @@ from batchgen import migrations
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
 from tests.e2e import FAST, on_sandbox, rows, write_manifest
+from tests.old_ledgers import written_before
 from tests.test_report import audit, complete, fail, grok, make_ledger, report, seedance  # noqa: F401
 
 MONEY = ("spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd")
@@ -197,22 +198,25 @@ BEFORE_M005 = migrations.MIGRATIONS[: migrations.MIGRATIONS.index(migrations.m00
 
 def old_ledger(path: Path, monkeypatch) -> None:
     """A ledger as batchgen wrote it before m005: jobs, attempts (retries, a failure), files."""
-    monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M005)
-    ledger = make_ledger(path, [grok("g1"), seedance("s1"), grok("g2")], campaign="c")
-    ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("g1"), grok("d2")])
-    fail(ledger, "g1", then="queued")
-    complete(ledger, "g1")
-    complete(ledger, "s1")
-    complete(ledger, "g1", campaign="d")
-    ledger.file_saved("c", "g1", 0, "https://x/g1.mp4", "out/c/g1.mp4", 10, "ab" * 32)
-    ledger.file_saved("d", "g1", 0, "https://x/d-g1.mp4", "out/d/g1.mp4", 11, "cd" * 32)
-    ledger.close()
-    monkeypatch.undo()
+
+    def write() -> None:
+        ledger = make_ledger(path, [grok("g1"), seedance("s1"), grok("g2")], campaign="c")
+        ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("g1"), grok("d2")])
+        fail(ledger, "g1", then="queued")
+        complete(ledger, "g1")
+        complete(ledger, "s1")
+        complete(ledger, "g1", campaign="d")
+        ledger.file_saved("c", "g1", 0, "https://x/g1.mp4", "out/c/g1.mp4", 10, "ab" * 32)
+        ledger.file_saved("d", "g1", 0, "https://x/d-g1.mp4", "out/d/g1.mp4", 11, "cd" * 32)
+        ledger.close()
+
+    written_before(migrations.m005_views, path, monkeypatch, write)
 
 
-def table(path: Path, name: str, without: str | None = None) -> list[dict[str, Any]]:
+def table(path: Path, name: str, *without: str) -> list[dict[str, Any]]:
+    """A table's rows, without the columns named (those later migrations added)."""
     found = rows(path, f"SELECT rowid AS _rowid, * FROM {name} ORDER BY rowid")
-    return [{k: v for k, v in row.items() if k not in (without, "_rowid")} for row in found]
+    return [{k: v for k, v in row.items() if k not in (*without, "_rowid")} for row in found]
 
 
 def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_path, monkeypatch):
@@ -224,9 +228,11 @@ def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_pat
 
     Ledger(path).close()  # opening migrates
 
-    assert table(path, "jobs", without="ref") == before["jobs"]
-    assert table(path, "attempts", without="job_ref") == before["attempts"]
-    assert table(path, "files", without="job_ref") == before["files"]
+    assert table(path, "jobs", "ref") == before["jobs"]
+    # m007 adds each attempt's key_label: NULL, the key of that time had none
+    assert table(path, "attempts", "job_ref", "key_label") == before["attempts"]
+    assert {r["key_label"] for r in rows(path, "SELECT key_label FROM attempts")} == {None}
+    assert table(path, "files", "job_ref") == before["files"]
     assert table(path, "events") == before["events"]
     refs = {(r["campaign"], r["id"]): r["ref"] for r in rows(path, "SELECT * FROM jobs")}
     assert refs == {(r["campaign"], r["id"]): r["rowid"] for r in old_rowids}

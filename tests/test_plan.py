@@ -1,17 +1,21 @@
 """`batchgen plan`: counts, exact costs from the price table, the budget check, wall time
-on 3 slots, and what is new, changed or done against a ledger, with no write at all."""
+on 3 slots per API key given (and how many keys would fit it in `--within`), and what is
+new, changed or done against a ledger, with no write at all."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchgen.job import Campaign, Job
-from batchgen.plan import format_plan, make_plan
+from batchgen.plan import KeysGiven, format_plan, keys_given, keys_needed, make_plan, makespan
 from tests.test_report import complete, grok, image, invoke, make_ledger, seedance, start, veo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +132,7 @@ def test_wall_time_is_greedy_on_three_slots_from_typical_times(tmp_path):
     # grok 5 s: typical 20 + 4 x 5 = 40 s; seven jobs on 3 slots take 3 rounds.
     plan = make_plan(manifest([grok(f"g{i}") for i in range(7)]), str(tmp_path / "x.db"))
     assert plan.wall_seconds == 120
-    assert "estimated wall time at 3 slots: 2m00s" in format_plan(plan)
+    assert "estimated wall time with 1 key (3 slots): 2m00s" in format_plan(plan)
 
 
 def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(tmp_path):
@@ -166,3 +170,123 @@ def test_plan_command_prints_the_quickstart_cost_and_writes_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "$0.92" in result.output and "budget $2.00" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- API keys: 3 slots each
+
+
+def test_each_key_given_adds_three_slots_to_the_wall_time_estimate(tmp_path):
+    # seven grok 5 s jobs of 40 s: 3 rounds on 3 slots, 2 on 6, 1 on 9
+    jobs = manifest([grok(f"g{i}") for i in range(7)])
+    walls = {
+        n: make_plan(jobs, str(tmp_path / "x.db"), KeysGiven(tuple(f"k{i}" for i in range(n))))
+        for n in (1, 2, 3)
+    }
+    assert {n: (p.slots, p.wall_seconds) for n, p in walls.items()} == {
+        1: (3, 120),
+        2: (6, 80),
+        3: (9, 40),
+    }
+    text = format_plan(walls[2])
+    assert "estimated wall time with 2 keys (k0, k1: 6 slots): 1m20s" in text
+    assert "no API key is set" not in text
+
+
+def test_with_no_key_set_the_estimate_is_for_one_key_and_says_so(tmp_path):
+    plan = make_plan(manifest([grok("a")]), str(tmp_path / "x.db"))
+    assert plan.slots == 3
+    text = format_plan(plan)
+    assert "with 1 key (3 slots)" in text
+    assert "no API key is set" in text and "OKAYPIC_API_KEYS" in text
+
+
+def test_keys_are_counted_from_the_environment_by_label_as_a_run_reads_them():
+    assert keys_given({}) == KeysGiven()
+    assert keys_given({"OKAYPIC_API_KEYS": " , "}) == KeysGiven()
+    one = keys_given({"OKAYPIC_API_KEY": "okpk_one"})
+    assert len(one.labels) == 1 and one.labels[0].startswith("key-") and one.problem is None
+    several = keys_given({"OKAYPIC_API_KEYS": "studio=okpk_a,night=okpk_b,okpk_c"})
+    assert several.labels[:2] == ("studio", "night") and several.count == 3
+    assert several.labels[2].startswith("key-")
+    assert "okpk" not in repr(several)
+
+
+def test_keys_set_but_unusable_are_estimated_as_one_and_the_reason_is_given():
+    refused = keys_given({"OKAYPIC_API_KEYS": "studio=okpk_secret_a,studio=okpk_secret_b"})
+    assert refused.labels == () and refused.count == 1
+    assert refused.problem and "OKAYPIC_API_KEYS" in refused.problem
+    assert "okpk_secret" not in refused.problem
+
+
+def test_fewest_keys_is_the_smallest_number_whose_slots_finish_within_the_time():
+    forty = [40.0] * 7
+    assert keys_needed(forty, 120) == 1
+    assert keys_needed(forty, 119) == 2  # 6 slots: 80 s
+    assert keys_needed(forty, 80) == 2
+    assert keys_needed(forty, 79) == 3  # one job per slot: 40 s
+    assert keys_needed(forty, 39) is None  # no number of keys makes a 40 s job shorter
+    assert keys_needed([], 1) == 1
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=3000),
+)
+def test_fewest_keys_equals_trying_one_key_more_at_a_time(times, within):
+    seconds = [float(t) for t in times]
+    tried = next(
+        (k for k in range(1, len(seconds) + 1) if makespan(seconds, 3 * k) <= within), None
+    )
+    assert keys_needed(seconds, within) == tried
+
+
+def test_within_says_whether_the_jobs_fit_and_how_many_keys_would_make_them(tmp_path):
+    jobs = manifest([grok(f"g{i}") for i in range(7)])  # 120 s on 1 key, 80 on 2, 40 on 3
+    path = str(tmp_path / "x.db")
+    short = make_plan(jobs, path, KeysGiven(("studio",)), within=60)
+    assert (short.fits_within, short.keys_needed, short.needed_wall_seconds) == (False, 3, 40)
+    assert "within 1m: does not fit (2m00s with 1 key); 3 keys would (9 slots: 40s)" in (
+        format_plan(short)
+    )
+    roomy = make_plan(jobs, path, KeysGiven(("studio", "night")), within=100)
+    assert (roomy.fits_within, roomy.keys_needed) == (True, 2)
+    assert "within 100s: fits (1m20s with 2 keys)" in format_plan(roomy)
+    spare = make_plan(jobs, path, KeysGiven(("a", "b", "c")), within=3600)
+    assert "within 1h: fits (40s with 3 keys); 1 key would do" in format_plan(spare)
+    never = make_plan(jobs, path, KeysGiven(("studio",)), within=30)
+    assert (never.fits_within, never.keys_needed) == (False, None)
+    assert "does not fit with any number of keys" in format_plan(never)
+    assert "\nwithin " not in format_plan(make_plan(jobs, path))
+
+
+def test_plan_command_with_keys_and_within_shows_labels_never_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("OKAYPIC_API_KEYS", "studio=okpk_secret_one,okpk_secret_two")
+    quickstart = str(ROOT / "manifests" / "quickstart.yaml")
+    result = invoke(tmp_path / "l.db", "plan", quickstart, "--within", "8h")
+    assert result.exit_code == 0, result.output
+    assert "with 2 keys (studio, key-" in result.output and "6 slots" in result.output
+    assert "within 8h: fits" in result.output
+    assert "okpk_secret" not in result.output
+
+    result = invoke(tmp_path / "l.db", "plan", quickstart, "--within", "30m", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["keys"], data["slots"], data["key_labels"][0]) == (2, 6, "studio")
+    assert (data["within_seconds"], data["fits_within"], data["keys_needed"]) == (1800, True, 1)
+    assert data["keys_problem"] is None and "okpk_secret" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_json_without_a_key_or_within(tmp_path):
+    quickstart = str(ROOT / "manifests" / "quickstart.yaml")
+    data = json.loads(invoke(tmp_path / "l.db", "plan", quickstart, "--json").output)
+    assert (data["keys"], data["key_labels"], data["slots"]) == (1, [], 3)
+    assert data["within_seconds"] is data["fits_within"] is data["keys_needed"] is None
+    assert data["wall_seconds"] > 0
+
+
+def test_plan_command_refuses_a_within_that_is_not_a_duration(tmp_path):
+    quickstart = str(ROOT / "manifests" / "quickstart.yaml")
+    for bad in ("0", "soon", "-5m"):
+        result = invoke(tmp_path / "l.db", "plan", quickstart, "--within", bad)
+        assert result.exit_code == 2, (bad, result.output)

@@ -123,6 +123,17 @@ def sending(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
     return job
 
 
+def sent_with(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c") -> None:
+    """Record `key` as the label of the key the job's latest attempt was sent with, as the
+    scheduler records it when the attempt begins."""
+    with ledger.transaction() as db:
+        db.execute(
+            "UPDATE attempts SET key_label = ? WHERE id = (SELECT MAX(id) FROM attempts"
+            " WHERE campaign = ? AND job_id = ?)",
+            (key, campaign, job_id),
+        )
+
+
 def invoke(ledger: Path, *args: str):
     return CliRunner().invoke(cli, ["--ledger", str(ledger), *args])
 
@@ -224,7 +235,7 @@ def test_json_by_model_gives_each_models_money(audit):
     assert groups["jimeng-5.0"]["images"] == 1 and groups["jimeng-5.0"]["spent_usd"] == "0.20"
 
 
-@pytest.mark.parametrize("by", ["campaign", "model", "status"])
+@pytest.mark.parametrize("by", ["campaign", "model", "status", "key"])
 def test_groups_sum_to_the_totals(audit, by):
     data = report(audit, by=by)
     for column in COLUMNS[1:]:
@@ -360,6 +371,90 @@ def test_per_job_csv_money_columns_sum_to_the_totals(audit):
     totals = report(audit)["totals"]
     for column in ("spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"):
         assert sum(Decimal(r[column]) for r in rows) == Decimal(totals[column]), column
+
+
+@pytest.fixture
+def keyed(audit) -> Path:
+    """The audit ledger sent with two keys, some attempts before labels were kept:
+
+    studio        fast-10 (spent 0.80, 10 s), grok-15 (spent 0.30, 15 s), sd-run (in flight 0.60)
+    night         grok-bad (failed, refunded 0.10), pro-lost (held, unknown 0.30),
+                  poster (spent 0.20, 1 image)
+    (unlabelled)  sd-sent (unknown 1.20), veo-done (spent 0.10), bad-400 (failed, nothing)
+    (none)        wait (queued, never sent)
+    """
+    ledger = Ledger(audit, create=False)
+    for job_id in ("fast-10", "grok-15", "sd-run"):
+        sent_with(ledger, job_id, "studio")
+    for job_id in ("grok-bad", "pro-lost", "poster"):
+        sent_with(ledger, job_id, "night")
+    ledger.close()
+    return audit
+
+
+def test_by_key_gives_each_keys_money_and_jobs_worked_out_by_hand(keyed):
+    data = report(keyed, by="key")
+    groups = {g["key"]: g for g in data["groups"]}
+    assert list(groups) == ["(none)", "(unlabelled)", "night", "studio"]
+
+    def row(key, jobs, completed, failed, queued, money, seconds, images):
+        spent, in_flight, unknown, refunded = money
+        return {"key": key, "jobs": jobs, "completed": completed, "failed": failed,
+                "queued": queued, "spent_usd": spent, "in_flight_usd": in_flight,
+                "unknown_usd": unknown, "refunded_usd": refunded, "video_seconds": seconds,
+                "images": images}  # fmt: skip
+
+    zero = ("0.00",) * 4
+    assert groups == {
+        "(none)": row("(none)", 1, 0, 0, 1, zero, 0, 0),
+        "(unlabelled)": row("(unlabelled)", 3, 1, 1, 0, ("0.10", "0.00", "1.20", "0.00"), 0, 0),
+        "night": row("night", 3, 1, 1, 0, ("0.20", "0.00", "0.30", "0.10"), 0, 1),
+        "studio": row("studio", 3, 2, 0, 0, ("1.10", "0.60", "0.00", "0.00"), 25, 0),
+    }
+    assert data["by"] == "key" and data["totals"] == report(keyed)["totals"]
+
+
+def test_by_key_a_job_retried_on_another_key_has_its_money_in_both_and_counts_in_the_last(
+    tmp_path,
+):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("moved"), grok("other")])
+    fail(ledger, "moved", then="queued")  # refunded 0.10
+    sent_with(ledger, "moved", "night")
+    complete(ledger, "moved")  # spent 0.10
+    sent_with(ledger, "moved", "studio")
+    ledger.close()
+    groups = {g["key"]: g for g in report(path, by="key")["groups"]}
+    assert (groups["night"]["jobs"], groups["night"]["refunded_usd"]) == (0, "0.10")
+    assert (groups["studio"]["jobs"], groups["studio"]["completed"]) == (1, 1)
+    assert (groups["studio"]["spent_usd"], groups["studio"]["video_seconds"]) == ("0.10", 5)
+    assert groups["(none)"]["jobs"] == 1
+
+
+def test_by_key_as_csv_and_as_a_table(keyed):
+    rows = list(csv.DictReader(io.StringIO(report(keyed, by="key", fmt="csv"))))
+    assert [r["key"] for r in rows] == ["(none)", "(unlabelled)", "night", "studio", "TOTAL"]
+    assert rows[-1]["spent_usd"] == "1.40" and rows[3]["in_flight_usd"] == "0.60"
+    text = report(keyed, by="key", fmt="table")
+    studio = next(line for line in text.splitlines() if line.startswith("studio"))
+    assert "$1.10" in studio and "$0.60" in studio
+    assert "latest attempt" in text  # how jobs are counted is said under the table
+
+
+def test_report_command_groups_by_key(keyed):
+    result = invoke(keyed, "report", "--by", "key", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [g["key"] for g in json.loads(result.output)["groups"]][-1] == "studio"
+
+
+def test_per_job_report_gives_each_attempt_the_label_of_its_key(keyed):
+    jobs = {j["id"]: j for j in report(keyed, per_job=True)["jobs"]}
+    assert jobs["fast-10"]["attempts"][0]["key_label"] == "studio"
+    assert jobs["grok-bad"]["attempts"][0]["key_label"] == "night"
+    assert jobs["veo-done"]["attempts"][0]["key_label"] is None
+    rows = list(csv.DictReader(io.StringIO(report(keyed, fmt="csv", per_job=True))))
+    labels = {r["job_id"]: r["key_label"] for r in rows}
+    assert (labels["poster"], labels["sd-run"], labels["veo-done"]) == ("night", "studio", "")
 
 
 def test_table_report_shows_groups_totals_and_budget_use(audit):

@@ -33,6 +33,7 @@ from batchgen.ledger.reads import usd_sql
 from batchgen.money import usd
 from batchgen.status import status_data
 from tests.e2e import command_env
+from tests.old_ledgers import written_before
 from tests.test_report import (
     CDN,
     complete,
@@ -82,6 +83,12 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
             ).fetchone()
             verdict = latest[0] if latest else None
             verdicts[verdict or "unreviewed"] += 1
+        sent = [
+            a
+            for a in attempts
+            if (a["campaign"], a["job_id"]) == (job["campaign"], job["id"])
+            and a["state"] != "not_sent"
+        ]
         entries.append(
             {
                 "campaign": job["campaign"],
@@ -90,6 +97,7 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
                 "model": job["model"],
                 "attempts": job["attempts"],
                 "task_id": job["task_id"],
+                "key": label_of(max(sent, key=lambda a: a["id"])) if sent else None,
                 "cost_usd": usd(job["cost_micro_usd"]),
                 "result_urls": json.loads(job["result_urls"] or "[]"),
                 "files": [f[0] for f in files],
@@ -112,6 +120,7 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
         "in_flight_usd": usd(money["in_flight"]),
         "unknown_usd": usd(money["unknown"]),
         "budget_usd": usd(sum(budgets)) if budgets else None,
+        "keys": plain_keys(attempts),
         "verdicts": verdicts,
         "jobs": entries,
     }
@@ -129,6 +138,27 @@ def plain_money(attempts: list[sqlite3.Row]) -> dict[str, int]:
             money["unknown"] += a["unit_price_micro_usd"]
         money["refunded"] += a["refunded_micro_usd"]
     return money
+
+
+def label_of(attempt: sqlite3.Row) -> str | None:
+    """The label of the key an attempt was sent with (None before m007 kept them)."""
+    return attempt["key_label"] if "key_label" in attempt.keys() else None
+
+
+def plain_keys(attempts: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Each key's `status --json` entry, attempt by attempt: by label, unlabelled last."""
+    labels = {label_of(a) for a in attempts}
+    keys = []
+    for label in sorted(labels, key=lambda name: (name is None, name or "")):
+        mine = [a for a in attempts if label_of(a) == label]
+        keys.append(
+            {
+                "label": label,
+                "in_flight": sum(a["state"] == "running" for a in mine),
+                "spent_usd": usd(plain_money(mine)["spent"]),
+            }
+        )
+    return keys
 
 
 def status_json_command(path: Path, *args: str) -> str:
@@ -183,7 +213,20 @@ def every_kind_of_job(path: Path) -> Ledger:
     rejected(ledger, "refused")
     complete(ledger, "y", campaign="b-second")
     start(ledger, "x", campaign="b-second")
+    label_keys(ledger)
     return ledger
+
+
+def label_keys(ledger: Ledger) -> None:
+    """Sent with two keys, and some attempts before labels were kept (NULL), as the
+    scheduler records the label of each attempt (m007; nothing on an older ledger)."""
+    columns = {row[1] for row in ledger.conn.execute("PRAGMA table_info(attempts)")}
+    if "key_label" in columns:
+        with ledger.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET key_label ="
+                " CASE id % 3 WHEN 1 THEN 'studio' WHEN 2 THEN 'night' END"
+            )
 
 
 def queued_task(ledger: Ledger, job_id: str) -> str:
@@ -202,6 +245,8 @@ def test_status_json_is_byte_for_byte_what_json_dumps_of_the_plain_object_prints
     expected = plain_status(path)
     assert {j["status"] for j in expected["jobs"]} == set(migrations.JOB_STATUSES)
     assert expected["verdicts"] == {"approved": 1, "rejected": 1, "unreviewed": 4}
+    assert [k["label"] for k in expected["keys"]] == ["night", "studio", None]
+    assert {j["key"] for j in expected["jobs"]} == {"night", "studio", None}
     assert status_json_command(path) == json.dumps(expected, ensure_ascii=False) + "\n"
     for scope in (["c"], ["b-second"]):
         text = status_json_command(path, *(a for c in scope for a in ("--campaign", c)))
@@ -262,8 +307,11 @@ def test_money_spelled_in_sql_is_money_usd(micros):
 # ---------------------------------------------------------------- totals kept by triggers
 
 
-def recomputed_totals(path: Path) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]:
-    """What attempt_totals and verdict_totals must hold, summed from the rows."""
+Totals = tuple[dict[Any, tuple[int, ...]], dict[Any, int], dict[Any, tuple[int, ...]]]
+
+
+def recomputed_totals(path: Path) -> Totals:
+    """What attempt_totals, verdict_totals and key_totals must hold, summed from the rows."""
     db = sqlite3.connect(path)
     attempts = {
         (c, s): (n, cost, unit, refund)
@@ -280,19 +328,31 @@ def recomputed_totals(path: Path) -> tuple[dict[Any, tuple[int, ...]], dict[Any,
             " WHERE j.status = 'completed' AND cv.verdict IS NOT NULL GROUP BY 1, 2"
         )
     }
+    keys = {
+        (c, k, s): (n, cost, unit, refund)
+        for c, k, s, n, cost, unit, refund in db.execute(
+            "SELECT campaign, key_label, state, COUNT(*), SUM(cost_micro_usd),"
+            " SUM(unit_price_micro_usd), SUM(refunded_micro_usd) FROM attempts"
+            " GROUP BY campaign, key_label, state"
+        )
+    }
     db.close()
-    return attempts, verdicts
+    return attempts, verdicts, keys
 
 
-def kept_totals(path: Path) -> tuple[dict[Any, tuple[int, ...]], dict[Any, int]]:
+def kept_totals(path: Path) -> Totals:
     db = sqlite3.connect(path)
     attempts = {
         (c, s): (n, cost, unit, refund)
         for c, s, n, cost, unit, refund in db.execute("SELECT * FROM attempt_totals")
     }
     verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals")}
+    keys = {  # '' is how key_totals keeps the NULL label of attempts recorded before m007
+        (c, k or None, s): (n, cost, unit, refund)
+        for c, k, s, n, cost, unit, refund in db.execute("SELECT * FROM key_totals")
+    }
     db.close()
-    return attempts, verdicts
+    return attempts, verdicts, keys
 
 
 def test_the_totals_equal_the_sums_over_the_rows_after_every_kind_of_write(tmp_path):
@@ -308,8 +368,9 @@ def test_the_totals_equal_the_sums_over_the_rows_after_every_kind_of_write(tmp_p
     ledger.record_verdict("c", "held", job.task_id or "", "approved", "fine")
     ledger.close()
     assert kept_totals(path) == recomputed_totals(path)
-    attempts, verdicts = kept_totals(path)
+    attempts, verdicts, keys = kept_totals(path)
     assert verdicts[("c", "approved")] == 2 and verdicts[("c", "rejected")] == 1
+    assert {label for _, label, _ in keys} == {"studio", "night", None}
 
 
 def test_a_person_editing_the_ledger_with_sql_keeps_the_totals_right(tmp_path):
@@ -332,6 +393,14 @@ def test_a_person_editing_the_ledger_with_sql_keeps_the_totals_right(tmp_path):
         )
         db.execute("UPDATE verdicts SET job_id = 'two-files' WHERE job_id = 'done'")
         db.execute("UPDATE jobs SET status = 'failed' WHERE id = 'again'")
+        db.execute("UPDATE attempts SET key_label = 'night' WHERE key_label = 'studio' AND id % 2")
+        db.execute("UPDATE attempts SET key_label = NULL WHERE key_label = 'night' AND id > 6")
+        db.execute("UPDATE attempts SET key_label = 'dawn' WHERE key_label IS NULL AND id < 4")
+        db.execute(
+            "INSERT INTO attempts (campaign, job_id, started_at, fingerprint, key_label,"
+            " unit_price_micro_usd, cost_micro_usd, state) VALUES ('c', 'done', 'now', 'f',"
+            " 'studio', 100000, 100000, 'completed')"
+        )
         db.execute("DELETE FROM files WHERE job_id = 'y'")
         db.execute("DELETE FROM verdicts WHERE job_id = 'y'")
         db.execute("DELETE FROM attempts WHERE job_id = 'y'")
@@ -356,7 +425,9 @@ def test_the_totals_stay_right_through_a_random_history_of_runs_and_reviews(tmp_
                 "SELECT id FROM jobs WHERE campaign = ? AND status = 'completed'", (campaign,)
             )
         ]
-        step = rng.choice(["complete", "fail", "unknown", "reject", "judge", "judge", "retry"])
+        step = rng.choice(
+            ["complete", "fail", "unknown", "reject", "judge", "judge", "retry", "label"]
+        )
         queued_ids = [i for i, j in jobs.items() if j.status == "queued"]
         if step == "complete" and queued_ids:
             complete(ledger, rng.choice(queued_ids), campaign)
@@ -373,6 +444,12 @@ def test_the_totals_stay_right_through_a_random_history_of_runs_and_reviews(tmp_
             ).fetchone()[0]
             verdict = rng.choice(["approved", "rejected", None])
             ledger.record_verdict(campaign, job_id, task, verdict, rng.choice([None, "note"]))
+        elif step == "label":  # the key of an attempt, as the scheduler records it
+            with ledger.transaction() as db:
+                db.execute(
+                    "UPDATE attempts SET key_label = ? WHERE id = (SELECT MAX(id) FROM attempts)",
+                    (rng.choice(["studio", "night", None]),),
+                )
         elif step == "retry":
             what = rng.choice(["failed", "held", "rejected"])
             if what == "rejected":
@@ -402,16 +479,14 @@ def test_job_counts_from_the_index_equal_a_group_by(tmp_path):
 
 # ---------------------------------------------------------------- m006 on an old ledger
 
-BEFORE_M006 = migrations.MIGRATIONS[: migrations.MIGRATIONS.index(migrations.m006_scale_totals)]
-
 
 def test_m006_brings_an_old_ledgers_totals_up_to_date_and_status_reads_it_before_too(
     tmp_path, monkeypatch
 ):
     path = tmp_path / "old.db"
-    monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M006)
-    every_kind_of_job(path).close()
-    monkeypatch.undo()
+    written_before(
+        migrations.m006_scale_totals, path, monkeypatch, lambda: every_kind_of_job(path).close()
+    )
     expected = json.dumps(plain_status(path), ensure_ascii=False) + "\n"
 
     # A reading command never writes: it reads the old ledger as it is, same answers.
@@ -456,7 +531,7 @@ def test_report_totals_are_the_same_whichever_the_grouping(tmp_path):
     path = tmp_path / "l.db"
     ledger = every_kind_of_job(path)
     whole = report._row(ledger.report_groups(None, None)[0])
-    for by in ("campaign", "model", "status", "verdict", "tag"):
+    for by in ("campaign", "model", "status", "verdict", "tag", "key"):
         data = json.loads(report.render(ledger, [], by, "json", False))
         assert data["totals"] == whole, by
     ledger.close()
@@ -551,9 +626,12 @@ def test_a_kill_9_mid_ingest_leaves_the_ledger_exactly_as_it_was(tmp_path):
 def test_m006_keeps_the_status_rules_spelled_so_they_cost_nothing(tmp_path, monkeypatch, old):
     path = tmp_path / "l.db"
     if old:
-        monkeypatch.setattr(migrations, "MIGRATIONS", BEFORE_M006)
-        make_ledger(path, [grok("a")]).close()
-        monkeypatch.undo()
+        written_before(
+            migrations.m006_scale_totals,
+            path,
+            monkeypatch,
+            lambda: make_ledger(path, [grok("a")]).close(),
+        )
     Ledger(path).close()
     db = sqlite3.connect(path)
     tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
@@ -607,7 +685,11 @@ def test_what_status_resume_and_each_tick_read_never_walks_a_whole_table(tmp_pat
 
     ledger = every_kind_of_job(tmp_path / "l.db")
     # The walks allowed: (plan step, what the statement must say for it to be allowed).
-    totals = {("SCAN a", "FROM attempt_totals a"), ("SCAN j", "FROM verdict_totals j")}
+    totals = {
+        ("SCAN a", "FROM attempt_totals a"),
+        ("SCAN j", "FROM verdict_totals j"),
+        ("SCAN a", "FROM key_totals a"),
+    }
     # SQLite's count of a whole table: it counts the cells of its smallest index's pages
     # and reads no row.
     whole_count = {
@@ -625,6 +707,7 @@ def test_what_status_resume_and_each_tick_read_never_walks_a_whole_table(tmp_pat
         "money": lambda: ledger.money(scope),
         "money by campaign": lambda: ledger.money_by_campaign(scope),
         "verdict counts": lambda: ledger.verdict_counts(scope),
+        "each key's use": lambda: ledger.key_use(scope),
         "the queue, a page at a time": lambda: list(ledger.queued_jobs(scope, page=2)),
         "running": lambda: ledger.unfinished_jobs(scope, statuses=("running",)),
         "lost": lambda: ledger.lost_jobs(scope),
@@ -672,3 +755,15 @@ def test_the_queue_a_page_at_a_time_is_every_queued_job_in_ingestion_order(tmp_p
     assert len(expected) >= 4
     assert [j.key for j in ledger.queued_jobs(scope, page=page)] == expected
     ledger.close()
+
+
+def test_status_json_finds_each_jobs_key_on_an_index_among_its_own_attempts(tmp_path):
+    """`status --json` reads every job, but for each one only its own attempts, newest
+    first, through attempts_by_job_ref: never a walk of the attempts, nor a sort."""
+    ledger = every_kind_of_job(tmp_path / "l.db")
+    [(sql, plan)] = plans(ledger, lambda: list(ledger.status_entries(None)))
+    ledger.close()
+    assert "a.job_ref = j.ref" in sql
+    search = plan.index("SEARCH a USING INDEX attempts_by_job_ref (job_ref=?)")
+    assert "TEMP B-TREE" not in plan[search + 1], plan  # newest first is the index's order
+    assert not any(step.split()[:2] == ["SCAN", "a"] for step in plan), plan

@@ -10,10 +10,12 @@ alone, and the run exits 3 naming its label.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 from batchgen.keys import label
+from batchgen.money import to_micros
 from tests.e2e import FAST, batchgen, grok_batch, recorded_task_ids, rows, spawn, wait_for
 
 ALPHA, BRAVO, CHARLIE = "okpk_alpha_1111", "okpk_bravo_2222", "okpk_charlie_3333"
@@ -88,6 +90,13 @@ def test_three_keys_fill_three_slots_each_poll_with_their_own_key_and_match_the_
     labels = {r["key_label"] for r in rows(ledger, "SELECT DISTINCT key_label FROM attempts")}
     assert labels == set(LABELS.values())
     status = batchgen("status", "--json", ledger=ledger)
+    keys = {k["label"]: k for k in json.loads(status.stdout)["keys"]}
+    assert {label: k["in_flight"] for label, k in keys.items()} == dict.fromkeys(keys, 0)
+    assert {label: to_micros(k["spent_usd"]) for label, k in keys.items()} == _spent_per_label(
+        ledger
+    )
+    by_key = json.loads(batchgen("report", "--by", "key", "--format", "json", ledger=ledger).stdout)
+    assert {g["key"] for g in by_key["groups"]} == set(LABELS.values())
     report = batchgen("report", "--jobs", "--format", "csv", ledger=ledger)
     _no_key_anywhere(
         ledger, result.stdout, result.stderr, log.read_text(), status.stdout, report.stdout

@@ -28,6 +28,7 @@ JOB_KEYS = [
     "model",
     "attempts",
     "task_id",
+    "key",
     "cost_usd",
     "result_urls",
     "files",
@@ -57,6 +58,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "in_flight_usd",
         "unknown_usd",
         "budget_usd",
+        "keys",
         "verdicts",
         "jobs",
     ]
@@ -74,6 +76,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "0.00",
     )
     assert data["budget_usd"] == "40.00"
+    assert data["keys"] == [{"label": None, "in_flight": 1, "spent_usd": "0.40"}]
     assert [list(job) for job in data["jobs"]] == [JOB_KEYS] * 4
     done = data["jobs"][0]
     assert done == {
@@ -83,6 +86,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "model": "jimeng-video-seedance-2.0-fast",
         "attempts": 1,
         "task_id": "task-c-done-0",
+        "key": None,  # sent before keys were labelled
         "cost_usd": "0.40",
         "result_urls": ["https://cdn.example.com/done.mp4"],
         "files": [],
@@ -167,6 +171,55 @@ def test_human_status_gives_counts_spend_running_and_failures(tmp_path):
     assert "c/bad" in text and "task failed: Generation failed" in text
     assert "`batchgen retry` queues them again" in text
     assert "`batchgen resume`" in text
+
+
+def labelled(ledger: Ledger, keys: dict[str, str]) -> None:
+    """Record each job's key (job id -> label) on its attempts, as the scheduler does."""
+    with ledger.transaction() as db:
+        for job_id, key in keys.items():
+            db.execute("UPDATE attempts SET key_label = ? WHERE job_id = ?", (key, job_id))
+
+
+def test_status_json_gives_each_key_and_each_jobs_key(tmp_path):
+    ledger = small(tmp_path)
+    labelled(ledger, {"done": "studio", "run": "night", "bad": "night"})
+    data = status_data(ledger, [])
+    assert data["keys"] == [
+        {"label": "night", "in_flight": 1, "spent_usd": "0.00"},
+        {"label": "studio", "in_flight": 0, "spent_usd": "0.40"},
+    ]
+    keys = {job["id"]: job["key"] for job in data["jobs"]}
+    assert keys == {"done": "studio", "bad": "night", "run": "night", "wait": None}
+
+
+def test_human_status_shows_each_keys_tasks_in_flight_and_spend(tmp_path):
+    ledger = small(tmp_path)
+    labelled(ledger, {"done": "studio", "run": "night"})
+    text = format_status(ledger, status_data(ledger, [], jobs=False), [])
+    lines = text.splitlines()
+    at = lines.index("keys (3):")
+    assert lines[at + 1].split() == ["night", "1", "in", "flight,", "$0.00", "spent"]
+    assert lines[at + 2].split() == ["studio", "0", "in", "flight,", "$0.40", "spent"]
+    assert lines[at + 3].split() == ["(unlabelled)", "0", "in", "flight,", "$0.00", "spent"]
+
+
+def test_human_status_says_nothing_of_keys_when_none_was_labelled(tmp_path):
+    ledger = small(tmp_path)
+    text = format_status(ledger, status_data(ledger, [], jobs=False), [])
+    assert not [line for line in text.splitlines() if line.startswith("keys")]
+    assert "(unlabelled)" not in text
+
+
+def test_status_command_shows_labels_never_keys(tmp_path, monkeypatch):
+    secret = "okpk_live_secret_value_1234"
+    ledger = small(tmp_path)
+    labelled(ledger, {"done": "studio"})
+    ledger.close()
+    monkeypatch.setenv("OKAYPIC_API_KEYS", f"studio={secret}")
+    for args in (["status"], ["status", "--json"]):
+        result = invoke(tmp_path / "l.db", *args)
+        assert result.exit_code == 0, result.output
+        assert "studio" in result.output and secret not in result.output
 
 
 def test_human_status_says_to_top_up_when_jobs_wait_for_the_balance(tmp_path):

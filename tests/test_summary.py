@@ -264,3 +264,40 @@ def test_an_error_that_ended_the_run_is_its_summary():
         "error: the service refused OKAYPIC_API_KEY (401)",
         "set a valid OKAYPIC_API_KEY, then run the same command again",
     ]
+
+
+def test_tasks_left_for_a_key_not_given_exit_3_naming_the_label_and_how_to_go_on():
+    summary = Summary(unpolled={"night": 2}, missing_keys={"night"})
+    end = end_of_run(facts(counts=counts(completed=4, running=2)), summary, RUN)
+    assert end.exit_code == EXIT_RESUMABLE
+    assert end.title == "batchgen run spring: stopped: 2 task(s) wait for their key (exit 3)"
+    assert "key night: 2 task(s) not polled (the key is not given)" in end.lines
+    assert end.lines[-1] == (
+        "tasks created with key(s) night are polled only with that key: give it again in "
+        "OKAYPIC_API_KEYS (same name, or the same key unnamed), then "
+        "`batchgen resume --campaign spring`"
+    )
+
+
+def test_tasks_of_a_refused_key_say_it_was_refused():
+    summary = Summary(keys_out={"night": "refused"}, unpolled={"night": 1})
+    end = end_of_run(facts(counts=counts(completed=4, running=1)), summary, RUN)
+    assert end.exit_code == EXIT_RESUMABLE
+    assert "key night: refused by the service (401)" in end.lines
+    assert "key night: 1 task(s) not polled (the key is refused)" in end.lines
+
+
+def test_a_key_out_of_balance_while_the_others_finish_is_named_and_the_run_exits_0():
+    summary = Summary(keys_out={"night": "balance", "studio": "refused"})
+    end = end_of_run(facts(), summary, RUN)
+    assert end.exit_code == EXIT_OK
+    assert end.lines[1:3] == [
+        "key night: balance exhausted (402)",
+        "key studio: refused by the service (401)",
+    ]
+
+
+def test_an_interrupt_wins_over_tasks_waiting_for_their_key():
+    summary = Summary(stopped_for="interrupted", unpolled={"night": 1}, missing_keys={"night"})
+    end = end_of_run(facts(counts=counts(running=1)), summary, RUN)
+    assert end.exit_code == EXIT_INTERRUPTED

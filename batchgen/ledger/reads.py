@@ -3,7 +3,9 @@ own (file records, requeue)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -14,6 +16,7 @@ from batchgen.ledger.base import (
     _campaign_filter,
     _dicts,
     _holder,
+    _tables,
     now,
 )
 from batchgen.processes import Liveness, liveness
@@ -31,6 +34,21 @@ CURRENT_VERDICT = (
     " AND v.job_id = j.id AND v.task_id = j.task_id ORDER BY v.id DESC LIMIT 1)"
 )
 NO_RESULT = "(no result)"  # the `report --by verdict` group of jobs not completed
+# `report --by key` groups that are not a key's label (a label starts with a letter or a
+# digit, so neither can be one):
+UNLABELLED = "(unlabelled)"  # attempts recorded before batchgen kept key labels (m007)
+NO_KEY = "(none)"  # jobs with no attempt: never sent with any key
+
+
+@dataclass
+class KeyUse:
+    """What one key did in the ledger: tasks in flight now, and the money of every attempt
+    sent with it. `label` is None for attempts recorded before labels were kept (all sent
+    with the one key of that time)."""
+
+    label: str | None
+    in_flight: int
+    money: Money
 
 
 def usd_sql(micros: str) -> str:
@@ -111,18 +129,68 @@ class ReadsMixin(LedgerBase):
         )
         return {campaign: Money(*sums_) for campaign, *sums_ in rows}
 
+    @functools.cached_property
+    def _key_labels_kept(self) -> bool:
+        """Whether attempts record their key's label (m007; a reading command may find a
+        ledger not yet migrated, whose attempts were all sent with one unlabelled key)."""
+        return any(
+            row[1] == "key_label" for row in self.conn.execute("PRAGMA table_info(attempts)")
+        )
+
+    @functools.cached_property
+    def _key_totals_table(self) -> str:
+        """Where each key's sums are read: `key_totals` (m007, kept by triggers), or on a
+        ledger not yet migrated, the attempts themselves in the same shape (label '' for
+        an attempt recorded before labels)."""
+        if "key_totals" in _tables(self.conn):
+            return "key_totals"
+        label = "COALESCE(key_label, '')" if self._key_labels_kept else "''"
+        return (
+            f"(SELECT campaign, {label} AS key_label, state, 1 AS attempts, cost_micro_usd,"
+            " unit_price_micro_usd, refunded_micro_usd FROM attempts)"
+        )
+
+    def _job_key(self, unlabelled: str = "NULL") -> str:
+        """SQL: the label of the key of the job `j` (a jobs row): its latest attempt's,
+        which is the one that created its current task when it has one. Requests that
+        were not sent (429, 401, 402, a connection never opened: not attempts, §6) do not
+        count. `unlabelled` (SQL) when that attempt was recorded before labels, NULL when
+        there is none. Read on attempts_by_job_ref, newest first: a few rows per job."""
+        label = f"COALESCE(a.key_label, {unlabelled})" if self._key_labels_kept else unlabelled
+        return (
+            f"(SELECT {label} FROM attempts a WHERE a.job_ref = j.ref"
+            " AND a.state != 'not_sent' ORDER BY a.id DESC LIMIT 1)"
+        )
+
+    def key_use(self, campaigns: list[str] | None = None) -> list[KeyUse]:
+        """Each key that sent an attempt of the selected campaigns: its tasks in flight
+        (running attempts) and money, by label, the unlabelled (None) last. Read from
+        `key_totals`: at once on any ledger."""
+        where, params = _campaign_filter(campaigns, "a.campaign")
+        sums = ", ".join(f"COALESCE(SUM({expr}), 0)" for expr in self._ATTEMPT_MONEY)
+        rows = self.conn.execute(
+            "SELECT NULLIF(a.key_label, ''),"
+            " COALESCE(SUM(CASE WHEN a.state = 'running' THEN a.attempts ELSE 0 END), 0),"
+            f" {sums} FROM {self._key_totals_table} a WHERE 1=1 {where}"
+            " GROUP BY a.key_label ORDER BY a.key_label = '', a.key_label",
+            params,
+        )
+        return [KeyUse(label, in_flight, Money(*money)) for label, in_flight, *money in rows]
+
     def status_entries(self, campaigns: list[str] | None = None) -> Iterator[str]:
         """Every job, in ingestion order, as the JSON text of its `status --json` entry
-        (campaign, id, status, model, attempts, task_id, cost_usd, result_urls, files,
+        (campaign, id, status, model, attempts, task_id, key, cost_usd, result_urls, files,
         verdict, error), spelled as `json.dumps` spells it, one at a time as SQLite reads
         them: a million jobs are never held at once. Saved files are the paths `download`
-        recorded without error; the verdict is its current result's; cost_usd is the
-        job's `cost_micro_usd` as money text (money.usd)."""
+        recorded without error; the verdict is its current result's; key is the label
+        of the job's key (see `_job_key`; null for none, or one recorded before labels);
+        cost_usd is the job's `cost_micro_usd` as money text (money.usd)."""
         where, params = _campaign_filter(campaigns, "j.campaign")
         rows = self.conn.execute(
             "SELECT '{\"campaign\": ' || json_quote(j.campaign) || ', \"id\": ' || json_quote(j.id)"
             " || ', \"status\": ' || json_quote(j.status) || ', \"model\": ' || json_quote(j.model)"
             " || ', \"attempts\": ' || j.attempts || ', \"task_id\": ' || json_quote(j.task_id)"
+            f" || ', \"key\": ' || json_quote({self._job_key()})"
             f" || ', \"cost_usd\": \"' || {usd_sql('j.cost_micro_usd')} || '\"'"
             # As stored (json.dumps'd), unless it holds \u escapes: json.dumps would have
             # written those characters as they are (ensure_ascii=False).
@@ -178,14 +246,17 @@ class ReadsMixin(LedgerBase):
         }
 
     def report_groups(self, campaigns: list[str] | None, by: str | None) -> list[dict[str, Any]]:
-        """One row of sums per value of `by` (campaign, model, tag, status, verdict), sorted
-        by key; `by=None`: one row of totals. A job with several tags counts in each tag's
-        group. By verdict, a job is in the group of its current result's verdict
-        (approved, rejected, unreviewed) or, with no completed result, in NO_RESULT.
+        """One row of sums per value of `by` (campaign, model, tag, status, verdict, key),
+        sorted by key; `by=None`: one row of totals. A job with several tags counts in each
+        tag's group. By verdict, a job is in the group of its current result's verdict
+        (approved, rejected, unreviewed) or, with no completed result, in NO_RESULT. By key,
+        see `_report_by_key`.
 
         Columns: key, jobs, completed, failed, queued, spent, in_flight, unknown, refunded
         (micro-dollars), video_seconds, images.
         """
+        if by == "key":
+            return self._report_by_key(campaigns)
         where, params = _campaign_filter(campaigns, "j.campaign")
         attempt_where, attempt_params = _campaign_filter(campaigns, "a.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
@@ -231,12 +302,50 @@ class ReadsMixin(LedgerBase):
             [*attempt_params, *tag_params, *params],
         )
 
+    def _report_by_key(self, campaigns: list[str] | None) -> list[dict[str, Any]]:
+        """`report --by key`: money is each attempt's, in the group of the key it was sent
+        with; the job columns (jobs, completed, failed, queued, video_seconds, images)
+        count each job once, in the group of its key (`_job_key`: its latest attempt's).
+        Attempts recorded before labels are in UNLABELLED, jobs never sent in NO_KEY. So
+        every attempt and every job is in exactly one group, and the groups add up to the
+        totals; a job retried on another key has its money in both groups, its count in
+        the last one's."""
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        attempt_where, attempt_params = _campaign_filter(campaigns, "a.campaign")
+        job_key = self._job_key(f"'{UNLABELLED}'")
+        sums = ", ".join(
+            f"COALESCE(SUM({expr}), 0) AS {name}"
+            for name, expr in zip(
+                ("spent", "in_flight", "unknown", "refunded"), self._ATTEMPT_MONEY, strict=True
+            )
+        )
+        return self.query(
+            "WITH jk AS (SELECT j.status, j.kind, j.duration,"
+            f"  COALESCE({job_key}, '{NO_KEY}') AS key"
+            f"  FROM jobs j WHERE 1=1 {where}),"
+            " c AS (SELECT key, COUNT(*) AS jobs, SUM(status = 'completed') AS completed,"
+            "  SUM(status = 'failed') AS failed, SUM(status = 'queued') AS queued,"
+            "  SUM(CASE WHEN status = 'completed' AND kind = 'video'"
+            "   THEN COALESCE(duration, 0) ELSE 0 END) AS video_seconds,"
+            "  SUM(status = 'completed' AND kind = 'image') AS images FROM jk GROUP BY key),"
+            f" m AS (SELECT COALESCE(NULLIF(a.key_label, ''), '{UNLABELLED}') AS key, {sums}"
+            f"  FROM {self._key_totals_table} a WHERE 1=1 {attempt_where} GROUP BY a.key_label)"
+            " SELECT k.key, COALESCE(c.jobs, 0) AS jobs, COALESCE(c.completed, 0) AS completed,"
+            " COALESCE(c.failed, 0) AS failed, COALESCE(c.queued, 0) AS queued,"
+            " COALESCE(m.spent, 0) AS spent, COALESCE(m.in_flight, 0) AS in_flight,"
+            " COALESCE(m.unknown, 0) AS unknown, COALESCE(m.refunded, 0) AS refunded,"
+            " COALESCE(c.video_seconds, 0) AS video_seconds, COALESCE(c.images, 0) AS images"
+            " FROM (SELECT key FROM c UNION SELECT key FROM m) k"
+            " LEFT JOIN c ON c.key = k.key LEFT JOIN m ON m.key = k.key ORDER BY k.key",
+            [*params, *attempt_params],
+        )
+
     def job_attempts(self, campaigns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every job with each of its attempts (one row per attempt; a job without attempts
         gives one row whose attempt columns are NULL), in ingestion then attempt order.
 
         Per attempt: spent, in_flight, unknown, refunded (its money, by the rules; 0 when
-        the job has no attempt), its key_label (NULL until keys are recorded per attempt),
+        the job has no attempt), its key_label (NULL for one recorded before labels),
         `files`: a JSON list of the paths saved from its task, on the attempt whose task is
         the job's completed one (NULL on the others), and attempt_verdict and attempt_note
         (the review's on the result it made). Per job: job_verdict and job_note (of its
@@ -244,12 +353,13 @@ class ReadsMixin(LedgerBase):
         """
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
+        key_label = "a.key_label" if self._key_labels_kept else "NULL"
         return _dicts(
             self.conn.execute(
                 "SELECT j.campaign, j.id, j.model, j.status, j.prompt, j.tags, j.duration,"
                 " j.variant, j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
                 " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
-                " a.task_id, NULL AS key_label, a.unit_price_micro_usd, a.cost_micro_usd,"
+                f" a.task_id, {key_label} AS key_label, a.unit_price_micro_usd, a.cost_micro_usd,"
                 " a.refunded_micro_usd, a.error,"
                 f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
                 f" COALESCE({refunded}, 0) AS refunded,"

@@ -1,0 +1,218 @@
+"""Several API keys, the read side (PRODUCT.md §6, §7): m007 keeps each key's tasks in
+flight and money (`key_totals`, by triggers, like m006's totals), a view in dollars per
+key for people, and the ledger's reads of them: each key's use, and each job's key.
+
+The scheduler records the label of each attempt's key when the attempt begins; these
+tests write it with SQL, as it lands in the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+from batchgen import migrations
+from batchgen.job import Campaign
+from batchgen.ledger import Ledger
+from batchgen.ledger.reads import NO_KEY, UNLABELLED
+from tests.e2e import rows
+from tests.old_ledgers import written_before
+from tests.test_report import complete, fail, grok, invoke, make_ledger, report, start, unknown
+from tests.test_scale import every_kind_of_job, kept_totals, recomputed_totals
+
+
+def label(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c") -> None:
+    """Record `key` as the key of the job's latest attempt (as begin_attempt does)."""
+    with ledger.transaction() as db:
+        db.execute(
+            "UPDATE attempts SET key_label = ? WHERE id = (SELECT MAX(id) FROM attempts"
+            " WHERE campaign = ? AND job_id = ?)",
+            (key, campaign, job_id),
+        )
+
+
+def two_keys(path: Path) -> Ledger:
+    """Jobs sent with the keys `studio` and `night`, one before labels, one never sent:
+
+    old    completed before labels (NULL)      spent 0.10
+    s1     completed with studio               spent 0.10
+    n1     running with night                  in flight 0.10
+    moved  task failed on night (refunded 0.10), then completed with studio (spent 0.10)
+    lost   unknown outcome with night, held    unknown 0.10
+    slot   a 429 on night (not sent), queued
+    fresh  never sent, queued
+    """
+    ledger = make_ledger(
+        path, [grok(i) for i in ("old", "s1", "n1", "moved", "lost", "slot", "fresh")]
+    )
+    complete(ledger, "old")
+    complete(ledger, "s1")
+    label(ledger, "s1", "studio")
+    start(ledger, "n1")
+    label(ledger, "n1", "night")
+    fail(ledger, "moved", then="queued")
+    label(ledger, "moved", "night")
+    complete(ledger, "moved")
+    label(ledger, "moved", "studio")
+    unknown(ledger, "lost")
+    label(ledger, "lost", "night")
+    job = next(j for j in ledger.unfinished_jobs(["c"]) if j.id == "slot")
+    attempt = ledger.begin_attempt(job)
+    label(ledger, "slot", "night")
+    ledger.attempt_ended(
+        job, attempt, state="not_sent", outcome="slot taken", counted=False,
+        job_status="queued", http_status=429,
+    )  # fmt: skip
+    return ledger
+
+
+# ---------------------------------------------------------------- m007 on a ledger written before
+
+
+def test_m007_adds_up_an_old_ledgers_attempts_as_sent_with_one_unlabelled_key(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "old.db"
+    # Written by today's code, then m007 taken back out: no key_label column, no labels.
+    written_before(
+        migrations.m007_key_labels, path, monkeypatch, lambda: every_kind_of_job(path).close()
+    )
+    before = rows(path, "SELECT * FROM attempts ORDER BY id")
+
+    Ledger(path).close()  # opening for writing migrates
+
+    after = rows(path, "SELECT * FROM attempts ORDER BY id")
+    assert [{k: v for k, v in a.items() if k != "key_label"} for a in after] == before
+    assert {a["key_label"] for a in after} == {None}
+    assert kept_totals(path) == recomputed_totals(path)
+    keys = kept_totals(path)[2]
+    assert {label for _, label, _ in keys} == {None} and len(keys) >= 6
+    money = json.loads(invoke(path, "status", "--json").output)
+    assert money["keys"] == [{"label": None, "in_flight": 2, "spent_usd": money["spent_usd"]}]
+
+
+def test_a_reading_command_on_a_ledger_before_m007_answers_the_same_without_writing(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "old.db"
+    written_before(
+        migrations.m007_key_labels, path, monkeypatch, lambda: every_kind_of_job(path).close()
+    )
+    answers = [
+        invoke(path, *args).output
+        for args in (
+            ("status", "--json"),
+            ("status",),
+            ("report", "--by", "key", "--format", "csv"),
+            ("report", "--jobs", "--format", "csv"),
+        )
+    ]
+    applied = {r["name"] for r in rows(path, "SELECT name FROM _migrations")}
+    assert "m007_key_labels" not in applied  # never migrated by a reading command
+    status = json.loads(answers[0])
+    assert [k["label"] for k in status["keys"]] == [None]
+    assert {j["key"] for j in status["jobs"]} == {None}
+    assert f"{UNLABELLED}," in answers[2] and f"{NO_KEY}," in answers[2]
+
+    Ledger(path).close()
+    again = [
+        invoke(path, *args).output
+        for args in (
+            ("status", "--json"),
+            ("status",),
+            ("report", "--by", "key", "--format", "csv"),
+            ("report", "--jobs", "--format", "csv"),
+        )
+    ]
+    assert again == answers
+
+
+# ---------------------------------------------------------------- each key's use, each job's key
+
+
+def test_each_key_has_its_tasks_in_flight_and_the_money_of_the_attempts_sent_with_it(tmp_path):
+    ledger = two_keys(tmp_path / "l.db")
+    use = {key.label: key for key in ledger.key_use()}
+    ledger.close()
+    assert list(use) == ["night", "studio", None]  # by label, the unlabelled last
+    night, studio, old = use["night"], use["studio"], use[None]
+    assert (night.in_flight, studio.in_flight, old.in_flight) == (1, 0, 0)
+    assert (night.money.spent, night.money.in_flight) == (0, 100_000)
+    assert (night.money.unknown, night.money.refunded) == (100_000, 100_000)
+    assert (studio.money.spent, old.money.spent) == (200_000, 100_000)
+
+
+def test_a_campaign_scope_counts_only_its_own_attempts(tmp_path):
+    ledger = two_keys(tmp_path / "l.db")
+    ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("d1")])
+    complete(ledger, "d1", campaign="d")
+    label(ledger, "d1", "dawn", campaign="d")
+    assert [k.label for k in ledger.key_use(["d"])] == ["dawn"]
+    assert [k.label for k in ledger.key_use(["c"])] == ["night", "studio", None]
+    assert [k.label for k in ledger.key_use()] == ["dawn", "night", "studio", None]
+    ledger.close()
+
+
+def test_a_jobs_key_is_its_latest_attempts_and_a_request_not_sent_is_no_attempt(tmp_path):
+    path = tmp_path / "l.db"
+    two_keys(path).close()
+    keys = {j["id"]: j["key"] for j in json.loads(invoke(path, "status", "--json").output)["jobs"]}
+    assert keys == {
+        "old": None,  # sent before labels were kept
+        "s1": "studio",
+        "n1": "night",
+        "moved": "studio",  # its failed task was night's; its current task studio's
+        "lost": "night",
+        "slot": None,  # a 429 is not an attempt: it was never sent with a key
+        "fresh": None,
+    }
+
+
+def test_status_json_keys_add_up_to_the_spend_and_the_tasks_running(tmp_path):
+    path = tmp_path / "l.db"
+    two_keys(path).close()
+    status = json.loads(invoke(path, "status", "--json").output)
+    assert status["keys"] == [
+        {"label": "night", "in_flight": 1, "spent_usd": "0.00"},
+        {"label": "studio", "in_flight": 0, "spent_usd": "0.20"},
+        {"label": None, "in_flight": 0, "spent_usd": "0.10"},
+    ]
+    assert sum(Decimal(k["spent_usd"]) for k in status["keys"]) == Decimal(status["spent_usd"])
+    assert sum(k["in_flight"] for k in status["keys"]) == status["counts"]["running"]
+
+
+# ---------------------------------------------------------------- key_costs, for people
+
+
+def test_key_costs_gives_each_keys_money_as_report_by_key_does(tmp_path):
+    path = tmp_path / "l.db"
+    two_keys(path).close()
+    view = {r["key_label"]: r for r in rows(path, "SELECT * FROM key_costs")}
+    groups = {g["key"]: g for g in report(path, "key")["groups"]}
+    assert set(view) == {"night", "studio", None}
+    for label_, group in ((k, groups[k or UNLABELLED]) for k in view):
+        for column in ("spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"):
+            assert Decimal(str(view[label_][column])).quantize(Decimal("0.01")) == Decimal(
+                group[column]
+            ), (label_, column)
+    assert (view["night"]["attempts"], view["night"]["in_flight"]) == (4, 1)
+    assert (view["studio"]["attempts"], view["studio"]["in_flight"]) == (2, 0)
+
+
+def test_key_costs_is_per_campaign_and_key(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = two_keys(path)
+    ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("d1")])
+    complete(ledger, "d1", campaign="d")
+    label(ledger, "d1", "studio", campaign="d")
+    ledger.close()
+    found = [(r["campaign"], r["key_label"]) for r in rows(path, "SELECT * FROM key_costs")]
+    assert found == [("c", None), ("c", "night"), ("c", "studio"), ("d", "studio")]
+    db = sqlite3.connect(path)
+    (spent,) = db.execute(
+        "SELECT sum(spent_usd) FROM key_costs WHERE key_label = 'studio'"
+    ).fetchone()
+    db.close()
+    assert round(spent, 6) == 0.30
