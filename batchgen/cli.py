@@ -648,12 +648,47 @@ def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: s
     review_main(ledger_path(ctx), list(campaigns), out_dir, port)
 
 
+def _sandbox_keys(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    """`--key KEY[=USD]`, repeatable: checked here so a bad one is a usage error (exit 2)."""
+    from batchgen.sandbox.config import parse_keys
+
+    try:
+        parse_keys(value, "0")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from batchgen.sandbox.config import parse_balance
+
+    try:
+        parse_balance(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 @cli.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option(
-    "--key", default="okpk_sandbox_demo", show_default=True, help="The API key the sandbox accepts."
+    "--key",
+    "keys",
+    multiple=True,
+    default=["okpk_sandbox_demo"],
+    show_default=True,
+    metavar="KEY[=USD]",
+    callback=_sandbox_keys,
+    help="A key the sandbox accepts, with its own balance after = if given (repeatable: "
+    "several keys, 3 tasks at once each).",
 )
-@click.option("--balance", default="100.00", show_default=True, help="Starting balance (USD).")
+@click.option(
+    "--balance",
+    default="100.00",
+    show_default=True,
+    callback=_sandbox_balance,
+    help="Starting balance (USD) of each key given without its own.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--time-scale",
@@ -709,18 +744,22 @@ def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: s
     help="How a running task reports progress (see the README's sandbox section).",
 )
 @reports_errors
-def sandbox(port: int, key: str, balance: str, **knobs: Any) -> None:
+def sandbox(port: int, keys: tuple[str, ...], balance: str, **knobs: Any) -> None:
     """Serve a local simulator of the okaypic API on 127.0.0.1, for tests and demos.
+
+    Prints OKAYPIC_BASE_URL, OKAYPIC_API_KEY and, with several keys, OKAYPIC_API_KEYS
+    lines a shell can source.
 
     \b
     Example:
         batchgen sandbox --port 8765 --fail-rate 0.1 --progress stuck
         OKAYPIC_BASE_URL=http://127.0.0.1:8765 OKAYPIC_API_KEY=okpk_sandbox_demo \\
             batchgen run manifests/quickstart.yaml
+        batchgen sandbox --key okpk_a --key okpk_b=0.50   # 2 keys: okpk_b has $0.50
     """
     from batchgen.sandbox import main as sandbox_main
 
-    sandbox_main(port=port, key=key, balance_usd=balance, **knobs)
+    sandbox_main(port=port, keys=keys, balance_usd=balance, **knobs)
 
 
 def main() -> None:

@@ -53,13 +53,17 @@ def load() -> str:
 
 
 def command_env(
-    ledger: Path, base_url: str | None = None, key: str | None = None
+    ledger: Path,
+    base_url: str | None = None,
+    key: str | None = None,
+    keys: list[str] | None = None,
 ) -> dict[str, str]:
-    """The environment of a user's shell pointed at this ledger (and service, with a key)."""
+    """The environment of a user's shell pointed at this ledger (and service, with a key
+    in OKAYPIC_API_KEY or several in OKAYPIC_API_KEYS); none of the caller's own keys."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("OKAYPIC_API_KEY", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
+        if k not in ("OKAYPIC_API_KEY", "OKAYPIC_API_KEYS", "OKAYPIC_BASE_URL", "BATCHGEN_LEDGER")
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["BATCHGEN_LEDGER"] = str(ledger)
@@ -68,6 +72,8 @@ def command_env(
         env["OKAYPIC_BASE_URL"] = base_url
     if key is not None:
         env["OKAYPIC_API_KEY"] = key
+    if keys is not None:
+        env["OKAYPIC_API_KEYS"] = ",".join(keys)
     return env
 
 
@@ -76,6 +82,7 @@ def batchgen(
     ledger: Path,
     base_url: str | None = None,
     key: str | None = None,
+    keys: list[str] | None = None,
     stdout: int | None = subprocess.PIPE,
     timeout: float = 600,
 ) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -87,7 +94,7 @@ def batchgen(
         stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
-        env=command_env(ledger, base_url, key),
+        env=command_env(ledger, base_url, key, keys),
         stdin=subprocess.DEVNULL,
         cwd=ROOT,
     )

@@ -23,8 +23,16 @@ How it measures:
   sandbox, and its ideal differs by up to 1 %.
 - The machine's load (`/proc/loadavg`, 1 minute) is recorded before each measurement:
   the benchmark runs 3 processes' worth of work and is sensitive to other load.
+- Several keys (`--keys K`, PRODUCT.md §11 "Several keys"): the sandbox accepts K keys
+  (okpk_bench_1..K, $100 each, 3 slots each); batchgen is given all of them, named, in
+  OKAYPIC_API_KEYS (`k1=okpk_bench_1,...`, so its labels are k1..kK); the batch is 45·K
+  jobs unless --jobs says otherwise (the same ~15 tasks per slot); the ideal has 3·K
+  slots; the script runs 3 threads per key. Also shown, per key: its tasks, its peak of
+  active tasks, and its foreign polls (polls of its tasks with any other key: must be 0),
+  and whether the ledger's key label of each task is the key that created it.
+  With K = 1 the run is the single-key one: OKAYPIC_API_KEY, as before.
 
-Run: python bench/schedule.py [--progress MODE ...] [--runs 3] [--jobs 45] [--seed 1]
+Run: python bench/schedule.py [--keys K] [--progress MODE ...] [--runs 3] [--jobs N] [--seed 1]
 """
 
 from __future__ import annotations
@@ -50,12 +58,15 @@ import httpx
 
 from batchgen import catalog
 from batchgen.job import Campaign, Job
+from batchgen.keys import label
 from batchgen.ledger import Ledger
 from batchgen.progress_curves import PROGRESS_MODES
 from batchgen.sandbox import Sandbox, SandboxConfig, Truth, serve
 
-CONCURRENCY = 3
+CONCURRENCY = 3  # slots per key
 POLL_INTERVAL = 0.1
+JOBS_PER_KEY = 45
+KEY_BALANCE_MICROS = 100_000_000  # $100 a key: 45 of these jobs cost about $16
 TIME_SCALE = 0.03  # catalog typical times x 0.03: every task below takes 1-3 s
 # (model, duration): typical generation 40-80 s, so 1.2-2.4 s here, each +-10 % jitter
 SHAPES = [
@@ -79,9 +90,44 @@ def make_jobs(n: int) -> list[Job]:
     return jobs
 
 
-def make_sandbox(seed: int, progress: str) -> Sandbox:
+@dataclass(frozen=True)
+class Keys:
+    """The sandbox's keys and what batchgen is given: one key as OKAYPIC_API_KEY (the
+    single-key benchmark), or several, named k1..kK, as OKAYPIC_API_KEYS."""
+
+    secrets: list[str]
+
+    @classmethod
+    def make(cls, k: int) -> Keys:
+        if k == 1:
+            return cls([common.SANDBOX_KEY])
+        return cls([f"okpk_bench_{n}" for n in range(1, k + 1)])
+
+    @property
+    def slots(self) -> int:
+        return CONCURRENCY * len(self.secrets)
+
+    def labels(self) -> dict[str, str]:
+        """key -> the label batchgen shows (and records per attempt) for it."""
+        if len(self.secrets) == 1:
+            return {self.secrets[0]: label(self.secrets[0])}
+        return {key: f"k{n}" for n, key in enumerate(self.secrets, start=1)}
+
+    def for_batchgen(self) -> tuple[str | None, list[str] | None]:
+        """(OKAYPIC_API_KEY, OKAYPIC_API_KEYS entries): one of them, as a user would set."""
+        if len(self.secrets) == 1:
+            return self.secrets[0], None
+        return None, [f"{name}={key}" for key, name in self.labels().items()]
+
+
+def make_sandbox(seed: int, progress: str, keys: Keys) -> Sandbox:
+    config = SandboxConfig(
+        keys={key: KEY_BALANCE_MICROS for key in keys.secrets},
+        time_scale=TIME_SCALE,
+        seed=seed,
+        progress=progress,
+    )
     # time.time, not the default time.monotonic: one clock with the ledger's timestamps
-    config = SandboxConfig(time_scale=TIME_SCALE, seed=seed, progress=progress)
     return Sandbox(config, clock=time.time)
 
 
@@ -102,6 +148,15 @@ def load() -> float:
 
 
 @dataclass
+class PerKey:
+    """One key's share of a run, from the sandbox's truth."""
+
+    tasks: int
+    peak_active: int
+    foreign_polls: int
+
+
+@dataclass
 class Outcome:
     name: str
     makespan: float
@@ -112,39 +167,58 @@ class Outcome:
     peak_active: int
     completed: int
     load: float
+    per_key: dict[str, PerKey] = field(default_factory=dict)  # by label
+    # ledger attempts whose key label is not the creating key's (None: not checked)
+    label_mismatches: int | None = None
     detail: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def foreign_polls(self) -> int:
+        return sum(k.foreign_polls for k in self.per_key.values())
 
     @property
     def over(self) -> float:
         return self.makespan / self.ideal - 1
 
 
-def from_truth(name: str, truth: Truth, seen: dict[str, float], load_before: float) -> Outcome:
-    """Makespan (first submission -> last completion seen), ideal, polls, lags, 429s."""
+def from_truth(
+    name: str, truth: Truth, seen: dict[str, float], load_before: float, keys: Keys
+) -> Outcome:
+    """Makespan (first submission -> last completion seen), ideal on every key's slots,
+    polls, lags, 429s, and per key: tasks, peak active, foreign polls."""
     subs = sorted(truth.submissions, key=lambda s: s.submitted_at)
     first = subs[0].submitted_at
     return Outcome(
         name=name,
         makespan=max(seen.values()) - first,
-        ideal=ideal_makespan([s.ends_at - s.submitted_at for s in subs]),
+        ideal=ideal_makespan([s.ends_at - s.submitted_at for s in subs], keys.slots),
         polls=[truth.polls.get(s.task_id, 0) for s in subs],
         lags=[seen[s.task_id] - s.ends_at for s in subs if s.task_id in seen],
         responses_429=sum(c.get("429", 0) for r, c in truth.responses.items() if "POST" in r),
         peak_active=max(truth.peak_active.values(), default=0),
         completed=sum(1 for s in subs if s.status == "completed"),
         load=load_before,
+        per_key={
+            name: PerKey(
+                tasks=sum(1 for s in subs if s.key == key),
+                peak_active=truth.peak_active.get(key, 0),
+                foreign_polls=truth.foreign_poll_count(key),
+            )
+            for key, name in keys.labels().items()
+        },
     )
 
 
 # ---------------------------------------------------------------------------- batchgen
 
 
-def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path) -> Outcome:
-    ledger_path = workdir / f"schedule-{progress}-{seed}.db"
+def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path, keys: Keys) -> Outcome:
+    ledger_path = workdir / f"schedule-{progress}-{seed}-{len(keys.secrets)}.db"
     ledger = Ledger(ledger_path)
     ledger.ingest(Campaign("bench", "bench/schedule.py", "-", None), jobs)
     ledger.close()
-    sandbox = make_sandbox(seed, progress)
+    sandbox = make_sandbox(seed, progress, keys)
+    key, entries = keys.for_batchgen()
     load_before = load()
     with serve(sandbox) as served:
         result, wall = common.batchgen(
@@ -153,7 +227,8 @@ def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path) -> Ou
             str(POLL_INTERVAL),
             ledger=ledger_path,
             base_url=served.base_url,
-            key=common.SANDBOX_KEY,
+            key=key,
+            keys=entries,
         )
         common.check(result)
         truth = sandbox.truth()
@@ -162,15 +237,22 @@ def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path) -> Ou
         "SELECT task_id, started_at, answered_at, finished_at FROM attempts"
         " WHERE state = 'completed'"
     ).fetchall()
+    recorded = labels_recorded(db)
     db.close()
     seen = {t: common.iso_seconds(f) for t, _, _, f in attempts}
-    outcome = from_truth("batchgen", truth, seen, load_before)
+    outcome = from_truth("batchgen", truth, seen, load_before, keys)
+    if recorded is not None:
+        creator = {s.task_id: keys.labels()[s.key] for s in truth.submissions}
+        outcome.label_mismatches = sum(
+            1 for task_id, name in recorded.items() if creator.get(task_id) != name
+        )
     submitted = {s.task_id: s.submitted_at for s in truth.submissions}
     starts = sorted(submitted.values())
     seen_sorted = sorted(seen.values())
+    slots = keys.slots
     outcome.detail = {
         "slot refilled after (next submit - seen)": [
-            starts[k] - seen_sorted[k - CONCURRENCY] for k in range(CONCURRENCY, len(starts))
+            starts[k] - seen_sorted[k - slots] for k in range(slots, len(starts))
         ],
         "intent stamp -> answer stamp (commit + POST)": [
             common.iso_seconds(a) - common.iso_seconds(s) for _, s, a, _ in attempts
@@ -180,12 +262,24 @@ def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path) -> Ou
     return outcome
 
 
+def labels_recorded(db: sqlite3.Connection) -> dict[str, str | None] | None:
+    """task id -> the key label the ledger recorded for its attempt (None: no label), or
+    None when no attempt has one (a batchgen from before several keys)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
+    if "key_label" not in columns:
+        return None
+    rows = db.execute("SELECT task_id, key_label FROM attempts WHERE task_id IS NOT NULL")
+    recorded: dict[str, str | None] = dict(rows.fetchall())
+    return recorded if any(recorded.values()) else None
+
+
 # ---------------------------------------------------------------------------- the script
 
 
-def script(base_url: str, jobs: list[dict[str, object]]) -> dict[str, float]:
-    """What a user would write by hand: 3 threads, submit, poll every 0.1 s, repeat.
-    Returns when each task was seen finished (time.time)."""
+def script(base_url: str, jobs: list[dict[str, object]], keys: list[str]) -> dict[str, float]:
+    """What a user would write by hand: 3 threads per key, each submitting with its key and
+    polling every 0.1 s, then the next job. Returns when each task was seen finished
+    (time.time)."""
     model_of = catalog.load()
     todo: queue.Queue[dict[str, object]] = queue.Queue()
     for job in jobs:
@@ -193,8 +287,8 @@ def script(base_url: str, jobs: list[dict[str, object]]) -> dict[str, float]:
     seen: dict[str, float] = {}
     lock = threading.Lock()
 
-    def worker() -> None:
-        headers = {"Authorization": f"Bearer {common.SANDBOX_KEY}"}
+    def worker(key: str) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
             while True:
                 try:
@@ -217,7 +311,9 @@ def script(base_url: str, jobs: list[dict[str, object]]) -> dict[str, float]:
                             seen[task_id] = time.time()
                         break
 
-    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+    threads = [
+        threading.Thread(target=worker, args=(key,)) for key in keys for _ in range(CONCURRENCY)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -225,10 +321,10 @@ def script(base_url: str, jobs: list[dict[str, object]]) -> dict[str, float]:
     return seen
 
 
-def run_script(jobs: list[Job], seed: int, progress: str) -> Outcome:
+def run_script(jobs: list[Job], seed: int, progress: str, keys: Keys) -> Outcome:
     """The script in a process of its own (as a user runs it), against a fresh sandbox."""
-    sandbox = make_sandbox(seed, progress)
-    bodies = json.dumps([job.request() for job in jobs])
+    sandbox = make_sandbox(seed, progress, keys)
+    bodies = json.dumps({"keys": keys.secrets, "jobs": [job.request() for job in jobs]})
     load_before = load()
     with serve(sandbox) as served:
         child = subprocess.run(
@@ -240,7 +336,7 @@ def run_script(jobs: list[Job], seed: int, progress: str) -> Outcome:
             timeout=600,
         )
         truth = sandbox.truth()
-    return from_truth("script", truth, json.loads(child.stdout), load_before)
+    return from_truth("script", truth, json.loads(child.stdout), load_before, keys)
 
 
 # ---------------------------------------------------------------------------- report
@@ -264,8 +360,18 @@ def show(o: Outcome) -> None:
         f"load {o.load:.2f}",
         flush=True,
     )
-    for label, values in o.detail.items():
-        print(f"            {label:46s} {ms(values)}")
+    if len(o.per_key) > 1:
+        print(
+            "            per key (tasks, peak active, foreign polls): "
+            + ", ".join(
+                f"{name} {k.tasks}/{k.peak_active}/{k.foreign_polls}"
+                for name, k in o.per_key.items()
+            )
+        )
+    if o.label_mismatches is not None:
+        print(f"            ledger key label not the creating key's: {o.label_mismatches} tasks")
+    for name, values in o.detail.items():
+        print(f"            {name:46s} {ms(values)}")
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -278,24 +384,42 @@ def summary(outcomes: list[Outcome]) -> str:
     )
 
 
+def peaks(outcomes: list[Outcome]) -> str:
+    """Each key's highest peak of active tasks over the runs, e.g. "3 3 3 3"."""
+    names = outcomes[0].per_key
+    return " ".join(str(max(o.per_key[n].peak_active for o in outcomes)) for n in names)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=45)
+    parser.add_argument(
+        "--keys", type=int, default=1, help="API keys, 3 slots each (the ideal: 3 x keys slots)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, help=f"jobs in the batch (default {JOBS_PER_KEY} x keys)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=1, help="repeat with seeds seed..seed+runs-1")
     parser.add_argument("--progress", nargs="+", choices=PROGRESS_MODES, default=PROGRESS_MODES)
     parser.add_argument("--no-script", action="store_true", help="skip the baseline script")
     parser.add_argument("--script", metavar="BASE_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.script:  # the child process: job bodies on stdin, seen times on stdout
-        print(json.dumps(script(args.script, json.loads(sys.stdin.read()))))
+    if args.script:  # the child process: keys and job bodies on stdin, seen times on stdout
+        given = json.loads(sys.stdin.read())
+        print(json.dumps(script(args.script, given["jobs"], given["keys"])))
         return
-    common.header("schedule: batchgen vs ideal vs a 3-thread polling script, per progress mode")
-    jobs = make_jobs(args.jobs)
+    if args.keys < 1:
+        parser.error("--keys must be 1 or more")
+    keys = Keys.make(args.keys)
+    common.header(
+        "schedule: batchgen vs ideal vs a polling script (3 threads per key), per progress mode"
+    )
+    jobs = make_jobs(args.jobs or JOBS_PER_KEY * args.keys)
+    given = "OKAYPIC_API_KEYS (named k1..)" if args.keys > 1 else "OKAYPIC_API_KEY"
     print(
         f"{len(jobs)} jobs: {', '.join(f'{m} {d}s' for m, d in SHAPES)} (cycled); "
         f"time_scale {TIME_SCALE}, jitter +-10 %, --poll-interval {POLL_INTERVAL}, "
-        f"{CONCURRENCY} slots; uptime: {os.getloadavg()}\n",
+        f"{args.keys} key(s) in {given}, {keys.slots} slots; uptime: {os.getloadavg()}\n",
         flush=True,
     )
     ours: dict[str, list[Outcome]] = {}
@@ -304,44 +428,61 @@ def main() -> None:
         for seed in range(args.seed, args.seed + args.runs):
             for progress in args.progress:
                 print(f"-- progress {progress}, seed {seed}")
-                ours.setdefault(progress, []).append(run_batchgen(jobs, seed, progress, Path(tmp)))
-                show(ours[progress][-1])
+                outcome = run_batchgen(jobs, seed, progress, Path(tmp), keys)
+                ours.setdefault(progress, []).append(outcome)
+                show(outcome)
                 if not args.no_script:
-                    theirs.setdefault(progress, []).append(run_script(jobs, seed, progress))
+                    theirs.setdefault(progress, []).append(run_script(jobs, seed, progress, keys))
                     show(theirs[progress][-1])
 
+    several = args.keys > 1
     print(f"\nper progress mode over {args.runs} run(s): span/ideal best / median | polls/task")
-    print("(median) | mean lag (median); loads are the 1-minute load average before each run\n")
+    print("(median) | mean lag (median); loads are the 1-minute load average before each run")
+    print(
+        f"(ideal: {keys.slots} never-idle slots; peak per key: the highest over the runs; "
+        "foreign: polls of a task with another key than its creator's)\n"
+    )
     print(
         "| progress | batchgen span/ideal | polls/task | mean lag | script span/ideal "
-        "| polls/task | mean lag | 429s | loads | target |"
+        "| polls/task | mean lag | batchgen ≤ script | 429s | foreign polls | peak per key "
+        "| ledger labels | loads | target |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     met_all = True
     for progress in args.progress:
         mine, script_runs = ours[progress], theirs.get(progress, [])
         worst = max(o.over for o in mine)
         met = worst <= TARGET and all(o.responses_429 == 0 for o in mine)
-        if script_runs:
+        met = met and all(o.foreign_polls == 0 and not o.label_mismatches for o in mine)
+        # each against its own ideal: the script's threads submit in a racy order, so its
+        # tasks draw other generation times from the same seeded sandbox
+        wins = sum(a.over <= b.over for a, b in zip(mine, script_runs, strict=False))
+        if script_runs and not several:  # PRODUCT §11: one key beats the 3-thread script
             met = (
                 met
                 and statistics.fmean(p for o in mine for p in o.polls)
                 < statistics.fmean(p for o in script_runs for p in o.polls)
-                # each against its own ideal: the script's threads submit in a racy order,
-                # so its tasks draw other generation times from the same seeded sandbox
-                and all(a.over <= b.over for a, b in zip(mine, script_runs, strict=True))
+                and wins == len(mine)
             )
         met_all = met_all and met
         loads = ", ".join(f"{o.load:.1f}" for o in mine + script_runs)
         baseline = summary(script_runs) if script_runs else "- | - | -"
+        versus = f"{wins}/{len(mine)}" if script_runs else "-"
+        checked = [o.label_mismatches for o in mine if o.label_mismatches is not None]
+        labels = f"{sum(checked)} wrong" if checked else "not recorded"
         print(
-            f"| {progress} | {summary(mine)} | {baseline} | "
-            f"{sum(o.responses_429 for o in mine)} | {loads} | {common.verdict(met)} |"
+            f"| {progress} | {summary(mine)} | {baseline} | {versus} | "
+            f"{sum(o.responses_429 for o in mine)} | {sum(o.foreign_polls for o in mine)} | "
+            f"{peaks(mine)} | {labels} | {loads} | {common.verdict(met)} |"
         )
-    print(
-        "\ntarget (every run within 3 % of ideal, no 429, fewer polls than the script and a "
-        f"span over ideal no longer than its own in every run): {common.verdict(met_all)}"
-    )
+    if several:
+        wanted = f"every run within 3 % of the ideal on {keys.slots} slots, no 429, no foreign poll"
+    else:
+        wanted = (
+            "every run within 3 % of ideal, no 429, fewer polls than the script and a span "
+            "over ideal no longer than its own in every run"
+        )
+    print(f"\ntarget ({wanted}): {common.verdict(met_all)}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Use from conftest (`pytest_plugins = ["tests.sandbox_fixtures"]`) or import the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,8 @@ class ManualClock:
 
 @dataclass
 class RunningSandbox:
-    """A sandbox served for one test: `.base_url`, `.key`, `.sim` (the Sandbox itself)."""
+    """A sandbox served for one test: `.base_url`, `.key` (its first key), `.keys` (all of
+    them, in the order configured), `.sim` (the Sandbox itself)."""
 
     sim: Sandbox
     served: Served
@@ -51,9 +52,18 @@ class RunningSandbox:
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
-    def env(self) -> dict[str, str]:
-        """The environment that points batchgen at this sandbox."""
-        return {"OKAYPIC_BASE_URL": self.base_url, "OKAYPIC_API_KEY": self.key}
+    @property
+    def keys(self) -> list[str]:
+        return list(self.sim.config.keys)
+
+    def env(self, keys: Iterable[str] | None = None) -> dict[str, str]:
+        """The environment that points batchgen at this sandbox: OKAYPIC_API_KEY for one
+        key, OKAYPIC_API_KEYS (comma-separated) for several. `keys`: the entries to hand
+        batchgen (each a key or `name=key`), by default every key of the sandbox."""
+        entries = self.keys if keys is None else list(keys)
+        if len(entries) == 1:
+            return {"OKAYPIC_BASE_URL": self.base_url, "OKAYPIC_API_KEY": entries[0]}
+        return {"OKAYPIC_BASE_URL": self.base_url, "OKAYPIC_API_KEYS": ",".join(entries)}
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client on this sandbox with its key (closed when the sandbox stops)."""

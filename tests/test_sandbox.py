@@ -20,8 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from batchgen import catalog
+from batchgen.cli import cli
+from batchgen.keys import api_keys
 from batchgen.sandbox import (
     DEFAULT_KEY,
     Drop,
@@ -32,7 +35,8 @@ from batchgen.sandbox import (
     mock_transport,
     serve,
 )
-from batchgen.sandbox.config import parse_latency
+from batchgen.sandbox.config import parse_keys, parse_latency
+from batchgen.sandbox.standalone import environment_lines
 from tests.sandbox_fixtures import (  # noqa: F401  (fixtures are used by name)
     ManualClock,
     RunningSandbox,
@@ -389,6 +393,134 @@ def test_truth_and_top_up_are_reachable_over_http_for_another_process(sb):
     assert bad.status_code == 400
 
 
+# -- several keys ------------------------------------------------------------------------
+
+RICH, OTHER, POOR = "okpk_rich", "okpk_other", "okpk_poor"
+
+
+@pytest.fixture
+def keyed(make_sandbox, clock) -> RunningSandbox:  # noqa: F811
+    """Three keys: two with $10, one with $0.15 (one grok task); catalog pace, no jitter."""
+    return make_sandbox(
+        clock=clock, keys={RICH: 10_000_000, OTHER: 10_000_000, POOR: 150_000}, jitter=0.0
+    )
+
+
+def test_each_key_has_its_own_slots_balance_and_charges(keyed, clock):
+    answers = {
+        key: [submit(keyed, GROK, headers=keyed.headers(key)).status_code for _ in range(4)]
+        for key in (RICH, OTHER, POOR)
+    }
+
+    assert answers == {
+        RICH: [200, 200, 200, 429],
+        OTHER: [200, 200, 200, 429],
+        POOR: [200, 402, 402, 402],
+    }
+    assert [keyed.sim.peak_active(k) for k in (RICH, OTHER, POOR)] == [3, 3, 1]
+    assert [keyed.sim.active_tasks(k) for k in (RICH, OTHER, POOR)] == [3, 3, 1]
+    truth = keyed.truth()
+    assert truth.peak_active == {RICH: 3, OTHER: 3, POOR: 1}
+    assert [truth.charged_micros(k) for k in (RICH, OTHER, POOR)] == [300_000, 300_000, 100_000]
+    assert [m.key for m in truth.money] == [RICH] * 3 + [OTHER] * 3 + [POOR]
+    assert truth.balances == {RICH: 9_700_000, OTHER: 9_700_000, POOR: 50_000}
+    assert truth.submits_by_key == {
+        RICH: {"200": 3, "429": 1},
+        OTHER: {"200": 3, "429": 1},
+        POOR: {"200": 1, "402": 3},
+    }
+
+    clock.advance(generation_seconds(GROK) + 0.1)  # every slot frees; the balances stay
+    assert submit(keyed, GROK, headers=keyed.headers(RICH)).status_code == 200
+    assert submit(keyed, GROK, headers=keyed.headers(POOR)).status_code == 402
+    assert keyed.sim.active_tasks(RICH) == 1 and keyed.sim.peak_active(RICH) == 3
+
+
+def test_a_task_polled_with_anything_but_its_key_is_counted_as_a_foreign_poll(keyed):
+    mine = submit(keyed, GROK, headers=keyed.headers(RICH)).json()["taskId"]
+    theirs = submit(keyed, GROK, headers=keyed.headers(OTHER)).json()["taskId"]
+
+    answers = [
+        poll(keyed, mine, headers=keyed.headers(OTHER)).status_code,  # another key
+        poll(keyed, mine, headers={"Authorization": "Bearer okpk_unknown"}).status_code,
+        poll(keyed, mine, headers={}).status_code,  # no key at all
+        poll(keyed, mine, kind="image", headers=keyed.headers(POOR)).status_code,
+        poll(keyed, mine, headers=keyed.headers(RICH)).status_code,  # its own key
+        poll(keyed, theirs, headers=keyed.headers(OTHER)).status_code,  # its own key
+        poll(keyed, "no-such-task", headers=keyed.headers(OTHER)).status_code,
+    ]
+
+    assert answers == [404, 401, 401, 404, 200, 200, 404]
+    assert keyed.sim.foreign_polls(RICH) == 4
+    assert keyed.sim.foreign_polls(OTHER) == 0 and keyed.sim.foreign_polls() == 4
+    truth = keyed.truth()
+    assert truth.foreign_polls == {RICH: 4}
+    assert truth.foreign_poll_count(RICH) == 4 and truth.foreign_poll_count(OTHER) == 0
+    assert truth.polls == {mine: 1, theirs: 1}  # polls by the owner only, as before
+    over_http = Truth.from_dict(httpx.get(keyed.base_url + "/_sandbox/truth").json())
+    assert over_http.foreign_polls == {RICH: 4}
+    assert over_http.submits_by_key == truth.submits_by_key
+
+
+def test_the_keys_endpoint_gives_each_keys_figures_in_the_order_given(keyed, clock):
+    first = submit(keyed, GROK, headers=keyed.headers(OTHER)).json()["taskId"]
+    for _ in range(4):
+        submit(keyed, GROK, headers=keyed.headers(RICH))
+    clock.advance(generation_seconds(GROK) + 0.1)
+    poll(keyed, first, headers=keyed.headers(OTHER))
+    poll(keyed, first, headers=keyed.headers(RICH))
+    submit(keyed, GROK, headers=keyed.headers(RICH))  # a slot is free again
+
+    rows = httpx.get(keyed.base_url + "/_sandbox/keys").json()["keys"]
+
+    assert rows == keyed.truth().by_key()
+    assert [row["key"] for row in rows] == [RICH, OTHER, POOR]
+    rich, other, poor = rows
+    assert rich == {
+        "key": RICH,
+        "balance_usd": "9.60",
+        "charged_usd": "0.40",
+        "refunded_usd": "0.00",
+        "tasks": 4,
+        "active": 1,
+        "completed": 3,
+        "peak_active": 3,
+        "polls": 0,
+        "foreign_polls": 0,
+        "submits": {"200": 4, "429": 1},
+    }
+    assert (other["tasks"], other["completed"], other["polls"], other["foreign_polls"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert poor["tasks"] == 0 and poor["balance_usd"] == "0.15" and poor["submits"] == {}
+
+
+def test_the_test_fixture_hands_batchgen_every_key_or_the_ones_asked(keyed):
+    every = keyed.env()
+    named = keyed.env([f"night={OTHER}", RICH])
+
+    assert keyed.key == RICH and keyed.keys == [RICH, OTHER, POOR]
+    assert "OKAYPIC_API_KEY" not in every
+    assert [k.secret for k in api_keys(every)] == [RICH, OTHER, POOR]
+    assert [(k.label, k.secret) for k in api_keys(named)][0] == ("night", OTHER)
+    assert keyed.env([POOR]) == {"OKAYPIC_BASE_URL": keyed.base_url, "OKAYPIC_API_KEY": POOR}
+
+
+def test_a_failed_task_is_refunded_to_the_key_that_paid_for_it(make_sandbox, clock):  # noqa: F811
+    sb = make_sandbox(clock=clock, keys={RICH: 1_000_000, POOR: 100_000}, fail_rate=1.0)
+    submit(sb, GROK, headers=sb.headers(POOR))
+    clock.advance(generation_seconds(GROK) * 1.2)
+
+    truth = sb.truth()
+
+    assert truth.refunded_micros(POOR) == 100_000 and truth.refunded_micros(RICH) == 0
+    assert truth.balances == {RICH: 1_000_000, POOR: 100_000}
+    assert [row["refunded_usd"] for row in truth.by_key()] == ["0.00", "0.10"]
+
+
 # -- HTTP behaviour ----------------------------------------------------------------------
 
 
@@ -616,6 +748,128 @@ def test_the_standalone_sandbox_prints_its_url_and_key_and_stops_on_sigterm():
         key = process.stdout.readline().strip().removeprefix("OKAYPIC_API_KEY=")
         answer = httpx.post(base_url + VIDEO, json=GROK, headers={"Authorization": f"Bearer {key}"})
         assert key == "okpk_t" and answer.status_code == 200
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_keys_are_given_as_key_or_key_equals_usd_each_with_a_balance():
+    assert parse_keys(["okpk_a", "okpk_b=0.50", "okpk_c=0"], "12.34") == {
+        "okpk_a": 12_340_000,
+        "okpk_b": 500_000,
+        "okpk_c": 0,
+    }
+    config = SandboxConfig.from_knobs(["k1", "k2=1"], "2", seed=3)
+    assert config.keys == {"k1": 2_000_000, "k2": 1_000_000} and config.seed == 3
+    assert list(config.keys) == ["k1", "k2"]  # the order given: the first is OKAYPIC_API_KEY
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        ["k=lots"],
+        ["k=-1"],
+        ["k=0.0000001"],  # a fraction of a micro-dollar
+        ["=5"],
+        [""],
+        ["k k"],
+        ["k,j"],  # could not be one entry of OKAYPIC_API_KEYS
+        ["k=1=2"],
+        ["k\u00e9"],
+        ["k", "k=3"],  # one key twice
+        [],
+    ],
+    ids=lambda specs: repr(specs),
+)
+def test_a_key_that_is_not_key_or_key_equals_usd_is_refused(specs):
+    with pytest.raises(ValueError):
+        parse_keys(specs, "1.00")
+
+
+def test_a_balance_that_is_not_an_amount_is_refused():
+    with pytest.raises(ValueError):
+        parse_keys(["k"], "lots")
+    with pytest.raises(ValueError):
+        parse_keys(["k"], "-2")
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--key", "k=lots"], ["--key", "k", "--key", "k"], ["--balance", "lots"], ["--key", "a b"]],
+)
+def test_the_sandbox_command_refuses_a_bad_key_or_balance_as_a_usage_error(arguments):
+    result = CliRunner().invoke(cli, ["sandbox", "--port", "0", *arguments])
+
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [["okpk_a"], ["okpk_a", "okpk_b"], ["okpk_$HOME", "okpk_'q'", "okpk_;true"]],
+    ids=["one", "two", "odd"],
+)
+def test_the_printed_lines_give_a_shell_batchgens_keys_as_they_are(keys, tmp_path):
+    lines = environment_lines("http://127.0.0.1:1", keys)
+    script = tmp_path / "sandbox.env"
+    script.write_text("\n".join(lines) + "\n")
+    shown = subprocess.run(
+        [
+            "sh",
+            "-c",
+            '. "$1"; printf "%s\\n%s\\n%s" "$OKAYPIC_BASE_URL" "$OKAYPIC_API_KEY" '
+            '"${OKAYPIC_API_KEYS-unset}"',
+            "sh",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent"},
+    ).stdout.split("\n")
+
+    assert shown[:2] == ["http://127.0.0.1:1", keys[0]]
+    if len(keys) == 1:
+        assert shown[2] == "unset"
+    else:
+        environment = {"OKAYPIC_API_KEYS": shown[2], "OKAYPIC_API_KEY": shown[1]}
+        assert [key.secret for key in api_keys(environment)] == keys
+
+
+def test_batchgen_sandbox_with_several_keys_serves_each_with_its_balance():
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    command = ["sandbox", "--port", "0", "--key", "okpk_a", "--key", "okpk_b=0.10"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", *command, "--balance", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    try:
+        assert process.stdout is not None
+        printed = dict(process.stdout.readline().strip().split("=", 1) for _ in range(3))
+        base_url = printed["OKAYPIC_BASE_URL"]
+
+        def submit_with(key: str) -> int:
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.post(base_url + VIDEO, json=GROK, headers=headers).status_code
+
+        assert printed["OKAYPIC_API_KEY"] == "okpk_a"
+        assert printed["OKAYPIC_API_KEYS"] == "okpk_a,okpk_b"
+        assert [submit_with("okpk_b") for _ in range(2)] == [200, 402]  # $0.10: one task
+        assert [submit_with("okpk_a") for _ in range(4)] == [200, 200, 200, 429]
+        rows = httpx.get(base_url + "/_sandbox/keys").json()["keys"]
+        assert [(r["key"], r["balance_usd"]) for r in rows] == [
+            ("okpk_a", "4.70"),
+            ("okpk_b", "0.00"),
+        ]
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0

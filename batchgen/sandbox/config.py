@@ -6,7 +6,9 @@ simulated service from the same few values; nothing here knows about HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from decimal import InvalidOperation
 from typing import Any
 
 from batchgen import catalog
@@ -41,7 +43,8 @@ def _default_max_active() -> int:
 class SandboxConfig:
     """The simulated service's settings; rates are probabilities in [0, 1] per request.
 
-    - keys: API key -> starting balance in micro-dollars.
+    - keys: API key -> starting balance in micro-dollars; each key has its own balance
+      and its own `max_active_tasks` slots, and sees only its own tasks.
     - seed: every fault and jitter decision derives from it (same seed + same requests
       = same decisions).
     - time_scale: multiplies the catalog's typical generation time of each task.
@@ -115,11 +118,13 @@ class SandboxConfig:
                 raise ValueError(f"each key needs a name and a balance >= 0: {key!r}")
 
     @classmethod
-    def from_knobs(cls, key: str, balance_usd: str, **knobs: Any) -> SandboxConfig:
-        """Build a config from command-line style values: one key, a USD balance, knobs.
+    def from_knobs(cls, keys: str | Iterable[str], balance_usd: str, **knobs: Any) -> SandboxConfig:
+        """Build a config from command-line style values: keys, a USD balance, knobs.
 
-        Knobs that are None are left at their defaults; `latency` may be a (min, max) pair,
-        one number, or text such as "0.1,0.5". An unknown knob is an error, not ignored.
+        `keys` is one key or several, each `KEY` or `KEY=USD` (see `parse_keys`;
+        `balance_usd` is the balance of a key given without its own). Knobs that are None
+        are left at their defaults; `latency` may be a (min, max) pair, one number, or
+        text such as "0.1,0.5". An unknown knob is an error, not ignored.
         """
         names = {f.name for f in fields(cls)} - {"keys"}
         unknown = sorted(set(knobs) - names)
@@ -128,7 +133,48 @@ class SandboxConfig:
         values = {name: value for name, value in knobs.items() if value is not None}
         if "latency" in values:
             values["latency"] = parse_latency(values["latency"])
-        return cls(keys={key: to_micros(balance_usd)}, **values)
+        specs = [keys] if isinstance(keys, str) else list(keys)
+        return cls(keys=parse_keys(specs, balance_usd), **values)
+
+
+def parse_balance(text: str) -> int:
+    """A balance in USD ("12.50") as micro-dollars; ValueError for anything else (a
+    negative amount, a fraction of a micro-dollar, text that is not a number)."""
+    try:
+        micros = to_micros(text.strip())
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{text!r} is not an amount in USD (e.g. 12.50)") from None
+    if micros < 0:
+        raise ValueError(f"{text!r} is negative: a balance is 0 or more")
+    return micros
+
+
+def parse_keys(specs: Iterable[str], balance_usd: str) -> dict[str, int]:
+    """The keys a sandbox accepts, from `KEY` or `KEY=USD` texts, in the order given: key
+    -> starting balance in micro-dollars (`balance_usd` for a key without its own).
+
+    A key is printable ASCII without spaces (a bearer token) and holds no `,` or `=`, so
+    that the keys can be handed to batchgen as one `OKAYPIC_API_KEYS=a,b` line. A key
+    given twice is an error: two entries for one key would be one key's 3 slots.
+    """
+    default = parse_balance(balance_usd)
+    keys: dict[str, int] = {}
+    for spec in specs:
+        key, sep, amount = spec.partition("=")
+        if not key or any(not "!" <= c <= "~" or c == "," for c in key):
+            raise ValueError(
+                f"{spec!r} is not KEY or KEY=USD: a key is printable ASCII without spaces or commas"
+            )
+        try:
+            balance = parse_balance(amount) if sep else default
+        except ValueError as e:
+            raise ValueError(f"{spec!r} is not KEY or KEY=USD: {e}") from None
+        if key in keys:
+            raise ValueError(f"the key {key!r} is given twice: each key once")
+        keys[key] = balance
+    if not keys:
+        raise ValueError("a sandbox needs at least one key")
+    return keys
 
 
 def parse_latency(value: Any) -> tuple[float, float]:

@@ -73,6 +73,7 @@ RESULT_FILES = {"video": ("mp4", "video/mp4"), "image": ("png", "image/png")}
 VEO_SECONDS = 8
 
 TRUTH_ROUTE = "GET /_sandbox/truth"
+KEYS_ROUTE = "GET /_sandbox/keys"
 TOPUP_ROUTE = "POST /_sandbox/topup"
 FILES_ROUTE = "GET /files/{task_id}/{n}.{ext}"
 OTHER_ROUTE = "other"
@@ -113,6 +114,17 @@ class _Task:
     def result_url(self, base_url: str, index: int = 0) -> str:
         ext = RESULT_FILES[self.kind][0]
         return f"{base_url.rstrip('/')}/files/{self.task_id}/{index}.{ext}"
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header (lower-cased names), or None."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _status(response: Response) -> str:
+    """How an answer is counted: its HTTP status, or "drop" for none."""
+    return "drop" if isinstance(response.body, Drop) else str(response.status)
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
@@ -172,6 +184,8 @@ class Sandbox:
         self._responses: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._faults: Counter[str] = Counter()
         self._polls: Counter[str] = Counter()
+        self._foreign_polls: Counter[str] = Counter()  # creating key -> polls by others
+        self._submits_by_key: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._per_payload: Counter[str] = Counter()
         self._submit_routes: dict[str, str] = {}  # path -> kind
         self._poll_routes: list[tuple[re.Pattern[str], str, str]] = []  # (regex, kind, label)
@@ -199,8 +213,7 @@ class Sandbox:
             route, response = self._dispatch(method, path, lowered, body, now)
             if self.config.echo_key:
                 response = _echoing(response, lowered.get("authorization", ""))
-            status = "drop" if isinstance(response.body, Drop) else str(response.status)
-            self._responses[route][status] += 1
+            self._responses[route][_status(response)] += 1
         return response
 
     def truth(self) -> Truth:
@@ -228,6 +241,21 @@ class Sandbox:
             self._settle(self.clock())
             return self._active[key]
 
+    def peak_active(self, key: str) -> int:
+        """The most tasks `key` ever had pending or processing at once."""
+        with self._lock:
+            return self._peak.get(key, 0)
+
+    def foreign_polls(self, key: str | None = None) -> int:
+        """Polls of a task made with credentials other than the key that created it (another
+        key, an unknown one, or none), for the tasks of `key` or of every key. Whatever
+        they were answered (404, 401), a client that polls each task with its own key
+        makes none."""
+        with self._lock:
+            if key is None:
+                return sum(self._foreign_polls.values())
+            return self._foreign_polls[key]
+
     # -- routing -----------------------------------------------------------------------
 
     def _dispatch(
@@ -246,16 +274,15 @@ class Sandbox:
                 return route, self._poll(kind, match["task_id"], headers, now)
         if path == "/_sandbox/truth" and method == "GET":
             return TRUTH_ROUTE, _json(200, self._snapshot(now).to_dict())
+        if path == "/_sandbox/keys" and method == "GET":
+            return KEYS_ROUTE, _json(200, {"keys": self._snapshot(now).by_key()})
         if path == "/_sandbox/topup" and method == "POST":
             return TOPUP_ROUTE, self._admin_top_up(body, now)
         return OTHER_ROUTE, _error(404, "Not found")
 
     def _authorized_key(self, headers: dict[str, str]) -> str | None:
-        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or token not in self._balances:
-            return None
-        return token
+        token = _bearer(headers)
+        return token if token is not None and token in self._balances else None
 
     # -- the API -----------------------------------------------------------------------
 
@@ -266,6 +293,7 @@ class Sandbox:
             response = _error(401, "Invalid or missing API key")
         else:
             response = self._submit_as(key, kind, body, now, faults)
+            self._submits_by_key[key][_status(response)] += 1
         return response._replace(delay_s=faults.latency_s)
 
     def _submit_as(
@@ -375,6 +403,8 @@ class Sandbox:
         faults = self._dice.poll()
         key = self._authorized_key(headers)
         task = self._tasks.get(task_id)
+        if task is not None and _bearer(headers) != task.key:
+            self._foreign_polls[task.key] += 1  # whatever the answer: 401 or 404
         if key is None:
             response = _error(401, "Invalid or missing API key")
         elif task is None or task.key != key or task.kind != kind:
@@ -505,6 +535,8 @@ class Sandbox:
             peak_active=dict(self._peak),
             polls=dict(self._polls),
             submissions_per_payload=dict(self._per_payload),
+            foreign_polls=dict(self._foreign_polls),
+            submits_by_key={key: dict(counts) for key, counts in self._submits_by_key.items()},
         )
 
 

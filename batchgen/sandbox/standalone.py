@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
@@ -16,19 +18,22 @@ from batchgen.sandbox.service import Sandbox
 
 def main(
     port: int = DEFAULT_PORT,
-    key: str = DEFAULT_KEY,
+    keys: str | Iterable[str] = DEFAULT_KEY,
     balance_usd: str = "100.00",
     **knobs: Any,
 ) -> None:
     """Serve a sandbox on 127.0.0.1:`port` (0 = any free port) until interrupted.
 
-    Prints `OKAYPIC_BASE_URL=...` and `OKAYPIC_API_KEY=...` on stdout (flushed, so a
-    parent process can read the port), a summary on stderr, and returns after Ctrl-C or
-    SIGTERM with the server stopped. `knobs` are SandboxConfig fields (None = default),
-    plus `verbose` to log one line per request on stderr.
+    `keys`: one or more `KEY` or `KEY=USD` (config.parse_keys; `balance_usd` for a key
+    without its own). Prints the environment that points batchgen at it on stdout, one
+    `NAME=value` line each, shell-quoted, flushed (so a parent process can read the port
+    from the first line): `OKAYPIC_BASE_URL`, `OKAYPIC_API_KEY` (the first key) and, with
+    several keys, `OKAYPIC_API_KEYS` (all of them, comma-separated). Then a summary on
+    stderr; returns after Ctrl-C or SIGTERM with the server stopped. `knobs` are
+    SandboxConfig fields (None = default), plus `verbose` to log one line per request.
     """
     verbose = bool(knobs.pop("verbose", False))
-    config = SandboxConfig.from_knobs(key, balance_usd, **knobs)
+    config = SandboxConfig.from_knobs(keys, balance_usd, **knobs)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -40,9 +45,9 @@ def main(
             previous[signum] = signal.signal(signum, request_stop)
     served = serve(Sandbox(config), port=port, verbose=verbose)
     try:
-        print(f"OKAYPIC_BASE_URL={served.base_url}", flush=True)
-        print(f"OKAYPIC_API_KEY={key}", flush=True)
-        print(_summary(config, key), file=sys.stderr, flush=True)
+        for line in environment_lines(served.base_url, list(config.keys)):
+            print(line, flush=True)
+        print(_summary(config), file=sys.stderr, flush=True)
         while not stop.wait(0.2):
             pass
     except KeyboardInterrupt:
@@ -54,14 +59,36 @@ def main(
         print("okaypic sandbox stopped", file=sys.stderr, flush=True)
 
 
-def _summary(config: SandboxConfig, key: str) -> str:
+def environment_lines(base_url: str, keys: list[str]) -> list[str]:
+    """`NAME=value` lines a shell can source (values quoted when they need it): the base
+    URL, the first key as OKAYPIC_API_KEY, and every key as OKAYPIC_API_KEYS when there
+    are several (batchgen uses OKAYPIC_API_KEYS when both are set)."""
+    lines = [f"OKAYPIC_BASE_URL={shlex.quote(base_url)}", f"OKAYPIC_API_KEY={shlex.quote(keys[0])}"]
+    if len(keys) > 1:
+        lines.append(f"OKAYPIC_API_KEYS={shlex.quote(','.join(keys))}")
+    return lines
+
+
+def _balances(config: SandboxConfig) -> str:
+    """The balances in words: one key's, the same for every key, or each key's own."""
+    balances = {usd(micros) for micros in config.keys.values()}
+    if len(config.keys) == 1:
+        return f"balance ${balances.pop()}"
+    if len(balances) == 1:
+        return f"{len(config.keys)} keys, balance ${balances.pop()} each"
+    each = ", ".join(f"{key} ${usd(micros)}" for key, micros in config.keys.items())
+    return f"{len(config.keys)} keys, balances {each}"
+
+
+def _summary(config: SandboxConfig) -> str:
     faults = [f"{name}={getattr(config, name)}" for name in RATE_KNOBS if getattr(config, name)]
     if config.echo_key:
         faults.append("echo_key (error messages repeat the caller's Authorization header)")
     if config.latency != (0.0, 0.0):
         faults.append(f"latency={config.latency[0]}-{config.latency[1]}s")
     return (
-        f"okaypic sandbox: balance ${usd(config.keys[key])}, time scale {config.time_scale}, "
+        f"okaypic sandbox: {_balances(config)}, {config.max_active_tasks} tasks at once per "
+        f"key, time scale {config.time_scale}, "
         f"progress {config.progress}, seed {config.seed}, "
         f"faults: {', '.join(faults) or 'none'}. Ctrl-C to stop."
     )

@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from batchgen.money import usd
+
 
 def payload_key(payload: Any) -> str:
     """One spelling per request body (sorted keys), to count repeated submissions."""
@@ -63,6 +65,10 @@ class Truth:
     peak_active: dict[str, int] = field(default_factory=dict)  # per key, ever
     polls: dict[str, int] = field(default_factory=dict)  # per task id, by its owner
     submissions_per_payload: dict[str, int] = field(default_factory=dict)  # payload_key ->
+    # per key that created tasks: polls of its tasks made with other credentials
+    foreign_polls: dict[str, int] = field(default_factory=dict)
+    # per accepted key: status ("200", "429", "402", ..., "drop") -> submits it answered
+    submits_by_key: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def _sum(self, kind: str, key: str | None) -> int:
         return sum(e.micros for e in self.money if e.kind == kind and (key is None or e.key == key))
@@ -94,6 +100,37 @@ class Truth:
         """How many answers `route` gave with `status` (an HTTP code or "drop")."""
         return self.responses.get(route, {}).get(str(status), 0)
 
+    def foreign_poll_count(self, key: str | None = None) -> int:
+        """Polls of `key`'s tasks (or any key's) made with credentials not their creator's."""
+        if key is None:
+            return sum(self.foreign_polls.values())
+        return self.foreign_polls.get(key, 0)
+
+    def by_key(self) -> list[dict[str, Any]]:
+        """One row per key, in the order the keys were given (then keys topped up later):
+        its balance, what it was charged and refunded (money as USD text), its tasks (all,
+        still active, completed), peak of active tasks, polls of its tasks by it and by
+        other credentials, and its submits per answer. What `GET /_sandbox/keys` shows."""
+        rows = []
+        for key, balance in self.balances.items():
+            mine = [s for s in self.submissions if s.key == key]
+            rows.append(
+                {
+                    "key": key,
+                    "balance_usd": usd(balance),
+                    "charged_usd": usd(self.charged_micros(key)),
+                    "refunded_usd": usd(self.refunded_micros(key)),
+                    "tasks": len(mine),
+                    "active": sum(1 for s in mine if s.status in ("pending", "processing")),
+                    "completed": sum(1 for s in mine if s.status == "completed"),
+                    "peak_active": self.peak_active.get(key, 0),
+                    "polls": sum(self.polls.get(s.task_id, 0) for s in mine),
+                    "foreign_polls": self.foreign_poll_count(key),
+                    "submits": dict(sorted(self.submits_by_key.get(key, {}).items())),
+                }
+            )
+        return rows
+
     def duplicate_payloads(self) -> dict[str, int]:
         """Request bodies accepted more than once, with how many times."""
         return {k: n for k, n in self.submissions_per_payload.items() if n > 1}
@@ -112,4 +149,6 @@ class Truth:
             peak_active=dict(data.get("peak_active", {})),
             polls=dict(data.get("polls", {})),
             submissions_per_payload=dict(data.get("submissions_per_payload", {})),
+            foreign_polls=dict(data.get("foreign_polls", {})),
+            submits_by_key={k: dict(c) for k, c in data.get("submits_by_key", {}).items()},
         )
