@@ -85,6 +85,7 @@ def test_three_keys_fill_three_slots_each_poll_with_their_own_key_and_match_the_
     for key in (ALPHA, BRAVO, CHARLIE):
         assert truth.peak_active.get(key) == 3  # every key used, never past its 3 slots
     assert truth.responses[POLL].get("404", 0) == 0  # no poll with another key
+    assert truth.foreign_poll_count() == 0
     assert truth.responses[SUBMIT].get("429", 0) == 0
     assert _spent_per_label(ledger) == _completed_per_label(truth, ledger)
     labels = {r["key_label"] for r in rows(ledger, "SELECT DISTINCT key_label FROM attempts")}
@@ -194,6 +195,7 @@ def test_kill_9_then_resume_with_the_keys_in_another_order_polls_each_task_with_
     assert result.returncode == 0, result.stderr
     truth = sandbox.sim.truth()
     assert truth.responses[POLL].get("404", 0) == 0
+    assert truth.foreign_poll_count() == 0
     final = _final_tasks(ledger)
     for job_id, (task_id, _) in running.items():
         assert final[job_id] == task_id  # followed to its end, not submitted again
@@ -226,4 +228,5 @@ def test_resume_without_one_key_leaves_its_tasks_alone_and_exits_3_naming_it(
     again = _run(sandbox, "resume", ledger=ledger)
     assert again.returncode == 0, again.stderr
     assert sandbox.sim.truth().responses[POLL].get("404", 0) == 0
+    assert sandbox.sim.truth().foreign_poll_count() == 0
     assert all(_final_tasks(ledger)[job] == running[job][0] for job in night)
