@@ -146,6 +146,9 @@ class Scheduler:
         self.summary = Summary()
         self.in_flight: dict[asyncio.Task[None], tuple[LedgerJob, KeySlots]] = {}
         self.requeued: set[tuple[str, str]] = set()  # their key stopped: another may take them
+        # Completions seen, handed to `on_completed` (downloads) once their slots are
+        # refilled: a download must never delay the next submission (PRODUCT §6).
+        self.completions: list[LedgerJob] = []
         self.halt_submits = asyncio.Event()  # balance, unreachable, interrupted
         self.halt_all = asyncio.Event()  # interrupted, redirected: stop polling too
         self.halt_now = asyncio.Event()  # a second interrupt: not even for answers on the wire
@@ -208,6 +211,7 @@ class Scheduler:
                     if left is not None:
                         room[job.campaign] = left - job.price_micros
                     self._start(job, free)
+                self._hand_on_completions()
                 if not self.in_flight:
                     break
                 waiting: list[asyncio.Future[Any]] = [*self.in_flight, halted]
@@ -274,6 +278,15 @@ class Scheduler:
         slots.busy += 1
         task = asyncio.get_running_loop().create_task(self._drive(job, slots))
         self.in_flight[task] = (job, slots)
+
+    def _hand_on_completions(self) -> None:
+        """Hand the completions seen to `on_completed`, after the slots they freed were
+        given new jobs: those jobs' tasks were created first, so they run (and send their
+        submissions) before anything `on_completed` starts."""
+        completions, self.completions = self.completions, []
+        if self.on_completed is not None:
+            for job in completions:
+                self.on_completed(job)
 
     def _free_key(self) -> KeySlots | None:
         """The key to submit the next job with: the least busy of those still submitting,
@@ -651,8 +664,7 @@ class Scheduler:
                 )
                 await self._record(write, job, held)
                 self.report(job, "completed")
-                if self.on_completed:
-                    self.on_completed(job)
+                self.completions.append(job)
                 return False
             elif outcome.action is Poll.FAILED:
                 # Attempts left: submitted again, by this key if it still submits, else by

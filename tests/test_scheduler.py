@@ -326,3 +326,32 @@ def test_a_lost_task_is_polled_once_more_by_the_next_run_and_taken_back_if_it_an
     assert (job(ledger)["status"], job(ledger)["task_id"]) == ("completed", "task-1")
     assert [(a["state"], a["task_id"]) for a in attempts(ledger)] == [("completed", "task-1")]
     assert ledger.money().spent == 100_000 and ledger.money().unknown == 0
+
+
+def test_a_freed_slot_is_given_its_next_submission_before_the_completion_is_handed_on(tmp_path):
+    """PRODUCT §6: slots are refilled as soon as a task is seen finished, before any
+    download. What `on_completed` starts (the run's download) runs after the next job's
+    submission has been sent."""
+    ledger = make_ledger(tmp_path, n=3)
+    service = ScriptedService([CREATED])
+    seen_at_download: list[int] = []
+
+    async def go():
+        client = Client("https://okaypic.test", "okpk_test", transport=httpx.MockTransport(service))
+
+        async def download() -> None:
+            seen_at_download.append(service.submits)
+
+        def completed(job) -> None:
+            asyncio.get_running_loop().create_task(download())
+
+        settings = Settings(concurrency=1, **QUICK)
+        try:
+            await Scheduler(ledger, client, settings, on_completed=completed).run()
+            await asyncio.sleep(0)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    # Each download starts after the submission that took its slot (the last has none).
+    assert seen_at_download == [2, 3, 3]
