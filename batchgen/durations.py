@@ -33,3 +33,13 @@ def format_duration(seconds: float) -> str:
     if not hours:
         return f"{minutes}m"
     return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+
+
+def elapsed(seconds: float) -> str:
+    """A time span as a display shows it, to the second under an hour: 45s, 3m07s, 2h05m."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -37,7 +37,6 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import product
@@ -46,7 +45,7 @@ from typing import Any
 from batchgen import catalog
 from batchgen.job import Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
-from batchgen.problems import Problem, shown
+from batchgen.problems import Position, Problems, shown
 from batchgen.rows import Row, RowsFile, read_rows
 from batchgen.schema import JOB_FIELDS, SCALAR_VARIABLES
 from batchgen.templates import as_text, parse_template
@@ -55,46 +54,8 @@ MAX_ID_LENGTH = 200  # ids become file names (PRODUCT.md §9)
 
 ALWAYS_TAKEN = frozenset({"id", "model", "tags"})  # fields every model takes (not sent)
 
-Position = tuple[str, int, int]  # file, line, col
-
 _UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
 _KNOWN: frozenset[str] = frozenset()  # shared by every job whose values are all known
-
-
-class Problems:
-    """The problems found so far, each reported once.
-
-    The same problem met again in other expanded jobs (same place, same message: say a
-    matrix value or a default the model refuses) is counted, not repeated, so 100,000
-    expanded jobs never bury the output under 100,000 identical lines.
-    """
-
-    def __init__(self) -> None:
-        self._found: dict[Hashable, list[Any]] = {}
-
-    def add(
-        self, where: Position, path: str, message: str, repeats: Hashable | None = None
-    ) -> None:
-        """Record a problem once; with `repeats` (what makes two the same), count the others."""
-        key = (where, path, message) if repeats is None else repeats
-        found = self._found.get(key)
-        if found is None:
-            self._found[key] = [Problem(*where, path, message), 0]
-        elif repeats is not None:
-            found[1] += 1
-
-    def __bool__(self) -> bool:
-        return bool(self._found)
-
-    def sorted(self) -> list[Problem]:
-        result = []
-        for problem, more in self._found.values():
-            if more:
-                jobs = "job" if more == 1 else "jobs"
-                message = f"{problem.message} (and {more:,} more expanded {jobs} like it)"
-                problem = Problem(problem.file, problem.line, problem.col, problem.path, message)
-            result.append(problem)
-        return sorted(result)
 
 
 @dataclass(eq=False)

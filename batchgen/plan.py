@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from batchgen import catalog
+from batchgen.durations import elapsed as duration_text
 from batchgen.errors import AuthError
 from batchgen.job import Campaign, Job, fingerprint
 from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys
 from batchgen.ledger import Ledger
 from batchgen.money import usd
-from batchgen.progress import _duration as duration_text
 
 SLOTS = 3  # the service's limit per API key (catalog: max_active_tasks_per_key)
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from batchgen.durations import elapsed
 from batchgen.ledger import LedgerJob
 from batchgen.money import usd
 from batchgen.text import shown
@@ -39,7 +40,7 @@ class Snapshot:
 
 def describe(s: Snapshot) -> str:
     budget = f" of ${usd(s.budget_micros)}" if s.budget_micros is not None else ""
-    eta = f", ETA {_duration(s.eta_seconds)}" if s.eta_seconds is not None else ""
+    eta = f", ETA {elapsed(s.eta_seconds)}" if s.eta_seconds is not None else ""
     return (
         f"{s.done}/{s.total} done, {s.running} running, spent ${usd(s.spent_micros)}{budget}{eta}"
     )
@@ -184,12 +185,3 @@ def make_display(stream: TextIO = sys.stderr, log: LogFile | None = None) -> Dis
 def _bar(done: int, total: int, width: int = 24) -> str:
     filled = width if total == 0 else width * done // total
     return "[" + "#" * filled + "-" * (width - filled) + "]"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from batchgen.durations import elapsed as duration_text
 from batchgen.ledger import Ledger
 from batchgen.ledger.reads import UNLABELLED
 from batchgen.migrations import JOB_STATUSES
 from batchgen.money import usd
-from batchgen.progress import _duration as duration_text
 from batchgen.text import shown
 
 SHOWN = 10  # running tasks, failures and held jobs listed by the human format

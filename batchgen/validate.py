@@ -32,11 +32,11 @@ from jsonschema import ValidationError
 from batchgen import catalog, manifest, schema
 from batchgen.bulk import collector_paused
 from batchgen.errors import ManifestInvalid
-from batchgen.expand import ExpandedJob, Expansion, Problems
+from batchgen.expand import ExpandedJob, Expansion
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.money import to_micros
-from batchgen.problems import shown
+from batchgen.problems import Problems, shown
 
 
 @dataclass
