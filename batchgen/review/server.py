@@ -315,6 +315,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.close_connection:
+            # Said, not only done: a client that reused this connection for its next
+            # request would find it closed under that request.
+            self.send_header("Connection", "close")
         self.end_headers()
 
     def _send(
