@@ -14,8 +14,11 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from batchgen.keys import label
 from batchgen.money import to_micros
+from batchgen.progress_curves import PROGRESS_MODES
 from tests.e2e import FAST, batchgen, grok_batch, recorded_task_ids, rows, spawn, wait_for
 
 ALPHA, BRAVO, CHARLIE = "okpk_alpha_1111", "okpk_bravo_2222", "okpk_charlie_3333"
@@ -102,6 +105,48 @@ def test_three_keys_fill_three_slots_each_poll_with_their_own_key_and_match_the_
     _no_key_anywhere(
         ledger, result.stdout, result.stderr, log.read_text(), status.stdout, report.stdout
     )
+
+
+FAULTS = {
+    "submit_500_rate": 0.15,
+    "poll_500_rate": 0.1,
+    "fail_rate": 0.15,
+    "spurious_429_rate": 0.1,
+    "drop_rate": 0.05,
+    "garbage_rate": 0.05,
+    "echo_key": True,
+}
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [{"progress": mode} for mode in PROGRESS_MODES] + [FAULTS],
+    ids=[*PROGRESS_MODES, "faults"],
+)
+def test_every_progress_behaviour_and_fault_keeps_each_task_on_its_key(
+    make_sandbox, tmp_path, behaviour
+):
+    """Whatever the service says about progress, and whatever faults it throws (a key it
+    echoes back included), tasks stay on their key's slots and polls, and the money per
+    key matches the service's."""
+    sandbox = make_sandbox(
+        time_scale=0.01, seed=5, keys=dict.fromkeys((ALPHA, BRAVO, CHARLIE), PLENTY), **behaviour
+    )
+    ledger = tmp_path / "l.db"
+    manifest = grok_batch(tmp_path / "m.yaml", 18)
+    result = _run(sandbox, "run", str(manifest), "--max-attempts", "8", ledger=ledger)
+    assert result.returncode in (0, 1), result.stderr  # 1: a job out of attempts
+    truth = sandbox.sim.truth()
+    assert truth.foreign_poll_count() == 0
+    assert all(truth.peak_active.get(key, 0) <= 3 for key in (ALPHA, BRAVO, CHARLIE))
+    assert sum(1 for key in (ALPHA, BRAVO, CHARLIE) if truth.peak_active.get(key)) == 3
+    assert _spent_per_label(ledger) == _completed_per_label(truth, ledger)
+    labels = {
+        r["key_label"]
+        for r in rows(ledger, "SELECT key_label FROM attempts WHERE task_id IS NOT NULL")
+    }
+    assert labels <= set(LABELS.values())
+    _no_key_anywhere(ledger, result.stdout, result.stderr)
 
 
 def test_a_key_out_of_balance_leaves_the_batch_to_the_others(make_sandbox, tmp_path):
