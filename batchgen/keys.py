@@ -80,7 +80,7 @@ def api_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
     env = os.environ if environ is None else environ
     entries = [e.strip() for e in env.get(KEYS_VARIABLE, "").split(",")]
     if source(env) == KEYS_VARIABLE:
-        keys = [_entry(entry, n) for n, entry in enumerate(entries, start=1) if entry]
+        numbered = [(n, _entry(entry, n)) for n, entry in enumerate(entries, start=1) if entry]
     else:
         key = env.get(KEY_VARIABLE, "").strip()
         if not key:
@@ -90,15 +90,21 @@ def api_keys(environ: Mapping[str, str] | None = None) -> list[ApiKey]:
                 "or try `batchgen run MANIFEST --sandbox`"
             )
         check(key)
-        keys = [ApiKey(label(key), key)]
-    _unique(keys)
-    return keys
+        numbered = [(1, ApiKey(label(key), key))]
+    _unique(numbered)
+    return [key for _, key in numbered]
 
 
 def source(environ: Mapping[str, str] | None = None) -> str:
     """The variable the keys in force come from (see `api_keys`)."""
     env = os.environ if environ is None else environ
     return KEYS_VARIABLE if env.get(KEYS_VARIABLE, "").replace(",", "").strip() else KEY_VARIABLE
+
+
+def given(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether either variable holds any key text (usable or not)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(source(env), "").replace(",", "").strip())
 
 
 def api_key(environ: Mapping[str, str] | None = None) -> str:
@@ -117,10 +123,11 @@ def _entry(entry: str, position: int) -> ApiKey:
     return ApiKey(label(entry), entry)
 
 
-def _unique(keys: list[ApiKey]) -> None:
+def _unique(numbered: list[tuple[int, ApiKey]]) -> None:
+    """Refuse two entries (by their place in the variable) with one label or one key."""
     seen_labels: dict[str, int] = {}
     seen_keys: dict[str, int] = {}
-    for position, key in enumerate(keys, start=1):
+    for position, key in numbered:
         if key.label in seen_labels:
             raise AuthError(
                 f"{KEYS_VARIABLE}: entries {seen_labels[key.label]} and {position} are both "

@@ -21,7 +21,7 @@ from batchgen import catalog
 from batchgen.durations import elapsed as duration_text
 from batchgen.errors import AuthError
 from batchgen.job import Campaign, Job, fingerprint
-from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys
+from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys, given
 from batchgen.ledger import Ledger
 from batchgen.money import usd
 
@@ -56,11 +56,7 @@ def keys_given(environ: Mapping[str, str] | None = None) -> KeysGiven:
     try:
         return KeysGiven(tuple(key.label for key in api_keys(env)))
     except AuthError as e:
-        unset = (
-            not env.get(KEY_VARIABLE, "").strip()
-            and not env.get(KEYS_VARIABLE, "").replace(",", "").strip()
-        )
-        return KeysGiven((), None if unset else str(e))
+        return KeysGiven((), str(e) if given(env) else None)
 
 
 @dataclass

@@ -213,6 +213,12 @@ def test_two_entries_with_one_label_or_one_key_are_refused_naming_the_entries(va
     assert "okpk_a" not in str(caught.value)
 
 
+def test_a_repeated_entry_is_named_by_its_place_in_the_variable_blanks_counted():
+    with pytest.raises(AuthError) as caught:
+        api_keys({"OKAYPIC_API_KEYS": "okpk_a,,okpk_b, ,okpk_a"})
+    assert "entries 1 and 5" in str(caught.value)
+
+
 def test_no_key_in_either_variable_names_both():
     with pytest.raises(AuthError) as caught:
         api_keys({"OKAYPIC_API_KEYS": " ,", "OKAYPIC_API_KEY": " "})
