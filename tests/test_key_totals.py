@@ -93,6 +93,14 @@ def test_m007_adds_up_an_old_ledgers_attempts_as_sent_with_one_unlabelled_key(
     assert money["keys"] == [{"label": None, "in_flight": 2, "spent_usd": money["spent_usd"]}]
 
 
+READING_COMMANDS = (
+    ("status", "--json"),
+    ("status",),
+    ("report", "--by", "key", "--format", "csv"),
+    ("report", "--jobs", "--format", "csv"),
+)
+
+
 def test_a_reading_command_on_a_ledger_before_m007_answers_the_same_without_writing(
     tmp_path, monkeypatch
 ):
@@ -100,15 +108,7 @@ def test_a_reading_command_on_a_ledger_before_m007_answers_the_same_without_writ
     written_before(
         migrations.m007_key_labels, path, monkeypatch, lambda: every_kind_of_job(path).close()
     )
-    answers = [
-        invoke(path, *args).output
-        for args in (
-            ("status", "--json"),
-            ("status",),
-            ("report", "--by", "key", "--format", "csv"),
-            ("report", "--jobs", "--format", "csv"),
-        )
-    ]
+    answers = [invoke(path, *args).output for args in READING_COMMANDS]
     applied = {r["name"] for r in rows(path, "SELECT name FROM _migrations")}
     assert "m007_key_labels" not in applied  # never migrated by a reading command
     status = json.loads(answers[0])
@@ -117,15 +117,7 @@ def test_a_reading_command_on_a_ledger_before_m007_answers_the_same_without_writ
     assert f"{UNLABELLED}," in answers[2] and f"{NO_KEY}," in answers[2]
 
     Ledger(path).close()
-    again = [
-        invoke(path, *args).output
-        for args in (
-            ("status", "--json"),
-            ("status",),
-            ("report", "--by", "key", "--format", "csv"),
-            ("report", "--jobs", "--format", "csv"),
-        )
-    ]
+    again = [invoke(path, *args).output for args in READING_COMMANDS]
     assert again == answers
 
 

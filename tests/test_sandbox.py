@@ -731,17 +731,21 @@ def test_config_refuses_out_of_range_knobs_and_parses_command_line_values():
     assert parse_latency(0.3) == (0.3, 0.3) and parse_latency((0, 1)) == (0.0, 1.0)
 
 
-def test_the_standalone_sandbox_prints_its_url_and_key_and_stops_on_sigterm():
+def _standalone(module: str, *args: str) -> subprocess.Popen[str]:
+    """`python -m module args` from the repository, its output read by the test."""
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen.sandbox", "--port", "0", "--key", "okpk_t"],
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(root)},
         cwd=root,
     )
+
+
+def test_the_standalone_sandbox_prints_its_url_and_key_and_stops_on_sigterm():
+    process = _standalone("batchgen.sandbox", "--port", "0", "--key", "okpk_t")
     try:
         assert process.stdout is not None
         base_url = process.stdout.readline().strip().removeprefix("OKAYPIC_BASE_URL=")
@@ -841,17 +845,8 @@ def test_the_printed_lines_give_a_shell_batchgens_keys_as_they_are(keys, tmp_pat
 
 
 def test_batchgen_sandbox_with_several_keys_serves_each_with_its_balance():
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
     command = ["sandbox", "--port", "0", "--key", "okpk_a", "--key", "okpk_b=0.10"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", *command, "--balance", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=root,
-    )
+    process = _standalone("batchgen", *command, "--balance", "5")
     try:
         assert process.stdout is not None
         printed = dict(process.stdout.readline().strip().split("=", 1) for _ in range(3))
