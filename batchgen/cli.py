@@ -344,9 +344,13 @@ def _run_options(poll_default: str) -> list[Callable[..., Any]]:
             help="Do not save result files (`batchgen download` can save them later).",
         ),
         click.option(
-            "--force",
-            is_flag=True,
-            help="Take over the ledger from a runner on another host that cannot be checked.",
+            "--lease",
+            type=Duration(),
+            default="2m",
+            show_default=True,
+            help="Several runners may share a ledger: one whose heartbeat is older than this "
+            "is taken for dead, and a live runner with its keys takes its tasks over "
+            "(DURATION: 120, 90s, 2m).",
         ),
         click.option(
             "--log",

@@ -4,7 +4,6 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 ├── ManifestInvalid           validation problems, all of them (exit 1)
 ├── LedgerError               the ledger file cannot be used
 │   ├── JobConflict           a job changed under the same id (exit 1)
-│   ├── LedgerBusy            another runner holds the ledger (exit 1)
 │   └── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
 ├── UsageProblem              an option's value cannot be used: a --notify URL, a --log
 │                             file (exit 2)
@@ -37,10 +36,6 @@ class LedgerError(BatchgenError):
 
 
 class JobConflict(LedgerError):
-    pass
-
-
-class LedgerBusy(LedgerError):
     pass
 
 

@@ -643,6 +643,32 @@ def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[
         db.execute("PRAGMA writable_schema = OFF")
 
 
+def m010_runners(db: sqlite3.Connection) -> None:
+    """Several runners on one ledger (PRODUCT §6): each live runner's row and heartbeat,
+    and the runner each attempt in flight belongs to. The one-runner lock goes."""
+    _run_script(
+        db,
+        """
+    DROP TABLE runner;
+    CREATE TABLE runners (
+        id            TEXT PRIMARY KEY,   -- random, one per run/resume process
+        host          TEXT NOT NULL,
+        pid           INTEGER NOT NULL,
+        machine       TEXT,               -- hash of machine id + pid namespace
+        process_start TEXT,               -- when the pid's process started
+        command       TEXT NOT NULL,      -- run | resume
+        key_labels    TEXT NOT NULL,      -- JSON list of the labels of its keys
+        lease_seconds REAL NOT NULL,      -- dead when its heartbeat is older than this
+        started_at    TEXT NOT NULL,
+        heartbeat_at  TEXT NOT NULL
+    );
+    ALTER TABLE attempts ADD COLUMN runner_id TEXT;  -- who sent or follows it (NULL: nobody)
+    CREATE INDEX attempts_in_flight ON attempts (runner_id)
+        WHERE state = 'sending' OR state = 'running'
+    """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_observed_times,
@@ -651,6 +677,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m005_views,
     m006_scale_totals,
     m007_key_labels,
+    m010_runners,
 ]
 
 

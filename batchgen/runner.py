@@ -1,4 +1,4 @@
-"""One run: the key, the service (or an in-process sandbox), the runner lock, signals,
+"""One run: the keys, the service (or an in-process sandbox), signals,
 the display, the scheduler, downloads, and how it ended (PRODUCT.md §6, §7): the
 end-of-run summary and exit code come from `summary.end_of_run`."""
 
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from batchgen import catalog
 from batchgen.client import Client
-from batchgen.errors import AuthError, LedgerWriteFailed
+from batchgen.errors import AuthError
 from batchgen.keys import ApiKey, api_keys, label, source
 from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
 from batchgen.progress import Display, LogFile, Snapshot, make_display
-from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
+from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
 from batchgen.summary import LISTED, Closing, EndOfRun, JobNote, LedgerFacts, end_of_run
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class RunOptions:
     lost_after: float = 3600.0  # seconds without a usable answer before a task is lost
     download_dir: str | None = None
     sandbox: bool = False
-    force: bool = False  # take over a runner lock held from another host
+    lease: float = 120.0  # --lease: a runner silent this long is dead (PRODUCT §6)
     log: LogFile | None = None  # --log: every event and a status line each minute, appended
     # The --ledger that the advised commands repeat: the path when it was given on the
     # command line (a ledger from BATCHGEN_LEDGER is found again in the same environment).
@@ -80,13 +80,7 @@ def run_ledger(
         for key in keys:
             ledger.redact.add(key.secret, key.label)  # nothing the service echoes is stored
         try:
-            warning = ledger.acquire_runner(command, force=options.force)
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-            try:
-                return asyncio.run(_run(ledger, campaigns, options, base_url, keys, command))
-            finally:
-                _release(ledger)
+            return asyncio.run(_run(ledger, campaigns, options, base_url, keys, command))
         finally:
             ledger.close()
 
@@ -107,6 +101,7 @@ async def _run(
         options.max_attempts,
         options.on_unknown,
         options.lost_after,
+        options.lease,
     )
     display = make_display(log=options.log)
     clients: dict[str | None, Client] = {
@@ -126,7 +121,9 @@ async def _run(
                 asyncio.get_running_loop().create_task(downloader.fetch_job(job.campaign, job.id))
             )
 
-    scheduler = Scheduler(ledger, clients, settings, report, on_completed=completed)
+    scheduler = Scheduler(
+        ledger, clients, settings, report, on_completed=completed, command=command
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
@@ -186,18 +183,6 @@ async def _until_done_or_halted(tasks: list[asyncio.Task[bool]], halt: asyncio.E
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
-
-
-def _release(ledger: Ledger) -> None:
-    """Give the runner lock back; a ledger that cannot be written now (locked, full) keeps
-    it, and the next runner takes it over since this process will be gone."""
-    try:
-        ledger.try_write(ledger.release_runner, WRITE_WAIT)
-    except LedgerWriteFailed as e:
-        print(
-            f"warning: could not release the runner lock ({e}); the next run takes it over",
-            file=sys.stderr,
-        )
 
 
 def _downloader(

@@ -229,8 +229,9 @@ def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_pat
     Ledger(path).close()  # opening migrates
 
     assert table(path, "jobs", "ref") == before["jobs"]
-    # m007 adds each attempt's key_label: NULL, the key of that time had none
-    assert table(path, "attempts", "job_ref", "key_label") == before["attempts"]
+    # m007 adds each attempt's key_label: NULL, the key of that time had none (m010 its
+    # runner_id: NULL, no runner follows a finished attempt)
+    assert table(path, "attempts", "job_ref", "key_label", "runner_id") == before["attempts"]
     assert {r["key_label"] for r in rows(path, "SELECT key_label FROM attempts")} == {None}
     assert table(path, "files", "job_ref") == before["files"]
     assert table(path, "events") == before["events"]

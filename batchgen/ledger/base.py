@@ -23,7 +23,6 @@ from batchgen.errors import LedgerError
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.migrations import JOB_STATUSES, known_migrations, migrate
-from batchgen.processes import Holder
 
 DEFAULT_PATH = "batchgen.db"
 DEFAULT_OUT = "out"  # where result files are saved, and found by `review` (PRODUCT §9)
@@ -218,11 +217,6 @@ class LedgerBase:
             ),
         )
 
-    def _runner_row(self) -> dict[str, Any] | None:
-        """The runner lock's row (every column: a ledger not yet migrated has fewer)."""
-        rows = self.query("SELECT * FROM runner")
-        return rows[0] if rows else None
-
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return list(
             _dicts(self.conn.execute(sql, params if isinstance(params, dict) else list(params)))
@@ -267,14 +261,6 @@ def job_counts(db: sqlite3.Connection, campaigns: list[str] | None = None) -> di
             counts[status] = n
     counts["completed"] = rows[0][0] - sum(counts.values())
     return counts
-
-
-def _holder(row: dict[str, Any]) -> Holder:
-    return Holder(row["pid"], row["host"], row.get("machine"), row.get("process_start"))
-
-
-def _is_me(holder: Holder, me: Holder) -> bool:
-    return holder.pid == me.pid and holder.host == me.host
 
 
 def _to_stderr(line: str) -> None:

@@ -15,11 +15,9 @@ from batchgen.ledger.base import (
     Money,
     _campaign_filter,
     _dicts,
-    _holder,
     _tables,
     now,
 )
-from batchgen.processes import Liveness, liveness
 
 # The current verdict of each job's current result, as SQL joined to `jobs j` (the view
 # `current_verdicts` is made by migration m004_verdicts).
@@ -229,21 +227,6 @@ class ReadsMixin(LedgerBase):
             f" FROM jobs WHERE status = ? {where} ORDER BY {order} LIMIT ?",
             [status, *params, limit],
         )
-
-    def runner(self) -> dict[str, Any] | None:
-        """The runner that holds the ledger (pid, host, command, started_at, and
-        `elsewhere`: True when it runs on another host, which cannot be checked from
-        here), or None when no runner holds it or its holder no longer runs."""
-        row = self._runner_row()
-        if row is None:
-            return None
-        state = liveness(_holder(row))
-        if state is Liveness.DEAD:
-            return None
-        return {
-            **{k: row[k] for k in ("pid", "host", "command", "started_at")},
-            "elsewhere": state is Liveness.ELSEWHERE,
-        }
 
     def report_groups(self, campaigns: list[str] | None, by: str | None) -> list[dict[str, Any]]:
         """One row of sums per value of `by` (campaign, model, tag, status, verdict, key),
