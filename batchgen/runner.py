@@ -296,4 +296,5 @@ def _facts(ledger: Ledger, campaigns: list[str] | None) -> LedgerFacts:
         ],
         recovery_file=str(ledger.recovery_path) if ledger.recovery_path.exists() else None,
         manifests=ledger.manifest_paths(campaigns),
+        other_runners=len(ledger.runners()),
     )

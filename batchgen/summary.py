@@ -58,6 +58,7 @@ class LedgerFacts:
     held: list[JobNote] = field(default_factory=list)  # the first LISTED
     recovery_file: str | None = None  # answers the ledger could not record yet
     manifests: dict[str, str] = field(default_factory=dict)  # campaign -> manifest path
+    other_runners: int = 0  # runners still at work on the ledger when this one ended
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,12 @@ def end_of_run(
         code = EXIT_RESUMABLE
         why = f"stopped: {counts['held']} job(s) held" + (" (lost)" if facts.lost else "")
         advice = _held_advice(facts, closing)
+    elif (counts["queued"] or counts["submitting"] or counts["running"]) and facts.other_runners:
+        # Several runners (§6): what is left is in other live runners' hands.
+        left = counts["queued"] + counts["submitting"] + counts["running"]
+        others = facts.other_runners
+        why = f"nothing left for this runner ({left} job(s) with {others} other runner(s))"
+        advice = [f"the other runners go on with the rest: {status} shows them"]
     elif counts["queued"] or counts["submitting"] or counts["running"]:
         code, why = EXIT_RESUMABLE, "stopped with work remaining"
         advice = [f"work remains: run {resume}"]
