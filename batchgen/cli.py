@@ -259,7 +259,10 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
 
     result = check_manifest(manifest, max_jobs=max_jobs)
     ledger = Ledger(ledger_path(ctx))
-    added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    try:
+        added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    finally:
+        ledger.close()
     click.echo(
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
         f"already in the ledger, {added.replaced} replaced ({ledger.path})"
@@ -579,7 +582,11 @@ def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> No
     from batchgen.ledger import Ledger
 
     ledger = Ledger(ledger_path(ctx), create=False)
-    sys.exit(download_all(ledger, out_dir, list(campaigns)))
+    try:
+        code = download_all(ledger, out_dir, list(campaigns))
+    finally:
+        ledger.close()
+    sys.exit(code)
 
 
 @cli.command()
@@ -608,10 +615,13 @@ def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool, rejecte
     if unknown and rejected:
         raise click.UsageError("--unknown and --rejected cannot be used together")
     ledger = Ledger(ledger_path(ctx), create=False)
-    if rejected:
-        n = ledger.requeue_rejected(list(campaigns))
-    else:
-        n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    try:
+        if rejected:
+            n = ledger.requeue_rejected(list(campaigns))
+        else:
+            n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    finally:
+        ledger.close()
     click.echo(f"{n} job(s) queued again; run `batchgen resume` to go on.")
 
 

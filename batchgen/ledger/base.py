@@ -104,6 +104,7 @@ class LedgerBase:
         """Open (creating it if `create`) and migrate the ledger; `read_only`: open an
         existing one with SQLite's mode=ro, for reading commands, which never write."""
         self.path = Path(path)
+        self._writes = not read_only  # a reading command's ledger never writes
         self.notify = notify or _to_stderr
         # Every key in force (the runner adds them): no text is stored with one in it.
         self.redact = Redactor()
@@ -167,7 +168,23 @@ class LedgerBase:
                 )
 
     def close(self) -> None:
+        """Close the connection; a writing one first checkpoints (see `_checkpoint`)."""
+        if self._writes:
+            self._checkpoint()
         self.conn.close()
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the .db file and empty it, so that the file alone
+        holds every commit: a copy of it, `datasette -i`, a backup of one file. SQLite does
+        it on closing only the last connection, and a reader (Datasette, the review page)
+        may hold another. Never waits and never fails the command: whatever a reader's
+        open snapshot keeps in the log stays there for the next checkpoint."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout=0")
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # in a transaction, locked, damaged: the log keeps it, as before
 
     @contextmanager
     def transaction(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
