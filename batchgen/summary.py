@@ -43,6 +43,14 @@ class JobNote:
     why: str
 
 
+def held_why(reason: str | None, error: str | None) -> str:
+    """Why a job is held, its reason said once: a lost task's error already begins
+    `lost: `, an unknown outcome's does not."""
+    if reason and error and not error.startswith(f"{reason}:"):
+        return f"{reason}: {error}"
+    return error or reason or "unknown outcome"
+
+
 @dataclass(frozen=True)
 class LedgerFacts:
     """What the ledger says about the run's campaigns once the run is over."""

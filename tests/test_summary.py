@@ -18,6 +18,7 @@ from batchgen.summary import (
     JobNote,
     LedgerFacts,
     end_of_run,
+    held_why,
     stopped_by_error,
 )
 
@@ -144,6 +145,15 @@ def test_the_budget_exits_3_naming_the_manifest_to_edit_and_the_command_that_rea
         "3 job(s) wait: the campaign budget_usd would be exceeded; raise budget_usd in "
         "manifests/spring launch.yaml, then `batchgen run 'manifests/spring launch.yaml'`"
     )
+
+
+def test_a_held_jobs_reason_is_said_once():
+    assert held_why("lost", "lost: no usable answer for 3.2s (last: 404)") == (
+        "lost: no usable answer for 3.2s (last: 404)"
+    )
+    assert held_why("unknown outcome", "timed out") == "unknown outcome: timed out"
+    assert held_why("unknown outcome", None) == "unknown outcome"
+    assert held_why(None, None) == "unknown outcome"
 
 
 def test_lost_tasks_exit_3_with_their_reasons_how_long_and_both_ways_on():
