@@ -283,9 +283,23 @@ def test_tasks_left_for_a_key_not_given_exit_3_naming_the_label_and_how_to_go_on
     assert end.title == "batchgen run spring: stopped: 2 task(s) wait for their key (exit 3)"
     assert "key night: 2 task(s) not polled (the key is not given)" in end.lines
     assert end.lines[-1] == (
-        "tasks created with key(s) night are polled only with that key: give it again in "
-        "OKAYPIC_API_KEYS (same name, or the same key unnamed), then "
+        "tasks created with key(s) night are polled only with that key under the same "
+        "label: give it again in OKAYPIC_API_KEYS (night: `night=<the key>`), then "
         "`batchgen resume --campaign spring`"
+    )
+
+
+def test_the_advice_for_a_key_not_given_says_exactly_how_to_give_it_for_its_label():
+    """A named key's label is its name, an unnamed key's its hash: each is found again
+    only as it was given (a key given back unnamed for a named label is another label)."""
+    summary = Summary(
+        unpolled={"night": 2, "key-1a2b3c4d": 1}, missing_keys={"night", "key-1a2b3c4d"}
+    )
+    end = end_of_run(facts(counts=counts(completed=4, running=3)), summary, RUN)
+    assert end.lines[-1] == (
+        "tasks created with key(s) key-1a2b3c4d, night are polled only with that key under "
+        "the same label: give it again in OKAYPIC_API_KEYS (key-1a2b3c4d: the key alone, "
+        "unnamed; night: `night=<the key>`), then `batchgen resume --campaign spring`"
     )
 
 
