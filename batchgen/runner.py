@@ -312,6 +312,6 @@ def _facts(ledger: Ledger, campaigns: list[str] | None) -> LedgerFacts:
         held=[
             JobNote(j["campaign"], j["id"], held_why(j["reason"], j["last_error"])) for j in held
         ],
-        recovery_file=str(ledger.recovery_path) if ledger.recovery_path.exists() else None,
+        recovery_file=str(ledger.recovery_path) if ledger.held_count() else None,
         manifests=ledger.manifest_paths(campaigns),
     )
