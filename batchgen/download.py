@@ -419,10 +419,10 @@ async def _download_rows(
 
 
 class _Progress:
-    """Files done / total on stderr: a live bar on a terminal, a line now and then otherwise."""
+    """Files done / total on stderr as a live bar on a terminal; elsewhere (a log, a pipe)
+    only the line that starts, the summary says the rest."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
         self.bar: Any = None
         if sys.stderr.isatty():
             from rich.console import Console
@@ -433,14 +433,10 @@ class _Progress:
             self.task = self.bar.add_task("downloading", total=total)
         else:
             print(f"downloading {total} file(s)", file=sys.stderr, flush=True)
-        self.every = max(10, total // 10)
 
     def advance(self) -> None:
-        self.done += 1
         if self.bar is not None:
             self.bar.advance(self.task)
-        elif self.done % self.every == 0 and self.done < self.total:
-            print(f"{self.done}/{self.total} file(s)", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

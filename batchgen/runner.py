@@ -20,7 +20,15 @@ from batchgen.keys import ApiKey, api_keys, label, source
 from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
 from batchgen.progress import Display, LogFile, Snapshot, make_display
 from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
-from batchgen.summary import LISTED, Closing, EndOfRun, JobNote, LedgerFacts, end_of_run
+from batchgen.summary import (
+    LISTED,
+    Closing,
+    EndOfRun,
+    JobNote,
+    LedgerFacts,
+    end_of_run,
+    held_why,
+)
 
 if TYPE_CHECKING:
     from batchgen.download import Downloader
@@ -287,14 +295,9 @@ def _facts(ledger: Ledger, campaigns: list[str] | None) -> LedgerFacts:
             for j in failed
         ],
         held=[
-            JobNote(
-                j["campaign"],
-                j["id"],
-                ": ".join(filter(None, [j["reason"], j["last_error"]])) or "unknown outcome",
-            )
-            for j in held
+            JobNote(j["campaign"], j["id"], held_why(j["reason"], j["last_error"])) for j in held
         ],
-        recovery_file=str(ledger.recovery_path) if ledger.recovery_path.exists() else None,
+        recovery_file=str(ledger.recovery_path) if ledger.held_count() else None,
         manifests=ledger.manifest_paths(campaigns),
         other_runners=len(ledger.runners()),
     )

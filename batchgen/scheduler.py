@@ -937,30 +937,33 @@ class Scheduler:
         if held is not None:
             problem = self.ledger.hold_answer(held)
             if problem is not None:
-                self.report(None, f"cannot write {self.ledger.recovery_path} either: {problem}")
+                self.report(
+                    None,
+                    f"cannot write {self.ledger.recovery_path} either ({problem}): "
+                    f"{_answer_named(held)} is kept in this run's memory only",
+                )
         self._report_blocked(error)
 
     def _report_blocked(self, error: str) -> None:
+        # Says an answer is kept in the recovery file only when the file holds one.
         self._blocked_reported = time.monotonic()
+        kept = self.ledger.held_count()
+        where = f", {kept} answer(s) kept in {self.ledger.recovery_path.name}" if kept else ""
         self.report(
             None,
             f"cannot write the ledger ({error}): submitting nothing until it works; "
-            f"{self._failing_writes} write(s) waiting, answers kept in "
-            f"{self.ledger.recovery_path.name}; retrying",
+            f"{self._failing_writes} write(s) waiting{where}; retrying",
         )
 
     def _report_unrecorded(self, job: LedgerJob | None, held: dict[str, Any]) -> None:
-        what = (
-            f"task {held['task_id']}"
-            if held["kind"] == "created"
-            else f"the completion of task {held['task_id']}"
-        )
-        self.report(
-            job,
-            f"NOT RECORDED in the ledger: {what} of {held['campaign']}/{held['job_id']}; "
-            f"kept in {self.ledger.recovery_path}, which the next batchgen command on "
-            "this ledger applies first",
-        )
+        if self.ledger.holds(held):
+            where = (
+                f"kept in {self.ledger.recovery_path}, which the next batchgen command on "
+                "this ledger applies first"
+            )
+        else:
+            where = f"not in {self.ledger.recovery_path} either (it could not be written)"
+        self.report(job, f"NOT RECORDED in the ledger: {_answer_named(held)}; {where}")
 
     def _try_once(self, write: Callable[[], object]) -> None:
         """A write worth having but not worth waiting for (progress, a log event)."""
@@ -1100,3 +1103,9 @@ def _timestamp(iso: str | None) -> float | None:
     if not iso:
         return None
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _answer_named(held: dict[str, Any]) -> str:
+    """An answer held for the ledger, in words: `task T of c/j`."""
+    what = "task" if held["kind"] == "created" else "the completion of task"
+    return f"{what} {held['task_id']} of {held['campaign']}/{held['job_id']}"

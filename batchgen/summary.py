@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchgen.durations import format_duration
+from batchgen.keys import is_hash_label
 from batchgen.money import usd
 from batchgen.text import shown
 
@@ -41,6 +42,14 @@ class JobNote:
     campaign: str
     id: str
     why: str
+
+
+def held_why(reason: str | None, error: str | None) -> str:
+    """Why a job is held, its reason said once: a lost task's error already begins
+    `lost: `, an unknown outcome's does not."""
+    if reason and error and not error.startswith(f"{reason}:"):
+        return f"{reason}: {error}"
+    return error or reason or "unknown outcome"
 
 
 @dataclass(frozen=True)
@@ -256,12 +265,23 @@ def _key_lines(summary: Summary) -> list[str]:
 
 
 def _unpolled_advice(summary: Summary, closing: Closing) -> str:
-    labels = ", ".join(sorted(summary.unpolled))
-    resume = closing.command_line("resume")
+    labels = sorted(summary.unpolled)
+    ways = "; ".join(f"{label}: {_given_as(label)}" for label in labels)
     return (
-        f"tasks created with key(s) {labels} are polled only with that key: give it again "
-        f"in OKAYPIC_API_KEYS (same name, or the same key unnamed), then {resume}"
+        f"tasks created with key(s) {', '.join(labels)} are polled only with that key under "
+        f"the same label: give it again in OKAYPIC_API_KEYS ({ways}), then "
+        f"{closing.command_line('resume')}"
     )
+
+
+def _given_as(label: str) -> str:
+    """How a key must be given for its label to be `label` (a label holds no key, so a
+    named key given unnamed, or the other way round, is another label)."""
+    if label == "(unlabelled)":  # recorded before labels existed: polled with the first key
+        return "the key first in the list"
+    if is_hash_label(label):
+        return "the key alone, unnamed"
+    return f"`{label}=<the key>`"
 
 
 def _budget_advice(waiting: int, facts: LedgerFacts, summary: Summary, closing: Closing) -> str:

@@ -31,7 +31,7 @@ from batchgen.download import (
 )
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
-from tests.e2e import spawn
+from tests.e2e import batchgen, spawn
 from tests.test_report import complete, grok, invoke, make_ledger
 
 
@@ -304,6 +304,23 @@ def test_download_command_saves_files_and_status_lists_them(ledger, tmp_path):
     saved = {job["id"]: job["files"] for job in status["jobs"]}
     assert saved["two"] == [str(out / "c" / "two.mp4"), str(out / "c" / "two+2.mp4")]
     assert saved["pending"] == []
+
+
+def test_download_without_a_terminal_says_what_it_does_and_what_it_did_and_nothing_else(
+    tmp_path, server
+):
+    """No progress-bar remnant (`10/13 file(s)`) in a log: a line to start, a summary."""
+    ledger = make_ledger(tmp_path / "l.db", [grok(f"clip-{n}") for n in range(13)])
+    for n in range(13):
+        complete(ledger, f"clip-{n}", urls=[server.add(f"/r/{n}.mp4", VIDEO)])
+    ledger.close()
+    out = tmp_path / "out"
+    result = batchgen("download", "--out", str(out), ledger=ledger.path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "downloading 13 file(s)",
+        f"13 file(s) saved ({13 * len(VIDEO) / 1e6:.1f} MB), 0 already there, 0 failed, in {out}/",
+    ]
 
 
 def test_download_command_with_nothing_completed_says_so(tmp_path):

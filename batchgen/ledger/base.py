@@ -28,6 +28,7 @@ DEFAULT_PATH = "batchgen.db"
 DEFAULT_OUT = "out"  # where result files are saved, and found by `review` (PRODUCT §9)
 UNFINISHED = ("queued", "submitting", "running")
 LOCK_WAIT_MS = 2000  # SQLite's own wait for a lock, before batchgen says it waits
+BUSY_TIMEOUT_MS = 30_000  # what an open ledger connection then waits for a lock
 LOCK_NOTICE_EVERY = 5.0  # seconds between two "waiting for the ledger" lines
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 
@@ -129,7 +130,7 @@ class LedgerBase:
                 self._patiently(lambda: check_ours(self.conn, self.path, empty_ok=False))
             else:
                 self._patiently(self._open)
-            self.conn.execute("PRAGMA busy_timeout=30000")
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise unusable(self.path, e) from e
