@@ -101,6 +101,37 @@ def batchgen(
     return result, time.perf_counter() - started
 
 
+def batchgens(
+    count: int,
+    *args: str,
+    ledger: Path,
+    base_url: str | None = None,
+    key: str | None = None,
+    keys: list[str] | None = None,
+    timeout: float = 600,
+) -> tuple[list[subprocess.CompletedProcess[str]], float]:
+    """Run `count` copies of the real command at once on one ledger (several runners),
+    each to its end: (the finished processes, the wall time until the last ended)."""
+    started = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "batchgen", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=command_env(ledger, base_url, key, keys),
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        for _ in range(count)
+    ]
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done, time.perf_counter() - started
+
+
 # Runs argv[1:] and prints its wall time and peak RSS. A separate, small process starts
 # the command: Linux carries the high-water RSS of the process that exec()s into the new
 # program, so a command started straight from a benchmark holding 100,000 rows would

@@ -404,7 +404,7 @@ def test_m008_gives_an_old_ledgers_views_the_same_rows_and_dollars_and_their_exa
     spent = rows(path, "SELECT SUM(cost_micro_usd) AS m FROM attempts WHERE state = 'completed'")
     assert (campaign["budget_micro_usd"], campaign["spent_micro_usd"]) == (5_000_000, spent[0]["m"])
     applied = [r["name"] for r in rows(path, "SELECT name FROM _migrations")]
-    assert applied[-1] == "m008_exact_dollar_views"
+    assert "m008_exact_dollar_views" in applied
 
 
 def test_the_readmes_examples_over_the_views_run_and_add_money_up_exactly(tmp_path):
