@@ -224,7 +224,8 @@ def plan(
     """Show what a manifest would do and cost, without calling the API or writing anything.
 
     The wall time is estimated for the API keys in OKAYPIC_API_KEYS (or OKAYPIC_API_KEY),
-    3 slots each; for one key when none is set.
+    3 slots each; for one key when none is set. Exits 3 when the jobs to run do not fit
+    the budget or --within, so a script can gate on it.
 
     \b
     Examples:
@@ -238,6 +239,8 @@ def plan(
     made = make_plan(result, ledger_path(ctx), keys_given(), within)
     redact = Redactor.from_environment()  # never a key, even in a refused key's message
     click.echo(redact(json.dumps(plan_json(made)) if as_json else format_plan(made)))
+    if not made.fits:
+        sys.exit(3)  # PRODUCT.md §7: a script can gate on the plan
 
 
 @cli.command()
