@@ -97,7 +97,8 @@ class Commands(click.Group):
 
 def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
     """The checked manifest; with `as_json`, an invalid one's problems go to stdout as
-    JSON (`{"valid": false, "problems": [...]}`) and the command exits 1."""
+    JSON, in `validate --json`'s shape (`{"valid": false, "campaign": NAME or null,
+    "jobs": null, "problems": [...]}`), and the command exits 1."""
     from batchgen.validate import check_manifest
 
     try:
@@ -106,7 +107,8 @@ def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
         if not as_json:
             raise
         problems = [dataclasses.asdict(problem) for problem in e.problems]
-        click.echo(json.dumps({"valid": False, "problems": problems}, ensure_ascii=False))
+        answer = {"valid": False, "campaign": e.campaign, "jobs": None, "problems": problems}
+        click.echo(json.dumps(answer, ensure_ascii=False))
         sys.exit(e.exit_code)
 
 
@@ -169,7 +171,8 @@ campaign_option = click.option(
     "as_json",
     is_flag=True,
     help="One JSON object on stdout: valid, campaign, jobs, and the problems (each with "
-    "file, line, col, path, message).",
+    "file, line, col, path, message); on an invalid manifest jobs is null, and so is "
+    "campaign when the manifest gives no valid name.",
 )
 @reports_errors
 def validate(manifest: str, max_jobs: int, as_json: bool) -> None:
@@ -247,9 +250,16 @@ def plan(
 @manifest_argument
 @max_jobs_option
 @click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object on stdout: campaign, new, unchanged, replaced, ledger (an "
+    "invalid manifest: validate --json's answer).",
+)
 @click.pass_context
 @reports_errors
-def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> None:
+def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool, as_json: bool) -> None:
     """Validate a manifest and add its jobs to the ledger, without submitting anything.
 
     \b
@@ -258,11 +268,15 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
         batchgen resume
     """
     from batchgen.ledger import Ledger
-    from batchgen.validate import check_manifest
 
-    result = check_manifest(manifest, max_jobs=max_jobs)
+    result = checked(manifest, max_jobs, as_json)
     ledger = Ledger(ledger_path(ctx))
     added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    if as_json:
+        counts = {"new": added.new, "unchanged": added.unchanged, "replaced": added.replaced}
+        answer = {"campaign": result.campaign.name, **counts, "ledger": str(ledger.path)}
+        click.echo(json.dumps(answer, ensure_ascii=False))
+        return
     click.echo(
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
         f"already in the ledger, {added.replaced} replaced ({ledger.path})"
@@ -523,16 +537,23 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
     default="table",
     show_default=True,
 )
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option(
     "--jobs",
     "per_job",
     is_flag=True,
-    help="One row per job with its attempts, task ids and unit prices.",
+    help="One row per attempt (a job never sent: one row) with its job, task id, key label, "
+    "unit price, its own cost, files and verdict; JSON: each job with its attempts.",
 )
 @click.pass_context
 @reports_errors
 def report(
-    ctx: click.Context, campaigns: tuple[str, ...], by: str, fmt: str, per_job: bool
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    by: str,
+    fmt: str,
+    as_json: bool,
+    per_job: bool,
 ) -> None:
     """The cost audit: spent, in flight, unknown, refunded, per group with totals.
 
@@ -541,10 +562,16 @@ def report(
         batchgen report --by model
         batchgen report --by key
         batchgen report --format csv > audit.csv
-        batchgen report --jobs --format json
+        batchgen report --jobs --json
     """
     from batchgen import report as report_module
     from batchgen.ledger import Ledger
+
+    if as_json:
+        given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
+        if given and fmt != "json":
+            raise click.UsageError(f"--json and --format {fmt} cannot be used together")
+        fmt = "json"
 
     ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
     width = shutil.get_terminal_size().columns  # $COLUMNS, the terminal, else 80

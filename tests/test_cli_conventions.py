@@ -66,6 +66,61 @@ def test_validate_json_on_a_valid_manifest_and_on_broken_yaml(tmp_path):
     assert problem["path"] == "manifest" and "YAML" in problem["message"]
 
 
+def test_validate_json_has_the_same_keys_on_an_invalid_manifest_as_on_a_valid_one(tmp_path):
+    ok = json.loads(batchgen("validate", str(SPRING), "--json", ledger=tmp_path / "l.db").stdout)
+    named = json.loads(
+        batchgen("validate", str(bad_manifest(tmp_path)), "--json", ledger=tmp_path / "l.db").stdout
+    )
+    assert list(named) == list(ok) == ["valid", "campaign", "jobs", "problems"]
+    assert (named["valid"], named["campaign"], named["jobs"]) == (False, "c", None)
+    unnamed = write_manifest(
+        tmp_path / "unnamed.yaml",
+        "version: 1\ncampaign: Not A Name\njobs: [{id: a, model: grok-video-3, prompt: x}]\n",
+    )
+    answer = json.loads(
+        batchgen("validate", str(unnamed), "--json", ledger=tmp_path / "l.db").stdout
+    )
+    assert list(answer) == list(ok)
+    assert (answer["campaign"], answer["jobs"]) == (None, None)
+    assert answer["problems"][0]["path"] == "campaign"
+
+
+# the commands that print data (PRODUCT.md §7); run, resume and download print progress on
+# stderr, retry one sentence, sandbox shell lines, review a web page
+PRINTING_DATA = ["validate", "plan", "ingest", "status", "report"]
+
+
+@pytest.mark.parametrize("command", PRINTING_DATA)
+def test_every_command_that_prints_data_takes_json(command):
+    result = CliRunner().invoke(cli, [command, "-h"])
+    assert result.exit_code == 0 and "--json" in result.output
+
+
+def test_report_json_is_the_same_as_format_json(audit):  # noqa: F811
+    for extra in ([], ["--jobs"], ["--by", "model"]):
+        as_format = batchgen("report", "--format", "json", *extra, ledger=audit)
+        as_json = batchgen("report", "--json", *extra, ledger=audit)
+        assert as_json.returncode == as_format.returncode == 0, as_json.stderr
+        assert as_json.stdout == as_format.stdout
+        json.loads(as_json.stdout)
+    both = batchgen("report", "--json", "--format", "csv", ledger=audit)
+    assert both.returncode == 2 and "--json" in both.stderr
+
+
+def test_ingest_json_gives_the_counts_as_one_object(tmp_path):
+    ledger = tmp_path / "l.db"
+    first = batchgen("ingest", str(SPRING), "--json", ledger=ledger)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {
+        "campaign": "spring-launch", "new": 36, "unchanged": 0, "replaced": 0, "ledger": str(ledger)
+    }  # fmt: skip
+    again = json.loads(batchgen("ingest", str(SPRING), "--json", ledger=ledger).stdout)
+    assert (again["new"], again["unchanged"]) == (0, 36)
+    invalid = batchgen("ingest", str(bad_manifest(tmp_path)), "--json", ledger=tmp_path / "x.db")
+    assert invalid.returncode == 1
+    assert json.loads(invalid.stdout)["valid"] is False and not (tmp_path / "x.db").exists()
+
+
 def test_plan_json_gives_the_plan_as_one_object(tmp_path):
     result = batchgen("plan", str(SPRING), "--json", ledger=tmp_path / "none.db")
     assert result.returncode == 0, result.stderr
@@ -181,3 +236,9 @@ def test_a_long_name_folds_within_its_column_at_80_columns(tmp_path):
     text = report(tmp_path / "l.db", per_job=True, fmt="table", width=80)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "x" * 30 in text.replace("\n", "")  # folded over lines, not cut
+
+
+def test_report_jobs_help_says_one_row_per_attempt_as_the_output_has():
+    text = " ".join(CliRunner().invoke(cli, ["report", "-h"]).output.split())
+    assert "--jobs One row per attempt" in text
+    assert "row per job" not in text
