@@ -30,7 +30,7 @@ def _run(tmp_path: Path, *, present: tuple[str, ...] = (), lock_held_for: int = 
         bin_dir,
         "apt-get",
         f'echo "$*" >> {calls}\n'
-        f'left=$(< {held})\n'
+        f"left=$(< {held})\n"
         'if [[ " $* " == *" update "* ]] && ((left > 0)); then\n'
         f"    echo $((left - 1)) > {held}\n"
         '    echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 9" >&2\n'
