@@ -78,7 +78,7 @@ class Commands(click.Group):
     """batchgen's command group: every command that uses the ledger also takes `--ledger`
     after its name (`batchgen status --ledger x.db`), same as before it."""
 
-    WITHOUT_LEDGER = frozenset({"validate", "sandbox"})
+    WITHOUT_LEDGER = frozenset({"validate", "sandbox", "init"})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if cmd.name not in self.WITHOUT_LEDGER and not any(p.name == "ledger" for p in cmd.params):
@@ -144,8 +144,8 @@ def cli(ctx: click.Context, ledger: str) -> None:
     """Run large, resumable, cost-audited batches of okaypic generation jobs.
 
     \b
-    Try it without an account:
-        batchgen run manifests/quickstart.yaml --sandbox
+    Try it without an account (init writes example manifests into this folder):
+        batchgen init && batchgen run --sandbox example.yaml
     """
     ctx.obj = {"ledger": ledger}
 
@@ -161,6 +161,29 @@ manifest_argument = click.argument("manifest", type=click.Path(dir_okay=False))
 campaign_option = click.option(
     "--campaign", "campaigns", multiple=True, help="Only this campaign (repeatable)."
 )
+
+
+@cli.command()
+@click.argument("folder", metavar="[DIR]", default=".", type=click.Path(file_okay=False))
+@reports_errors
+def init(folder: str) -> None:
+    """Write example manifests and a rows template (CSV and xlsx) into DIR to start from.
+
+    DIR (default: this folder) is created if missing. A file already there is never
+    overwritten: init then writes nothing, names them and exits 1.
+
+    \b
+    Example:
+        batchgen init && batchgen run --sandbox example.yaml
+        batchgen init spring && batchgen validate spring/rows-example.yaml
+    """
+    from batchgen.starter import FIRST_MANIFEST, write_examples
+
+    written = write_examples(folder)
+    for name in written.names:
+        click.echo(str(written.folder / name))
+    first = written.folder / FIRST_MANIFEST
+    click.echo(f"try it without an account: batchgen run --sandbox {first}", err=True)
 
 
 @cli.command()
