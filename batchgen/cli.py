@@ -158,8 +158,38 @@ max_jobs_option = click.option(
     help="Refuse manifests that expand to more jobs than this.",
 )
 manifest_argument = click.argument("manifest", type=click.Path(dir_okay=False))
+
+
+def complete_campaigns(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of `--campaign`: the campaigns of the ledger the command line names
+    (or BATCHGEN_LEDGER, or the default), read read-only. Never an error: a completion
+    that cannot read the ledger offers nothing."""
+    from click.shell_completion import CompletionItem
+
+    from batchgen.ledger import Ledger
+
+    path = (ctx.obj or {}).get("ledger") or ctx.find_root().params.get("ledger") or DEFAULT_PATH
+    if not Path(path).is_file():
+        return []
+    try:
+        ledger = Ledger.read_only(path, notify=lambda message: None)
+        try:
+            names = ledger.campaign_names()
+        finally:
+            ledger.close()
+    except Exception:  # a locked, damaged or foreign file: nothing to offer, never a traceback
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
 campaign_option = click.option(
-    "--campaign", "campaigns", multiple=True, help="Only this campaign (repeatable)."
+    "--campaign",
+    "campaigns",
+    multiple=True,
+    shell_complete=complete_campaigns,
+    help="Only this campaign (repeatable).",
 )
 
 
@@ -639,24 +669,49 @@ def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> No
     is_flag=True,
     help="Generate again the completed jobs a reviewer rejected (`batchgen review`).",
 )
+@click.option(
+    "--job",
+    "job_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this job, failed, held or completed (a re-roll), whatever its verdict "
+    "(repeatable; with --campaign when the id is in several campaigns).",
+)
 @click.pass_context
 @reports_errors
-def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool, rejected: bool) -> None:
+def retry(
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    unknown: bool,
+    rejected: bool,
+    job_ids: tuple[str, ...],
+) -> None:
     """Put failed jobs (or, with --unknown, held jobs) back in the queue with fresh attempts.
 
-    With --rejected: the completed jobs whose result was rejected in `batchgen review`;
-    the rejected results, their files and their cost stay in the audit.
+    With --rejected: the completed jobs whose result was rejected in `batchgen review`.
+    With --job ID: that job (failed, held, or completed: generated again). The earlier
+    results, their files and their cost stay in the audit.
 
     \b
     Examples:
         batchgen retry && batchgen resume
         batchgen retry --rejected && batchgen resume
+        batchgen retry --job cat-piano --job poster && batchgen resume
     """
     from batchgen.ledger import Ledger
 
-    if unknown and rejected:
-        raise click.UsageError("--unknown and --rejected cannot be used together")
+    chosen = [name for name, on in (("--unknown", unknown), ("--rejected", rejected),
+                                    ("--job", bool(job_ids))) if on]  # fmt: skip
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} cannot be used together")
     ledger = Ledger(ledger_path(ctx), create=False)
+    if job_ids:
+        queued = ledger.requeue_jobs(list(job_ids), list(campaigns))
+        click.echo(
+            f"{len(queued)} job(s) queued again ({', '.join(queued)}); "
+            "run `batchgen resume` to go on."
+        )
+        return
     if rejected:
         n = ledger.requeue_rejected(list(campaigns))
     else:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -189,6 +190,52 @@ def test_shell_completion_works_as_the_readme_says(tmp_path):
     result = subprocess.run([sys.executable, "-m", "batchgen"], env=env, capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert result.stdout.strip() == "plain,report"
+
+
+def two_campaigns(tmp_path: Path) -> Path:
+    path = tmp_path / "l.db"
+    for campaign in ("spring-launch", "summer"):
+        make_ledger(path, [grok("a")], campaign=campaign).close()
+    return path
+
+
+def test_campaign_names_complete_from_the_ledger_read_only(tmp_path):
+    from batchgen.cli import complete_campaigns
+
+    path = two_campaigns(tmp_path)
+    before = path.read_bytes()
+    ctx = click.Context(cli, obj={"ledger": str(path)})
+    param = cli.commands["status"].params[0]
+    assert [c.value for c in complete_campaigns(ctx, param, "")] == ["spring-launch", "summer"]
+    assert [c.value for c in complete_campaigns(ctx, param, "sp")] == ["spring-launch"]
+    assert path.read_bytes() == before
+    for nothing in (tmp_path / "none.db", tmp_path):  # no ledger, a folder: nothing offered
+        assert complete_campaigns(click.Context(cli, obj={"ledger": str(nothing)}), param, "") == []
+    (tmp_path / "junk.db").write_bytes(b"not a ledger")
+    assert complete_campaigns(click.Context(cli, obj={"ledger": str(tmp_path / "junk.db")}),
+                              param, "") == []  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "words", ["batchgen status --campaign s", "batchgen retry --job a --campaign s"]
+)
+@pytest.mark.parametrize("where", ["environment", "--ledger before", "--ledger after"])
+def test_the_shell_completes_campaign_names(tmp_path, words, where):
+    path = two_campaigns(tmp_path)
+    env = {**os.environ, "_BATCHGEN_COMPLETE": "bash_complete"}
+    env.pop("BATCHGEN_LEDGER", None)
+    if where == "environment":
+        env["BATCHGEN_LEDGER"] = str(path)
+    elif where == "--ledger before":
+        words = words.replace("batchgen ", f"batchgen --ledger {path} ", 1)
+    else:
+        command, _, rest = words.partition(" --campaign")
+        words = f"{command} --ledger {path} --campaign{rest}"
+    env["COMP_WORDS"] = words
+    env["COMP_CWORD"] = str(len(words.split()) - 1)
+    result = subprocess.run([sys.executable, "-m", "batchgen"], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.stdout.split() == ["plain,spring-launch", "plain,summer"], result.stderr
 
 
 # --- report tables fit 80 columns --------------------------------------------------------
