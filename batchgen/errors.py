@@ -26,8 +26,9 @@ class BatchgenError(Exception):
 
 
 class ManifestInvalid(BatchgenError):
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], campaign: str | None = None):
         self.problems = problems
+        self.campaign = campaign  # the campaign's name when the manifest gives a valid one
         super().__init__(f"{len(problems)} problem(s) in the manifest")
 
 

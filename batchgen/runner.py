@@ -5,6 +5,7 @@ end-of-run summary and exit code come from `summary.end_of_run`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -167,7 +168,7 @@ async def _run(
         options.ledger_option,
         campaigns,
         options.sandbox,
-        options.download_dir,
+        os.path.abspath(options.download_dir) if options.download_dir else None,  # in a message
         options.download_dir == DEFAULT_OUT,
         options.lost_after,
     )

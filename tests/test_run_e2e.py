@@ -351,7 +351,7 @@ def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_42
 
 
 def test_the_sandbox_demo_only_advises_commands_that_work(tmp_path):
-    """`batchgen run manifests/quickstart.yaml --sandbox`, as `batchgen -h` suggests: every
+    """`batchgen run manifests/quickstart.yaml --sandbox`, as the README suggests: every
     command its closing lines name works on the ledger it leaves (the in-process sandbox,
     and its result URLs, are gone by then)."""
     ledger = tmp_path / "ledger.db"
