@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
-from batchgen.keys import Redactor
+from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
@@ -339,19 +339,14 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool, as_j
     )
 
 
-def run_options(for_run: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options `run` and `resume` share (`for_run`: run's help, which knows --sandbox)."""
-    poll_default = "[default: 5; 0.2 with --sandbox]" if for_run else "[default: 5]"
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(_run_options(poll_default)):
-            command = option(command)
-        return command
-
-    return decorate
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `run` and `resume` share."""
+    for option in reversed(_run_options()):
+        command = option(command)
+    return command
 
 
-def _run_options(poll_default: str) -> list[Callable[..., Any]]:
+def _run_options() -> list[Callable[..., Any]]:
     return [
         click.option(
             "--concurrency",
@@ -364,7 +359,8 @@ def _run_options(poll_default: str) -> list[Callable[..., Any]]:
             "--poll-interval",
             type=click.FloatRange(min=0.01),
             default=None,
-            help=f"Shortest spacing between two polls of a task, in seconds {poll_default}.",
+            help="Shortest spacing between two polls of a task, in seconds "
+            "[default: 5; 0.2 with --sandbox].",
         ),
         click.option(
             "--retry-delay",
@@ -469,16 +465,20 @@ def _ledger_option(ctx: click.Context) -> str | None:
     return ledger_path(ctx) if given and ledger_path(ctx) != DEFAULT_PATH else None
 
 
-@cli.command()
-@manifest_argument
-@click.option(
+sandbox_option = click.option(
     "--sandbox",
     is_flag=True,
-    help="Run against a local simulated service with a demo key (no account).",
+    help="Run against a local simulated service with a demo key (no account); its tasks "
+    "are kept beside the ledger, so `resume --sandbox` goes on with them.",
 )
+
+
+@cli.command()
+@manifest_argument
+@sandbox_option
 @max_jobs_option
 @click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
-@run_options(for_run=True)
+@run_options
 @click.pass_context
 @reports_errors
 def run(
@@ -526,12 +526,14 @@ def run(
 
 @cli.command()
 @campaign_option
-@run_options(for_run=False)
+@sandbox_option
+@run_options
 @click.pass_context
 @reports_errors
 def resume(
     ctx: click.Context,
     campaigns: tuple[str, ...],
+    sandbox: bool,
     log_path: str | None,
     notify_urls: tuple[str, ...],
     **options: Any,
@@ -542,13 +544,14 @@ def resume(
     Examples:
         batchgen resume --campaign spring-launch
         batchgen resume --log night.log --notify ntfy://my-renders
+        batchgen resume --sandbox     # after an interrupted `run --sandbox`
     """
     from batchgen.companions import Companions
 
     companions = Companions.open("resume", log_path, notify_urls)  # before anything is sent
     companions.campaigns = list(campaigns)
     end = companions.watch(
-        lambda: _schedule(ctx, list(campaigns), "resume", companions, sandbox=False, **options)
+        lambda: _schedule(ctx, list(campaigns), "resume", companions, sandbox=sandbox, **options)
     )
     sys.exit(end.exit_code)
 
@@ -797,7 +800,7 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     "--key",
     "keys",
     multiple=True,
-    default=["okpk_sandbox_demo"],
+    default=[SANDBOX_KEY],
     show_default=True,
     metavar="KEY[=USD]",
     callback=_sandbox_keys,
@@ -865,6 +868,14 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     show_default=True,
     help="How a running task reports progress (see the README's sandbox section).",
 )
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Keep the tasks and balances in FILE, and start from it when it exists: they "
+    "outlive this process (tasks end on their own time meanwhile).",
+)
 @reports_errors
 def sandbox(port: int, keys: tuple[str, ...], balance: str, **knobs: Any) -> None:
     """Serve a local simulator of the okaypic API on 127.0.0.1, for tests and demos.
@@ -880,8 +891,12 @@ def sandbox(port: int, keys: tuple[str, ...], balance: str, **knobs: Any) -> Non
         batchgen sandbox --key okpk_a --key okpk_b=0.50   # 2 keys: okpk_b has $0.50
     """
     from batchgen.sandbox import main as sandbox_main
+    from batchgen.sandbox.state import StateUnusable
 
-    sandbox_main(port=port, keys=keys, balance_usd=balance, **knobs)
+    try:
+        sandbox_main(port=port, keys=keys, balance_usd=balance, **knobs)
+    except StateUnusable as e:
+        raise BatchgenError(str(e)) from None
 
 
 def main() -> None:

@@ -29,6 +29,9 @@ from urllib.parse import quote
 from batchgen.errors import AuthError
 
 KEY_VARIABLE = "OKAYPIC_API_KEY"
+# The sandbox's demo key (not a secret): what `run --sandbox` uses and `batchgen sandbox`
+# accepts unless told other keys.
+SANDBOX_KEY = "okpk_sandbox_demo"
 KEYS_VARIABLE = "OKAYPIC_API_KEYS"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 _HASH_LABEL = re.compile(r"key-[0-9a-f]{8}")

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchgen import catalog
+from batchgen import catalog, demo
 from batchgen.client import Client
 from batchgen.errors import AuthError
-from batchgen.keys import ApiKey, api_keys, label, source
+from batchgen.keys import ApiKey, source
 from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
 from batchgen.progress import Display, LogFile, Snapshot, make_display
 from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
@@ -34,8 +34,6 @@ from batchgen.summary import (
 if TYPE_CHECKING:
     from batchgen.download import Downloader
 
-SANDBOX_KEY = "okpk_sandbox_demo"
-SANDBOX_TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
 SANDBOX_POLL_INTERVAL = 0.2
 
 
@@ -59,26 +57,14 @@ class RunOptions:
 
 @contextmanager
 def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, list[ApiKey]]]:
-    """(base URL, keys): the in-process sandbox with its demo key, or the real service
-    with the keys from the environment."""
+    """(base URL, keys): the ledger's in-process sandbox with its demo key (its tasks
+    outlive this process: demo.py), or the real service with the keys from the
+    environment."""
     if not options.sandbox:
-        yield (options.base_url or catalog.load().base_url), api_keys()
+        yield (options.base_url or catalog.load().base_url), demo.keys_for(ledger_path)
         return
-    from batchgen.sandbox import Sandbox, SandboxConfig, serve
-
-    # Seeded by the attempts the ledger already holds: the same files for the same history,
-    # and a later run on the ledger (say after `retry --rejected`) never repeats a task id.
-    reader = Ledger.read_only(ledger_path)
-    try:
-        seed = reader.attempt_count()
-    finally:
-        reader.close()
-    served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE, seed=seed)))
-    print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
-    try:
-        yield served.base_url, [ApiKey(label(SANDBOX_KEY), SANDBOX_KEY)]
-    finally:
-        served.stop()
+    with demo.sandbox_beside(ledger_path) as base_url:
+        yield base_url, [demo.KEY]
 
 
 def run_ledger(

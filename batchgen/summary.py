@@ -93,6 +93,11 @@ class Closing:
                 parts += ["--campaign", name]
         return "`" + shlex.join(parts) + "`"
 
+    def resume(self) -> str:
+        """The command that goes on with the run: in the sandbox again after a sandbox run
+        (its tasks are kept beside the ledger)."""
+        return self.command_line("resume", *(["--sandbox"] if self.sandbox else []))
+
 
 @dataclass(frozen=True)
 class EndOfRun:
@@ -133,7 +138,7 @@ def end_of_run(
             f"answers the ledger could not record yet are kept in {facts.recovery_file}: "
             "the next batchgen command on this ledger records them first"
         )
-    resume = closing.command_line("resume")
+    resume = closing.resume()
     code, why, advice = EXIT_OK, "all jobs completed", []
     if summary.stopped_for == "interrupted":
         code, why = EXIT_INTERRUPTED, "interrupted"
@@ -270,7 +275,7 @@ def _unpolled_advice(summary: Summary, closing: Closing) -> str:
     return (
         f"tasks created with key(s) {', '.join(labels)} are polled only with that key under "
         f"the same label: give it again in OKAYPIC_API_KEYS ({ways}), then "
-        f"{closing.command_line('resume')}"
+        f"{closing.resume()}"
     )
 
 
@@ -307,7 +312,7 @@ def _held_advice(facts: LedgerFacts, closing: Closing) -> list[str]:
     if lost:
         lines.append(
             f"{lost} job(s) lost: their task gave no usable answer for over "
-            f"{format_duration(closing.lost_after)}; {closing.command_line('resume')} polls "
+            f"{format_duration(closing.lost_after)}; {closing.resume()} polls "
             f"them once more, {closing.command_line('retry', '--unknown')} submits them anew"
         )
     if held > lost:

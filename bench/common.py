@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SANDBOX_KEY = "okpk_sandbox_demo"
+from batchgen.keys import SANDBOX_KEY as SANDBOX_KEY  # noqa: E402  (once the path is set)
 
 
 def cpu_model() -> str:

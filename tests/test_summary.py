@@ -4,6 +4,8 @@ the title and the lines shown on the screen, written to the log and sent as the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from batchgen.scheduler import Summary
@@ -84,6 +86,22 @@ def test_interrupted_exits_130_with_the_exact_command_that_goes_on():
     assert end.lines[-1] == (
         "interrupted: run `batchgen resume --campaign spring` to go on (tasks in flight are kept)"
     )
+
+
+@pytest.mark.parametrize(
+    "stopped, counted",
+    [("interrupted", {}), ("unreachable", {}), (None, {"queued": 2}), (None, {"held": 1})],
+)
+def test_a_sandbox_run_is_resumed_in_the_sandbox(stopped, counted):
+    """Its tasks are kept beside the ledger: `resume --sandbox` polls them; plain `resume`
+    has no key for them."""
+    end = end_of_run(
+        facts(counts=counts(**counted), lost=counted.get("held", 0)),
+        Summary(stopped_for=stopped, message="cannot reach the service"),
+        dataclasses.replace(RUN, sandbox=True),
+    )
+    assert "`batchgen resume --sandbox --campaign spring`" in end.lines[-1]
+    assert "`batchgen resume --campaign" not in end.body
 
 
 def test_interrupted_wins_over_failed_jobs_and_work_remaining():

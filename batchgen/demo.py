@@ -1,0 +1,84 @@
+"""The in-process sandbox of `run --sandbox` and `resume --sandbox` (PRODUCT.md §8): a
+simulated service with the demo key, served on 127.0.0.1 for as long as the run lasts.
+
+Its state is kept beside the ledger (`LEDGER.sandbox.json`, sandbox/state.py), so its
+tasks outlive the process that ran them: stopped by Ctrl-C or a crash, the run goes on
+with `resume --sandbox` (or `run --sandbox` again), which polls the same tasks; they went
+on meanwhile, as a real service's would.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from batchgen.errors import AuthError, LedgerError
+from batchgen.keys import KEY_VARIABLE, SANDBOX_KEY, ApiKey, api_keys, given, label
+from batchgen.ledger import Ledger
+
+TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
+STATE_SUFFIX = ".sandbox.json"
+KEY = ApiKey(label(SANDBOX_KEY), SANDBOX_KEY)
+
+
+def state_path(ledger_path: str) -> Path:
+    """Where the sandbox of this ledger keeps its state: beside it."""
+    ledger = Path(ledger_path)
+    return ledger.with_name(ledger.name + STATE_SUFFIX)
+
+
+@contextmanager
+def sandbox_beside(ledger_path: str) -> Iterator[str]:
+    """Serve the ledger's sandbox, from its saved state if any, while the block runs; its
+    base URL. LedgerError when the state beside the ledger cannot be used."""
+    from batchgen.sandbox import Sandbox, SandboxConfig, serve
+    from batchgen.sandbox.state import StateUnusable
+
+    # A sandbox without a saved state is seeded by the attempts the ledger already holds:
+    # the same files for the same history, and on an older ledger (or one whose state was
+    # removed) no task id of its attempts is handed out again. A saved state keeps its seed.
+    reader = Ledger.read_only(ledger_path)
+    try:
+        seed = reader.attempt_count()
+    finally:
+        reader.close()
+    state = state_path(ledger_path)
+    try:
+        sandbox = Sandbox(SandboxConfig(time_scale=TIME_SCALE, seed=seed), state=state)
+    except StateUnusable as e:
+        raise LedgerError(
+            f"{e}: move it away to start the sandbox afresh (the tasks it held are then lost)"
+        ) from None
+    served = serve(sandbox)
+    print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
+    try:
+        yield served.base_url
+    finally:
+        served.stop()
+
+
+def keys_for(ledger_path: str) -> list[ApiKey]:
+    """The keys from the environment (`keys.api_keys`). With none given, on a ledger whose
+    attempts the demo key made, the error says how to go on: in the sandbox."""
+    try:
+        return api_keys()
+    except AuthError:
+        if given() or not _made_by_demo_key(ledger_path):
+            raise
+    raise AuthError(
+        f"{KEY_VARIABLE} is missing, and this ledger's jobs were run in the sandbox (with "
+        "its demo key): add --sandbox to go on with them there"
+    )
+
+
+def _made_by_demo_key(ledger_path: str) -> bool:
+    try:
+        reader = Ledger.read_only(ledger_path)
+    except LedgerError:
+        return False  # the missing key is said first
+    try:
+        return any(use.label == KEY.label for use in reader.key_use())
+    finally:
+        reader.close()
