@@ -65,7 +65,7 @@ def keys_for(ledger_path: str) -> list[ApiKey]:
     try:
         return api_keys()
     except AuthError:
-        if given() or not _made_by_demo_key(ledger_path):
+        if given() or not _in_sandbox(ledger_path):
             raise
     raise AuthError(
         f"{KEY_VARIABLE} is missing, and this ledger's jobs were run in the sandbox (with "
@@ -73,12 +73,19 @@ def keys_for(ledger_path: str) -> list[ApiKey]:
     )
 
 
-def _made_by_demo_key(ledger_path: str) -> bool:
+def in_sandbox(ledger: Ledger, campaigns: list[str] | None = None) -> bool:
+    """Whether the ledger's work goes on in the sandbox: the demo key has tasks in flight,
+    or made every attempt (a ledger that went on with a real key after a demo does not)."""
+    uses = ledger.key_use(campaigns)
+    return any(u.label == KEY.label and (u.in_flight or len(uses) == 1) for u in uses)
+
+
+def _in_sandbox(ledger_path: str) -> bool:
     try:
         reader = Ledger.read_only(ledger_path)
     except LedgerError:
         return False  # the missing key is said first
     try:
-        return any(use.label == KEY.label for use in reader.key_use())
+        return in_sandbox(reader)
     finally:
         reader.close()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from batchgen import demo
 from batchgen.durations import elapsed as duration_text
 from batchgen.ledger import Ledger
 from batchgen.ledger.reads import UNLABELLED
@@ -217,12 +218,15 @@ def _next_steps(
         )
     waiting = sum(n for reason, n in reasons.items() if reason not in ("balance", "budget"))
     unfinished = waiting + counts["running"] + counts["submitting"]
+    resume = (
+        "`batchgen resume --sandbox`" if demo.in_sandbox(ledger, scope) else "`batchgen resume`"
+    )
     if unfinished and not runners:
-        steps.append(f"{unfinished} job(s) unfinished: `batchgen resume` goes on with them")
+        steps.append(f"{unfinished} job(s) unfinished: {resume} goes on with them")
     lost = ledger.held_reasons(scope).get("lost", 0) if counts["held"] else 0
     if lost:
         steps.append(
-            f"{lost} lost task(s): `batchgen resume` polls them once more and takes back "
+            f"{lost} lost task(s): {resume} polls them once more and takes back "
             "those that answer; `batchgen retry --unknown` submits them anew"
         )
     if counts["held"] > lost:

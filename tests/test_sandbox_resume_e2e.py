@@ -119,6 +119,8 @@ def test_after_kill_9_a_sandbox_run_goes_on_with_resume_sandbox(tmp_path):
 
 def test_resume_without_sandbox_on_a_sandbox_ledger_says_to_add_sandbox(tmp_path):
     ledger, _, advised = interrupted_demo(tmp_path)
+    status = batchgen("status", ledger=ledger)
+    assert "`batchgen resume --sandbox` goes on with them" in status.stdout
 
     without = batchgen("resume", "--campaign", "demo", ledger=ledger)
     assert without.returncode == 4  # no key: PRODUCT §7
