@@ -211,6 +211,10 @@ class Sandbox:
             pattern = re.escape(template).replace(re.escape("{task_id}"), r"(?P<task_id>[^/]+)")
             self._poll_routes.append((re.compile(f"^{pattern}$"), kind, f"GET {template}"))
         self._save_failed = False
+        # Each task and money event as the state file spells it, made once: a task by
+        # (task id, whether settled), the money events in order (they are only appended).
+        self._encoded_tasks: dict[str, tuple[bool, str]] = {}
+        self._encoded_money: list[str] = []
         if saved is not None:
             self._restore(saved)
 
@@ -545,15 +549,17 @@ class Sandbox:
         if self._state_path is None:
             return
         saved = state_file.SavedState(
-            seed=self.config.seed,
-            submits=self._dice.submits,
-            balances=dict(self._balances),
-            peak_active=dict(self._peak),
-            tasks=[asdict(task) for task in self._tasks.values()],
-            money=[asdict(event) for event in self._money],
+            self.config.seed, self._dice.submits, dict(self._balances), dict(self._peak)
         )
+        for task in self._tasks.values():
+            settled, _ = self._encoded_tasks.get(task.task_id, (None, ""))
+            if settled is not task.settled:
+                self._encoded_tasks[task.task_id] = (task.settled, state_file.encode(asdict(task)))
+        for event in self._money[len(self._encoded_money) :]:
+            self._encoded_money.append(state_file.encode(asdict(event)))
+        tasks = [self._encoded_tasks[task_id][1] for task_id in self._tasks]
         try:
-            state_file.write(self._state_path, saved)
+            state_file.write(self._state_path, saved, tasks, self._encoded_money)
         except OSError as e:
             if not self._save_failed:
                 print(

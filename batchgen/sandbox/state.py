@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,25 @@ def read(path: Path) -> SavedState | None:
         raise StateUnusable(f"{path}: not a usable sandbox state ({e})") from None
 
 
-def write(path: Path, state: SavedState) -> None:
-    """Replace the file at `path` by `state` atomically (OSError when it cannot be written).
-    Not synced to the disk: it is a process dying that the file must survive."""
-    data = {"format": FORMAT, "version": VERSION, **state.__dict__}
+def encode(record: dict[str, Any]) -> str:
+    """One task or money event as the file spells it."""
+    return json.dumps(record, separators=(",", ":"))
+
+
+def write(path: Path, state: SavedState, tasks: Sequence[str], money: Sequence[str]) -> None:
+    """Replace the file at `path` atomically (OSError when it cannot be written) by `state`
+    with these tasks and money events, each already `encode`d: a sandbox encodes a task
+    once, not at every save (`state.tasks` and `state.money` are not read). Not synced to
+    the disk: it is a process dying that the file must survive."""
+    head = {
+        "format": FORMAT,
+        "version": VERSION,
+        "seed": state.seed,
+        "submits": state.submits,
+        "balances": state.balances,
+        "peak_active": state.peak_active,
+    }
+    text = f'{encode(head)[:-1]},"tasks":[{",".join(tasks)}],"money":[{",".join(money)}]}}'
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
