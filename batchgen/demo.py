@@ -4,11 +4,14 @@ simulated service with the demo key, served on 127.0.0.1 for as long as the run 
 Its state is kept beside the ledger (`LEDGER.sandbox.json`, sandbox/state.py), so its
 tasks outlive the process that ran them: stopped by Ctrl-C or a crash, the run goes on
 with `resume --sandbox` (or `run --sandbox` again), which polls the same tasks; they went
-on meanwhile, as a real service's would.
+on meanwhile, as a real service's would. Several runners may share a ledger, but its
+sandbox is one process's at a time: another one, started from the same state, would not
+know the tasks this one creates.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +23,7 @@ from batchgen.ledger import Ledger
 
 TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
 STATE_SUFFIX = ".sandbox.json"
+LOCK_SUFFIX = ".sandbox.lock"
 KEY = ApiKey(label(SANDBOX_KEY), SANDBOX_KEY)
 
 
@@ -30,9 +34,38 @@ def state_path(ledger_path: str) -> Path:
 
 
 @contextmanager
+def _held(ledger_path: str) -> Iterator[None]:
+    """Hold the ledger's sandbox for this process while the block runs (a lock file beside
+    the ledger, let go of when the process ends, however it ends). LedgerError when
+    another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): one sandbox run at a time is then
+        yield  # the user's to keep
+        return
+    ledger = Path(ledger_path)
+    with open(ledger.with_name(ledger.name + LOCK_SUFFIX), "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise LedgerError(
+                f"the sandbox of {ledger_path} is served by another batchgen process (pid "
+                f"{holder}): a ledger has one sandbox; go on once that run has ended"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+@contextmanager
 def sandbox_beside(ledger_path: str) -> Iterator[str]:
     """Serve the ledger's sandbox, from its saved state if any, while the block runs; its
-    base URL. LedgerError when the state beside the ledger cannot be used."""
+    base URL. LedgerError when the state beside the ledger cannot be used, or another
+    process serves this ledger's sandbox."""
     from batchgen.sandbox import Sandbox, SandboxConfig, serve
     from batchgen.sandbox.state import StateUnusable
 
@@ -44,19 +77,22 @@ def sandbox_beside(ledger_path: str) -> Iterator[str]:
         seed = reader.attempt_count()
     finally:
         reader.close()
-    state = state_path(ledger_path)
-    try:
-        sandbox = Sandbox(SandboxConfig(time_scale=TIME_SCALE, seed=seed), state=state)
-    except StateUnusable as e:
-        raise LedgerError(
-            f"{e}: move it away to start the sandbox afresh (the tasks it held are then lost)"
-        ) from None
-    served = serve(sandbox)
-    print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
-    try:
-        yield served.base_url
-    finally:
-        served.stop()
+    with _held(ledger_path):
+        try:
+            config = SandboxConfig(time_scale=TIME_SCALE, seed=seed)
+            sandbox = Sandbox(config, state=state_path(ledger_path))
+        except StateUnusable as e:
+            raise LedgerError(
+                f"{e}: move it away to start the sandbox afresh (the tasks it held are then lost)"
+            ) from None
+        served = serve(sandbox)
+        print(
+            f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr
+        )
+        try:
+            yield served.base_url
+        finally:
+            served.stop()
 
 
 def keys_for(ledger_path: str) -> list[ApiKey]:

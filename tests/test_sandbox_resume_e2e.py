@@ -128,6 +128,21 @@ def test_resume_without_sandbox_on_a_sandbox_ledger_says_to_add_sandbox(tmp_path
     assert batchgen(*shlex.split(advised)[1:], ledger=ledger, timeout=60).returncode == 0
 
 
+def test_a_second_sandbox_runner_on_the_ledger_is_refused_while_the_first_serves_it(tmp_path):
+    """Several runners may share a ledger, but not its sandbox: a second one, loaded from
+    the same state, would not know the tasks the first creates."""
+    ledger, manifest = tmp_path / "l.db", grok_batch(tmp_path / "m.yaml", JOBS, "demo")
+    first = spawn("run", str(manifest), "--sandbox", ledger=ledger)
+    watch = StderrWatch(first)
+    wait_for(lambda: tasks_running(ledger) > 0, what="tasks running")
+
+    second = batchgen("resume", "--sandbox", ledger=ledger)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"served by another batchgen process (pid {first.pid})" in second.stderr
+    assert first.wait(timeout=60) == 0, watch.text()
+    assert_finished_once(ledger)
+
+
 def test_a_sandbox_state_that_is_not_one_stops_the_run_naming_the_file(tmp_path):
     ledger, manifest = tmp_path / "l.db", grok_batch(tmp_path / "m.yaml", 1, "demo")
     state_path(ledger).write_text("{garbage")
