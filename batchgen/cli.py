@@ -587,11 +587,12 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
 @campaign_option
 @click.option(
     "--by",
-    type=click.Choice(["campaign", "model", "tag", "status", "key", "verdict"]),
+    type=click.Choice(["campaign", "model", "tag", "status", "key", "verdict", "reviewer"]),
     default="campaign",
     show_default=True,
     help="Group rows by this (key: the API key's label; money by the key each attempt "
-    "was sent with, jobs by their latest attempt's key).",
+    "was sent with, jobs by their latest attempt's key; reviewer: who gave the verdict "
+    "on each job's current result).",
 )
 @click.option(
     "--format",
@@ -606,7 +607,8 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
     "per_job",
     is_flag=True,
     help="One row per attempt (a job never sent: one row) with its job, task id, key label, "
-    "unit price, its own cost, files and verdict; JSON: each job with its attempts.",
+    "unit price, its own cost, files and verdict; JSON: each job with its attempts, and its "
+    "verdict's reviewer.",
 )
 @click.pass_context
 @reports_errors
@@ -754,23 +756,50 @@ def retry(
     envvar="BATCHGEN_OUT",
     help="The folder the result files were saved in (env BATCHGEN_OUT).",
 )
+@click.option(
+    "--share",
+    is_flag=True,
+    help="Also listen on --bind and print a link with an access token, for a teammate on "
+    "another machine; without the token that address answers nothing but a refusal.",
+)
+@click.option(
+    "--bind",
+    metavar="HOST[:PORT]",
+    default=None,
+    help="With --share: where to listen (default 0.0.0.0, every interface, on the port "
+    "after --port; PORT 0: any free one).",
+)
 @click.pass_context
 @reports_errors
-def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: str) -> None:
-    """The morning review: a local web page of the results, to approve or reject each.
+def review(
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    port: int,
+    out_dir: str,
+    share: bool,
+    bind: str | None,
+) -> None:
+    """The morning review: a web page of the results, to approve or reject each.
 
-    Serves on 127.0.0.1 only. Results are grouped by campaign and prompt, so the takes
-    and models of one prompt sit side by side; keys j/k move, a approves, r rejects
-    (with an optional note), ? lists the rest. Only verdicts and notes are written.
+    Serves on 127.0.0.1 only; with --share also on another address, behind an access token
+    carried by the link it prints. Results are grouped by campaign and prompt, so the takes
+    and models of one prompt sit side by side; Enter opens one at full size, j/k move,
+    a approves, r rejects (with an optional note), p pins one to compare, ? lists the
+    rest. Only verdicts, notes and reviewer names are written.
 
     \b
     Example:
         batchgen review            # then open http://127.0.0.1:8766/
+        batchgen review --share    # and send the printed link to a teammate
         batchgen retry --rejected && batchgen resume
     """
+    from batchgen.review import DEFAULT_BIND, parse_bind
     from batchgen.review import main as review_main
 
-    review_main(ledger_path(ctx), list(campaigns), out_dir, port)
+    if bind is not None and not share:
+        raise click.UsageError("--bind goes with --share")
+    shared = parse_bind(bind or DEFAULT_BIND, port) if share else None
+    review_main(ledger_path(ctx), list(campaigns), out_dir, port, shared)
 
 
 def _sandbox_keys(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:

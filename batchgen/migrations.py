@@ -805,6 +805,25 @@ def m010_runners(db: sqlite3.Connection) -> None:
     )
 
 
+def m011_reviewers(db: sqlite3.Connection) -> None:
+    """Who gave each verdict (PRODUCT §12): the name a reviewer gives once per browser.
+    Verdicts recorded before keep NULL (nobody named); `current_verdicts` shows it too."""
+    _run_script(
+        db,
+        """
+    ALTER TABLE verdicts ADD COLUMN reviewer TEXT;
+    CREATE INDEX verdicts_by_reviewer ON verdicts (reviewer);
+    DROP VIEW current_verdicts;
+    CREATE VIEW current_verdicts AS
+        SELECT v.campaign, v.job_id, v.task_id, v.attempt_id, v.verdict, v.note, v.at,
+            v.reviewer
+        FROM verdicts v
+        WHERE v.id = (SELECT MAX(w.id) FROM verdicts w WHERE w.campaign = v.campaign
+                      AND w.job_id = v.job_id AND w.task_id = v.task_id);
+    """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_observed_times,
@@ -815,6 +834,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m007_key_labels,
     m008_exact_dollar_views,
     m010_runners,
+    m011_reviewers,
 ]
 
 

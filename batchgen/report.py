@@ -89,6 +89,7 @@ JOB_COLUMNS = (
     "files",
     "verdict",  # of its current result (PRODUCT §12)
     "note",
+    "reviewer",  # who gave that verdict (null: nobody named)
 )
 # `report --jobs --format csv`: one row per attempt (a job without one: one row of zeros),
 # the job it belongs to, then the attempt with its own money only, never the job's, so
@@ -213,6 +214,7 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
             "files": files[-1] if files else [],
             "verdict": first["job_verdict"],
             "note": first["job_note"],
+            "reviewer": first["job_reviewer"],
             "attempts": [
                 {
                     "number": number,
@@ -421,7 +423,7 @@ def _groups_table(
 def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
     """One row per attempt with its own money, like the CSV (a job without one: one row)."""
     headers = ("campaign/job", "model", "status", "#", "started", "state", "task", "spent",
-               "in flight", "unknown", "refunded", "error", "verdict")  # fmt: skip
+               "in flight", "unknown", "refunded", "error", "verdict", "reviewer")  # fmt: skip
     cells: list[list[str]] = [[] for _ in headers]
     for job in jobs:
         name = f"{job['campaign']}/{job['id']}"
@@ -438,6 +440,8 @@ def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
                 *(("$" + a[m]) if a else "$0.00" for m in MONEY.values()),
                 (a["error"] or "") if a else "",
                 (a["verdict"] or "") if a else "",
+                # who judged the job's current result, on the attempt that made it
+                (job["reviewer"] or "") if a and a["task_id"] == job["task_id"] else "",
             ]
             for column, value in zip(cells, values, strict=True):
                 column.append(value)
@@ -453,7 +457,7 @@ def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
     table, dropped = _fitted_table(
         columns,
         width,
-        when_zero=["refunded", "in flight", "unknown", "error", "verdict"],
+        when_zero=["refunded", "in flight", "unknown", "error", "verdict", "reviewer"],
         when_narrow=["started", "task", "model", "error"],
     )
     out = io.StringIO()

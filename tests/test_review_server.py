@@ -1,33 +1,44 @@
-"""The review server (PRODUCT §12) over real HTTP on 127.0.0.1: its JSON, verdicts, the
-protection of its one write against other web pages, and which files it serves (only the
-ledger's, only inside the files folder, with byte ranges)."""
+"""The review server (PRODUCT §12): its JSON, verdicts and who gave them, the protection
+of its one write against other web pages, which files it serves (only the ledger's, only
+inside the files folder, with byte ranges), the shared address behind its access token,
+and malformed requests answered with a 4xx while it goes on serving.
+
+Most tests talk to the application in process, through Starlette's test client, as if
+over 127.0.0.1:LOCAL (or the shared address); the command's own tests run the real
+`batchgen review` process over real HTTP."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
-from batchgen.review import open_review
-from batchgen.review.files import byte_range, locate
-from batchgen.review.server import ReviewServer
+from batchgen.review import open_review, parse_bind
+from batchgen.review.files import locate
+from batchgen.review.server import Guard, Review, build_app
 from tests.e2e import command_env
 from tests.test_report import CDN, complete, grok, image, make_ledger, start
 
 VIDEO = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8  # 2,060 bytes
+LOCAL = 8766  # the port the in-process client pretends to reach
+SHARED = 8767
+TOKEN = "the-access-token"
+ME = "Ada"
 
 
 @pytest.fixture
@@ -55,45 +66,58 @@ def folder(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@contextmanager
+def in_process(path: Path, out: str | Path, address: str = f"127.0.0.1:{LOCAL}"):
+    """The review application over the ledger at `path`, reached through the test client
+    at `address` (LOCAL: the loopback listener; SHARED: the shared one, token TOKEN)."""
+    ledger = Ledger(path, create=False)
+    guard = Guard(local_port=LOCAL, shared_port=SHARED, token=TOKEN, names={"studio-pc"})
+    app = build_app(Review(ledger, [], out), guard)
+    try:
+        with TestClient(app, base_url=f"http://{address}") as client:
+            yield client
+    finally:
+        ledger.close()
+
+
 @pytest.fixture
-def server(folder) -> Iterator[ReviewServer]:
-    review = open_review(folder / "l.db", [], "out")
-    thread = threading.Thread(target=review.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield review
-    review.shutdown()
-    review.server_close()
-    review.ledger.close()
-    thread.join()
+def server(folder) -> Iterator[TestClient]:
+    with in_process(folder / "l.db", "out") as client:
+        yield client
 
 
-def page(server: ReviewServer) -> httpx.Client:
-    """A client that behaves like the review page's own scripts."""
-    return httpx.Client(base_url=server.url, headers={"Origin": server.url.rstrip("/")})
+def origin(client: TestClient) -> str:
+    return str(client.base_url).rstrip("/")
 
 
-def results(server: ReviewServer) -> dict:
-    answer = httpx.get(server.url + "api/results")
+def results(server: TestClient) -> dict:
+    answer = server.get("/api/results")
     assert answer.status_code == 200
     return answer.json()
 
 
-def cards(server: ReviewServer) -> dict[str, dict]:
+def cards(server: TestClient) -> dict[str, dict]:
     return {r["id"]: r for g in results(server)["groups"] for r in g["results"]}
 
 
-def verdict(server: ReviewServer, job_id: str, value: str | None, note: str | None = None):
+def verdict(
+    server: TestClient,
+    job_id: str,
+    value: str | None,
+    note: str | None = None,
+    reviewer: str | None = ME,
+):
     task_id = cards(server)[job_id]["task_id"]
-    body = {"campaign": "c", "job_id": job_id, "task_id": task_id, "verdict": value, "note": note}
-    with page(server) as client:
-        return client.post("/api/verdict", json=body)
+    body = {"campaign": "c", "job_id": job_id, "task_id": task_id, "verdict": value, "note": note,
+            "reviewer": reviewer}  # fmt: skip
+    return server.post("/api/verdict", json=body, headers={"Origin": origin(server)})
 
 
 # -- the page and its JSON --------------------------------------------------------------------
 
 
 def test_the_page_loads_nothing_from_outside_and_says_so_in_its_policy(server):
-    answer = httpx.get(server.url)
+    answer = server.get("/")
     assert answer.status_code == 200 and "text/html" in answer.headers["content-type"]
     policy = answer.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
@@ -102,7 +126,7 @@ def test_the_page_loads_nothing_from_outside_and_says_so_in_its_policy(server):
         assert not re.search(r"(src|href)=\"?(https?:)?//", text), name
         assert "@import" not in text and "url(" not in text, name
     for asset in ("review.css", "review.js"):
-        assert httpx.get(server.url + asset).status_code == 200
+        assert server.get("/static/" + asset).status_code == 200
 
 
 def test_results_are_grouped_by_prompt_with_local_files_and_remote_ones_marked(server):
@@ -131,14 +155,14 @@ def test_results_are_grouped_by_prompt_with_local_files_and_remote_ones_marked(s
 
 def test_results_answer_unchanged_until_the_ledger_changes_then_show_the_change(server, folder):
     version = results(server)["version"]
-    same = httpx.get(server.url + "api/results", params={"since": version}).json()
+    same = server.get("/api/results", params={"since": version}).json()
     assert same == {"version": version, "unchanged": True}
 
     ledger = Ledger(folder / "l.db", create=False)  # a run, still filling the ledger
     job = next(j for j in ledger.unfinished_jobs(["c"]) if j.id == "later")
     ledger.task_completed(job, [f"{CDN}/later.mp4"])
     ledger.close()
-    changed = httpx.get(server.url + "api/results", params={"since": version}).json()
+    changed = server.get("/api/results", params={"since": version}).json()
     assert changed["version"] != version
     assert {r["id"]: r["status"] for g in changed["groups"] for r in g["results"]}["later"] == (
         "completed"
@@ -148,7 +172,7 @@ def test_results_answer_unchanged_until_the_ledger_changes_then_show_the_change(
 def test_a_verdict_given_here_changes_the_version_so_the_page_shows_it(server):
     version = results(server)["version"]
     assert verdict(server, "a2", "approved").status_code == 200
-    after = httpx.get(server.url + "api/results", params={"since": version}).json()
+    after = server.get("/api/results", params={"since": version}).json()
     assert after["version"] != version and after["counts"]["approved"] == 1
 
 
@@ -156,7 +180,7 @@ def test_a_verdict_given_here_changes_the_version_so_the_page_shows_it(server):
 
 
 @pytest.fixture
-def many(tmp_path) -> Iterator[ReviewServer]:
+def many(tmp_path) -> Iterator[TestClient]:
     """Two campaigns: `a-old` (5 jobs, ingested first: 3 completed, one approved) and
     `z-new` (7 jobs, ingested later: 2 completed, tagged, one rejected)."""
     path = tmp_path / "l.db"
@@ -175,20 +199,14 @@ def many(tmp_path) -> Iterator[ReviewServer]:
         task = ledger.conn.execute(
             "SELECT task_id FROM jobs WHERE campaign = ? AND id = ?", (campaign, job_id)
         ).fetchone()[0]
-        ledger.record_verdict(campaign, job_id, task, value, None)
+        ledger.record_verdict(campaign, job_id, task, value, None, reviewer=f"{value} person")
     ledger.close()
-    review = open_review(path, [], tmp_path / "out")
-    thread = threading.Thread(target=review.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield review
-    review.shutdown()
-    review.server_close()
-    review.ledger.close()
-    thread.join()
+    with in_process(path, tmp_path / "out") as client:
+        yield client
 
 
-def ask(server: ReviewServer, **params: Any) -> dict:
-    answer = httpx.get(server.url + "api/results", params=params)
+def ask(server: TestClient, **params: Any) -> dict:
+    answer = server.get("/api/results", params=params)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -202,6 +220,7 @@ def test_results_come_a_page_at_a_time_the_newest_campaign_first(many):
     assert ids(first) == {"new-0", "new-1", "new-2", "new-3"}
     assert (first["shown"], first["more"], first["total_jobs"]) == (4, True, 12)
     assert first["campaigns"] == ["a-old", "z-new"]
+    assert first["reviewers"] == ["approved person", "rejected person"]
     assert "grok-video-3" in first["models"]
     more = ask(many, limit=9)
     assert ids(more) == {*(f"new-{i}" for i in range(7)), "old-0", "old-1"}
@@ -238,6 +257,8 @@ def test_a_page_without_a_limit_has_the_first_two_hundred(many):
         ({"q": "LIGHTHOUSE 1"}, {"new-1", "new-3", "new-5"}),
         ({"q": "old-4"}, {"old-4"}),
         ({"model": "jimeng-5.0"}, set()),
+        ({"reviewer": "approved person"}, {"old-0"}),
+        ({"reviewer": "nobody"}, set()),
         ({"status": "queued", "limit": 3}, {"new-2", "new-3", "new-4"}),
     ],
 )
@@ -249,22 +270,46 @@ def test_the_server_filters_before_it_pages(many, filters, expected):
 
 @pytest.mark.parametrize("limit", ["0", "2001", "ten", "-1"])
 def test_a_limit_out_of_range_is_refused(many, limit):
-    answer = httpx.get(many.url + "api/results", params={"limit": limit})
+    answer = many.get("/api/results", params={"limit": limit})
     assert answer.status_code == 400 and "limit" in answer.json()["error"]
 
 
 # -- verdicts -------------------------------------------------------------------------------
 
 
-def test_a_verdict_from_the_page_is_stored_and_shown(server, folder):
+def test_a_verdict_from_the_page_is_stored_with_who_gave_it_and_shown(server, folder):
     answer = verdict(server, "a1", "rejected", "wrong colour")
     assert answer.status_code == 200
     assert answer.json()["verdict"] == "rejected" and answer.json()["note"] == "wrong colour"
-    assert verdict(server, "a2", "approved").status_code == 200
+    assert answer.json()["reviewer"] == ME
+    assert verdict(server, "a2", "approved", reviewer="  Grace ").status_code == 200
     by_id = cards(server)
     assert (by_id["a1"]["verdict"], by_id["a1"]["note"]) == ("rejected", "wrong colour")
+    assert (by_id["a1"]["reviewer"], by_id["a2"]["reviewer"]) == (ME, "Grace")
     assert by_id["a2"]["verdict"] == "approved"
     assert results(server)["counts"] == {"approved": 1, "rejected": 1, "unreviewed": 3}
+    assert results(server)["reviewers"] == [ME, "Grace"]
+
+
+def test_a_results_history_of_verdicts_and_reviewers_is_shown_newest_first(server):
+    verdict(server, "a1", "approved", reviewer="Grace")
+    verdict(server, "a1", "rejected", "too dark", reviewer=ME)
+    history = cards(server)["a1"]["history"]
+    assert [(h["verdict"], h["note"], h["reviewer"]) for h in history] == [
+        ("rejected", "too dark", ME),
+        ("approved", None, "Grace"),
+    ]
+    assert all(h["at"] for h in history) and cards(server)["a2"]["history"] == []
+
+
+@pytest.mark.parametrize("reviewer", [None, "", "   ", "(unreviewed)", "x" * 61, "a\tb", 7])
+def test_a_verdict_without_a_proper_reviewer_name_is_refused(server, reviewer):
+    task_id = cards(server)["a1"]["task_id"]
+    body = {"campaign": "c", "job_id": "a1", "task_id": task_id, "verdict": "approved",
+            "reviewer": reviewer}  # fmt: skip
+    answer = server.post("/api/verdict", json=body, headers={"Origin": origin(server)})
+    assert answer.status_code == 400 and "reviewer" in answer.json()["error"]
+    assert cards(server)["a1"]["verdict"] is None
 
 
 def test_the_server_writes_nothing_but_verdicts(server, folder):
@@ -283,7 +328,7 @@ def test_the_server_writes_nothing_but_verdicts(server, folder):
     results(server)
     verdict(server, "a1", "approved", "ok")
     verdict(server, "a1", None)
-    httpx.get(server.url + "files/c/a1/0")
+    server.get("/files/c/a1/0")
     assert everything_else() == before
 
 
@@ -293,19 +338,23 @@ def test_the_server_writes_nothing_but_verdicts(server, folder):
         ({}, 403),  # no Origin: not the page
         ({"Origin": "https://evil.example"}, 403),
         ({"Origin": "null"}, 403),
+        ({"Origin": f"http://localhost:{LOCAL}"}, 403),  # another origin than the Host's
         ({"Origin": "SELF", "Sec-Fetch-Site": "cross-site"}, 403),
         ({"Origin": "SELF", "Content-Type": "text/plain"}, 415),  # what a <form> can send
         ({"Origin": "SELF", "Content-Type": "application/x-www-form-urlencoded"}, 415),
         ({"Origin": "SELF", "Host": "evil.example:80"}, 421),  # DNS rebinding
+        ({"Origin": "http://evil.example", "Host": f"evil.example:{LOCAL}"}, 421),
     ],
 )
 def test_a_verdict_from_anywhere_but_the_page_is_refused(server, headers, status):
-    origin = server.url.rstrip("/")
-    sent = {k: (origin if v == "SELF" else v) for k, v in headers.items()}
+    sent = {k: (origin(server) if v == "SELF" else v) for k, v in headers.items()}
     sent.setdefault("Content-Type", "application/json")
     task_id = cards(server)["a1"]["task_id"]
-    body = f'{{"campaign": "c", "job_id": "a1", "task_id": "{task_id}", "verdict": "approved"}}'
-    answer = httpx.post(server.url + "api/verdict", content=body, headers=sent)
+    body = (
+        f'{{"campaign": "c", "job_id": "a1", "task_id": "{task_id}", "verdict": "approved",'
+        f' "reviewer": "{ME}"}}'
+    )
+    answer = server.post("/api/verdict", content=body, headers=sent)
     assert answer.status_code == status
     assert cards(server)["a1"]["verdict"] is None
 
@@ -315,74 +364,183 @@ def test_a_verdict_from_anywhere_but_the_page_is_refused(server, headers, status
     [
         ({"campaign": "c", "job_id": "nope", "task_id": "t", "verdict": "approved"}, 404),
         ({"campaign": "c", "job_id": "a1", "task_id": "old-task", "verdict": "approved"}, 409),
-        (
-            {
-                "campaign": "c",
-                "job_id": "later",
-                "task_id": "task-c-later-0",
-                "verdict": "approved",
-            },
-            409,
-        ),  # noqa: E501
+        ({"campaign": "c", "job_id": "later", "task_id": "task-c-later-0",
+          "verdict": "approved"}, 409),
         ({"campaign": "c", "job_id": "a1", "task_id": "task-c-a1-0", "verdict": "good"}, 400),
         ({"campaign": "c", "job_id": "a1", "task_id": "task-c-a1-0", "verdict": 1}, 400),
         ({"campaign": "c", "job_id": "a1", "verdict": "approved"}, 400),
         ({"campaign": "c", "job_id": "a1", "task_id": "task-c-a1-0", "note": ["x"]}, 400),
         (["not", "an", "object"], 400),
     ],
-)
+)  # fmt: skip
 def test_a_verdict_on_a_result_that_is_not_there_or_a_bad_body_is_refused(server, body, status):
-    with page(server) as client:
-        answer = client.post("/api/verdict", json=body)
+    if isinstance(body, dict):
+        body["reviewer"] = ME
+    answer = server.post("/api/verdict", json=body, headers={"Origin": origin(server)})
     assert answer.status_code == status
     assert "error" in answer.json()
 
 
 def test_a_body_too_large_or_not_json_is_refused(server):
-    with page(server) as client:
-        big = client.post(
-            "/api/verdict",
-            content=b"{" + b" " * 70_000 + b"}",
-            headers={"Content-Type": "application/json"},
-        )
-        garbage = client.post(
-            "/api/verdict", content=b"{nope", headers={"Content-Type": "application/json"}
-        )
+    headers = {"Content-Type": "application/json", "Origin": origin(server)}
+    big = server.post("/api/verdict", content=b"{" + b" " * 70_000 + b"}", headers=headers)
+    garbage = server.post("/api/verdict", content=b"{nope", headers=headers)
     assert (big.status_code, garbage.status_code) == (413, 400)
-    # The connection the server closes after a body it did not read is said to close, so
-    # the client never sends the next request down it (it did, now and then: a
-    # "Server disconnected" instead of the 400).
-    assert big.headers.get("Connection") == "close"
 
 
 def test_only_this_servers_own_name_gets_answers(server):
-    assert httpx.get(server.url, headers={"Host": "attacker.example"}).status_code == 421
-    port = server.port
-    assert httpx.get(f"http://localhost:{port}/api/results").status_code == 200
+    assert server.get("/", headers={"Host": "attacker.example"}).status_code == 421
+    assert server.get("/", headers={"Host": f"attacker.example:{LOCAL}"}).status_code == 421
+    assert server.get("/", headers={"Host": "127.0.0.1:1"}).status_code == 421
+    assert server.get("/api/results", headers={"Host": f"localhost:{LOCAL}"}).status_code == 200
 
 
-def test_the_server_listens_on_the_loopback_address_only(server):
-    assert server.server_address[0] == "127.0.0.1"
+# -- malformed requests: a 4xx, and the server goes on --------------------------------------
+
+SURROGATE = "\\ud800"  # a lone surrogate, as JSON spells it
+
+
+def malformed(task_id: str) -> list[tuple[str, str, bytes | None]]:
+    """(method, path, JSON body) of requests that crashed the hand-built server."""
+
+    def body(campaign: str = "c", note: str = "fine") -> bytes:
+        return (
+            f'{{"campaign": "{campaign}", "job_id": "a1", "task_id": "{task_id}",'
+            f' "verdict": "approved", "note": "{note}", "reviewer": "{ME}"}}'
+        ).encode()
+
+    return [
+        ("GET", "/files/c/a1/%C2%B2", None),  # ² is a digit to str.isdigit, not to int()
+        ("GET", "/api/results?limit=%C2%B2", None),
+        ("GET", "/files/c/a1/99999999999999999999", None),  # beyond SQLite's integers
+        ("GET", "/files/c/a1/" + "9" * 5000, None),  # beyond int()'s digits
+        ("GET", "/api/results?limit=" + "9" * 5000, None),
+        ("POST", "/api/verdict", body(campaign=SURROGATE)),  # not storable as UTF-8
+        ("POST", "/api/verdict", body(note=SURROGATE)),
+        ("POST", "/api/verdict", body(note="x\\udfff" + SURROGATE)),  # a pair the wrong way round
+        ("POST", "/api/verdict", b'{"campaign": "c", "job_id": "a1", "reviewer": "\\ud83d"}'),
+        ("POST", "/api/verdict", b"\xff\xfe"),  # not UTF-8 at all
+    ]
+
+
+def test_each_malformed_request_gets_a_4xx_and_the_server_goes_on_serving(server):
+    task_id = cards(server)["a1"]["task_id"]
+    headers = {"Origin": origin(server), "Content-Type": "application/json"}
+    for method, path, body in malformed(task_id):
+        answer = server.request(method, path, content=body, headers=headers)
+        assert 400 <= answer.status_code < 500, (path, body, answer.status_code)
+        assert "error" in answer.json()
+        assert server.get("/api/results").status_code == 200
+    assert cards(server)["a1"]["verdict"] is None
+
+
+# -- the shared address: the token or nothing -------------------------------------------------
+
+
+@pytest.fixture
+def shared(folder) -> Iterator[TestClient]:
+    """The application as a teammate reaches it on the shared listener (192.168.1.20)."""
+    with in_process(folder / "l.db", "out", f"192.168.1.20:{SHARED}") as client:
+        yield client
+
+
+def nothing_but_a_refusal(answer: httpx.Response) -> None:
+    assert answer.status_code == 401, answer.status_code
+    assert set(answer.json()) == {"error"} and "token" in answer.json()["error"]
+    assert VIDEO not in answer.content and b"a cat" not in answer.content
+
+
+REQUESTS = ["/", "/api/results", "/files/c/a1/0", "/static/review.js", "/nope"]
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", TOKEN[:-1], TOKEN + "x"])
+def test_on_the_shared_address_a_request_without_the_token_gets_only_a_refusal(shared, token):
+    params = {"token": token} if token is not None else {}
+    for path in REQUESTS:
+        nothing_but_a_refusal(shared.get(path, params=params))
+    task_id = "task-c-a1-0"
+    body = {"campaign": "c", "job_id": "a1", "task_id": task_id, "verdict": "approved",
+            "reviewer": ME}  # fmt: skip
+    nothing_but_a_refusal(shared.post("/api/verdict", json=body, params=params,
+                                      headers={"Origin": origin(shared)}))  # fmt: skip
+    shared.cookies.set("batchgen_review_token", token or "nope")
+    nothing_but_a_refusal(shared.get("/api/results"))
+
+
+def test_a_loopback_connection_to_the_shared_address_is_no_exception(folder):
+    with in_process(folder / "l.db", "out", f"127.0.0.1:{SHARED}") as client:
+        for path in REQUESTS:
+            nothing_but_a_refusal(client.get(path))
+
+
+def test_the_shared_link_sets_a_cookie_then_the_teammate_reviews(shared):
+    first = shared.get("/", params={"token": TOKEN})
+    assert first.status_code == 200 and "text/html" in first.headers["content-type"]
+    cookie = first.headers["set-cookie"]
+    assert f"batchgen_review_token={TOKEN}" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert shared.get("/api/results").status_code == 200  # the cookie, no token
+    assert shared.get("/files/c/a1/0").content == VIDEO
+    answer = verdict(shared, "a1", "approved", reviewer="Grace")
+    assert answer.status_code == 200 and answer.json()["reviewer"] == "Grace"
+
+
+def test_the_shared_address_answers_to_an_address_or_this_machines_name_only(shared):
+    shared.get("/", params={"token": TOKEN})
+    for host, status in [
+        (f"192.168.1.20:{SHARED}", 200),
+        (f"10.0.0.7:{SHARED}", 200),  # an address: nothing to rebind
+        (f"[fe80::1]:{SHARED}", 200),
+        (f"studio-pc:{SHARED}", 200),  # this machine's name
+        (f"attacker.example:{SHARED}", 421),  # a name that resolves here: DNS rebinding
+        (f"192.168.1.20:{LOCAL}", 421),
+    ]:
+        assert shared.get("/api/results", headers={"Host": host}).status_code == status, host
+
+
+def test_the_local_page_needs_no_token(server):
+    assert server.get("/api/results").status_code == 200
+    assert "set-cookie" not in server.get("/", params={"token": "anything"}).headers
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "expected"),
+    [
+        ("0.0.0.0", 8766, ("0.0.0.0", 8767)),
+        ("192.168.1.20", 0, ("192.168.1.20", 0)),
+        ("192.168.1.20:9000", 8766, ("192.168.1.20", 9000)),
+        ("::", 8766, ("::", 8767)),
+        ("[::1]:9000", 8766, ("::1", 9000)),
+        ("studio-pc:0", 8766, ("studio-pc", 0)),
+    ],
+)
+def test_bind_takes_an_address_and_an_optional_port(text, port, expected):
+    assert parse_bind(text, port) == expected
 
 
 # -- files ----------------------------------------------------------------------------------
 
 
 def test_a_saved_file_is_served_whole_or_by_byte_ranges(server):
-    whole = httpx.get(server.url + "files/c/a1/0")
+    whole = server.get("/files/c/a1/0")
     assert whole.status_code == 200 and whole.content == VIDEO
     assert whole.headers["content-type"] == "video/mp4"
     assert whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["x-content-type-options"] == "nosniff"
-    part = httpx.get(server.url + "files/c/a1/0", headers={"Range": "bytes=100-199"})
-    assert part.status_code == 206 and part.content == VIDEO[100:200]
-    assert part.headers["content-range"] == f"bytes 100-199/{len(VIDEO)}"
-    tail = httpx.get(server.url + "files/c/a1/0", headers={"Range": "bytes=-10"})
-    assert tail.status_code == 206 and tail.content == VIDEO[-10:]
-    beyond = httpx.get(server.url + "files/c/a1/0", headers={"Range": "bytes=99999-"})
+    for header, (first, last) in [
+        ("bytes=100-199", (100, 199)),
+        ("bytes=10-", (10, len(VIDEO) - 1)),
+        ("bytes=-10", (len(VIDEO) - 10, len(VIDEO) - 1)),
+        ("bytes=-5000", (0, len(VIDEO) - 1)),
+        ("bytes=2050-5000", (2050, len(VIDEO) - 1)),
+    ]:
+        part = server.get("/files/c/a1/0", headers={"Range": header})
+        assert part.status_code == 206 and part.content == VIDEO[first : last + 1], header
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{len(VIDEO)}"
+    beyond = server.get("/files/c/a1/0", headers={"Range": "bytes=99999-"})
     assert beyond.status_code == 416
     assert beyond.headers["content-range"] == f"bytes */{len(VIDEO)}"
-    head = httpx.head(server.url + "files/c/img/0")
+    head = server.head("/files/c/img/0")
     assert head.status_code == 200 and head.headers["content-type"] == "image/png"
     assert head.headers["content-length"] == str(len(VIDEO)) and head.content == b""
 
@@ -402,10 +560,12 @@ def test_a_saved_file_is_served_whole_or_by_byte_ranges(server):
         "files/c%00/a1/0",
         "files/../l.db",
         "files/c/a1.mp4",
+        "static/../../ledger/review.py",
+        "static/%2e%2e/__init__.py",
     ],
 )
 def test_nothing_but_a_recorded_saved_file_is_served(server, path):
-    answer = httpx.get(server.url + path)
+    answer = server.get("/" + path)
     assert answer.status_code == 404
     assert answer.content != VIDEO
 
@@ -421,7 +581,7 @@ def test_a_recorded_path_outside_the_folder_or_of_another_size_is_not_served(ser
     db.commit()
     db.close()
     for job_id in ("a1", "a2", "img"):
-        assert httpx.get(f"{server.url}files/c/{job_id}/0").status_code == 404, job_id
+        assert server.get(f"/files/c/{job_id}/0").status_code == 404, job_id
         assert cards(server)[job_id]["media"][0]["local"] is False
 
 
@@ -433,34 +593,16 @@ def test_a_path_recorded_from_another_working_directory_is_found_in_the_folder(f
     assert locate(folder / "out", "elsewhere/out/c/a1.mp4", 1) is None
 
 
-@pytest.mark.parametrize(
-    ("header", "wanted"),
-    [
-        (None, None),
-        ("bytes=0-99", (0, 99)),
-        ("bytes=10-", (10, 999)),
-        ("bytes=-100", (900, 999)),
-        ("bytes=-5000", (0, 999)),
-        ("bytes=990-5000", (990, 999)),
-        ("bytes=1000-", "unsatisfiable"),
-        ("bytes=5-4", "unsatisfiable"),
-        ("bytes=-0", "unsatisfiable"),
-        ("bytes=0-1,5-6", None),  # several ranges: the whole file
-        ("items=0-1", None),
-        ("bytes=-", None),
-    ],
-)
-def test_byte_ranges(header, wanted):
-    assert byte_range(header, 1000) == wanted
+# -- the command, over real HTTP ----------------------------------------------------------------
 
 
-# -- the command ------------------------------------------------------------------------------
-
-
-def test_the_review_command_prints_its_address_serves_and_stops_on_sigterm(folder):
+@contextmanager
+def review_command(folder: Path, *args: str) -> Iterator[list[str]]:
+    """`batchgen review --port 0 ARGS` in `folder`: the lines it printed on stdout (its
+    address, and with --share the shared link), while it serves; stopped with SIGTERM."""
     env = command_env(folder / "l.db", None, None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "review", "--port", "0", "--out", "out"],
+        [sys.executable, "-m", "batchgen", "review", "--port", "0", "--out", "out", *args],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -469,10 +611,10 @@ def test_the_review_command_prints_its_address_serves_and_stops_on_sigterm(folde
     )
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()
-        url = line.removeprefix("review page: ").strip()
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), line
-        assert httpx.get(url + "files/c/a1/0").content == VIDEO
+        lines = [process.stdout.readline()]
+        if "--share" in args:
+            lines.append(process.stdout.readline())
+        yield lines
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
@@ -480,11 +622,66 @@ def test_the_review_command_prints_its_address_serves_and_stops_on_sigterm(folde
     assert "Traceback" not in err
 
 
+def test_the_review_command_prints_its_address_serves_and_stops_on_sigterm(folder):
+    with review_command(folder) as [line]:
+        url = line.removeprefix("review page: ").strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), line
+        assert httpx.get(url + "files/c/a1/0").content == VIDEO
+
+
+def raw(url: str, request: bytes) -> bytes:
+    """Send `request` as it is on a fresh connection; what came back (maybe nothing)."""
+    split = httpx.URL(url)
+    with socket.create_connection((split.host, split.port), timeout=30) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_real_server_answers_malformed_requests_with_a_4xx_and_goes_on(folder):
+    with review_command(folder, "--share", "--bind", "127.0.0.1:0") as [line, link]:
+        url = line.removeprefix("review page: ").strip()
+        host = httpx.URL(url).netloc.decode()
+        with httpx.Client(base_url=url, headers={"Origin": url.rstrip("/")}) as client:
+            task_id = client.get("/api/results").json()["groups"][0]["results"][0]["task_id"]
+            for method, path, body in malformed(task_id):
+                answer = client.request(
+                    method, path, content=body, headers={"Content-Type": "application/json"}
+                )
+                assert 400 <= answer.status_code < 500, (path, body, answer.status_code)
+                assert client.get("/api/results").status_code == 200
+        for request in [
+            b"GET /\xff\xfe HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n",
+            b"NONSENSE\r\n\r\n",
+            b"POST /api/verdict HTTP/1.1\r\nHost: " + host.encode()
+            + b"\r\nContent-Length: -5\r\n\r\n",
+        ]:  # fmt: skip
+            answer = raw(url, request)
+            assert answer == b"" or re.match(rb"HTTP/1\.1 4\d\d ", answer), answer[:80]
+            assert httpx.get(url + "api/results").status_code == 200
+
+        # The shared address: only a refusal without the token, even from this machine.
+        shared = re.fullmatch(r"shared review page: (http://127\.0\.0\.1:\d+/)\?token=(\S+)\n",
+                              link)  # fmt: skip
+        assert shared, link
+        base, token = shared.groups()
+        for path in ("", "api/results", "files/c/a1/0"):
+            nothing_but_a_refusal(httpx.get(base + path))
+        with httpx.Client(base_url=base) as teammate:
+            assert teammate.get("/", params={"token": token}).status_code == 200
+            assert teammate.get("/files/c/a1/0").content == VIDEO  # by the cookie
+
+
 def test_the_review_command_refuses_an_unknown_campaign_or_a_missing_ledger(folder):
     env = command_env(folder / "l.db", None, None)
     for args, expected in [
         (["review", "--campaign", "nope"], "no campaign named nope"),
         (["--ledger", str(folder / "none.db"), "review"], "no ledger here"),
+        (["review", "--share", "--bind", "127.0.0.1:99999"], "--bind 127.0.0.1:99999"),
+        (["review", "--share", "--bind", "203.0.113.9:0"], "cannot listen on 203.0.113.9:0"),
     ]:
         result = subprocess.run(
             [sys.executable, "-m", "batchgen", *args],
@@ -499,16 +696,41 @@ def test_the_review_command_refuses_an_unknown_campaign_or_a_missing_ledger(fold
     assert not (folder / "none.db").exists()
 
 
-def test_a_port_in_use_is_one_clear_line(folder, server):
-    env = command_env(folder / "l.db", None, None)
+def test_bind_without_share_is_a_usage_error(folder):
     result = subprocess.run(
-        [sys.executable, "-m", "batchgen", "review", "--port", str(server.port)],
-        env={**env, "PYTHONUNBUFFERED": "1"},
+        [sys.executable, "-m", "batchgen", "review", "--bind", "0.0.0.0"],
+        env=command_env(folder / "l.db", None, None),
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
-        cwd=os.fspath(folder),
     )
+    assert result.returncode == 2 and "--bind goes with --share" in result.stderr
+
+
+def test_the_server_listens_on_the_loopback_address_and_the_shared_one_only(folder):
+    server = open_review(folder / "l.db", [], "out", 0, share=("127.0.0.2", 0))
+    try:
+        assert [s.getsockname()[0] for s in server.sockets] == ["127.0.0.1", "127.0.0.2"]
+        assert server.share_url and server.share_url.startswith("http://127.0.0.2:")
+    finally:
+        server.stop()
+
+
+def test_a_port_in_use_is_one_clear_line(folder):
+    server = open_review(folder / "l.db", [], "out", 0)
+    try:
+        env = command_env(folder / "l.db", None, None)
+        result = subprocess.run(
+            [sys.executable, "-m", "batchgen", "review", "--port", str(server.port)],
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            cwd=os.fspath(folder),
+        )
+    finally:
+        server.stop()
     assert result.returncode == 1 and "cannot listen on 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr

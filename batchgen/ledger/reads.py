@@ -32,6 +32,9 @@ CURRENT_VERDICT = (
     " AND v.job_id = j.id AND v.task_id = j.task_id ORDER BY v.id DESC LIMIT 1)"
 )
 NO_RESULT = "(no result)"  # the `report --by verdict` group of jobs not completed
+# `report --by reviewer` groups that are not a name (a name starts with a letter or a digit):
+UNREVIEWED = "(unreviewed)"  # completed jobs whose current result has no verdict
+UNNAMED = "(unnamed)"  # verdicts given before reviewers were named (m011)
 # `report --by key` groups that are not a key's label (a label starts with a letter or a
 # digit, so neither can be one):
 UNLABELLED = "(unlabelled)"  # attempts recorded before batchgen kept key labels (m007)
@@ -136,6 +139,12 @@ class ReadsMixin(LedgerBase):
         )
 
     @functools.cached_property
+    def _reviewers_kept(self) -> bool:
+        """Whether verdicts record who gave them (m011; a reading command may find a
+        ledger not yet migrated, whose verdicts name nobody)."""
+        return any(row[1] == "reviewer" for row in self.conn.execute("PRAGMA table_info(verdicts)"))
+
+    @functools.cached_property
     def _key_totals_table(self) -> str:
         """Where each key's sums are read: `key_totals` (m007, kept by triggers), or on a
         ledger not yet migrated, the attempts themselves in the same shape (label '' for
@@ -229,11 +238,13 @@ class ReadsMixin(LedgerBase):
         )
 
     def report_groups(self, campaigns: list[str] | None, by: str | None) -> list[dict[str, Any]]:
-        """One row of sums per value of `by` (campaign, model, tag, status, verdict, key),
-        sorted by key; `by=None`: one row of totals. A job with several tags counts in each
-        tag's group. By verdict, a job is in the group of its current result's verdict
-        (approved, rejected, unreviewed) or, with no completed result, in NO_RESULT. By key,
-        see `_report_by_key`.
+        """One row of sums per value of `by` (campaign, model, tag, status, verdict,
+        reviewer, key), sorted by key; `by=None`: one row of totals. A job with several tags
+        counts in each tag's group. By verdict, a job is in the group of its current
+        result's verdict (approved, rejected, unreviewed) or, with no completed result, in
+        NO_RESULT. By reviewer, in the group of who gave that verdict (UNNAMED: a verdict
+        from before names were kept), UNREVIEWED, or NO_RESULT. By key, see
+        `_report_by_key`.
 
         Columns: key, jobs, completed, failed, queued, spent, in_flight, unknown, refunded
         (micro-dollars), video_seconds, images.
@@ -260,6 +271,13 @@ class ReadsMixin(LedgerBase):
             key = (
                 "COALESCE(cv.verdict, CASE WHEN j.status = 'completed' THEN 'unreviewed'"
                 f" ELSE '{NO_RESULT}' END)"
+            )
+            tag_join = JOB_VERDICT_JOIN
+        elif by == "reviewer":
+            reviewer = "cv.reviewer" if self._reviewers_kept else "NULL"
+            key = (
+                f"CASE WHEN cv.verdict IS NOT NULL THEN COALESCE({reviewer}, '{UNNAMED}')"
+                f" WHEN j.status = 'completed' THEN '{UNREVIEWED}' ELSE '{NO_RESULT}' END"
             )
             tag_join = JOB_VERDICT_JOIN
         elif by in ("campaign", "model", "status"):
@@ -332,7 +350,7 @@ class ReadsMixin(LedgerBase):
         `files`: a JSON list of the paths saved from its task, on the attempt whose task is
         the job's completed one (NULL on the others), and attempt_verdict and attempt_note
         (the review's on the result it made). Per job: job_verdict and job_note (of its
-        current result).
+        current result), and job_reviewer (who gave that verdict).
         """
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
@@ -347,6 +365,7 @@ class ReadsMixin(LedgerBase):
                 f" {spent} AS spent, {in_flight} AS in_flight, {unknown} AS unknown,"
                 f" COALESCE({refunded}, 0) AS refunded,"
                 " cv.verdict AS job_verdict, cv.note AS job_note,"
+                f" {'cv.reviewer' if self._reviewers_kept else 'NULL'} AS job_reviewer,"
                 " (SELECT av.verdict FROM current_verdicts av WHERE av.attempt_id = a.id"
                 "   ORDER BY av.at DESC LIMIT 1) AS attempt_verdict,"
                 " (SELECT av.note FROM current_verdicts av WHERE av.attempt_id = a.id"

@@ -21,6 +21,7 @@ from batchgen.ledger.reads import JOB_VERDICT_JOIN, ReadsMixin
 from batchgen.migrations import VERDICTS
 
 MAX_NOTE = 2000  # characters: a note is a sentence or two, not a file
+MAX_REVIEWER = 60  # characters of a reviewer's name
 
 
 class VerdictRefused(LedgerError):
@@ -49,6 +50,7 @@ class ReviewFilters:
     model: str | None = None
     tag: str | None = None
     verdict: str | None = None  # approved, rejected, or unreviewed (completed, no verdict)
+    reviewer: str | None = None  # who gave the current verdict
     text: str | None = None  # in the prompt or the id, whatever the case (ASCII letters)
 
     def sql(self) -> tuple[str, list[Any]]:
@@ -67,6 +69,9 @@ class ReviewFilters:
         elif self.verdict is not None:
             conditions.append("cv.verdict = ?")
             values.append(self.verdict)
+        if self.reviewer is not None:
+            conditions.append("cv.verdict IS NOT NULL AND cv.reviewer = ?")
+            values.append(self.reviewer)
         if self.text:
             conditions.append(
                 "(instr(lower(j.prompt), lower(?)) > 0 OR instr(lower(j.id), lower(?)) > 0)"
@@ -79,18 +84,31 @@ class ReviewMixin(ReadsMixin):
     """The ledger's verdicts and the review page's reads."""
 
     def record_verdict(
-        self, campaign: str, job_id: str, task_id: str, verdict: str | None, note: str | None
+        self,
+        campaign: str,
+        job_id: str,
+        task_id: str,
+        verdict: str | None,
+        note: str | None,
+        reviewer: str | None = None,
     ) -> dict[str, Any]:
-        """Record a verdict (None withdraws it) and note on the job's current result `task_id`.
+        """Record a verdict (None withdraws it) and note on the job's current result
+        `task_id`, given by `reviewer` (a name; None: nobody named).
 
         The result must be the job's current one: a page open since before the job was
         generated again must not judge the new result by the old one's looks.
         """
+        for name, text in (("campaign", campaign), ("job id", job_id), ("task id", task_id),
+                           ("note", note), ("reviewer", reviewer)):  # fmt: skip
+            if text is not None and not _unicode(text):
+                raise VerdictRefused("invalid", f"the {name} is not valid Unicode text")
         if verdict is not None and verdict not in VERDICTS:
             raise VerdictRefused("invalid", f"a verdict is one of {', '.join(VERDICTS)} or null")
         note = (note or "").strip() or None
         if note is not None and len(note) > MAX_NOTE:
             raise VerdictRefused("invalid", f"a note has at most {MAX_NOTE} characters")
+        if reviewer is not None:
+            reviewer = reviewer_name(reviewer)
         with self.transaction() as db:
             row = db.execute(
                 "SELECT status, task_id FROM jobs WHERE campaign = ? AND id = ?",
@@ -112,11 +130,18 @@ class ReviewMixin(ReadsMixin):
             ).fetchone()[0]
             stamp = now()
             db.execute(
-                "INSERT INTO verdicts (campaign, job_id, task_id, attempt_id, verdict, note, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (campaign, job_id, task_id, attempt, verdict, note, stamp),
+                "INSERT INTO verdicts (campaign, job_id, task_id, attempt_id, verdict, note, at,"
+                " reviewer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (campaign, job_id, task_id, attempt, verdict, note, stamp, reviewer),
             )
-        return {"verdict": verdict, "note": note, "at": stamp}
+        return {"verdict": verdict, "note": note, "at": stamp, "reviewer": reviewer}
+
+    def reviewers(self) -> list[str]:
+        """Every name that gave a verdict, sorted (read on verdicts_by_reviewer)."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT reviewer FROM verdicts WHERE reviewer IS NOT NULL ORDER BY reviewer"
+        )
+        return [name for (name,) in rows]
 
     def verdict_counts(self, campaigns: list[str] | None = None) -> dict[str, int]:
         """Completed jobs by the verdict of their current result: approved, rejected,
@@ -179,7 +204,13 @@ class ReviewMixin(ReadsMixin):
                 " (SELECT json_group_array(json_object('n', f.n, 'url', f.url, 'path', f.path,"
                 "   'size', f.size)) FROM files f WHERE f.job_ref = j.ref"
                 "   AND f.downloaded_at IS NOT NULL AND f.error IS NULL) AS files,"
-                " cv.verdict, cv.note, cv.at AS verdict_at"
+                " cv.verdict, cv.note, cv.at AS verdict_at, cv.reviewer,"
+                # the result's verdicts, newest first: its history (a few rows, on
+                # verdicts_by_result)
+                " (SELECT json_group_array(json_object('verdict', h.verdict, 'note', h.note,"
+                "   'reviewer', h.reviewer, 'at', h.at)) FROM (SELECT * FROM verdicts h"
+                "   WHERE j.status = 'completed' AND h.campaign = j.campaign AND h.job_id = j.id"
+                "   AND h.task_id = j.task_id ORDER BY h.id DESC) h) AS history"
                 f" FROM jobs j LEFT JOIN verdicts cv ON cv.id = {CURRENT_VERDICT_ID}"
                 f" WHERE j.campaign = ? {conditions} ORDER BY j.position LIMIT ?",
                 [name, *values, wanted],
@@ -188,6 +219,7 @@ class ReviewMixin(ReadsMixin):
             row["tags"] = json.loads(row["tags"] or "[]")
             row["result_urls"] = json.loads(row["result_urls"] or "[]")
             row["files"] = json.loads(row["files"] or "[]")
+            row["history"] = json.loads(row["history"] or "[]")
         return rows[:limit], len(rows) > limit
 
     def saved_file(self, campaign: str, job_id: str, n: int) -> dict[str, Any] | None:
@@ -248,6 +280,32 @@ class ReviewMixin(ReadsMixin):
 
             _requeue(db, named, values, stamp)
         return [f"{campaign}/{job_id}" for campaign, job_id in chosen]
+
+
+def _unicode(text: str) -> bool:
+    """Whether `text` can be stored: JSON may carry a lone surrogate (`"\\ud800"`), which
+    no UTF-8 database takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def reviewer_name(text: str) -> str:
+    """A reviewer's name as recorded (surrounding spaces dropped), or VerdictRefused: 1 to
+    MAX_REVIEWER characters starting with a letter or a digit (so no name can look like a
+    `report --by reviewer` group such as `(unreviewed)`), no control characters."""
+    name = text.strip()
+    if not name or len(name) > MAX_REVIEWER or not name[0].isalnum():
+        raise VerdictRefused(
+            "invalid",
+            f"a reviewer's name has 1 to {MAX_REVIEWER} characters and starts with a letter "
+            "or a digit",
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise VerdictRefused("invalid", "a reviewer's name has no control characters")
+    return name
 
 
 RETRIED_BY_JOB = ("failed", "held", "completed")  # what `retry --job` may put back in the queue

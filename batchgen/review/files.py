@@ -1,4 +1,4 @@
-"""Which saved file the review page may serve, and which bytes of it a Range asks for.
+"""Which saved file the review page may serve (its byte ranges are Starlette's FileResponse).
 
 The page never names a path: it asks for result file `n` of a job, the ledger says where
 that file was saved, and the file is served only if it lies inside the files folder
@@ -8,7 +8,6 @@ to another working directory is looked for at `<folder>/<campaign folder>/<name>
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 CONTENT_TYPES = {
@@ -23,7 +22,6 @@ CONTENT_TYPES = {
     "gif": "image/gif",
 }
 VIDEO_EXTENSIONS = {"mp4", "m4v", "mov", "webm"}
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def locate(out_dir: str | Path, recorded: str, size: int | None) -> Path | None:
@@ -53,27 +51,3 @@ def content_type(name: str) -> str:
 def extension(name: str) -> str:
     base = name.rsplit("/", 1)[-1].split("?", 1)[0]
     return base.rsplit(".", 1)[-1].lower() if "." in base else ""
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
-    """The (first, last) bytes a `Range` header asks of a file of `size` bytes; None to send
-    the whole file (no header, or one we do not honour, like several ranges); the text
-    "unsatisfiable" for a range outside the file (answered 416)."""
-    if not header:
-        return None
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:  # the last N bytes
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - suffix), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
-        return "unsatisfiable"
-    return start, end

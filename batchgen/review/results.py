@@ -68,6 +68,8 @@ def entry(job: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
         "verdict": job["verdict"],
         "note": job["note"],
         "verdict_at": job["verdict_at"],
+        "reviewer": job["reviewer"],
+        "history": job["history"],  # every verdict and note on this result, newest first
         "media": media(job, out_dir) if job["status"] == "completed" else [],
     }
 
