@@ -39,9 +39,10 @@ def reviewed(tmp_path):
         complete(ledger, job_id)
     start(ledger, "later")
     ledger.file_saved("c", "bad", 0, f"{CDN}/bad.mp4", "out/c/bad.mp4", 10, "ab" * 32)
-    ledger.record_verdict("c", "good", "task-c-good-0", "approved", None)
-    ledger.record_verdict("c", "bad", "task-c-bad-0", "approved", "first look")
-    ledger.record_verdict("c", "bad", "task-c-bad-0", "rejected", "  the cat has five legs ")
+    ledger.record_verdict("c", "good", "task-c-good-0", "approved", None, "Ada")
+    ledger.record_verdict("c", "bad", "task-c-bad-0", "approved", "first look", "Ada")
+    ledger.record_verdict("c", "bad", "task-c-bad-0", "rejected", "  the cat has five legs ",
+                          " Grace ")  # fmt: skip
     ledger.close()
     return path
 
@@ -56,6 +57,100 @@ def test_a_verdict_is_kept_with_its_history_and_the_latest_counts(reviewed):
     ]
     assert all(r["at"].endswith("Z") for r in rows)
     assert ledger.verdict_counts() == {"approved": 1, "rejected": 1, "unreviewed": 1}
+
+
+def test_each_verdict_records_who_gave_it_and_the_history_keeps_every_name(reviewed):
+    ledger = Ledger(reviewed, create=False)
+    rows = ledger.query("SELECT job_id, verdict, reviewer FROM verdicts ORDER BY id")
+    assert [(r["job_id"], r["verdict"], r["reviewer"]) for r in rows] == [
+        ("good", "approved", "Ada"),
+        ("bad", "approved", "Ada"),
+        ("bad", "rejected", "Grace"),  # the name as given, without its spaces
+    ]
+    assert ledger.reviewers() == ["Ada", "Grace"]
+    [current] = ledger.query("SELECT reviewer FROM current_verdicts WHERE job_id = 'bad'")
+    assert current["reviewer"] == "Grace"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("campaign", "c\ud800"), ("job_id", "\udfff"), ("task_id", "t\ud800"), ("note", "\ud800"),
+     ("reviewer", "A\udc80")],
+)  # fmt: skip
+def test_text_that_is_not_valid_unicode_is_refused_not_a_crash(reviewed, field, value):
+    ledger = Ledger(reviewed, create=False)
+    given = {"campaign": "c", "job_id": "good", "task_id": "task-c-good-0", "verdict": "rejected",
+             "note": None, "reviewer": "Ada", field: value}  # fmt: skip
+    with pytest.raises(VerdictRefused) as refused:
+        ledger.record_verdict(**given)
+    assert refused.value.reason == "invalid" and "Unicode" in str(refused.value)
+
+
+def test_report_by_reviewer_groups_sum_to_the_totals(reviewed):
+    ledger = Ledger(reviewed, create=False)
+    ledger.record_verdict("c", "fresh", "task-c-fresh-0", "approved", None)  # nobody named
+    ledger.close()
+    data = report(reviewed, by="reviewer")
+    groups = {g["key"]: (g["jobs"], g["completed"], g["spent_usd"]) for g in data["groups"]}
+    assert groups == {
+        "(no result)": (1, 0, "0.00"),
+        "(unnamed)": (1, 1, "0.20"),
+        "Ada": (1, 1, "0.10"),
+        "Grace": (1, 1, "0.10"),  # the reviewer of bad's current verdict, not the first
+    }
+    assert sum(g[0] for g in groups.values()) == data["totals"]["jobs"] == 4
+    ledger = Ledger(reviewed, create=False)
+    ledger.record_verdict("c", "good", "task-c-good-0", None, None, "Ada")  # withdrawn
+    ledger.close()
+    groups = {g["key"]: g["jobs"] for g in report(reviewed, by="reviewer")["groups"]}
+    assert groups == {"(no result)": 1, "(unnamed)": 1, "(unreviewed)": 1, "Grace": 1}
+    result = invoke(reviewed, "report", "--by", "reviewer")
+    assert result.exit_code == 0 and "Grace" in result.output, result.output
+
+
+def test_report_jobs_names_the_reviewer_of_each_jobs_verdict(reviewed):
+    jobs = {j["id"]: j for j in report(reviewed, per_job=True)["jobs"]}
+    assert {k: (j["verdict"], j["reviewer"]) for k, j in jobs.items()} == {
+        "good": ("approved", "Ada"),
+        "bad": ("rejected", "Grace"),
+        "fresh": (None, None),
+        "later": (None, None),
+    }
+    table = report(reviewed, per_job=True, fmt="table")
+    assert "reviewer" in table and "Grace" in table
+
+
+def test_the_reviewers_migration_keeps_every_verdict_of_a_ledger_made_before_it(
+    tmp_path, monkeypatch
+):
+    from batchgen import migrations
+
+    assert MIGRATIONS[-1].__name__ == "m011_reviewers"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:-1])  # a batchgen before it
+    path = tmp_path / "old.db"
+    ledger = make_ledger(path, [grok("j")])
+    complete(ledger, "j")
+    ledger.conn.execute(
+        "INSERT INTO verdicts (campaign, job_id, task_id, verdict, note, at)"
+        " VALUES ('c', 'j', 'task-c-j-0', 'approved', 'kept', 'then')"
+    )
+    ledger.close()
+    monkeypatch.undo()
+    # Read without migrating (reading commands never write): given by nobody named.
+    reader = Ledger.read_only(path)
+    assert not reader._reviewers_kept
+    assert [g["key"] for g in reader.report_groups(None, "reviewer")] == ["(unnamed)"]
+    assert [j["job_reviewer"] for j in reader.job_attempts()] == [None]
+    reader.close()
+    ledger = Ledger(path, create=False)  # opening to write migrates
+    rows = ledger.query("SELECT verdict, note, reviewer FROM current_verdicts")
+    assert rows == [{"verdict": "approved", "note": "kept", "reviewer": None}]
+    ledger.record_verdict("c", "j", "task-c-j-0", "rejected", None, "Ada")
+    history = ledger.query("SELECT verdict, reviewer FROM verdicts ORDER BY id")
+    assert [(r["verdict"], r["reviewer"]) for r in history] == [
+        ("approved", None), ("rejected", "Ada")
+    ]  # fmt: skip
+    ledger.close()
 
 
 def test_a_verdict_can_be_withdrawn(reviewed):
