@@ -7,6 +7,10 @@ approved and another rejected with a note using the keyboard, a third approved w
 mouse and withdrawn again; a reload shows them kept; `report --by verdict` and
 `retry --rejected` agree exactly; a second run generates the rejected result again, saved
 beside the first, and the open page picks it up as a new result to review.
+
+Then judging at full size (the lightbox, its zoom and a video's frame steps), compare,
+the reviewer's name recorded with each verdict, and a teammate on the shared address.
+With BATCHGEN_SCREENSHOTS=DIR, the screenshots of the README are taken into DIR (docs).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--window-size=1280,900",
 ]
+SHOTS = os.environ.get("BATCHGEN_SCREENSHOTS")  # a folder (docs): take the README's pictures
 WAIT = 60  # seconds: generous deadlines for a busy machine, never a timed assertion
 
 
@@ -94,10 +99,12 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 @contextmanager
-def serving(folder: Path, *options: str) -> Iterator[str]:
-    """`batchgen [OPTIONS] review --port 0` in `folder`: its URL, while it serves."""
+def serving(folder: Path, *options: str, share: bool = False) -> Iterator[Any]:
+    """`batchgen [OPTIONS] review --port 0` in `folder`: its URL, while it serves; with
+    `share`, (URL, the shared link) of `review --share --bind 127.0.0.1:0`."""
+    extra = ["--share", "--bind", "127.0.0.1:0"] if share else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", *options, "review", "--port", "0"],
+        [sys.executable, "-m", "batchgen", *options, "review", "--port", "0", *extra],
         cwd=folder,
         env=newcomer_env(),
         stdout=subprocess.PIPE,
@@ -109,7 +116,13 @@ def serving(folder: Path, *options: str) -> Iterator[str]:
     match = re.fullmatch(r"review page: (http://127\.0\.0\.1:\d+/)\n", line)
     try:
         assert match, line
-        yield match[1]
+        if not share:
+            yield match[1]
+        else:
+            link = process.stdout.readline()
+            shared = re.fullmatch(r"shared review page: (http://\S+/\?token=\S+)\n", link)
+            assert shared, link
+            yield match[1], shared[1]
     finally:
         process.terminate()
         _, err = process.communicate(timeout=30)
@@ -124,19 +137,33 @@ def review(finished_run) -> Iterator[str]:
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    profile = tempfile.mkdtemp(prefix="batchgen-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+def browsers() -> Iterator[Callable[[], WebDriver]]:
+    """Opens headless Chromium, each with a profile of its own (its own storage and
+    cookies: another person's browser); all are closed at the end."""
+    opened: list[tuple[WebDriver, str]] = []
+
+    def open_one() -> WebDriver:
+        profile = tempfile.mkdtemp(prefix="batchgen-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        opened.append((driver, profile))
+        return driver
+
     try:
-        yield driver
+        yield open_one
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        for driver, profile in opened:
+            driver.quit()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(browsers) -> WebDriver:
+    return browsers()
 
 
 def wait(driver: WebDriver, what: str, check: Callable[[WebDriver], Any]) -> Any:
@@ -192,6 +219,16 @@ def verdict_of(driver: WebDriver, key: str) -> str:
     )
 
 
+def give_name(driver: WebDriver, name: str) -> None:
+    """Answer the name box the first verdict opens in a browser."""
+    box = driver.find_element(By.ID, "name-text")
+    wait(driver, "the name box", lambda d: box.is_displayed())
+    box.send_keys(name)
+    press(driver, "\n")
+    wait(driver, "the name kept", lambda d: d.find_element(By.ID, "name-box")
+         .get_attribute("hidden") is not None)  # fmt: skip
+
+
 def note_of(driver: WebDriver, key: str) -> str:
     card = driver.find_element(By.CSS_SELECTOR, f'article.card[data-key="{key}"]')
     return card.find_element(By.CLASS_NAME, "note").text
@@ -239,9 +276,11 @@ def test_a_person_reviews_the_morning_results_and_regenerates_the_rejected_one(
     assert {state["tag"] for key, state in seen.items() if key != "quickstart/poster"} == {"video"}
     assert all(state["local"] == "1" and state["width"] > 0 for state in seen.values())
 
-    # Approve one with `a`; reject another with `r` and a typed note (Enter saves it).
+    # Approve one with `a` (the first verdict asks the reviewer's name, once); reject
+    # another with `r` and a typed note (Enter saves it).
     go_to(browser, "quickstart/cat-curious")
     press(browser, "a")
+    give_name(browser, "Ada")
     wait(browser, "the approval", lambda d: verdict_of(d, "quickstart/cat-curious") == "approved")
     go_to(browser, "quickstart/poster")
     press(browser, "r")
@@ -291,6 +330,9 @@ def test_a_person_reviews_the_morning_results_and_regenerates_the_rejected_one(
         "poster": "queued"
     }
     assert jobs["cat-curious"]["verdict"] == "approved"
+    report = batchgen("report", "--by", "reviewer", "--format", "json", cwd=folder)
+    groups = {g["key"]: g["jobs"] for g in json.loads(report.stdout)["groups"]}
+    assert groups == {"Ada": 1, "(unreviewed)": 4, "(no result)": 1}  # poster: requeued
 
     # Generated again while the page is open: saved beside the rejected one, which stays,
     # and the page shows the new result, to review.
@@ -372,3 +414,297 @@ def test_a_large_ledger_is_shown_a_page_at_a_time_and_filtered_by_the_server(bro
         Select(browser.find_element(By.ID, "f-status")).select_by_value("")
         browser.find_element(By.ID, "f-text").send_keys("CLIP-21")  # ids clip-210..219
         wait(browser, "the search's answer", lambda d: cards(d) == 10)
+
+
+# -- judging at full size, compare, who decided, a teammate -----------------------------------
+
+TAKES = """
+version: 1
+campaign: takes
+budget_usd: 5.00
+defaults: {ratio: "3:2", tags: [takes]}
+jobs:
+  - id: "poster-{take}"            # three takes of one image prompt
+    model: jimeng-5.0
+    prompt: Minimalist poster of a red bicycle
+    takes: 3
+  - id: "clip-{model}"             # one video prompt on two models
+    prompt: A sneaker on a turntable, neon lighting
+    duration: 5
+    matrix:
+      model: [grok-video-3, jimeng-video-seedance-2.0-fast]
+"""
+
+
+@pytest.fixture(scope="module")
+def takes_run(tmp_path_factory) -> Path:
+    """A folder where a sandbox run of TAKES has finished: a prompt with three images, one
+    with two videos."""
+    folder = tmp_path_factory.mktemp("takes")
+    (folder / "takes.yaml").write_text(TAKES, encoding="utf-8")
+    result = batchgen("run", "takes.yaml", "--sandbox", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def lightbox(driver: WebDriver) -> dict[str, str]:
+    """The lightbox's state: hidden, key (the result shown), pinned, zoom, frame."""
+    return driver.execute_script(
+        "const b = document.getElementById('lightbox');"
+        "return {...b.dataset, hidden: b.hidden ? '1' : '0'}"
+    )
+
+
+def keys_of_the_grid(driver: WebDriver) -> list[str]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('article.card:not([hidden])')]"
+        ".map(c => c.dataset.key)"
+    )
+
+
+PANE_MEDIA = """
+const id = arguments[0];
+const media = document.querySelector(`#${id} .lb-media img, #${id} .lb-media video`);
+if (!media) return null;
+const natural = media.naturalWidth || media.videoWidth;
+const ok = media.tagName === 'IMG' ? media.complete && natural > 0 : media.readyState >= 2;
+return {ok: ok, natural: natural, shown: media.getBoundingClientRect().width,
+        pane: media.parentElement.getBoundingClientRect().width,
+        src: media.getAttribute('src'), paused: media.paused === undefined ? null : media.paused,
+        time: media.currentTime === undefined ? null : media.currentTime};
+"""
+
+
+def pane(driver: WebDriver, which: str = "lb-main") -> dict[str, Any]:
+    return wait(driver, f"the {which} pane's media", lambda d: (d.execute_script(
+        PANE_MEDIA, which) or {}).get("ok") and d.execute_script(PANE_MEDIA, which))  # fmt: skip
+
+
+def no_reload_since(driver: WebDriver) -> bool:
+    """Whether the page is the one `mark_page` marked (no full-page load since)."""
+    return driver.execute_script("return window.__marked === true") is True
+
+
+def mark_page(driver: WebDriver) -> None:
+    driver.execute_script("window.__marked = true")
+
+
+def test_the_lightbox_opens_steps_through_the_results_zooms_and_steps_a_videos_frames(
+    takes_run, browser
+):
+    with serving(takes_run) as url:
+        load(browser, url)
+        order = keys_of_the_grid(browser)
+        assert len(order) == 5
+        mark_page(browser)
+        press(browser, "g")
+        press(browser, "\n")  # Enter opens the current result at full size
+        assert lightbox(browser)["hidden"] == "0" and lightbox(browser)["key"] == order[0]
+        first = pane(browser)
+        assert first["src"].startswith("/files/takes/")
+        # The arrows step through the filtered results, in the grid's order, without a reload.
+        for key in order[1:]:
+            press(browser, "\ue014")  # →
+            wait(browser, f"{key} in the lightbox", lambda d, k=key: lightbox(d)["key"] == k)
+            assert pane(browser)["src"] != first["src"]
+        press(browser, "\ue012")  # ←
+        wait(browser, "a step back", lambda d: lightbox(d)["key"] == order[-2])
+        assert no_reload_since(browser)
+
+        # Zoom: an image at 100% is shown at its own size, then fit to the screen again.
+        go_to_in_lightbox(browser, "takes/poster-1")
+        fit = pane(browser)
+        assert lightbox(browser)["zoom"] == "fit" and fit["shown"] > fit["natural"]
+        press(browser, "z")
+        wait(browser, "100%", lambda d: pane(d)["shown"] == pane(d)["natural"])
+        assert lightbox(browser)["zoom"] == "actual"
+        press(browser, "z")
+        wait(browser, "fit again", lambda d: pane(d)["shown"] > pane(d)["natural"])
+
+        # A video: paused with Space, one frame on with `.`, one back with `,`.
+        go_to_in_lightbox(browser, "takes/clip-grok-video-3")
+        pane(browser)
+        wait(
+            browser,
+            "its frame length, measured",
+            lambda d: lightbox(d).get("frameLength") == "0.1000",
+        )  # fmt: skip  (the sandbox's videos have 10 frames a second)
+        press(browser, " ")
+        wait(browser, "the pause", lambda d: pane(d)["paused"] is True)
+        before = pane(browser)["time"]
+        frame = int(before * 10 + 1e-3)
+        wait(browser, "the frame shown", lambda d: int(lightbox(d)["frame"]) == frame)
+        press(browser, ".")
+        wait(browser, "the next frame", lambda d: int(lightbox(d)["frame"]) == frame + 1)
+        assert pane(browser)["time"] > before and pane(browser)["paused"] is True
+        press(browser, ",")
+        wait(browser, "the frame before", lambda d: int(lightbox(d)["frame"]) == frame)
+        press(browser, "\ue00c")  # Esc
+        wait(browser, "the lightbox closed", lambda d: lightbox(d)["hidden"] == "1")
+        # A click on a result's picture opens it too.
+        browser.find_element(
+            By.CSS_SELECTOR, 'article.card[data-key="takes/poster-3"] .media'
+        ).click()
+        wait(browser, "the click", lambda d: lightbox(d)["key"] == "takes/poster-3")
+        assert no_reload_since(browser)
+        help_text = browser.find_element(By.ID, "help").get_attribute("textContent")
+        for what in ("zoom", "one frame back", "pin this result to compare", "tile size"):
+            assert what in help_text
+        assert severe_logs(browser, origin=url) == []
+
+
+def go_to_in_lightbox(driver: WebDriver, key: str) -> None:
+    press(driver, "g")
+    for _ in range(20):
+        if lightbox(driver)["key"] == key:
+            return
+        press(driver, "j")
+    raise AssertionError(f"j never reached {key} in the lightbox")
+
+
+def test_compare_pins_a_result_and_steps_through_the_other_takes_of_its_prompt(takes_run, browser):
+    with serving(takes_run) as url:
+        load(browser, url)
+        mark_page(browser)
+        go_to(browser, "takes/poster-1")
+        press(browser, "p")  # pin: the lightbox opens with another take beside it
+        wait(browser, "compare", lambda d: lightbox(d).get("compare") == "1")
+        assert lightbox(browser)["pinned"] == "takes/poster-1"
+        assert lightbox(browser)["key"] == "takes/poster-2"
+        assert pane(browser, "lb-pinned")["src"] == "/files/takes/poster-1/0"
+        press(browser, "\ue014")
+        wait(browser, "the third take", lambda d: lightbox(d)["key"] == "takes/poster-3")
+        press(browser, "\ue014")  # the last take of this prompt: no other prompt comes in
+        assert lightbox(browser)["key"] == "takes/poster-3"
+        assert lightbox(browser)["pinned"] == "takes/poster-1"
+        # The same zoom on both sides.
+        press(browser, "z")
+        for side in ("lb-main", "lb-pinned"):
+            wait(browser, f"{side} at 100%", lambda d, s=side: pane(d, s)["shown"]
+                 == pane(d, s)["natural"])  # fmt: skip
+        press(browser, "\ue012")
+        wait(browser, "back to the second", lambda d: lightbox(d)["key"] == "takes/poster-2")
+        press(browser, "p")  # unpin: the arrows go through every result again
+        wait(browser, "unpinned", lambda d: lightbox(d)["compare"] == "0")
+        assert no_reload_since(browser)
+
+
+def test_a_reviewer_gives_a_name_once_and_it_is_recorded_with_each_verdict(takes_run, browser):
+    with serving(takes_run) as url:
+        load(browser, url)
+        go_to(browser, "takes/poster-1")
+        press(browser, "\n")
+        press(browser, "a")  # in the lightbox: approve, then on to the next
+        give_name(browser, "Grace")
+        wait(browser, "the approval", lambda d: verdict_of(d, "takes/poster-1") == "approved")
+        wait(browser, "the next one", lambda d: lightbox(d)["key"] == "takes/poster-2")
+        press(browser, "r")
+        note = browser.find_element(By.ID, "note-text")
+        wait(browser, "the note box", lambda d: note.is_displayed())
+        note.send_keys("the wheel is square")
+        press(browser, "\n")
+        wait(browser, "the rejection", lambda d: verdict_of(d, "takes/poster-2") == "rejected")
+        wait(browser, "the next one", lambda d: lightbox(d)["key"] == "takes/poster-3")
+        history = browser.find_element(By.ID, "lb-history")
+        press(browser, "\ue012")  # back to the rejected one: its history, who and why
+        wait(browser, "its history", lambda d: "rejected by Grace" in history.text)
+        assert "the wheel is square" in history.text
+        press(browser, "\ue00c")
+        # Kept in this browser: a reload asks no name again.
+        browser.refresh()
+        load(browser, url)
+        assert "reviewing as Grace" in browser.find_element(By.ID, "who").text
+        go_to(browser, "takes/poster-3")
+        press(browser, "a")
+        wait(browser, "no name asked", lambda d: verdict_of(d, "takes/poster-3") == "approved")
+        card = browser.find_element(By.CSS_SELECTOR, 'article.card[data-key="takes/poster-1"]')
+        assert card.find_element(By.CLASS_NAME, "who").text.startswith("by Grace")
+        # The reviewer filter, and the ledger.
+        wait(browser, "Grace as a choice", lambda d: "Grace" in [
+            o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#f-reviewer option")
+        ])  # fmt: skip
+        Select(browser.find_element(By.ID, "f-reviewer")).select_by_value("Grace")
+        wait(browser, "the filter", lambda d: sorted(keys_of_the_grid(d)) == [
+            "takes/poster-1", "takes/poster-2", "takes/poster-3"])  # fmt: skip
+    report = batchgen("report", "--jobs", "--json", cwd=takes_run)
+    jobs = {j["id"]: j for j in json.loads(report.stdout)["jobs"]}
+    assert {k: (j["verdict"], j["reviewer"]) for k, j in jobs.items() if j["verdict"]} == {
+        "poster-1": ("approved", "Grace"),
+        "poster-2": ("rejected", "Grace"),
+        "poster-3": ("approved", "Grace"),
+    }
+
+
+def test_a_teammate_reviews_through_the_share_link_and_without_it_nothing_is_given(
+    takes_run, browsers
+):
+    import httpx
+
+    with serving(takes_run, share=True) as (url, link):
+        teammate = browsers()  # another person's browser: nothing stored, no cookie
+        load(teammate, link)
+        state = media_shown(teammate, "takes/clip-grok-video-3")
+        assert state["local"] == "1"  # the saved files, through the cookie the link set
+        go_to(teammate, "takes/clip-grok-video-3")
+        press(teammate, "a")
+        give_name(teammate, "Lin")
+        wait(teammate, "the approval", lambda d: verdict_of(d, "takes/clip-grok-video-3")
+             == "approved")  # fmt: skip
+        # The person at the machine sees it, and who gave it.
+        me = browsers()
+        load(me, url)
+        card = me.find_element(By.CSS_SELECTOR, 'article.card[data-key="takes/clip-grok-video-3"]')
+        wait(me, "Lin's verdict", lambda d: card.get_attribute("data-reviewer") == "Lin")
+
+        # Without the token: a refusal, no data and no file (from this machine too).
+        base = link.split("?", 1)[0]
+        for path in ("", "api/results", "files/takes/clip-grok-video-3/0", "static/review.js"):
+            answer = httpx.get(base + path)
+            assert answer.status_code == 401 and set(answer.json()) == {"error"}, path
+            assert b"sneaker" not in answer.content
+        stranger = browsers()
+        stranger.get(base)
+        assert "token" in stranger.find_element(By.TAG_NAME, "body").text
+        assert "sneaker" not in stranger.page_source
+
+
+# -- the README's pictures ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SHOTS, reason="BATCHGEN_SCREENSHOTS=docs takes the README's pictures")
+def test_screenshots_of_the_grid_the_lightbox_and_compare(tmp_path, browser):
+    """From a sandbox run of the spring-launch example, at 1280x800."""
+    assert SHOTS
+    for name in ("spring-launch.yaml", "prompts.csv", "social.jsonl"):
+        shutil.copy(ROOT / "manifests" / name, tmp_path / name)
+    result = batchgen("run", "spring-launch.yaml", "--sandbox", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    out = Path(SHOTS)
+    out.mkdir(parents=True, exist_ok=True)
+    with serving(tmp_path) as url:
+        load(browser, url)
+        browser.execute_script("localStorage.setItem('batchgen.review.reviewer', 'Ada')")
+        browser.refresh()
+        load(browser, url)
+        go_to(browser, "spring-launch/cat-piano")
+        press(browser, "a")
+        wait(browser, "a verdict", lambda d: verdict_of(d, "spring-launch/cat-piano")
+             == "approved")  # fmt: skip
+        wait(browser, "the toast gone", lambda d: d.find_element(By.ID, "toast")
+             .get_attribute("hidden") is not None)  # fmt: skip
+        for key in keys_of_the_grid(browser)[:8]:
+            media_shown(browser, key)
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(str(out / "review-grid.png"))
+        press(browser, "\n")
+        pane(browser)
+        browser.save_screenshot(str(out / "review-lightbox.png"))
+        press(browser, "p")
+        wait(browser, "compare", lambda d: lightbox(d).get("compare") == "1")
+        pane(browser, "lb-pinned")
+        pane(browser)
+        browser.save_screenshot(str(out / "review-compare.png"))

@@ -741,6 +741,7 @@ function fillPane(id, card, main) {
     media.addEventListener("loadedmetadata", () => { measureFrame(media); showFrame(media); });
     media.addEventListener("timeupdate", () => showFrame(media));
     media.addEventListener("seeked", () => showFrame(media));
+    media.addEventListener("pause", () => showFrame(media));
     media.autoplay = true;
   } else {
     media = el("img");
@@ -808,6 +809,7 @@ function showFrame(video) {
   const frame = frameAt(video);
   $("lb-frame").textContent = "frame " + (frame + 1) + " · " + video.currentTime.toFixed(2) + " s";
   $("lightbox").dataset.frame = String(frame);
+  $("lightbox").dataset.frameLength = video._frame.toFixed(4);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
