@@ -712,6 +712,9 @@ def test_the_server_listens_on_the_loopback_address_and_the_shared_one_only(fold
     server = open_review(folder / "l.db", [], "out", 0, share=("127.0.0.2", 0))
     try:
         assert [s.getsockname()[0] for s in server.sockets] == ["127.0.0.1", "127.0.0.2"]
+        # TCP said outright: asyncio turns Nagle's algorithm off only then (else ~40 ms
+        # on every answer, waiting for the browser's delayed ACK; bench/review.py)
+        assert {s.proto for s in server.sockets} == {socket.IPPROTO_TCP}
         assert server.share_url and server.share_url.startswith("http://127.0.0.2:")
     finally:
         server.stop()
