@@ -4,9 +4,10 @@ dozen KB on disk), and on an honest 100,000-row workbook for the cost of the che
 
 How it measures: each workbook is written at bench time (the bomb's sheet XML by hand,
 with tests/workbooks.py; the honest one with openpyxl), then the real command runs under
-`/usr/bin/time -v`: its wall time and peak RSS ("Maximum resident set size"), best of
---repeat runs (the median beside it). `--code DIR` runs the `batchgen` package found in
-DIR instead of this checkout's, e.g. the code before a change:
+`/usr/bin/time -v`: its wall time, CPU time (user + system: less swayed than the wall
+time by others' work on a shared machine) and peak RSS ("Maximum resident set size"),
+each the best of --repeat runs (the median beside it). `--code DIR` runs the `batchgen`
+package found in DIR instead of this checkout's, e.g. the code before a change:
 
     git archive main batchgen | tar -x -C /tmp/before
     python bench/xlsx_bomb.py --code /tmp/before
@@ -48,18 +49,21 @@ def honest(path: Path, n: int) -> Path:
     return path
 
 
-def measure(manifest: Path, code: Path) -> tuple[float, float, int, str]:
-    """`batchgen validate MANIFEST` under /usr/bin/time -v: (wall s, peak MB, exit, stderr)."""
+def measure(manifest: Path, code: Path) -> tuple[float, float, float, int, str]:
+    """`batchgen validate MANIFEST` under /usr/bin/time -v: (wall s, CPU s, peak MB, exit
+    code, what it said on stderr)."""
     env = dict(os.environ, PYTHONPATH=str(code))
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "batchgen", "validate", str(manifest)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=manifest.parent)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", done.stderr)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    assert wall and rss, done.stderr
+    cpu = re.findall(r"(?:User|System) time \(seconds\): (\S+)", done.stderr)
+    assert wall and rss and len(cpu) == 2, done.stderr
     *hours, minutes, seconds = wall.group(1).split(":")
     total = float(seconds) + 60 * int(minutes) + 3600 * int(hours[0] if hours else 0)
     said = done.stderr.split("\tCommand being timed")[0].strip()
-    return total, int(rss.group(1)) / 1024, int(done.returncode), said
+    cpu_seconds = sum(float(seconds) for seconds in cpu)
+    return total, cpu_seconds, int(rss.group(1)) / 1024, int(done.returncode), said
 
 
 def main() -> None:
@@ -81,13 +85,14 @@ def main() -> None:
             manifest = folder / f"{name}.yaml"
             manifest.write_text(MANIFEST.format(rows=path.name), encoding="utf-8")
             runs = [measure(manifest, args.code) for _ in range(args.repeat)]
-            walls = [run[0] for run in runs]
-            peak = max(run[1] for run in runs)
-            _, _, code, said = runs[0]
+            walls, cpus = [run[0] for run in runs], [run[1] for run in runs]
+            peak = max(run[2] for run in runs)
+            *_, code, said = runs[0]
             size = path.stat().st_size / 1024
             print(f"\n{name}: {path.name}, {size:,.0f} KB on disk")
             print(f"  exit {code}: {said.splitlines()[0][:160] if said else '(nothing said)'}")
-            print(f"  wall {common.best(walls)}, peak RSS {peak:,.0f} MB (max of {len(runs)})")
+            print(f"  wall {common.best(walls)}")
+            print(f"  CPU  {common.best(cpus)}, peak RSS {peak:,.0f} MB (max of {len(runs)})")
     print(f"\nload after: {common.load()}")
 
 
