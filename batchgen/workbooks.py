@@ -41,6 +41,7 @@ MAX_WORKBOOK_ELEMENTS = 4 * MAX_WORKBOOK_CELLS  # XML elements in all parts (a c
 # What a damaged workbook makes openpyxl (or zipfile, zlib, the XML parsers) raise.
 DAMAGED = (
     zipfile.BadZipFile,
+    RuntimeError,  # zipfile: an encrypted part, a compression method it does not know
     zlib.error,
     EOFError,
     OSError,
@@ -58,6 +59,8 @@ _VALUE = f"{{{SHEET_MAIN_NS}}}v"
 _FORMULA = f"{{{SHEET_MAIN_NS}}}f"
 _KINDS = {"n": "number", "s": "shared string number", "b": "boolean (1 or 0)", "d": "date"}
 _XML_START = b"\xef\xbb\xbf \t\r\n"  # what may come before an XML part's first '<'
+_OLE = b"\xd0\xcf\x11\xe0"  # the start of an OLE file: .xls, or an encrypted .xlsx
+SAVE = "save it in Excel as .xlsx without a password"
 
 
 class TooLarge(Exception):
@@ -75,11 +78,18 @@ def read_workbook(path: str, sheet: str | None, limit: int, result: RowsFile) ->
     """Read one sheet (the first, or `sheet`) of the workbook at `path` into `result`, at
     most `limit` rows; never raises for bad input."""
     unreadable = f"cannot read rows file {path}: not a readable .xlsx workbook"
+    if _is_ole_file(path):
+        result.error = f"{unreadable}: a password-protected workbook, or an old .xls; {SAVE}"
+        return result
     try:
         with zipfile.ZipFile(path) as archive:
             check_size(archive)
     except TooLarge as e:
         result.error = f"rows file {path} {e}"
+        return result
+    except RuntimeError:
+        result.error = f"{unreadable}: a part of it is encrypted or compressed in a way "
+        result.error += f"zip readers do not know; {SAVE}"
         return result
     except DAMAGED as e:
         result.error = f"{unreadable} ({e})"
@@ -111,6 +121,11 @@ def read_workbook(path: str, sheet: str | None, limit: int, result: RowsFile) ->
         finally:
             book.close()
     return result
+
+
+def _is_ole_file(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(_OLE)) == _OLE
 
 
 # --- 1 and 2: what the zip unpacks to, before openpyxl reads it ---------------------------

@@ -194,6 +194,28 @@ def test_a_row_numbered_in_the_millions_is_read_without_the_rows_before_it(tmp_p
     ]
 
 
+def encrypted_parts(path: Path) -> Path:
+    """The workbook at `path`, each part marked encrypted in the zip's directory."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        data[at + 8] |= 1  # general purpose flag bit 0: encrypted
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_password_protected_workbook_is_a_clear_error_not_a_traceback(tmp_path):
+    # Excel saves a workbook with a password as an OLE file (like an old .xls), not a zip.
+    (tmp_path / "locked.xlsx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512))
+    workbook(tmp_path / "parts.xlsx", {"S": [["sku", "description"], ["S1", "A cat"]]})
+    encrypted_parts(tmp_path / "parts.xlsx")
+    for name in ("locked.xlsx", "parts.xlsx"):
+        [problem] = problems(manifest(tmp_path, name))
+        assert "not a readable .xlsx workbook" in problem
+        assert problem.endswith("save it in Excel as .xlsx without a password")
+
+
 DAMAGED_CELLS = [
     (
         '<c r="B3" t="s"><v>999</v></c>',
