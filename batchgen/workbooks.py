@@ -60,7 +60,7 @@ _FORMULA = f"{{{SHEET_MAIN_NS}}}f"
 _KINDS = {"n": "number", "s": "shared string number", "b": "boolean (1 or 0)", "d": "date"}
 _XML_START = b"\xef\xbb\xbf \t\r\n"  # what may come before an XML part's first '<'
 _OLE = b"\xd0\xcf\x11\xe0"  # the start of an OLE file: .xls, or an encrypted .xlsx
-SAVE = "save it in Excel as .xlsx without a password"
+_SAVE = "save it in Excel as .xlsx without a password"
 
 
 class TooLarge(Exception):
@@ -79,7 +79,7 @@ def read_workbook(path: str, sheet: str | None, limit: int, result: RowsFile) ->
     most `limit` rows; never raises for bad input."""
     unreadable = f"cannot read rows file {path}: not a readable .xlsx workbook"
     if _is_ole_file(path):
-        result.error = f"{unreadable}: a password-protected workbook, or an old .xls; {SAVE}"
+        result.error = f"{unreadable}: a password-protected workbook, or an old .xls; {_SAVE}"
         return result
     try:
         with zipfile.ZipFile(path) as archive:
@@ -89,7 +89,7 @@ def read_workbook(path: str, sheet: str | None, limit: int, result: RowsFile) ->
         return result
     except RuntimeError:
         result.error = f"{unreadable}: a part of it is encrypted or compressed in a way "
-        result.error += f"zip readers do not know; {SAVE}"
+        result.error += f"zip readers do not know; {_SAVE}"
         return result
     except DAMAGED as e:
         result.error = f"{unreadable} ({e})"
