@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from batchgen.errors import BatchgenError, ManifestInvalid
-from batchgen.keys import Redactor
+from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
@@ -78,7 +78,7 @@ class Commands(click.Group):
     """batchgen's command group: every command that uses the ledger also takes `--ledger`
     after its name (`batchgen status --ledger x.db`), same as before it."""
 
-    WITHOUT_LEDGER = frozenset({"validate", "sandbox"})
+    WITHOUT_LEDGER = frozenset({"validate", "sandbox", "init"})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if cmd.name not in self.WITHOUT_LEDGER and not any(p.name == "ledger" for p in cmd.params):
@@ -97,7 +97,8 @@ class Commands(click.Group):
 
 def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
     """The checked manifest; with `as_json`, an invalid one's problems go to stdout as
-    JSON (`{"valid": false, "problems": [...]}`) and the command exits 1."""
+    JSON, in `validate --json`'s shape (`{"valid": false, "campaign": NAME or null,
+    "jobs": null, "problems": [...]}`), and the command exits 1."""
     from batchgen.validate import check_manifest
 
     try:
@@ -106,7 +107,8 @@ def checked(manifest: str, max_jobs: int, as_json: bool) -> Any:
         if not as_json:
             raise
         problems = [dataclasses.asdict(problem) for problem in e.problems]
-        click.echo(json.dumps({"valid": False, "problems": problems}, ensure_ascii=False))
+        answer = {"valid": False, "campaign": e.campaign, "jobs": None, "problems": problems}
+        click.echo(json.dumps(answer, ensure_ascii=False))
         sys.exit(e.exit_code)
 
 
@@ -142,8 +144,8 @@ def cli(ctx: click.Context, ledger: str) -> None:
     """Run large, resumable, cost-audited batches of okaypic generation jobs.
 
     \b
-    Try it without an account:
-        batchgen run manifests/quickstart.yaml --sandbox
+    Try it without an account (init writes example manifests into this folder):
+        batchgen init && batchgen run --sandbox example.yaml
     """
     ctx.obj = {"ledger": ledger}
 
@@ -156,9 +158,62 @@ max_jobs_option = click.option(
     help="Refuse manifests that expand to more jobs than this.",
 )
 manifest_argument = click.argument("manifest", type=click.Path(dir_okay=False))
+
+
+def complete_campaigns(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of `--campaign`: the campaigns of the ledger the command line names
+    (or BATCHGEN_LEDGER, or the default), read read-only. Never an error: a completion
+    that cannot read the ledger offers nothing."""
+    from click.shell_completion import CompletionItem
+
+    from batchgen.ledger import Ledger
+
+    path = (ctx.obj or {}).get("ledger") or ctx.find_root().params.get("ledger") or DEFAULT_PATH
+    if not Path(path).is_file():
+        return []
+    try:
+        ledger = Ledger.read_only(path, notify=lambda message: None)
+        try:
+            names = ledger.campaign_names()
+        finally:
+            ledger.close()
+    except Exception:  # a locked, damaged or foreign file: nothing to offer, never a traceback
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
 campaign_option = click.option(
-    "--campaign", "campaigns", multiple=True, help="Only this campaign (repeatable)."
+    "--campaign",
+    "campaigns",
+    multiple=True,
+    shell_complete=complete_campaigns,
+    help="Only this campaign (repeatable).",
 )
+
+
+@cli.command()
+@click.argument("folder", metavar="[DIR]", default=".", type=click.Path(file_okay=False))
+@reports_errors
+def init(folder: str) -> None:
+    """Write example manifests and a rows template (CSV and xlsx) into DIR to start from.
+
+    DIR (default: this folder) is created if missing. A file already there is never
+    overwritten: init then writes nothing, names them and exits 1.
+
+    \b
+    Example:
+        batchgen init && batchgen run --sandbox example.yaml
+        batchgen init spring && batchgen validate spring/rows-example.yaml
+    """
+    from batchgen.starter import FIRST_MANIFEST, write_examples
+
+    written = write_examples(folder)
+    for name in written.names:
+        click.echo(str(written.folder / name))
+    first = written.folder / FIRST_MANIFEST
+    click.echo(f"try it without an account: batchgen run --sandbox {first}", err=True)
 
 
 @cli.command()
@@ -169,7 +224,8 @@ campaign_option = click.option(
     "as_json",
     is_flag=True,
     help="One JSON object on stdout: valid, campaign, jobs, and the problems (each with "
-    "file, line, col, path, message).",
+    "file, line, col, path, message); on an invalid manifest jobs is null, and so is "
+    "campaign when the manifest gives no valid name.",
 )
 @reports_errors
 def validate(manifest: str, max_jobs: int, as_json: bool) -> None:
@@ -224,7 +280,8 @@ def plan(
     """Show what a manifest would do and cost, without calling the API or writing anything.
 
     The wall time is estimated for the API keys in OKAYPIC_API_KEYS (or OKAYPIC_API_KEY),
-    3 slots each; for one key when none is set.
+    3 slots each; for one key when none is set. Exits 3 when the jobs to run do not fit
+    the budget or --within, so a script can gate on it.
 
     \b
     Examples:
@@ -238,15 +295,24 @@ def plan(
     made = make_plan(result, ledger_path(ctx), keys_given(), within)
     redact = Redactor.from_environment()  # never a key, even in a refused key's message
     click.echo(redact(json.dumps(plan_json(made)) if as_json else format_plan(made)))
+    if not made.fits:
+        sys.exit(3)  # PRODUCT.md §7: a script can gate on the plan
 
 
 @cli.command()
 @manifest_argument
 @max_jobs_option
 @click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object on stdout: campaign, new, unchanged, replaced, ledger (an "
+    "invalid manifest: validate --json's answer).",
+)
 @click.pass_context
 @reports_errors
-def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> None:
+def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool, as_json: bool) -> None:
     """Validate a manifest and add its jobs to the ledger, without submitting anything.
 
     \b
@@ -255,30 +321,32 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool) -> N
         batchgen resume
     """
     from batchgen.ledger import Ledger
-    from batchgen.validate import check_manifest
 
-    result = check_manifest(manifest, max_jobs=max_jobs)
+    result = checked(manifest, max_jobs, as_json)
     ledger = Ledger(ledger_path(ctx))
-    added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    try:
+        added = ledger.ingest(result.campaign, result.jobs, replace=replace)
+    finally:
+        ledger.close()
+    if as_json:
+        counts = {"new": added.new, "unchanged": added.unchanged, "replaced": added.replaced}
+        answer = {"campaign": result.campaign.name, **counts, "ledger": str(ledger.path)}
+        click.echo(json.dumps(answer, ensure_ascii=False))
+        return
     click.echo(
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
         f"already in the ledger, {added.replaced} replaced ({ledger.path})"
     )
 
 
-def run_options(for_run: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options `run` and `resume` share (`for_run`: run's help, which knows --sandbox)."""
-    poll_default = "[default: 5; 0.2 with --sandbox]" if for_run else "[default: 5]"
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(_run_options(poll_default)):
-            command = option(command)
-        return command
-
-    return decorate
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `run` and `resume` share."""
+    for option in reversed(_run_options()):
+        command = option(command)
+    return command
 
 
-def _run_options(poll_default: str) -> list[Callable[..., Any]]:
+def _run_options() -> list[Callable[..., Any]]:
     return [
         click.option(
             "--concurrency",
@@ -291,7 +359,8 @@ def _run_options(poll_default: str) -> list[Callable[..., Any]]:
             "--poll-interval",
             type=click.FloatRange(min=0.01),
             default=None,
-            help=f"Shortest spacing between two polls of a task, in seconds {poll_default}.",
+            help="Shortest spacing between two polls of a task, in seconds "
+            "[default: 5; 0.2 with --sandbox].",
         ),
         click.option(
             "--retry-delay",
@@ -344,9 +413,13 @@ def _run_options(poll_default: str) -> list[Callable[..., Any]]:
             help="Do not save result files (`batchgen download` can save them later).",
         ),
         click.option(
-            "--force",
-            is_flag=True,
-            help="Take over the ledger from a runner on another host that cannot be checked.",
+            "--lease",
+            type=Duration(),
+            default="2m",
+            show_default=True,
+            help="Several runners may share a ledger: one whose heartbeat is older than this "
+            "is taken for dead, and a live runner with its keys takes its tasks over "
+            "(DURATION: 120, 90s, 2m).",
         ),
         click.option(
             "--log",
@@ -392,16 +465,20 @@ def _ledger_option(ctx: click.Context) -> str | None:
     return ledger_path(ctx) if given and ledger_path(ctx) != DEFAULT_PATH else None
 
 
-@cli.command()
-@manifest_argument
-@click.option(
+sandbox_option = click.option(
     "--sandbox",
     is_flag=True,
-    help="Run against a local simulated service with a demo key (no account).",
+    help="Run against a local simulated service with a demo key (no account); its tasks "
+    "are kept beside the ledger, so `resume --sandbox` goes on with them.",
 )
+
+
+@cli.command()
+@manifest_argument
+@sandbox_option
 @max_jobs_option
 @click.option("--replace", is_flag=True, help="Replace jobs whose content changed.")
-@run_options(for_run=True)
+@run_options
 @click.pass_context
 @reports_errors
 def run(
@@ -449,12 +526,14 @@ def run(
 
 @cli.command()
 @campaign_option
-@run_options(for_run=False)
+@sandbox_option
+@run_options
 @click.pass_context
 @reports_errors
 def resume(
     ctx: click.Context,
     campaigns: tuple[str, ...],
+    sandbox: bool,
     log_path: str | None,
     notify_urls: tuple[str, ...],
     **options: Any,
@@ -465,13 +544,14 @@ def resume(
     Examples:
         batchgen resume --campaign spring-launch
         batchgen resume --log night.log --notify ntfy://my-renders
+        batchgen resume --sandbox     # after an interrupted `run --sandbox`
     """
     from batchgen.companions import Companions
 
     companions = Companions.open("resume", log_path, notify_urls)  # before anything is sent
     companions.campaigns = list(campaigns)
     end = companions.watch(
-        lambda: _schedule(ctx, list(campaigns), "resume", companions, sandbox=False, **options)
+        lambda: _schedule(ctx, list(campaigns), "resume", companions, sandbox=sandbox, **options)
     )
     sys.exit(end.exit_code)
 
@@ -520,16 +600,23 @@ def status(ctx: click.Context, campaigns: tuple[str, ...], as_json: bool) -> Non
     default="table",
     show_default=True,
 )
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option(
     "--jobs",
     "per_job",
     is_flag=True,
-    help="One row per job with its attempts, task ids and unit prices.",
+    help="One row per attempt (a job never sent: one row) with its job, task id, key label, "
+    "unit price, its own cost, files and verdict; JSON: each job with its attempts.",
 )
 @click.pass_context
 @reports_errors
 def report(
-    ctx: click.Context, campaigns: tuple[str, ...], by: str, fmt: str, per_job: bool
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    by: str,
+    fmt: str,
+    as_json: bool,
+    per_job: bool,
 ) -> None:
     """The cost audit: spent, in flight, unknown, refunded, per group with totals.
 
@@ -538,10 +625,16 @@ def report(
         batchgen report --by model
         batchgen report --by key
         batchgen report --format csv > audit.csv
-        batchgen report --jobs --format json
+        batchgen report --jobs --json
     """
     from batchgen import report as report_module
     from batchgen.ledger import Ledger
+
+    if as_json:
+        given = ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE
+        if given and fmt != "json":
+            raise click.UsageError(f"--json and --format {fmt} cannot be used together")
+        fmt = "json"
 
     ledger = Ledger.read_only(ledger_path(ctx))  # a reading command never writes
     width = shutil.get_terminal_size().columns  # $COLUMNS, the terminal, else 80
@@ -575,7 +668,11 @@ def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> No
     from batchgen.ledger import Ledger
 
     ledger = Ledger(ledger_path(ctx), create=False)
-    sys.exit(download_all(ledger, out_dir, list(campaigns)))
+    try:
+        code = download_all(ledger, out_dir, list(campaigns))
+    finally:
+        ledger.close()
+    sys.exit(code)
 
 
 @cli.command()
@@ -586,28 +683,56 @@ def download(ctx: click.Context, campaigns: tuple[str, ...], out_dir: str) -> No
     is_flag=True,
     help="Generate again the completed jobs a reviewer rejected (`batchgen review`).",
 )
+@click.option(
+    "--job",
+    "job_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this job, failed, held or completed (a re-roll), whatever its verdict "
+    "(repeatable; with --campaign when the id is in several campaigns).",
+)
 @click.pass_context
 @reports_errors
-def retry(ctx: click.Context, campaigns: tuple[str, ...], unknown: bool, rejected: bool) -> None:
+def retry(
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    unknown: bool,
+    rejected: bool,
+    job_ids: tuple[str, ...],
+) -> None:
     """Put failed jobs (or, with --unknown, held jobs) back in the queue with fresh attempts.
 
-    With --rejected: the completed jobs whose result was rejected in `batchgen review`;
-    the rejected results, their files and their cost stay in the audit.
+    With --rejected: the completed jobs whose result was rejected in `batchgen review`.
+    With --job ID: that job (failed, held, or completed: generated again). The earlier
+    results, their files and their cost stay in the audit.
 
     \b
     Examples:
         batchgen retry && batchgen resume
         batchgen retry --rejected && batchgen resume
+        batchgen retry --job cat-piano --job poster && batchgen resume
     """
     from batchgen.ledger import Ledger
 
-    if unknown and rejected:
-        raise click.UsageError("--unknown and --rejected cannot be used together")
+    chosen = [name for name, on in (("--unknown", unknown), ("--rejected", rejected),
+                                    ("--job", bool(job_ids))) if on]  # fmt: skip
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} cannot be used together")
     ledger = Ledger(ledger_path(ctx), create=False)
-    if rejected:
-        n = ledger.requeue_rejected(list(campaigns))
-    else:
-        n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    try:
+        if job_ids:
+            queued = ledger.requeue_jobs(list(job_ids), list(campaigns))
+            click.echo(
+                f"{len(queued)} job(s) queued again ({', '.join(queued)}); "
+                "run `batchgen resume` to go on."
+            )
+            return
+        if rejected:
+            n = ledger.requeue_rejected(list(campaigns))
+        else:
+            n = ledger.requeue(list(campaigns), "held" if unknown else "failed")
+    finally:
+        ledger.close()
     click.echo(f"{n} job(s) queued again; run `batchgen resume` to go on.")
 
 
@@ -675,7 +800,7 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     "--key",
     "keys",
     multiple=True,
-    default=["okpk_sandbox_demo"],
+    default=[SANDBOX_KEY],
     show_default=True,
     metavar="KEY[=USD]",
     callback=_sandbox_keys,
@@ -743,6 +868,14 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     show_default=True,
     help="How a running task reports progress (see the README's sandbox section).",
 )
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Keep the tasks and balances in FILE, and start from it when it exists: they "
+    "outlive this process (tasks end on their own time meanwhile).",
+)
 @reports_errors
 def sandbox(port: int, keys: tuple[str, ...], balance: str, **knobs: Any) -> None:
     """Serve a local simulator of the okaypic API on 127.0.0.1, for tests and demos.
@@ -758,8 +891,12 @@ def sandbox(port: int, keys: tuple[str, ...], balance: str, **knobs: Any) -> Non
         batchgen sandbox --key okpk_a --key okpk_b=0.50   # 2 keys: okpk_b has $0.50
     """
     from batchgen.sandbox import main as sandbox_main
+    from batchgen.sandbox.state import StateUnusable
 
-    sandbox_main(port=port, keys=keys, balance_usd=balance, **knobs)
+    try:
+        sandbox_main(port=port, keys=keys, balance_usd=balance, **knobs)
+    except StateUnusable as e:
+        raise BatchgenError(str(e)) from None
 
 
 def main() -> None:

@@ -3,16 +3,23 @@
 the run (its own end, an error, a Ctrl-C before it began), the log gets the end-of-run
 summary and every target gets it as one message. A message that fails is said on stderr
 and in the log; it changes neither the exit code nor the ledger.
+
+The log and the message end with how long the run took and on which host (`run took
+3m07s on render-02`): read on a phone in the morning, a message must say which machine
+and which run it speaks of.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from batchgen import notify
+from batchgen.durations import elapsed
 from batchgen.errors import AuthError, BatchgenError, ManifestInvalid, UsageProblem
 from batchgen.keys import Redactor
 from batchgen.progress import LogFile
@@ -25,10 +32,19 @@ AGAIN = "then run the same command again"
 class Companions:
     """The log file and the notification targets of one `run` or `resume`."""
 
-    def __init__(self, command: str, log: LogFile | None, targets: list[notify.Target]):
+    def __init__(
+        self,
+        command: str,
+        log: LogFile | None,
+        targets: list[notify.Target],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.command = command
         self.log = log
         self.targets = targets
+        self.clock = clock
+        self.started = clock()  # before anything is sent: the run's whole length
+        self.host = socket.gethostname()
         self.campaigns: list[str] = []  # named in a title, once known
         self.redact = Redactor.from_environment()  # no key in any line kept or sent
 
@@ -61,14 +77,20 @@ class Companions:
         self.ended(end)  # the runner has shown it
         return end
 
+    def took(self) -> str:
+        """Where the run ran and how long it took: `run took 3m07s on render-02`."""
+        return f"{self.command} took {elapsed(self.clock() - self.started)} on {self.host}"
+
     def ended(self, end: EndOfRun) -> None:
-        """The summary to the log and to every target."""
+        """The summary, then where and how long the run ran, to the log and to every
+        target (the screen has its own summary: its last line stays the run's)."""
+        lines = [*end.lines, self.took()]
         if self.log is not None:
-            self.log.lines([self.redact(line) for line in [end.title, *end.lines]])
+            self.log.lines([self.redact(line) for line in [end.title, *lines]])
         notify.send(
             self.targets,
             end.title,
-            end.body,
+            "\n".join(lines),
             end.kind,
             redact=self.redact,
             report=self._say,

@@ -10,15 +10,19 @@ its error and tried again by the next `download`, never by generating again.
   A job generated again (after `retry --rejected`, or a `--replace`) saves its new result
   as `<job-id>~2.<ext>` (then `~3`, …; `<job-id>~2+2.<ext>` for its second file), beside
   the earlier one, which is never overwritten.
-- Unique, also on a case-insensitive file system: a job id is used as it is only when it
-  is "plain" (lower-case letters, digits, `. _ -`, not starting with a dot, not a Windows
-  device name, at most 120 characters). Any other id keeps its safe characters and gets
-  `+` and 8 hex digits of its SHA-256 (`Shot` -> `Shot+1f3a09c2`). A plain name never
-  holds `+`, so a number or a hash can never make another job's name (`shot+2` is never
-  job `shot-2`'s, nor `Shot`'s).
+- Unique, also on a case-insensitive file system: a job id is used as written, case kept
+  (`TEA-02.mp4`), when it is "safe" (letters, digits, `. _ -`, not starting with a dot,
+  not a Windows device name in any case, at most 120 characters) and no other id of its
+  campaign differs from it by case alone. Any other id keeps its safe characters and
+  gets `+` and 8 hex digits of the SHA-256 of the id as written: `a b` -> `a_b+…`, and
+  `tea-02` and `TEA-02` in one campaign -> `tea-02+…` and `TEA-02+…`. So a suffix
+  depends only on the id itself and on whether an id differing by case alone exists,
+  never on the order of jobs. A safe name never holds `+`, so a number or a hash can
+  never make another job's name (`shot+2` is never job `shot-2`'s, nor `Shot`'s).
 - A file the ledger recorded keeps its recorded name (files saved under an earlier
-  scheme stay where they are); a new name that a recorded file of the campaign already
-  holds is never reused: that result gets the hashed form of its name instead.
+  scheme, or before an id differing by case alone joined the campaign, stay where they
+  are); a new name that a recorded file of the campaign already holds is never reused:
+  that result gets the hashed form of its name instead.
 - Safety: the resolved path must lie inside DIR. Result URLs are fetched with a client
   that has no Authorization header: the API key never goes to a CDN.
 - Atomic: streamed to a temporary `.<name>.<host>-<pid>.<random>.part` in the same
@@ -59,10 +63,10 @@ TRIES = 3  # per file and per `download`: transient errors (connection, 5xx) are
 # not hold a run, or its end, for ever. Past it the file fails; `download` tries again.
 DOWNLOAD_DEADLINE = 600.0
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-PLAIN = re.compile(r"[a-z0-9_-][a-z0-9._-]*")
+SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 MAX_NAME = 120
-MARK = "+"  # never in a plain name: what follows it is a hash or a file number
+MARK = "+"  # never in a safe name: what follows it is a hash or a file number
 GENERATION = "~"  # never in a safe name: what follows it is the job's result number
 # Names Windows keeps for devices, whatever their extension.
 DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
@@ -78,9 +82,11 @@ class DownloadError(Exception):
 
 def safe_name(text: str) -> str:
     """A file name made from `text` that cannot leave its folder, and that no other text
-    gives, even compared case-insensitively: `text` itself when plain, else its safe
-    characters + `+` + 8 hex digits of its SHA-256."""
-    if PLAIN.fullmatch(text) and len(text) <= MAX_NAME and text.split(".")[0] not in DEVICES:
+    gives (compared case-insensitively, it is only another text's when the two differ by
+    case alone): `text` itself when safe, else its safe characters + `+` + 8 hex digits
+    of its SHA-256."""
+    device = text.split(".")[0].lower() in DEVICES
+    if SAFE.fullmatch(text) and len(text) <= MAX_NAME and not device:
         return text
     return _hashed(text)
 
@@ -100,9 +106,9 @@ def extension(url: str) -> str:
 
 def file_name(job_id: str, n: int, url: str, hashed: bool = False, result: int = 1) -> str:
     """The name of file `n` (0-based) of a job's `result`-th result: the first has no
-    number. `hashed`: the hashed form of the id even when it is plain (its plain name is
-    held by another). No safe name holds `~` or `+`, so neither suffix makes another
-    job's name."""
+    number. `hashed`: the hashed form of the id even when it is safe (another id of the
+    campaign differs from it by case alone, or its name is held by another file). No safe
+    name holds `~` or `+`, so neither suffix makes another job's name."""
     generation = f"{GENERATION}{result}" if result > 1 else ""
     number = f"{MARK}{n + 1}" if n else ""
     stem = _hashed(job_id) if hashed else safe_name(job_id)
@@ -127,6 +133,7 @@ class _Names:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.owners: dict[str, dict[str, tuple[str, int]]] = {}  # campaign -> name -> file
+        self.by_case: dict[str, set[str]] = {}  # campaign -> ids shared by case, lower-cased
 
     def _owners(self, campaign: str) -> dict[str, tuple[str, int]]:
         owners = self.owners.get(campaign)
@@ -144,7 +151,12 @@ class _Names:
             recorded = Path(row["path"]).name
             if owners.get(recorded.casefold()) == me:
                 return recorded
-        for hashed in (False, True):
+        by_case = self.by_case.get(row["campaign"])
+        if by_case is None:
+            by_case = self.by_case[row["campaign"]] = self.ledger.ids_shared_by_case(
+                row["campaign"]
+            )
+        for hashed in dict.fromkeys((row["job_id"].lower() in by_case, True)):
             name = file_name(row["job_id"], row["n"], row["url"], hashed, row.get("result", 1))
             if owners.setdefault(name.casefold(), me) == me:
                 return name
@@ -407,10 +419,10 @@ async def _download_rows(
 
 
 class _Progress:
-    """Files done / total on stderr: a live bar on a terminal, a line now and then otherwise."""
+    """Files done / total on stderr as a live bar on a terminal; elsewhere (a log, a pipe)
+    only the line that starts, the summary says the rest."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
         self.bar: Any = None
         if sys.stderr.isatty():
             from rich.console import Console
@@ -421,14 +433,10 @@ class _Progress:
             self.task = self.bar.add_task("downloading", total=total)
         else:
             print(f"downloading {total} file(s)", file=sys.stderr, flush=True)
-        self.every = max(10, total // 10)
 
     def advance(self) -> None:
-        self.done += 1
         if self.bar is not None:
             self.bar.advance(self.task)
-        elif self.done % self.every == 0 and self.done < self.total:
-            print(f"{self.done}/{self.total} file(s)", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

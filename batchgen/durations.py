@@ -25,9 +25,10 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as a person writes it: 45s, 30m, 1h, 1h30m."""
-    if seconds < 60:
-        return f"{seconds:g}s"
+    """A duration as a person writes it: 45s, 30m, 1h, 1h30m; a measured one rounded to
+    two digits under a minute (3.2s, not 3.16038s)."""
+    if seconds < 59.5:
+        return f"{seconds:.2g}s"
     minutes = round(seconds / 60)
     hours, minutes = divmod(minutes, 60)
     if not hours:

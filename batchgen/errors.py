@@ -4,7 +4,6 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 ├── ManifestInvalid           validation problems, all of them (exit 1)
 ├── LedgerError               the ledger file cannot be used
 │   ├── JobConflict           a job changed under the same id (exit 1)
-│   ├── LedgerBusy            another runner holds the ledger (exit 1)
 │   └── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
 ├── UsageProblem              an option's value cannot be used: a --notify URL, a --log
 │                             file (exit 2)
@@ -27,8 +26,9 @@ class BatchgenError(Exception):
 
 
 class ManifestInvalid(BatchgenError):
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], campaign: str | None = None):
         self.problems = problems
+        self.campaign = campaign  # the campaign's name when the manifest gives a valid one
         super().__init__(f"{len(problems)} problem(s) in the manifest")
 
 
@@ -37,10 +37,6 @@ class LedgerError(BatchgenError):
 
 
 class JobConflict(LedgerError):
-    pass
-
-
-class LedgerBusy(LedgerError):
     pass
 
 

@@ -29,8 +29,12 @@ from urllib.parse import quote
 from batchgen.errors import AuthError
 
 KEY_VARIABLE = "OKAYPIC_API_KEY"
+# The sandbox's demo key (not a secret): what `run --sandbox` uses and `batchgen sandbox`
+# accepts unless told other keys.
+SANDBOX_KEY = "okpk_sandbox_demo"
 KEYS_VARIABLE = "OKAYPIC_API_KEYS"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+_HASH_LABEL = re.compile(r"key-[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class ApiKey:
 def label(key: str) -> str:
     """The name a key is shown by: `key-` + the first 8 hex digits of its SHA-256."""
     return "key-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def is_hash_label(text: str) -> bool:
+    """Whether `text` has the form of an unnamed key's label (`key-` + 8 hex digits)."""
+    return _HASH_LABEL.fullmatch(text) is not None
 
 
 def check(key: str, variable: str = KEY_VARIABLE) -> None:

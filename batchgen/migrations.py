@@ -611,6 +611,142 @@ def m007_key_labels(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE VIEW key_costs AS {M007_KEY_COSTS}")
 
 
+# --- m008: views whose money sums exactly --------------------------------------------------
+#
+# A dollar column is a float, and SQLite (3.40 here; Kahan-Babushka-Neumaier summation
+# only from 3.43) adds floats in binary: `sum(spent_usd)` over job_costs gave
+# 60.00000000000014. No float, and no decimal text (SUM turns it into a float), sums
+# exactly; integers do. So m008 recreates every money view with, beside each dollar
+# column `X_usd`, its exact twin `X_micro_usd`: the same money in integer micro-dollars.
+# A sum over rows is `sum(X_micro_usd)`, exact, and in dollars `sum(X_micro_usd) / 1e6`:
+# one division, rounded once, the float nearest the exact amount (60.0, 0.3). The README
+# says so ("Browsing the ledger").
+#
+# Each dollar column is one division of an integer sum, through `_dollars` below: on
+# PostgreSQL (NUMERIC, where sums are exact) the same SQL with DOLLAR_TYPE
+# 'NUMERIC(20, 6)' is the only difference in the money; job counts are spelled with CASE
+# (no boolean sums). What still differs there is not money: json_group_array and
+# json_each (job_costs' files, tag_costs' tags) and date() (daily_costs' day).
+
+DOLLAR_TYPE = "REAL"  # NUMERIC(20, 6) on PostgreSQL
+
+
+def _dollars(micros: str) -> str:
+    """Dollars from an integer micro-dollar expression (NULL stays NULL)."""
+    return f"CAST(({micros}) / 1000000.0 AS {DOLLAR_TYPE})"
+
+
+_M008_MONEY = ("spent", "in_flight", "unknown", "refunded")
+
+
+def _money(sums: dict[str, str]) -> tuple[str, str]:
+    """The dollar columns, and their micro-dollar twins, for `name -> integer SQL`."""
+    dollars = ", ".join(f"{_dollars(sql)} AS {name}_usd" for name, sql in sums.items())
+    micros = ", ".join(f"{sql} AS {name}_micro_usd" for name, sql in sums.items())
+    return dollars, micros
+
+
+def _own(row: str) -> dict[str, str]:
+    """Each kind of money of one row (`row`: the alias of a job's or an attempt's money)."""
+    return {m: f"{row}.{m}_micro" for m in _M008_MONEY}
+
+
+def _summed(rows: str) -> dict[str, str]:
+    """Each kind of money summed over rows (`rows`: their alias), 0 when there are none."""
+    return {m: f"COALESCE(SUM({row}), 0)" for m, row in _own(rows).items()}
+
+
+_M008_JOB_COUNTS = """
+    COUNT(*) AS jobs,
+    SUM(CASE WHEN j.status = 'completed' THEN 1 ELSE 0 END) AS completed,
+    SUM(CASE WHEN j.status = 'failed' THEN 1 ELSE 0 END) AS failed,
+    SUM(CASE WHEN j.status = 'queued' THEN 1 ELSE 0 END) AS queued,
+    SUM(CASE WHEN j.status IN ('submitting', 'running') THEN 1 ELSE 0 END) AS running,
+    SUM(CASE WHEN j.status = 'held' THEN 1 ELSE 0 END) AS held"""
+_M008_OUTPUT = """
+    SUM(CASE WHEN j.status = 'completed' AND j.kind = 'video'
+        THEN COALESCE(j.duration, 0) ELSE 0 END) AS video_seconds,
+    SUM(CASE WHEN j.status = 'completed' AND j.kind = 'image' THEN 1 ELSE 0 END) AS images"""
+
+
+def _m008_views() -> dict[str, str]:
+    """Every money view of m005 and m007 (`_attempt_money` stays as it is), with the
+    micro-dollar twins: the same rows, the same columns first, the twins last."""
+    attempt_dollars, attempt_micros = _money({"unit_price": "a.unit_price_micro_usd", **_own("a")})
+    job_dollars, job_micros = _money(_own("j"))
+    summed_dollars, summed_micros = _money(_summed("j"))
+    # NULL without a budget
+    budget_left = "c.budget_micro_usd - SUM(j.spent_micro + j.in_flight_micro + j.unknown_micro)"
+    _, campaign_micros = _money(
+        {"budget": "c.budget_micro_usd", **_summed("j"), "budget_left": budget_left}
+    )
+    daily_dollars, daily_micros = _money(_summed("a"))
+    key_dollars, key_micros = _money(
+        {name: f"COALESCE(SUM({rule}), 0)" for name, rule in _KEY_MONEY.items()}
+    )
+    return {
+        "attempt_costs": f"""
+    SELECT a.id AS attempt, a.job_ref, a.campaign, a.job_id, j.position, j.model,
+        a.started_at, date(COALESCE(a.answered_at, a.started_at)) AS day,
+        a.http_status, a.outcome, a.state, a.task_id, {attempt_dollars}, a.error,
+        {attempt_micros}
+    FROM _attempt_money a JOIN jobs j ON j.ref = a.job_ref
+    ORDER BY a.campaign, j.position, a.id""",
+        "job_costs": f"""
+    SELECT j.ref, j.campaign, j.position, j.id, j.model, j.status, j.prompt, j.tags,
+        j.duration, j.variant, j.resolution, j.attempt_count AS attempts, {job_dollars},
+        (SELECT json_group_array(f.path) FROM
+            (SELECT path FROM files WHERE job_ref = j.ref AND path IS NOT NULL
+             AND error IS NULL ORDER BY n) f) AS files,
+        j.task_id, j.last_error AS error, j.finished_at,
+        cv.verdict, cv.note AS verdict_note, {job_micros}
+    FROM ({_JOB_MONEY}) j
+    LEFT JOIN current_verdicts cv ON cv.campaign = j.campaign AND cv.job_id = j.id
+        AND cv.task_id = j.task_id AND j.status = 'completed'
+    ORDER BY j.campaign, j.position""",
+        "campaign_costs": f"""
+    SELECT c.name AS campaign, {_dollars("c.budget_micro_usd")} AS budget_usd,
+        {_M008_JOB_COUNTS}, {summed_dollars},
+        {_dollars(budget_left)} AS budget_left_usd, {_M008_OUTPUT}, {campaign_micros}
+    FROM campaigns c JOIN ({_JOB_MONEY}) j ON j.campaign = c.name
+    GROUP BY c.name, c.budget_micro_usd ORDER BY c.name""",
+        "model_costs": f"""
+    SELECT j.campaign, j.model, {_M008_JOB_COUNTS}, {summed_dollars}, {_M008_OUTPUT},
+        {summed_micros}
+    FROM ({_JOB_MONEY}) j
+    GROUP BY j.campaign, j.model ORDER BY j.campaign, j.model""",
+        "tag_costs": f"""
+    SELECT j.campaign, COALESCE(t.tag, '(none)') AS tag, {_M008_JOB_COUNTS},
+        {summed_dollars}, {_M008_OUTPUT}, {summed_micros}
+    FROM ({_JOB_MONEY}) j
+    LEFT JOIN (SELECT DISTINCT jobs.ref, value AS tag FROM jobs, json_each(jobs.tags)) t
+        ON t.ref = j.ref
+    GROUP BY j.campaign, COALESCE(t.tag, '(none)') ORDER BY j.campaign, tag""",
+        "daily_costs": f"""
+    SELECT a.day, a.campaign, COUNT(*) AS attempts, {daily_dollars}, {daily_micros}
+    FROM (SELECT *, date(COALESCE(answered_at, started_at)) AS day FROM _attempt_money) a
+    GROUP BY a.day, a.campaign ORDER BY a.day, a.campaign""",
+        "key_costs": f"""
+    SELECT t.campaign, NULLIF(t.key_label, '') AS key_label,
+        SUM(t.attempts) AS attempts,
+        SUM(CASE WHEN t.state = 'running' THEN t.attempts ELSE 0 END) AS in_flight,
+        {key_dollars}, {key_micros}
+    FROM key_totals t
+    GROUP BY t.campaign, t.key_label ORDER BY t.campaign, t.key_label""",
+    }
+
+
+M008_VIEWS = _m008_views()
+
+
+def m008_exact_dollar_views(db: sqlite3.Connection) -> None:
+    """Every money view again, each dollar column with its integer micro-dollar twin
+    (`spent_usd` and `spent_micro_usd`), whose SQL sums are exact."""
+    for name, select in M008_VIEWS.items():
+        db.execute(f"DROP VIEW IF EXISTS {name}")
+        db.execute(f"CREATE VIEW {name} AS {select}")
+
+
 def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[str, ...]) -> None:
     """Spell m001's `CHECK (column IN (...))` as `column = ... OR column = ...`: the same rule,
     but SQLite builds an IN list's lookup table again for every row it checks (1.6 µs a
@@ -643,6 +779,32 @@ def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[
         db.execute("PRAGMA writable_schema = OFF")
 
 
+def m010_runners(db: sqlite3.Connection) -> None:
+    """Several runners on one ledger (PRODUCT §6): each live runner's row and heartbeat,
+    and the runner each attempt in flight belongs to. The one-runner lock goes."""
+    _run_script(
+        db,
+        """
+    DROP TABLE runner;
+    CREATE TABLE runners (
+        id            TEXT PRIMARY KEY,   -- random, one per run/resume process
+        host          TEXT NOT NULL,
+        pid           INTEGER NOT NULL,
+        machine       TEXT,               -- hash of machine id + pid namespace
+        process_start TEXT,               -- when the pid's process started
+        command       TEXT NOT NULL,      -- run | resume
+        key_labels    TEXT NOT NULL,      -- JSON list of the labels of its keys
+        lease_seconds REAL NOT NULL,      -- dead when its heartbeat is older than this
+        started_at    TEXT NOT NULL,
+        heartbeat_at  TEXT NOT NULL
+    );
+    ALTER TABLE attempts ADD COLUMN runner_id TEXT;  -- who sent or follows it (NULL: nobody)
+    CREATE INDEX attempts_in_flight ON attempts (runner_id)
+        WHERE state = 'sending' OR state = 'running'
+    """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_observed_times,
@@ -651,6 +813,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m005_views,
     m006_scale_totals,
     m007_key_labels,
+    m008_exact_dollar_views,
+    m010_runners,
 ]
 
 

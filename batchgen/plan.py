@@ -107,6 +107,12 @@ class Plan:
         return _within(self.wall_seconds, self.within_seconds)
 
     @property
+    def fits(self) -> bool:
+        """Whether the jobs to run fit their budget and `--within` (`plan` exits 3 if not)."""
+        over = self.over_budget_micros
+        return (over is None or over <= 0) and self.fits_within is not False
+
+    @property
     def jobs(self) -> int:
         return sum(line.jobs for line in self.models)
 

@@ -1,10 +1,11 @@
-"""One run: the key, the service (or an in-process sandbox), the runner lock, signals,
+"""One run: the keys, the service (or an in-process sandbox), signals,
 the display, the scheduler, downloads, and how it ended (PRODUCT.md §6, §7): the
 end-of-run summary and exit code come from `summary.end_of_run`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -13,20 +14,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchgen import catalog
+from batchgen import catalog, demo
 from batchgen.client import Client
-from batchgen.errors import AuthError, LedgerWriteFailed
-from batchgen.keys import ApiKey, api_keys, label, source
+from batchgen.errors import AuthError
+from batchgen.keys import ApiKey, source
 from batchgen.ledger import DEFAULT_OUT, Ledger, LedgerJob
 from batchgen.progress import Display, LogFile, Snapshot, make_display
-from batchgen.scheduler import WRITE_WAIT, AuthFailed, Scheduler, Settings, Summary
-from batchgen.summary import LISTED, Closing, EndOfRun, JobNote, LedgerFacts, end_of_run
+from batchgen.scheduler import AuthFailed, Scheduler, Settings, Summary
+from batchgen.summary import (
+    LISTED,
+    Closing,
+    EndOfRun,
+    JobNote,
+    LedgerFacts,
+    end_of_run,
+    held_why,
+)
 
 if TYPE_CHECKING:
     from batchgen.download import Downloader
 
-SANDBOX_KEY = "okpk_sandbox_demo"
-SANDBOX_TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
 SANDBOX_POLL_INTERVAL = 0.2
 
 
@@ -41,7 +48,7 @@ class RunOptions:
     lost_after: float = 3600.0  # seconds without a usable answer before a task is lost
     download_dir: str | None = None
     sandbox: bool = False
-    force: bool = False  # take over a runner lock held from another host
+    lease: float = 120.0  # --lease: a runner silent this long is dead (PRODUCT §6)
     log: LogFile | None = None  # --log: every event and a status line each minute, appended
     # The --ledger that the advised commands repeat: the path when it was given on the
     # command line (a ledger from BATCHGEN_LEDGER is found again in the same environment).
@@ -50,26 +57,14 @@ class RunOptions:
 
 @contextmanager
 def service(options: RunOptions, ledger_path: str) -> Iterator[tuple[str, list[ApiKey]]]:
-    """(base URL, keys): the in-process sandbox with its demo key, or the real service
-    with the keys from the environment."""
+    """(base URL, keys): the ledger's in-process sandbox with its demo key (its tasks
+    outlive this process: demo.py), or the real service with the keys from the
+    environment."""
     if not options.sandbox:
-        yield (options.base_url or catalog.load().base_url), api_keys()
+        yield (options.base_url or catalog.load().base_url), demo.keys_for(ledger_path)
         return
-    from batchgen.sandbox import Sandbox, SandboxConfig, serve
-
-    # Seeded by the attempts the ledger already holds: the same files for the same history,
-    # and a later run on the ledger (say after `retry --rejected`) never repeats a task id.
-    reader = Ledger.read_only(ledger_path)
-    try:
-        seed = reader.attempt_count()
-    finally:
-        reader.close()
-    served = serve(Sandbox(SandboxConfig(time_scale=SANDBOX_TIME_SCALE, seed=seed)))
-    print(f"sandbox: simulated okaypic service at {served.base_url} (demo key)", file=sys.stderr)
-    try:
-        yield served.base_url, [ApiKey(label(SANDBOX_KEY), SANDBOX_KEY)]
-    finally:
-        served.stop()
+    with demo.sandbox_beside(ledger_path) as base_url:
+        yield base_url, [demo.KEY]
 
 
 def run_ledger(
@@ -80,13 +75,7 @@ def run_ledger(
         for key in keys:
             ledger.redact.add(key.secret, key.label)  # nothing the service echoes is stored
         try:
-            warning = ledger.acquire_runner(command, force=options.force)
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-            try:
-                return asyncio.run(_run(ledger, campaigns, options, base_url, keys, command))
-            finally:
-                _release(ledger)
+            return asyncio.run(_run(ledger, campaigns, options, base_url, keys, command))
         finally:
             ledger.close()
 
@@ -107,6 +96,7 @@ async def _run(
         options.max_attempts,
         options.on_unknown,
         options.lost_after,
+        options.lease,
     )
     display = make_display(log=options.log)
     clients: dict[str | None, Client] = {
@@ -126,7 +116,9 @@ async def _run(
                 asyncio.get_running_loop().create_task(downloader.fetch_job(job.campaign, job.id))
             )
 
-    scheduler = Scheduler(ledger, clients, settings, report, on_completed=completed)
+    scheduler = Scheduler(
+        ledger, clients, settings, report, on_completed=completed, command=command
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scheduler.interrupt)
@@ -162,7 +154,7 @@ async def _run(
         options.ledger_option,
         campaigns,
         options.sandbox,
-        options.download_dir,
+        os.path.abspath(options.download_dir) if options.download_dir else None,  # in a message
         options.download_dir == DEFAULT_OUT,
         options.lost_after,
     )
@@ -186,18 +178,6 @@ async def _until_done_or_halted(tasks: list[asyncio.Task[bool]], halt: asyncio.E
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
-
-
-def _release(ledger: Ledger) -> None:
-    """Give the runner lock back; a ledger that cannot be written now (locked, full) keeps
-    it, and the next runner takes it over since this process will be gone."""
-    try:
-        ledger.try_write(ledger.release_runner, WRITE_WAIT)
-    except LedgerWriteFailed as e:
-        print(
-            f"warning: could not release the runner lock ({e}); the next run takes it over",
-            file=sys.stderr,
-        )
 
 
 def _downloader(
@@ -302,13 +282,9 @@ def _facts(ledger: Ledger, campaigns: list[str] | None) -> LedgerFacts:
             for j in failed
         ],
         held=[
-            JobNote(
-                j["campaign"],
-                j["id"],
-                ": ".join(filter(None, [j["reason"], j["last_error"]])) or "unknown outcome",
-            )
-            for j in held
+            JobNote(j["campaign"], j["id"], held_why(j["reason"], j["last_error"])) for j in held
         ],
-        recovery_file=str(ledger.recovery_path) if ledger.recovery_path.exists() else None,
+        recovery_file=str(ledger.recovery_path) if ledger.held_count() else None,
         manifests=ledger.manifest_paths(campaigns),
+        other_runners=len(ledger.runners()),
     )

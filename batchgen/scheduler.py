@@ -23,10 +23,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from functools import partial
 from typing import Any, TypeVar
 
 from batchgen import catalog
+from batchgen.arbitration import Claim, beat_every
 from batchgen.client import Client
 from batchgen.durations import format_duration
 from batchgen.errors import LedgerWriteFailed
@@ -67,6 +69,17 @@ class Settings:
     max_attempts: int = 4
     on_unknown: str = "resubmit"  # or "hold"
     lost_after: float = 3600.0  # seconds without a usable answer before a task is lost
+    lease: float = 120.0  # a runner whose heartbeat is older than this is dead (PRODUCT §6)
+
+
+class Ended(Enum):
+    """How the driving of one job ended, as the loop reads it (a value, not a side effect)."""
+
+    DONE = "done"  # completed, failed, held, or left alone: nothing more to do here
+    REQUEUED = "requeued"  # queued again; its key stopped submitting: another key may take it
+    BUDGET = "budget"  # its cost does not fit its campaign's budget now
+    NO_SLOT = "no slot"  # its key's slots are all taken in the ledger (by other runners)
+    TAKEN = "taken"  # another runner has it (claimed it, or took this runner's claim over)
 
 
 class AuthFailed(Exception):
@@ -89,6 +102,7 @@ class KeySlots:
     out: str | None = None
     accepted: bool = False  # the service answered once without 401
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    full_until: float = 0.0  # its slots were all taken in the ledger: not tried before then
 
 
 class _Abandoned(Exception):
@@ -129,8 +143,11 @@ class Scheduler:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         on_completed: Callable[[LedgerJob], None] | None = None,
+        command: str = "run",
     ):
         self.ledger = ledger
+        self.command = command
+        self.runner_id = ""  # given by the ledger when the run starts
         # Each key's client and slots, in the order given. A task recorded without a label
         # (before m007) is polled with the first key.
         clients = client if isinstance(client, dict) else {None: client}
@@ -144,8 +161,7 @@ class Scheduler:
         self.on_completed = on_completed
         self.catalog = catalog.load()
         self.summary = Summary()
-        self.in_flight: dict[asyncio.Task[None], tuple[LedgerJob, KeySlots]] = {}
-        self.requeued: set[tuple[str, str]] = set()  # their key stopped: another may take them
+        self.in_flight: dict[asyncio.Task[Ended], tuple[LedgerJob, KeySlots]] = {}
         # Completions seen, handed to `on_completed` (downloads) once their slots are
         # refilled: a download must never delay the next submission (PRODUCT §6).
         self.completions: list[LedgerJob] = []
@@ -161,7 +177,9 @@ class Scheduler:
         self._refused = 0  # 429s since the last summary line
         self._refused_since: float | None = None
         self._refused_reported: float | None = None
-        self.waiting_for_budget: set[tuple[str, str]] = set()
+        self.beat_every = beat_every(settings.lease)
+        self.next_beat = 0.0  # monotonic time of the next heartbeat and look for orphans
+        self.waiting_on_late = 0  # tasks of our keys whose runner is late (not yet dead)
         # Generation times learned from tasks a process followed from submission to
         # completion (the ledger's history, then this run's), and which ways of reading
         # progress have held per model: what pacing and the ETA rest on.
@@ -172,26 +190,38 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, campaigns: list[str] | None = None) -> Summary:
+        labels = [slots.label for slots in self.keys.values()]
+        self.runner_id = await self._record(
+            partial(self.ledger.register_runner, self.command, labels, self.settings.lease)
+        )
+        cancelled = False
         try:
-            await self._settle_interrupted_submissions(campaigns)
+            return await self._run(campaigns)
+        except asyncio.CancelledError:
+            cancelled = True  # the process goes away: its pid, or its lease, tells the others
+            raise
+        finally:
+            if not cancelled:
+                # Its tasks still in flight are left for any runner to take at once.
+                self._try_once(partial(self.ledger.unregister_runner, self.runner_id))
+
+    async def _run(self, campaigns: list[str] | None) -> Summary:
+        try:
+            await self._take_over(campaigns)
         except _Abandoned:
             return self.summary
         # Lost tasks (held, reason `lost`) are polled once more, and taken back if they answer.
-        followed = self.ledger.unfinished_jobs(campaigns, statuses=("running",))
-        followed += self.ledger.lost_jobs(campaigns)
-        # A followed job whose task fails is `queued` while its own coroutine submits it
-        # again: the queue, read later, must not hand it out a second time.
-        pending = _Queue(self.ledger.queued_jobs(campaigns), skip={j.key for j in followed})
-        deferred: list[LedgerJob] = []  # over budget for now; tried again when money frees up
-        # Already in flight: follow them with the key that created them, whatever the
-        # concurrency; a task whose key is not given is left alone (neither polled nor
-        # submitted again), and the run says which label it waits for.
-        for job in followed:
+        followed = [*self.in_flight.values()]
+        for job in self.ledger.lost_jobs(campaigns):
             slots = self._key_of(job)
-            if slots is None:
-                self._unpolled(job, missing=True)
-            else:
+            if slots is not None:
                 self._start(job, slots)
+        # A followed job whose task fails is `queued` while its own coroutine submits it
+        # again: the queue, read later, should not hand it out a second time (if it did,
+        # the ledger's claim would refuse one of the two).
+        pending = _Queue(self.ledger.queued_jobs(campaigns), skip={j.key for j, _ in followed})
+        deferred: list[LedgerJob] = []  # its key stopped; another key may take it
+        over_budget: list[LedgerJob] = []  # tried again when money frees up
         halted = asyncio.get_running_loop().create_task(self.halt_all.wait())
         try:
             while True:
@@ -202,34 +232,42 @@ class Scheduler:
                     and (queued := pending.pop()) is not None
                 ):
                     job = queued
+                    # A first look, read only: the claim decides (in the ledger), this only
+                    # spares claims that cannot succeed.
                     if job.campaign not in room:
                         room[job.campaign] = self._budget_room(job.campaign)
                     left = room[job.campaign]
                     if left is not None and job.price_micros > left:
-                        deferred.append(job)
+                        over_budget.append(job)
                         continue
                     if left is not None:
                         room[job.campaign] = left - job.price_micros
                     self._start(job, free)
                 self._hand_on_completions()
-                if not self.in_flight:
+                wait = self._worth_waiting(pending, over_budget)
+                if not self.in_flight and wait is None:
                     break
                 waiting: list[asyncio.Future[Any]] = [*self.in_flight, halted]
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if self.halt_all.is_set():
                     await self._finish_halted()
                     return self.summary
                 for task in [t for t in self.in_flight if t.done()]:
                     job, slots = self.in_flight.pop(task)
                     slots.busy -= 1
-                    task.result()  # AuthFailed, and any bug, surfaces here
-                    if job.key in self.waiting_for_budget or job.key in self.requeued:
+                    ended = task.result()  # AuthFailed, and any bug, surfaces here
+                    if ended is Ended.REQUEUED:
                         deferred.append(job)
-                self.waiting_for_budget.clear()
-                self.requeued.clear()
-                pending.put_back(deferred)  # a refund may have made room
+                    elif ended is Ended.BUDGET:
+                        over_budget.append(job)
+                    elif ended is Ended.NO_SLOT:
+                        slots.full_until = time.monotonic() + self._recheck
+                        pending.put_back([job])
+                await self._beat(campaigns)
+                pending.put_back(deferred + over_budget)  # a refund may have made room
                 deferred.clear()
-            self.summary.budget_blocked = {j.key for j in deferred}
+                over_budget.clear()
+            self.summary.budget_blocked = {j.key for j in over_budget}
             await self._record(
                 lambda: self.ledger.set_reason(sorted(self.summary.budget_blocked), "budget")
             )
@@ -241,6 +279,87 @@ class Scheduler:
         finally:
             halted.cancel()
         return self.summary
+
+    @property
+    def _recheck(self) -> float:
+        """How soon to look again at what other runners hold (a key's slots, the money
+        their tasks may free, a late runner's tasks)."""
+        return max(0.05, min(self.settings.poll_interval, self.beat_every))
+
+    def _worth_waiting(self, pending: _Queue, over_budget: list[LedgerJob]) -> float | None:
+        """Seconds to wait for what other runners hold, None when nothing they hold can give
+        this runner work: a key whose slots they fill while jobs wait, money their tasks in
+        flight may free for a job over budget, tasks of a late runner this one may adopt."""
+        if self.halt_submits.is_set():
+            return self._recheck if self.in_flight else None
+        until = time.monotonic() + self._recheck
+        if self.in_flight:
+            return max(0.0, min(self.next_beat, until) - time.monotonic())
+        usable = [k for k in self.keys.values() if k.out is None]
+        if usable and all(k.full_until > time.monotonic() for k in usable) and pending.peek():
+            return self._recheck
+        if any(self.ledger.in_flight_anywhere(c) for c in {j.campaign for j in over_budget}):
+            return self._recheck
+        if self.waiting_on_late:
+            return self._recheck
+        return None
+
+    async def _beat(self, campaigns: list[str] | None) -> None:
+        """Every `beat_every` seconds: the heartbeat, and a look for orphans (a dead runner's
+        tasks of this runner's keys, and its unanswered requests), which this one takes."""
+        if time.monotonic() < self.next_beat:
+            return
+        self.next_beat = time.monotonic() + self.beat_every
+        try:
+            alive = self.ledger.try_write(
+                partial(self.ledger.heartbeat, self.runner_id, self.command), WRITE_WAIT
+            )
+        except LedgerWriteFailed:
+            return  # tried again at the next beat
+        if not alive:
+            self._lost_claims()
+        try:
+            await self._take_over(campaigns)
+        except _Abandoned:
+            pass
+
+    def _lost_claims(self) -> None:
+        """This runner was taken for dead (paused past its lease, say): another runner has
+        taken its tasks over. It stops following those; a request on the wire records its
+        answer, which the ledger keeps for the audit if the claim was settled meanwhile."""
+        owned = {job.key for job in self.ledger.owned_jobs(self.runner_id)}
+        for task, (job, _) in self.in_flight.items():
+            if task not in self.on_wire and job.status == "running" and job.key not in owned:
+                task.cancel()
+                self.report(
+                    job,
+                    "taken over by another runner (this one was paused past its "
+                    "lease): not following it any more",
+                )
+
+    async def _take_over(self, campaigns: list[str] | None) -> None:
+        """Take the orphans (see Ledger.take_over): settle each unanswered request as an
+        unknown outcome, follow each running task with the key that created it."""
+        takeover = await self._record(partial(self.ledger.take_over, self.runner_id, campaigns))
+        self.waiting_on_late = takeover.waiting_on_late
+        sending = [o for o in takeover.orphans if o.state == "sending"]
+        for orphan in sending:
+            job = self.ledger.unfinished_job(orphan.campaign, orphan.job_id)
+            if job is not None:
+                await self._unknown(
+                    job, orphan.attempt_id, "its runner stopped before the answer came"
+                )
+        if len(sending) < len(takeover.orphans):
+            driven = {job.key for job, _ in self.in_flight.values()}
+            adopted = [j for j in self.ledger.owned_jobs(self.runner_id) if j.key not in driven]
+            for job in adopted:
+                slots = self._key_of(job)
+                assert slots is not None  # only tasks of this runner's keys are taken
+                self._start(job, slots)
+            if adopted and self.next_beat:  # at the start, following them is what resume does
+                self.report(None, f"following {len(adopted)} task(s) of a runner that is gone")
+        for label, count in takeover.unheld.items():
+            self._unheld(label, count)
 
     def interrupt(self) -> None:
         """SIGINT/SIGTERM: stop submitting and polling; a submission on the wire is still
@@ -291,7 +410,8 @@ class Scheduler:
     def _free_key(self) -> KeySlots | None:
         """The key to submit the next job with: the least busy of those still submitting,
         if it has a slot free."""
-        usable = [k for k in self.keys.values() if k.out is None]
+        now = time.monotonic()
+        usable = [k for k in self.keys.values() if k.out is None and k.full_until <= now]
         if not usable:
             return None
         slots = min(usable, key=lambda k: k.busy)
@@ -314,6 +434,19 @@ class Scheduler:
                 f"task {job.task_id} was created with key {label}, which is not given: "
                 "left as it is (neither polled nor submitted again)",
             )
+
+    def _unheld(self, label: str | None, tasks: int) -> None:
+        """Tasks no runner follows: created with a key that neither this runner nor any
+        live one holds. Left as they are (neither polled nor submitted again)."""
+        name = label or "(unlabelled)"
+        if name not in self.summary.missing_keys:
+            self.report(
+                None,
+                f"{tasks} task(s) were created with key {name}, which is not given: left as "
+                "they are (neither polled nor submitted again)",
+            )
+        self.summary.missing_keys.add(name)
+        self.summary.unpolled[name] = tasks
 
     def _key_out(self, slots: KeySlots, why: str, message: str | None) -> None:
         """Take a key out of the run: `refused` (401) or `balance` (402). When no key is
@@ -354,40 +487,27 @@ class Scheduler:
         money = self.ledger.money([campaign])
         return budget - money.spent - money.in_flight - money.unknown
 
-    async def _settle_interrupted_submissions(self, campaigns: list[str] | None) -> None:
-        """A job left `submitting` by a killed process: its request may have left."""
-        interrupted = self.ledger.interrupted_submissions(campaigns)
-        if not interrupted:
-            return
-        by_key: dict[tuple[str, str], LedgerJob | None] = {}  # only these: not every job
-        for attempt_id, campaign, job_id in interrupted:
-            key = (campaign, job_id)
-            if key not in by_key:
-                by_key[key] = self.ledger.unfinished_job(campaign, job_id)
-            job = by_key[key]
-            if job is not None:
-                await self._unknown(job, attempt_id, "the process stopped before the answer")
-
     # ------------------------------------------------------------------ one job
 
-    async def _drive(self, job: LedgerJob, slots: KeySlots) -> None:
+    async def _drive(self, job: LedgerJob, slots: KeySlots) -> Ended:
         """Take one job to an end on one key: submit it, follow its task, resubmit while
-        allowed. A job whose key stops submitting is handed back for another key."""
+        allowed. How it ended tells the loop what to do with the job next."""
         try:
             if job.status == "held" and not await self._poll_lost_task(job, slots):
-                return
+                return Ended.DONE
             if job.status == "running" and not await self._usable_recorded_task(job):
                 if job.status != "queued":
-                    return
+                    return Ended.DONE
             while True:
-                if job.status != "running" and not await self._submit(job, slots):
-                    if job.status == "queued" and slots.out is not None:
-                        self.requeued.add(job.key)
-                    return
+                if job.status != "running":
+                    ended = await self._submit(job, slots)
+                    if ended is not None:
+                        return ended
                 if not await self._follow(job, slots):
-                    return
+                    # Queued again (its task failed) but not by this key: another may take it.
+                    return Ended.REQUEUED if job.status == "queued" else Ended.DONE
         except _Abandoned:
-            return
+            return Ended.DONE
 
     async def _usable_recorded_task(self, job: LedgerJob) -> bool:
         """Whether the task id the ledger holds can be polled. One that cannot (written by
@@ -417,50 +537,64 @@ class Scheduler:
         if outcome.action is Poll.ERROR:
             self.report(job, f"still lost ({outcome.message}): held")
             return False
-        await self._record(lambda: self.ledger.task_taken_back(job))
+        if not await self._record(partial(self.ledger.task_taken_back, job, self.runner_id)):
+            return False  # another runner took it back first, and follows it
         self.report(job, f"lost task {job.task_id} answers again: following it")
         return True
 
-    async def _submit(self, job: LedgerJob, slots: KeySlots) -> bool:
-        """Submit with `slots`' key until a task is created (True), or the job must wait,
-        has ended, or its key stopped submitting."""
+    async def _submit(self, job: LedgerJob, slots: KeySlots) -> Ended | None:
+        """Submit with `slots`' key until a task is created (None: follow it), or the job
+        must wait, has ended, went to another runner, or its key stopped submitting."""
         slot_waits = not_sent = 0
         while True:
             if self.halt_submits.is_set() or slots.out is not None:
-                return False
-            if job.attempts >= self.settings.max_attempts:
-                error = f"gave up after {job.attempts} attempt(s)"
-                await self._record(partial(self.ledger.fail_job, job, error))
-                self.report(job, "failed: attempts exhausted")
-                return False
-            room = self._budget_room(job.campaign)
-            if room is not None and job.price_micros > room:
-                self.waiting_for_budget.add(job.key)
-                return False
+                return Ended.REQUEUED
             model = self.catalog.model(job.model)
             assert model is not None
             if not await self._ledger_writable():
-                return False
+                return Ended.REQUEUED
             async with self._key_check(slots):
                 if self.halt_submits.is_set() or slots.out is not None:  # while we waited
-                    return False
-                attempt = await self._record(lambda: self.ledger.begin_attempt(job, slots.label))
-                if self.halt_submits.is_set():  # halted while the intent waited for the ledger
+                    return Ended.REQUEUED
+                # The ledger decides: the job, a slot of this key, the job's cost reserved.
+                claim, attempt = await self._record(
+                    partial(
+                        self.ledger.claim,
+                        job,
+                        self.runner_id,
+                        slots.label,
+                        self.settings.concurrency,
+                        self.settings.max_attempts,
+                    )
+                )
+                if attempt is None:
+                    return await self._not_claimed(job, claim)
+                if self.halt_submits.is_set():  # halted while the claim waited for the ledger
                     await self._close_unsent(job, attempt)
-                    return False
+                    return Ended.REQUEUED
                 me = asyncio.current_task()
                 assert me is not None
                 self.on_wire.add(me)
                 try:
                     self.checkpoint("intent_committed")
+                    # A runner paused past its lease (a closed laptop lid) may find its claim
+                    # taken over by another runner: it sends nothing for that job.
+                    if not self.ledger.owns(self.runner_id, attempt):
+                        self.report(
+                            job,
+                            "not sent: another runner took this one's claim over "
+                            "(it was paused past its lease)",
+                        )
+                        return Ended.TAKEN
                     self.sent_at[job.key] = self.clock()
                     answer = await slots.client.submit(model.submit_path, job.request)
                     self.checkpoint("submit_answered")
                     if answer.status is not None and answer.status != 401:
                         slots.accepted = True
                     outcome = classify_submit(answer)
-                    if not await self._record_submit(job, attempt, outcome, answer.retry_after):
-                        return False
+                    ended = await self._record_submit(job, attempt, outcome, slots)
+                    if ended is not None:
+                        return ended
                 finally:
                     self.on_wire.discard(me)
             action, message = outcome.action, outcome.message
@@ -469,7 +603,7 @@ class Scheduler:
                 job.key_label = slots.label
                 by = f" (key {slots.label})" if len(self.keys) > 1 else ""
                 self.report(job, f"submitted, task {outcome.task_id}{by}")
-                return True
+                return None
             if action is Submit.UNKNOWN:
                 await self._pause(self._backoff(job.attempts), self.halt_submits)
                 continue
@@ -485,20 +619,20 @@ class Scheduler:
                 if not_sent >= self.settings.max_attempts:
                     self.summary.message = f"cannot reach the service: {message}"
                     self._halt("unreachable")
-                    return False
+                    return Ended.REQUEUED
                 await self._pause(self._backoff(not_sent), self.halt_submits)
             elif action is Submit.SERVER_ERROR:
                 self.report(job, f"server error on submit ({message}); will retry")
                 await self._pause(self._backoff(job.attempts), self.halt_submits)
             elif action is Submit.REJECTED:
                 self.report(job, f"failed: rejected by the service: {message}")
-                return False
+                return Ended.DONE
             elif action is Submit.AUTH:
                 self._key_out(slots, "refused", message)
-                return False
+                return Ended.REQUEUED
             elif action is Submit.BALANCE:
                 self._key_out(slots, "balance", message)
-                return False
+                return Ended.REQUEUED
             elif action is Submit.REDIRECTED:
                 self.summary.message = (
                     f"the service redirects submissions ({message}), so the base URL is wrong "
@@ -508,12 +642,26 @@ class Scheduler:
                 self.report(job, f"not submitted: {message}; stopping the run")
                 self._halt("redirect")
                 self.halt_all.set()
-                return False
+                return Ended.DONE
+
+    async def _not_claimed(self, job: LedgerJob, claim: Claim) -> Ended:
+        """The ledger refused the claim: what it means for this job."""
+        if claim is Claim.EXHAUSTED:
+            error = f"gave up after {job.attempts} attempt(s)"
+            if await self._record(partial(self.ledger.fail_job, job, error)):
+                self.report(job, "failed: attempts exhausted")
+            return Ended.DONE
+        if claim is Claim.NO_SLOT:
+            return Ended.NO_SLOT
+        if claim is Claim.BUDGET:
+            return Ended.BUDGET
+        return Ended.TAKEN
 
     async def _record_submit(
-        self, job: LedgerJob, attempt: int, outcome: Any, retry_after: str | None
-    ) -> bool:
-        """Record what a submission's answer means; False when the job stops here."""
+        self, job: LedgerJob, attempt: int, outcome: Any, slots: KeySlots
+    ) -> Ended | None:
+        """Record what a submission's answer means: None to go on (follow the task, or act
+        on the answer), else how the job's driving ends here."""
         action, message = outcome.action, outcome.message
         if action is Submit.CREATED:
             task_id, status = outcome.task_id, outcome.status or 200
@@ -528,16 +676,27 @@ class Scheduler:
                 "http_status": status,
                 "answered_at": answered_at,
             }
-            await self._record(
-                lambda: self.ledger.attempt_created(job, attempt, status, task_id, answered_at),
+            write = partial(
+                self.ledger.attempt_created,
                 job,
-                held,
+                attempt,
+                status,
+                task_id,
+                answered_at,
+                self.runner_id,
             )
-            return True
+            if not await self._record(write, job, held):
+                self.report(
+                    job,
+                    f"task {task_id} was created after another runner had settled this "
+                    "submission as unknown: kept on its attempt for the audit, not followed",
+                )
+                return Ended.TAKEN
+            return None
         if action is Submit.UNKNOWN:
             return await self._unknown(job, attempt, message or "no usable answer")
         state, words, job_status, reason = CLOSING[action]
-        await self._record(
+        recorded = await self._record(
             lambda: self.ledger.attempt_ended(
                 job,
                 attempt,
@@ -550,7 +709,11 @@ class Scheduler:
                 reason=reason,
             )
         )
-        return True
+        return None if recorded else self._settled_elsewhere(job)
+
+    def _settled_elsewhere(self, job: LedgerJob) -> Ended:
+        self.report(job, "another runner settled this submission meanwhile: leaving it to it")
+        return Ended.TAKEN
 
     async def _close_unsent(self, job: LedgerJob, attempt: int) -> None:
         """An intent committed for a request that will not be sent after all."""
@@ -572,10 +735,10 @@ class Scheduler:
         exhausted = job.attempts + int(counted) >= self.settings.max_attempts
         return ("failed" if exhausted else "queued"), None
 
-    async def _unknown(self, job: LedgerJob, attempt: int, message: str) -> bool:
-        """Record an attempt of unknown outcome; True when the job may be submitted again."""
+    async def _unknown(self, job: LedgerJob, attempt: int, message: str) -> Ended | None:
+        """Record an attempt of unknown outcome; None when the job may be submitted again."""
         status, reason = self._after_unknown(job)
-        await self._record(
+        recorded = await self._record(
             lambda: self.ledger.attempt_ended(
                 job,
                 attempt,
@@ -587,8 +750,10 @@ class Scheduler:
                 reason=reason,
             )
         )
+        if not recorded:
+            return self._settled_elsewhere(job)
         self.report(job, f"unknown outcome ({message}): {status}")
-        return status == "queued"
+        return None if status == "queued" else Ended.DONE
 
     async def _follow(self, job: LedgerJob, slots: KeySlots) -> bool:
         """Poll a task to its end with the key that created it; True when the job is to
@@ -662,7 +827,9 @@ class Scheduler:
                 write = partial(
                     self.ledger.task_completed, job, urls, at=at, observed_seconds=observed
                 )
-                await self._record(write, job, held)
+                if not await self._record(write, job, held):
+                    self.report(job, "completed (recorded already by another runner)")
+                    return False
                 self.report(job, "completed")
                 self.completions.append(job)
                 return False
@@ -673,12 +840,12 @@ class Scheduler:
                 again = left and slots.out is None and not self.halt_submits.is_set()
                 message = outcome.message or "Generation failed"
                 status = "queued" if left else "failed"
-                await self._record(partial(self.ledger.task_failed, job, message, status))
+                if not await self._record(partial(self.ledger.task_failed, job, message, status)):
+                    self.report(job, "task failed (recorded already by another runner)")
+                    return False
                 self.report(
                     job, f"task failed ({message})" + ("; submitting again" if again else "")
                 )
-                if left and not again:
-                    self.requeued.add(job.key)
                 return again
             elif outcome.action is Poll.AUTH:
                 self._key_out(slots, "refused", outcome.message)
@@ -709,7 +876,8 @@ class Scheduler:
 
     async def _lose(self, job: LedgerJob, message: str) -> None:
         """Give a task up (PRODUCT.md §2): held, reason lost; its slot is freed."""
-        await self._record(lambda: self.ledger.task_lost(job, message))
+        if not await self._record(lambda: self.ledger.task_lost(job, message)):
+            return
         self.report(
             job,
             f"lost: {message}; held (`batchgen resume` polls it once more, "
@@ -769,30 +937,33 @@ class Scheduler:
         if held is not None:
             problem = self.ledger.hold_answer(held)
             if problem is not None:
-                self.report(None, f"cannot write {self.ledger.recovery_path} either: {problem}")
+                self.report(
+                    None,
+                    f"cannot write {self.ledger.recovery_path} either ({problem}): "
+                    f"{_answer_named(held)} is kept in this run's memory only",
+                )
         self._report_blocked(error)
 
     def _report_blocked(self, error: str) -> None:
+        # Says an answer is kept in the recovery file only when the file holds one.
         self._blocked_reported = time.monotonic()
+        kept = self.ledger.held_count()
+        where = f", {kept} answer(s) kept in {self.ledger.recovery_path.name}" if kept else ""
         self.report(
             None,
             f"cannot write the ledger ({error}): submitting nothing until it works; "
-            f"{self._failing_writes} write(s) waiting, answers kept in "
-            f"{self.ledger.recovery_path.name}; retrying",
+            f"{self._failing_writes} write(s) waiting{where}; retrying",
         )
 
     def _report_unrecorded(self, job: LedgerJob | None, held: dict[str, Any]) -> None:
-        what = (
-            f"task {held['task_id']}"
-            if held["kind"] == "created"
-            else f"the completion of task {held['task_id']}"
-        )
-        self.report(
-            job,
-            f"NOT RECORDED in the ledger: {what} of {held['campaign']}/{held['job_id']}; "
-            f"kept in {self.ledger.recovery_path}, which the next batchgen command on "
-            "this ledger applies first",
-        )
+        if self.ledger.holds(held):
+            where = (
+                f"kept in {self.ledger.recovery_path}, which the next batchgen command on "
+                "this ledger applies first"
+            )
+        else:
+            where = f"not in {self.ledger.recovery_path} either (it could not be written)"
+        self.report(job, f"NOT RECORDED in the ledger: {_answer_named(held)}; {where}")
 
     def _try_once(self, write: Callable[[], object]) -> None:
         """A write worth having but not worth waiting for (progress, a log event)."""
@@ -916,6 +1087,13 @@ class _Queue:
             return self.put_back_jobs.popleft()
         return next((j for j in self.ledger_jobs if j.key not in self.skip), None)
 
+    def peek(self) -> bool:
+        """Is a job waiting? (It is read, and stays first in line.)"""
+        job = self.pop()
+        if job is not None:
+            self.put_back_jobs.appendleft(job)
+        return job is not None
+
     def put_back(self, jobs: list[LedgerJob]) -> None:
         """Put jobs back at the front, in their order."""
         self.put_back_jobs.extendleft(reversed(jobs))
@@ -925,3 +1103,9 @@ def _timestamp(iso: str | None) -> float | None:
     if not iso:
         return None
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _answer_named(held: dict[str, Any]) -> str:
+    """An answer held for the ledger, in words: `task T of c/j`."""
+    what = "task" if held["kind"] == "created" else "the completion of task"
+    return f"{what} {held['task_id']} of {held['campaign']}/{held['job_id']}"

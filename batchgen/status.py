@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from batchgen import demo
 from batchgen.durations import elapsed as duration_text
 from batchgen.ledger import Ledger
 from batchgen.ledger.reads import UNLABELLED
@@ -79,6 +80,8 @@ def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
             {"label": key.label, "in_flight": key.in_flight, "spent_usd": usd(key.money.spent)}
             for key in ledger.key_use(scope)
         ],
+        # The runners working on the ledger now (§6): host, pid, key labels, since, heartbeat.
+        "runners": ledger.runners(),
         "verdicts": ledger.verdict_counts(scope),  # completed jobs by review verdict (§12)
     }
 
@@ -117,6 +120,7 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
         lines.append(f"  budget used (spent + in flight + unknown): {_percent(used, cap)}")
 
     lines.extend(_keys(data["keys"]))
+    lines.extend(_runners(data["runners"], now=datetime.now(UTC)))
 
     if counts["completed"]:
         verdicts = data["verdicts"]
@@ -176,19 +180,30 @@ def _keys(keys: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _runners(runners: list[dict[str, Any]], now: datetime) -> list[str]:
+    """The runners at work on the ledger, each with its keys and last heartbeat."""
+    if not runners:
+        return []
+    lines = [f"runners ({len(runners)}):"]
+    for runner in runners:
+        keys = ", ".join(label or UNLABELLED for label in runner["keys"])
+        lines.append(
+            f"  pid {runner['pid']} on {runner['host']}  keys {keys}  since "
+            f"{runner['since']}, heartbeat {_age(runner['heartbeat'], now)} ago"
+        )
+    return lines
+
+
 def _next_steps(
     ledger: Ledger, scope: list[str] | None, counts: dict[str, int], verdicts: dict[str, int]
 ) -> list[str]:
     """What a person should do now, most useful first."""
     steps: list[str] = []
-    runner = ledger.runner()
-    if runner:
-        where = f"pid {runner['pid']} on {runner['host']}, since {runner['started_at']}"
+    runners = ledger.runners()
+    if runners:
         steps.append(
-            f"a `{runner['command']}` on another host holds this ledger ({where}); whether "
-            "it still runs cannot be checked from here (`batchgen resume --force` takes over)"
-            if runner["elsewhere"]
-            else f"a `{runner['command']}` is running on this ledger ({where})"
+            f"{len(runners)} runner(s) at work on this ledger; another `batchgen resume` "
+            "may join them (the ledger shares the jobs, keys and budget between them)"
         )
     reasons = ledger.queued_reasons(scope)
     if reasons.get("balance"):
@@ -203,12 +218,15 @@ def _next_steps(
         )
     waiting = sum(n for reason, n in reasons.items() if reason not in ("balance", "budget"))
     unfinished = waiting + counts["running"] + counts["submitting"]
-    if unfinished and not runner:
-        steps.append(f"{unfinished} job(s) unfinished: `batchgen resume` goes on with them")
+    resume = (
+        "`batchgen resume --sandbox`" if demo.in_sandbox(ledger, scope) else "`batchgen resume`"
+    )
+    if unfinished and not runners:
+        steps.append(f"{unfinished} job(s) unfinished: {resume} goes on with them")
     lost = ledger.held_reasons(scope).get("lost", 0) if counts["held"] else 0
     if lost:
         steps.append(
-            f"{lost} lost task(s): `batchgen resume` polls them once more and takes back "
+            f"{lost} lost task(s): {resume} polls them once more and takes back "
             "those that answer; `batchgen retry --unknown` submits them anew"
         )
     if counts["held"] > lost:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchgen.durations import format_duration
+from batchgen.keys import is_hash_label
 from batchgen.money import usd
 from batchgen.text import shown
 
@@ -43,6 +44,14 @@ class JobNote:
     why: str
 
 
+def held_why(reason: str | None, error: str | None) -> str:
+    """Why a job is held, its reason said once: a lost task's error already begins
+    `lost: `, an unknown outcome's does not."""
+    if reason and error and not error.startswith(f"{reason}:"):
+        return f"{reason}: {error}"
+    return error or reason or "unknown outcome"
+
+
 @dataclass(frozen=True)
 class LedgerFacts:
     """What the ledger says about the run's campaigns once the run is over."""
@@ -58,6 +67,7 @@ class LedgerFacts:
     held: list[JobNote] = field(default_factory=list)  # the first LISTED
     recovery_file: str | None = None  # answers the ledger could not record yet
     manifests: dict[str, str] = field(default_factory=dict)  # campaign -> manifest path
+    other_runners: int = 0  # runners still at work on the ledger when this one ended
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,11 @@ class Closing:
             for name in self.selection:
                 parts += ["--campaign", name]
         return "`" + shlex.join(parts) + "`"
+
+    def resume(self) -> str:
+        """The command that goes on with the run: in the sandbox again after a sandbox run
+        (its tasks are kept beside the ledger)."""
+        return self.command_line("resume", *(["--sandbox"] if self.sandbox else []))
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,7 @@ def end_of_run(
             f"answers the ledger could not record yet are kept in {facts.recovery_file}: "
             "the next batchgen command on this ledger records them first"
         )
-    resume = closing.command_line("resume")
+    resume = closing.resume()
     code, why, advice = EXIT_OK, "all jobs completed", []
     if summary.stopped_for == "interrupted":
         code, why = EXIT_INTERRUPTED, "interrupted"
@@ -148,6 +163,12 @@ def end_of_run(
         code = EXIT_RESUMABLE
         why = f"stopped: {counts['held']} job(s) held" + (" (lost)" if facts.lost else "")
         advice = _held_advice(facts, closing)
+    elif (counts["queued"] or counts["submitting"] or counts["running"]) and facts.other_runners:
+        # Several runners (§6): what is left is in other live runners' hands.
+        left = counts["queued"] + counts["submitting"] + counts["running"]
+        others = facts.other_runners
+        why = f"nothing left for this runner ({left} job(s) with {others} other runner(s))"
+        advice = [f"the other runners go on with the rest: {status} shows them"]
     elif counts["queued"] or counts["submitting"] or counts["running"]:
         code, why = EXIT_RESUMABLE, "stopped with work remaining"
         advice = [f"work remains: run {resume}"]
@@ -249,12 +270,23 @@ def _key_lines(summary: Summary) -> list[str]:
 
 
 def _unpolled_advice(summary: Summary, closing: Closing) -> str:
-    labels = ", ".join(sorted(summary.unpolled))
-    resume = closing.command_line("resume")
+    labels = sorted(summary.unpolled)
+    ways = "; ".join(f"{label}: {_given_as(label)}" for label in labels)
     return (
-        f"tasks created with key(s) {labels} are polled only with that key: give it again "
-        f"in OKAYPIC_API_KEYS (same name, or the same key unnamed), then {resume}"
+        f"tasks created with key(s) {', '.join(labels)} are polled only with that key under "
+        f"the same label: give it again in OKAYPIC_API_KEYS ({ways}), then "
+        f"{closing.resume()}"
     )
+
+
+def _given_as(label: str) -> str:
+    """How a key must be given for its label to be `label` (a label holds no key, so a
+    named key given unnamed, or the other way round, is another label)."""
+    if label == "(unlabelled)":  # recorded before labels existed: polled with the first key
+        return "the key first in the list"
+    if is_hash_label(label):
+        return "the key alone, unnamed"
+    return f"`{label}=<the key>`"
 
 
 def _budget_advice(waiting: int, facts: LedgerFacts, summary: Summary, closing: Closing) -> str:
@@ -280,7 +312,7 @@ def _held_advice(facts: LedgerFacts, closing: Closing) -> list[str]:
     if lost:
         lines.append(
             f"{lost} job(s) lost: their task gave no usable answer for over "
-            f"{format_duration(closing.lost_after)}; {closing.command_line('resume')} polls "
+            f"{format_duration(closing.lost_after)}; {closing.resume()} polls "
             f"them once more, {closing.command_line('retry', '--unknown')} submits them anew"
         )
     if held > lost:

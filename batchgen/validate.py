@@ -83,7 +83,9 @@ def _check(path: str | Path, max_jobs: int) -> Manifest:
         jobs = expansion.run(sound)
         _check_catalog(expansion, jobs, problems)
     if problems:
-        raise ManifestInvalid(problems.sorted())
+        found = problems.sorted()
+        named = campaign.name and not any(p.path == "campaign" for p in found)
+        raise ManifestInvalid(found, campaign.name if named else None)
     return Manifest(campaign, [expanded.job for expanded in jobs])
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SANDBOX_KEY = "okpk_sandbox_demo"
+from batchgen.keys import SANDBOX_KEY as SANDBOX_KEY  # noqa: E402  (once the path is set)
 
 
 def cpu_model() -> str:
@@ -99,6 +99,37 @@ def batchgen(
         cwd=ROOT,
     )
     return result, time.perf_counter() - started
+
+
+def batchgens(
+    count: int,
+    *args: str,
+    ledger: Path,
+    base_url: str | None = None,
+    key: str | None = None,
+    keys: list[str] | None = None,
+    timeout: float = 600,
+) -> tuple[list[subprocess.CompletedProcess[str]], float]:
+    """Run `count` copies of the real command at once on one ledger (several runners),
+    each to its end: (the finished processes, the wall time until the last ended)."""
+    started = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "batchgen", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=command_env(ledger, base_url, key, keys),
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        for _ in range(count)
+    ]
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done, time.perf_counter() - started
 
 
 # Runs argv[1:] and prints its wall time and peak RSS. A separate, small process starts

@@ -40,6 +40,8 @@ TESTS = {
     "money": ["tests/test_money.py"],
     "catalog": ["tests/test_catalog.py"],
     "templates": ["tests/test_templates.py"],
+    # Several runners (PRODUCT §6): the rules the claim and takeover transactions apply.
+    "arbitration": ["tests/test_claims.py"],
 }
 
 SWAPS: dict[type, list[type]] = {

@@ -32,7 +32,13 @@ How it measures:
   and whether the ledger's key label of each task is the key that created it.
   With K = 1 the run is the single-key one: OKAYPIC_API_KEY, as before.
 
-Run: python bench/schedule.py [--keys K] [--progress MODE ...] [--runs 3] [--jobs N] [--seed 1]
+- Several runners (`--runners R`, PRODUCT.md §11 "Several runners"): R `batchgen resume`
+  processes start together on the one ledger, each given every key; the ledger shares
+  the jobs, slots and budget between them. The makespan ends at the last completion any
+  of them saw; the ideal is the same (3·K slots).
+
+Run: python bench/schedule.py [--keys K] [--runners R] [--progress MODE ...] [--runs 3]
+     [--jobs N] [--seed 1]
 """
 
 from __future__ import annotations
@@ -212,7 +218,9 @@ def from_truth(
 # ---------------------------------------------------------------------------- batchgen
 
 
-def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path, keys: Keys) -> Outcome:
+def run_batchgen(
+    jobs: list[Job], seed: int, progress: str, workdir: Path, keys: Keys, runners: int = 1
+) -> Outcome:
     ledger_path = workdir / f"schedule-{progress}-{seed}-{len(keys.secrets)}.db"
     ledger = Ledger(ledger_path)
     ledger.ingest(Campaign("bench", "bench/schedule.py", "-", None), jobs)
@@ -221,7 +229,8 @@ def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path, keys:
     key, entries = keys.for_batchgen()
     load_before = load()
     with serve(sandbox) as served:
-        result, wall = common.batchgen(
+        results, wall = common.batchgens(
+            runners,
             "resume",
             "--poll-interval",
             str(POLL_INTERVAL),
@@ -230,7 +239,8 @@ def run_batchgen(jobs: list[Job], seed: int, progress: str, workdir: Path, keys:
             key=key,
             keys=entries,
         )
-        common.check(result)
+        for result in results:
+            common.check(result)
         truth = sandbox.truth()
     db = sqlite3.connect(ledger_path)
     attempts = db.execute(
@@ -398,6 +408,9 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, help=f"jobs in the batch (default {JOBS_PER_KEY} x keys)"
     )
+    parser.add_argument(
+        "--runners", type=int, default=1, help="batchgen processes sharing the one ledger"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=1, help="repeat with seeds seed..seed+runs-1")
     parser.add_argument("--progress", nargs="+", choices=PROGRESS_MODES, default=PROGRESS_MODES)
@@ -419,7 +432,8 @@ def main() -> None:
     print(
         f"{len(jobs)} jobs: {', '.join(f'{m} {d}s' for m, d in SHAPES)} (cycled); "
         f"time_scale {TIME_SCALE}, jitter +-10 %, --poll-interval {POLL_INTERVAL}, "
-        f"{args.keys} key(s) in {given}, {keys.slots} slots; uptime: {os.getloadavg()}\n",
+        f"{args.keys} key(s) in {given}, {keys.slots} slots, {args.runners} runner(s) "
+        f"sharing the ledger; uptime: {os.getloadavg()}\n",
         flush=True,
     )
     ours: dict[str, list[Outcome]] = {}
@@ -428,7 +442,7 @@ def main() -> None:
         for seed in range(args.seed, args.seed + args.runs):
             for progress in args.progress:
                 print(f"-- progress {progress}, seed {seed}")
-                outcome = run_batchgen(jobs, seed, progress, Path(tmp), keys)
+                outcome = run_batchgen(jobs, seed, progress, Path(tmp), keys, args.runners)
                 ours.setdefault(progress, []).append(outcome)
                 show(outcome)
                 if not args.no_script:

@@ -24,6 +24,7 @@ from typing import Any
 from batchgen import cli
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
+from batchgen.money import to_micros
 from batchgen.sandbox import Truth
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler
@@ -65,7 +66,9 @@ def main(argv: list[str]) -> None:
 # ---------------------------------------------------------------------- for the tests
 
 
-def build_ledger(path: Path, n: int, campaign: str = "c", prefix: str = "clip") -> list[str]:
+def build_ledger(
+    path: Path, n: int, campaign: str = "c", prefix: str = "clip", budget_usd: str | None = None
+) -> list[str]:
     """A ledger with n cheap grok jobs ($0.10 each), ingested without the manifest layer."""
     jobs = [
         Job(campaign, f"{prefix}-{i}", "grok-video-3", f"{prefix} number {i}", duration=5)
@@ -73,7 +76,8 @@ def build_ledger(path: Path, n: int, campaign: str = "c", prefix: str = "clip") 
     ]
     ledger = Ledger(path)
     try:
-        ledger.ingest(Campaign(campaign, "m.yaml", "sha", None), jobs)
+        budget = None if budget_usd is None else to_micros(budget_usd)
+        ledger.ingest(Campaign(campaign, "m.yaml", "sha", budget), jobs)
     finally:
         ledger.close()
     return [job.id for job in jobs]

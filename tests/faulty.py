@@ -2,7 +2,8 @@
 ledger's "disk" filled at a named scheduler checkpoint.
 
     python -m tests.faulty [--set MODULE:NAME=SECONDS]... [--fill-ledger POINT N]
-                           [--free-after SECONDS] -- [batchgen arguments...]
+                           [--fill-disk POINT N] [--free-after SECONDS]
+                           -- [batchgen arguments...]
 
 - `--set batchgen.client:REQUEST_DEADLINE=1` sets a module's number before the command
   runs (a deadline a test cannot wait out at its real value);
@@ -11,7 +12,10 @@ ledger's "disk" filled at a named scheduler checkpoint.
   connection (`PRAGMA max_page_count` at its current size, then filler events until
   SQLite says "database or disk is full"), so every later write that needs a page fails
   exactly as on a full disk; with `--free-after S` the limit is lifted S seconds later
-  ("the disk was freed").
+  ("the disk was freed");
+- `--fill-disk POINT N`: the same, and no file of the process can grow any more either
+  (`RLIMIT_FSIZE` 0, SIGXFSZ ignored: a write fails with EFBIG, as a full disk's with
+  ENOSPC), so the recovery file cannot be written; `--free-after` lifts both.
 
 Like tests/crashing.py, the arming lives here, never in batchgen's own code paths.
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -63,12 +69,21 @@ def fill(ledger: Ledger) -> int:
     return rows
 
 
+def fill_files() -> None:
+    """No file of this process can grow from now on (see the module's docstring)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    print("tests.faulty: files cannot grow", file=sys.stderr, flush=True)
+
+
 def free(ledger: Ledger) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
     ledger.conn.execute("PRAGMA max_page_count = 1073741823")
     print("tests.faulty: ledger space freed", file=sys.stderr, flush=True)
 
 
-def arm_fill(point: str, nth: int, free_after: float | None) -> None:
+def arm_fill(point: str, nth: int, free_after: float | None, files: bool = False) -> None:
     seen = 0
 
     def checkpoint(name: str) -> None:
@@ -80,6 +95,8 @@ def arm_fill(point: str, nth: int, free_after: float | None) -> None:
             return
         ledger = _schedulers[-1].ledger
         fill(ledger)
+        if files:
+            fill_files()
         if free_after is not None:
             asyncio.get_running_loop().call_later(free_after, free, ledger)
 
@@ -104,14 +121,16 @@ def main(argv: list[str]) -> None:
     options, args = argv[:split], argv[split + 1 :]
     remember_schedulers()
     fill_at: tuple[str, int] | None = None
+    files = False
     free_after: float | None = None
     i = 0
     while i < len(options):
         if options[i] == "--set":
             set_number(options[i + 1])
             i += 2
-        elif options[i] == "--fill-ledger":
+        elif options[i] in ("--fill-ledger", "--fill-disk"):
             fill_at = (options[i + 1], int(options[i + 2]))
+            files = options[i] == "--fill-disk"
             i += 3
         elif options[i] == "--free-after":
             free_after = float(options[i + 1])
@@ -119,7 +138,7 @@ def main(argv: list[str]) -> None:
         else:
             raise SystemExit(f"unknown option {options[i]!r}")
     if fill_at is not None:
-        arm_fill(*fill_at, free_after)
+        arm_fill(*fill_at, free_after, files)
     sys.argv = ["batchgen", *args]
     cli.main()
 

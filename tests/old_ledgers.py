@@ -1,9 +1,10 @@
 """Ledgers as an older batchgen wrote them, for tests of the migrations that came after.
 
 Today's ledger code writes columns that later migrations added (`attempts.key_label`,
-m007). To write an older ledger with it, `written_before` applies the migrations before
-the one named, plus those later ones the writing needs, lets the test write, then takes
-the later ones back out (column and record), so the file has the older schema exactly.
+m007; `attempts.runner_id`, m010). To write an older ledger with it, `written_before`
+applies the migrations before the one named, plus those later ones the writing needs,
+lets the test write, then takes the later ones back out (column and record), so the file
+has the older schema exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ NEEDED_TO_WRITE: list[tuple[Callable[[sqlite3.Connection], None], str]] = [
         DROP TRIGGER attempts_key_total_update;
         DROP TABLE key_totals;
         ALTER TABLE attempts DROP COLUMN key_label;
+        """,
+    ),
+    (
+        migrations.m010_runners,
+        """
+        DROP INDEX attempts_in_flight;
+        ALTER TABLE attempts DROP COLUMN runner_id;
+        DROP TABLE runners;
+        CREATE TABLE runner (
+            id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
+            command TEXT NOT NULL, started_at TEXT NOT NULL, machine TEXT, process_start TEXT
+        );
         """,
     ),
 ]

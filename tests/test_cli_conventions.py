@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -66,6 +67,61 @@ def test_validate_json_on_a_valid_manifest_and_on_broken_yaml(tmp_path):
     assert problem["path"] == "manifest" and "YAML" in problem["message"]
 
 
+def test_validate_json_has_the_same_keys_on_an_invalid_manifest_as_on_a_valid_one(tmp_path):
+    ok = json.loads(batchgen("validate", str(SPRING), "--json", ledger=tmp_path / "l.db").stdout)
+    named = json.loads(
+        batchgen("validate", str(bad_manifest(tmp_path)), "--json", ledger=tmp_path / "l.db").stdout
+    )
+    assert list(named) == list(ok) == ["valid", "campaign", "jobs", "problems"]
+    assert (named["valid"], named["campaign"], named["jobs"]) == (False, "c", None)
+    unnamed = write_manifest(
+        tmp_path / "unnamed.yaml",
+        "version: 1\ncampaign: Not A Name\njobs: [{id: a, model: grok-video-3, prompt: x}]\n",
+    )
+    answer = json.loads(
+        batchgen("validate", str(unnamed), "--json", ledger=tmp_path / "l.db").stdout
+    )
+    assert list(answer) == list(ok)
+    assert (answer["campaign"], answer["jobs"]) == (None, None)
+    assert answer["problems"][0]["path"] == "campaign"
+
+
+# the commands that print data (PRODUCT.md §7); run, resume and download print progress on
+# stderr, retry one sentence, sandbox shell lines, review a web page
+PRINTING_DATA = ["validate", "plan", "ingest", "status", "report"]
+
+
+@pytest.mark.parametrize("command", PRINTING_DATA)
+def test_every_command_that_prints_data_takes_json(command):
+    result = CliRunner().invoke(cli, [command, "-h"])
+    assert result.exit_code == 0 and "--json" in result.output
+
+
+def test_report_json_is_the_same_as_format_json(audit):  # noqa: F811
+    for extra in ([], ["--jobs"], ["--by", "model"]):
+        as_format = batchgen("report", "--format", "json", *extra, ledger=audit)
+        as_json = batchgen("report", "--json", *extra, ledger=audit)
+        assert as_json.returncode == as_format.returncode == 0, as_json.stderr
+        assert as_json.stdout == as_format.stdout
+        json.loads(as_json.stdout)
+    both = batchgen("report", "--json", "--format", "csv", ledger=audit)
+    assert both.returncode == 2 and "--json" in both.stderr
+
+
+def test_ingest_json_gives_the_counts_as_one_object(tmp_path):
+    ledger = tmp_path / "l.db"
+    first = batchgen("ingest", str(SPRING), "--json", ledger=ledger)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {
+        "campaign": "spring-launch", "new": 36, "unchanged": 0, "replaced": 0, "ledger": str(ledger)
+    }  # fmt: skip
+    again = json.loads(batchgen("ingest", str(SPRING), "--json", ledger=ledger).stdout)
+    assert (again["new"], again["unchanged"]) == (0, 36)
+    invalid = batchgen("ingest", str(bad_manifest(tmp_path)), "--json", ledger=tmp_path / "x.db")
+    assert invalid.returncode == 1
+    assert json.loads(invalid.stdout)["valid"] is False and not (tmp_path / "x.db").exists()
+
+
 def test_plan_json_gives_the_plan_as_one_object(tmp_path):
     result = batchgen("plan", str(SPRING), "--json", ledger=tmp_path / "none.db")
     assert result.returncode == 0, result.stderr
@@ -105,17 +161,17 @@ def test_the_ledger_can_be_named_before_or_after_the_command_or_by_environment(t
     assert json.loads(via_env.stdout)["counts"]["queued"] == 1
 
 
-@pytest.mark.parametrize("command", sorted(set(cli.commands) - {"validate", "sandbox"}))
+@pytest.mark.parametrize("command", sorted(set(cli.commands) - {"validate", "sandbox", "init"}))
 def test_every_command_that_uses_the_ledger_takes_it_after_its_name(command, tmp_path):
     result = CliRunner().invoke(cli, [command, "-h"])
     assert result.exit_code == 0 and "--ledger" in result.output
 
 
-def test_resume_help_does_not_mention_the_sandbox_that_run_has():
+def test_resume_goes_on_in_the_sandbox_as_run_does():
+    """PRODUCT §8: an interrupted `run --sandbox` goes on with `resume --sandbox`."""
     resume = CliRunner().invoke(cli, ["resume", "-h"]).output
     run = CliRunner().invoke(cli, ["run", "-h"]).output
-    assert "sandbox" not in resume.lower()
-    assert "--sandbox" in run
+    assert "--sandbox" in resume and "--sandbox" in run
 
 
 # --- the README tells how to install, complete and save ---------------------------------
@@ -134,6 +190,52 @@ def test_shell_completion_works_as_the_readme_says(tmp_path):
     result = subprocess.run([sys.executable, "-m", "batchgen"], env=env, capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert result.stdout.strip() == "plain,report"
+
+
+def two_campaigns(tmp_path: Path) -> Path:
+    path = tmp_path / "l.db"
+    for campaign in ("spring-launch", "summer"):
+        make_ledger(path, [grok("a")], campaign=campaign).close()
+    return path
+
+
+def test_campaign_names_complete_from_the_ledger_read_only(tmp_path):
+    from batchgen.cli import complete_campaigns
+
+    path = two_campaigns(tmp_path)
+    before = path.read_bytes()
+    ctx = click.Context(cli, obj={"ledger": str(path)})
+    param = cli.commands["status"].params[0]
+    assert [c.value for c in complete_campaigns(ctx, param, "")] == ["spring-launch", "summer"]
+    assert [c.value for c in complete_campaigns(ctx, param, "sp")] == ["spring-launch"]
+    assert path.read_bytes() == before
+    for nothing in (tmp_path / "none.db", tmp_path):  # no ledger, a folder: nothing offered
+        assert complete_campaigns(click.Context(cli, obj={"ledger": str(nothing)}), param, "") == []
+    (tmp_path / "junk.db").write_bytes(b"not a ledger")
+    assert complete_campaigns(click.Context(cli, obj={"ledger": str(tmp_path / "junk.db")}),
+                              param, "") == []  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "words", ["batchgen status --campaign s", "batchgen retry --job a --campaign s"]
+)
+@pytest.mark.parametrize("where", ["environment", "--ledger before", "--ledger after"])
+def test_the_shell_completes_campaign_names(tmp_path, words, where):
+    path = two_campaigns(tmp_path)
+    env = {**os.environ, "_BATCHGEN_COMPLETE": "bash_complete"}
+    env.pop("BATCHGEN_LEDGER", None)
+    if where == "environment":
+        env["BATCHGEN_LEDGER"] = str(path)
+    elif where == "--ledger before":
+        words = words.replace("batchgen ", f"batchgen --ledger {path} ", 1)
+    else:
+        command, _, rest = words.partition(" --campaign")
+        words = f"{command} --ledger {path} --campaign{rest}"
+    env["COMP_WORDS"] = words
+    env["COMP_CWORD"] = str(len(words.split()) - 1)
+    result = subprocess.run([sys.executable, "-m", "batchgen"], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.stdout.split() == ["plain,spring-launch", "plain,summer"], result.stderr
 
 
 # --- report tables fit 80 columns --------------------------------------------------------
@@ -181,3 +283,9 @@ def test_a_long_name_folds_within_its_column_at_80_columns(tmp_path):
     text = report(tmp_path / "l.db", per_job=True, fmt="table", width=80)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "x" * 30 in text.replace("\n", "")  # folded over lines, not cut
+
+
+def test_report_jobs_help_says_one_row_per_attempt_as_the_output_has():
+    text = " ".join(CliRunner().invoke(cli, ["report", "-h"]).output.split())
+    assert "--jobs One row per attempt" in text
+    assert "row per job" not in text

@@ -29,8 +29,9 @@ from batchgen.download import (
     file_path,
     safe_name,
 )
+from batchgen.job import Campaign
 from batchgen.ledger import Ledger
-from tests.e2e import spawn
+from tests.e2e import batchgen, spawn
 from tests.test_report import complete, grok, invoke, make_ledger
 
 
@@ -305,6 +306,23 @@ def test_download_command_saves_files_and_status_lists_them(ledger, tmp_path):
     assert saved["pending"] == []
 
 
+def test_download_without_a_terminal_says_what_it_does_and_what_it_did_and_nothing_else(
+    tmp_path, server
+):
+    """No progress-bar remnant (`10/13 file(s)`) in a log: a line to start, a summary."""
+    ledger = make_ledger(tmp_path / "l.db", [grok(f"clip-{n}") for n in range(13)])
+    for n in range(13):
+        complete(ledger, f"clip-{n}", urls=[server.add(f"/r/{n}.mp4", VIDEO)])
+    ledger.close()
+    out = tmp_path / "out"
+    result = batchgen("download", "--out", str(out), ledger=ledger.path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "downloading 13 file(s)",
+        f"13 file(s) saved ({13 * len(VIDEO) / 1e6:.1f} MB), 0 already there, 0 failed, in {out}/",
+    ]
+
+
 def test_download_command_with_nothing_completed_says_so(tmp_path):
     make_ledger(tmp_path / "l.db", [grok("a")]).close()
     result = invoke(tmp_path / "l.db", "download", "--out", str(tmp_path / "out"))
@@ -327,12 +345,98 @@ def test_safe_names_keep_plain_ids_and_mark_changed_ones_with_a_hash():
 def test_names_differ_case_insensitively_and_a_hash_or_number_never_makes_another_id():
     ids = ["shot", "Shot", "SHOT", "shot-1", "shot-2", "shot+2", "shot_2", "a b", "a_b",
            "con", "CON", "con.v2", "x" * 130, "x" * 131, "é", "e"]  # fmt: skip
-    names = [file_name(i, n, "https://x/a.mp4") for i in ids for n in range(3)]
+    by_case = {i.lower() for i in ids if sum(j.lower() == i.lower() for j in ids) > 1}
+    names = [
+        file_name(i, n, "https://x/a.mp4", hashed=i.lower() in by_case)
+        for i in ids
+        for n in range(3)
+    ]
     assert len({name.casefold() for name in names}) == len(names)
     assert file_name("shot", 0, "https://x/a.mp4") == "shot.mp4"
     assert file_name("shot", 1, "https://x/a.mp4") == "shot+2.mp4"
-    assert file_name("Shot", 0, "https://x/a.mp4").startswith("Shot+")
+    assert file_name("Shot", 0, "https://x/a.mp4", hashed=True).startswith("Shot+")
     assert safe_name("con").startswith("con+") and safe_name("nul.v2").startswith("nul.v2+")
+    assert safe_name("CON").startswith("CON+") and safe_name("Aux.v2").startswith("Aux.v2+")
+
+
+def test_an_id_keeps_its_case_in_its_file_names(tmp_path, server):
+    ledger = make_ledger(tmp_path / "l.db", [grok("TEA-02"), grok("Shot.v2")])
+    complete(
+        ledger, "TEA-02", urls=[server.add("/r/a.mp4", VIDEO), server.add("/r/b.png", PICTURE)]
+    )
+    complete(ledger, "Shot.v2", urls=[server.add("/r/c.mp4", VIDEO2)])
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 0
+    assert sorted(p.name for p in (out / "c").iterdir()) == [
+        "Shot.v2.mp4",
+        "TEA-02+2.png",
+        "TEA-02.mp4",
+    ]
+    assert (out / "c" / "TEA-02.mp4").read_bytes() == VIDEO
+
+
+def id_hash(job_id: str) -> str:
+    return hashlib.sha256(job_id.encode()).hexdigest()[:8]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["tea-02", "TEA-02", "Tea-02", "other", "Ab", "AB", "Solo"],
+        ["Solo", "AB", "other", "Tea-02", "Ab", "TEA-02", "tea-02"],
+    ],
+)
+def test_only_ids_differing_by_case_alone_get_a_suffix_the_hash_of_the_id_as_written(
+    tmp_path, server, order
+):
+    ledger = make_ledger(tmp_path / "l.db", [grok(i) for i in order])
+    for k, job_id in enumerate(order):
+        complete(ledger, job_id, urls=[server.add(f"/r/{k}.mp4", job_id.encode() * 50)])
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 0
+    names = {job_id: Path(r["path"]).name for (job_id, _), r in files(ledger).items()}
+    assert names == {
+        "tea-02": f"tea-02+{id_hash('tea-02')}.mp4",
+        "TEA-02": f"TEA-02+{id_hash('TEA-02')}.mp4",
+        "Tea-02": f"Tea-02+{id_hash('Tea-02')}.mp4",
+        "other": "other.mp4",
+        "Ab": f"Ab+{id_hash('Ab')}.mp4",
+        "AB": f"AB+{id_hash('AB')}.mp4",
+        "Solo": "Solo.mp4",
+    }  # whatever the order of the jobs
+
+
+def test_a_file_saved_keeps_its_name_when_an_id_differing_only_by_case_comes_later(
+    tmp_path, server
+):
+    ledger = make_ledger(tmp_path / "l.db", [grok("tea-02")])
+    complete(ledger, "tea-02", urls=[server.add("/r/a.mp4", VIDEO)])
+    out = tmp_path / "out"
+    assert download_all(ledger, str(out), []) == 0
+    ledger.ingest(Campaign("c", "c.yaml", "sha", None), [grok("tea-02"), grok("TEA-02")])
+    complete(ledger, "TEA-02", urls=[server.add("/r/b.mp4", VIDEO2)])
+    server.requests.clear()
+    assert download_all(ledger, str(out), []) == 0
+    assert server.paths() == ["/r/b.mp4"]  # tea-02's file is kept where it is
+    assert sorted(p.name for p in (out / "c").iterdir()) == [
+        f"TEA-02+{id_hash('TEA-02')}.mp4",
+        "tea-02.mp4",
+    ]
+
+
+def test_an_upper_case_ids_file_saved_under_the_earlier_hashed_name_keeps_it(tmp_path, server):
+    # An earlier batchgen hashed every id that was not lower-case: TEA-02+<hash>.mp4.
+    ledger = make_ledger(tmp_path / "l.db", [grok("TEA-02"), grok("Poster")])
+    complete(ledger, "TEA-02", urls=[url := server.add("/r/a.mp4", VIDEO)])
+    complete(ledger, "Poster", urls=[server.add("/r/b.mp4", VIDEO2)])
+    out = tmp_path / "out"
+    record_legacy(ledger, out, "TEA-02", 0, url, f"TEA-02+{id_hash('TEA-02')}.mp4", VIDEO)
+    assert download_all(ledger, str(out), []) == 0
+    assert server.paths() == ["/r/b.mp4"]  # the recorded file is not saved again
+    assert Path(files(ledger)[("TEA-02", 0)]["path"]).name == f"TEA-02+{id_hash('TEA-02')}.mp4"
+    assert Path(files(ledger)[("Poster", 0)]["path"]).name == "Poster.mp4"
+    server.requests.clear()
+    assert download_all(ledger, str(out), []) == 0 and server.requests == []
 
 
 def test_extensions_come_from_the_url_path_or_default_to_bin():

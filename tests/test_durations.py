@@ -39,6 +39,14 @@ def test_a_duration_is_shown_as_a_person_writes_it(seconds, text):
     assert format_duration(seconds) == text
 
 
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(3.16038, "3.2s"), (1.0004, "1s"), (0.05, "0.05s"), (12.7, "13s"), (59.7, "1m"), (92, "2m")],
+)
+def test_a_measured_duration_is_shown_rounded(seconds, text):
+    assert format_duration(seconds) == text
+
+
 def test_a_bad_lost_after_is_a_usage_error(tmp_path):
     result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
     assert result.returncode == 2

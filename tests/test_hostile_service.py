@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import sqlite3
 import threading
@@ -629,6 +630,10 @@ def test_vanished_tasks_are_lost_and_retry_unknown_submits_them_anew(make_sandbo
     first = on_sandbox(sandbox, "run", str(manifest), *FAST, "--lost-after", "1", ledger=ledger)
     assert first.returncode == 3, first.stderr
     assert "2 job(s) lost" in first.stderr
+    # The reason said once, the time rounded: not `lost: lost: no usable answer for 1.03716s`
+    assert "lost: lost:" not in first.stderr
+    said = re.findall(r"held: c/clip-\d: lost: no usable answer for (\S+) ", first.stderr)
+    assert len(said) == 2 and all(re.fullmatch(r"\d+(\.\d)?s|\d+m", t) for t in said), said
     vanished = {s.task_id for s in sandbox.truth().submissions if s.vanished}
     assert len(vanished) == 2
     held = query(ledger, "SELECT task_id, reason FROM jobs WHERE status = 'held'")

@@ -248,3 +248,58 @@ def test_a_run_ended_while_the_disk_is_full_leaves_a_recovery_file_the_next_comm
     result = batchgen("resume", *FAST, ledger=ledger, base_url=sandbox_service.base_url, key=KEY)
     assert result.returncode == 0, result.stderr
     no_task_lost_or_paid_twice(ledger, sandbox_service.sim.truth(), job_ids)
+
+
+def test_a_full_disk_that_takes_the_recovery_file_too_never_says_answers_are_kept(
+    sandbox_service, tmp_path
+):
+    """The disk is full for every file, not only the ledger: the recovery file cannot be
+    written either. The run says so and never that an answer is kept in it; once space
+    is freed it records everything (exit 0) and leaves no recovery file, not even an
+    empty one, and no closing line about one."""
+    ledger = tmp_path / "l.db"
+    job_ids = build_ledger(ledger, JOBS)
+    result = run_faulty(
+        ["--fill-disk", "submit_answered", "1", "--free-after", "2"],
+        "resume",
+        *FAST,
+        env=command_env(ledger, sandbox_service.base_url, KEY),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot write {recovery_file(ledger)} either" in result.stderr
+    assert "kept in this run's memory only" in result.stderr
+    assert "answer(s) kept in" not in result.stderr
+    assert f"kept in {recovery_file(ledger)}" not in result.stderr
+    assert "recorded in the ledger after all" in result.stderr
+    no_task_lost_or_paid_twice(ledger, sandbox_service.sim.truth(), job_ids)
+
+
+def test_ctrl_c_while_no_file_can_be_written_shows_the_task_id_as_its_only_record(
+    sandbox_service, tmp_path
+):
+    ledger = tmp_path / "l.db"
+    build_ledger(ledger, JOBS)
+    process = spawn_faulty(
+        ["--fill-disk", "submit_answered", "1"],
+        "resume",
+        *FAST,
+        env=command_env(ledger, sandbox_service.base_url, KEY),
+    )
+    watch = StderrWatch(process)
+    try:
+        watch.wait_for_line("cannot write the ledger")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    task_id = first_task(sandbox_service.sim.truth())
+    assert process.returncode == 130
+    err = watch.text()
+    assert "Traceback" not in err
+    assert f"NOT RECORDED in the ledger: task {task_id} of c/clip-1" in err
+    assert f"not in {recovery_file(ledger)} either (it could not be written)" in err
+    assert f"kept in {recovery_file(ledger)}" not in err
+    assert "answers the ledger could not record yet are kept" not in err
+    assert not recovery_file(ledger).exists()

@@ -85,6 +85,89 @@ def test_attempt_costs_has_one_row_per_attempt_summing_to_the_totals(audit):  # 
         assert sum(dollars(a[column]) for a in attempts) == dollars(totals[column]), column
 
 
+# --- sums over the views are exact ---------------------------------------------------------
+
+MONEY_VIEWS = ("attempt_costs", "job_costs", "campaign_costs", "model_costs", "tag_costs",
+               "daily_costs", "key_costs")  # fmt: skip
+
+
+def many_attempts(path: Path, n: int, seed: int) -> dict[str, int]:
+    """A ledger of `n` attempts of random prices (whole cents and odd micro-dollars) and
+    states, on 2 campaigns, 3 models, 3 tags (one or none a job), 3 keys and 5 days,
+    written by plain SQL; what each kind of money adds up to, in micro-dollars."""
+    import random
+
+    rng = random.Random(seed)
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    models, tags, keys = ("grok-video-3", "veo3.1", "jimeng-5.0"), ("a", "b", "c"), "xyz"
+    states = ("completed", "failed", "running", "unknown", "sending", "rejected", "error")
+    totals = dict.fromkeys(("spent", "in_flight", "unknown", "refunded"), 0)
+    with db:
+        for campaign in ("c1", "c2"):
+            db.execute(
+                "INSERT INTO campaigns VALUES (?, 'm.yaml', 'sha', 99000000, 'now', 'now')",
+                (campaign,),
+            )
+        jobs = [(rng.choice(("c1", "c2")), f"j{i}") for i in range(n // 5)]
+        db.executemany(
+            "INSERT INTO jobs (campaign, id, position, model, kind, prompt, tags, request,"
+            " fingerprint, price_micro_usd, status, created_at, updated_at) VALUES"
+            " (?, ?, ?, ?, 'video', 'p', ?, '{}', 'f', 0, ?, 'now', 'now')",
+            [
+                (
+                    c,
+                    i,
+                    p,
+                    rng.choice(models),
+                    json.dumps(rng.choice([[], [rng.choice(tags)]])),
+                    rng.choice(("completed", "failed", "queued", "held")),
+                )
+                for p, (c, i) in enumerate(jobs)
+            ],  # fmt: skip
+        )
+        attempts = []
+        for _ in range(n):
+            campaign, job = rng.choice(jobs)
+            price = rng.choice((rng.randrange(1, 2000) * 10_000, rng.randrange(1, 20_000_000)))
+            state = rng.choice(states)
+            cost = price if state in ("completed", "running") else 0
+            refunded = price if state == "failed" else 0
+            totals["spent"] += cost if state == "completed" else 0
+            totals["in_flight"] += cost if state == "running" else 0
+            totals["unknown"] += price if state in ("unknown", "sending") else 0
+            totals["refunded"] += refunded
+            day = f"2026-01-0{rng.randrange(1, 6)}T12:00:00Z"
+            attempts.append(
+                (campaign, job, day, day, price, cost, refunded, state, rng.choice(keys))
+            )
+        db.executemany(
+            "INSERT INTO attempts (campaign, job_id, started_at, answered_at, fingerprint,"
+            " unit_price_micro_usd, cost_micro_usd, refunded_micro_usd, state, key_label)"
+            " VALUES (?, ?, ?, ?, 'f', ?, ?, ?, ?, ?)",
+            attempts,
+        )
+    db.close()
+    return totals
+
+
+def test_every_views_money_sums_exactly_over_10000_attempts_of_random_prices(tmp_path):
+    path = tmp_path / "many.db"
+    totals = many_attempts(path, 10_000, seed=21)
+    for view in MONEY_VIEWS:
+        view_rows = rows(path, f"SELECT * FROM {view}")
+        for kind, micros in totals.items():
+            column = f"{kind}_micro_usd"
+            # each row: its dollars are its exact micro-dollars divided once
+            assert all(r[f"{kind}_usd"] == r[column] / 1e6 for r in view_rows), (view, kind)
+            # a sum over rows, as the README says to sum: exact, in micro-dollars and dollars
+            [summed] = rows(path, f"SELECT sum({column}) AS m, sum({column}) / 1e6 AS usd"
+                                  f" FROM {view}")  # fmt: skip
+            assert summed["m"] == micros, (view, kind)
+            assert Decimal(summed["usd"]) == Decimal(float(Decimal(micros) / 10**6)), (view, kind)
+            assert dollars(summed["usd"]) == Decimal(micros) / 10**6, (view, kind)
+
+
 # --- Datasette, on a ledger from a real run -----------------------------------------------
 
 
@@ -229,8 +312,9 @@ def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_pat
     Ledger(path).close()  # opening migrates
 
     assert table(path, "jobs", "ref") == before["jobs"]
-    # m007 adds each attempt's key_label: NULL, the key of that time had none
-    assert table(path, "attempts", "job_ref", "key_label") == before["attempts"]
+    # m007 adds each attempt's key_label: NULL, the key of that time had none (m010 its
+    # runner_id: NULL, no runner follows a finished attempt)
+    assert table(path, "attempts", "job_ref", "key_label", "runner_id") == before["attempts"]
     assert {r["key_label"] for r in rows(path, "SELECT key_label FROM attempts")} == {None}
     assert table(path, "files", "job_ref") == before["files"]
     assert table(path, "events") == before["events"]
@@ -284,3 +368,55 @@ def test_a_migration_that_fails_leaves_the_ledger_as_it_was(tmp_path, monkeypatc
         migrations.migrate(sqlite3.connect(path, isolation_level=None))
     assert rows(path, "SELECT * FROM sqlite_master ORDER BY name") == schema_before
     assert table(path, "jobs") == jobs_before
+
+
+# --- migration m008 on a ledger written before it -----------------------------------------
+
+
+def test_m008_gives_an_old_ledgers_views_the_same_rows_and_dollars_and_their_exact_twins(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "old.db"
+
+    def write() -> None:
+        ledger = make_ledger(path, [grok("g1"), seedance("s1"), grok("g2")], budget=5_000_000)
+        fail(ledger, "g1", then="queued")
+        complete(ledger, "g1")
+        complete(ledger, "s1")
+        ledger.close()
+
+    written_before(migrations.m008_exact_dollar_views, path, monkeypatch, write)
+    before = {view: rows(path, f"SELECT * FROM {view}") for view in MONEY_VIEWS}
+    assert "spent_micro_usd" not in before["job_costs"][0]
+
+    Ledger(path).close()  # opening migrates
+
+    for view in MONEY_VIEWS:
+        after = rows(path, f"SELECT * FROM {view}")
+        assert len(after) == len(before[view]), view
+        kept = [{k: r[k] for k in old} for r, old in zip(after, before[view], strict=True)]
+        assert kept == before[view], view
+        for row in after:
+            for column in (c for c in row if c.endswith("_micro_usd")):
+                twin = row[column.removesuffix("_micro_usd") + "_usd"]
+                assert row[column] is None if twin is None else twin == row[column] / 1e6
+    [campaign] = rows(path, "SELECT * FROM campaign_costs")
+    spent = rows(path, "SELECT SUM(cost_micro_usd) AS m FROM attempts WHERE state = 'completed'")
+    assert (campaign["budget_micro_usd"], campaign["spent_micro_usd"]) == (5_000_000, spent[0]["m"])
+    applied = [r["name"] for r in rows(path, "SELECT name FROM _migrations")]
+    assert "m008_exact_dollar_views" in applied
+
+
+def test_the_readmes_examples_over_the_views_run_and_add_money_up_exactly(tmp_path):
+    import re
+
+    path = tmp_path / "many.db"
+    totals = many_attempts(path, 500, seed=3)
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    examples = re.findall(r'^sqlite-utils batchgen\.db "(.+)"$', readme, re.MULTILINE)
+    assert len(examples) >= 7
+    for sql in examples:
+        found = rows(path, sql.replace("'spring-launch'", "'c1'"))
+        if "sum(spent_micro_usd) / 1e6 as spent_usd" in sql:
+            exact = Decimal(totals["spent"]) / 10**6
+            assert sum(Decimal(str(r["spent_usd"])) for r in found) == exact, sql

@@ -55,8 +55,8 @@ def test_a_run_with_failures_logs_each_event_once_in_time_order_and_the_summary_
     assert texts[0].startswith("batchgen run started (pid ")
     # every event the run showed, once each, and no other
     summary = summary_of(result.stderr)
-    assert texts[-len(summary) :] == summary
-    events = Counter(texts[1 : -len(summary)])
+    assert texts[-len(summary) - 1 : -1] == summary  # then how long, on which host
+    events = Counter(texts[1 : -len(summary) - 1])
     final_status = [t for t in events if re.match(r"\d+/\d+ done, ", t)]
     assert final_status == ["8/8 done, 0 running, spent " + summary[1].rpartition("spent ")[2]]
     del events[final_status[0]]
@@ -95,10 +95,11 @@ def test_a_second_run_appends_and_a_ctrl_c_ends_the_log_with_its_summary(make_sa
     starts = [i for i, t in enumerate(texts) if t.startswith("batchgen run started")]
     assert starts == [0, kept]
     first_summary = summary_of(first.stderr)
-    assert texts[kept - len(first_summary) : kept] == first_summary
+    assert texts[kept - len(first_summary) - 1 : kept - 1] == first_summary
     summary = summary_of(watch.text())
     assert summary[0] == "batchgen run second: interrupted (exit 130)"
-    assert texts[-len(summary) :] == summary
+    assert texts[-len(summary) - 1 : -1] == summary
+    assert texts[-1].startswith("run took ")  # and on which host: the log's last line
     assert "`batchgen resume --campaign second`" in summary[-1]
 
 
@@ -137,7 +138,8 @@ def test_on_a_terminal_event_lines_show_the_time_and_the_log_file_is_written_too
     texts = [line for _, line in stamped(log.read_text(encoding="utf-8"))]
     assert {f"e2e/clip-{n}: completed" for n in (1, 2, 3)} <= set(texts)
     assert "batchgen run e2e: all jobs completed (exit 0)" in texts
-    assert texts[-1].startswith("look at the results, approve or reject them: `batchgen review")
+    assert texts[-2].startswith("look at the results, approve or reject them: `batchgen review")
+    assert texts[-1].startswith("run took ")  # and where
 
 
 def test_a_log_file_that_can_no_longer_be_written_is_said_once_and_the_run_goes_on(capsys):

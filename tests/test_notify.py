@@ -143,3 +143,14 @@ def test_a_reason_never_shows_the_urls_secrets_or_a_key(crash):
     for secret in ("T1JJ3T3L2", "TIiajkdnlazkcOXrIdevi7FQ", "okpk_secret_key"):
         assert secret not in line
     assert "Failed to post to" in line
+
+
+def test_the_message_ends_with_how_long_the_run_took_and_on_which_host():
+    import socket
+
+    from batchgen.companions import Companions
+
+    now = [1000.0]
+    companions = Companions("resume", None, [], clock=lambda: now[0])
+    now[0] += 187.4
+    assert companions.took() == f"resume took 3m07s on {socket.gethostname()}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,9 +80,28 @@ def test_all_done_one_message_with_counts_spend_and_where_the_files_are(make_san
         body[0] == "3 completed, 0 failed, 0 held, 0 queued, 0 running; spent $0.30 of $1.00 budget"
     )
     assert any("`batchgen review --out " in line for line in body)
-    # the same text on the screen
-    assert summary_on_screen(result.stderr) == [message["title"], *body]
+    # the same text on the screen, but for the last line: how long, on which host
+    assert summary_on_screen(result.stderr) == [message["title"], *body[:-1]]
     assert "notification #1 (json://127.0.0.1:" in result.stderr and ") sent" in result.stderr
+
+
+def test_the_message_gives_the_files_absolute_folder_the_host_and_how_long_the_run_took(
+    make_sandbox, tmp_path
+):
+    sandbox = make_sandbox(time_scale=SCALE)
+    manifest = grok_batch(tmp_path / "m.yaml", 2)
+    env = command_env(tmp_path / "l.db", sandbox.base_url, sandbox.key)
+    with webhook() as hook:
+        result = subprocess.run(
+            [sys.executable, "-m", "batchgen", "run", str(manifest), *FAST,
+             "--download", "out", "--notify", hook.url()],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        body = the_message(hook)["message"].splitlines()
+    assert f"files in {tmp_path / 'out'}/" in body
+    assert re.fullmatch(rf"run took [0-9]+s on {re.escape(socket.gethostname())}", body[-1])
+    assert summary_on_screen(result.stderr) == [the_message(hook)["title"], *body[:-1]]
 
 
 @pytest.mark.parametrize("how", ["rejected (400)", "task failed"])
@@ -224,7 +244,7 @@ def test_a_redirect_is_a_message_naming_where_it_points(tmp_path):
         "batchgen run e2e: stopped: the service redirects (wrong base URL) (exit 1)"
     )
     assert message["message"].startswith("0 completed, 0 failed, 0 held, 3 queued")
-    assert where in message["message"].splitlines()[-1]
+    assert where in message["message"].splitlines()[-2]  # the last: how long, where
 
 
 def test_unsaved_files_are_a_message_saying_how_many_and_how_to_save_them(make_sandbox, tmp_path):
@@ -237,7 +257,7 @@ def test_unsaved_files_are_a_message_saying_how_many_and_how_to_save_them(make_s
         assert result.returncode == 3, result.stderr
         message = the_message(hook)
     assert message["title"] == "batchgen run e2e: 2 result file(s) not saved (exit 3)"
-    assert message["message"].splitlines()[-1] == (
+    assert message["message"].splitlines()[-2] == (  # the last: how long, where
         f"2 result file(s) could not be saved (see above): "
         f"`batchgen download --out {out} --campaign e2e` tries them again"
     )

@@ -290,3 +290,45 @@ def test_plan_command_refuses_a_within_that_is_not_a_duration(tmp_path):
     for bad in ("0", "soon", "-5m"):
         result = invoke(tmp_path / "l.db", "plan", quickstart, "--within", bad)
         assert result.exit_code == 2, (bad, result.output)
+
+
+# ---------------------------------------------------------------- exit code: a script can gate
+
+
+def small_campaign(tmp_path: Path, budget: str) -> str:
+    path = tmp_path / "small.yaml"
+    path.write_text(
+        f"version: 1\ncampaign: small\nbudget_usd: {budget}\n"
+        "defaults: {model: grok-video-3, duration: 5}\n"  # $0.10 each
+        "jobs:\n  - {id: a, prompt: one}\n  - {id: b, prompt: two}\n",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
+def test_plan_exits_3_when_the_jobs_to_run_are_over_budget(tmp_path, as_json):
+    result = invoke(tmp_path / "l.db", "plan", small_campaign(tmp_path, "0.15"), *as_json)
+    assert result.exit_code == 3, result.output
+    if as_json:
+        assert json.loads(result.output)["over_budget_usd"] == "0.05"
+    else:
+        assert "OVER by $0.05" in result.output
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
+def test_plan_exits_3_when_the_jobs_to_run_do_not_fit_within_the_time(tmp_path, as_json):
+    result = invoke(
+        tmp_path / "l.db", "plan", small_campaign(tmp_path, "1.00"), "--within", "5s", *as_json
+    )
+    assert result.exit_code == 3, result.output
+    if as_json:
+        assert json.loads(result.output)["fits_within"] is False
+    else:
+        assert "does not fit" in result.output
+
+
+def test_plan_exits_0_when_the_jobs_fit_budget_and_time(tmp_path):
+    fits = invoke(tmp_path / "l.db", "plan", small_campaign(tmp_path, "0.20"), "--within", "8h")
+    assert fits.exit_code == 0, fits.output
+    assert "fits, $0.00 to spare" in fits.output

@@ -128,16 +128,86 @@ def test_a_task_id_settled_as_unknown_by_a_resume_that_skipped_the_file_is_taken
     assert (attempt_row["state"], attempt_row["task_id"]) == ("running", "task-1")
 
 
-def test_a_line_cut_short_by_a_crash_is_skipped_and_the_rest_applied(sent, capsys):
+def test_a_line_cut_short_by_a_crash_is_set_aside_and_the_rest_applied(sent, capsys):
     path, job, attempt = sent
     ledger = Ledger(path)
+    cut = '{"kind": "completed", "campaign": "c", "job_'
     with ledger.recovery_path.open("a") as f:
-        f.write('{"kind": "completed", "campaign": "c", "job_')  # a crash mid-write
+        f.write(cut)  # a crash mid-write
     ledger.hold_answer(created(job, attempt))  # a later run's answer, after it
     ledger.close()
     Ledger(path).close()
     assert "recorded 1 answer(s)" in capsys.readouterr().err
     assert rows(path, "SELECT task_id FROM attempts") == [{"task_id": "task-1"}]
+    assert ledger.rejected_path.read_text().splitlines() == [cut]
+
+
+def test_lines_that_are_no_answer_are_moved_to_the_rejected_file_reported_never_dropped(
+    sent, capsys
+):
+    """An unknown kind, a field missing or malformed, a task this ledger does not have: not
+    "already there", and not removed: moved beside the file, counted in one line."""
+    path, job, attempt = sent
+    unknown_kind = {**created(job, attempt), "kind": "teleported"}
+    missing_field = {k: v for k, v in created(job, attempt).items() if k != "task_id"}
+    malformed = {**created(job, attempt), "attempt": "first"}
+    elsewhere = completed(job, task_id="task-of-another-ledger")
+    strangers = [unknown_kind, missing_field, malformed, elsewhere]
+    ledger = Ledger(path)
+    for answer in [*strangers, created(job, attempt)]:
+        assert ledger.hold_answer(answer) is None
+    ledger.close()
+
+    Ledger(path).close()
+    err = capsys.readouterr().err
+    assert "recorded 1 answer(s) that a run could not write to the ledger (0 already there)" in err
+    assert (
+        f"{ledger.recovery_path}: 4 line(s) that are no answer this batchgen can record "
+        "(cut short, an unknown kind, a field missing or malformed, or not in this ledger) "
+        f"moved to {ledger.rejected_path}; nothing was recorded from them"
+    ) in err
+    assert ledger.rejected_path == path.with_name("l.db.recovery.jsonl.rejected")
+    kept = [json.loads(line) for line in ledger.rejected_path.read_text().splitlines()]
+    assert kept == strangers
+    assert not ledger.recovery_path.exists()
+    assert rows(path, "SELECT task_id FROM attempts WHERE task_id IS NOT NULL") == [
+        {"task_id": "task-1"}
+    ]
+    Ledger(path).close()  # the next opening has nothing to say, the rejected lines stay
+    assert capsys.readouterr().err == ""
+    assert len(ledger.rejected_path.read_text().splitlines()) == 4
+
+
+def test_a_line_that_cannot_be_set_aside_stays_in_the_recovery_file(sent, capsys):
+    path, job, attempt = sent
+    stranger = {**created(job, attempt), "kind": "teleported"}
+    ledger = Ledger(path)
+    ledger.hold_answer(stranger)
+    ledger.hold_answer(created(job, attempt))
+    ledger.rejected_path.mkdir()  # where the rejected lines go cannot be written
+    ledger.close()
+    Ledger(path).close()
+    err = capsys.readouterr().err
+    assert "recorded 1 answer(s)" in err
+    assert "1 line(s) that are no answer" in err and "stay in it: cannot write" in err
+    lines = [line for line in ledger.recovery_path.read_text().splitlines() if line.strip()]
+    assert [json.loads(line) for line in lines] == [stranger]
+
+
+def test_a_recovery_file_that_holds_nothing_is_removed_and_said_to_keep_nothing(sent, capsys):
+    """A full disk can leave a 0-byte file (created, then nothing written): it is no place
+    where answers are kept, and it does not stay."""
+    path, job, attempt = sent
+    ledger = Ledger(path)
+    ledger.recovery_path.write_bytes(b"")
+    assert ledger.held_count() == 0 and not ledger.holds(created(job, attempt))
+    ledger.release_answer(created(job, attempt))  # the run's write worked after all
+    assert not ledger.recovery_path.exists()
+    ledger.recovery_path.write_bytes(b"\n\n")
+    ledger.close()
+    Ledger(path).close()
+    assert not ledger.recovery_path.exists()
+    assert capsys.readouterr().err == ""
 
 
 def test_a_write_that_fails_is_reported_with_nothing_of_it_applied(tmp_path):

@@ -257,28 +257,6 @@ def test_ctrl_c_exits_130_within_2_s_and_resume_finishes_without_duplicates(make
     assert truth.duplicate_payloads() == {}
 
 
-def test_a_second_runner_on_the_same_ledger_is_refused_while_the_first_lives(
-    make_sandbox, tmp_path
-):
-    sandbox = make_sandbox(time_scale=SCALE * 10)
-    ledger = tmp_path / "l.db"
-    manifest = grok_batch(tmp_path / "m.yaml", 6)
-    first = spawn(
-        "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
-    )
-    try:
-        wait_for(lambda: len(sandbox.sim.truth().submissions) >= 1)
-        second = on_sandbox(sandbox, "resume", *FAST, ledger=ledger)
-        assert second.returncode == 1
-        assert f"pid {first.pid}" in second.stderr
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    # The holder died: the next runner takes over.
-    result = on_sandbox(sandbox, "resume", *FAST, ledger=ledger)
-    assert result.returncode == 0, result.stderr
-
-
 def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_path):
     """Also when the service echoes the bearer token in its 400, 401, 500 and failed-task
     messages (the sandbox's echo_key): such text is redacted before it is stored or shown."""
@@ -373,7 +351,7 @@ def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_42
 
 
 def test_the_sandbox_demo_only_advises_commands_that_work(tmp_path):
-    """`batchgen run manifests/quickstart.yaml --sandbox`, as `batchgen -h` suggests: every
+    """`batchgen run manifests/quickstart.yaml --sandbox`, as the README suggests: every
     command its closing lines name works on the ledger it leaves (the in-process sandbox,
     and its result URLs, are gone by then)."""
     ledger = tmp_path / "ledger.db"

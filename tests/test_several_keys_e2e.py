@@ -261,6 +261,7 @@ def test_resume_without_one_key_leaves_its_tasks_alone_and_exits_3_naming_it(
     result = _run(sandbox, "resume", ledger=ledger, keys=without_night)
     assert result.returncode == 3, result.stderr
     assert "night" in result.stderr.splitlines()[-1] or "key night" in result.stderr
+    assert "(night: `night=<the key>`)" in result.stderr  # exactly what works: named again
     truth = sandbox.sim.truth()
     assert {t: truth.polls.get(t, 0) for t in night_tasks} == polls_before  # not polled
     new = truth.submissions[submitted_before:]

@@ -59,6 +59,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "unknown_usd",
         "budget_usd",
         "keys",
+        "runners",
         "verdicts",
         "jobs",
     ]

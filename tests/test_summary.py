@@ -4,6 +4,8 @@ the title and the lines shown on the screen, written to the log and sent as the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from batchgen.scheduler import Summary
@@ -18,6 +20,7 @@ from batchgen.summary import (
     JobNote,
     LedgerFacts,
     end_of_run,
+    held_why,
     stopped_by_error,
 )
 
@@ -85,6 +88,22 @@ def test_interrupted_exits_130_with_the_exact_command_that_goes_on():
     )
 
 
+@pytest.mark.parametrize(
+    "stopped, counted",
+    [("interrupted", {}), ("unreachable", {}), (None, {"queued": 2}), (None, {"held": 1})],
+)
+def test_a_sandbox_run_is_resumed_in_the_sandbox(stopped, counted):
+    """Its tasks are kept beside the ledger: `resume --sandbox` polls them; plain `resume`
+    has no key for them."""
+    end = end_of_run(
+        facts(counts=counts(**counted), lost=counted.get("held", 0)),
+        Summary(stopped_for=stopped, message="cannot reach the service"),
+        dataclasses.replace(RUN, sandbox=True),
+    )
+    assert "`batchgen resume --sandbox --campaign spring`" in end.lines[-1]
+    assert "`batchgen resume --campaign" not in end.body
+
+
 def test_interrupted_wins_over_failed_jobs_and_work_remaining():
     end = end_of_run(
         facts(counts=counts(failed=1, queued=2), failed=notes("failed", 1)),
@@ -144,6 +163,15 @@ def test_the_budget_exits_3_naming_the_manifest_to_edit_and_the_command_that_rea
         "3 job(s) wait: the campaign budget_usd would be exceeded; raise budget_usd in "
         "manifests/spring launch.yaml, then `batchgen run 'manifests/spring launch.yaml'`"
     )
+
+
+def test_a_held_jobs_reason_is_said_once():
+    assert held_why("lost", "lost: no usable answer for 3.2s (last: 404)") == (
+        "lost: no usable answer for 3.2s (last: 404)"
+    )
+    assert held_why("unknown outcome", "timed out") == "unknown outcome: timed out"
+    assert held_why("unknown outcome", None) == "unknown outcome"
+    assert held_why(None, None) == "unknown outcome"
 
 
 def test_lost_tasks_exit_3_with_their_reasons_how_long_and_both_ways_on():
@@ -273,9 +301,23 @@ def test_tasks_left_for_a_key_not_given_exit_3_naming_the_label_and_how_to_go_on
     assert end.title == "batchgen run spring: stopped: 2 task(s) wait for their key (exit 3)"
     assert "key night: 2 task(s) not polled (the key is not given)" in end.lines
     assert end.lines[-1] == (
-        "tasks created with key(s) night are polled only with that key: give it again in "
-        "OKAYPIC_API_KEYS (same name, or the same key unnamed), then "
+        "tasks created with key(s) night are polled only with that key under the same "
+        "label: give it again in OKAYPIC_API_KEYS (night: `night=<the key>`), then "
         "`batchgen resume --campaign spring`"
+    )
+
+
+def test_the_advice_for_a_key_not_given_says_exactly_how_to_give_it_for_its_label():
+    """A named key's label is its name, an unnamed key's its hash: each is found again
+    only as it was given (a key given back unnamed for a named label is another label)."""
+    summary = Summary(
+        unpolled={"night": 2, "key-1a2b3c4d": 1}, missing_keys={"night", "key-1a2b3c4d"}
+    )
+    end = end_of_run(facts(counts=counts(completed=4, running=3)), summary, RUN)
+    assert end.lines[-1] == (
+        "tasks created with key(s) key-1a2b3c4d, night are polled only with that key under "
+        "the same label: give it again in OKAYPIC_API_KEYS (key-1a2b3c4d: the key alone, "
+        "unnamed; night: `night=<the key>`), then `batchgen resume --campaign spring`"
     )
 
 

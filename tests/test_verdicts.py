@@ -15,7 +15,18 @@ from batchgen.download import file_name, file_path
 from batchgen.ledger import Ledger, VerdictRefused
 from batchgen.migrations import MIGRATIONS, migrate
 from batchgen.status import format_status, status_data
-from tests.test_report import CDN, complete, grok, image, invoke, make_ledger, report, start
+from tests.test_report import (
+    CDN,
+    complete,
+    fail,
+    grok,
+    image,
+    invoke,
+    make_ledger,
+    report,
+    start,
+    unknown,
+)
 
 
 @pytest.fixture
@@ -182,3 +193,115 @@ def test_the_verdicts_migration_applies_to_a_ledger_made_before_it(tmp_path):
     assert "m004_verdicts" in migrate(db)
     assert db.execute("SELECT COUNT(*) FROM current_verdicts").fetchone() == (0,)
     db.close()
+
+
+# ---------------------------------------------------------------- retry --job: one job again
+
+
+def statuses(path) -> dict[str, str]:
+    ledger = Ledger.read_only(path)
+    try:
+        return {f"{j['campaign']}/{j['id']}": j["status"] for j in status_data(ledger, [])["jobs"]}
+    finally:
+        ledger.close()
+
+
+def test_retry_job_rerolls_a_completed_job_and_keeps_its_result_and_cost_in_the_audit(reviewed):
+    result = invoke(reviewed, "retry", "--job", "fresh", "--job", "good")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("2 job(s) queued again (c/fresh, c/good)")
+    assert statuses(reviewed) == {
+        "c/good": "queued", "c/bad": "completed", "c/fresh": "queued", "c/later": "running"
+    }  # fmt: skip
+    ledger = Ledger(reviewed, create=False)
+    jobs = {j["id"]: j for j in status_data(ledger, [])["jobs"]}
+    fresh = jobs["fresh"]
+    assert (fresh["attempts"], fresh["task_id"], fresh["result_urls"]) == (0, None, [])
+    assert fresh["cost_usd"] == "0.20"  # what it cost stays
+    details = {
+        e["job_id"]: json.loads(e["detail"])
+        for e in ledger.query("SELECT job_id, detail FROM events WHERE kind = 'requeued'")
+    }
+    assert (
+        details["fresh"]["task_id"] == "task-c-fresh-0" and details["fresh"]["from"] == "completed"
+    )
+    assert details["good"]["verdict"] == "approved"  # a re-roll whatever the verdict
+    assert report(reviewed)["totals"]["spent_usd"] == "0.40"  # every result still paid for
+
+
+def test_retry_job_requeues_a_failed_and_a_held_job(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("broken"), grok("unsure"), grok("other")])
+    fail(ledger, "broken")
+    unknown(ledger, "unsure")
+    fail(ledger, "other")
+    ledger.close()
+    result = invoke(path, "retry", "--job", "broken", "--job", "unsure")
+    assert result.exit_code == 0, result.output
+    assert statuses(path) == {"c/broken": "queued", "c/unsure": "queued", "c/other": "failed"}
+
+
+@pytest.mark.parametrize(
+    ("job_id", "said"),
+    [
+        ("later", "job c/later is running: retry it once it has ended"),
+        ("nope", "no job 'nope'"),
+    ],
+)
+def test_retry_job_refuses_a_job_being_run_or_unknown_and_changes_nothing(reviewed, job_id, said):
+    before = statuses(reviewed)
+    result = invoke(reviewed, "retry", "--job", "fresh", "--job", job_id)
+    assert result.exit_code == 1
+    assert said in result.output and "nothing was queued again" in result.output
+    assert statuses(reviewed) == before  # all or nothing: fresh was not requeued either
+
+
+def test_retry_job_refuses_a_queued_job_saying_resume_runs_it(tmp_path):
+    path = tmp_path / "l.db"
+    make_ledger(path, [grok("waiting")]).close()
+    result = invoke(path, "retry", "--job", "waiting")
+    assert result.exit_code == 1
+    assert "job c/waiting is queued already: `batchgen resume` runs it" in result.output
+
+
+def test_an_id_in_several_campaigns_needs_campaign_and_the_error_lists_them(tmp_path):
+    path = tmp_path / "l.db"
+    for campaign in ("spring", "autumn"):
+        ledger = make_ledger(path, [grok("hero")], campaign=campaign)
+        fail(ledger, "hero", campaign)
+        ledger.close()
+    result = invoke(path, "retry", "--job", "hero")
+    assert result.exit_code == 1
+    assert "job 'hero' is in several campaigns (autumn, spring): say which with --campaign" in (
+        result.output
+    )
+    result = invoke(path, "retry", "--job", "hero", "--campaign", "spring")
+    assert result.exit_code == 0, result.output
+    assert statuses(path) == {"autumn/hero": "failed", "spring/hero": "queued"}
+
+
+def test_retry_job_goes_with_no_other_choice_of_jobs(reviewed):
+    for other in ("--unknown", "--rejected"):
+        result = invoke(reviewed, "retry", "--job", "fresh", other)
+        assert result.exit_code == 2 and "cannot be used together" in result.output
+
+
+def test_a_rerolled_job_is_generated_again_and_saved_beside_its_first_result(
+    make_sandbox, tmp_path
+):
+    from tests.e2e import FAST, grok_batch, on_sandbox, status_json
+
+    sandbox = make_sandbox(time_scale=0.01)
+    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    manifest = grok_batch(tmp_path / "m.yaml", 2)
+    first = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
+    assert first.returncode == 0, first.stderr
+    again = on_sandbox(sandbox, "retry", "--job", "clip-1", ledger=ledger)
+    assert again.returncode == 0, again.stderr
+    resumed = on_sandbox(sandbox, "resume", *FAST, "--download", str(out), ledger=ledger)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in (out / "e2e").iterdir()) == [
+        "clip-1.mp4", "clip-1~2.mp4", "clip-2.mp4"
+    ]  # fmt: skip
+    assert len(sandbox.sim.truth().submissions) == 3
+    assert status_json(ledger)["spent_usd"] == "0.30"  # both results of clip-1 paid for

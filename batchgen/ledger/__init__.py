@@ -7,7 +7,9 @@ always one the scheduler can resume from. Table and column meanings are in the R
 The package's modules, each a part of the one `Ledger` class:
 - base: the connection, transactions, events, shared dataclasses and helpers;
 - ingest: writing a campaign's expanded jobs;
-- scheduling: the runner lock, the scheduler's reads and writes, money and counts;
+- scheduling: the scheduler's reads and writes, money and counts;
+- claims: runners and their heartbeats, claims (a job, a key's slot, its cost, in one
+  transaction) and the takeover of a dead runner's attempts;
 - reads: what status, report, plan and download read (and their few writes);
 - review: verdicts, the review page's reads, and `retry --rejected`.
 - recovery: writes that may fail, and the recovery file of answers not yet recorded,
@@ -26,6 +28,7 @@ from batchgen.ledger.base import (
     now,
     unusable,
 )
+from batchgen.ledger.claims import ClaimsMixin, Orphan, Takeover
 from batchgen.ledger.ingest import JOB_INSERT_COLUMNS, IngestMixin
 from batchgen.ledger.reads import ReadsMixin
 from batchgen.ledger.recovery import RecoveryMixin
@@ -41,12 +44,14 @@ __all__ = [
     "Ledger",
     "LedgerJob",
     "Money",
+    "Orphan",
+    "Takeover",
     "now",
     "unusable",
 ]
 
 
-class Ledger(IngestMixin, RecoveryMixin, ReviewMixin, ReadsMixin):
+class Ledger(IngestMixin, RecoveryMixin, ClaimsMixin, ReviewMixin, ReadsMixin):
     """batchgen's ledger: one SQLite file, migrated on opening (`Ledger(path)`) or read
     without writing (`Ledger.read_only(path)`). Opening it for writing first records the
     answers a run left in its recovery file (ledger/recovery.py)."""

@@ -23,12 +23,12 @@ from batchgen.errors import LedgerError
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.migrations import JOB_STATUSES, known_migrations, migrate
-from batchgen.processes import Holder
 
 DEFAULT_PATH = "batchgen.db"
 DEFAULT_OUT = "out"  # where result files are saved, and found by `review` (PRODUCT §9)
 UNFINISHED = ("queued", "submitting", "running")
 LOCK_WAIT_MS = 2000  # SQLite's own wait for a lock, before batchgen says it waits
+BUSY_TIMEOUT_MS = 30_000  # what an open ledger connection then waits for a lock
 LOCK_NOTICE_EVERY = 5.0  # seconds between two "waiting for the ledger" lines
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 
@@ -105,6 +105,7 @@ class LedgerBase:
         """Open (creating it if `create`) and migrate the ledger; `read_only`: open an
         existing one with SQLite's mode=ro, for reading commands, which never write."""
         self.path = Path(path)
+        self._writes = not read_only  # a reading command's ledger never writes
         self.notify = notify or _to_stderr
         # Every key in force (the runner adds them): no text is stored with one in it.
         self.redact = Redactor()
@@ -129,7 +130,7 @@ class LedgerBase:
                 self._patiently(lambda: check_ours(self.conn, self.path, empty_ok=False))
             else:
                 self._patiently(self._open)
-            self.conn.execute("PRAGMA busy_timeout=30000")
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise unusable(self.path, e) from e
@@ -168,7 +169,23 @@ class LedgerBase:
                 )
 
     def close(self) -> None:
+        """Close the connection; a writing one first checkpoints (see `_checkpoint`)."""
+        if self._writes:
+            self._checkpoint()
         self.conn.close()
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the .db file and empty it, so that the file alone
+        holds every commit: a copy of it, `datasette -i`, a backup of one file. SQLite does
+        it on closing only the last connection, and a reader (Datasette, the review page)
+        may hold another. Never waits and never fails the command: whatever a reader's
+        open snapshot keeps in the log stays there for the next checkpoint."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout=0")
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # in a transaction, locked, damaged: the log keeps it, as before
 
     @contextmanager
     def transaction(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
@@ -218,11 +235,6 @@ class LedgerBase:
             ),
         )
 
-    def _runner_row(self) -> dict[str, Any] | None:
-        """The runner lock's row (every column: a ledger not yet migrated has fewer)."""
-        rows = self.query("SELECT * FROM runner")
-        return rows[0] if rows else None
-
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return list(
             _dicts(self.conn.execute(sql, params if isinstance(params, dict) else list(params)))
@@ -267,14 +279,6 @@ def job_counts(db: sqlite3.Connection, campaigns: list[str] | None = None) -> di
             counts[status] = n
     counts["completed"] = rows[0][0] - sum(counts.values())
     return counts
-
-
-def _holder(row: dict[str, Any]) -> Holder:
-    return Holder(row["pid"], row["host"], row.get("machine"), row.get("process_start"))
-
-
-def _is_me(holder: Holder, me: Holder) -> bool:
-    return holder.pid == me.pid and holder.host == me.host
 
 
 def _to_stderr(line: str) -> None:

@@ -11,6 +11,7 @@ someone looks at its new result, while the rejected one keeps its verdict in the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,24 +220,86 @@ class ReviewMixin(ReadsMixin):
             )
 
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO events (at, campaign, job_id, kind, detail)"
-                " SELECT ?, j.campaign, j.id, 'requeued', json_object('from', j.status,"
-                " 'verdict', 'rejected', 'note', cv.note, 'attempts', j.attempts,"
-                " 'task_id', j.task_id, 'result_urls', json(COALESCE(j.result_urls, '[]')),"
-                " 'files', (SELECT json_group_array(json_object('n', f.n, 'url', f.url,"
-                "   'path', f.path, 'size', f.size, 'sha256', f.sha256)) FROM files f"
-                "   WHERE f.campaign = j.campaign AND f.job_id = j.id))"
-                f" FROM jobs j {JOB_VERDICT_JOIN}"
-                f" WHERE {rejected('j.campaign', 'j.id')}"
-                " ORDER BY j.campaign, j.position",
-                [stamp, *params],
-            )
-            db.execute(f"DELETE FROM files WHERE {rejected('campaign', 'job_id')}", params)
-            cursor = db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = 0, reason = NULL, task_id = NULL,"
-                " progress = NULL, result_urls = NULL, last_error = NULL, submitted_at = NULL,"
-                f" finished_at = NULL, updated_at = ? WHERE {rejected('campaign', 'id')}",
-                [stamp, *params],
-            )
-        return cursor.rowcount
+            return _requeue(db, rejected, params, stamp)
+
+    def requeue_jobs(self, job_ids: list[str], campaigns: list[str] | None) -> list[str]:
+        """Put the jobs named back to `queued` with fresh attempts (`retry --job`): failed
+        and held ones as `retry` does, completed ones as a re-roll (a new result; the old
+        one, its files and its cost stay in the audit, as with `retry --rejected`). All or
+        nothing: a name that matches no job, or jobs of several campaigns, or a job that
+        is queued or being run, is a LedgerError and no job changes. Returns the jobs
+        requeued, as `campaign/id`."""
+        selected = self.select_campaigns(campaigns) if campaigns else None
+        where, params = _campaign_filter(selected)
+        stamp = now()
+        with self.transaction(patient=True) as db:  # checked and changed in one moment
+            chosen: list[tuple[str, str]] = []
+            for job_id in dict.fromkeys(job_ids):
+                found = db.execute(
+                    f"SELECT campaign, status FROM jobs WHERE id = ? {where} ORDER BY campaign",
+                    [job_id, *params],
+                ).fetchall()
+                chosen.append(_one_job(job_id, found, selected))
+            pairs = ", ".join("(?, ?)" for _ in chosen)
+            values = [value for pair in chosen for value in pair]
+
+            def named(campaign: str, job_id: str) -> str:
+                return f"({campaign}, {job_id}) IN (VALUES {pairs})"
+
+            _requeue(db, named, values, stamp)
+        return [f"{campaign}/{job_id}" for campaign, job_id in chosen]
+
+
+RETRIED_BY_JOB = ("failed", "held", "completed")  # what `retry --job` may put back in the queue
+
+
+def _one_job(job_id: str, found: list[Any], campaigns: list[str] | None) -> tuple[str, str]:
+    """The job `retry --job ID` means, from the jobs of that id (campaign, status)."""
+    where = f" in campaign {', '.join(campaigns)}" if campaigns else ""
+    if not found:
+        raise LedgerError(f"no job {job_id!r}{where}: nothing was queued again")
+    if len(found) > 1:
+        names = ", ".join(campaign for campaign, _ in found)
+        raise LedgerError(
+            f"job {job_id!r} is in several campaigns ({names}): say which with --campaign; "
+            "nothing was queued again"
+        )
+    [(campaign, status)] = found
+    if status not in RETRIED_BY_JOB:
+        why = (
+            "queued already: `batchgen resume` runs it"
+            if status == "queued"
+            else f"{status}: retry it once it has ended (`batchgen status` shows it)"
+        )
+        raise LedgerError(f"job {campaign}/{job_id} is {why}; nothing was queued again")
+    return campaign, job_id
+
+
+def _requeue(db: Any, chosen: Callable[[str, str], str], params: list[Any], stamp: str) -> int:
+    """Put the jobs `chosen(campaign_column, id_column)` selects back to `queued` with fresh
+    attempts. Their attempts, cost and verdicts stay; their last result (task, URLs, saved
+    files) and error are kept in a `requeued` event, and files stay on disk (the next
+    result is saved under another name). The same jobs in each statement: jobs change only
+    in the last one."""
+    db.execute(
+        "INSERT INTO events (at, campaign, job_id, kind, detail)"
+        " SELECT ?, j.campaign, j.id, 'requeued', json_object('from', j.status,"
+        " 'verdict', cv.verdict, 'note', cv.note, 'attempts', j.attempts,"
+        " 'last_error', j.last_error,"
+        " 'task_id', j.task_id, 'result_urls', json(COALESCE(j.result_urls, '[]')),"
+        " 'files', (SELECT json_group_array(json_object('n', f.n, 'url', f.url,"
+        "   'path', f.path, 'size', f.size, 'sha256', f.sha256)) FROM files f"
+        "   WHERE f.campaign = j.campaign AND f.job_id = j.id))"
+        f" FROM jobs j {JOB_VERDICT_JOIN}"
+        f" WHERE {chosen('j.campaign', 'j.id')}"
+        " ORDER BY j.campaign, j.position",
+        [stamp, *params],
+    )
+    db.execute(f"DELETE FROM files WHERE {chosen('campaign', 'job_id')}", params)
+    cursor = db.execute(
+        "UPDATE jobs SET status = 'queued', attempts = 0, reason = NULL, task_id = NULL,"
+        " progress = NULL, result_urls = NULL, last_error = NULL, submitted_at = NULL,"
+        f" finished_at = NULL, updated_at = ? WHERE {chosen('campaign', 'id')}",
+        [stamp, *params],
+    )
+    return int(cursor.rowcount)

@@ -1,90 +1,32 @@
-"""What the scheduler reads and writes: the runner lock, the jobs to run, each attempt's
-intent and outcome, and the money, counts and timings it decides by."""
+"""What the scheduler reads and writes: the jobs to run, each attempt's intent and outcome,
+and the money, counts and timings it decides by.
+
+Several runners may write at once (claims.py): every change of a job's state is
+conditional on the state it expects, so a runner that lost a race changes nothing and
+learns so from the returned value."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import statistics
 from collections.abc import Iterator
 from typing import Any
 
 from batchgen import catalog
-from batchgen.errors import LedgerBusy
 from batchgen.ledger.base import (
     UNFINISHED,
     LedgerBase,
     LedgerJob,
     Money,
     _campaign_filter,
-    _holder,
-    _is_me,
     job_counts,
     now,
 )
-from batchgen.processes import Liveness, liveness, this_process
 
 
 class SchedulingMixin(LedgerBase):
-    """The ledger's runner lock, scheduling writes, money and counts."""
-
-    # ---------------------------------------------------------------- the runner lock
-
-    def acquire_runner(self, command: str, force: bool = False) -> str | None:
-        """Become the ledger's only runner, or raise LedgerBusy naming the live one.
-
-        A holder that died, or whose pid now belongs to another process, is taken over.
-        One on another host cannot be checked from here: refused, unless `force`, and then
-        the warning to show is returned. Waits while another program locks the ledger.
-        """
-        return self._patiently(lambda: self._acquire_runner(command, force))
-
-    def _acquire_runner(self, command: str, force: bool) -> str | None:
-        me = this_process()
-        warning = None
-        with self.transaction() as db:
-            row = self._runner_row()
-            if row is not None and not _is_me(_holder(row), me):
-                holder = _holder(row)
-                where = f"pid {holder.pid} on {holder.host}, since {row['started_at']}"
-                state = liveness(holder, me)
-                if state is Liveness.ALIVE:
-                    raise LedgerBusy(
-                        f"{self.path}: another batchgen `{row['command']}` is running on this "
-                        f"ledger ({where}); wait for it or stop it"
-                    )
-                if state is Liveness.ELSEWHERE and not force:
-                    raise LedgerBusy(
-                        f"{self.path}: a batchgen `{row['command']}` on another host holds this "
-                        f"ledger ({where}); whether it still runs cannot be checked from "
-                        "here: stop it there, or if it is gone, take over with --force"
-                    )
-                if state is Liveness.ELSEWHERE:
-                    warning = (
-                        f"--force: taking over the ledger from {where}; if that run still "
-                        "goes on, stop it now: two runners could submit the same jobs twice"
-                    )
-                self._event(
-                    "runner_taken_over",
-                    pid=holder.pid,
-                    host=holder.host,
-                    since=row["started_at"],
-                    why="forced" if warning else "not running",
-                )
-            db.execute(
-                "INSERT OR REPLACE INTO runner (id, pid, host, command, started_at, machine,"
-                " process_start) VALUES (1, ?, ?, ?, ?, ?, ?)",
-                (me.pid, me.host, command, now(), me.machine, me.process_start),
-            )
-        return warning
-
-    def release_runner(self) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "DELETE FROM runner WHERE pid = ? AND host = ?", (os.getpid(), socket.gethostname())
-            )
+    """The scheduling writes, money and counts."""
 
     # ---------------------------------------------------------------- scheduling
 
@@ -181,14 +123,34 @@ class SchedulingMixin(LedgerBase):
         http_status: int,
         task_id: str,
         answered_at: str | None = None,
-    ) -> None:
-        """The service created `task_id`: the attempt is charged, the job follows it. (If a
-        recovery file was applied meanwhile, it is recorded already: nothing changes.)"""
+        runner_id: str | None = None,
+    ) -> bool:
+        """The service created `task_id`: the attempt is charged, the job follows it, and
+        `runner_id` follows the task. False when the job does not follow this task: the
+        attempt was settled meanwhile (by a runner that took this one for dead), and
+        another attempt has the job now; the task id is kept on the attempt for the audit.
+        (If a recovery file was applied meanwhile, it is recorded already: True.)"""
         stamp = answered_at or now()
         with self.transaction() as db:
-            self._record_created(db, job.campaign, job.id, attempt_id, http_status, task_id, stamp)
-        job.status, job.task_id, job.submitted_at = "running", task_id, stamp
-        job.attempts += 1
+            self._record_created(
+                db,
+                job.campaign,
+                job.id,
+                attempt_id,
+                http_status,
+                task_id,
+                stamp,
+                late=True,
+                runner_id=runner_id,
+            )
+            row = db.execute(
+                "SELECT status, task_id, attempts FROM jobs WHERE campaign = ? AND id = ?",
+                (job.campaign, job.id),
+            ).fetchone()
+        if row is None or row[0] != "running" or row[1] != task_id:
+            return False
+        job.status, job.task_id, job.submitted_at, job.attempts = "running", task_id, stamp, row[2]
+        return True
 
     def attempt_ended(
         self,
@@ -202,17 +164,19 @@ class SchedulingMixin(LedgerBase):
         http_status: int | None = None,
         error: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Close an attempt that created no known task (not_sent, error, rejected, unknown)
-        and move its job on to `job_status` (queued, held or failed)."""
+        and move its job on to `job_status` (queued, held or failed). False when the
+        attempt is no longer `sending` (another runner settled it): nothing changes."""
         error = self.redact.text(error)
         stamp = now()
         possible = state == "unknown"
         with self.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE attempts SET state=?, outcome=?, counted=?, http_status=?, error=?,"
                 " answered_at=?, finished_at=?,"
-                " cost_micro_usd = CASE WHEN ? THEN unit_price_micro_usd ELSE 0 END WHERE id=?",
+                " cost_micro_usd = CASE WHEN ? THEN unit_price_micro_usd ELSE 0 END"
+                " WHERE id=? AND state='sending'",
                 (
                     state,
                     outcome,
@@ -225,22 +189,23 @@ class SchedulingMixin(LedgerBase):
                     attempt_id,
                 ),
             )
+            if not cursor.rowcount:
+                return False
             db.execute(
-                "UPDATE jobs SET status=?, reason=?, attempts=attempts+?,"
-                " last_error=COALESCE(?, last_error), updated_at=?,"
+                "UPDATE jobs SET attempts=attempts+?, last_error=COALESCE(?, last_error),"
+                " updated_at=? WHERE campaign=? AND id=?",
+                (int(counted), error, stamp, job.campaign, job.id),
+            )
+            # The job moves on only if it waits for this answer: `submitting`, and no other
+            # attempt of it on its way (a claim by another runner, after this one was
+            # settled as unknown, owns the job now).
+            db.execute(
+                "UPDATE jobs SET status=?, reason=?,"
                 " finished_at=CASE WHEN ?='failed' THEN ? ELSE finished_at END"
-                " WHERE campaign=? AND id=?",
-                (
-                    job_status,
-                    reason,
-                    int(counted),
-                    error,
-                    stamp,
-                    job_status,
-                    stamp,
-                    job.campaign,
-                    job.id,
-                ),
+                " WHERE campaign=? AND id=? AND status='submitting' AND NOT EXISTS"
+                " (SELECT 1 FROM attempts o WHERE o.campaign=jobs.campaign"
+                " AND o.job_id=jobs.id AND o.state='sending')",
+                (job_status, reason, job_status, stamp, job.campaign, job.id),
             )
             if counted or job_status != "queued":
                 self._event(
@@ -254,6 +219,7 @@ class SchedulingMixin(LedgerBase):
                 )
         job.status = job_status
         job.attempts += int(counted)
+        return True
 
     def interrupted_submissions(
         self, campaigns: list[str] | None = None
@@ -282,34 +248,38 @@ class SchedulingMixin(LedgerBase):
         *,
         at: str | None = None,
         observed_seconds: float | None = None,
-    ) -> None:
+    ) -> bool:
         """The task completed (answered `at`); `observed_seconds` is its generation time
         when this process followed it from its submission (None when it was taken over on
-        resume)."""
+        resume). False when it was recorded already (by another runner)."""
         assert job.task_id is not None
         with self.transaction() as db:
-            self._record_completed(
+            recorded = self._record_completed(
                 db, job.campaign, job.id, job.task_id, result_urls, at or now(), observed_seconds
             )
         job.status = "completed"
+        return recorded
 
-    def task_failed(self, job: LedgerJob, message: str, job_status: str) -> None:
-        """The service says the task failed: refunded (catalog), then queued again or failed."""
+    def task_failed(self, job: LedgerJob, message: str, job_status: str) -> bool:
+        """The service says the task failed: refunded (catalog), then queued again or failed.
+        False when it was recorded already (by another runner): nothing changes."""
         refunded = catalog.load().failed_tasks_refunded
         message = self.redact(message)
         stamp = now()
         with self.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE attempts SET state='failed', error=?, finished_at=?,"
                 " refunded_micro_usd = CASE WHEN ? THEN cost_micro_usd ELSE 0 END,"
                 " cost_micro_usd = CASE WHEN ? THEN 0 ELSE cost_micro_usd END"
                 " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
                 (message, stamp, refunded, refunded, job.campaign, job.id, job.task_id),
             )
+            if not cursor.rowcount:
+                return False
             db.execute(
                 "UPDATE jobs SET status=?, task_id=NULL, progress=NULL, last_error=?,"
                 " updated_at=?, finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END"
-                " WHERE campaign=? AND id=?",
+                " WHERE campaign=? AND id=? AND task_id=?",
                 (
                     job_status,
                     f"task failed: {message}",
@@ -318,6 +288,7 @@ class SchedulingMixin(LedgerBase):
                     stamp,
                     job.campaign,
                     job.id,
+                    job.task_id,
                 ),
             )
             self._event(
@@ -329,25 +300,30 @@ class SchedulingMixin(LedgerBase):
                 job_status=job_status,
             )
         job.status, job.task_id = job_status, None
+        return True
 
-    def task_lost(self, job: LedgerJob, message: str) -> None:
+    def task_lost(self, job: LedgerJob, message: str) -> bool:
         """Give up on a task that answered nothing usable for too long (PRODUCT.md §2): the
         job is `held` (reason `lost`) and keeps its task id, so the next resume polls it
-        once more; its attempt's cost counts as unknown, not in flight."""
+        once more; its attempt's cost counts as unknown, not in flight. False when the
+        task was recorded otherwise meanwhile (by another runner)."""
         stamp = now()
         with self.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE attempts SET state='unknown', outcome='lost', error=?, finished_at=?"
                 " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
                 (message, stamp, job.campaign, job.id, job.task_id),
             )
+            if not cursor.rowcount:
+                return False
             db.execute(
                 "UPDATE jobs SET status='held', reason='lost', last_error=?, updated_at=?"
-                " WHERE campaign=? AND id=?",
-                (f"lost: {message}", stamp, job.campaign, job.id),
+                " WHERE campaign=? AND id=? AND task_id=?",
+                (f"lost: {message}", stamp, job.campaign, job.id, job.task_id),
             )
             self._event("task_lost", job.campaign, job.id, task_id=job.task_id, error=message)
         job.status = "held"
+        return True
 
     def lost_jobs(self, campaigns: list[str] | None = None) -> list[LedgerJob]:
         """Held jobs whose task was given up as lost, to poll once more."""
@@ -359,23 +335,27 @@ class SchedulingMixin(LedgerBase):
         )
         return [_ledger_job(row) for row in rows]
 
-    def task_taken_back(self, job: LedgerJob) -> None:
-        """A lost task answered after all: its job follows it again, its cost is in flight."""
+    def task_taken_back(self, job: LedgerJob, runner_id: str | None = None) -> bool:
+        """A lost task answered after all: its job follows it again (`runner_id` follows
+        it), its cost is in flight. False when another runner took it back first."""
         stamp = now()
         with self.transaction() as db:
-            db.execute(
-                "UPDATE attempts SET state='running', outcome='created', finished_at=NULL"
-                " WHERE campaign=? AND job_id=? AND task_id=? AND state='unknown'"
+            cursor = db.execute(
+                "UPDATE attempts SET state='running', outcome='created', finished_at=NULL,"
+                " runner_id=? WHERE campaign=? AND job_id=? AND task_id=? AND state='unknown'"
                 " AND outcome='lost'",
-                (job.campaign, job.id, job.task_id),
+                (runner_id, job.campaign, job.id, job.task_id),
             )
+            if not cursor.rowcount:
+                return False
             db.execute(
                 "UPDATE jobs SET status='running', reason=NULL, last_error=NULL, updated_at=?"
-                " WHERE campaign=? AND id=?",
-                (stamp, job.campaign, job.id),
+                " WHERE campaign=? AND id=? AND task_id=?",
+                (stamp, job.campaign, job.id, job.task_id),
             )
             self._event("task_taken_back", job.campaign, job.id, task_id=job.task_id)
         job.status = "running"
+        return True
 
     def task_id_unusable(
         self, job: LedgerJob, problem: str, job_status: str, reason: str | None
@@ -416,19 +396,23 @@ class SchedulingMixin(LedgerBase):
         with self.transaction():
             self._event(kind, campaign, job_id, **detail)
 
-    def fail_job(self, job: LedgerJob, error: str) -> None:
-        """Give up on a job that has used all its attempts."""
+    def fail_job(self, job: LedgerJob, error: str) -> bool:
+        """Give up on a queued job that has used all its attempts (False: it is not queued
+        any more, another runner has it)."""
         error = self.redact(error)
         stamp = now()
         with self.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET status='failed', reason=NULL,"
                 " last_error=? || COALESCE('; last error: ' || last_error, ''), updated_at=?,"
-                " finished_at=? WHERE campaign=? AND id=?",
+                " finished_at=? WHERE campaign=? AND id=? AND status='queued'",
                 (error, stamp, stamp, job.campaign, job.id),
             )
+            if not cursor.rowcount:
+                return False
             self._event("failed", job.campaign, job.id, error=error)
         job.status = "failed"
+        return True
 
     RECENT_TASKS = 5000  # how many observed generation times are read, newest first
 
@@ -511,14 +495,16 @@ class SchedulingMixin(LedgerBase):
         task_id: str,
         stamp: str,
         late: bool = False,
+        runner_id: str | None = None,
     ) -> bool:
-        """The service created `task_id` for this attempt: the attempt is running (charged)
-        and the job follows that task. False when already recorded.
+        """The service created `task_id` for this attempt: the attempt is running (charged),
+        followed by `runner_id`, and the job follows that task. False when already
+        recorded.
 
-        Late (from a recovery file), the attempt may have been settled as unknown by a
-        batchgen that did not apply the file first: if the job has not moved on to
-        another task, it takes this one back; otherwise the attempt keeps the task id,
-        for the audit, at its unknown cost."""
+        Late (from a recovery file, or an answer that came after another runner took this
+        one for dead), the attempt may have been settled as unknown: if the job waits
+        (queued or held, no task, no other attempt on its way), it takes this task back;
+        otherwise the attempt keeps the task id, for the audit, at its unknown cost."""
         states = ("sending", "unknown") if late else ("sending",)
         row = db.execute(
             "SELECT state, task_id FROM attempts WHERE id = ? AND campaign = ? AND job_id = ?",
@@ -530,7 +516,8 @@ class SchedulingMixin(LedgerBase):
         job = db.execute(
             "SELECT status, task_id FROM jobs WHERE campaign = ? AND id = ?", (campaign, job_id)
         ).fetchone()
-        free = job is not None and job[1] is None and job[0] in ("queued", "submitting", "held")
+        waiting = ("queued", "held") if was_counted else ("queued", "submitting", "held")
+        free = job is not None and job[1] is None and job[0] in waiting
         if late and not free:
             db.execute(
                 "UPDATE attempts SET task_id = ?, outcome = 'created (recorded late)',"
@@ -542,8 +529,8 @@ class SchedulingMixin(LedgerBase):
         db.execute(
             "UPDATE attempts SET state='running', outcome='created', http_status=?, task_id=?,"
             " answered_at=?, finished_at=NULL, error=NULL, counted=1,"
-            " cost_micro_usd=unit_price_micro_usd WHERE id=?",
-            (http_status, task_id, stamp, attempt_id),
+            " cost_micro_usd=unit_price_micro_usd, runner_id=? WHERE id=?",
+            (http_status, task_id, stamp, runner_id, attempt_id),
         )
         db.execute(
             "UPDATE jobs SET status='running', reason=NULL, task_id=?, progress=0,"

@@ -12,10 +12,11 @@ from decimal import InvalidOperation
 from typing import Any
 
 from batchgen import catalog
+from batchgen.keys import SANDBOX_KEY
 from batchgen.money import to_micros
 from batchgen.progress_curves import DEFAULT_MODE, PROGRESS_MODES
 
-DEFAULT_KEY = "okpk_sandbox_demo"
+DEFAULT_KEY = SANDBOX_KEY
 DEFAULT_BALANCE_MICROS = 100_000_000  # $100: enough for a demo, small enough to run out
 DEFAULT_PORT = 8765
 

@@ -48,6 +48,13 @@ class FaultDice:
     def __init__(self, config: SandboxConfig) -> None:
         self._config = config
         self._streams: dict[tuple[str, str], random.Random] = {}
+        self.submits = 0  # submits drawn so far
+
+    def skip_submits(self, n: int) -> None:
+        """Draw for `n` submits and forget them: a sandbox that loads a saved state goes on
+        with the decisions its n+1-th submit would have met."""
+        for _ in range(n):
+            self.submit()
 
     def _stream(self, channel: str, knob: str) -> random.Random:
         stream = self._streams.get((channel, knob))
@@ -66,6 +73,7 @@ class FaultDice:
 
     def submit(self) -> SubmitFaults:
         c = self._config
+        self.submits += 1
         return SubmitFaults(
             error_500=self._chance("submit", "500", c.submit_500_rate),
             spurious_429=self._chance("submit", "429", c.spurious_429_rate),

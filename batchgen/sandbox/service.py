@@ -5,6 +5,8 @@
 an httpx.MockTransport (sandbox/transport.py) and direct unit tests. What a request may
 ask and what it costs come from the catalog (`check_request`, `price_micros`), never from
 rules restated here. Time is read from an injectable clock, so tests need no sleeps.
+Given a state file, the sandbox loads it and saves itself there (sandbox/state.py), so its
+tasks outlive the process.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import hashlib
 import heapq
 import json
 import re
+import sys
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -26,6 +30,7 @@ from batchgen import catalog as catalog_module
 from batchgen.catalog import Catalog, Model, check_request, price_micros
 from batchgen.money import to_micros, usd
 from batchgen.progress_curves import DEFAULT_MODE, task_state
+from batchgen.sandbox import state as state_file
 from batchgen.sandbox.config import SandboxConfig
 from batchgen.sandbox.faults import FaultDice, PollFaults, SubmitFaults
 from batchgen.sandbox.media import result_file
@@ -160,16 +165,27 @@ def _echoing(response: Response, authorization: str) -> Response:
 
 
 class Sandbox:
-    """The state of one simulated service; every request runs under one lock."""
+    """The state of one simulated service; every request runs under one lock.
+
+    With `state` (a file path), the sandbox starts from the state saved there, if any
+    (its seed then wins over the config's, and its balances over the config's for the
+    keys it knows), and saves itself there whenever a task is created or a balance topped
+    up. Its clock is then the wall clock by default: the saved times must mean the same
+    in the next process. state.StateUnusable when the file is not a usable state."""
 
     def __init__(
         self,
         config: SandboxConfig | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         catalog: Catalog | None = None,
+        state: str | Path | None = None,
     ) -> None:
+        self._state_path = None if state is None else Path(state)
+        saved = None if self._state_path is None else state_file.read(self._state_path)
         self.config = config or SandboxConfig()
-        self.clock = clock
+        if saved is not None:
+            self.config = replace(self.config, seed=saved.seed)
+        self.clock = clock or (time.monotonic if state is None else time.time)
         self.catalog = catalog or catalog_module.load()
         # where result files are said to live; serve() sets the real one
         self.base_url = "http://sandbox.invalid"
@@ -194,6 +210,13 @@ class Sandbox:
             template = endpoints["poll"]
             pattern = re.escape(template).replace(re.escape("{task_id}"), r"(?P<task_id>[^/]+)")
             self._poll_routes.append((re.compile(f"^{pattern}$"), kind, f"GET {template}"))
+        self._save_failed = False
+        # Each task and money event as the state file spells it, made once: a task by
+        # (task id, whether settled), the money events in order (they are only appended).
+        self._encoded_tasks: dict[str, tuple[bool, str]] = {}
+        self._encoded_money: list[str] = []
+        if saved is not None:
+            self._restore(saved)
 
     # -- the public face ---------------------------------------------------------------
 
@@ -390,6 +413,7 @@ class Sandbox:
         self._active[key] += 1
         self._peak[key] = max(self._peak.get(key, 0), self._active[key])
         self._per_payload[payload_key(payload)] += 1
+        self._save()  # before the answer: a task its client knows of is never forgotten
         return task
 
     def _new_ids(self) -> tuple[str, str]:
@@ -492,7 +516,59 @@ class Sandbox:
     def _top_up(self, key: str, micros: int, now: float) -> int:
         self._balances[key] = self._balances.get(key, 0) + micros
         self._money.append(MoneyEvent(now, key, "top_up", micros))
+        self._save()
         return self._balances[key]
+
+    # -- the state file (sandbox/state.py) ---------------------------------------------
+
+    def _restore(self, saved: state_file.SavedState) -> None:
+        """Take up a saved state. A task that ended meanwhile is settled (freed, refunded)
+        at the next request, as if this process had served it all along."""
+        assert self._state_path is not None
+        try:
+            tasks = [_Task(**record) for record in saved.tasks]
+            money = [MoneyEvent(**event) for event in saved.money]
+        except TypeError as e:
+            raise state_file.StateUnusable(
+                f"{self._state_path}: not a usable sandbox state ({e})"
+            ) from None
+        self._dice.skip_submits(saved.submits)
+        self._balances.update(saved.balances)
+        self._peak.update(saved.peak_active)
+        self._money = money
+        for task in tasks:
+            self._tasks[task.task_id] = task
+            self._per_payload[payload_key(task.payload)] += 1
+            if not task.settled:
+                heapq.heappush(self._unsettled, (task.ends_at, len(self._tasks), task.task_id))
+                self._active[task.key] += 1
+
+    def _save(self) -> None:
+        """Write the state file, if any. A sandbox that cannot write it says so once and
+        goes on answering: its tasks then end with its process."""
+        if self._state_path is None:
+            return
+        saved = state_file.SavedState(
+            self.config.seed, self._dice.submits, dict(self._balances), dict(self._peak)
+        )
+        for task in self._tasks.values():
+            settled, _ = self._encoded_tasks.get(task.task_id, (None, ""))
+            if settled is not task.settled:
+                self._encoded_tasks[task.task_id] = (task.settled, state_file.encode(asdict(task)))
+        for event in self._money[len(self._encoded_money) :]:
+            self._encoded_money.append(state_file.encode(asdict(event)))
+        tasks = [self._encoded_tasks[task_id][1] for task_id in self._tasks]
+        try:
+            state_file.write(self._state_path, saved, tasks, self._encoded_money)
+        except OSError as e:
+            if not self._save_failed:
+                print(
+                    f"sandbox: cannot save its state in {self._state_path} ({e}): "
+                    "its tasks end with this process",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self._save_failed = True
 
     def _settle(self, now: float) -> None:
         """Free the slots of tasks that ended by `now`, refunding the failed ones."""

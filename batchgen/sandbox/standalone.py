@@ -20,6 +20,7 @@ def main(
     port: int = DEFAULT_PORT,
     keys: str | Iterable[str] = DEFAULT_KEY,
     balance_usd: str = "100.00",
+    state: str | None = None,
     **knobs: Any,
 ) -> None:
     """Serve a sandbox on 127.0.0.1:`port` (0 = any free port) until interrupted.
@@ -29,11 +30,14 @@ def main(
     `NAME=value` line each, shell-quoted, flushed (so a parent process can read the port
     from the first line): `OKAYPIC_BASE_URL`, `OKAYPIC_API_KEY` (the first key) and, with
     several keys, `OKAYPIC_API_KEYS` (all of them, comma-separated). Then a summary on
-    stderr; returns after Ctrl-C or SIGTERM with the server stopped. `knobs` are
+    stderr; returns after Ctrl-C or SIGTERM with the server stopped. `state`: a file the
+    sandbox starts from if it exists and saves itself in (sandbox/state.py; StateUnusable
+    when it is not a sandbox's state). `knobs` are
     SandboxConfig fields (None = default), plus `verbose` to log one line per request.
     """
     verbose = bool(knobs.pop("verbose", False))
     config = SandboxConfig.from_knobs(keys, balance_usd, **knobs)
+    sandbox = Sandbox(config, state=state)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -43,7 +47,7 @@ def main(
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, request_stop)
-    served = serve(Sandbox(config), port=port, verbose=verbose)
+    served = serve(sandbox, port=port, verbose=verbose)
     try:
         for line in environment_lines(served.base_url, list(config.keys)):
             print(line, flush=True)

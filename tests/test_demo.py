@@ -1,0 +1,55 @@
+"""Which ledgers go on in the sandbox: `status` and a keyless `resume` point to
+`resume --sandbox` when the demo key's tasks are the unfinished work, never after a ledger
+went on with a real key."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchgen import demo
+from batchgen.errors import AuthError
+from batchgen.keys import label
+from batchgen.ledger import Ledger, LedgerJob
+from batchgen.status import format_status, status_data
+from tests.test_report import grok, make_ledger, queued
+
+REAL = label("okpk_a_real_key")
+
+
+def started(ledger: Ledger, job_id: str, key_label: str) -> None:
+    job = queued(ledger, job_id)
+    attempt = ledger.begin_attempt(job, key_label)
+    ledger.attempt_created(job, attempt, 200, f"task-{job_id}")
+
+
+def next_steps(ledger: Ledger) -> str:
+    return format_status(ledger, status_data(ledger, [], jobs=False), []).split("\n\n")[-1]
+
+
+def test_the_demo_keys_tasks_in_flight_go_on_with_resume_sandbox(tmp_path, monkeypatch):
+    ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
+    started(ledger, "a", demo.KEY.label)
+
+    assert demo.in_sandbox(ledger)
+    assert "2 job(s) unfinished: `batchgen resume --sandbox` goes on" in next_steps(ledger)
+    with pytest.raises(AuthError, match="add --sandbox"):
+        demo.keys_for(str(ledger.path))
+    monkeypatch.setenv("OKAYPIC_API_KEY", "okpk_a_real_key")
+    assert [k.label for k in demo.keys_for(str(ledger.path))] == [REAL]
+
+
+def test_a_ledger_that_went_on_with_a_real_key_after_a_demo_resumes_plainly(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
+    started(ledger, "a", demo.KEY.label)
+    ledger.task_completed(running(ledger, "a"), ["https://cdn.example/a.mp4"])
+    started(ledger, "b", REAL)
+
+    assert not demo.in_sandbox(ledger)
+    assert "1 job(s) unfinished: `batchgen resume` goes on" in next_steps(ledger)
+    with pytest.raises(AuthError) as refused:
+        demo.keys_for(str(ledger.path))
+    assert "--sandbox" not in str(refused.value).replace("run MANIFEST --sandbox", "")
+
+
+def running(ledger: Ledger, job_id: str) -> LedgerJob:
+    return next(j for j in ledger.unfinished_jobs(["c"]) if j.id == job_id)

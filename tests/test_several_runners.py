@@ -1,0 +1,185 @@
+"""Several runners on one ledger (PRODUCT.md §6, §10), end to end: real `batchgen`
+processes on one SQLite ledger against the sandbox over HTTP, killed with a real kill -9
+at random moments. Every invariant is read from the sandbox's own record, never from
+batchgen's: at most 3 tasks in flight per key, charges within the budget, no job paid
+twice except through an unknown outcome the ledger recorded, no poll with the wrong key,
+every task followed to its end, and the ledger's spend equal to the service's charges.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from batchgen.sandbox.truth import payload_key
+from tests.e2e import (
+    FAST,
+    batchgen,
+    grok_batch,
+    recorded_task_ids,
+    rows,
+    spawn,
+    status_json,
+    wait_for,
+)
+
+ALPHA, BRAVO = "okpk_alpha_1111", "okpk_bravo_2222"
+KEYS = f"studio={ALPHA},night={BRAVO}"
+PLENTY = 100_000_000
+PRICE = 100_000  # a grok job of build_ledger/grok_batch: $0.10
+
+
+def two_keys(make_sandbox: Any, **knobs: Any) -> Any:
+    return make_sandbox(keys={ALPHA: PLENTY, BRAVO: PLENTY}, **knobs)
+
+
+def ingest(ledger: Path, manifest: Path) -> None:
+    result = batchgen("ingest", str(manifest), ledger=ledger)
+    assert result.returncode == 0, result.stderr
+
+
+def runner(sandbox: Any, ledger: Path, *extra: str, keys: str = KEYS) -> Any:
+    return spawn(
+        "resume", *FAST, "--lease", "2s", *extra,
+        ledger=ledger, base_url=sandbox.base_url, keys=keys, stdout=None,
+    )  # fmt: skip
+
+
+def finish(sandbox: Any, ledger: Path, keys: str = KEYS) -> Any:
+    return batchgen(
+        "resume", *FAST, "--lease", "2s", ledger=ledger, base_url=sandbox.base_url, keys=keys
+    )
+
+
+def unknown_attempts_per_payload(ledger: Path) -> Counter[str]:
+    """Attempts of unknown outcome per request (as the sandbox keys its submissions)."""
+    import json
+
+    found: Counter[str] = Counter()
+    for row in rows(
+        ledger,
+        "SELECT j.request FROM attempts a JOIN jobs j ON j.campaign = a.campaign"
+        " AND j.id = a.job_id WHERE a.state = 'unknown' OR a.outcome LIKE 'created (recorded%'",
+    ):
+        found[payload_key(json.loads(row["request"]))] += 1
+    return found
+
+
+def check_the_promises(truth: Any, ledger: Path, budget: int | None = None) -> None:
+    """The §10 promises for several runners, from the sandbox's own record."""
+    for key in (ALPHA, BRAVO):
+        assert truth.peak_active.get(key, 0) <= 3, truth.peak_active
+    assert truth.foreign_poll_count() == 0
+    unknown = unknown_attempts_per_payload(ledger)
+    # Paid: every task not refunded (a failed task is refunded, and its job submitted again).
+    paid = Counter(payload_key(s.payload) for s in truth.submissions if s.status != "failed")
+    for payload, tasks in paid.items():
+        assert tasks <= 1 + unknown[payload], (payload, tasks, unknown[payload])
+    if budget is not None:  # what the service kept: failed tasks are refunded
+        assert truth.net_charged_micros() <= budget
+    known = set(recorded_task_ids(ledger))
+    # Every task the ledger knows of was followed to its end (none left running).
+    assert not [s.task_id for s in truth.submissions if s.task_id in known and s.status in (
+        "pending", "processing")]  # fmt: skip
+    spent = rows(
+        ledger,
+        "SELECT COALESCE(SUM(cost_micro_usd), 0) AS s FROM attempts WHERE state = 'completed'",
+    )[0]["s"]
+    completed = sum(
+        s.price_micros for s in truth.submissions if s.status == "completed" and s.task_id in known
+    )
+    assert spent == completed
+
+
+def test_a_second_runner_joins_and_no_job_is_paid_twice(make_sandbox, tmp_path):
+    """The `--force` takeover paid 9 jobs with 15 tasks: now two runners share them."""
+    sandbox = two_keys(make_sandbox, time_scale=0.02)
+    ledger = tmp_path / "l.db"
+    ingest(ledger, grok_batch(tmp_path / "m.yaml", 9))
+    first = runner(sandbox, ledger, keys=f"studio={ALPHA}")
+    try:
+        wait_for(lambda: len(sandbox.sim.truth().submissions) >= 1)
+        second = finish(sandbox, ledger, keys=f"studio={ALPHA}")
+        assert second.returncode == 0, second.stderr
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    truth = sandbox.sim.truth()
+    assert len(truth.submissions) == 9
+    assert set(truth.submissions_per_payload.values()) == {1}
+    assert status_json(ledger)["counts"]["completed"] == 9
+    check_the_promises(truth, ledger)
+
+
+def test_the_budget_holds_with_two_keys_when_answers_are_slow(make_sandbox, tmp_path):
+    """Ten $0.10 jobs on a $0.50 budget, two keys, slow answers and some 400s: a job that
+    waited behind a slow first answer had passed the budget check without being in the
+    ledger, and the other key spent the same room ($0.60 charged, $0.70 with a 400)."""
+    sandbox = two_keys(make_sandbox, time_scale=0.02, latency=(0.3, 1.0), reject_rate=0.3, seed=3)
+    ledger = tmp_path / "l.db"
+    ingest(ledger, grok_batch(tmp_path / "m.yaml", 10, budget="0.50"))
+    result = finish(sandbox, ledger)
+    assert result.returncode in (1, 3), result.stderr  # some rejected, some over budget
+    truth = sandbox.sim.truth()
+    assert truth.charged_micros() <= 500_000  # no task fails here: charged is kept
+    check_the_promises(truth, ledger, budget=500_000)
+
+
+def test_status_lists_a_live_runner_with_its_keys(make_sandbox, tmp_path):
+    sandbox = two_keys(make_sandbox, time_scale=0.2)
+    ledger = tmp_path / "l.db"
+    ingest(ledger, grok_batch(tmp_path / "m.yaml", 6))
+    live = runner(sandbox, ledger)
+    try:
+        wait_for(lambda: len(sandbox.sim.truth().submissions) >= 1)
+        listed = status_json(ledger)["runners"]
+        assert [(r["pid"], r["keys"]) for r in listed] == [(live.pid, ["studio", "night"])]
+        text = batchgen("status", ledger=ledger).stdout
+        assert f"pid {live.pid}" in text and "keys studio, night" in text
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+    # Killed: its process is gone, so it is no longer listed.
+    assert status_json(ledger)["runners"] == []
+
+
+def test_runners_killed_at_random_moments_keep_every_promise(make_sandbox, tmp_path):
+    """Three runners on two keys and a budget, each killed -9 now and then and started
+    again; then one last resume finishes. The sandbox's own counts must hold."""
+    rng = random.Random(22)
+    sandbox = two_keys(make_sandbox, time_scale=0.02, latency=(0.0, 0.05), fail_rate=0.1)
+    ledger = tmp_path / "l.db"
+    budget = 3_000_000
+    ingest(ledger, grok_batch(tmp_path / "m.yaml", 40, budget="3.00"))
+    runners = [runner(sandbox, ledger) for _ in range(3)]
+    kills = 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and any(r.poll() is None for r in runners):
+            time.sleep(rng.uniform(0.2, 0.8))
+            victim = rng.randrange(len(runners))
+            if runners[victim].poll() is None and kills < 6:
+                runners[victim].send_signal(signal.SIGKILL)
+                runners[victim].wait()
+                kills += 1
+                runners[victim] = runner(sandbox, ledger)
+    finally:
+        for r in runners:
+            if r.poll() is None:
+                r.kill()
+            r.wait()
+    assert kills >= 3
+    final = finish(sandbox, ledger)
+    assert final.returncode in (0, 1, 3), final.stderr
+    assert "Traceback" not in final.stderr
+    counts = status_json(ledger)["counts"]
+    assert counts["queued"] + counts["submitting"] + counts["running"] == 0 or (
+        final.returncode == 3
+    )
+    check_the_promises(sandbox.sim.truth(), ledger, budget=budget)
