@@ -255,7 +255,8 @@ class Scheduler:
                 for task in [t for t in self.in_flight if t.done()]:
                     job, slots = self.in_flight.pop(task)
                     slots.busy -= 1
-                    ended = task.result()  # AuthFailed, and any bug, surfaces here
+                    # Cancelled: taken over by another runner while this one was paused.
+                    ended = Ended.TAKEN if task.cancelled() else task.result()  # bugs surface
                     if ended is Ended.REQUEUED:
                         deferred.append(job)
                     elif ended is Ended.BUDGET:
@@ -356,7 +357,7 @@ class Scheduler:
                 slots = self._key_of(job)
                 assert slots is not None  # only tasks of this runner's keys are taken
                 self._start(job, slots)
-            if adopted and self.next_beat:  # at the start, following them is what resume does
+            if adopted:
                 self.report(None, f"following {len(adopted)} task(s) of a runner that is gone")
         for label, count in takeover.unheld.items():
             self._unheld(label, count)
