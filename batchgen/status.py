@@ -75,9 +75,15 @@ def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
         "unknown_usd": usd(money.unknown),
         "budget_usd": usd(sum(budgets)) if budgets else None,
         # Each key that sent an attempt: label (null: recorded before labels were kept),
-        # tasks in flight now, and what its completed tasks cost (§6).
+        # tasks in flight now, what its completed tasks cost (§6), and how many of its
+        # attempts were refused for content reasons (§2: services suspend such keys).
         "keys": [
-            {"label": key.label, "in_flight": key.in_flight, "spent_usd": usd(key.money.spent)}
+            {
+                "label": key.label,
+                "in_flight": key.in_flight,
+                "spent_usd": usd(key.money.spent),
+                "refusals": key.refusals,
+            }
             for key in ledger.key_use(scope)
         ],
         # The runners working on the ledger now (§6): host, pid, key labels, since, heartbeat.
@@ -166,16 +172,19 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
 
 
 def _keys(keys: list[dict[str, Any]]) -> list[str]:
-    """Each key's tasks in flight and spend, once any attempt was sent with a labelled
-    key (a ledger of one unlabelled key says nothing the lines above do not)."""
-    if not any(key["label"] is not None for key in keys):
+    """Each key's tasks in flight, spend and refusals, once any attempt was sent with a
+    labelled key or refused (a ledger of one unlabelled key without refusals says nothing
+    the lines above do not)."""
+    if not any(key["label"] is not None or key["refusals"] for key in keys):
         return []
     width = max(len(key["label"] or UNLABELLED) for key in keys)
     lines = [f"keys ({len(keys)}):"]
     for key in keys:
+        refusals = key["refusals"]
         lines.append(
             f"  {key['label'] or UNLABELLED:<{width}}  {key['in_flight']} in flight, "
             f"${key['spent_usd']} spent"
+            + (f", {refusals} refused for content reasons" if refusals else "")
         )
     return lines
 
