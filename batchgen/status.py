@@ -166,7 +166,8 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
                 f"{job['last_error'] or job['reason'] or 'unknown outcome'}"
             )
     lines.append("")
-    lines.extend(_next_steps(ledger, scope, counts, data["verdicts"]))
+    refusals = sum(key["refusals"] for key in data["keys"])
+    lines.extend(_next_steps(ledger, scope, counts, data["verdicts"], refusals))
     # Each entry is one line; ids, task ids and the service's messages are shown as written.
     return "\n".join(map(shown, lines))
 
@@ -204,7 +205,11 @@ def _runners(runners: list[dict[str, Any]], now: datetime) -> list[str]:
 
 
 def _next_steps(
-    ledger: Ledger, scope: list[str] | None, counts: dict[str, int], verdicts: dict[str, int]
+    ledger: Ledger,
+    scope: list[str] | None,
+    counts: dict[str, int],
+    verdicts: dict[str, int],
+    refusals: int = 0,
 ) -> list[str]:
     """What a person should do now, most useful first."""
     steps: list[str] = []
@@ -245,6 +250,11 @@ def _next_steps(
         )
     if counts["failed"]:
         steps.append(f"{counts['failed']} failed job(s): `batchgen retry` queues them again")
+    if refusals:
+        steps.append(
+            f"{refusals} refusal(s) for content reasons (failed, reason refused): change "
+            "those prompts before retrying them; services suspend keys that collect many"
+        )
     if verdicts["rejected"]:
         steps.append(
             f"{verdicts['rejected']} rejected result(s): `batchgen retry --rejected` "

@@ -283,6 +283,7 @@ def test_refusals_are_counted_per_key_in_status_report_and_key_costs(tmp_path):
     }
     human = invoke(path, "status").output
     assert "1 refused for content reasons" in human
+    assert "2 refusal(s) for content reasons" in human  # and what to do about them
     by_key = report(path, "key")
     assert by_key["refusals"] == {"night": 1, "studio": 1, UNLABELLED: 0, NO_KEY: 0}
     assert set(by_key["groups"][0]) == set(by_key["totals"])  # the ROW of §7, unchanged
@@ -301,9 +302,7 @@ def test_m009_counts_the_refusals_an_old_ledger_holds_and_follows_outcomes_after
     tmp_path, monkeypatch
 ):
     path = tmp_path / "old.db"
-    written_before(
-        migrations.m009_refusals, path, monkeypatch, lambda: two_keys(path).close()
-    )
+    written_before(migrations.m009_refusals, path, monkeypatch, lambda: two_keys(path).close())
     db = sqlite3.connect(path)
     with db:  # a refusal m007's triggers do not see: m009 must count it from the rows
         db.execute("UPDATE attempts SET outcome = 'refused' WHERE state = 'failed'")
