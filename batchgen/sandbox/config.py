@@ -58,8 +58,10 @@ class SandboxConfig:
     - drop_rate: on submit the task is created and charged, then the connection is closed
       without an answer; on poll the connection is closed without an answer.
     - garbage_rate: 200 with an unparseable body; on submit the task is created and charged.
-    - reject_rate: submit answers 400 to a valid request (as a content-policy refusal
-      would), no task created, nothing charged.
+    - reject_rate: submit answers 400 to a valid request, no task created, nothing
+      charged, decided per request; its message names the content policy, so batchgen
+      reads it as a refusal (refuse_rate refuses the same prompts every time, as a real
+      service would).
     - echo_key: a hostile service: every error message (400, 401, 402, 429, 500) and every
       failed task's errorMessage repeats the caller's Authorization header.
     - refuse_rate: the share of prompts refused for content reasons (PRODUCT §2), decided
