@@ -374,9 +374,11 @@ class Sandbox:
             return _error(402, "Insufficient balance")
 
         answered = "drop" if faults.drop else "garbage" if faults.garbage else "200"
-        task = self._accept(key, kind, payload, request, model, price, now, faults, answered)
-        task.refused = refusal == "output"
-        if task.refused:
+        refused = refusal == "output"
+        task = self._accept(
+            key, kind, payload, request, model, price, now, faults, answered, refused
+        )
+        if refused:
             self._faults["task.refused"] += 1
         elif faults.fail:
             self._faults["task.fail"] += 1
@@ -404,8 +406,10 @@ class Sandbox:
         now: float,
         faults: SubmitFaults,
         answered: str,
+        refused: bool = False,
     ) -> _Task:
-        """Create, charge and start a task; it ends by the clock, settled in `_settle`."""
+        """Create, charge and start a task; it ends by the clock, settled in `_settle`
+        (`refused`: it fails for its output's content)."""
         seconds = model.typical_seconds(request.get("duration"))
         seconds *= self.config.time_scale * faults.jitter
         task_id, generation_id = self._new_ids()
@@ -421,6 +425,7 @@ class Sandbox:
             fails=faults.fail,
             answered=answered,
             vanished=faults.vanish,
+            refused=refused,
             progress_mode=self.config.progress,
             progress_draw=faults.progress_draw,
         )
