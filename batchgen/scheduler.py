@@ -55,6 +55,7 @@ CLOSING: dict[Submit, tuple[str, str, str, str | None]] = {
     Submit.NOT_SENT: ("not_sent", "not sent", "queued", None),
     Submit.SERVER_ERROR: ("error", "server error", "queued", None),
     Submit.REJECTED: ("rejected", "rejected", "failed", None),
+    Submit.REFUSED: ("rejected", "refused", "failed", "refused"),  # never resubmitted (§2)
     Submit.AUTH: ("not_sent", "unauthorized", "queued", None),
     Submit.BALANCE: ("not_sent", "insufficient balance", "queued", "balance"),
     Submit.REDIRECTED: ("not_sent", "redirected", "queued", None),
@@ -592,7 +593,7 @@ class Scheduler:
                     self.checkpoint("submit_answered")
                     if answer.status is not None and answer.status != 401:
                         slots.accepted = True
-                    outcome = classify_submit(answer)
+                    outcome = classify_submit(answer, self.catalog.refusal_phrases)
                     ended = await self._record_submit(job, attempt, outcome, slots)
                     if ended is not None:
                         return ended
@@ -627,6 +628,9 @@ class Scheduler:
                 await self._pause(self._backoff(job.attempts), self.halt_submits)
             elif action is Submit.REJECTED:
                 self.report(job, f"failed: rejected by the service: {message}")
+                return Ended.DONE
+            elif action is Submit.REFUSED:
+                self.report(job, f"failed: refused for content reasons: {message}")
                 return Ended.DONE
             elif action is Submit.AUTH:
                 self._key_out(slots, "refused", message)
@@ -801,7 +805,7 @@ class Scheduler:
             asked = self.clock()
             answer = await slots.client.poll(path)
             self.checkpoint("poll_answered")
-            outcome = classify_poll(answer)
+            outcome = classify_poll(answer, self.catalog.refusal_phrases)
             if outcome.action is not Poll.ERROR:
                 usable_at = self.clock()
             if outcome.action is Poll.RUNNING:
@@ -834,18 +838,23 @@ class Scheduler:
                 self.report(job, "completed")
                 self.completions.append(job)
                 return False
-            elif outcome.action is Poll.FAILED:
+            elif outcome.action in (Poll.FAILED, Poll.REFUSED):
                 # Attempts left: submitted again, by this key if it still submits, else by
-                # another, or by a later `resume` if submitting has stopped.
-                left = job.attempts < self.settings.max_attempts
+                # another, or by a later `resume` if submitting has stopped. A task refused
+                # for content reasons would be refused again: never (PRODUCT §2).
+                refused = outcome.action is Poll.REFUSED
+                left = job.attempts < self.settings.max_attempts and not refused
                 again = left and slots.out is None and not self.halt_submits.is_set()
                 message = outcome.message or "Generation failed"
                 status = "queued" if left else "failed"
-                if not await self._record(partial(self.ledger.task_failed, job, message, status)):
+                write = partial(self.ledger.task_failed, job, message, status, refused=refused)
+                if not await self._record(write):
                     self.report(job, "task failed (recorded already by another runner)")
                     return False
                 self.report(
-                    job, f"task failed ({message})" + ("; submitting again" if again else "")
+                    job,
+                    f"task {'refused for content reasons' if refused else 'failed'} ({message})"
+                    + ("; submitting again" if again else ""),
                 )
                 return again
             elif outcome.action is Poll.AUTH:
