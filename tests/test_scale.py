@@ -113,6 +113,10 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
         )
         if r[0] is not None
     ]
+    # These ledgers are built with no runner at work: none is listed (an older ledger has
+    # no `runners` table at all).
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "runners" not in tables or not db.execute("SELECT 1 FROM runners").fetchall()
     db.close()
     return {
         "counts": counts,
@@ -121,6 +125,7 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
         "unknown_usd": usd(money["unknown"]),
         "budget_usd": usd(sum(budgets)) if budgets else None,
         "keys": plain_keys(attempts),
+        "runners": [],
         "verdicts": verdicts,
         "jobs": entries,
     }
