@@ -89,6 +89,11 @@ class Scheduler(Submitting, Following):
         # completion (the ledger's history, then this run's), and which ways of reading
         # progress have held per model: what pacing and the ETA rest on.
         self.learned = Learned(self._typical_seconds, ledger.observed_times())
+        # Several runners learn from each other: the times other runners record are added
+        # as they appear in the ledger (those read above, or seen since, count once).
+        self.learned_ids = {row[0] for row in ledger.recent_observations(ledger.RECENT_TASKS)}
+        self.learn_every = max(1.0, 5 * settings.poll_interval)
+        self.next_learn = 0.0
         self.following: dict[tuple[str, str], tuple[Key, Follow]] = {}  # tasks being polled
         self.sent_at: dict[tuple[str, str], float] = {}  # job -> when its last submit left
 
@@ -210,7 +215,11 @@ class Scheduler(Submitting, Following):
 
     async def _beat(self, campaigns: list[str] | None) -> None:
         """Every `beat_every` seconds: the heartbeat, and a look for orphans (a dead runner's
-        tasks of this runner's keys, and its unanswered requests), which this one takes."""
+        tasks of this runner's keys, and its unanswered requests), which this one takes.
+        Every `learn_every` seconds: the generation times other runners saw."""
+        if self.clock() >= self.next_learn:
+            self.next_learn = self.clock() + self.learn_every
+            self._learn_from_others()
         if self.clock() < self.next_beat:
             return
         self.next_beat = self.clock() + self.beat_every
@@ -226,6 +235,14 @@ class Scheduler(Submitting, Following):
             await self._take_over(campaigns)
         except Abandoned:
             pass
+
+    def _learn_from_others(self) -> None:
+        for attempt, model, duration, seconds, runner in self.ledger.recent_observations(200):
+            if attempt in self.learned_ids:
+                continue
+            self.learned_ids.add(attempt)
+            if runner != self.runner_id:  # its own were learned as they completed
+                self.learned.durations.add((model, duration), seconds)
 
     def _lost_claims(self) -> None:
         """This runner was taken for dead (paused past its lease, say): another runner has

@@ -441,6 +441,18 @@ class SchedulingMixin(LedgerBase):
             times.setdefault((model, duration), []).append(float(seconds))
         return times
 
+    def recent_observations(self, limit: int) -> list[tuple[int, str, int | None, float, str]]:
+        """The `limit` most recent observed generation times, newest first, each with its
+        attempt id and the runner that saw it: what other runners on the ledger learn."""
+        rows = self.conn.execute(
+            "SELECT a.id, j.model, j.duration, a.observed_seconds, COALESCE(a.runner_id, '')"
+            " FROM (SELECT id, campaign, job_id, observed_seconds, runner_id FROM attempts"
+            "   WHERE observed_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) a"
+            " JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id ORDER BY a.id DESC",
+            (limit,),
+        )
+        return [(i, m, d, float(s), r) for i, m, d, s, r in rows]
+
     def generation_seconds(self) -> dict[tuple[str, int | None], float]:
         """The median observed generation time per (model, duration) (see observed_times):
         a median, so a few odd tasks do not move it."""
