@@ -1,4 +1,9 @@
-"""The scheduler: takes a ledger's unfinished jobs to an end, at most N tasks in flight.
+"""The scheduler: one runner's loop, taking a ledger's unfinished jobs to an end with at
+most N tasks in flight per key, beside any other runner on the ledger: the ledger
+arbitrates between them (ledger/claims.py), this loop only asks it (PRODUCT.md §6).
+
+Its rooms: submit.py (claim, send, record one submission), follow.py (poll one task to
+its end), writer.py (ledger writes that must not fail), driving.py (the shared state).
 
 Each job is driven by one coroutine that holds a slot from its first submission until
 its task ends (resubmissions after a failed task stay in the slot). The ledger is
@@ -30,6 +35,7 @@ from batchgen.driving import AuthFailed, Ended, KeySlots, Settings, Summary
 from batchgen.errors import LedgerWriteFailed
 from batchgen.follow import Following
 from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger.scheduling import observed_times
 from batchgen.pacing import Follow, Key, Learned, eta_seconds
 from batchgen.submit import Submitting
 from batchgen.writer import WRITE_WAIT, Abandoned, LedgerWriter, Reporter
@@ -88,10 +94,11 @@ class Scheduler(Submitting, Following):
         # Generation times learned from tasks a process followed from submission to
         # completion (the ledger's history, then this run's), and which ways of reading
         # progress have held per model: what pacing and the ETA rest on.
-        self.learned = Learned(self._typical_seconds, ledger.observed_times())
+        recent = ledger.recent_observations(ledger.RECENT_TASKS)
+        self.learned = Learned(self._typical_seconds, observed_times(recent))
         # Several runners learn from each other: the times other runners record are added
         # as they appear in the ledger (those read above, or seen since, count once).
-        self.learned_ids = {row[0] for row in ledger.recent_observations(ledger.RECENT_TASKS)}
+        self.learned_ids = {row[0] for row in recent}
         self.learn_every = max(1.0, 5 * settings.poll_interval)
         self.next_learn = 0.0
         self.following: dict[tuple[str, str], tuple[Key, Follow]] = {}  # tasks being polled

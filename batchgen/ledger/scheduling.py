@@ -428,18 +428,7 @@ class SchedulingMixin(LedgerBase):
         recent tasks a process followed from submission to completion (never one taken
         over on resume, whose time includes the time no process ran): how the service
         runs now, read in milliseconds on any ledger."""
-        rows = self.conn.execute(
-            "SELECT j.model, j.duration, a.observed_seconds"
-            " FROM (SELECT id, campaign, job_id, observed_seconds FROM attempts"
-            "   WHERE observed_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) a"
-            " JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id"
-            " ORDER BY a.id",
-            (self.RECENT_TASKS,),
-        )
-        times: dict[tuple[str, int | None], list[float]] = {}
-        for model, duration, seconds in rows:
-            times.setdefault((model, duration), []).append(float(seconds))
-        return times
+        return observed_times(self.recent_observations(self.RECENT_TASKS))
 
     def recent_observations(self, limit: int) -> list[tuple[int, str, int | None, float, str]]:
         """The `limit` most recent observed generation times, newest first, each with its
@@ -591,6 +580,17 @@ class SchedulingMixin(LedgerBase):
         )
         self._event("completed", campaign, job_id, task_id=task_id)
         return True
+
+
+def observed_times(
+    observations: list[tuple[int, str, int | None, float, str]],
+) -> dict[tuple[str, int | None], list[float]]:
+    """Observations (newest first, as `recent_observations` reads them) as times per
+    (model, duration), oldest first."""
+    times: dict[tuple[str, int | None], list[float]] = {}
+    for _, model, duration, seconds, _ in reversed(observations):
+        times.setdefault((model, duration), []).append(seconds)
+    return times
 
 
 def _ledger_job(row: tuple[Any, ...]) -> LedgerJob:
