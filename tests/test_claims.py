@@ -10,7 +10,7 @@ import pytest
 
 from batchgen.arbitration import Claim, ClaimFacts, RunnerState, beat_every, claim_verdict
 from batchgen.arbitration import runner_state as state_of
-from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger import Ledger, LedgerJob, Takeover
 from batchgen.processes import Liveness
 from tests.crashing import build_ledger
 
@@ -231,3 +231,27 @@ def test_status_lists_the_live_runners_with_their_keys(path):
     with a.transaction() as db:
         db.execute("UPDATE runners SET heartbeat_at = '2000-01-01T00:00:00Z' WHERE id = ?", [b_id])
     assert [r["keys"] for r in a.runners()] == [["studio", "night"]]
+
+
+def test_a_runner_elsewhere_that_missed_beats_is_waited_for_then_taken_over(path, monkeypatch):
+    (a, a_id), (b, b_id) = runner(path, ["k1"], lease=60.0), runner(path, ["k1"])
+    mine = job(a, 0)
+    _, attempt = a.claim(mine, a_id, "k1", 3, 4)
+    assert attempt is not None and a.attempt_created(mine, attempt, 200, "t-1", runner_id=a_id)
+
+    def a_beat_ago(seconds: int) -> None:  # A runs on another machine, last heard of then
+        stamp = f"2026-12-07T00:00:{60 - seconds:02d}Z" if seconds < 60 else "2000-01-01T00:00:00Z"
+        with a.transaction() as db:
+            db.execute(
+                "UPDATE runners SET host = 'render-02', machine = 'elsewhere', heartbeat_at = ?"
+                " WHERE id = ?",
+                [stamp, a_id],
+            )
+
+    monkeypatch.setattr("batchgen.ledger.claims.now", lambda: "2026-12-07T00:01:00.000000Z")
+    a_beat_ago(10)  # within two beats (15 s each for a 60 s lease): alive
+    assert b.take_over(b_id) == Takeover([], 0, {})
+    a_beat_ago(40)  # late: its task is waited for, not taken
+    assert b.take_over(b_id) == Takeover([], 1, {})
+    a_beat_ago(61)  # its lease lapsed: dead, its task is taken over
+    assert [o.job_id for o in b.take_over(b_id).orphans] == [mine.id]
