@@ -1,7 +1,7 @@
 """Ledgers as an older batchgen wrote them, for tests of the migrations that came after.
 
 Today's ledger code writes columns that later migrations added (`attempts.key_label`,
-m007; `attempts.runner_id`, m010). To write an older ledger with it, `written_before`
+m007; `attempts.runner_id`, m010; `verdicts.reviewer`, m011). To write an older ledger with it, `written_before`
 applies the migrations before the one named, plus those later ones the writing needs,
 lets the test write, then takes the later ones back out (column and record), so the file
 has the older schema exactly.
@@ -40,6 +40,19 @@ NEEDED_TO_WRITE: list[tuple[Callable[[sqlite3.Connection], None], str]] = [
             id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
             command TEXT NOT NULL, started_at TEXT NOT NULL, machine TEXT, process_start TEXT
         );
+        """,
+    ),
+    (
+        migrations.m011_reviewers,
+        """
+        DROP VIEW current_verdicts;
+        CREATE VIEW current_verdicts AS
+            SELECT v.campaign, v.job_id, v.task_id, v.attempt_id, v.verdict, v.note, v.at
+            FROM verdicts v
+            WHERE v.id = (SELECT MAX(w.id) FROM verdicts w WHERE w.campaign = v.campaign
+                          AND w.job_id = v.job_id AND w.task_id = v.task_id);
+        DROP INDEX verdicts_by_reviewer;
+        ALTER TABLE verdicts DROP COLUMN reviewer;
         """,
     ),
 ]
