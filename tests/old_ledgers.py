@@ -1,10 +1,10 @@
 """Ledgers as an older batchgen wrote them, for tests of the migrations that came after.
 
 Today's ledger code writes columns that later migrations added (`attempts.key_label`,
-m007; `attempts.runner_id`, m010; `verdicts.reviewer`, m011). To write an older ledger with it, `written_before`
-applies the migrations before the one named, plus those later ones the writing needs,
-lets the test write, then takes the later ones back out (column and record), so the file
-has the older schema exactly.
+m007; `attempts.runner_id`, m010; `verdicts.reviewer`, m011). To write an older ledger
+with it, `written_before` applies the migrations before the one named, plus those later
+ones the writing needs, lets the test write, then takes the later ones back out (column
+and record), so the file has the older schema exactly.
 """
 
 from __future__ import annotations
