@@ -668,6 +668,44 @@ def test_a_teammate_reviews_through_the_share_link_and_without_it_nothing_is_giv
         assert "sneaker" not in stranger.page_source
 
 
+TILES = """
+const main = document.getElementById('groups');
+const style = getComputedStyle(main);
+const width = main.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const cards = [...document.querySelectorAll('article.card')];
+const tile = cards[0].getBoundingClientRect().width;
+const fit = getComputedStyle(cards[0].querySelector('.media img, .media video')).objectFit;
+return {size: document.body.dataset.size, columns: Number(document.body.dataset.columns),
+        width: width, tile: tile, fit: fit};
+"""
+
+
+def test_tiles_come_in_three_sizes_that_fill_a_1280_pixel_screen(takes_run, browser):
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    with serving(takes_run) as url:
+        load(browser, url)
+        seen = {}
+        for _ in range(3):
+            tiles = browser.execute_script(TILES)
+            seen[tiles["size"]] = tiles["columns"]
+            # as many columns as fit, and together (with their gaps) the whole width
+            gaps = 10 * (tiles["columns"] - 1)
+            assert tiles["width"] - tiles["columns"] - gaps <= tiles["tile"] * tiles["columns"]
+            assert tiles["tile"] * tiles["columns"] + gaps <= tiles["width"]
+            assert tiles["fit"] == "contain"  # letterboxed: the whole composition
+            press(browser, "t")
+            wait(browser, "the next size", lambda d, s=tiles["size"]: d.execute_script(
+                "return document.body.dataset.size") != s)  # fmt: skip
+        assert seen == {"m": 4, "l": 2, "s": 6}
+        press(browser, "t")  # large again
+        browser.refresh()  # the size chosen is kept in this browser
+        load(browser, url)
+        assert browser.execute_script("return document.body.dataset.size") == "l"
+
+
 # -- the README's pictures ----------------------------------------------------------------------
 
 
