@@ -126,7 +126,8 @@ def test_the_page_loads_nothing_from_outside_and_says_so_in_its_policy(server):
         assert not re.search(r"(src|href)=\"?(https?:)?//", text), name
         assert "@import" not in text and "url(" not in text, name
     for asset in ("review.css", "review.js"):
-        assert server.get("/static/" + asset).status_code == 200
+        answer = server.get("/static/" + asset)
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "no-cache"
 
 
 def test_results_are_grouped_by_prompt_with_local_files_and_remote_ones_marked(server):

@@ -65,6 +65,7 @@ class ReviewServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            server_header=False,
             timeout_graceful_shutdown=2,  # a video being streamed does not hold the exit
         )
         self.server = uvicorn.Server(config)

@@ -233,6 +233,11 @@ class GuardMiddleware:
             await _error(status, why)(scope, receive, send)
             return
 
+        if scope["path"].startswith("/static/"):
+            # asked again each time (answered 304 when unchanged): never an old script
+            # with a new page after an upgrade
+            extra["cache-control"] = "no-cache"
+
         async def send_with_headers(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
