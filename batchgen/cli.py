@@ -869,6 +869,12 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     help="How a running task reports progress (see the README's sandbox section).",
 )
 @click.option(
+    "--provenance",
+    is_flag=True,
+    help="Sign result files with a C2PA manifest as a provider would (a throwaway CA made "
+    "at start; needs batchgen[provenance]).",
+)
+@click.option(
     "--state",
     type=click.Path(dir_okay=False),
     default=None,

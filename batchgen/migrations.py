@@ -805,6 +805,12 @@ def m010_runners(db: sqlite3.Connection) -> None:
     )
 
 
+def m012_provenance(db: sqlite3.Connection) -> None:
+    """Each saved file's marks, read on save (PRODUCT §13): its C2PA manifests, XMP and
+    other AI labels, as JSON (batchgen/provenance/marks.py); NULL: not read yet."""
+    db.execute("ALTER TABLE files ADD COLUMN provenance TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_observed_times,
@@ -815,6 +821,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m007_key_labels,
     m008_exact_dollar_views,
     m010_runners,
+    m012_provenance,
 ]
 
 
