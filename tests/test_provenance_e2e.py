@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-import pytest
-
-from batchgen.provenance import certs
 from tests.e2e import FAST, on_sandbox, rows, status_json, write_manifest
 
 MANIFEST = """

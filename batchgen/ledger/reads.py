@@ -185,11 +185,12 @@ class ReadsMixin(LedgerBase):
     def status_entries(self, campaigns: list[str] | None = None) -> Iterator[str]:
         """Every job, in ingestion order, as the JSON text of its `status --json` entry
         (campaign, id, status, model, attempts, task_id, key, cost_usd, result_urls, files,
-        provenance, verdict, error), spelled as `json.dumps` spells it, one at a time as SQLite reads
-        them: a million jobs are never held at once. Saved files are the paths `download`
-        recorded without error, provenance the marks read from each (null: not read); the verdict is its current result's; key is the label
-        of the job's key (see `_job_key`; null for none, or one recorded before labels);
-        cost_usd is the job's `cost_micro_usd` as money text (money.usd)."""
+        provenance, verdict, error), spelled as `json.dumps` spells it, one at a time as
+        SQLite reads them: a million jobs are never held at once. Saved files are the paths
+        `download` recorded without error, provenance the marks read from each (null: not
+        read); the verdict is its current result's; key is the label of the job's key (see
+        `_job_key`; null for none, or one recorded before labels); cost_usd is the job's
+        `cost_micro_usd` as money text (money.usd)."""
         where, params = _campaign_filter(campaigns, "j.campaign")
         rows = self.conn.execute(
             "SELECT '{\"campaign\": ' || json_quote(j.campaign) || ', \"id\": ' || json_quote(j.id)"
@@ -401,6 +402,39 @@ class ReadsMixin(LedgerBase):
             " ORDER BY j.campaign, j.position, u.key",
             params,
         )
+
+    def exported_files(
+        self, campaigns: list[str] | None, approved_only: bool
+    ) -> list[dict[str, Any]]:
+        """The saved files of each completed job's current result (with `approved_only`,
+        those whose current verdict is approved), for `export`: campaign, job_id, prompt,
+        model, kind, task_id, cost_micro_usd, verdict, note, reviewer (NULL until the
+        ledger records reviewers), n, path, size, sha256, provenance (JSON text or NULL)."""
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        reviewer = "NULL"
+        if self._verdicts_name_reviewers:  # the latest verdict row's on this result
+            reviewer = (
+                "(SELECT w.reviewer FROM verdicts w WHERE w.campaign = cv.campaign"
+                " AND w.job_id = cv.job_id AND w.task_id = cv.task_id ORDER BY w.id DESC LIMIT 1)"
+            )
+        approved = " AND cv.verdict = 'approved'" if approved_only else ""
+        return self.query(
+            "SELECT j.campaign, j.id AS job_id, j.prompt, j.model, j.kind, j.task_id,"
+            " j.cost_micro_usd, cv.verdict, cv.note, "
+            f"{reviewer} AS reviewer, f.n, f.path, f.size, f.sha256,"
+            f" {self._provenance} AS provenance"
+            " FROM jobs j JOIN files f ON f.campaign = j.campaign AND f.job_id = j.id"
+            f"{JOB_VERDICT_JOIN}"
+            " WHERE j.status = 'completed' AND f.path IS NOT NULL AND f.error IS NULL"
+            f" AND f.downloaded_at IS NOT NULL{approved} {where}"
+            " ORDER BY j.campaign, j.position, f.n",
+            params,
+        )
+
+    @functools.cached_property
+    def _verdicts_name_reviewers(self) -> bool:
+        """Whether the ledger records who gave each verdict (a `reviewer` column)."""
+        return any(row[1] == "reviewer" for row in self.conn.execute("PRAGMA table_info(verdicts)"))
 
     def recorded_file_paths(self, campaign: str) -> list[tuple[str, int, str]]:
         """(job id, n, path) of every result file of `campaign` recorded with a path, in
