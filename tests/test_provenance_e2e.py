@@ -6,11 +6,20 @@ is made at test time."""
 
 from __future__ import annotations
 
+import csv
+import datetime
 import hashlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
-from tests.e2e import FAST, on_sandbox, rows, status_json, write_manifest
+import pytest
+
+from batchgen.ledger import Ledger
+from batchgen.provenance import certs
+from batchgen.provenance.xmp import TRAINED
+from tests.e2e import FAST, batchgen, on_sandbox, rows, status_json, write_manifest
 
 MANIFEST = """
     version: 1
@@ -30,6 +39,7 @@ MANIFEST = """
 def generated(make_sandbox, tmp_path: Path, provenance: bool) -> tuple[Path, dict[str, Path]]:
     """Run the two jobs on a sandbox and download them: the ledger and job id -> file."""
     sandbox = make_sandbox(time_scale=0.001, provenance=provenance)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ledger = tmp_path / "ledger.db"
     manifest = write_manifest(tmp_path / "m.yaml", MANIFEST)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
@@ -62,3 +72,208 @@ def test_on_save_an_unmarked_file_is_recorded_as_such(make_sandbox, tmp_path):
     ledger, _ = generated(make_sandbox, tmp_path, provenance=False)
     for job in status_json(ledger)["jobs"]:
         assert [m["marked"] for m in job["provenance"]] == [False]
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory) -> dict[str, Path]:
+    """The team's root CA and signing certificate, made for these tests."""
+    folder = tmp_path_factory.mktemp("team")
+    made = certs.make("Team Studio")
+    paths = {"root": folder / "root.pem", "cert": folder / "team.pem", "key": folder / "team.key"}
+    paths["root"].write_bytes(made.root)
+    paths["cert"].write_bytes(made.chain)
+    paths["key"].write_bytes(made.key)
+    return paths
+
+
+def export(ledger: Path, to: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return batchgen("export", "--all", "--to", str(to), *options, ledger=ledger)
+
+
+def signed_export(ledger: Path, to: Path, team: dict[str, Path], *options: str):
+    return export(
+        ledger, to, "--sign-cert", str(team["cert"]), "--sign-key", str(team["key"]), *options
+    )
+
+
+def cai_reader(path: Path, anchor: Path | None = None) -> dict:
+    """The CAI's own reader (c2pa-python), as anyone checking the file would use it."""
+    import c2pa
+
+    settings = {"verify": {"verify_trust": True, "remote_manifest_fetch": False}}
+    if anchor is not None:
+        settings["trust"] = {"trust_anchors": anchor.read_text()}
+    mime = "image/png" if path.suffix == ".png" else "video/mp4"
+    with open(path, "rb") as f:
+        reader = c2pa.Reader(mime, f, None, c2pa.Context.from_dict(settings))
+        return json.loads(reader.json())
+
+
+def exiftool_xmp(path: Path) -> dict:
+    """exiftool's reading of the file's XMP (a reader nobody here wrote)."""
+    done = subprocess.run(
+        ["exiftool", "-j", "-G1", "-XMP:all", str(path)], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)[0]
+
+
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool missing")
+
+
+@pytest.mark.parametrize("job", ["poster", "clip"])  # PNG, MP4
+def test_a_provider_signed_file_keeps_its_manifest_as_a_valid_parent_in_a_signed_export(
+    make_sandbox, tmp_path, team, job
+):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=True)
+    result = signed_export(ledger, tmp_path / "handoff", team)
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "handoff" / "launch" / files[job].name
+    store = cai_reader(copy, anchor=team["root"])
+    assert store["validation_state"] == "Trusted"  # the team's manifest, on the team root
+    active = store["manifests"][store["active_manifest"]]
+    assert active["signature_info"]["issuer"] == "Team Studio"
+    (batchgen_assertion,) = [a for a in active["assertions"] if a["label"] == "org.batchgen.export"]
+    assert batchgen_assertion["data"]["campaign"] == "launch"
+    assert batchgen_assertion["data"]["job"] == job and batchgen_assertion["data"]["task_id"]
+    (parent,) = [i for i in active["ingredients"] if i["relationship"] == "parentOf"]
+    assert store["manifests"][parent["active_manifest"]]["signature_info"]["issuer"] == (
+        "Okaypic Sandbox"
+    )
+    # the provider's manifest still validates: no failure on the ingredient, only an
+    # issuer that is not among the trust anchors
+    for delta in store["validation_results"].get("ingredientDeltas", []):
+        assert delta["validationDeltas"]["failure"] == []
+    failures = [f["code"] for f in parent["validation_results"]["activeManifest"]["failure"]]
+    assert failures == ["signingCredential.untrusted"]
+    assert exiftool_xmp(copy).get("XMP-iptcExt:DigitalSourceType") is None  # no XMP added
+    assert (
+        sha(files[job])
+        == rows(ledger, "SELECT sha256 FROM files WHERE job_id = ?", job)[0]["sha256"]
+    )  # the original untouched
+
+
+def test_without_the_teams_certificate_a_provider_signed_file_is_copied_byte_exact(
+    make_sandbox, tmp_path
+):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=True)
+    result = export(ledger, tmp_path / "handoff")
+    assert result.returncode == 0, result.stderr
+    for original in files.values():
+        assert sha(tmp_path / "handoff" / "launch" / original.name) == sha(original)
+    listed = json.loads((tmp_path / "handoff" / "export-manifest.json").read_text())["files"]
+    assert [row["marks_added"].startswith("none: byte-exact") for row in listed] == [True] * 2
+    assert {row["provenance"]["c2pa"]["manifests"][0]["issuer"] for row in listed} == {
+        "Okaypic Sandbox"
+    }
+
+
+@needs_exiftool
+@pytest.mark.parametrize("job", ["poster", "clip"])
+def test_an_unmarked_file_gets_xmp_with_the_ai_system_and_the_prompt_if_asked(
+    make_sandbox, tmp_path, job
+):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=False)
+    before = sha(files[job])
+    result = export(ledger, tmp_path / "handoff", "--with-prompt")
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "handoff" / "launch" / files[job].name
+    found = exiftool_xmp(copy)
+    assert found["XMP-iptcExt:DigitalSourceType"] == TRAINED
+    assert found["XMP-xmp:CreatorTool"].startswith("okaypic ")
+    assert found["XMP-dc:Description"] in MANIFEST
+    assert sha(files[job]) == before  # the original untouched
+    assert batchgen("verify", str(copy), ledger=ledger).returncode == 0
+
+
+@needs_exiftool
+@pytest.mark.parametrize("job", ["poster", "clip"])
+def test_a_signed_export_of_an_unmarked_file_has_xmp_then_a_manifest_both_readable(
+    make_sandbox, tmp_path, team, job
+):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=False)
+    result = signed_export(ledger, tmp_path / "handoff", team)
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "handoff" / "launch" / files[job].name
+    assert exiftool_xmp(copy)["XMP-iptcExt:DigitalSourceType"] == TRAINED  # after signing
+    store = cai_reader(copy, anchor=team["root"])
+    assert store["validation_state"] == "Trusted"
+    assert store["validation_results"]["activeManifest"]["failure"] == []
+    active = store["manifests"][store["active_manifest"]]
+    sources = [a["data"]["actions"][0].get("digitalSourceType")
+               for a in active["assertions"] if a["label"].startswith("c2pa.actions")]  # fmt: skip
+    assert sources == [TRAINED]
+    shown = batchgen("verify", str(copy), "--trust-anchor", str(team["root"]), ledger=ledger)
+    assert shown.returncode == 0 and "trusted" in shown.stdout
+
+
+def test_verify_exit_codes_hold_for_valid_forged_and_unmarked_files(make_sandbox, tmp_path):
+    _, signed = generated(make_sandbox, tmp_path / "signed", provenance=True)
+    _, plain = generated(make_sandbox, tmp_path / "plain", provenance=False)
+    forged = tmp_path / "forged.png"
+    data = bytearray(signed["poster"].read_bytes())
+    data[-100] ^= 0xFF  # a pixel changed after signing
+    forged.write_bytes(bytes(data))
+    ledger = tmp_path / "none.db"
+    codes = {
+        name: batchgen("verify", str(path), ledger=ledger).returncode
+        for name, path in [
+            ("valid", signed["clip"]),
+            ("forged", forged),
+            ("unmarked", plain["poster"]),
+        ]  # fmt: skip
+    }
+    assert codes == {"valid": 0, "forged": 1, "unmarked": 3}
+    both = batchgen("verify", str(forged), str(plain["poster"]), "--json", ledger=ledger)
+    assert both.returncode == 1  # a forged file outweighs an unmarked one
+    verdicts = [f["verdict"] for f in json.loads(both.stdout)["files"]]
+    assert verdicts == ["invalid", "none"]
+
+
+def test_a_certificate_or_key_that_cannot_sign_is_one_line_naming_it(tmp_path, team):
+    ledger = tmp_path / "ledger.db"
+    other = certs.make("Someone Else")
+    wrong_key = tmp_path / "other.key"
+    wrong_key.write_bytes(other.key)
+    old = certs.make("Old", days=10, not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+    old_cert, old_key = tmp_path / "old.pem", tmp_path / "old.key"
+    old_cert.write_bytes(old.chain)
+    old_key.write_bytes(old.key)
+    cases = {
+        "does not match": ("--sign-cert", str(team["cert"]), "--sign-key", str(wrong_key)),
+        "expired": ("--sign-cert", str(old_cert), "--sign-key", str(old_key)),
+    }
+    for words, options in cases.items():
+        result = batchgen("export", "--to", str(tmp_path / "x"), *options, ledger=ledger)
+        assert result.returncode == 2
+        (line,) = result.stderr.splitlines()
+        assert (
+            words in line and ("--sign-key" if words == "does not match" else "--sign-cert") in line
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_is_resumable_and_only_approved_results_by_default(make_sandbox, tmp_path, team):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=True)
+    handoff = tmp_path / "handoff"
+    first = signed_export(ledger, handoff, team)
+    assert "2 copied, 0 already there" in first.stdout
+    made = {p.name: sha(p) for p in (handoff / "launch").iterdir()}
+    (handoff / "launch" / files["clip"].name).unlink()
+    again = signed_export(ledger, handoff, team)
+    assert "1 copied, 1 already there" in again.stdout
+    assert sha(handoff / "launch" / files["poster"].name) == made[files["poster"].name]
+    book = Ledger(ledger, create=False)
+    [task] = [r["task_id"] for r in book.query("SELECT task_id FROM jobs WHERE id = 'poster'")]
+    book.record_verdict("launch", "poster", task, "approved", "ship it")
+    book.close()
+    approved = batchgen("export", "--to", str(tmp_path / "approved"), ledger=ledger)
+    assert approved.returncode == 0, approved.stderr
+    listed = json.loads((tmp_path / "approved" / "export-manifest.json").read_text())["files"]
+    assert [(r["job"], r["verdict"], r["note"], r["reviewer"]) for r in listed] == [
+        ("poster", "approved", "ship it", None)
+    ]
+    with open(tmp_path / "approved" / "export-manifest.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["provenance"] == "C2PA valid (Okaypic Sandbox)"
+    assert row["disclosure"] == "AI-generated image (jimeng-5.0, okaypic)"
+    assert row["sha256"] == sha(tmp_path / "approved" / "launch" / files["poster"].name)
