@@ -18,6 +18,7 @@ import pytest
 
 from batchgen.ledger import Ledger
 from batchgen.provenance import certs
+from batchgen.provenance.marks import read as marks_read
 from batchgen.provenance.xmp import TRAINED
 from tests.e2e import FAST, batchgen, on_sandbox, rows, status_json, write_manifest
 
@@ -277,3 +278,29 @@ def test_export_is_resumable_and_only_approved_results_by_default(make_sandbox, 
     assert row["provenance"] == "C2PA valid (Okaypic Sandbox)"
     assert row["disclosure"] == "AI-generated image (jimeng-5.0, okaypic)"
     assert row["sha256"] == sha(tmp_path / "approved" / "launch" / files["poster"].name)
+
+
+def test_a_forged_original_is_exported_and_recorded_as_invalid_never_crashing(
+    make_sandbox, tmp_path, team
+):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=True)
+    poster = files["poster"]
+    data = bytearray(poster.read_bytes())
+    data[-100] ^= 0xFF  # as if the service had sent a file changed after signing
+    poster.write_bytes(bytes(data))
+    book = Ledger(ledger, create=False)
+    book.file_saved("launch", "poster", 0, rows(ledger, "SELECT url FROM files WHERE job_id = "
+                    "'poster'")[0]["url"], str(poster), len(data), sha(poster),
+                    marks_read(poster))  # fmt: skip
+    book.close()
+    for to, options in (("plain", ()), ("signed", ("--sign-cert", str(team["cert"]),
+                                                    "--sign-key", str(team["key"])))):  # fmt: skip
+        result = export(ledger, tmp_path / to, *options)
+        assert "Traceback" not in result.stderr
+        listed = json.loads((tmp_path / to / "export-manifest.json").read_text())["files"]
+        [row] = [r for r in listed if r["job"] == "poster"]
+        assert row["provenance"]["c2pa"]["state"] == "invalid"
+        copy = tmp_path / to / "launch" / poster.name
+        assert result.returncode == (1 if row["error"] else 0)
+        if copy.exists():
+            assert batchgen("verify", str(copy), ledger=ledger).returncode == 1

@@ -117,6 +117,9 @@ def run(ledger: Ledger, options: Export, say: Callable[[str], None]) -> Tally:
             tally.failed += 1
             say(f"export failed: {row['campaign']}/{row['job_id']} ({row['path']}): {e}")
         else:
+            if (done["provenance"].get("c2pa") or {}).get("state") == "invalid":
+                say(f"export: {row['campaign']}/{row['job_id']}: its C2PA manifest is invalid "
+                    f"({summary(done['provenance'])}); copied, and so recorded")  # fmt: skip
             kept = done.pop("_kept")
             entry.update(done)
             tally.kept += kept
