@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -37,9 +38,14 @@ MANIFEST = """
 """
 
 
-def generated(make_sandbox, tmp_path: Path, provenance: bool) -> tuple[Path, dict[str, Path]]:
-    """Run the two jobs on a sandbox and download them: the ledger and job id -> file."""
+def generated(
+    make_sandbox, tmp_path: Path, provenance: bool, served: list | None = None
+) -> tuple[Path, dict[str, Path]]:
+    """Run the two jobs on a sandbox and download them: the ledger and job id -> file
+    (the sandbox is appended to `served`)."""
     sandbox = make_sandbox(time_scale=0.001, provenance=provenance)
+    if served is not None:
+        served.append(sandbox)
     tmp_path.mkdir(parents=True, exist_ok=True)
     ledger = tmp_path / "ledger.db"
     manifest = write_manifest(tmp_path / "m.yaml", MANIFEST)
@@ -304,3 +310,28 @@ def test_a_forged_original_is_exported_and_recorded_as_invalid_never_crashing(
         assert result.returncode == (1 if row["error"] else 0)
         if copy.exists():
             assert batchgen("verify", str(copy), ledger=ledger).returncode == 1
+
+
+def test_a_file_saved_before_marks_were_read_gets_them_at_the_next_download(make_sandbox, tmp_path):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=True)
+    db = sqlite3.connect(ledger)
+    with db:
+        db.execute("UPDATE files SET provenance = NULL")  # as m012 leaves an older ledger
+    db.close()
+    before = {job: sha(path) for job, path in files.items()}
+    result = batchgen("download", "--out", str(tmp_path / "out"), ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    states = [
+        json.loads(r["p"])["c2pa"]["state"] for r in rows(ledger, "SELECT provenance p FROM files")
+    ]
+    assert states == ["valid", "valid"]
+    assert {job: sha(path) for job, path in files.items()} == before  # kept, not fetched again
+
+
+def test_the_sandbox_serves_one_signed_file_per_task_at_every_fetch(make_sandbox, tmp_path):
+    served: list = []
+    ledger, files = generated(make_sandbox, tmp_path, provenance=True, served=served)
+    for row in rows(ledger, "SELECT j.task_id, f.path FROM jobs j JOIN files f ON f.job_id = j.id"):
+        first = served[0].sim.result_file(row["task_id"])
+        assert first == served[0].sim.result_file(row["task_id"])  # signed once, then the same
+        assert first == Path(row["path"]).read_bytes()  # what was downloaded, byte for byte
