@@ -147,7 +147,7 @@ def c2pa_store(path: str, trust_anchor: str | None = None) -> dict[str, Any]:
     try:
         context = c2pa.Context.from_dict(settings)
         with open(path, "rb") as f:
-            reader = c2pa.Reader(_mime(path), f, None, context)
+            reader = c2pa.Reader(mime_type(path), f, None, context)
             store = json.loads(reader.json())
     except c2pa.C2paError as e:
         return {
@@ -160,7 +160,7 @@ def c2pa_store(path: str, trust_anchor: str | None = None) -> dict[str, Any]:
     return _store(store)
 
 
-def _mime(path: str) -> str:
+def mime_type(path: str) -> str:
     suffix = Path(path).suffix.lower()
     return {
         ".png": "image/png",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError, UsageProblem
-from batchgen.provenance.marks import OFFLINE, _mime
+from batchgen.provenance.marks import OFFLINE, mime_type
 
 
 class SigningProblem(UsageProblem):
@@ -119,7 +119,7 @@ class TeamSigner:
         """Write `source` signed into `dest` (a new file): with `parent`, its manifest
         kept as the parent ingredient; else a new manifest declaring AI generation."""
         c2pa = _installed()
-        mime = _mime(str(source))
+        mime = mime_type(str(source))
         manifest = {
             "claim_generator_info": [{"name": "batchgen", "version": _version()}],
             "title": source.name,
