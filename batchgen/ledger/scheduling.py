@@ -260,29 +260,36 @@ class SchedulingMixin(LedgerBase):
         job.status = "completed"
         return recorded
 
-    def task_failed(self, job: LedgerJob, message: str, job_status: str) -> bool:
+    def task_failed(
+        self, job: LedgerJob, message: str, job_status: str, *, refused: bool = False
+    ) -> bool:
         """The service says the task failed: refunded (catalog), then queued again or failed.
-        False when it was recorded already (by another runner): nothing changes."""
+        `refused`: for content reasons (PRODUCT §2): the attempt's outcome and the job's
+        reason are `refused`, counted per key (key_totals). False when it was recorded
+        already (by another runner): nothing changes."""
         refunded = catalog.load().failed_tasks_refunded
         message = self.redact(message)
         stamp = now()
         with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE attempts SET state='failed', error=?, finished_at=?,"
+                " outcome = CASE WHEN ? THEN 'refused' ELSE outcome END,"
                 " refunded_micro_usd = CASE WHEN ? THEN cost_micro_usd ELSE 0 END,"
                 " cost_micro_usd = CASE WHEN ? THEN 0 ELSE cost_micro_usd END"
                 " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
-                (message, stamp, refunded, refunded, job.campaign, job.id, job.task_id),
+                (message, stamp, refused, refunded, refunded, job.campaign, job.id, job.task_id),
             )
             if not cursor.rowcount:
                 return False
             db.execute(
                 "UPDATE jobs SET status=?, task_id=NULL, progress=NULL, last_error=?,"
+                " reason = CASE WHEN ? THEN 'refused' ELSE reason END,"
                 " updated_at=?, finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END"
                 " WHERE campaign=? AND id=? AND task_id=?",
                 (
                     job_status,
-                    f"task failed: {message}",
+                    f"task {'refused' if refused else 'failed'}: {message}",
+                    refused,
                     stamp,
                     job_status,
                     stamp,
@@ -292,7 +299,7 @@ class SchedulingMixin(LedgerBase):
                 ),
             )
             self._event(
-                "task_failed",
+                "task_refused" if refused else "task_failed",
                 job.campaign,
                 job.id,
                 task_id=job.task_id,
