@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchgen.errors import UsageProblem
+from batchgen.errors import BatchgenError, UsageProblem
 from batchgen.provenance.marks import read, verdict
 
 EXIT = {"valid": 0, "invalid": 1, "none": 3}
@@ -37,6 +37,12 @@ def check_anchor(path: str | None) -> None:
 
 def verify(paths: list[str], trust_anchor: str | None = None) -> list[dict[str, Any]]:
     """Each file's record (marks.read) with its `file` and `verdict`."""
+    try:
+        import c2pa  # noqa: F401
+    except ImportError:
+        raise BatchgenError(
+            "verify needs c2pa-python to check manifests: pip install 'batchgen[provenance]'"
+        ) from None
     check_anchor(trust_anchor)
     results = []
     for path in paths:

@@ -492,8 +492,17 @@ class Provider:
     ISSUER = "Okaypic Sandbox"
 
     def __init__(self, keep: int = 256) -> None:
-        from batchgen.provenance import certs
+        try:
+            import c2pa  # noqa: F401
 
+            from batchgen.provenance import certs
+        except ImportError:
+            from batchgen.errors import BatchgenError
+
+            raise BatchgenError(
+                "the sandbox's --provenance needs c2pa-python and cryptography: "
+                "pip install 'batchgen[provenance]'"
+            ) from None
         self.credentials = certs.make(self.ISSUER)
         self.root = self.credentials.root
         self._signed: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
