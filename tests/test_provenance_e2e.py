@@ -202,6 +202,7 @@ def test_a_signed_export_of_an_unmarked_file_has_xmp_then_a_manifest_both_readab
     assert result.returncode == 0, result.stderr
     copy = tmp_path / "handoff" / "launch" / files[job].name
     assert exiftool_xmp(copy)["XMP-iptcExt:DigitalSourceType"] == TRAINED  # after signing
+    assert [p.name for p in copy.parent.iterdir() if p.name.startswith(".")] == []  # no temp
     store = cai_reader(copy, anchor=team["root"])
     assert store["validation_state"] == "Trusted"
     assert store["validation_results"]["activeManifest"]["failure"] == []

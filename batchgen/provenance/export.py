@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.download import _temp_path, safe_name, sha256_of
+from batchgen.download import _temp_path, clean_stale_parts, safe_name, sha256_of
 from batchgen.durable import fsync_dir
 from batchgen.errors import BatchgenError, UsageProblem
 from batchgen.ledger import Ledger
@@ -111,7 +111,7 @@ def run(ledger: Ledger, options: Export, say: Callable[[str], None]) -> Tally:
     for row, relative in zip(rows, targets, strict=True):
         entry = _entry(row, relative)
         try:
-            done = _export_one(row, options.to / relative, options, journal)
+            done = _export_one(row, relative, options, journal)
         except ExportFailed as e:
             entry["error"] = str(e)
             tally.failed += 1
@@ -184,10 +184,10 @@ def _entry(row: dict[str, Any], relative: str) -> dict[str, Any]:
 
 
 def _export_one(
-    row: dict[str, Any], dest: Path, options: Export, journal: _Journal
+    row: dict[str, Any], relative: str, options: Export, journal: _Journal
 ) -> dict[str, Any]:
-    """Make (or keep) one copy; what the manifest says of it."""
-    source = Path(row["path"])
+    """Make (or keep) one copy at `relative` in DIR; what the manifest says of it."""
+    source, dest = Path(row["path"]), options.to / relative
     try:
         if sha256_of(source) != row["sha256"]:
             raise ExportFailed("the saved file changed since it was downloaded")
@@ -202,10 +202,13 @@ def _export_one(
         "signer": options.signer.issuer if options.signer else None,
     }
     done = {"provenance": marks, "marks_added": plan, "_kept": 0}
-    recorded = journal.get(dest, fingerprint)
+    recorded = journal.get(relative, fingerprint)
     if recorded is not None and _sha_or_none(dest) == recorded:
         return {**done, "sha256": recorded, "_kept": 1}
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.parent not in journal.cleaned:  # what a killed export left
+        journal.cleaned.add(dest.parent)
+        clean_stale_parts(dest.parent)
     temp = _temp_path(dest)
     try:
         _make(source, temp, row, plan, options)
@@ -218,9 +221,7 @@ def _export_one(
         raise ExportFailed(f"cannot write {dest}: {e.strerror}") from None
     finally:
         temp.unlink(missing_ok=True)
-        for leftover in temp.parent.glob(temp.name + ".*"):
-            leftover.unlink(missing_ok=True)
-    journal.add(dest, fingerprint, digest)
+    journal.add(relative, fingerprint, digest)
     return {**done, "sha256": digest}
 
 
@@ -258,27 +259,35 @@ def _make(source: Path, temp: Path, row: dict[str, Any], plan: str, options: Exp
         else:
             shutil.copyfile(source, temp)
         return
-    marked = temp.with_name(temp.name + ".xmp" + source.suffix.lower())
+    marked = _temp_path(temp.with_name(source.name))  # the XMP'd copy, before signing
     shutil.copyfile(source, marked)
     fields = {"digital_source_type": xmp.TRAINED, "creator_tool": f"okaypic {row['model']}"}
     if options.with_prompt:
         fields["description"] = row["prompt"]
     try:
-        xmp.write(marked, fields)
+        xmp.write(marked, fields, source.suffix)
     except xmp.XmpUnavailable as e:
         raise ExportFailed(str(e)) from None
     if signed:
-        _sign(options.signer, marked, temp, assertion, parent=False)
+        try:
+            _sign(options.signer, marked, temp, assertion, parent=False, suffix=source.suffix)
+        finally:
+            marked.unlink(missing_ok=True)
     else:
         os.replace(marked, temp)
 
 
 def _sign(
-    signer: TeamSigner | None, source: Path, dest: Path, assertion: dict[str, Any], parent: bool
+    signer: TeamSigner | None,
+    source: Path,
+    dest: Path,
+    assertion: dict[str, Any],
+    parent: bool,
+    suffix: str | None = None,
 ) -> None:
     assert signer is not None
     try:
-        signer.sign(source, dest, assertion, parent)
+        signer.sign(source, dest, assertion, parent, suffix)
     except BatchgenError as e:
         raise ExportFailed(str(e)) from None
 
@@ -295,6 +304,7 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.cleaned: set[Path] = set()  # folders rid of stale temporary files
         self._made: dict[str, tuple[str, str]] = {}
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -307,17 +317,17 @@ class _Journal:
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a crash
 
-    def get(self, dest: Path, fingerprint: dict[str, Any]) -> str | None:
-        made = self._made.get(str(dest))
+    def get(self, relative: str, fingerprint: dict[str, Any]) -> str | None:
+        made = self._made.get(relative)
         return made[1] if made and made[0] == _key(fingerprint) else None
 
-    def add(self, dest: Path, fingerprint: dict[str, Any], sha256: str) -> None:
-        item = {"file": str(dest), "fingerprint": _key(fingerprint), "sha256": sha256}
+    def add(self, relative: str, fingerprint: dict[str, Any], sha256: str) -> None:
+        item = {"file": relative, "fingerprint": _key(fingerprint), "sha256": sha256}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._made[str(dest)] = (item["fingerprint"], sha256)
+        self._made[relative] = (item["fingerprint"], sha256)
 
 
 def _key(fingerprint: dict[str, Any]) -> str:

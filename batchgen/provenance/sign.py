@@ -115,14 +115,22 @@ class TeamSigner:
         )
         return cls(chain=chain, key=pkcs8, alg=alg, issuer=issuer)
 
-    def sign(self, source: Path, dest: Path, assertion: dict[str, Any], parent: bool) -> None:
+    def sign(
+        self,
+        source: Path,
+        dest: Path,
+        assertion: dict[str, Any],
+        parent: bool,
+        suffix: str | None = None,
+    ) -> None:
         """Write `source` signed into `dest` (a new file): with `parent`, its manifest
-        kept as the parent ingredient; else a new manifest declaring AI generation."""
+        kept as the parent ingredient; else a new manifest declaring AI generation.
+        `suffix`: the format's extension when `source`'s is not it."""
         c2pa = _installed()
-        mime = mime_type(str(source))
+        mime = mime_type(f"file{suffix}" if suffix else str(source))
         manifest = {
             "claim_generator_info": [{"name": "batchgen", "version": _version()}],
-            "title": source.name,
+            "title": source.name if suffix is None else f"result{suffix}",
             "assertions": [{"label": "org.batchgen.export", "data": assertion}],
         }
         settings = {**OFFLINE, "builder": {"thumbnail": {"enabled": False}}}
@@ -133,7 +141,7 @@ class TeamSigner:
             with open(source, "rb") as original:
                 if parent:
                     builder.set_intent(c2pa.C2paBuilderIntent.EDIT)
-                    ingredient = {"title": source.name, "relationship": "parentOf"}
+                    ingredient = {"title": manifest["title"], "relationship": "parentOf"}
                     builder.add_ingredient(json.dumps(ingredient), mime, original)
                     original.seek(0)
                 else:

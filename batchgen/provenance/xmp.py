@@ -108,10 +108,11 @@ def _note(found: dict[str, Any], name: str, value: str | None) -> None:
             found["labels"].append(label)
 
 
-def write(path: Path, fields: dict[str, str]) -> None:
+def write(path: Path, fields: dict[str, str], suffix: str | None = None) -> None:
     """Write XMP `fields` (digital_source_type, creator_tool, description) into `path`
-    in place: a temporary copy the caller owns, never a saved original."""
-    suffix = path.suffix.lower()
+    in place: a temporary copy the caller owns, never a saved original; `suffix`: the
+    format's extension when the path's is not it."""
+    suffix = (suffix or path.suffix).lower()  # a temporary file says what it will be
     if suffix in IMAGES:
         _write_exiv2(path, fields)
     elif suffix in VIDEOS:
