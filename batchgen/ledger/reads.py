@@ -214,13 +214,13 @@ class ReadsMixin(LedgerBase):
             "   WHEN instr(j.result_urls, '\\u') = 0 THEN j.result_urls"
             "   ELSE '[' || COALESCE((SELECT group_concat(json_quote(u.value), ', ')"
             "    FROM json_each(j.result_urls) u), '') || ']' END"
+            # The saved files' paths, then each one's marks as recorded (json.dumps'd; null
+            # where not read), in one look at the job's files.
             " || ', \"files\": [' || COALESCE((SELECT group_concat(json_quote(f.path), ', ')"
-            "   FROM (SELECT path FROM files f WHERE f.job_ref = j.ref AND f.error IS NULL"
-            "    AND f.downloaded_at IS NOT NULL ORDER BY f.n) f), '') || ']'"
-            # Each file's marks, as recorded (json.dumps'd), in the order of `files`.
-            " || ', \"provenance\": [' || COALESCE((SELECT group_concat(COALESCE(p, 'null'), ', ')"
-            f"   FROM (SELECT {self._provenance} AS p FROM files f WHERE f.job_ref = j.ref"
-            "    AND f.error IS NULL AND f.downloaded_at IS NOT NULL ORDER BY f.n)), '') || ']'"
+            "   || '], \"provenance\": [' || group_concat(COALESCE(f.p, 'null'), ', ')"
+            f"   FROM (SELECT path, {self._provenance} AS p FROM files f"
+            "    WHERE f.job_ref = j.ref AND f.error IS NULL AND f.downloaded_at IS NOT NULL"
+            "    ORDER BY f.n) f), '], \"provenance\": [') || ']'"
             f" || ', \"verdict\": ' || json_quote({CURRENT_VERDICT})"
             " || ', \"error\": ' || json_quote(j.last_error) || '}'"
             f" FROM jobs j WHERE 1=1 {where} ORDER BY j.campaign, j.position",
