@@ -13,6 +13,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from batchgen.ledger import Ledger
 from batchgen.provenance import certs
 from batchgen.provenance.marks import read as marks_read
 from batchgen.provenance.xmp import TRAINED
-from tests.e2e import FAST, batchgen, on_sandbox, rows, status_json, write_manifest
+from tests.e2e import FAST, batchgen, command_env, on_sandbox, rows, status_json, write_manifest
 
 MANIFEST = """
     version: 1
@@ -336,3 +337,47 @@ def test_the_sandbox_serves_one_signed_file_per_task_at_every_fetch(make_sandbox
         first = served[0].sim.result_file(row["task_id"])
         assert first == served[0].sim.result_file(row["task_id"])  # signed once, then the same
         assert first == Path(row["path"]).read_bytes()  # what was downloaded, byte for byte
+
+
+KILLED_AT_SECOND_COPY = """
+import os, signal, sys
+real, copies = os.replace, []
+def replace(source, dest):
+    if str(dest).endswith((".png", ".mp4")):
+        copies.append(dest)
+        if len(copies) == 2:  # the second copy written, not yet in place: kill -9
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(source, dest)
+os.replace = replace
+from batchgen.cli import main
+sys.argv = ["batchgen", *sys.argv[1:]]
+main()
+"""
+
+
+def test_an_export_killed_mid_copy_goes_on_where_it_stopped_leaving_no_temporary_file(
+    make_sandbox, tmp_path, team
+):
+    ledger, files = generated(make_sandbox, tmp_path, provenance=False)
+    handoff = tmp_path / "handoff"
+    options = ["export", "--all", "--to", str(handoff), "--sign-cert", str(team["cert"]),
+               "--sign-key", str(team["key"])]  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_SECOND_COPY, *options],
+        capture_output=True,
+        text=True,
+        env=command_env(ledger, None, None),
+        timeout=120,
+    )
+    assert killed.returncode == -9
+    assert any(p.name.endswith(".part") for p in (handoff / "launch").iterdir())
+    first = {p.name: sha(p) for p in (handoff / "launch").iterdir() if p.suffix != ".part"}
+    assert len(first) == 1 and not (handoff / "export-manifest.json").exists()
+    again = signed_export(ledger, handoff, team)
+    assert "1 copied, 1 already there" in again.stdout, again.stderr
+    left = sorted(p.name for p in (handoff / "launch").iterdir())
+    assert left == sorted(f.name for f in files.values())  # no temporary file left
+    [(name, digest)] = first.items()
+    assert sha(handoff / "launch" / name) == digest  # kept as it was
+    listed = json.loads((handoff / "export-manifest.json").read_text())["files"]
+    assert [row["error"] for row in listed] == [None, None]
