@@ -883,6 +883,12 @@ def m011_reviewers(db: sqlite3.Connection) -> None:
     )
 
 
+def m012_provenance(db: sqlite3.Connection) -> None:
+    """Each saved file's marks, read on save (PRODUCT §13): its C2PA manifests, XMP and
+    other AI labels, as JSON (batchgen/provenance/marks.py); NULL: not read yet."""
+    db.execute("ALTER TABLE files ADD COLUMN provenance TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_observed_times,
@@ -895,6 +901,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m009_refusals,
     m010_runners,
     m011_reviewers,
+    m012_provenance,
 ]
 
 

@@ -118,6 +118,7 @@ def test_two_runners_claiming_one_job_get_it_once(path):
     (a, a_id), (b, b_id) = runner(path, ["k1"]), runner(path, ["k1"])
     first, second = job(a, 0), job(b, 0)  # both read it queued
     assert a.claim(first, a_id, "k1", 3, 4)[0] is Claim.CLAIMED
+    assert first.status == "submitting"
     verdict, attempt = b.claim(second, b_id, "k1", 3, 4)
     assert (verdict, attempt) == (Claim.TAKEN, None)
     assert a.query("SELECT runner_id FROM attempts") == [{"runner_id": a_id}]
@@ -131,6 +132,21 @@ def test_a_keys_slots_are_counted_across_runners(path):
     assert claim(b, b_id, 3)[0] is Claim.NO_SLOT
     assert claim(b, b_id, 3, key="k2")[0] is Claim.CLAIMED
     assert job(b, 3).status == "submitting"
+
+
+def test_the_budget_counts_what_was_spent_and_what_is_in_flight_as_well(path):
+    ledger, me = runner(path, ["k1", "k2"])
+    done, running = job(ledger, 0), job(ledger, 1)
+    for each, task in ((done, "t-0"), (running, "t-1")):
+        _, attempt = ledger.claim(each, me, "k1", 3, 4)
+        assert attempt is not None and ledger.attempt_created(each, attempt, 200, task)
+    assert ledger.task_completed(done, ["https://cdn.example/t-0.mp4"])
+    assert ledger.in_flight_anywhere("c") == 1
+    for _ in range(3):  # $0.10 spent + $0.10 in flight + three claims = $0.50
+        assert ledger.claim(next(ledger.queued_jobs()), me, "k2", 3, 4)[0] is Claim.CLAIMED
+    assert ledger.in_flight_anywhere("c") == 4
+    assert ledger.claim(next(ledger.queued_jobs()), me, "k1", 3, 4)[0] is Claim.BUDGET
+    assert ledger.in_flight_anywhere("elsewhere") == 0
 
 
 def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(path):
@@ -150,9 +166,10 @@ def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(pat
 
 def test_a_job_whose_attempts_are_used_is_exhausted(path):
     ledger, me = runner(path, ["k1"])
-    ledger.conn.execute("UPDATE jobs SET attempts = 4 WHERE id = ?", (job(ledger, 0).id,))
-    used = job(ledger, 0)
-    assert claim(ledger, me, 0) == (Claim.EXHAUSTED, None)
+    used = job(ledger, 0)  # read with 0 attempts; then other runners use them all
+    ledger.conn.execute("UPDATE jobs SET attempts = 4 WHERE id = ?", (used.id,))
+    assert ledger.claim(used, me, "k1", 3, 4) == (Claim.EXHAUSTED, None)
+    assert used.attempts == 4  # as the ledger counts them, whatever this runner had read
     assert ledger.fail_job(used, "gave up")
     assert not ledger.fail_job(used, "gave up")  # not queued any more
 
@@ -192,7 +209,8 @@ def test_a_live_runners_attempts_are_not_taken_and_a_stopped_ones_are(path):
     assert b.take_over(b_id).orphans == []  # A lives (this very process, a fresh heartbeat)
     assert [j.id for j in a.owned_jobs(a_id)] == [mine.id]
     a.unregister_runner(a_id)  # A stops with its task still running
-    takeover = b.take_over(b_id)
+    assert b.take_over(b_id, ["another-campaign"]).orphans == []  # not among its campaigns
+    takeover = b.take_over(b_id, ["c"])
     assert [(o.job_id, o.state) for o in takeover.orphans] == [(mine.id, "running")]
     assert [j.id for j in b.owned_jobs(b_id)] == [mine.id]
 

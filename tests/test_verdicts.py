@@ -124,21 +124,23 @@ def test_the_reviewers_migration_keeps_every_verdict_of_a_ledger_made_before_it(
     tmp_path, monkeypatch
 ):
     from batchgen import migrations
+    from tests.old_ledgers import written_before
 
-    assert MIGRATIONS[-1].__name__ == "m011_reviewers"
-    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:-1])  # a batchgen before it
     path = tmp_path / "old.db"
-    ledger = make_ledger(path, [grok("j")])
-    complete(ledger, "j")
-    ledger.conn.execute(
-        "INSERT INTO verdicts (campaign, job_id, task_id, verdict, note, at)"
-        " VALUES ('c', 'j', 'task-c-j-0', 'approved', 'kept', 'then')"
-    )
-    ledger.close()
-    monkeypatch.undo()
+
+    def write() -> None:  # as a batchgen before m011 would: no reviewer
+        ledger = make_ledger(path, [grok("j")])
+        complete(ledger, "j")
+        ledger.record_verdict("c", "j", "task-c-j-0", "approved", "kept")
+        ledger.close()
+
+    written_before(migrations.m011_reviewers, path, monkeypatch, write)
+    db = sqlite3.connect(path)
+    assert "reviewer" not in {row[1] for row in db.execute("PRAGMA table_info(verdicts)")}
+    db.close()
     # Read without migrating (reading commands never write): given by nobody named.
     reader = Ledger.read_only(path)
-    assert not reader._reviewers_kept
+    assert not reader._verdicts_name_reviewers
     assert [g["key"] for g in reader.report_groups(None, "reviewer")] == ["(unnamed)"]
     assert [j["job_reviewer"] for j in reader.job_attempts()] == [None]
     reader.close()

@@ -28,6 +28,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--latency", type=float, nargs=2, metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--retry-after", type=int, help="seconds, sent with every 429")
     parser.add_argument("--progress", choices=PROGRESS_MODES, help="how tasks report progress")
+    parser.add_argument(
+        "--provenance",
+        action="store_true",
+        default=None,
+        help="sign result files with a C2PA manifest, as a provider would",
+    )
     parser.add_argument("--verbose", action="store_true", help="one line per request")
     args = parser.parse_args()
     args.key = args.key or [DEFAULT_KEY]
