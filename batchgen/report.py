@@ -478,7 +478,7 @@ def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
         columns,
         width,
         when_zero=["refunded", "in flight", "unknown", "error", "provenance", "verdict"],
-        when_narrow=["started", "task", "model", "error", "provenance"],
+        when_narrow=["started", "task", "model", "provenance", "error"],
     )
     out = io.StringIO()
     console = _console(out, width)
