@@ -489,8 +489,8 @@ def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
             "provenance",
             "verdict",
             "reviewer",
-        ],
-        when_narrow=["started", "task", "model", "error", "provenance"],
+        ],  # fmt: skip
+        when_narrow=["started", "task", "model", "provenance", "error"],
     )
     out = io.StringIO()
     console = _console(out, width)
