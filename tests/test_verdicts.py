@@ -120,6 +120,13 @@ def test_report_jobs_names_the_reviewer_of_each_jobs_verdict(reviewed):
     assert "reviewer" in table and "Grace" in table
 
 
+def test_export_lists_who_gave_each_exported_results_verdict(reviewed):
+    ledger = Ledger.read_only(reviewed)
+    [bad] = ledger.exported_files(None, approved_only=False)  # the one saved file
+    assert (bad["job_id"], bad["verdict"], bad["reviewer"]) == ("bad", "rejected", "Grace")
+    ledger.close()
+
+
 def test_the_reviewers_migration_keeps_every_verdict_of_a_ledger_made_before_it(
     tmp_path, monkeypatch
 ):
