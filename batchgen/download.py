@@ -53,6 +53,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from batchgen.durable import fsync_dir
+from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger
 from batchgen.processes import pid_running
 from batchgen.text import shown
@@ -76,7 +77,7 @@ OLD_PART = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")  # before the writer was in
 STALE_AFTER = 3600.0  # seconds without a write, for a temporary file whose writer is unknown
 
 
-class DownloadError(Exception):
+class DownloadError(BatchgenError):
     """One result file could not be saved (the message goes to the ledger)."""
 
 

@@ -31,7 +31,7 @@ from batchgen import catalog
 from batchgen.arbitration import Claim, beat_every
 from batchgen.client import Client
 from batchgen.durations import format_duration
-from batchgen.errors import LedgerWriteFailed
+from batchgen.errors import AuthError, LedgerWriteFailed
 from batchgen.ledger import Ledger, LedgerJob, now
 from batchgen.outcomes import Poll, Submit, classify_poll, classify_submit, task_id_problem
 from batchgen.pacing import Follow, Key, Learned, Started, backoff, eta_seconds, slot_wait
@@ -82,7 +82,7 @@ class Ended(Enum):
     TAKEN = "taken"  # another runner has it (claimed it, or took this runner's claim over)
 
 
-class AuthFailed(Exception):
+class AuthFailed(AuthError):
     """The service refused every API key given (401)."""
 
 
