@@ -198,5 +198,30 @@ def test_the_live_display_prints_events_without_reading_markup():
     console = Console(file=buffer, force_terminal=True, width=200, color_system=None)
     display = LiveDisplay(console)
     display.event(None, "media url rejected [/cdn/cat.jpg] [red]x")
-    display.live.stop()
+    display.progress.stop()
     assert "media url rejected [/cdn/cat.jpg] [red]x" in buffer.getvalue()
+
+
+def test_the_live_status_is_a_bar_filled_by_the_jobs_done_and_the_counts_as_written():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from batchgen.progress import Snapshot
+
+    console = Console(file=StringIO(), force_terminal=True, width=200, color_system=None)
+    display = LiveDisplay(console)
+    shown = Console(file=StringIO(), width=200, color_system=None, record=True)
+    try:
+        display.refresh(Snapshot(4, 1, 2, 250_000, None, None))
+        shown.print(display.progress.get_renderable())
+        display.refresh(Snapshot(4, 4, 0, 500_000, None, None))
+        shown.print(display.progress.get_renderable())
+    finally:
+        display.progress.stop()
+    quarter, full = shown.export_text().splitlines()
+    assert quarter.endswith("1/4 done, 2 running, spent $0.25")
+    assert full.endswith("4/4 done, 0 running, spent $0.50")
+    filled = full[0]
+    assert full[:24] == filled * 24  # 24 wide: all filled at 4 of 4
+    assert quarter[:24].count(filled) == 6  # a quarter at 1 of 4
