@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import re
 import secrets
 import signal
@@ -55,6 +56,7 @@ import httpx
 from batchgen.durable import fsync_dir
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger
+from batchgen.pacing import backoff
 from batchgen.processes import pid_running
 from batchgen.text import shown
 
@@ -236,6 +238,7 @@ class Downloader:
         retry_delay: float = 0.5,
         on_failure: Callable[[str], None] | None = None,
         on_file: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.ledger = ledger
         self.out_dir = Path(out_dir)
@@ -246,7 +249,8 @@ class Downloader:
             follow_redirects=True, timeout=httpx.Timeout(30.0, connect=10.0)
         )
         self.slots = asyncio.Semaphore(concurrency)
-        self.retry_delay = retry_delay
+        self.retry_delay = retry_delay  # the first retry's ceiling: pacing.backoff, full jitter
+        self.rng = rng or random.Random()
         self.on_failure = on_failure or (
             lambda line: print(shown(line), file=sys.stderr, flush=True)
         )
@@ -317,7 +321,7 @@ class Downloader:
             except (httpx.TransportError, _Transient) as e:
                 if attempt == TRIES:
                     raise DownloadError(f"{e or type(e).__name__} (after {TRIES} tries)") from e
-                await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff(self.retry_delay, attempt, self.rng))
         raise AssertionError("unreachable")
 
     async def _stream(self, url: str, path: Path) -> tuple[int, str]:
