@@ -761,6 +761,23 @@ def test_the_standalone_sandbox_prints_its_url_and_key_and_stops_on_sigterm():
             process.wait()
 
 
+def test_python_m_batchgen_sandbox_is_the_batchgen_sandbox_command_with_every_option():
+    """One command line: the module runs `batchgen sandbox` itself (its options, e.g.
+    --echo-key and a Retry-After that is not an integer, and its help)."""
+    module = _standalone("batchgen.sandbox", "--help")
+    command = _standalone("batchgen", "sandbox", "--help")
+    module_help, _ = module.communicate(timeout=30)
+    command_help, _ = command.communicate(timeout=30)
+    assert module.returncode == command.returncode == 0
+    assert "--echo-key" in module_help and "--verbose" in module_help
+    assert module_help.replace("python -m batchgen.sandbox", "batchgen sandbox") == (
+        command_help.replace("python -m batchgen sandbox", "batchgen sandbox")
+    )
+    bad = _standalone("batchgen.sandbox", "--retry-after", "0.5", "--echo-key", "--port", "-1")
+    _, stderr = bad.communicate(timeout=30)
+    assert bad.returncode == 2 and "--port" in stderr  # only the port was refused
+
+
 def test_keys_are_given_as_key_or_key_equals_usd_each_with_a_balance():
     assert parse_keys(["okpk_a", "okpk_b=0.50", "okpk_c=0"], "12.34") == {
         "okpk_a": 12_340_000,
