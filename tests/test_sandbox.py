@@ -32,7 +32,6 @@ from batchgen.sandbox import (
     Sandbox,
     SandboxConfig,
     Truth,
-    mock_transport,
     serve,
 )
 from batchgen.sandbox.config import parse_keys, parse_latency
@@ -556,19 +555,6 @@ def test_a_bug_in_the_sandbox_is_answered_500_not_a_silent_drop(capsys):
 
     assert response.status_code == 500 and "oops" in response.json()["error"]
     assert "RuntimeError: oops" in capsys.readouterr().err
-
-
-def test_the_mock_transport_gives_the_same_answers_without_sockets():
-    sim = Sandbox(SandboxConfig(drop_rate=0.0), clock=ManualClock())
-    with httpx.Client(transport=mock_transport(sim), base_url="http://sandbox") as client:
-        answer = client.post(VIDEO, json=GROK, headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
-    assert answer.status_code == 200 and set(answer.json()) == {"generationId", "taskId", "status"}
-
-    dropping = Sandbox(SandboxConfig(drop_rate=1.0), clock=ManualClock())
-    with httpx.Client(transport=mock_transport(dropping), base_url="http://sandbox") as client:
-        with pytest.raises(httpx.RemoteProtocolError):
-            client.post(VIDEO, json=GROK, headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
-    assert len(dropping.truth().submissions) == 1
 
 
 # -- fault knobs: their effect over HTTP, and their determinism -------------------------
