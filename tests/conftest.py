@@ -9,8 +9,10 @@ import pytest
 from hypothesis import settings
 
 # The test pyramid, by what a module's tests start (the heaviest of them decides):
-# unit: nothing, pure logic in the test's process (files in tmp_path allowed);
-# integration: servers on 127.0.0.1 in the test's process (the sandbox, webhooks);
+# unit: nothing, logic in the test's process (files in tmp_path allowed), quick;
+# integration: servers on 127.0.0.1 in the test's process (the sandbox, webhooks), or
+# batchgen's parts at work together at length (the scheduler's state machine: a real
+# Scheduler and ledger for 100 runs of 40 steps, 15-20 s);
 # e2e: another process (the real `batchgen` command, the standalone sandbox, a browser, pip,
 # bash). tests/test_tiers.py checks that every test module is here, once.
 TIERS = {
@@ -33,7 +35,6 @@ TIERS = {
         "test_report",
         "test_sandbox_state",
         "test_scheduler",
-        "test_state_machine",
         "test_status",
         "test_summary",
         "test_templates",
@@ -43,6 +44,7 @@ TIERS = {
     "integration": [
         "test_notify",
         "test_progress_curves",
+        "test_state_machine",
     ],
     "e2e": [
         "test_audit_e2e",
