@@ -95,6 +95,12 @@ class Catalog:
     def failed_tasks_refunded(self) -> bool:
         return bool(self.data["service"]["failed_tasks_refunded"])
 
+    @property
+    def refusal_phrases(self) -> tuple[str, ...]:
+        """Words of a message refusing a prompt or its output for content reasons (PRODUCT
+        §2), matched anywhere in it, in any case (see outcomes.is_refusal)."""
+        return tuple(self.data["service"].get("refusal_phrases", ()))
+
 
 @cache
 def load() -> Catalog:

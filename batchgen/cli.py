@@ -843,6 +843,13 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     help="Answer 400 to a valid submit (a content-policy refusal).",
 )
 @click.option(
+    "--refuse-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Refuse this share of prompts for content reasons, the same prompts every time "
+    "(by --seed): half at submit (400), half as tasks failed for their output.",
+)
+@click.option(
     "--echo-key",
     is_flag=True,
     help="Hostile: repeat the caller's bearer token in every error message.",

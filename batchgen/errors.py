@@ -12,8 +12,12 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 ├── UsageProblem              an option's value cannot be used: a --notify URL, a --log
 │                             file (exit 2)
 └── AuthError                 no API key, or every key refused (exit 4)
-    └── AuthFailed            the service refused every key during a run (scheduler.py); the
+    └── AuthFailed            the service refused every key during a run (driving.py); the
                               runner says which keys, as an AuthError
+
+Caught where they are raised, never shown to the user as such (each an Exception):
+- Abandoned                   the run ended while a ledger write was failing (writer.py)
+- TooLarge                    a workbook beyond a limit, told as a problem (workbooks.py)
 
 A run that stops with work remaining (exit 3) or interrupted (130) is not an error:
 the runner returns those codes.

@@ -24,6 +24,8 @@ Choices where §3 is silent:
   manifest leaves a field out (`{duration}` is the duration that will be sent).
 - Templates are rendered in id, prompt and media urls written in the YAML (on the job, in
   defaults or in a matrix). Values read from a rows file are data, taken literally.
+  A template that uses a rows column whose cell is empty in the job's row is a problem,
+  placed at the cell (an empty cell no template uses is fine).
 - A generated id is `job-` + 10 hex digits of SHA-256 over the canonical JSON of the job's
   set fields (manifest defaults applied, catalog defaults not, empty lists left out) and
   its take number: it does not depend on the job's position in the manifest.
@@ -46,7 +48,7 @@ from batchgen import catalog
 from batchgen.job import Job, canonical_json
 from batchgen.manifest import Document, KeyPath, format_path
 from batchgen.problems import Position, Problems, shown
-from batchgen.rows import Row, RowsFile, read_rows
+from batchgen.rows import Row, RowsFile, empty_cell, read_rows
 from batchgen.schema import JOB_FIELDS, SCALAR_VARIABLES
 from batchgen.templates import as_text, parse_template
 
@@ -364,6 +366,12 @@ class Expansion:
                 return template.render(variables)
             except _UnknownValue:
                 return None  # the value's own problem is reported where it was written
+            except _EmptyCell as e:
+                assert draft.spec.rows is not None and draft.row is not None
+                used_by = f"the {name}" if name in ("id", "prompt") else f"the url of {name}"
+                where, message = empty_cell(draft.spec.rows, draft.row, e.args[0], used_by)
+                self.problems.add(where, draft.jobpath, message, repeats=(where, message))
+                return None
             except KeyError as e:
                 missing = str(e.args[0])
                 if missing in draft.spec.known:
@@ -436,6 +444,10 @@ class _UnknownValue(KeyError):
     """A template names a field whose value is unknown (its problem is already reported)."""
 
 
+class _EmptyCell(KeyError):
+    """A template uses a rows column whose cell is empty in the job's row."""
+
+
 class _Variables(dict[str, str]):
     """The template variables of one draft. Those that cost nothing to know (take, the
     matrix's variables, the row's columns) are there from the start, so rendering finds
@@ -464,6 +476,8 @@ class _Variables(dict[str, str]):
             return as_text(spec.matrix_values[k][draft.combo[k]])
         if row is not None and name in row.variables:
             return row.variables[name]
+        if row is not None and spec.rows and name in spec.rows.columns and name not in JOB_FIELDS:
+            raise _EmptyCell(name)  # a column that is not a field, empty in this row
         if name in SCALAR_VARIABLES:
             value = fields.get(name)
             if value is None:

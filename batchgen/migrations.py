@@ -542,16 +542,22 @@ def m006_scale_totals(db: sqlite3.Connection) -> None:
 # `key_costs` is the view in dollars per campaign and key, read from key_totals.
 
 
-def _key_total(row: str, sign: str) -> str:
-    """Add (`+`) or take away (`-`) one attempts row (`NEW`/`OLD`) from key_totals."""
+def _key_total(row: str, sign: str, refusals: bool = False) -> str:
+    """Add (`+`) or take away (`-`) one attempts row (`NEW`/`OLD`) from key_totals; with
+    `refusals` (m009) its refusal too."""
     values = ", ".join(f"{sign}{row}.{c}" for c in _MONEY)
     sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in _MONEY)
+    columns = ", ".join(_MONEY)
+    if refusals:
+        values += f", {sign}({row}.outcome IS 'refused')"
+        sums += ", refusals = refusals + excluded.refusals"
+        columns += ", refusals"
     emptied = (
         f" DELETE FROM key_totals WHERE campaign = {row}.campaign"
         f" AND key_label = COALESCE({row}.key_label, '') AND attempts = 0;"
     )
     return (
-        f"INSERT INTO key_totals (campaign, key_label, state, attempts, {', '.join(_MONEY)})"
+        f"INSERT INTO key_totals (campaign, key_label, state, attempts, {columns})"
         f" VALUES ({row}.campaign, COALESCE({row}.key_label, ''), {row}.state, {sign}1, {values})"
         " ON CONFLICT (campaign, key_label, state) DO UPDATE SET"
         f" attempts = attempts + excluded.attempts, {sums};" + (emptied if sign else "")
@@ -747,6 +753,59 @@ def m008_exact_dollar_views(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE VIEW {name} AS {select}")
 
 
+# --- m009: refusals for content reasons --------------------------------------------------
+#
+# A 400 or a failed task refusing a prompt or its output for content reasons (PRODUCT §2)
+# closes its attempt with outcome `refused` (state `rejected` or `failed`, whose money
+# rules hold), and its job fails with reason `refused`. Services suspend keys that collect
+# many, so `status` and `report` count them per key: key_totals gains `refusals`, the
+# attempts of each (campaign, key label, state) whose outcome is `refused`, kept by the
+# same triggers, now also on a change of outcome; `key_costs` shows them.
+
+_KEY_DOLLARS, _KEY_MICROS = _money(
+    {name: f"COALESCE(SUM({rule}), 0)" for name, rule in _KEY_MONEY.items()}
+)
+# m008's key_costs, and each key's refusals as its last column.
+M009_KEY_COSTS = f"""
+    SELECT t.campaign, NULLIF(t.key_label, '') AS key_label,
+        SUM(t.attempts) AS attempts,
+        SUM(CASE WHEN t.state = 'running' THEN t.attempts ELSE 0 END) AS in_flight,
+        {_KEY_DOLLARS}, {_KEY_MICROS}, SUM(t.refusals) AS refusals
+    FROM key_totals t
+    GROUP BY t.campaign, t.key_label ORDER BY t.campaign, t.key_label"""
+
+
+def m009_refusals(db: sqlite3.Connection) -> None:
+    """Refusals for content reasons counted per key (PRODUCT §2): key_totals.refusals, kept
+    by triggers that now also follow an attempt's outcome, and shown by key_costs."""
+    _run_script(
+        db,
+        """
+    ALTER TABLE key_totals ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+    UPDATE key_totals SET refusals = r.refusals FROM (
+        SELECT campaign, COALESCE(key_label, '') AS key_label, state, COUNT(*) AS refusals
+        FROM attempts WHERE outcome = 'refused'
+        GROUP BY campaign, COALESCE(key_label, ''), state) r
+    WHERE key_totals.campaign = r.campaign AND key_totals.key_label = r.key_label
+        AND key_totals.state = r.state;
+    DROP TRIGGER attempts_key_total_insert;
+    DROP TRIGGER attempts_key_total_delete;
+    DROP TRIGGER attempts_key_total_update;
+    DROP VIEW key_costs
+    """,
+    )
+    columns = ", ".join(("campaign", "state", "key_label", "outcome", *_MONEY))
+    add, take = _key_total("NEW", "", refusals=True), _key_total("OLD", "-", refusals=True)
+    triggers = {
+        "attempts_key_total_insert": f"AFTER INSERT ON attempts BEGIN {add}",
+        "attempts_key_total_delete": f"AFTER DELETE ON attempts BEGIN {take}",
+        "attempts_key_total_update": f"AFTER UPDATE OF {columns} ON attempts BEGIN {take} {add}",
+    }
+    for name, body in triggers.items():
+        db.execute(f"CREATE TRIGGER {name} {body} END")
+    db.execute(f"CREATE VIEW key_costs AS {M009_KEY_COSTS}")
+
+
 def _cheap_check(db: sqlite3.Connection, table: str, column: str, values: tuple[str, ...]) -> None:
     """Spell m001's `CHECK (column IN (...))` as `column = ... OR column = ...`: the same rule,
     but SQLite builds an IN list's lookup table again for every row it checks (1.6 µs a
@@ -814,6 +873,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m006_scale_totals,
     m007_key_labels,
     m008_exact_dollar_views,
+    m009_refusals,
     m010_runners,
 ]
 

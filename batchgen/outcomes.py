@@ -8,6 +8,8 @@ The client turns HTTP into `SubmitAnswer` / `PollAnswer` values; these functions
                                                              1..600 s, else own backoff);
                                                              not an attempt
     500, 503                             answered: no task   backoff; counts as an attempt
+    400 refusing the prompt for content  refused             job failed (reason refused),
+    reasons (a refusal phrase)                               never resubmitted
     400 and other 4xx                    rejected            job failed with the message
     401 / 402                            stop                job stays queued
     3xx                                  no task created     stop the run (exit 1) naming
@@ -16,6 +18,10 @@ The client turns HTTP into `SubmitAnswer` / `PollAnswer` values; these functions
     read timeout, reset after sending,   unknown outcome     record possible cost; then
     unreadable 2xx body, unusable task                       --on-unknown resubmit | hold
     id, 502 / 504 / other 5xx
+
+On poll, a `failed` task whose errorMessage holds a refusal phrase is REFUSED: its prompt
+or output was refused for content reasons and would be again, so it is never resubmitted
+(PRODUCT.md §2). The phrases come from the catalog (`Catalog.refusal_phrases`), passed in.
 
 A task id is usable when it is text of 1..MAX_TASK_ID characters, not blank, without
 control characters or lone surrogates (PRODUCT.md §2); it is sent as one escaped path
@@ -28,6 +34,7 @@ import dataclasses
 import json
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any
@@ -64,6 +71,7 @@ class Submit(Enum):
     SERVER_ERROR = auto()  # 500: retry with backoff, counted
     NOT_SENT = auto()  # retry with backoff, not counted
     REJECTED = auto()  # 400: the job fails
+    REFUSED = auto()  # 400 for content reasons: the job fails, reason refused
     AUTH = auto()  # 401: stop everything
     BALANCE = auto()  # 402: submit nothing more
     REDIRECTED = auto()  # 3xx: the base URL is wrong; stop the run
@@ -80,8 +88,16 @@ class SubmitOutcome:
     retry_after: float | None = None
 
 
-def classify_submit(answer: Answer) -> SubmitOutcome:
+def classify_submit(answer: Answer, refusal_phrases: Sequence[str] = ()) -> SubmitOutcome:
+    """What a submit's answer means; `refusal_phrases` (the catalog's) tell a 400 refusing
+    the prompt for content reasons from any other 400."""
     outcome = _classify_submit(answer)
+    if (
+        outcome.action is Submit.REJECTED
+        and answer.status == 400
+        and is_refusal(outcome.message, refusal_phrases)
+    ):
+        outcome = dataclasses.replace(outcome, action=Submit.REFUSED)
     if answer.status is not None:
         outcome = dataclasses.replace(outcome, status=answer.status)
     return outcome
@@ -135,6 +151,7 @@ class Poll(Enum):
     RUNNING = auto()
     COMPLETED = auto()
     FAILED = auto()
+    REFUSED = auto()  # failed for content reasons: never resubmitted
     ERROR = auto()  # no usable answer: poll again later, never resubmit
     AUTH = auto()
 
@@ -147,7 +164,9 @@ class PollOutcome:
     message: str | None = None
 
 
-def classify_poll(answer: Answer) -> PollOutcome:
+def classify_poll(answer: Answer, refusal_phrases: Sequence[str] = ()) -> PollOutcome:
+    """What a poll's answer means; `refusal_phrases` (the catalog's) tell a task refused
+    for content reasons from any other failed task."""
     if answer.transport is not Transport.ANSWERED or answer.status is None:
         return PollOutcome(Poll.ERROR, message=answer.error or "no answer")
     if answer.status == 401:
@@ -173,10 +192,21 @@ def classify_poll(answer: Answer) -> PollOutcome:
     if status == "failed":
         text = data.get("errorMessage")
         message = text[:MAX_MESSAGE] if isinstance(text, str) and text else "Generation failed"
-        return PollOutcome(Poll.FAILED, message=message)
+        refused = is_refusal(message, refusal_phrases)
+        return PollOutcome(Poll.REFUSED if refused else Poll.FAILED, message=message)
     if status in ("pending", "processing"):
         return PollOutcome(Poll.RUNNING, progress=_progress(data.get("progress")))
     return PollOutcome(Poll.ERROR, message=f"unexpected status {str(status)[:40]!r}")
+
+
+def is_refusal(message: str | None, refusal_phrases: Sequence[str]) -> bool:
+    """Whether the service's `message` refuses a prompt or its output for content reasons:
+    it holds one of `refusal_phrases` anywhere, in any case ("SAFETY.INPUT.TEXT" holds
+    "safety")."""
+    if not message:
+        return False
+    folded = message.casefold()
+    return any(phrase.casefold() in folded for phrase in refusal_phrases if phrase)
 
 
 def error_message(body: bytes) -> str | None:

@@ -127,13 +127,19 @@ def chunks(
         else:
             yield _jobs_table(jobs, width)
         return
-    groups = [_row(r) for r in ledger.report_groups(scope, by)]
+    rows = ledger.report_groups(scope, by)
+    groups = [_row(r) for r in rows]
+    # Refusals per key (PRODUCT §2) are beside the ROWs of §7, whose columns are fixed.
+    refusals = {r["key"]: r["refusals"] for r in rows} if by == "key" else None
     if by == "tag":  # a job with several tags is in several groups: add them up apart
         totals = _row(ledger.report_groups(scope, None)[0])
     else:  # every job is in one group: the totals are the groups added up
         totals = _sum(groups)
     if fmt == "json":
-        yield json.dumps({"by": by, "groups": groups, "totals": totals}, ensure_ascii=False)
+        report = {"by": by, "groups": groups, "totals": totals}
+        if refusals is not None:
+            report["refusals"] = refusals
+        yield json.dumps(report, ensure_ascii=False)
         yield "\n"
         return
     if fmt == "csv":
@@ -143,7 +149,7 @@ def chunks(
         writer.writerows([*groups, totals])
         yield out.getvalue()
         return
-    yield _groups_table(ledger, scope, by, groups, totals, width)
+    yield _groups_table(ledger, scope, by, groups, totals, width, refusals)
 
 
 def _sum(groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -375,7 +381,10 @@ def _groups_table(
     groups: list[dict[str, Any]],
     totals: dict[str, Any],
     width: int,
+    refusals: dict[str, int] | None = None,
 ) -> str:
+    """`refusals` (by key): each key's attempts refused for content reasons, a column of
+    the table after `failed`."""
     headers = (by, "jobs", "completed", "failed", "queued", "spent", "in flight", "unknown",
                "refunded", "video s", "images")  # fmt: skip
     rows = [*groups, totals]
@@ -388,10 +397,14 @@ def _groups_table(
         )
         for i, (header, c) in enumerate(zip(headers, COLUMNS, strict=True))
     ]
+    if refusals is not None:
+        counts = [refusals.get(g["key"], 0) for g in groups]
+        cells = [str(n) for n in [*counts, sum(counts)]]
+        columns.insert(headers.index("failed") + 1, _Column("refused", cells, right=True))
     table, dropped = _fitted_table(
         columns,
         width,
-        when_zero=["images", "video s", "refunded", "in flight", "unknown", "queued"],
+        when_zero=["images", "video s", "refunded", "in flight", "unknown", "refused", "queued"],
         when_narrow=["images", "video s", "queued", "failed"],
         sections=frozenset({len(groups) - 1} if groups else ()),
     )

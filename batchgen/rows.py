@@ -10,6 +10,9 @@ line (or a sheet's row and column).
   are placed as `book.xlsx#Sheet name:ROW:COLUMN` (column A = 1).
 - A row whose cells are all empty (blank text, JSON null) is skipped: never a job.
 - An empty cell (or a JSON null) in a field column leaves that field unset for the row.
+  An empty cell in another column is no variable for the row: a template that uses it is
+  a problem placed at the cell (see `empty_cell`), one that does not is fine.
+- Workbooks are read by workbooks.py, within its limits (MAX_WORKBOOK_*).
 - CSV and spreadsheet cells are text to convert: duration to a whole number, tags split on
   commas, media parsed as a JSON list. JSON values keep their own types, which must already
   be the field's. Text must be valid Unicode (JSON can spell a lone surrogate; it is refused).
@@ -20,18 +23,16 @@ line (or a sheet's row and column).
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import json
 import os
 import re
 import stat
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchgen.problems import shown
+from batchgen.problems import Position, shown
 from batchgen.schema import JOB_FIELDS
 from batchgen.templates import as_text
 
@@ -62,12 +63,38 @@ class RowsFile:
     """A rows file as read: its usable rows and what was wrong with the others."""
 
     file: str  # as shown in problems: relative to where the manifest was named
+    kind: str = ".csv"  # the format: ".csv", ".jsonl" or ".xlsx"
     header_line: int = 1
     columns: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     problems: list[tuple[int, int, str]] = field(default_factory=list)  # line, col, message
     truncated: bool = False  # stopped reading at the row limit
     error: str | None = None  # the file could not be read at all
+
+    def column(self, name: str) -> int:
+        """Column `name`'s number (1 in JSON Lines, whose keys are not in columns)."""
+        if self.kind == ".jsonl" or name not in self.columns:
+            return 1
+        return self.columns.index(name) + 1
+
+
+def empty_cell(rows: RowsFile, row: Row, name: str, used_by: str) -> tuple[Position, str]:
+    """Where a row's empty cell in column `name` is, and the problem of a template (in
+    `used_by`, e.g. "the prompt") that uses it."""
+    col = rows.column(name)
+    cell = f"cell {cell_name(col, row.line)}: " if rows.kind == ".xlsx" else ""
+    return (
+        rows.file,
+        row.line,
+        col,
+    ), f"{cell}column {name} is empty, but {used_by} uses {{{name}}}"
+
+
+def cell_name(col: int, line: int) -> str:
+    """How a spreadsheet names the cell at row `line`, column `col`: `C7`."""
+    from openpyxl.utils import get_column_letter  # only a workbook's problems need it
+
+    return f"{get_column_letter(col)}{line}"
 
 
 def split_sheet(name: str) -> tuple[str, str | None]:
@@ -84,6 +111,7 @@ def read_rows(file: str, limit: int) -> RowsFile:
     file, sheet = split_sheet(file)
     result = RowsFile(file)
     suffix = os.path.splitext(file)[1].lower()
+    result.kind = suffix
     if suffix not in FORMATS:
         hint = " (save a .xls workbook as .xlsx)" if suffix == ".xls" else ""
         result.error = f"rows file {file} must be a .csv, .jsonl or .xlsx file{hint}"
@@ -98,7 +126,9 @@ def read_rows(file: str, limit: int) -> RowsFile:
             result.error = f"rows file {file} is larger than the {mib} MiB limit"
             return result
         if suffix == ".xlsx":
-            return _read_workbook(file, sheet, limit, result)
+            from batchgen.workbooks import read_workbook  # openpyxl: only for workbooks
+
+            return read_workbook(file, sheet, limit, result)
         with open(file, "rb") as f:
             raw = f.read(MAX_ROWS_BYTES + 1)
     except OSError as e:
@@ -112,11 +142,11 @@ def read_rows(file: str, limit: int) -> RowsFile:
         result.problems.append((line, 1, message))
         return result
     records = _csv_records(text, result) if suffix == ".csv" else _jsonl_records(text, result)
-    _add_rows(records, limit, result, csv_text=suffix == ".csv")
+    add_rows(records, limit, result, csv_text=suffix == ".csv")
     return result
 
 
-def _add_rows(
+def add_rows(
     records: Iterator[tuple[int, dict[str, Any]]],
     limit: int,
     rows: RowsFile,
@@ -212,7 +242,7 @@ def _convert_row(
     ok = True
     for name, value in values.items():
         if name not in JOB_FIELDS:
-            if value is not None:
+            if not _empty(value):
                 variables[name] = as_text(value)
             continue
         if value is None or value == "":
@@ -220,7 +250,7 @@ def _convert_row(
         converted, error = _convert_field(name, value, csv_text)
         if error:
             col = columns[name] if columns else 1
-            cell = f"cell {_column_letters(col)}{line}: " if columns else ""
+            cell = f"cell {cell_name(col, line)}: " if columns else ""
             rows.problems.append((line, col, f"{cell}column {name}: {error}"))
             ok = False
         else:
@@ -254,107 +284,3 @@ def _convert_field(name: str, value: Any, csv_text: bool) -> tuple[Any, str | No
     if not isinstance(value, str):
         return None, f"{shown(value)} is not text"
     return value, None
-
-
-# --- Excel workbooks ----------------------------------------------------------------------
-
-
-def _read_workbook(path: str, sheet: str | None, limit: int, result: RowsFile) -> RowsFile:
-    """Read one sheet of an .xlsx workbook (openpyxl, read-only: rows are streamed)."""
-    import openpyxl  # only rows files that are workbooks need it
-
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, SyntaxError) as e:
-        # a damaged workbook fails in openpyxl's zip or XML layers (ParseError: SyntaxError)
-        result.error = f"cannot read rows file {path}: not a readable .xlsx workbook ({e})"
-        return result
-    try:
-        titles = book.sheetnames
-        if sheet is not None and sheet not in titles:
-            result.error = f"rows file {path} has no sheet {sheet!r} (sheets: {', '.join(titles)})"
-            return result
-        worksheet = book[sheet] if sheet is not None else book.worksheets[0]
-        result.file = f"{path}#{worksheet.title}"
-        worksheet.reset_dimensions()  # the stored size may be wrong: read every row there is
-        columns: dict[str, int] = {}
-        records = _sheet_records(worksheet.iter_rows(), result, columns)
-        _add_rows(records, limit, result, csv_text=True, columns=columns)
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, SyntaxError) as e:
-        result.error = f"cannot read rows file {path}: not a readable .xlsx workbook ({e})"
-    finally:
-        book.close()
-    return result
-
-
-def _sheet_records(
-    sheet_rows: Iterator[tuple[Any, ...]], rows: RowsFile, columns: dict[str, int]
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Each non-empty sheet row after the header as (row number, column -> cell text)."""
-    header: list[str] | None = None
-    for cells in sheet_rows:
-        filled = [(cell.row, cell.column, _cell_text(cell.value)) for cell in cells
-                  if getattr(cell, "value", None) is not None]  # fmt: skip
-        filled = [(row, col, text) for row, col, text in filled if text.strip()]
-        if not filled:
-            continue
-        line = filled[0][0]
-        if header is None:
-            header = _sheet_header(line, filled, rows, columns)
-            if header is None:
-                return
-            continue
-        beyond = [col for _, col, _ in filled if col > len(header)]
-        if beyond:
-            cell = f"{_column_letters(beyond[0])}{line}"
-            message = f"cell {cell} has a value, but its column has no name in the header"
-            rows.problems.append((line, beyond[0], message))
-            continue
-        values = dict.fromkeys(header, "")
-        for _, col, text in filled:
-            values[header[col - 1]] = text
-        yield line, values
-
-
-def _sheet_header(
-    line: int, filled: list[tuple[int, int, str]], rows: RowsFile, columns: dict[str, int]
-) -> list[str] | None:
-    """The header row's names by column (None, with problems, if it is unusable)."""
-    width = max(col for _, col, _ in filled)
-    names = [""] * width
-    for _, col, text in filled:
-        names[col - 1] = text.strip()
-    rows.header_line, rows.columns = line, names
-    for col, name in enumerate(names, 1):
-        cell = f"{_column_letters(col)}{line}"
-        if not name:
-            rows.problems.append((line, col, f"cell {cell}: the header's column has no name"))
-        elif name in columns:
-            rows.problems.append((line, col, f"cell {cell}: column {name!r} appears twice"))
-        else:
-            columns[name] = col
-    return None if rows.problems else names
-
-
-def _cell_text(value: Any) -> str:
-    """A spreadsheet cell as the text a person sees (a whole number without '.0')."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, datetime.datetime) and value.time() == datetime.time():
-        return value.date().isoformat()
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    return str(value)
-
-
-def _column_letters(col: int) -> str:
-    """1 -> A, 27 -> AA: how a spreadsheet names column `col`."""
-    letters = ""
-    while col:
-        col, rest = divmod(col - 1, 26)
-        letters = chr(ord("A") + rest) + letters
-    return letters

@@ -75,9 +75,15 @@ def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
         "unknown_usd": usd(money.unknown),
         "budget_usd": usd(sum(budgets)) if budgets else None,
         # Each key that sent an attempt: label (null: recorded before labels were kept),
-        # tasks in flight now, and what its completed tasks cost (§6).
+        # tasks in flight now, what its completed tasks cost (§6), and how many of its
+        # attempts were refused for content reasons (§2: services suspend such keys).
         "keys": [
-            {"label": key.label, "in_flight": key.in_flight, "spent_usd": usd(key.money.spent)}
+            {
+                "label": key.label,
+                "in_flight": key.in_flight,
+                "spent_usd": usd(key.money.spent),
+                "refusals": key.refusals,
+            }
             for key in ledger.key_use(scope)
         ],
         # The runners working on the ledger now (§6): host, pid, key labels, since, heartbeat.
@@ -160,22 +166,26 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
                 f"{job['last_error'] or job['reason'] or 'unknown outcome'}"
             )
     lines.append("")
-    lines.extend(_next_steps(ledger, scope, counts, data["verdicts"]))
+    refusals = sum(key["refusals"] for key in data["keys"])
+    lines.extend(_next_steps(ledger, scope, counts, data["verdicts"], refusals))
     # Each entry is one line; ids, task ids and the service's messages are shown as written.
     return "\n".join(map(shown, lines))
 
 
 def _keys(keys: list[dict[str, Any]]) -> list[str]:
-    """Each key's tasks in flight and spend, once any attempt was sent with a labelled
-    key (a ledger of one unlabelled key says nothing the lines above do not)."""
-    if not any(key["label"] is not None for key in keys):
+    """Each key's tasks in flight, spend and refusals, once any attempt was sent with a
+    labelled key or refused (a ledger of one unlabelled key without refusals says nothing
+    the lines above do not)."""
+    if not any(key["label"] is not None or key["refusals"] for key in keys):
         return []
     width = max(len(key["label"] or UNLABELLED) for key in keys)
     lines = [f"keys ({len(keys)}):"]
     for key in keys:
+        refusals = key["refusals"]
         lines.append(
             f"  {key['label'] or UNLABELLED:<{width}}  {key['in_flight']} in flight, "
             f"${key['spent_usd']} spent"
+            + (f", {refusals} refused for content reasons" if refusals else "")
         )
     return lines
 
@@ -195,7 +205,11 @@ def _runners(runners: list[dict[str, Any]], now: datetime) -> list[str]:
 
 
 def _next_steps(
-    ledger: Ledger, scope: list[str] | None, counts: dict[str, int], verdicts: dict[str, int]
+    ledger: Ledger,
+    scope: list[str] | None,
+    counts: dict[str, int],
+    verdicts: dict[str, int],
+    refusals: int = 0,
 ) -> list[str]:
     """What a person should do now, most useful first."""
     steps: list[str] = []
@@ -236,6 +250,11 @@ def _next_steps(
         )
     if counts["failed"]:
         steps.append(f"{counts['failed']} failed job(s): `batchgen retry` queues them again")
+    if refusals:
+        steps.append(
+            f"{refusals} refusal(s) for content reasons (failed, reason refused): change "
+            "those prompts before retrying them; services suspend keys that collect many"
+        )
     if verdicts["rejected"]:
         steps.append(
             f"{verdicts['rejected']} rejected result(s): `batchgen retry --rejected` "

@@ -66,6 +66,7 @@ TIERS = {
         "test_log_e2e",
         "test_notify_e2e",
         "test_pacing_e2e",
+        "test_refusals_e2e",
         "test_replace",
         "test_review_browser",
         "test_review_server",

@@ -3,6 +3,8 @@ named scheduler checkpoint.
 
     python -m tests.crashing POINT N [batchgen arguments...]
 
+(with BATCHGEN_TEST_SIGNAL=SIGSTOP in its environment it pauses there instead)
+
 runs `batchgen` with `Scheduler.checkpoint` replaced by a function that kills the process
 with SIGKILL (no cleanup, no atexit, no flush: exactly a kill -9) the N-th time POINT is
 reached. POINT is one of CHECKPOINTS. Arming lives here, never in batchgen's own code
@@ -35,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ("intent_committed", "submit_answered", "task_id_committed", "poll_answered")
 
 
-def arm(point: str, nth: int) -> None:
-    """Make the nth arrival at `point` a SIGKILL of this process."""
+def arm(point: str, nth: int, how: signal.Signals = signal.SIGKILL) -> None:
+    """Make the nth arrival at `point` a SIGKILL of this process (or `how`: SIGSTOP pauses
+    it there, as a closed laptop lid would, until a SIGCONT)."""
     if point not in CHECKPOINTS:
         raise SystemExit(f"unknown checkpoint {point!r} (known: {', '.join(CHECKPOINTS)})")
     if nth < 1:
@@ -49,7 +52,7 @@ def arm(point: str, nth: int) -> None:
             return
         seen += 1
         if seen == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), how)
 
     Scheduler.checkpoint = staticmethod(checkpoint)  # type: ignore[method-assign]
 
@@ -58,7 +61,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit(f"usage: python -m tests.crashing POINT N [batchgen args...]\n{__doc__}")
     point, nth, *args = argv
-    arm(point, int(nth))
+    arm(point, int(nth), signal.Signals[os.environ.get("BATCHGEN_TEST_SIGNAL", "SIGKILL")])
     sys.argv = ["batchgen", *args]
     cli.main()
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from batchgen.cli import cli
 from tests.e2e import batchgen
+from tests.workbooks import inline, row, write_workbook
 
 CORPUS = Path(__file__).resolve().parent / "bad_manifests"
 BAD = sorted(path.name for path in CORPUS.glob("*.yaml"))
@@ -58,4 +59,43 @@ def test_the_real_command_refuses_a_hostile_manifest_in_one_line_each(name, tmp_
     assert "Traceback" not in result.stderr
     problems = [line for line in result.stderr.splitlines() if re.match(r".+:\d+:\d+: ", line)]
     assert problems and result.stderr.strip().endswith("nothing was written.")
+    assert not ledger.exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "ingest", "run"])
+def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, tmp_path):
+    # A cell pointing at shared string 999 of 3, and a date in the year 10113 (openpyxl
+    # warns of it): one line each, never a traceback or a warning.
+    write_workbook(
+        tmp_path / "prompts.xlsx",
+        [
+            row(1, inline("A1", "sku"), inline("B1", "description"), inline("C1", "shoot")),
+            row(2, inline("A2", "S1"), '<c r="B2" t="s"><v>999</v></c>'),
+            row(3, inline("A3", "S2"), '<c r="B3" t="s"><v>2</v></c>',
+                '<c r="C3" s="1"><v>3000000</v></c>'),
+        ],
+        shared_strings=["a", "b", "A cat"],
+    )  # fmt: skip
+    (tmp_path / "m.yaml").write_text(
+        "version: 1\ncampaign: c\ndefaults: {model: grok-video-3}\n"
+        'jobs:\n  - {id: "row-{sku}", rows: prompts.xlsx, prompt: "{description} on {shoot}"}\n',
+        encoding="utf-8",
+    )
+    ledger = tmp_path / "ledger.db"
+    result = batchgen(
+        command,
+        str(tmp_path / "m.yaml"),
+        ledger=ledger,
+        key="okpk_never_used",
+        base_url="http://127.0.0.1:9",
+    )
+    assert result.returncode == 1
+    place = str(tmp_path / "prompts.xlsx#Sheet1")
+    assert result.stderr.splitlines() == [
+        f"{place}:2:2: jobs[0]: cell B2: points at shared string 999, but the workbook has 3 "
+        "(a damaged workbook)",
+        f"{place}:3:3: jobs[0]: cell C3: holds the date 3000000, beyond the dates Excel can "
+        "show (to 9999-12-31)",
+        "2 problem(s) found; nothing was written.",
+    ]
     assert not ledger.exists()

@@ -19,7 +19,17 @@ from batchgen.ledger import Ledger
 from batchgen.ledger.reads import NO_KEY, UNLABELLED
 from tests.e2e import rows
 from tests.old_ledgers import written_before
-from tests.test_report import complete, fail, grok, invoke, make_ledger, report, start, unknown
+from tests.test_report import (
+    complete,
+    fail,
+    grok,
+    invoke,
+    make_ledger,
+    queued,
+    report,
+    start,
+    unknown,
+)
 from tests.test_scale import every_kind_of_job, kept_totals, recomputed_totals
 
 
@@ -91,7 +101,9 @@ def test_m007_adds_up_an_old_ledgers_attempts_as_sent_with_one_unlabelled_key(
     keys = kept_totals(path)[2]
     assert {label for _, label, _ in keys} == {None} and len(keys) >= 6
     money = json.loads(invoke(path, "status", "--json").output)
-    assert money["keys"] == [{"label": None, "in_flight": 2, "spent_usd": money["spent_usd"]}]
+    assert money["keys"] == [
+        {"label": None, "in_flight": 2, "spent_usd": money["spent_usd"], "refusals": 0}
+    ]
 
 
 READING_COMMANDS = (
@@ -168,9 +180,9 @@ def test_status_json_keys_add_up_to_the_spend_and_the_tasks_running(tmp_path):
     two_keys(path).close()
     status = json.loads(invoke(path, "status", "--json").output)
     assert status["keys"] == [
-        {"label": "night", "in_flight": 1, "spent_usd": "0.00"},
-        {"label": "studio", "in_flight": 0, "spent_usd": "0.20"},
-        {"label": None, "in_flight": 0, "spent_usd": "0.10"},
+        {"label": "night", "in_flight": 1, "spent_usd": "0.00", "refusals": 0},
+        {"label": "studio", "in_flight": 0, "spent_usd": "0.20", "refusals": 0},
+        {"label": None, "in_flight": 0, "spent_usd": "0.10", "refusals": 0},
     ]
     assert sum(Decimal(k["spent_usd"]) for k in status["keys"]) == Decimal(status["spent_usd"])
     assert sum(k["in_flight"] for k in status["keys"]) == status["counts"]["running"]
@@ -209,3 +221,106 @@ def test_key_costs_is_per_campaign_and_key(tmp_path):
     ).fetchone()
     db.close()
     assert round(spent, 6) == 0.30
+
+
+# ---------------------------------------------------------------- m009: refusals per key
+
+
+def refused_on_each_key(path: Path) -> Ledger:
+    """`two_keys`, and two refusals for content reasons (PRODUCT §2): a 400 on night, a
+    task failed for its output on studio (refunded, as every failed task)."""
+    ledger = two_keys(path)
+    ledger.ingest(Campaign("c", "c.yaml", "sha", None), [grok("said-no"), grok("made-no")])
+    job = queued(ledger, "said-no")
+    attempt = ledger.begin_attempt(job, "night")
+    ledger.attempt_ended(
+        job, attempt, state="rejected", outcome="refused", counted=True, job_status="failed",
+        http_status=400, error="SAFETY.INPUT.TEXT", reason="refused",
+    )  # fmt: skip
+    job = queued(ledger, "made-no")
+    attempt = ledger.begin_attempt(job, "studio")
+    ledger.attempt_created(job, attempt, 200, "task-made-no")
+    ledger.task_failed(job, "SAFETY.OUTPUT.VIDEO", "failed", refused=True)
+    return ledger
+
+
+def test_a_refusal_fails_its_job_with_reason_refused_and_costs_what_a_failed_task_costs(
+    tmp_path,
+):
+    path = tmp_path / "l.db"
+    refused_on_each_key(path).close()
+    jobs = {
+        r["id"]: r
+        for r in rows(path, "SELECT id, status, reason, last_error FROM jobs WHERE id LIKE '%-no'")
+    }
+    assert {j: (r["status"], r["reason"]) for j, r in jobs.items()} == {
+        "said-no": ("failed", "refused"),
+        "made-no": ("failed", "refused"),
+    }
+    assert jobs["made-no"]["last_error"] == "task refused: SAFETY.OUTPUT.VIDEO"
+    attempts = rows(
+        path,
+        "SELECT job_id, state, outcome, cost_micro_usd, refunded_micro_usd FROM attempts"
+        " WHERE job_id LIKE '%-no' ORDER BY job_id",
+    )
+    assert attempts == [
+        {"job_id": "made-no", "state": "failed", "outcome": "refused", "cost_micro_usd": 0,
+         "refunded_micro_usd": 100_000},  # the catalog: failed tasks are refunded
+        {"job_id": "said-no", "state": "rejected", "outcome": "refused", "cost_micro_usd": 0,
+         "refunded_micro_usd": 0},
+    ]  # fmt: skip
+    assert kept_totals(path) == recomputed_totals(path)
+
+
+def test_refusals_are_counted_per_key_in_status_report_and_key_costs(tmp_path):
+    path = tmp_path / "l.db"
+    refused_on_each_key(path).close()
+    status = json.loads(invoke(path, "status", "--json").output)
+    assert {k["label"]: k["refusals"] for k in status["keys"]} == {
+        "night": 1,
+        "studio": 1,
+        None: 0,
+    }
+    human = invoke(path, "status").output
+    assert "1 refused for content reasons" in human
+    assert "2 refusal(s) for content reasons" in human  # and what to do about them
+    by_key = report(path, "key")
+    assert by_key["refusals"] == {"night": 1, "studio": 1, UNLABELLED: 0, NO_KEY: 0}
+    assert set(by_key["groups"][0]) == set(by_key["totals"])  # the ROW of §7, unchanged
+    assert "refusals" not in report(path, "model")
+    table = invoke(path, "report", "--by", "key").output
+    header = next(line for line in table.splitlines() if "refused" in line)
+    total = next(line for line in table.splitlines() if "TOTAL" in line)
+    assert total.split()[header.split().index("refused")] == "2"
+    csv_header = invoke(path, "report", "--by", "key", "--format", "csv").output.splitlines()[0]
+    assert "refus" not in csv_header  # CSV has exactly the ROW's columns (§7)
+    view = {r["key_label"]: r["refusals"] for r in rows(path, "SELECT * FROM key_costs")}
+    assert view == {"night": 1, "studio": 1, None: 0}
+
+
+def test_m009_counts_the_refusals_an_old_ledger_holds_and_follows_outcomes_after(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "old.db"
+    written_before(migrations.m009_refusals, path, monkeypatch, lambda: two_keys(path).close())
+    db = sqlite3.connect(path)
+    with db:  # a refusal m007's triggers do not see: m009 must count it from the rows
+        db.execute("UPDATE attempts SET outcome = 'refused' WHERE state = 'failed'")
+    db.close()
+    status = json.loads(invoke(path, "status", "--json").output)
+    assert "m009_refusals" not in {r["name"] for r in rows(path, "SELECT name FROM _migrations")}
+    assert {k["label"]: k["refusals"] for k in status["keys"]}["night"] == 0  # none before m009
+
+    Ledger(path).close()  # opening for writing migrates
+    assert kept_totals(path) == recomputed_totals(path)
+    status = json.loads(invoke(path, "status", "--json").output)
+    assert {k["label"]: k["refusals"] for k in status["keys"]} == {
+        "night": 1,
+        "studio": 0,
+        None: 0,
+    }
+    db = sqlite3.connect(path)
+    with db:  # the triggers follow a change of outcome now
+        db.execute("UPDATE attempts SET outcome = 'refused' WHERE state = 'unknown'")
+    db.close()
+    assert kept_totals(path) == recomputed_totals(path)

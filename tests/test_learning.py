@@ -76,6 +76,21 @@ def test_a_new_run_starts_from_the_observed_times_of_the_ledger(tmp_path):
     assert evidence is not None and evidence.typical == pytest.approx(2.1)
 
 
+def test_a_runner_learns_the_times_other_runners_record_once_each(tmp_path):
+    ledger = ledger_with_jobs(tmp_path / "l.db")
+    complete(ledger, "j0", "t0", 30.0)  # before this runner started: its history
+    scheduler = Scheduler(ledger, Client("https://okaypic.test", "okpk_test"), Settings())
+    scheduler.runner_id = "me"
+    complete(ledger, "j1", "t1", 2.0)  # another runner's, meanwhile
+    complete(ledger, "j2", "t2", 2.0)
+    with ledger.transaction() as db:  # and one of this runner's own: learned as it completed
+        db.execute("UPDATE attempts SET runner_id = CASE WHEN task_id = 't2' THEN 'me'"
+                   " ELSE 'other' END")  # fmt: skip
+    scheduler._learn_from_others()
+    scheduler._learn_from_others()  # seen already: not counted twice
+    assert list(scheduler.learned.durations.samples[GROK]) == [30.0, 2.0]
+
+
 def test_the_eta_spreads_the_learned_times_of_what_is_left_over_the_slots(tmp_path):
     ledger = ledger_with_jobs(tmp_path / "l.db")
     clock = [100.0]

@@ -513,3 +513,91 @@ def test_a_running_task_reports_its_progress_clamped(status, progress, seen):
 def test_the_services_words_come_from_its_usual_error_fields(body, words):
     outcome = classify_submit(answered(400, body))
     assert outcome.message == (words or "HTTP 400")
+
+
+# ------------------------------------------------------- refusals for content reasons (§2)
+
+PHRASES = load_catalog().refusal_phrases
+
+REFUSALS = [
+    "SAFETY.INPUT.TEXT: the prompt was flagged",  # Runway's codes
+    "SAFETY.OUTPUT.VIDEO",
+    "The prompt was refused by the content policy",
+    "Your request was rejected by our safety system",
+    "Prompt flagged by moderation",
+    "InputTextSensitiveContentDetected",  # Volcengine's codes, CamelCase
+    "OutputVideoSensitiveContentDetected: the output may contain sensitive information",
+    "This prompt contains words that violate the usage guidelines",
+    "Prohibited content",
+    "nsfw content detected",
+    "NOT ALLOWED CONTENT",
+    "提示词包含敏感内容",
+    "内容违规，请修改后重试",
+]
+NOT_REFUSALS = [
+    "invalid model",
+    "duration 20 is not allowed for grok-video-3 (allowed: 5, 10)",
+    "Generation failed",
+    "Internal error: GPU out of memory",
+    "",
+]
+
+
+@pytest.mark.parametrize("message", REFUSALS)
+def test_a_400_refusing_the_prompt_for_content_reasons_is_a_refusal(message):
+    outcome = classify_submit(answered(400, {"error": message}), PHRASES)
+    assert (outcome.action, outcome.message, outcome.status) == (Submit.REFUSED, message, 400)
+    assert outcome.counts_as_attempt  # answered: it was an attempt, and it created no task
+
+
+@pytest.mark.parametrize("message", NOT_REFUSALS)
+def test_a_400_for_any_other_reason_is_a_rejection(message):
+    outcome = classify_submit(answered(400, {"error": message}), PHRASES)
+    assert outcome.action is Submit.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("status", "action"),
+    [
+        (403, Submit.REJECTED),  # a key suspended for violations: not this prompt's refusal
+        (422, Submit.REJECTED),
+        (429, Submit.WAIT_FOR_SLOT),
+        (500, Submit.SERVER_ERROR),
+        (401, Submit.AUTH),
+    ],
+)
+def test_only_a_400_refuses_a_prompt_whatever_another_status_says(status, action):
+    answer = answered(status, {"error": "account flagged: content policy violations"})
+    assert classify_submit(answer, PHRASES).action is action
+
+
+def test_the_refusal_phrases_are_the_callers_so_none_given_means_no_refusal():
+    answer = answered(400, {"error": "refused by the content policy"})
+    assert classify_submit(answer).action is Submit.REJECTED
+    assert classify_submit(answer, ["CONTENT POLICY"]).action is Submit.REFUSED
+    assert classify_submit(answer, ["", "weather"]).action is Submit.REJECTED
+
+
+@pytest.mark.parametrize("message", REFUSALS)
+def test_a_task_failed_for_content_reasons_is_a_refusal(message):
+    body = {"status": "failed", "errorMessage": message}
+    outcome = classify_poll(answered(200, body), PHRASES)
+    assert (outcome.action, outcome.message) == (Poll.REFUSED, message or "Generation failed")
+
+
+@pytest.mark.parametrize("message", NOT_REFUSALS)
+def test_a_task_failed_for_any_other_reason_may_be_submitted_again(message):
+    body = {"status": "failed", "errorMessage": message}
+    assert classify_poll(answered(200, body), PHRASES).action is Poll.FAILED
+
+
+def test_only_a_failed_task_is_refused_whatever_a_running_or_broken_answer_says():
+    running = {"status": "processing", "progress": 10, "errorMessage": "safety check"}
+    assert classify_poll(answered(200, running), PHRASES).action is Poll.RUNNING
+    assert classify_poll(answered(500, {"error": "safety"}), PHRASES).action is Poll.ERROR
+
+
+def test_the_catalog_lists_the_refusal_phrases_among_its_assumptions():
+    catalog = load_catalog()
+    assert "content policy" in catalog.refusal_phrases
+    assert any("refusal_phrases" in line for line in catalog.data["assumptions"])

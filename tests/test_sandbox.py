@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from batchgen import catalog
 from batchgen.cli import cli
 from batchgen.keys import api_keys
+from batchgen.outcomes import Answer, Submit, Transport, classify_poll, classify_submit
 from batchgen.sandbox import (
     DEFAULT_KEY,
     Drop,
@@ -487,6 +488,7 @@ def test_the_keys_endpoint_gives_each_keys_figures_in_the_order_given(keyed, clo
         "polls": 0,
         "foreign_polls": 0,
         "submits": {"200": 4, "429": 1},
+        "refusals": 0,
     }
     assert (other["tasks"], other["completed"], other["polls"], other["foreign_polls"]) == (
         1,
@@ -699,6 +701,91 @@ def test_generation_times_are_the_catalog_times_scaled_with_seeded_jitter():
     typical = generation_seconds(GROK) * 0.5
     assert all(0.9 * typical <= t <= 1.1 * typical for t in ends(1))
     assert ends(1) == ends(1) != ends(2)
+
+
+# -- refusals for content reasons (refuse_rate) -------------------------------------------
+
+
+def refusals_seen(seed: int, rounds: int = 2) -> list[list[str]]:
+    """40 distinct prompts sent `rounds` times, by turns with two keys, time moving on far
+    enough between submits that slots are free: what each came to as batchgen reads it
+    (classify_submit / classify_poll with the catalog's phrases), round by round."""
+    clock = ManualClock()
+    keys = {RICH: 100_000_000, OTHER: 100_000_000}
+    sim = Sandbox(SandboxConfig(seed=seed, refuse_rate=0.5, keys=keys), clock=clock)
+    phrases = catalog.load().refusal_phrases
+    seen = []
+    for turn in range(rounds):
+        this_round = []
+        for n in range(40):
+            headers = {"Authorization": f"Bearer {(RICH, OTHER)[(n + turn) % 2]}"}
+            body = json.dumps({**GROK, "prompt": f"scene {n}"}).encode()
+            submitted = classify_submit(_answer(sim.handle("POST", VIDEO, headers, body)), phrases)
+            if submitted.action is not Submit.CREATED:
+                this_round.append(f"submit {submitted.action.name}")
+                continue
+            clock.advance(1000)
+            polled = sim.handle("GET", f"/api/video/tasks/{submitted.task_id}", headers)
+            this_round.append(f"task {classify_poll(_answer(polled), phrases).action.name}")
+        seen.append(this_round)
+    return seen
+
+
+def _answer(response: Response) -> Answer:
+    assert isinstance(response.body, bytes)
+    return Answer(Transport.ANSWERED, response.status, response.body)
+
+
+def test_refuse_rate_refuses_the_same_prompts_every_time_half_at_submit_half_for_their_output():
+    first, again = refusals_seen(seed=3)
+    assert first == again  # the prompt decides, not the request's place nor its key
+    # batchgen reads both kinds as refusals; about half of the prompts are refused
+    assert set(first) == {"submit REFUSED", "task REFUSED", "task COMPLETED"}
+    assert 10 <= first.count("task COMPLETED") <= 30
+    assert refusals_seen(seed=3, rounds=1)[0] == first
+    assert refusals_seen(seed=4, rounds=1)[0] != first
+
+
+def test_each_key_counts_the_refusals_it_was_told_and_refused_output_is_refunded():
+    clock = ManualClock()
+    keys = {RICH: 100_000_000, OTHER: 100_000_000}
+    sim = Sandbox(SandboxConfig(seed=3, refuse_rate=0.6, keys=keys), clock=clock)
+    told: dict[str, int] = {RICH: 0, OTHER: 0}
+    failed_tasks = []
+    for n in range(30):
+        key = (RICH, OTHER)[n % 2]
+        headers = {"Authorization": f"Bearer {key}"}
+        body = json.dumps({**GROK, "prompt": f"scene {n}"}).encode()
+        answer = sim.handle("POST", VIDEO, headers, body)
+        if answer.status == 400:
+            assert "content policy" in json.loads(answer.body)["error"]  # type: ignore[arg-type]
+            told[key] += 1
+            continue
+        clock.advance(1000)
+        task_id = json.loads(answer.body)["taskId"]  # type: ignore[arg-type]
+        polled = json.loads(sim.handle("GET", f"/api/video/tasks/{task_id}", headers).body)  # type: ignore[arg-type]
+        if polled["status"] == "failed":
+            assert "safety" in polled["errorMessage"].lower()
+            told[key] += 1
+            failed_tasks.append(task_id)
+
+    truth = sim.truth()
+    assert all(told.values()) and failed_tasks  # both keys, both kinds
+    assert {row["key"]: row["refusals"] for row in truth.by_key()} == told
+    assert truth.refusals() == sum(told.values())
+    refunded = {m.task_id for m in truth.money if m.kind == "refund"}
+    assert refunded == set(failed_tasks)  # as every failed task (catalog)
+    assert Truth.from_dict(truth.to_dict()).by_key() == truth.by_key()
+
+
+def test_both_sandbox_command_lines_take_a_refuse_rate_between_0_and_1():
+    result = CliRunner().invoke(cli, ["sandbox", "--port", "0", "--refuse-rate", "1.5"])
+    assert result.exit_code == 2 and "--refuse-rate" in result.output
+    assert "--refuse-rate" in CliRunner().invoke(cli, ["sandbox", "--help"]).output
+    standalone = _standalone("batchgen.sandbox", "--help")
+    assert "--refuse-rate" in standalone.communicate(timeout=30)[0]
+    with pytest.raises(ValueError):
+        SandboxConfig(refuse_rate=1.5)
 
 
 # -- configuration and the standalone server ---------------------------------------------

@@ -129,3 +129,21 @@ def test_without_a_state_file_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     submit(Sandbox(SandboxConfig(), clock=ManualClock()))
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_a_task_refused_for_its_output_is_refused_still_after_the_sandbox_restarts(tmp_path):
+    """Its refusal is kept with it: the next sandbox answers it failed with the content
+    message (a plain "Generation failed" would have it submitted again)."""
+    state, clock = tmp_path / "state.json", ManualClock()
+    first = Sandbox(SandboxConfig(refuse_rate=1.0), clock=clock, state=state)
+    answers = [submit(first, n) for n in range(8)]
+    accepted = [answer(a)["taskId"] for a in answers if a.status == 200]
+    assert accepted and len(accepted) < 8  # some refused at submit, some for their output
+    del first
+
+    clock.advance(1000)
+    second = Sandbox(SandboxConfig(), clock=clock, state=state)
+    for task_id in accepted:
+        polled = poll(second, task_id)
+        assert polled["status"] == "failed" and "SAFETY.OUTPUT" in polled["errorMessage"]
+    assert second.truth().refusals() == len(accepted)  # the 400s were the first process's

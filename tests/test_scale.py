@@ -113,6 +113,10 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
         )
         if r[0] is not None
     ]
+    # These ledgers are built with no runner at work: none is listed (an older ledger has
+    # no `runners` table at all).
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "runners" not in tables or not db.execute("SELECT 1 FROM runners").fetchall()
     db.close()
     return {
         "counts": counts,
@@ -121,6 +125,7 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
         "unknown_usd": usd(money["unknown"]),
         "budget_usd": usd(sum(budgets)) if budgets else None,
         "keys": plain_keys(attempts),
+        "runners": [],
         "verdicts": verdicts,
         "jobs": entries,
     }
@@ -156,6 +161,7 @@ def plain_keys(attempts: list[sqlite3.Row]) -> list[dict[str, Any]]:
                 "label": label,
                 "in_flight": sum(a["state"] == "running" for a in mine),
                 "spent_usd": usd(plain_money(mine)["spent"]),
+                "refusals": sum(a["outcome"] == "refused" for a in mine),
             }
         )
     return keys
@@ -329,11 +335,11 @@ def recomputed_totals(path: Path) -> Totals:
         )
     }
     keys = {
-        (c, k, s): (n, cost, unit, refund)
-        for c, k, s, n, cost, unit, refund in db.execute(
+        (c, k, s): (n, cost, unit, refund, refusals)
+        for c, k, s, n, cost, unit, refund, refusals in db.execute(
             "SELECT campaign, key_label, state, COUNT(*), SUM(cost_micro_usd),"
-            " SUM(unit_price_micro_usd), SUM(refunded_micro_usd) FROM attempts"
-            " GROUP BY campaign, key_label, state"
+            " SUM(unit_price_micro_usd), SUM(refunded_micro_usd), SUM(outcome IS 'refused')"
+            " FROM attempts GROUP BY campaign, key_label, state"
         )
     }
     db.close()
@@ -348,8 +354,8 @@ def kept_totals(path: Path) -> Totals:
     }
     verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals")}
     keys = {  # '' is how key_totals keeps the NULL label of attempts recorded before m007
-        (c, k or None, s): (n, cost, unit, refund)
-        for c, k, s, n, cost, unit, refund in db.execute("SELECT * FROM key_totals")
+        (c, k or None, s): (n, cost, unit, refund, refusals)
+        for c, k, s, n, cost, unit, refund, refusals in db.execute("SELECT * FROM key_totals")
     }
     db.close()
     return attempts, verdicts, keys
@@ -361,6 +367,7 @@ def test_the_totals_equal_the_sums_over_the_rows_after_every_kind_of_write(tmp_p
     assert kept_totals(path) == recomputed_totals(path)
     ledger.requeue(["c"], "failed")
     ledger.requeue(["c"], "held")
+    ledger.task_failed(start(ledger, "bad"), "SAFETY.OUTPUT", "failed", refused=True)
     job = start(ledger, "held")
     ledger.task_lost(job, "no answer")
     ledger.task_taken_back(job)
@@ -384,6 +391,7 @@ def test_a_person_editing_the_ledger_with_sql_keeps_the_totals_right(tmp_path):
         db.execute(
             "UPDATE attempts SET state = 'failed' WHERE state = 'running' AND campaign = 'c'"
         )
+        db.execute("UPDATE attempts SET outcome = 'refused' WHERE state IN ('failed', 'running')")
         db.execute("DELETE FROM attempts WHERE state = 'rejected'")
         db.execute("UPDATE verdicts SET verdict = 'approved' WHERE verdict = 'rejected'")
         db.execute("DELETE FROM verdicts WHERE verdict IS NULL")

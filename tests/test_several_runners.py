@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from batchgen.sandbox.truth import payload_key
+from tests.crashing import ROOT, crashing_command
 from tests.e2e import (
     FAST,
     batchgen,
+    command_env,
     grok_batch,
     recorded_task_ids,
     rows,
@@ -183,3 +186,49 @@ def test_runners_killed_at_random_moments_keep_every_promise(make_sandbox, tmp_p
         final.returncode == 3
     )
     check_the_promises(sandbox.sim.truth(), ledger, budget=budget)
+
+
+def test_a_runner_paused_past_its_lease_finds_its_claim_taken_and_sends_nothing_twice(
+    make_sandbox, tmp_path
+):
+    """A closed laptop lid, played by SIGSTOP right after a claim was committed (outside any
+    transaction, so the ledger is not held): the other runner takes the paused one's tasks
+    and its claim over once its lease lapses; woken, the paused runner sends nothing for
+    the claim it lost and pays for nothing twice."""
+    sandbox = two_keys(make_sandbox, time_scale=0.05)
+    ledger = tmp_path / "l.db"
+    ingest(ledger, grok_batch(tmp_path / "m.yaml", 12))
+    env = command_env(ledger, sandbox.base_url, None, f"studio={ALPHA}")
+    env["BATCHGEN_TEST_SIGNAL"] = "SIGSTOP"
+    paused = subprocess.Popen(
+        crashing_command("intent_committed", 4, "resume", *FAST, "--lease", "1s"),
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: stopped(paused.pid), timeout=30)
+        time.sleep(1.5)  # past its lease
+        other = finish(sandbox, ledger, keys=f"studio={ALPHA}")
+        assert other.returncode == 0, other.stderr
+        assert "task(s) of a runner that is gone" in other.stderr
+        assert "unknown outcome (its runner stopped before the answer came)" in other.stderr
+        submitted = len(sandbox.sim.truth().submissions)
+        paused.send_signal(signal.SIGCONT)
+        _, stderr = paused.communicate(timeout=60)
+    finally:
+        if paused.poll() is None:
+            paused.send_signal(signal.SIGCONT)
+            paused.kill()
+            paused.wait()
+    assert paused.returncode in (0, 3), stderr
+    assert "Traceback" not in stderr
+    assert "not sent: another runner took this one's claim over" in stderr
+    truth = sandbox.sim.truth()
+    assert len(truth.submissions) == submitted == 12  # woken, it sent nothing more
+    assert status_json(ledger)["counts"]["completed"] == 12
+    check_the_promises(truth, ledger)
+
+
+def stopped(pid: int) -> bool:
+    """Is this process stopped (SIGSTOP)?"""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"

@@ -77,7 +77,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "0.00",
     )
     assert data["budget_usd"] == "40.00"
-    assert data["keys"] == [{"label": None, "in_flight": 1, "spent_usd": "0.40"}]
+    assert data["keys"] == [{"label": None, "in_flight": 1, "spent_usd": "0.40", "refusals": 0}]
     assert [list(job) for job in data["jobs"]] == [JOB_KEYS] * 4
     done = data["jobs"][0]
     assert done == {
@@ -186,8 +186,8 @@ def test_status_json_gives_each_key_and_each_jobs_key(tmp_path):
     labelled(ledger, {"done": "studio", "run": "night", "bad": "night"})
     data = status_data(ledger, [])
     assert data["keys"] == [
-        {"label": "night", "in_flight": 1, "spent_usd": "0.00"},
-        {"label": "studio", "in_flight": 0, "spent_usd": "0.40"},
+        {"label": "night", "in_flight": 1, "spent_usd": "0.00", "refusals": 0},
+        {"label": "studio", "in_flight": 0, "spent_usd": "0.40", "refusals": 0},
     ]
     keys = {job["id"]: job["key"] for job in data["jobs"]}
     assert keys == {"done": "studio", "bad": "night", "run": "night", "wait": None}

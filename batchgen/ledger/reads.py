@@ -47,6 +47,7 @@ class KeyUse:
     label: str | None
     in_flight: int
     money: Money
+    refusals: int = 0  # attempts refused for content reasons (PRODUCT §2)
 
 
 def usd_sql(micros: str) -> str:
@@ -137,15 +138,20 @@ class ReadsMixin(LedgerBase):
 
     @functools.cached_property
     def _key_totals_table(self) -> str:
-        """Where each key's sums are read: `key_totals` (m007, kept by triggers), or on a
-        ledger not yet migrated, the attempts themselves in the same shape (label '' for
-        an attempt recorded before labels)."""
+        """Where each key's sums are read: `key_totals` (m007, kept by triggers; its
+        `refusals` since m009), or on a ledger not yet migrated, the attempts themselves in
+        the same shape (label '' for an attempt recorded before labels)."""
         if "key_totals" in _tables(self.conn):
-            return "key_totals"
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(key_totals)")}
+            if "refusals" in columns:
+                return "key_totals"
+            # Before m009 no batchgen recorded a refusal.
+            return "(SELECT *, 0 AS refusals FROM key_totals)"
         label = "COALESCE(key_label, '')" if self._key_labels_kept else "''"
         return (
             f"(SELECT campaign, {label} AS key_label, state, 1 AS attempts, cost_micro_usd,"
-            " unit_price_micro_usd, refunded_micro_usd FROM attempts)"
+            " unit_price_micro_usd, refunded_micro_usd, (outcome IS 'refused') AS refusals"
+            " FROM attempts)"
         )
 
     def _job_key(self, unlabelled: str = "NULL") -> str:
@@ -162,18 +168,22 @@ class ReadsMixin(LedgerBase):
 
     def key_use(self, campaigns: list[str] | None = None) -> list[KeyUse]:
         """Each key that sent an attempt of the selected campaigns: its tasks in flight
-        (running attempts) and money, by label, the unlabelled (None) last. Read from
-        `key_totals`: at once on any ledger."""
+        (running attempts), money and refusals, by label, the unlabelled (None) last. Read
+        from `key_totals`: at once on any ledger."""
         where, params = _campaign_filter(campaigns, "a.campaign")
         sums = ", ".join(f"COALESCE(SUM({expr}), 0)" for expr in self._ATTEMPT_MONEY)
         rows = self.conn.execute(
             "SELECT NULLIF(a.key_label, ''),"
             " COALESCE(SUM(CASE WHEN a.state = 'running' THEN a.attempts ELSE 0 END), 0),"
+            " COALESCE(SUM(a.refusals), 0),"
             f" {sums} FROM {self._key_totals_table} a WHERE 1=1 {where}"
             " GROUP BY a.key_label ORDER BY a.key_label = '', a.key_label",
             params,
         )
-        return [KeyUse(label, in_flight, Money(*money)) for label, in_flight, *money in rows]
+        return [
+            KeyUse(label, in_flight, Money(*money), refusals)
+            for label, in_flight, refusals, *money in rows
+        ]
 
     def status_entries(self, campaigns: list[str] | None = None) -> Iterator[str]:
         """Every job, in ingestion order, as the JSON text of its `status --json` entry
@@ -311,13 +321,15 @@ class ReadsMixin(LedgerBase):
             "  SUM(CASE WHEN status = 'completed' AND kind = 'video'"
             "   THEN COALESCE(duration, 0) ELSE 0 END) AS video_seconds,"
             "  SUM(status = 'completed' AND kind = 'image') AS images FROM jk GROUP BY key),"
-            f" m AS (SELECT COALESCE(NULLIF(a.key_label, ''), '{UNLABELLED}') AS key, {sums}"
+            f" m AS (SELECT COALESCE(NULLIF(a.key_label, ''), '{UNLABELLED}') AS key, {sums},"
+            "  COALESCE(SUM(a.refusals), 0) AS refusals"
             f"  FROM {self._key_totals_table} a WHERE 1=1 {attempt_where} GROUP BY a.key_label)"
             " SELECT k.key, COALESCE(c.jobs, 0) AS jobs, COALESCE(c.completed, 0) AS completed,"
             " COALESCE(c.failed, 0) AS failed, COALESCE(c.queued, 0) AS queued,"
             " COALESCE(m.spent, 0) AS spent, COALESCE(m.in_flight, 0) AS in_flight,"
             " COALESCE(m.unknown, 0) AS unknown, COALESCE(m.refunded, 0) AS refunded,"
-            " COALESCE(c.video_seconds, 0) AS video_seconds, COALESCE(c.images, 0) AS images"
+            " COALESCE(c.video_seconds, 0) AS video_seconds, COALESCE(c.images, 0) AS images,"
+            " COALESCE(m.refusals, 0) AS refusals"
             " FROM (SELECT key FROM c UNION SELECT key FROM m) k"
             " LEFT JOIN c ON c.key = k.key LEFT JOIN m ON m.key = k.key ORDER BY k.key",
             [*params, *attempt_params],

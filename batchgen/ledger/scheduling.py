@@ -260,29 +260,36 @@ class SchedulingMixin(LedgerBase):
         job.status = "completed"
         return recorded
 
-    def task_failed(self, job: LedgerJob, message: str, job_status: str) -> bool:
+    def task_failed(
+        self, job: LedgerJob, message: str, job_status: str, *, refused: bool = False
+    ) -> bool:
         """The service says the task failed: refunded (catalog), then queued again or failed.
-        False when it was recorded already (by another runner): nothing changes."""
+        `refused`: for content reasons (PRODUCT §2): the attempt's outcome and the job's
+        reason are `refused`, counted per key (key_totals). False when it was recorded
+        already (by another runner): nothing changes."""
         refunded = catalog.load().failed_tasks_refunded
         message = self.redact(message)
         stamp = now()
         with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE attempts SET state='failed', error=?, finished_at=?,"
+                " outcome = CASE WHEN ? THEN 'refused' ELSE outcome END,"
                 " refunded_micro_usd = CASE WHEN ? THEN cost_micro_usd ELSE 0 END,"
                 " cost_micro_usd = CASE WHEN ? THEN 0 ELSE cost_micro_usd END"
                 " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
-                (message, stamp, refunded, refunded, job.campaign, job.id, job.task_id),
+                (message, stamp, refused, refunded, refunded, job.campaign, job.id, job.task_id),
             )
             if not cursor.rowcount:
                 return False
             db.execute(
                 "UPDATE jobs SET status=?, task_id=NULL, progress=NULL, last_error=?,"
+                " reason = CASE WHEN ? THEN 'refused' ELSE reason END,"
                 " updated_at=?, finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END"
                 " WHERE campaign=? AND id=? AND task_id=?",
                 (
                     job_status,
-                    f"task failed: {message}",
+                    f"task {'refused' if refused else 'failed'}: {message}",
+                    refused,
                     stamp,
                     job_status,
                     stamp,
@@ -292,7 +299,7 @@ class SchedulingMixin(LedgerBase):
                 ),
             )
             self._event(
-                "task_failed",
+                "task_refused" if refused else "task_failed",
                 job.campaign,
                 job.id,
                 task_id=job.task_id,
@@ -421,18 +428,19 @@ class SchedulingMixin(LedgerBase):
         recent tasks a process followed from submission to completion (never one taken
         over on resume, whose time includes the time no process ran): how the service
         runs now, read in milliseconds on any ledger."""
+        return observed_times(self.recent_observations(self.RECENT_TASKS))
+
+    def recent_observations(self, limit: int) -> list[tuple[int, str, int | None, float, str]]:
+        """The `limit` most recent observed generation times, newest first, each with its
+        attempt id and the runner that saw it: what other runners on the ledger learn."""
         rows = self.conn.execute(
-            "SELECT j.model, j.duration, a.observed_seconds"
-            " FROM (SELECT id, campaign, job_id, observed_seconds FROM attempts"
+            "SELECT a.id, j.model, j.duration, a.observed_seconds, COALESCE(a.runner_id, '')"
+            " FROM (SELECT id, campaign, job_id, observed_seconds, runner_id FROM attempts"
             "   WHERE observed_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) a"
-            " JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id"
-            " ORDER BY a.id",
-            (self.RECENT_TASKS,),
+            " JOIN jobs j ON j.campaign = a.campaign AND j.id = a.job_id ORDER BY a.id DESC",
+            (limit,),
         )
-        times: dict[tuple[str, int | None], list[float]] = {}
-        for model, duration, seconds in rows:
-            times.setdefault((model, duration), []).append(float(seconds))
-        return times
+        return [(i, m, d, float(s), r) for i, m, d, s, r in rows]
 
     def generation_seconds(self) -> dict[tuple[str, int | None], float]:
         """The median observed generation time per (model, duration) (see observed_times):
@@ -572,6 +580,17 @@ class SchedulingMixin(LedgerBase):
         )
         self._event("completed", campaign, job_id, task_id=task_id)
         return True
+
+
+def observed_times(
+    observations: list[tuple[int, str, int | None, float, str]],
+) -> dict[tuple[str, int | None], list[float]]:
+    """Observations (newest first, as `recent_observations` reads them) as times per
+    (model, duration), oldest first."""
+    times: dict[tuple[str, int | None], list[float]] = {}
+    for _, model, duration, seconds, _ in reversed(observations):
+        times.setdefault((model, duration), []).append(seconds)
+    return times
 
 
 def _ledger_job(row: tuple[Any, ...]) -> LedgerJob:

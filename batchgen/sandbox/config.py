@@ -30,6 +30,7 @@ RATE_KNOBS = (
     "garbage_rate",
     "reject_rate",
     "vanish_rate",
+    "refuse_rate",
 )
 
 
@@ -58,10 +59,17 @@ class SandboxConfig:
     - drop_rate: on submit the task is created and charged, then the connection is closed
       without an answer; on poll the connection is closed without an answer.
     - garbage_rate: 200 with an unparseable body; on submit the task is created and charged.
-    - reject_rate: submit answers 400 to a valid request (as a content-policy refusal
-      would), no task created, nothing charged.
+    - reject_rate: submit answers 400 to a valid request, no task created, nothing
+      charged, decided per request; its message names the content policy, so batchgen
+      reads it as a refusal (refuse_rate refuses the same prompts every time, as a real
+      service would).
     - echo_key: a hostile service: every error message (400, 401, 402, 429, 500) and every
       failed task's errorMessage repeats the caller's Authorization header.
+    - refuse_rate: the share of prompts refused for content reasons (PRODUCT §2), decided
+      per prompt text from the seed, not per request, so a prompt refused once is refused
+      every time: half of them (a prompt's draw below refuse_rate / 2) at submit, a 400
+      naming the content policy, nothing charged; the other half after running, a task
+      `failed` with a safety message (refunded, per the catalog, as every failed task).
     - vanish_rate: an accepted task (created, charged, answered normally) then vanishes:
       every poll of it answers 404 for ever, though the service runs it to its end.
     - latency: (min_s, max_s) real seconds added before each API answer.
@@ -87,6 +95,7 @@ class SandboxConfig:
     reject_rate: float = 0.0
     echo_key: bool = False
     vanish_rate: float = 0.0
+    refuse_rate: float = 0.0
     latency: tuple[float, float] = (0.0, 0.0)
     retry_after: int | str | None = None
     max_active_tasks: int = field(default_factory=_default_max_active)

@@ -10,8 +10,10 @@ client that polls more or less often still meets the same submit faults.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from batchgen.sandbox.config import SandboxConfig
 
@@ -86,6 +88,19 @@ class FaultDice:
             jitter=self._stream("submit", "jitter").uniform(1 - c.jitter, 1 + c.jitter),
             progress_draw=self._stream("submit", "progress").random(),
         )
+
+    def refusal(self, prompt: object) -> Literal["submit", "output"] | None:
+        """Whether a prompt is refused for content reasons, and when: from the seed and the
+        prompt's text only (not the request's place in the sequence), so the same prompt
+        is refused the same way every time it is sent. See SandboxConfig.refuse_rate."""
+        rate = self._config.refuse_rate
+        if not rate or not isinstance(prompt, str):
+            return None
+        seed = f"batchgen-sandbox/{self._config.seed}/refuse/{prompt}".encode()
+        draw = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") / 2**64
+        if draw < rate / 2:
+            return "submit"
+        return "output" if draw < rate else None
 
     def poll(self) -> PollFaults:
         c = self._config

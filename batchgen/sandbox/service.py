@@ -11,6 +11,7 @@ tasks outlive the process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -76,6 +77,9 @@ class Response(NamedTuple):
 # (Veo's is fixed) lasts VEO_SECONDS.
 RESULT_FILES = {"video": ("mp4", "video/mp4"), "image": ("png", "image/png")}
 VEO_SECONDS = 8
+# What the sandbox says when it refuses a prompt (refuse_rate), in words like Runway's.
+REFUSED_PROMPT = "SAFETY.INPUT.TEXT: the prompt was refused by the content policy"
+REFUSED_OUTPUT = "SAFETY.OUTPUT.VIDEO: the output was flagged by the safety system"
 
 TRUTH_ROUTE = "GET /_sandbox/truth"
 KEYS_ROUTE = "GET /_sandbox/keys"
@@ -98,6 +102,7 @@ class _Task:
     fails: bool
     answered: str
     vanished: bool = False
+    refused: bool = False  # fails for its output's content (refuse_rate)
     progress_mode: str = DEFAULT_MODE
     progress_draw: float = 0.0  # the task's own random number for its progress curve
     settled: bool = False
@@ -202,6 +207,8 @@ class Sandbox:
         self._polls: Counter[str] = Counter()
         self._foreign_polls: Counter[str] = Counter()  # creating key -> polls by others
         self._submits_by_key: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._refused_submits: Counter[str] = Counter()  # key -> 400s for content
+        self._refused_payloads: Counter[str] = Counter()  # payload_key -> 400s for content
         self._per_payload: Counter[str] = Counter()
         self._submit_routes: dict[str, str] = {}  # path -> kind
         self._poll_routes: list[tuple[re.Pattern[str], str, str]] = []  # (regex, kind, label)
@@ -339,6 +346,14 @@ class Sandbox:
         if faults.reject:
             self._faults["submit.400"] += 1
             return _error(400, "The prompt was refused by the content policy")
+        refusal = self._dice.refusal(payload.get("prompt"))
+        if refusal == "submit":
+            self._faults["submit.refused"] += 1
+            self._refused_submits[key] += 1
+            self._refused_payloads[payload_key(payload)] += 1
+            return _error(400, REFUSED_PROMPT)
+        if refusal == "output":
+            faults = dataclasses.replace(faults, fail=True)
         if faults.error_500:
             self._faults["submit.500"] += 1
             return _error(500, "Internal server error")
@@ -359,8 +374,13 @@ class Sandbox:
             return _error(402, "Insufficient balance")
 
         answered = "drop" if faults.drop else "garbage" if faults.garbage else "200"
-        task = self._accept(key, kind, payload, request, model, price, now, faults, answered)
-        if faults.fail:
+        refused = refusal == "output"
+        task = self._accept(
+            key, kind, payload, request, model, price, now, faults, answered, refused
+        )
+        if refused:
+            self._faults["task.refused"] += 1
+        elif faults.fail:
             self._faults["task.fail"] += 1
         if faults.vanish:
             self._faults["task.vanish"] += 1
@@ -386,8 +406,10 @@ class Sandbox:
         now: float,
         faults: SubmitFaults,
         answered: str,
+        refused: bool = False,
     ) -> _Task:
-        """Create, charge and start a task; it ends by the clock, settled in `_settle`."""
+        """Create, charge and start a task; it ends by the clock, settled in `_settle`
+        (`refused`: it fails for its output's content)."""
         seconds = model.typical_seconds(request.get("duration"))
         seconds *= self.config.time_scale * faults.jitter
         task_id, generation_id = self._new_ids()
@@ -403,6 +425,7 @@ class Sandbox:
             fails=faults.fail,
             answered=answered,
             vanished=faults.vanish,
+            refused=refused,
             progress_mode=self.config.progress,
             progress_draw=faults.progress_draw,
         )
@@ -453,7 +476,8 @@ class Sandbox:
         if status == "completed":
             answer = {"status": status, "resultUrls": [task.result_url(self.base_url)]}
         elif status == "failed":
-            answer = {"status": status, "errorMessage": "Generation failed"}
+            message = REFUSED_OUTPUT if task.refused else "Generation failed"
+            answer = {"status": status, "errorMessage": message}
         elif progress is None:
             answer = {"status": status}
         else:
@@ -599,6 +623,7 @@ class Sandbox:
                 status=t.status(now),
                 answered=t.answered,
                 vanished=t.vanished,
+                refused=t.refused,
             )
             for t in self._tasks.values()
         ]
@@ -613,6 +638,8 @@ class Sandbox:
             submissions_per_payload=dict(self._per_payload),
             foreign_polls=dict(self._foreign_polls),
             submits_by_key={key: dict(counts) for key, counts in self._submits_by_key.items()},
+            refused_submits=dict(self._refused_submits),
+            refused_payloads=dict(self._refused_payloads),
         )
 
 

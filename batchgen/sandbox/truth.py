@@ -36,6 +36,7 @@ class Submission:
     status: str  # at snapshot time: pending | processing | completed | failed
     answered: str  # how the submit was answered: "200", "drop" or "garbage"
     vanished: bool = False  # every poll of it answers 404 (vanish_rate)
+    refused: bool = False  # it fails for its output's content (refuse_rate)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Truth:
     # status ("200", "429", ..., or "drop") -> count
     responses: dict[str, dict[str, int]] = field(default_factory=dict)
     # injected faults by name: submit.500, submit.429, submit.drop, submit.garbage,
-    # task.fail, task.vanish, poll.500, poll.drop, poll.garbage, poll.vanished
+    # submit.refused, task.fail, task.refused, task.vanish, poll.500, poll.drop,
+    # poll.garbage, poll.vanished
     faults: dict[str, int] = field(default_factory=dict)
     peak_active: dict[str, int] = field(default_factory=dict)  # per key, ever
     polls: dict[str, int] = field(default_factory=dict)  # per task id, by its owner
@@ -69,6 +71,10 @@ class Truth:
     foreign_polls: dict[str, int] = field(default_factory=dict)
     # per accepted key: status ("200", "429", "402", ..., "drop") -> submits it answered
     submits_by_key: dict[str, dict[str, int]] = field(default_factory=dict)
+    # refuse_rate: per key, submits answered 400 for the prompt's content; and per request
+    # body (payload_key), how many times it was so refused
+    refused_submits: dict[str, int] = field(default_factory=dict)
+    refused_payloads: dict[str, int] = field(default_factory=dict)
 
     def _sum(self, kind: str, key: str | None) -> int:
         return sum(e.micros for e in self.money if e.kind == kind and (key is None or e.key == key))
@@ -106,11 +112,22 @@ class Truth:
             return sum(self.foreign_polls.values())
         return self.foreign_polls.get(key, 0)
 
+    def refusals(self, key: str | None = None) -> int:
+        """Refusals for content reasons told so far, for one key or all: submits answered
+        400, and tasks that ended `failed` for their output."""
+        told = sum(n for k, n in self.refused_submits.items() if key is None or k == key)
+        return told + sum(
+            1
+            for s in self.submissions
+            if s.refused and s.status == "failed" and (key is None or s.key == key)
+        )
+
     def by_key(self) -> list[dict[str, Any]]:
         """One row per key, in the order the keys were given (then keys topped up later):
         its balance, what it was charged and refunded (money as USD text), its tasks (all,
         still active, completed), peak of active tasks, polls of its tasks by it and by
-        other credentials, and its submits per answer. What `GET /_sandbox/keys` shows."""
+        other credentials, its submits per answer, and its refusals for content reasons
+        (`refusals`). What `GET /_sandbox/keys` shows."""
         rows = []
         for key, balance in self.balances.items():
             mine = [s for s in self.submissions if s.key == key]
@@ -127,6 +144,7 @@ class Truth:
                     "polls": sum(self.polls.get(s.task_id, 0) for s in mine),
                     "foreign_polls": self.foreign_poll_count(key),
                     "submits": dict(sorted(self.submits_by_key.get(key, {}).items())),
+                    "refusals": self.refusals(key),
                 }
             )
         return rows
@@ -151,4 +169,6 @@ class Truth:
             submissions_per_payload=dict(data.get("submissions_per_payload", {})),
             foreign_polls=dict(data.get("foreign_polls", {})),
             submits_by_key={k: dict(c) for k, c in data.get("submits_by_key", {}).items()},
+            refused_submits=dict(data.get("refused_submits", {})),
+            refused_payloads=dict(data.get("refused_payloads", {})),
         )
