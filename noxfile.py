@@ -11,8 +11,9 @@ from __future__ import annotations
 import nox
 
 SOURCES = ["batchgen", "tests", "bench", "noxfile.py"]
-# The README's test command: the whole suite, in parallel (pytest-xdist, a worker per core).
-TESTS = ["python", "-m", "pytest", "-n", "auto"]
+# The README's test command: the whole suite, in parallel (pytest-xdist, a worker per core;
+# loadgroup: the tests of one `xdist_group` share a worker).
+TESTS = ["python", "-m", "pytest", "-n", "auto", "--dist", "loadgroup"]
 
 nox.options.sessions = ["lint", "types", "test"]
 

@@ -59,7 +59,7 @@ if _missing():
         raise RuntimeError(_missing())
     pytest.skip(_missing() or "", allow_module_level=True)
 
-# With -n (xdist, --dist loadgroup), this module's tests run in one worker: the finished run
+# With -n and --dist loadgroup (the README's command), this module's tests run in one worker: the finished run
 # they share (a module fixture) is made once, not once in each worker.
 pytestmark = pytest.mark.xdist_group("review_browser")
 
