@@ -79,7 +79,7 @@ class Commands(click.Group):
     """batchgen's command group: every command that uses the ledger also takes `--ledger`
     after its name (`batchgen status --ledger x.db`), same as before it."""
 
-    WITHOUT_LEDGER = frozenset({"validate", "sandbox", "init"})
+    WITHOUT_LEDGER = frozenset({"validate", "sandbox", "init", "verify"})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if cmd.name not in self.WITHOUT_LEDGER and not any(p.name == "ledger" for p in cmd.params):
@@ -776,6 +776,126 @@ def review(ctx: click.Context, campaigns: tuple[str, ...], port: int, out_dir: s
     review_main(ledger_path(ctx), list(campaigns), out_dir, port)
 
 
+@cli.command()
+@campaign_option
+@click.option("--approved", "which", flag_value="approved", default=True,
+              help="Only the results approved in review (the default).")  # fmt: skip
+@click.option("--all", "which", flag_value="all", help="Every saved result, whatever its verdict.")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The folder to copy into (made if missing).",
+)
+@click.option(
+    "--layout",
+    default="{campaign}/{file}",
+    show_default=True,
+    metavar="TEMPLATE",
+    help="Each copy's path in DIR, from {campaign} {job} {model} {verdict} {file} {stem} "
+    "{ext} {n}.",
+)
+@click.option(
+    "--sign-cert",
+    type=click.Path(dir_okay=False),
+    metavar="PEM",
+    help="The team's C2PA signing certificate (PEM: the leaf, then its CA's).",
+)
+@click.option("--sign-key", type=click.Path(dir_okay=False), metavar="PEM",
+              help="The private key of --sign-cert (PEM).")  # fmt: skip
+@click.option("--with-prompt", is_flag=True, help="Also write each prompt into the copy's XMP.")
+@json_option
+@click.pass_context
+@reports_errors
+def export(
+    ctx: click.Context,
+    campaigns: tuple[str, ...],
+    which: str,
+    to: str,
+    layout: str,
+    sign_cert: str | None,
+    sign_key: str | None,
+    with_prompt: bool,
+    as_json: bool,
+) -> None:
+    """Hand results to editors: copies with their AI marks, and a manifest (CSV, JSON).
+
+    Each copy carries XMP DigitalSourceType=trainedAlgorithmicMedia and the model (and
+    the prompt with --with-prompt) where the format allows, except that a file carrying a
+    provider's C2PA manifest is copied byte-exact. With --sign-cert and --sign-key each
+    copy is signed with the team's C2PA manifest (a provider's kept as its parent). The
+    saved originals are never changed; an export interrupted goes on where it stopped.
+
+    \b
+    Examples:
+        batchgen export --to handoff
+        batchgen export --campaign spring --all --to dam --layout "{campaign}/{verdict}/{file}"
+        batchgen export --to handoff --sign-cert team.pem --sign-key team.key
+    """
+    from batchgen.ledger import Ledger
+    from batchgen.provenance import export as export_module
+    from batchgen.provenance.sign import TeamSigner
+
+    if (sign_cert is None) != (sign_key is None):
+        raise click.UsageError("--sign-cert and --sign-key go together")
+    export_module.check_layout(layout)
+    signer = None if sign_cert is None else TeamSigner.load(sign_cert, str(sign_key))
+    options = export_module.Export(
+        to=Path(to),
+        campaigns=list(campaigns),
+        approved_only=which == "approved",
+        layout=layout,
+        signer=signer,
+        with_prompt=with_prompt,
+    )
+    ledger = Ledger.read_only(ledger_path(ctx))  # export only reads the ledger
+    tally = export_module.run(ledger, options, lambda line: click.echo(shown(line), err=True))
+    if not tally.rows and options.approved_only:
+        click.echo("no approved result saved: approve in `batchgen review`, or --all", err=True)
+    counts = {"copied": tally.copied, "kept": tally.kept, "failed": tally.failed}
+    if as_json:
+        click.echo(json.dumps({**counts, "manifest": str(Path(to) / "export-manifest.json")}))
+    else:
+        click.echo(
+            f"{tally.copied} copied, {tally.kept} already there, {tally.failed} failed; "
+            f"manifest: {Path(to) / 'export-manifest.csv'} and .json"
+        )
+    sys.exit(1 if tally.failed else 0)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--trust-anchor",
+    type=click.Path(dir_okay=False),
+    metavar="PEM",
+    help="A root certificate (PEM) to trust, e.g. the team's own CA.",
+)
+@json_option
+@reports_errors
+def verify(files: tuple[str, ...], trust_anchor: str | None, as_json: bool) -> None:
+    """What each file's AI marks say: C2PA manifests, issuers, validation, XMP labels.
+
+    Exit 0 when every file's marks are valid, 1 when one is invalid or forged (changed
+    after signing), 3 when one has none.
+
+    \b
+    Examples:
+        batchgen verify out/spring-launch/*.mp4
+        batchgen verify export/poster.png --trust-anchor team-root.pem --json
+    """
+    from batchgen.provenance import verify as verify_module
+
+    results = verify_module.verify(list(files), trust_anchor)
+    if as_json:
+        click.echo(json.dumps({"files": results}, ensure_ascii=False))
+    else:
+        click.echo(verify_module.text(results))
+    sys.exit(verify_module.exit_code(results))
+
+
 def _sandbox_keys(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
     """`--key KEY[=USD]`, repeatable: checked here so a bad one is a usage error (exit 2)."""
     from batchgen.sandbox.config import parse_keys
@@ -877,6 +997,12 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     default=DEFAULT_PROGRESS_MODE,
     show_default=True,
     help="How a running task reports progress (see the README's sandbox section).",
+)
+@click.option(
+    "--provenance",
+    is_flag=True,
+    help="Sign result files with a C2PA manifest as a provider would (a throwaway CA made "
+    "at start; needs batchgen[provenance]).",
 )
 @click.option(
     "--state",

@@ -31,6 +31,9 @@ its error and tried again by the next `download`, never by generating again.
   that folder is downloaded into.
 - Resumable: a file already at its path with the recorded size and SHA-256 is kept
   without any request.
+- Provenance (PRODUCT.md §13): the marks of each file saved (its C2PA manifests, XMP and
+  other AI labels) are read from it once it is in place, and recorded with it; the file
+  itself is never altered.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger
 from batchgen.pacing import backoff
 from batchgen.processes import pid_running
+from batchgen.provenance.marks import read as read_marks
 from batchgen.text import shown
 
 CHUNK = 1 << 16
@@ -276,13 +280,18 @@ class Downloader:
                     await asyncio.to_thread(clean_stale_parts, path.parent)
                 if await self._intact(path, row):
                     self.tally.kept += 1
-                    if row["path"] != str(path):
+                    if row["path"] != str(path) or row.get("provenance") is None:
+                        marks = None
+                        if row.get("provenance") is None:  # saved before batchgen read marks
+                            marks = await asyncio.to_thread(read_marks, path)
                         self.ledger.file_saved(
-                            campaign, job_id, n, url, str(path), row["size"], row["sha256"]
-                        )
+                            campaign, job_id, n, url, str(path), row["size"], row["sha256"],
+                            marks,
+                        )  # fmt: skip
                 else:
                     size, digest = await self._fetch(url, path)
-                    self.ledger.file_saved(campaign, job_id, n, url, str(path), size, digest)
+                    marks = await asyncio.to_thread(read_marks, path)
+                    self.ledger.file_saved(campaign, job_id, n, url, str(path), size, digest, marks)
                     self.tally.saved += 1
                     self.tally.bytes += size
             return True

@@ -864,6 +864,12 @@ def m010_runners(db: sqlite3.Connection) -> None:
     )
 
 
+def m012_provenance(db: sqlite3.Connection) -> None:
+    """Each saved file's marks, read on save (PRODUCT §13): its C2PA manifests, XMP and
+    other AI labels, as JSON (batchgen/provenance/marks.py); NULL: not read yet."""
+    db.execute("ALTER TABLE files ADD COLUMN provenance TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_observed_times,
@@ -875,6 +881,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m008_exact_dollar_views,
     m009_refusals,
     m010_runners,
+    m012_provenance,
 ]
 
 

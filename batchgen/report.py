@@ -33,6 +33,7 @@ from rich.text import Text
 
 from batchgen.ledger import Ledger
 from batchgen.money import to_micros, usd
+from batchgen.provenance.marks import summary
 from batchgen.text import shown
 
 COLUMNS = (
@@ -67,6 +68,7 @@ ATTEMPT_COLUMNS = (
     "refunded_usd",
     "error",
     "files",
+    "provenance",  # each file's marks, read on save (PRODUCT §13)
     "verdict",  # the review's verdict on the result this attempt made, and its note
     "note",
 )
@@ -87,6 +89,7 @@ JOB_COLUMNS = (
     "refunded_usd",
     "error",
     "files",
+    "provenance",
     "verdict",  # of its current result (PRODUCT §12)
     "note",
 )
@@ -98,8 +101,8 @@ CSV_JOB_COLUMNS = ("campaign", "job_id", "model", "status", "prompt", "tags", "d
                    "variant")  # fmt: skip
 CSV_ATTEMPT_COLUMNS = ("attempt", "started_at", "http_status", "outcome", "state", "task_id",
                        "key_label", "unit_price_usd", "spent_usd", "in_flight_usd",
-                       "unknown_usd", "refunded_usd", "error", "files", "verdict",
-                       "note")  # fmt: skip
+                       "unknown_usd", "refunded_usd", "error", "files", "provenance",
+                       "verdict", "note")  # fmt: skip
 
 
 def render(
@@ -203,6 +206,7 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
         first = attempts[0]
         sums = {k: sum(a[k] for a in attempts) for k in MONEY}
         files = [json.loads(a["files"]) for a in attempts if a["files"] is not None]
+        marks = [json.loads(a["provenance"]) for a in attempts if a["provenance"] is not None]
         yield {
             "campaign": first["campaign"],
             "id": first["id"],
@@ -217,6 +221,7 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
             **{MONEY[k]: _usd(v) for k, v in sums.items()},
             "error": first["last_error"],
             "files": files[-1] if files else [],
+            "provenance": marks[-1] if marks else [],
             "verdict": first["job_verdict"],
             "note": first["job_note"],
             "attempts": [
@@ -233,6 +238,9 @@ def _jobs(ledger: Ledger, scope: list[str] | None) -> Iterator[dict[str, Any]]:
                     **{MONEY[k]: _usd(a[k]) for k in MONEY},
                     "error": a["error"],
                     "files": json.loads(a["files"]) if a["files"] is not None else [],
+                    "provenance": (
+                        json.loads(a["provenance"]) if a["provenance"] is not None else []
+                    ),
                     "verdict": a["attempt_verdict"],
                     "note": a["attempt_note"],
                 }
@@ -256,6 +264,7 @@ def _jobs_csv(jobs: Iterator[dict[str, Any]], size: int = 1 << 16) -> Iterator[s
         for attempt in job["attempts"] or [none]:
             cells = {**attempt, "attempt": attempt.get("number")}
             cells["files"] = "\n".join(attempt.get("files") or [])
+            cells["provenance"] = "\n".join(summary(m) for m in attempt.get("provenance") or [])
             writer.writerow(head + [cells.get(c) for c in CSV_ATTEMPT_COLUMNS])
         if out.tell() >= size:
             yield out.getvalue()
@@ -434,7 +443,8 @@ def _groups_table(
 def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
     """One row per attempt with its own money, like the CSV (a job without one: one row)."""
     headers = ("campaign/job", "model", "status", "#", "started", "state", "task", "spent",
-               "in flight", "unknown", "refunded", "error", "verdict")  # fmt: skip
+               "in flight", "unknown", "refunded", "error", "provenance",
+               "verdict")  # fmt: skip
     cells: list[list[str]] = [[] for _ in headers]
     for job in jobs:
         name = f"{job['campaign']}/{job['id']}"
@@ -450,6 +460,7 @@ def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
                 (a["task_id"] or "") if a else "",
                 *(("$" + a[m]) if a else "$0.00" for m in MONEY.values()),
                 (a["error"] or "") if a else "",
+                "; ".join(summary(m) for m in a["provenance"]) if a else "",
                 (a["verdict"] or "") if a else "",
             ]
             for column, value in zip(cells, values, strict=True):
@@ -466,8 +477,8 @@ def _jobs_table(jobs: Iterator[dict[str, Any]], width: int) -> str:
     table, dropped = _fitted_table(
         columns,
         width,
-        when_zero=["refunded", "in flight", "unknown", "error", "verdict"],
-        when_narrow=["started", "task", "model", "error"],
+        when_zero=["refunded", "in flight", "unknown", "error", "provenance", "verdict"],
+        when_narrow=["started", "task", "model", "provenance", "error"],
     )
     out = io.StringIO()
     console = _console(out, width)

@@ -42,6 +42,7 @@ TESTS = {
     "templates": ["tests/test_templates.py"],
     # Several runners (PRODUCT §6): the rules the claim and takeover transactions apply.
     "arbitration": ["tests/test_claims.py"],
+    "ledger/claims": ["tests/test_claims.py"],
 }
 
 SWAPS: dict[type, list[type]] = {

@@ -12,7 +12,8 @@ from hypothesis import settings
 # unit: nothing, logic in the test's process (files in tmp_path allowed), quick;
 # integration: servers on 127.0.0.1 in the test's process (the sandbox, webhooks), or
 # batchgen's parts at work together at length (the scheduler's state machine: a real
-# Scheduler and ledger for 100 runs of 40 steps, 15-20 s);
+# Scheduler and ledger for 100 runs of 40 steps, 15-20 s), with the helper processes
+# batchgen itself starts (the C2PA reader, exiftool);
 # e2e: another process (the real `batchgen` command, the standalone sandbox, a browser, pip,
 # bash). tests/test_tiers.py checks that every test module is here, once.
 TIERS = {
@@ -44,6 +45,8 @@ TIERS = {
     "integration": [
         "test_notify",
         "test_progress_curves",
+        "test_provenance_export",
+        "test_provenance_marks",
         "test_state_machine",
     ],
     "e2e": [
@@ -66,6 +69,7 @@ TIERS = {
         "test_log_e2e",
         "test_notify_e2e",
         "test_pacing_e2e",
+        "test_provenance_e2e",
         "test_refusals_e2e",
         "test_replace",
         "test_review_browser",

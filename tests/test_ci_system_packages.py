@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "system-packages"
-NEEDED = ("chromium", "chromedriver", "ffprobe", "file")
+NEEDED = ("chromium", "chromedriver", "ffprobe", "file", "exiftool")
 
 
 def _tool(bin_dir: Path, name: str, body: str) -> None:
@@ -60,7 +60,9 @@ def test_only_the_missing_packages_are_installed_and_apt_waits_for_dpkgs_lock(tm
     assert result.returncode == 0, result.stderr
     assert len(calls) == 2
     assert all("-o DPkg::Lock::Timeout=600" in call for call in calls)
-    assert calls[1].endswith("install -y -qq --no-install-recommends chromium-driver ffmpeg")
+    assert calls[1].endswith(
+        "install -y -qq --no-install-recommends chromium-driver ffmpeg libimage-exiftool-perl"
+    )
 
 
 def test_an_update_refused_because_another_apt_holds_the_lock_is_tried_again(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from batchgen.arbitration import Claim, ClaimFacts, RunnerState, beat_every, claim_verdict
 from batchgen.arbitration import runner_state as state_of
-from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger import Ledger, LedgerJob, Takeover
 from batchgen.processes import Liveness
 from tests.crashing import build_ledger
 
@@ -118,6 +118,7 @@ def test_two_runners_claiming_one_job_get_it_once(path):
     (a, a_id), (b, b_id) = runner(path, ["k1"]), runner(path, ["k1"])
     first, second = job(a, 0), job(b, 0)  # both read it queued
     assert a.claim(first, a_id, "k1", 3, 4)[0] is Claim.CLAIMED
+    assert first.status == "submitting"
     verdict, attempt = b.claim(second, b_id, "k1", 3, 4)
     assert (verdict, attempt) == (Claim.TAKEN, None)
     assert a.query("SELECT runner_id FROM attempts") == [{"runner_id": a_id}]
@@ -131,6 +132,21 @@ def test_a_keys_slots_are_counted_across_runners(path):
     assert claim(b, b_id, 3)[0] is Claim.NO_SLOT
     assert claim(b, b_id, 3, key="k2")[0] is Claim.CLAIMED
     assert job(b, 3).status == "submitting"
+
+
+def test_the_budget_counts_what_was_spent_and_what_is_in_flight_as_well(path):
+    ledger, me = runner(path, ["k1", "k2"])
+    done, running = job(ledger, 0), job(ledger, 1)
+    for each, task in ((done, "t-0"), (running, "t-1")):
+        _, attempt = ledger.claim(each, me, "k1", 3, 4)
+        assert attempt is not None and ledger.attempt_created(each, attempt, 200, task)
+    assert ledger.task_completed(done, ["https://cdn.example/t-0.mp4"])
+    assert ledger.in_flight_anywhere("c") == 1
+    for _ in range(3):  # $0.10 spent + $0.10 in flight + three claims = $0.50
+        assert ledger.claim(next(ledger.queued_jobs()), me, "k2", 3, 4)[0] is Claim.CLAIMED
+    assert ledger.in_flight_anywhere("c") == 4
+    assert ledger.claim(next(ledger.queued_jobs()), me, "k1", 3, 4)[0] is Claim.BUDGET
+    assert ledger.in_flight_anywhere("elsewhere") == 0
 
 
 def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(path):
@@ -150,9 +166,10 @@ def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(pat
 
 def test_a_job_whose_attempts_are_used_is_exhausted(path):
     ledger, me = runner(path, ["k1"])
-    ledger.conn.execute("UPDATE jobs SET attempts = 4 WHERE id = ?", (job(ledger, 0).id,))
-    used = job(ledger, 0)
-    assert claim(ledger, me, 0) == (Claim.EXHAUSTED, None)
+    used = job(ledger, 0)  # read with 0 attempts; then other runners use them all
+    ledger.conn.execute("UPDATE jobs SET attempts = 4 WHERE id = ?", (used.id,))
+    assert ledger.claim(used, me, "k1", 3, 4) == (Claim.EXHAUSTED, None)
+    assert used.attempts == 4  # as the ledger counts them, whatever this runner had read
     assert ledger.fail_job(used, "gave up")
     assert not ledger.fail_job(used, "gave up")  # not queued any more
 
@@ -192,7 +209,8 @@ def test_a_live_runners_attempts_are_not_taken_and_a_stopped_ones_are(path):
     assert b.take_over(b_id).orphans == []  # A lives (this very process, a fresh heartbeat)
     assert [j.id for j in a.owned_jobs(a_id)] == [mine.id]
     a.unregister_runner(a_id)  # A stops with its task still running
-    takeover = b.take_over(b_id)
+    assert b.take_over(b_id, ["another-campaign"]).orphans == []  # not among its campaigns
+    takeover = b.take_over(b_id, ["c"])
     assert [(o.job_id, o.state) for o in takeover.orphans] == [(mine.id, "running")]
     assert [j.id for j in b.owned_jobs(b_id)] == [mine.id]
 
@@ -231,3 +249,27 @@ def test_status_lists_the_live_runners_with_their_keys(path):
     with a.transaction() as db:
         db.execute("UPDATE runners SET heartbeat_at = '2000-01-01T00:00:00Z' WHERE id = ?", [b_id])
     assert [r["keys"] for r in a.runners()] == [["studio", "night"]]
+
+
+def test_a_runner_elsewhere_that_missed_beats_is_waited_for_then_taken_over(path, monkeypatch):
+    (a, a_id), (b, b_id) = runner(path, ["k1"], lease=60.0), runner(path, ["k1"])
+    mine = job(a, 0)
+    _, attempt = a.claim(mine, a_id, "k1", 3, 4)
+    assert attempt is not None and a.attempt_created(mine, attempt, 200, "t-1", runner_id=a_id)
+
+    def a_beat_ago(seconds: int) -> None:  # A runs on another machine, last heard of then
+        stamp = f"2026-12-07T00:00:{60 - seconds:02d}Z" if seconds < 60 else "2000-01-01T00:00:00Z"
+        with a.transaction() as db:
+            db.execute(
+                "UPDATE runners SET host = 'render-02', machine = 'elsewhere', heartbeat_at = ?"
+                " WHERE id = ?",
+                [stamp, a_id],
+            )
+
+    monkeypatch.setattr("batchgen.ledger.claims.now", lambda: "2026-12-07T00:01:00.000000Z")
+    a_beat_ago(10)  # within two beats (15 s each for a 60 s lease): alive
+    assert b.take_over(b_id) == Takeover([], 0, {})
+    a_beat_ago(40)  # late: its task is waited for, not taken
+    assert b.take_over(b_id) == Takeover([], 1, {})
+    a_beat_ago(61)  # its lease lapsed: dead, its task is taken over
+    assert [o.job_id for o in b.take_over(b_id).orphans] == [mine.id]

@@ -316,7 +316,8 @@ def test_m005_keeps_every_row_and_links_each_attempt_and_file_to_its_job(tmp_pat
     # runner_id: NULL, no runner follows a finished attempt)
     assert table(path, "attempts", "job_ref", "key_label", "runner_id") == before["attempts"]
     assert {r["key_label"] for r in rows(path, "SELECT key_label FROM attempts")} == {None}
-    assert table(path, "files", "job_ref") == before["files"]
+    # m012 adds each file's provenance: NULL, not read yet (download reads it)
+    assert table(path, "files", "job_ref", "provenance") == before["files"]
     assert table(path, "events") == before["events"]
     refs = {(r["campaign"], r["id"]): r["ref"] for r in rows(path, "SELECT * FROM jobs")}
     assert refs == {(r["campaign"], r["id"]): r["rowid"] for r in old_rowids}

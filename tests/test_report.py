@@ -327,6 +327,7 @@ def test_per_job_json_nests_each_attempt_with_its_price_task_and_state(audit):
         "refunded_usd",
         "error",
         "files",
+        "provenance",
         "verdict",
         "note",
     ]
@@ -353,7 +354,7 @@ def test_per_job_csv_has_one_row_per_attempt_with_its_own_money_only(tmp_path):
     assert text.splitlines()[0] == (
         "campaign,job_id,model,status,prompt,tags,duration,variant,attempt,started_at,"
         "http_status,outcome,state,task_id,key_label,unit_price_usd,spent_usd,in_flight_usd,"
-        "unknown_usd,refunded_usd,error,files,verdict,note"
+        "unknown_usd,refunded_usd,error,files,provenance,verdict,note"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["job_id"], r["attempt"], r["state"], r["spent_usd"], r["refunded_usd"],
@@ -364,6 +365,22 @@ def test_per_job_csv_has_one_row_per_attempt_with_its_own_money_only(tmp_path):
     ]  # fmt: skip
     assert {r["prompt"] for r in rows} == {"prompt twice", "prompt never"}
     assert rows[2]["unit_price_usd"] == ""
+
+
+def test_per_job_reports_show_the_marks_read_from_each_saved_file(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = make_ledger(path, [grok("signed")])
+    complete(ledger, "signed")
+    c2pa = {"state": "valid", "failures": [], "error": None, "untrusted": True,
+            "manifests": [{"issuer": "Okaypic"}]}  # fmt: skip
+    marks = {"c2pa": c2pa, "xmp": None, "labels": [], "marked": True, "error": None}
+    ledger.file_saved("c", "signed", 0, f"{CDN}/s.mp4", "out/c/s.mp4", 10, "ab" * 32, marks)
+    ledger.close()
+    [job] = report(path, per_job=True)["jobs"]
+    assert job["provenance"] == [marks] and job["attempts"][0]["provenance"] == [marks]
+    [row] = csv.DictReader(io.StringIO(report(path, fmt="csv", per_job=True)))
+    assert row["provenance"] == "C2PA valid (Okaypic)"
+    assert "C2PA valid (Okaypic)" in report(path, fmt="table", per_job=True)
 
 
 def test_per_job_csv_money_columns_sum_to_the_totals(audit):

@@ -65,13 +65,15 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
     ).fetchall()
     attempts = db.execute(f"SELECT * FROM attempts WHERE campaign IN ({marks})", names).fetchall()
     counts = dict.fromkeys(migrations.JOB_STATUSES, 0)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+    provenance = "provenance" if "provenance" in columns else "NULL"  # m012
     entries = []
     verdicts = {"approved": 0, "rejected": 0, "unreviewed": 0}
     for job in jobs:
         counts[job["status"]] += 1
         files = db.execute(
-            "SELECT path FROM files WHERE campaign = ? AND job_id = ? AND error IS NULL"
-            " AND downloaded_at IS NOT NULL ORDER BY n",
+            f"SELECT path, {provenance} FROM files WHERE campaign = ? AND job_id = ?"
+            " AND error IS NULL AND downloaded_at IS NOT NULL ORDER BY n",
             (job["campaign"], job["id"]),
         ).fetchall()
         verdict = None
@@ -101,6 +103,7 @@ def plain_status(path: Path, campaigns: list[str] | None = None) -> dict[str, An
                 "cost_usd": usd(job["cost_micro_usd"]),
                 "result_urls": json.loads(job["result_urls"] or "[]"),
                 "files": [f[0] for f in files],
+                "provenance": [json.loads(f[1]) if f[1] else None for f in files],
                 "verdict": verdict,
                 "error": job["last_error"],
             }
@@ -202,7 +205,11 @@ def every_kind_of_job(path: Path) -> Ledger:
     ledger.record_verdict("c", "done", done.task_id or "", "approved", None)
     complete(ledger, f"odd {ODD}", urls=[f"{CDN}/caf\u00e9 {ODD}.mp4"])
     complete(ledger, "two-files", urls=[f"{CDN}/a.mp4", f"{CDN}/b.mp4"])
-    ledger.file_saved("c", "two-files", 1, f"{CDN}/b.mp4", f"out/c/two {ODD}.mp4", 3, "ab")
+    marks = {"c2pa": None, "xmp": {"description": ODD}, "labels": [], "marked": False}
+    columns = {row[1] for row in ledger.conn.execute("PRAGMA table_info(files)")}
+    if "provenance" not in columns:  # a ledger from before m012
+        marks = None
+    ledger.file_saved("c", "two-files", 1, f"{CDN}/b.mp4", f"out/c/two {ODD}.mp4", 3, "ab", marks)
     ledger.file_saved("c", "two-files", 0, f"{CDN}/a.mp4", "out/c/two-files.mp4", 3, "cd")
     ledger.file_failed("c", "done", 0, f"{CDN}/done.mp4", f"HTTP 404 {ODD}")
     for job_id in ("judged", "withdrawn", "again"):

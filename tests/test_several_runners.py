@@ -232,3 +232,40 @@ def stopped(pid: int) -> bool:
     """Is this process stopped (SIGSTOP)?"""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rpartition(")")[2].split()[0] == "T"
+
+
+def test_a_runner_stopped_with_ctrl_c_leaves_its_tasks_to_the_other_at_once(make_sandbox, tmp_path):
+    """Ctrl-C on one of two runners: it exits 130, leaving its tasks in flight to the ledger
+    (no runner owns them), and the other follows them to their end, submitting none again."""
+    sandbox = two_keys(make_sandbox, time_scale=0.05)
+    ledger = tmp_path / "l.db"
+    ingest(ledger, grok_batch(tmp_path / "m.yaml", 12))
+    # A lease of 1 s: the other runner looks for orphans every 0.25 s.
+    first = spawn(
+        "resume", *FAST, "--lease", "1s", ledger=ledger, base_url=sandbox.base_url,
+        keys=f"studio={ALPHA}", stdout=None,
+    )  # fmt: skip
+    second = None
+    try:
+        wait_for(lambda: len(sandbox.sim.truth().submissions) >= 3)  # the first's 3 slots
+        second = spawn(
+            "resume", *FAST, "--lease", "1s", ledger=ledger, base_url=sandbox.base_url,
+            keys=f"studio={ALPHA}", stdout=None,
+        )  # fmt: skip
+        wait_for(lambda: len(status_json(ledger)["runners"]) == 2)
+        first.send_signal(signal.SIGINT)
+        _, first_err = first.communicate(timeout=30)
+        assert first.returncode == 130, first_err
+        _, second_err = second.communicate(timeout=120)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert second is not None and second.returncode == 0, second_err
+    assert "Traceback" not in first_err + second_err
+    assert "task(s) of a runner that is gone" in second_err
+    truth = sandbox.sim.truth()
+    assert len(truth.submissions) == 12
+    assert status_json(ledger)["counts"]["completed"] == 12
+    check_the_promises(truth, ledger)

@@ -32,6 +32,7 @@ JOB_KEYS = [
     "cost_usd",
     "result_urls",
     "files",
+    "provenance",  # each file's marks, read on save (PRODUCT §13)
     "verdict",
     "error",
 ]
@@ -91,6 +92,7 @@ def test_status_json_has_exactly_the_contract_shape(tmp_path):
         "cost_usd": "0.40",
         "result_urls": ["https://cdn.example.com/done.mp4"],
         "files": [],
+        "provenance": [],
         "verdict": None,
         "error": None,
     }
@@ -123,6 +125,17 @@ def test_files_lists_only_paths_saved_by_download(tmp_path):
     ledger.file_saved("c", "two", 0, "https://cdn/a.mp4", "out/c/two-1.mp4", 3, "cd")
     [job] = status_data(ledger, [])["jobs"]
     assert job["files"] == ["out/c/two-1.mp4", "out/c/two-2.mp4"]
+
+
+def test_each_saved_file_has_its_marks_in_the_order_of_files(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", [grok("two")])
+    complete(ledger, "two", urls=["https://cdn/a.mp4", "https://cdn/b.mp4"])
+    marked = {"c2pa": None, "xmp": {"digital_source_type": "trainedAlgorithmicMedia"},
+              "labels": [], "marked": True, "error": None}  # fmt: skip
+    ledger.file_saved("c", "two", 1, "https://cdn/b.mp4", "out/c/two-2.mp4", 3, "ab", marked)
+    ledger.file_saved("c", "two", 0, "https://cdn/a.mp4", "out/c/two-1.mp4", 3, "cd")
+    [job] = status_data(ledger, [])["jobs"]
+    assert job["provenance"] == [None, marked]  # the first not read (saved before m012)
 
 
 def test_the_human_view_can_leave_the_jobs_list_out(tmp_path):

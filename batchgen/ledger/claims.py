@@ -27,8 +27,6 @@ from batchgen.ledger.base import LedgerJob, _campaign_filter, _tables, now
 from batchgen.ledger.scheduling import SchedulingMixin, _ledger_job
 from batchgen.processes import Holder, liveness, this_process
 
-IN_FLIGHT = ("sending", "running")  # an attempt that holds its key's slot
-
 
 @dataclass(frozen=True)
 class Orphan:

@@ -4,6 +4,7 @@ own (file records, requeue)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,12 @@ class ReadsMixin(LedgerBase):
         )
 
     @functools.cached_property
+    def _provenance(self) -> str:
+        """The files' provenance column (m012), or NULL on a ledger read before it."""
+        kept = any(row[1] == "provenance" for row in self.conn.execute("PRAGMA table_info(files)"))
+        return "f.provenance" if kept else "NULL"
+
+    @functools.cached_property
     def _key_totals_table(self) -> str:
         """Where each key's sums are read: `key_totals` (m007, kept by triggers; its
         `refusals` since m009), or on a ledger not yet migrated, the attempts themselves in
@@ -188,11 +195,12 @@ class ReadsMixin(LedgerBase):
     def status_entries(self, campaigns: list[str] | None = None) -> Iterator[str]:
         """Every job, in ingestion order, as the JSON text of its `status --json` entry
         (campaign, id, status, model, attempts, task_id, key, cost_usd, result_urls, files,
-        verdict, error), spelled as `json.dumps` spells it, one at a time as SQLite reads
-        them: a million jobs are never held at once. Saved files are the paths `download`
-        recorded without error; the verdict is its current result's; key is the label
-        of the job's key (see `_job_key`; null for none, or one recorded before labels);
-        cost_usd is the job's `cost_micro_usd` as money text (money.usd)."""
+        provenance, verdict, error), spelled as `json.dumps` spells it, one at a time as
+        SQLite reads them: a million jobs are never held at once. Saved files are the paths
+        `download` recorded without error, provenance the marks read from each (null: not
+        read); the verdict is its current result's; key is the label of the job's key (see
+        `_job_key`; null for none, or one recorded before labels); cost_usd is the job's
+        `cost_micro_usd` as money text (money.usd)."""
         where, params = _campaign_filter(campaigns, "j.campaign")
         rows = self.conn.execute(
             "SELECT '{\"campaign\": ' || json_quote(j.campaign) || ', \"id\": ' || json_quote(j.id)"
@@ -206,9 +214,13 @@ class ReadsMixin(LedgerBase):
             "   WHEN instr(j.result_urls, '\\u') = 0 THEN j.result_urls"
             "   ELSE '[' || COALESCE((SELECT group_concat(json_quote(u.value), ', ')"
             "    FROM json_each(j.result_urls) u), '') || ']' END"
+            # The saved files' paths, then each one's marks as recorded (json.dumps'd; null
+            # where not read), in one look at the job's files.
             " || ', \"files\": [' || COALESCE((SELECT group_concat(json_quote(f.path), ', ')"
-            "   FROM (SELECT path FROM files f WHERE f.job_ref = j.ref AND f.error IS NULL"
-            "    AND f.downloaded_at IS NOT NULL ORDER BY f.n) f), '') || ']'"
+            "   || '], \"provenance\": [' || group_concat(COALESCE(f.p, 'null'), ', ')"
+            f"   FROM (SELECT path, {self._provenance} AS p FROM files f"
+            "    WHERE f.job_ref = j.ref AND f.error IS NULL AND f.downloaded_at IS NOT NULL"
+            "    ORDER BY f.n) f), '], \"provenance\": [') || ']'"
             f" || ', \"verdict\": ' || json_quote({CURRENT_VERDICT})"
             " || ', \"error\": ' || json_quote(j.last_error) || '}'"
             f" FROM jobs j WHERE 1=1 {where} ORDER BY j.campaign, j.position",
@@ -342,7 +354,8 @@ class ReadsMixin(LedgerBase):
         Per attempt: spent, in_flight, unknown, refunded (its money, by the rules; 0 when
         the job has no attempt), its key_label (NULL for one recorded before labels),
         `files`: a JSON list of the paths saved from its task, on the attempt whose task is
-        the job's completed one (NULL on the others), and attempt_verdict and attempt_note
+        the job's completed one (NULL on the others), `provenance` likewise (a JSON list of
+        each file's marks, null where not read), and attempt_verdict and attempt_note
         (the review's on the result it made). Per job: job_verdict and job_note (of its
         current result).
         """
@@ -366,7 +379,12 @@ class ReadsMixin(LedgerBase):
                 " CASE WHEN j.status = 'completed' AND a.state = 'completed'"
                 "  AND a.task_id = j.task_id THEN (SELECT json_group_array(path) FROM"
                 "   (SELECT path FROM files f WHERE f.campaign = j.campaign AND f.job_id = j.id"
-                "    AND f.path IS NOT NULL AND f.error IS NULL ORDER BY f.n)) END AS files"
+                "    AND f.path IS NOT NULL AND f.error IS NULL ORDER BY f.n)) END AS files,"
+                " CASE WHEN j.status = 'completed' AND a.state = 'completed'"
+                "  AND a.task_id = j.task_id THEN (SELECT json_group_array(json(COALESCE(p,"
+                f"   'null'))) FROM (SELECT {self._provenance} AS p FROM files f"
+                "    WHERE f.campaign = j.campaign AND f.job_id = j.id AND f.path IS NOT NULL"
+                "    AND f.error IS NULL ORDER BY f.n)) END AS provenance"
                 " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
                 f"{JOB_VERDICT_JOIN} WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
                 params,
@@ -378,7 +396,8 @@ class ReadsMixin(LedgerBase):
     ) -> list[dict[str, Any]]:
         """One row per result URL of each completed job (or of one job), with what the
         `files` table recorded for it: campaign, job_id, n (index in result_urls), count
-        (of the job's URLs), url, saved_url, path, size, sha256, downloaded_at, and result:
+        (of the job's URLs), url, saved_url, path, size, sha256, downloaded_at, provenance
+        (its JSON text, NULL when not read), and result:
         the job's how-manyth result this is (1, or more after `retry --rejected`)."""
         where, params = _campaign_filter(campaigns, "j.campaign")
         if job is not None:
@@ -386,7 +405,7 @@ class ReadsMixin(LedgerBase):
         return self.query(
             "SELECT j.campaign, j.id AS job_id, u.key AS n,"
             " json_array_length(j.result_urls) AS count, u.value AS url, f.url AS saved_url,"
-            " f.path, f.size, f.sha256, f.downloaded_at,"
+            f" f.path, f.size, f.sha256, f.downloaded_at, {self._provenance} AS provenance,"
             " (SELECT COUNT(*) FROM attempts a WHERE a.campaign = j.campaign"
             "   AND a.job_id = j.id AND a.state = 'completed') AS result"
             " FROM jobs j JOIN json_each(j.result_urls) u"
@@ -395,6 +414,39 @@ class ReadsMixin(LedgerBase):
             " ORDER BY j.campaign, j.position, u.key",
             params,
         )
+
+    def exported_files(
+        self, campaigns: list[str] | None, approved_only: bool
+    ) -> list[dict[str, Any]]:
+        """The saved files of each completed job's current result (with `approved_only`,
+        those whose current verdict is approved), for `export`: campaign, job_id, prompt,
+        model, kind, task_id, cost_micro_usd, verdict, note, reviewer (NULL until the
+        ledger records reviewers), n, path, size, sha256, provenance (JSON text or NULL)."""
+        where, params = _campaign_filter(campaigns, "j.campaign")
+        reviewer = "NULL"
+        if self._verdicts_name_reviewers:  # the latest verdict row's on this result
+            reviewer = (
+                "(SELECT w.reviewer FROM verdicts w WHERE w.campaign = cv.campaign"
+                " AND w.job_id = cv.job_id AND w.task_id = cv.task_id ORDER BY w.id DESC LIMIT 1)"
+            )
+        approved = " AND cv.verdict = 'approved'" if approved_only else ""
+        return self.query(
+            "SELECT j.campaign, j.id AS job_id, j.prompt, j.model, j.kind, j.task_id,"
+            " j.cost_micro_usd, cv.verdict, cv.note, "
+            f"{reviewer} AS reviewer, f.n, f.path, f.size, f.sha256,"
+            f" {self._provenance} AS provenance"
+            " FROM jobs j JOIN files f ON f.campaign = j.campaign AND f.job_id = j.id"
+            f"{JOB_VERDICT_JOIN}"
+            " WHERE j.status = 'completed' AND f.path IS NOT NULL AND f.error IS NULL"
+            f" AND f.downloaded_at IS NOT NULL{approved} {where}"
+            " ORDER BY j.campaign, j.position, f.n",
+            params,
+        )
+
+    @functools.cached_property
+    def _verdicts_name_reviewers(self) -> bool:
+        """Whether the ledger records who gave each verdict (a `reviewer` column)."""
+        return any(row[1] == "reviewer" for row in self.conn.execute("PRAGMA table_info(verdicts)"))
 
     def recorded_file_paths(self, campaign: str) -> list[tuple[str, int, str]]:
         """(job id, n, path) of every result file of `campaign` recorded with a path, in
@@ -423,17 +475,31 @@ class ReadsMixin(LedgerBase):
         return {folded for (folded,) in rows}
 
     def file_saved(
-        self, campaign: str, job_id: str, n: int, url: str, path: str, size: int, sha256: str
+        self,
+        campaign: str,
+        job_id: str,
+        n: int,
+        url: str,
+        path: str,
+        size: int,
+        sha256: str,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
-        """Record a result file saved (or found intact) at `path`."""
+        """Record a result file saved (or found intact) at `path`, with the marks read
+        from it (`provenance`; None keeps what was recorded)."""
+        values: list[Any] = [campaign, job_id, n, url, path, size, sha256, now()]
+        column = update = ""
+        if provenance is not None:
+            column, update = ", provenance", ", provenance = excluded.provenance"
+            values.append(json.dumps(provenance, ensure_ascii=False))
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO files (campaign, job_id, n, url, path, size, sha256, downloaded_at,"
-                " error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+                "INSERT INTO files (campaign, job_id, n, url, path, size, sha256, downloaded_at"
+                f"{column}, error) VALUES ({', '.join('?' * len(values))}, NULL)"
                 " ON CONFLICT (campaign, job_id, n) DO UPDATE SET url = excluded.url,"
                 " path = excluded.path, size = excluded.size, sha256 = excluded.sha256,"
-                " downloaded_at = excluded.downloaded_at, error = NULL",
-                (campaign, job_id, n, url, path, size, sha256, now()),
+                f" downloaded_at = excluded.downloaded_at, error = NULL{update}",
+                values,
             )
 
     def file_failed(self, campaign: str, job_id: str, n: int, url: str, error: str) -> None:

@@ -80,6 +80,9 @@ class SandboxConfig:
       bytes; 0 serves them as made (tens of kilobytes).
     - progress: how a running task reports progress, one of progress_curves.PROGRESS_MODES
       (linear from submission by default; see batchgen/progress_curves.py and the README).
+    - provenance: result files carry a C2PA manifest signed as a provider would sign it
+      (media.Provider: a throwaway CA made when the sandbox starts; needs
+      `batchgen[provenance]`).
     """
 
     keys: dict[str, int] = field(default_factory=_default_keys)
@@ -101,6 +104,7 @@ class SandboxConfig:
     max_active_tasks: int = field(default_factory=_default_max_active)
     file_bytes: int = 0
     progress: str = DEFAULT_MODE
+    provenance: bool = False
 
     def __post_init__(self) -> None:
         for name in RATE_KNOBS:

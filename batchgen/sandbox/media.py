@@ -14,6 +14,10 @@ file is a few exp-Golomb header fields around raw pixels, in an ISO-BMFF box tre
 (ftyp, moov with avcC, then mdat), playable by browsers and read by ffprobe. Frames are
 small (the short side is 72 pixels, 10 frames a second) to keep files and tests fast;
 `min_size` pads a file (a `free` box, or a private PNG chunk) for tests that need big ones.
+
+With `--provenance` (`Provider`), files are signed with a C2PA manifest as a provider
+would sign them (an "Okaypic Sandbox" certificate from a throwaway CA made in memory when
+the sandbox starts), declaring `trainedAlgorithmicMedia`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import functools
 import hashlib
 import re
 import struct
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 
 VIDEO_SHORT_SIDE = 72
@@ -475,3 +481,52 @@ def result_file(kind: str, seed: str, ratio: str | None, seconds: int, min_size:
     if kind == "image":
         return png(seed, ratio, min_size)
     return mp4(seed, ratio, seconds, min_size)
+
+
+class Provider:
+    """Signs result files as a provider would: a C2PA manifest by "Okaypic Sandbox", from
+    a root CA made in memory for this sandbox (so its manifests read as valid, untrusted
+    unless `root` is given as a trust anchor). A file is signed once and then served as
+    signed (the last `keep` files), so a task's file has the same bytes at every fetch."""
+
+    ISSUER = "Okaypic Sandbox"
+
+    def __init__(self, keep: int = 256) -> None:
+        try:
+            import c2pa  # noqa: F401
+
+            from batchgen.provenance import certs
+        except ImportError:
+            from batchgen.errors import BatchgenError
+
+            raise BatchgenError(
+                "the sandbox's --provenance needs c2pa-python and cryptography: "
+                "pip install 'batchgen[provenance]'"
+            ) from None
+        self.credentials = certs.make(self.ISSUER)
+        self.root = self.credentials.root
+        self._signed: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def sign(self, recipe: tuple[str, str, str | None, int, int], data: bytes) -> bytes:
+        """`data` (the file `recipe` makes: result_file's arguments) signed."""
+        with self._lock:
+            if recipe in self._signed:
+                self._signed.move_to_end(recipe)
+                return self._signed[recipe]
+        from batchgen.provenance.sign import sign_bytes
+
+        kind, task_id = recipe[0], recipe[1]
+        manifest = {
+            "claim_generator_info": [{"name": "okaypic-sandbox", "version": "1"}],
+            "title": task_id,
+        }
+        mime = "image/png" if kind == "image" else "video/mp4"
+        creds = self.credentials
+        signed = sign_bytes(data, mime, creds.chain, creds.key, manifest)
+        with self._lock:
+            signed = self._signed.setdefault(recipe, signed)
+            while len(self._signed) > self._keep:
+                self._signed.popitem(last=False)
+        return signed

@@ -34,7 +34,7 @@ from batchgen.progress_curves import DEFAULT_MODE, task_state
 from batchgen.sandbox import state as state_file
 from batchgen.sandbox.config import SandboxConfig
 from batchgen.sandbox.faults import FaultDice, PollFaults, SubmitFaults
-from batchgen.sandbox.media import result_file
+from batchgen.sandbox.media import Provider, result_file
 from batchgen.sandbox.truth import MoneyEvent, Submission, Truth, payload_key
 
 
@@ -195,6 +195,8 @@ class Sandbox:
         # where result files are said to live; serve() sets the real one
         self.base_url = "http://sandbox.invalid"
         self._lock = threading.Lock()
+        # --provenance: files signed as a provider would (media.Provider), else as made
+        self.provider = Provider() if self.config.provenance else None
         self._dice = FaultDice(self.config)
         self._balances: dict[str, int] = dict(self.config.keys)
         self._tasks: dict[str, _Task] = {}  # in submission order
@@ -499,13 +501,18 @@ class Sandbox:
             self._responses[FILES_ROUTE][status] += 1
         if recipe is None or ext != expected:
             return _error(404, "Not found")
-        return Response(200, {"Content-Type": RESULT_FILES[recipe[0]][1]}, result_file(*recipe))
+        return Response(200, {"Content-Type": RESULT_FILES[recipe[0]][1]}, self._made(recipe))
 
     def result_file(self, task_id: str, index: int = 0) -> bytes | None:
         """The bytes a completed task's result file `index` holds (None: no such file)."""
         with self._lock:
             recipe = self._recipe(task_id, index)
-        return None if recipe is None else result_file(*recipe)
+        return None if recipe is None else self._made(recipe)
+
+    def _made(self, recipe: tuple[str, str, str | None, int, int]) -> bytes:
+        """The file `recipe` makes, signed when the sandbox plays a signing provider."""
+        data = result_file(*recipe)
+        return data if self.provider is None else self.provider.sign(recipe, data)
 
     def _recipe(self, task_id: str, index: int) -> tuple[str, str, str | None, int, int] | None:
         """What makes a completed task's file (media.result_file's arguments): its kind,
