@@ -24,6 +24,7 @@ import click
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
+from batchgen.ports import REVIEW_PORT, SANDBOX_PORT
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
 from batchgen.text import shown
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from batchgen.companions import Companions
     from batchgen.summary import EndOfRun
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MAX_JOBS = 100_000
 
 
@@ -743,7 +744,7 @@ def retry(
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=8766,
+    default=REVIEW_PORT,
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
@@ -785,7 +786,9 @@ def review(
     carried by the link it prints. Results are grouped by campaign and prompt, so the takes
     and models of one prompt sit side by side; Enter opens one at full size, j/k move,
     a approves, r rejects (with an optional note), p pins one to compare, ? lists the
-    rest. Only verdicts, notes and reviewer names are written.
+    rest. The page writes only verdicts, notes and reviewer names (the ledger is opened
+    for writing first, so an older one is migrated and its recovery file applied, as by
+    every command that writes).
 
     \b
     Example:
@@ -944,7 +947,7 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=SANDBOX_PORT, show_default=True)
 @click.option(
     "--key",
     "keys",
@@ -1038,6 +1041,7 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     help="Keep the tasks and balances in FILE, and start from it when it exists: they "
     "outlive this process (tasks end on their own time meanwhile).",
 )
+@click.option("--verbose", is_flag=True, help="One line per request on stderr.")
 @reports_errors
 def sandbox(port: int, keys: tuple[str, ...], balance: str, **knobs: Any) -> None:
     """Serve a local simulator of the okaypic API on 127.0.0.1, for tests and demos.

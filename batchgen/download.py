@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import re
 import secrets
 import signal
@@ -56,7 +57,9 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from batchgen.durable import fsync_dir
+from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger
+from batchgen.pacing import backoff
 from batchgen.processes import pid_running
 from batchgen.provenance.marks import read as read_marks
 from batchgen.text import shown
@@ -80,7 +83,7 @@ OLD_PART = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")  # before the writer was in
 STALE_AFTER = 3600.0  # seconds without a write, for a temporary file whose writer is unknown
 
 
-class DownloadError(Exception):
+class DownloadError(BatchgenError):
     """One result file could not be saved (the message goes to the ledger)."""
 
 
@@ -239,6 +242,7 @@ class Downloader:
         retry_delay: float = 0.5,
         on_failure: Callable[[str], None] | None = None,
         on_file: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.ledger = ledger
         self.out_dir = Path(out_dir)
@@ -249,7 +253,8 @@ class Downloader:
             follow_redirects=True, timeout=httpx.Timeout(30.0, connect=10.0)
         )
         self.slots = asyncio.Semaphore(concurrency)
-        self.retry_delay = retry_delay
+        self.retry_delay = retry_delay  # the first retry's ceiling: pacing.backoff, full jitter
+        self.rng = rng or random.Random()
         self.on_failure = on_failure or (
             lambda line: print(shown(line), file=sys.stderr, flush=True)
         )
@@ -325,7 +330,7 @@ class Downloader:
             except (httpx.TransportError, _Transient) as e:
                 if attempt == TRIES:
                     raise DownloadError(f"{e or type(e).__name__} (after {TRIES} tries)") from e
-                await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff(self.retry_delay, attempt, self.rng))
         raise AssertionError("unreachable")
 
     async def _stream(self, url: str, path: Path) -> tuple[int, str]:

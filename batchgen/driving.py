@@ -13,6 +13,7 @@ from typing import Any
 
 from batchgen.catalog import Catalog
 from batchgen.client import Client
+from batchgen.errors import AuthError
 from batchgen.ledger import Ledger, LedgerJob
 from batchgen.pacing import Follow, Key, Learned, backoff
 from batchgen.writer import LedgerWriter, Reporter
@@ -39,7 +40,7 @@ class Ended(Enum):
     TAKEN = "taken"  # another runner has it (claimed it, or took this runner's claim over)
 
 
-class AuthFailed(Exception):
+class AuthFailed(AuthError):
     """The service refused every API key given (401)."""
 
 

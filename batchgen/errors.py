@@ -2,12 +2,29 @@
 
 BatchgenError                 any error batchgen reports to the user (exit 1 unless stated)
 ├── ManifestInvalid           validation problems, all of them (exit 1)
+├── WouldOverwrite            `init` found files of its own names in DIR (starter.py; exit 1)
 ├── LedgerError               the ledger file cannot be used
 │   ├── JobConflict           a job changed under the same id (exit 1)
-│   └── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
+│   ├── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
+│   └── VerdictRefused        a review verdict that cannot be recorded (ledger/review.py)
+├── DownloadError             one result file could not be saved; its message goes to the
+│                             ledger and the run goes on (download.py)
+├── SigningUnavailable        c2pa-python or cryptography is not installed
+│                             (provenance/sign.py)
 ├── UsageProblem              an option's value cannot be used: a --notify URL, a --log
-│                             file (exit 2)
+│   │                         file (exit 2)
+│   └── SigningProblem        the team's certificate or key cannot sign
+│                             (provenance/sign.py; exit 2)
 └── AuthError                 no API key, or every key refused (exit 4)
+    └── AuthFailed            the service refused every key during a run (driving.py); the
+                              runner says which keys, as an AuthError
+
+Caught where they are raised, never shown to the user as such (each an Exception):
+- Abandoned                   the run ended while a ledger write was failing (writer.py)
+- TooLarge                    a workbook beyond a limit, told as a problem (workbooks.py)
+- ExportFailed                one file not exported, said in its manifest row and on
+                              stderr (provenance/export.py)
+- XmpUnavailable              XMP cannot be written into this file here (provenance/xmp.py)
 
 A run that stops with work remaining (exit 3) or interrupted (130) is not an error:
 the runner returns those codes.

@@ -116,11 +116,6 @@ def given(environ: Mapping[str, str] | None = None) -> bool:
     return bool(env.get(source(env), "").replace(",", "").strip())
 
 
-def api_key(environ: Mapping[str, str] | None = None) -> str:
-    """The first key in force (see `api_keys`)."""
-    return api_keys(environ)[0].secret
-
-
 def _entry(entry: str, position: int) -> ApiKey:
     name, _, key = entry.partition("=")
     where = f"{KEYS_VARIABLE} (entry {position})"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from rich.console import Console
-from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
 from batchgen.durations import elapsed
@@ -109,16 +109,23 @@ class LogFile(PlainLog):
 
 
 class LiveDisplay:
-    """A one-line live status under the scrolling events, for a person at a terminal."""
+    """A one-line live status (rich's progress bar and the counts) under the scrolling
+    events, for a person at a terminal."""
 
     refresh_every = 0.5
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        self.live = Live(
-            Text("starting…"), console=self.console, refresh_per_second=4, transient=True
+        # markup=False: the status is shown as written, like every event line.
+        self.progress = Progress(
+            BarColumn(bar_width=24),
+            TextColumn("{task.description}", markup=False),
+            console=self.console,
+            refresh_per_second=4,
+            transient=True,
         )
-        self.live.start()
+        self.status = self.progress.add_task("starting…", total=None)
+        self.progress.start()
 
     def event(self, job: LedgerJob | None, text: str) -> None:
         # A Text, never a markup string: ids and the service's words are shown as written.
@@ -129,11 +136,15 @@ class LiveDisplay:
         self.console.print(line, highlight=False)
 
     def refresh(self, snapshot: Snapshot) -> None:
-        bar = _bar(snapshot.done, snapshot.total)
-        self.live.update(Text(f"{bar} {describe(snapshot)}"))
+        self.progress.update(
+            self.status,
+            total=snapshot.total,
+            completed=snapshot.done,
+            description=describe(snapshot),
+        )
 
     def close(self, snapshot: Snapshot) -> None:
-        self.live.stop()
+        self.progress.stop()
         self.console.print(Text(describe(snapshot)), highlight=False)
 
 
@@ -180,8 +191,3 @@ Display = PlainLog | LiveDisplay | Tee
 def make_display(stream: TextIO = sys.stderr, log: LogFile | None = None) -> Display:
     screen = LiveDisplay() if stream.isatty() else PlainLog(stream)
     return screen if log is None else Tee(screen, log)
-
-
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = width if total == 0 else width * done // total
-    return "[" + "#" * filled + "-" * (width - filled) + "]"

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import re
 
-# C0 and C1 controls, DEL, line/paragraph separators, bidirectional overrides and isolates;
-# the second keeps tab (\x09) and newline (\x0a) for text of several lines.
+# C0 and C1 controls, DEL, line/paragraph separators, bidirectional overrides and isolates.
 _IN_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -28,8 +26,3 @@ def _escape(match: re.Match[str]) -> str:
 def shown(text: object) -> str:
     """One line of plain text: every control character escaped, newlines included."""
     return _IN_ONE_LINE.sub(_escape, str(text))
-
-
-def shown_lines(text: object) -> str:
-    """Plain text that may span lines: tabs and newlines kept, other controls escaped."""
-    return _IN_LINES.sub(_escape, str(text))

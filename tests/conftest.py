@@ -1,5 +1,5 @@
 """Shared fixtures: every test gets its own ledger path and files folder, and no API key
-from the user's shell."""
+from the user's shell. And each test module's tier (TIERS), as a marker: `pytest -m unit`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,96 @@ import os
 
 import pytest
 from hypothesis import settings
+
+# The test pyramid, by what a module's tests start (the heaviest of them decides):
+# unit: nothing, logic in the test's process (files in tmp_path allowed), quick;
+# integration: servers on 127.0.0.1 in the test's process (the sandbox, webhooks), or
+# batchgen's parts at work together at length (the scheduler's state machine: a real
+# Scheduler and ledger for 100 runs of 40 steps, 15-20 s), with the helper processes
+# batchgen itself starts (the C2PA reader, exiftool);
+# e2e: another process (the real `batchgen` command, the standalone sandbox, a browser, pip,
+# bash). tests/test_tiers.py checks that every test module is here, once.
+TIERS = {
+    "unit": [
+        "test_catalog",
+        "test_claims",
+        "test_demo",
+        "test_docs",
+        "test_errors",
+        "test_expand",
+        "test_key_totals",
+        "test_learning",
+        "test_manifest_loading",
+        "test_money",
+        "test_outcomes",
+        "test_pacing",
+        "test_plan",
+        "test_properties",
+        "test_recovery",
+        "test_report",
+        "test_sandbox_state",
+        "test_scheduler",
+        "test_status",
+        "test_summary",
+        "test_templates",
+        "test_tiers",
+        "test_validate",
+    ],
+    "integration": [
+        "test_notify",
+        "test_progress_curves",
+        "test_provenance_export",
+        "test_provenance_marks",
+        "test_state_machine",
+    ],
+    "e2e": [
+        "test_audit_e2e",
+        "test_bad_input_cli",
+        "test_ci_system_packages",
+        "test_cli_conventions",
+        "test_contention",
+        "test_crash_points",
+        "test_display",
+        "test_download",
+        "test_durations",
+        "test_hostile_service",
+        "test_init",
+        "test_interrupts",
+        "test_keys",
+        "test_ledger_faults",
+        "test_ledger_file",
+        "test_ledger_views",
+        "test_log_e2e",
+        "test_notify_e2e",
+        "test_pacing_e2e",
+        "test_provenance_e2e",
+        "test_refusals_e2e",
+        "test_replace",
+        "test_review_browser",
+        "test_review_server",
+        "test_rows",
+        "test_run_e2e",
+        "test_sandbox",
+        "test_sandbox_media",
+        "test_sandbox_resume_e2e",
+        "test_scale",
+        "test_schema",
+        "test_several_keys_e2e",
+        "test_several_runners",
+        "test_soak",
+        "test_verdicts",
+    ],
+}
+TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = TIER_OF.get(item.path.stem)  # a module not in TIERS: test_tiers fails
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+
 
 # CI runs the same examples every time (a landing must not hang on a lucky draw); a
 # developer's run explores new ones and keeps failures in .hypothesis/.

@@ -291,3 +291,15 @@ def test_report_jobs_help_says_one_row_per_attempt_as_the_output_has():
     text = " ".join(CliRunner().invoke(cli, ["report", "-h"]).output.split())
     assert "--jobs One row per attempt" in text
     assert "row per job" not in text
+
+
+def test_the_default_ports_are_written_once_and_are_the_servers_own():
+    from batchgen import ports
+    from batchgen.review import DEFAULT_PORT as REVIEW_DEFAULT
+    from batchgen.sandbox import DEFAULT_PORT as SANDBOX_DEFAULT
+
+    def port_default(command: str) -> object:
+        return next(p.default for p in cli.commands[command].params if p.name == "port")
+
+    assert port_default("sandbox") == ports.SANDBOX_PORT == SANDBOX_DEFAULT
+    assert port_default("review") == ports.REVIEW_PORT == REVIEW_DEFAULT

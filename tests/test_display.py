@@ -22,7 +22,7 @@ import pytest
 from batchgen.progress import LiveDisplay, PlainLog
 from batchgen.sandbox import Response, Sandbox, SandboxConfig, serve
 from batchgen.sandbox.config import DEFAULT_KEY
-from batchgen.text import shown, shown_lines
+from batchgen.text import shown
 from tests.e2e import FAST, batchgen, command_env, grok_batch, rows
 
 # What a hostile or careless service may say: rich markup, a closing tag that matches no
@@ -165,20 +165,19 @@ def test_markup_and_escape_codes_are_shown_literally_in_a_log(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "raw, one_line, lines",
+    "raw, one_line",
     [
-        ("plain [bold] text", "plain [bold] text", "plain [bold] text"),
-        ("a\x1b[31mb", "a\\x1b[31mb", "a\\x1b[31mb"),
-        ("two\nlines\tand a tab", "two\\nlines\\tand a tab", "two\nlines\tand a tab"),
-        ("cr\rnul\x00bs\x08vt\x0bdel\x7f", "cr\\rnul\\x00bs\\x08vt\\x0bdel\\x7f", None),
-        ("c1\x85\x9b31m", "c1\\x85\\x9b31m", None),
-        ("\u202eevil\u2066\u2069\u2028", "\\u202eevil\\u2066\\u2069\\u2028", None),
-        ("é ü 日本 \u00a0", "é ü 日本 \u00a0", "é ü 日本 \u00a0"),
+        ("plain [bold] text", "plain [bold] text"),
+        ("a\x1b[31mb", "a\\x1b[31mb"),
+        ("two\nlines\tand a tab", "two\\nlines\\tand a tab"),
+        ("cr\rnul\x00bs\x08vt\x0bdel\x7f", "cr\\rnul\\x00bs\\x08vt\\x0bdel\\x7f"),
+        ("c1\x85\x9b31m", "c1\\x85\\x9b31m"),
+        ("\u202eevil\u2066\u2069\u2028", "\\u202eevil\\u2066\\u2069\\u2028"),
+        ("é ü 日本 \u00a0", "é ü 日本 \u00a0"),
     ],
 )
-def test_control_characters_are_escaped_and_everything_else_kept(raw, one_line, lines):
+def test_control_characters_are_escaped_and_everything_else_kept(raw, one_line):
     assert shown(raw) == one_line
-    assert shown_lines(raw) == (one_line if lines is None else lines)
 
 
 def test_the_plain_log_writes_one_line_per_event_whatever_the_text(tmp_path):
@@ -198,5 +197,30 @@ def test_the_live_display_prints_events_without_reading_markup():
     console = Console(file=buffer, force_terminal=True, width=200, color_system=None)
     display = LiveDisplay(console)
     display.event(None, "media url rejected [/cdn/cat.jpg] [red]x")
-    display.live.stop()
+    display.progress.stop()
     assert "media url rejected [/cdn/cat.jpg] [red]x" in buffer.getvalue()
+
+
+def test_the_live_status_is_a_bar_filled_by_the_jobs_done_and_the_counts_as_written():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from batchgen.progress import Snapshot
+
+    console = Console(file=StringIO(), force_terminal=True, width=200, color_system=None)
+    display = LiveDisplay(console)
+    shown = Console(file=StringIO(), width=200, color_system=None, record=True)
+    try:
+        display.refresh(Snapshot(4, 1, 2, 250_000, None, None))
+        shown.print(display.progress.get_renderable())
+        display.refresh(Snapshot(4, 4, 0, 500_000, None, None))
+        shown.print(display.progress.get_renderable())
+    finally:
+        display.progress.stop()
+    quarter, full = shown.export_text().splitlines()
+    assert quarter.endswith("1/4 done, 2 running, spent $0.25")
+    assert full.endswith("4/4 done, 0 running, spent $0.50")
+    filled = full[0]
+    assert full[:24] == filled * 24  # 24 wide: all filled at 4 of 4
+    assert quarter[:24].count(filled) == 6  # a quarter at 1 of 4

@@ -41,10 +41,16 @@ def test_every_command_is_in_the_readme(command):
     assert f"batchgen {command}" in README
 
 
-def test_the_readme_gives_the_two_newcomer_commands_and_ci_runs_the_test_one():
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text(encoding="utf-8")
+def test_the_readme_gives_the_two_newcomer_commands_and_ci_runs_the_checks_and_tests():
+    """.ci/run runs the README's check and test commands, which are the noxfile's."""
+    root = Path(__file__).resolve().parent.parent
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    noxfile = (root / "noxfile.py").read_text(encoding="utf-8")
     assert "batchgen run manifests/quickstart.yaml --sandbox" in README
-    assert "python -m pytest" in README and "python -m pytest" in ci
+    checks, tests = "nox -s lint types", "python -m pytest -n auto --dist loadgroup"
+    assert f"\n{checks}  " in README and f"\n{tests}  " in README
+    assert ci[-2:] == [checks, tests]
+    assert f"TESTS = {tests.split()!r}".replace("'", '"') in noxfile
 
 
 @pytest.mark.parametrize("code", ["0", "1", "2", "3", "4", "130"])

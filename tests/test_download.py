@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -273,6 +274,31 @@ def test_a_500_or_a_short_body_is_tried_again(tmp_path, server):
     assert server.paths().count("/short/short.mp4") == 3
     assert "after 3 tries" in files(ledger)[("short", 0)]["error"]
     assert sorted(p.name for p in (tmp_path / "out" / "c").iterdir()) == ["flaky.mp4"]
+
+
+def test_a_download_tried_again_waits_the_runs_backoff_with_jitter(tmp_path, server, monkeypatch):
+    """The pause before each new try is pacing.backoff's (full jitter, doubling from the
+    retry delay), the one the scheduler uses, not a fixed doubling of our own."""
+    waits: list[tuple[float, int]] = []
+
+    def recorded(base: float, failures: int, rng: random.Random) -> float:
+        waits.append((base, failures))
+        return 0.0
+
+    monkeypatch.setattr("batchgen.download.backoff", recorded)
+    ledger = make_ledger(tmp_path / "l.db", [grok("flaky")])
+    complete(ledger, "flaky", urls=[server.add("/flaky.mp4", VIDEO)])
+    server.fail_first["/flaky.mp4"] = 2
+
+    async def fetch() -> bool:
+        downloader = Downloader(ledger, tmp_path / "out", retry_delay=0.25)
+        try:
+            return await downloader.fetch_job("c", "flaky")
+        finally:
+            await downloader.aclose()
+
+    assert asyncio.run(fetch())
+    assert waits == [(0.25, 1), (0.25, 2)]
 
 
 def test_downloads_run_a_few_at_a_time(tmp_path, server):

@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.client import Client
 from batchgen.errors import AuthError
-from batchgen.keys import ApiKey, Redactor, api_key, api_keys, label
+from batchgen.keys import ApiKey, Redactor, api_keys, label
 from batchgen.outcomes import Transport
 from tests.e2e import batchgen, grok_batch, rows
 
@@ -25,7 +25,7 @@ def test_the_label_of_an_unnamed_key_is_key_and_8_hex_digits_of_its_sha256():
 
 
 def test_a_key_is_read_from_the_environment_with_its_surrounding_blanks_dropped():
-    assert api_key({"OKAYPIC_API_KEY": f"  {KEY}\n"}) == KEY
+    assert api_keys({"OKAYPIC_API_KEY": f"  {KEY}\n"})[0].secret == KEY
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_a_key_that_cannot_be_a_bearer_token_is_refused_naming_the_variable_not_
     value, what
 ):
     with pytest.raises(AuthError) as refused:
-        api_key({"OKAYPIC_API_KEY": value})
+        api_keys({"OKAYPIC_API_KEY": value})
     message = str(refused.value)
     assert refused.value.exit_code == 4
     assert "OKAYPIC_API_KEY" in message and what in message
@@ -53,7 +53,7 @@ def test_a_key_that_cannot_be_a_bearer_token_is_refused_naming_the_variable_not_
 
 def test_a_missing_key_is_refused_naming_the_variable():
     with pytest.raises(AuthError, match="OKAYPIC_API_KEY is missing"):
-        api_key({})
+        api_keys({})
 
 
 def test_the_redactor_replaces_each_key_it_holds_by_its_label_also_escaped_forms():

@@ -64,6 +64,10 @@ if _missing():
         raise RuntimeError(_missing())
     pytest.skip(_missing() or "", allow_module_level=True)
 
+# With -n and --dist loadgroup (the README's command), this module's tests run in one
+# worker: the finished run they share (a module fixture) is made once, not in each worker.
+pytestmark = pytest.mark.xdist_group("review_browser")
+
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402

@@ -33,7 +33,6 @@ from batchgen.sandbox import (
     Sandbox,
     SandboxConfig,
     Truth,
-    mock_transport,
     serve,
 )
 from batchgen.sandbox.config import parse_keys, parse_latency
@@ -560,19 +559,6 @@ def test_a_bug_in_the_sandbox_is_answered_500_not_a_silent_drop(capsys):
     assert "RuntimeError: oops" in capsys.readouterr().err
 
 
-def test_the_mock_transport_gives_the_same_answers_without_sockets():
-    sim = Sandbox(SandboxConfig(drop_rate=0.0), clock=ManualClock())
-    with httpx.Client(transport=mock_transport(sim), base_url="http://sandbox") as client:
-        answer = client.post(VIDEO, json=GROK, headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
-    assert answer.status_code == 200 and set(answer.json()) == {"generationId", "taskId", "status"}
-
-    dropping = Sandbox(SandboxConfig(drop_rate=1.0), clock=ManualClock())
-    with httpx.Client(transport=mock_transport(dropping), base_url="http://sandbox") as client:
-        with pytest.raises(httpx.RemoteProtocolError):
-            client.post(VIDEO, json=GROK, headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
-    assert len(dropping.truth().submissions) == 1
-
-
 # -- fault knobs: their effect over HTTP, and their determinism -------------------------
 
 
@@ -846,6 +832,23 @@ def test_the_standalone_sandbox_prints_its_url_and_key_and_stops_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_python_m_batchgen_sandbox_is_the_batchgen_sandbox_command_with_every_option():
+    """One command line: the module runs `batchgen sandbox` itself (its options, e.g.
+    --echo-key and a Retry-After that is not an integer, and its help)."""
+    module = _standalone("batchgen.sandbox", "--help")
+    command = _standalone("batchgen", "sandbox", "--help")
+    module_help, _ = module.communicate(timeout=30)
+    command_help, _ = command.communicate(timeout=30)
+    assert module.returncode == command.returncode == 0
+    assert "--echo-key" in module_help and "--verbose" in module_help
+    assert module_help.replace("python -m batchgen.sandbox", "batchgen sandbox") == (
+        command_help.replace("python -m batchgen sandbox", "batchgen sandbox")
+    )
+    bad = _standalone("batchgen.sandbox", "--retry-after", "0.5", "--echo-key", "--port", "-1")
+    _, stderr = bad.communicate(timeout=30)
+    assert bad.returncode == 2 and "--port" in stderr  # only the port was refused
 
 
 def test_keys_are_given_as_key_or_key_equals_usd_each_with_a_balance():

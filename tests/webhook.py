@@ -61,12 +61,17 @@ def webhook(status: int = 200) -> Iterator[Webhook]:
         hook.stop()
 
 
+# Bound and never listening, for the whole test session: their ports refuse every
+# connection, and no other server (of this process or of a parallel test worker) gets them.
+_REFUSING: list[socket.socket] = []
+
+
 def refusing_url() -> str:
     """A port nothing listens on: every connection is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"json://127.0.0.1:{port}/hook"
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    _REFUSING.append(probe)
+    return f"json://127.0.0.1:{probe.getsockname()[1]}/hook"
 
 
 @contextmanager

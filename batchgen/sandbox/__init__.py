@@ -9,14 +9,13 @@ Used by every end-to-end test, by `batchgen sandbox` and in-process by `run --sa
 
 Modules: config (knobs), faults (seeded decisions), service (the simulated state),
 media (the PNG and MP4 result files),
-truth (its record), http (the server), transport (httpx.MockTransport), standalone (main).
+truth (its record), http (the server), standalone (main).
 """
 
 from batchgen.sandbox.config import DEFAULT_KEY, DEFAULT_PORT, SandboxConfig
 from batchgen.sandbox.http import Served, serve
 from batchgen.sandbox.service import DROP, Drop, Response, Sandbox, Stream
 from batchgen.sandbox.standalone import main
-from batchgen.sandbox.transport import mock_transport
 from batchgen.sandbox.truth import MoneyEvent, Submission, Truth
 
 __all__ = [
@@ -33,6 +32,5 @@ __all__ = [
     "Submission",
     "Truth",
     "main",
-    "mock_transport",
     "serve",
 ]

@@ -14,11 +14,12 @@ from typing import Any
 from batchgen import catalog
 from batchgen.keys import SANDBOX_KEY
 from batchgen.money import to_micros
+from batchgen.ports import SANDBOX_PORT
 from batchgen.progress_curves import DEFAULT_MODE, PROGRESS_MODES
 
 DEFAULT_KEY = SANDBOX_KEY
 DEFAULT_BALANCE_MICROS = 100_000_000  # $100: enough for a demo, small enough to run out
-DEFAULT_PORT = 8765
+DEFAULT_PORT = SANDBOX_PORT
 
 RATE_KNOBS = (
     "submit_500_rate",
