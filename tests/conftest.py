@@ -115,5 +115,7 @@ def env_setup(monkeypatch, tmp_path):
     monkeypatch.delenv("BATCHGEN_NOTIFY", raising=False)  # no test sends a user's messages
 
 
-# The sandbox fixtures (sandbox, make_sandbox, sandbox_env), for every test module.
+# The sandbox fixtures (sandbox, make_sandbox, sandbox_env), and the ledger with every money
+# state (audit), for every test module.
+from tests.builders import audit  # noqa: E402, F401
 from tests.sandbox_fixtures import make_sandbox, sandbox, sandbox_env  # noqa: E402, F401

@@ -24,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from batchgen import cli
-from batchgen.job import Campaign, Job
-from batchgen.ledger import Ledger
-from batchgen.money import to_micros
 from batchgen.sandbox import Truth
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler
@@ -67,23 +64,6 @@ def main(argv: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------- for the tests
-
-
-def build_ledger(
-    path: Path, n: int, campaign: str = "c", prefix: str = "clip", budget_usd: str | None = None
-) -> list[str]:
-    """A ledger with n cheap grok jobs ($0.10 each), ingested without the manifest layer."""
-    jobs = [
-        Job(campaign, f"{prefix}-{i}", "grok-video-3", f"{prefix} number {i}", duration=5)
-        for i in range(1, n + 1)
-    ]
-    ledger = Ledger(path)
-    try:
-        budget = None if budget_usd is None else to_micros(budget_usd)
-        ledger.ingest(Campaign(campaign, "m.yaml", "sha", budget), jobs)
-    finally:
-        ledger.close()
-    return [job.id for job in jobs]
 
 
 def crashing_command(point: str, nth: int, *args: str) -> list[str]:

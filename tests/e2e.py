@@ -3,11 +3,16 @@ file, and the sandbox served over HTTP on 127.0.0.1 by the test process."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -104,6 +109,50 @@ def grok_batch(path: Path, n: int, campaign: str = "e2e", budget: str | None = N
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def report_text(ledger: Path, *args: str) -> str:
+    """What the real `batchgen report ARGS` prints (it must succeed)."""
+    result = batchgen("report", *args, ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    """Run the real command with a pseudo-terminal as its stdin, stdout and stderr (wide,
+    so nothing wraps); its exit code and everything it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**env, "TERM": "xterm-256color", "COLUMNS": "400", "LINES": "50"},
+        close_fds=True,
+    )
+    os.close(follower)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: every process holding it has ended
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(leader)
+    try:
+        code = process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return code, output.decode("utf-8", "replace")
 
 
 def rows(ledger: Path, sql: str, *params: Any) -> list[dict[str, Any]]:

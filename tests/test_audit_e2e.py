@@ -11,17 +11,20 @@ import json
 import pytest
 
 from batchgen.money import to_micros
-from tests.e2e import FAST, batchgen, grok_batch, on_sandbox, recorded_task_ids, rows, status_json
+from tests.e2e import (
+    FAST,
+    batchgen,
+    grok_batch,
+    on_sandbox,
+    recorded_task_ids,
+    report_text,
+    rows,
+    status_json,
+)
 
 SCALE = 0.01
 GROUP_SUMS = ["jobs", "completed", "failed", "queued", "video_seconds", "images"]
 MONEY = ["spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"]
-
-
-def report(ledger, *args: str) -> str:
-    result = batchgen("report", *args, ledger=ledger)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_report_totals_equal_the_services_net_charges_to_the_cent(audited):
     truth = sandbox.sim.truth()
     known = set(recorded_task_ids(ledger))
     assert truth.faults.get("task.fail", 0) > 0 and truth.faults.get("submit.drop", 0) > 0
-    totals = json.loads(report(ledger, "--format", "json"))["totals"]
+    totals = json.loads(report_text(ledger, "--format", "json"))["totals"]
     spent, unknown = to_micros(totals["spent_usd"]), to_micros(totals["unknown_usd"])
     # What the service kept for tasks batchgen never heard of (their answers were dropped).
     unheard = sum(
@@ -69,7 +72,7 @@ def test_report_totals_equal_the_services_net_charges_to_the_cent(audited):
 @pytest.mark.parametrize("by", ["campaign", "model", "status"])
 def test_group_rows_sum_to_the_totals(audited, by):
     _, ledger = audited
-    data = json.loads(report(ledger, "--by", by, "--format", "json"))
+    data = json.loads(report_text(ledger, "--by", by, "--format", "json"))
     assert data["by"] == by
     for column in GROUP_SUMS:
         assert sum(g[column] for g in data["groups"]) == data["totals"][column]
@@ -84,7 +87,9 @@ def test_group_rows_sum_to_the_totals(audited, by):
 
 def test_the_csv_report_opens_as_a_table_with_a_total_row(audited):
     _, ledger = audited
-    table = list(csv.DictReader(io.StringIO(report(ledger, "--format", "csv", "--by", "campaign"))))
+    table = list(
+        csv.DictReader(io.StringIO(report_text(ledger, "--format", "csv", "--by", "campaign")))
+    )
     assert list(table[0]) == [
         "key",
         "jobs",
@@ -104,7 +109,7 @@ def test_the_csv_report_opens_as_a_table_with_a_total_row(audited):
 
 def test_the_per_job_audit_lists_every_attempt_with_its_unit_price(audited):
     sandbox, ledger = audited
-    jobs = json.loads(report(ledger, "--jobs", "--format", "json"))["jobs"]
+    jobs = json.loads(report_text(ledger, "--jobs", "--format", "json"))["jobs"]
     assert len(jobs) == 14
     attempts = [a for job in jobs for a in job["attempts"]]
     assert len(attempts) == rows(ledger, "SELECT COUNT(*) n FROM attempts")[0]["n"]
@@ -117,8 +122,8 @@ def test_the_per_attempt_csv_has_each_attempts_own_money_so_columns_sum_to_the_t
     """One row per attempt, money per attempt only: summing a column over a retried job
     gives what that job cost, and over the file what the report's totals say."""
     sandbox, ledger = audited
-    table = list(csv.DictReader(io.StringIO(report(ledger, "--jobs", "--format", "csv"))))
-    totals = json.loads(report(ledger, "--format", "json"))["totals"]
+    table = list(csv.DictReader(io.StringIO(report_text(ledger, "--jobs", "--format", "csv"))))
+    totals = json.loads(report_text(ledger, "--format", "json"))["totals"]
     n_attempts = rows(ledger, "SELECT COUNT(*) n FROM attempts")[0]["n"]
     idle = rows(ledger, "SELECT COUNT(*) n FROM jobs j WHERE NOT EXISTS (SELECT 1 FROM attempts a"
                 " WHERE a.campaign = j.campaign AND a.job_id = j.id)")[0]["n"]  # fmt: skip

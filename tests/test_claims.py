@@ -12,9 +12,7 @@ from batchgen.arbitration import Claim, ClaimFacts, RunnerState, beat_every, cla
 from batchgen.arbitration import runner_state as state_of
 from batchgen.ledger import Ledger, LedgerJob, Takeover
 from batchgen.processes import Liveness
-from tests.crashing import build_ledger
-
-PRICE = 100_000  # each job of build_ledger: a 5 s grok task, $0.10
+from tests.builders import PRICE, build_ledger
 
 
 def facts(**changes: object) -> ClaimFacts:

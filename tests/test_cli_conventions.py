@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from batchgen.cli import cli
 from batchgen.report import render
+from tests.builders import grok, make_ledger, report
 from tests.documentation import readme_and_docs
 from tests.e2e import batchgen, write_manifest
-from tests.test_report import audit, grok, make_ledger, report  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 README_AND_DOCS = readme_and_docs()  # the README, and docs/ where its reference moved

@@ -22,7 +22,8 @@ from typing import Any
 
 from batchgen.ledger import Ledger
 from batchgen.status import status_data
-from tests.crashing import ROOT, audit, build_ledger
+from tests.builders import build_ledger
+from tests.crashing import ROOT, audit
 from tests.e2e import FAST, command_env, spawn
 
 JOBS = 60

@@ -24,7 +24,8 @@ import pytest
 
 from batchgen.sandbox import Drop, Response, Sandbox, SandboxConfig, Truth, serve
 from batchgen.sandbox.truth import payload_key
-from tests.crashing import Audit, audit, build_ledger, query, run_crashing
+from tests.builders import build_ledger
+from tests.crashing import Audit, audit, query, run_crashing
 from tests.e2e import FAST, batchgen, command_env, spawn
 
 SCALE = 0.01  # a 5 s grok task takes about 0.4 s

@@ -9,17 +9,11 @@ import pytest
 from batchgen import demo
 from batchgen.errors import AuthError
 from batchgen.keys import label
-from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger import Ledger
 from batchgen.status import format_status, status_data
-from tests.test_report import grok, make_ledger, queued
+from tests.builders import grok, make_ledger, start, unfinished
 
 REAL = label("okpk_a_real_key")
-
-
-def started(ledger: Ledger, job_id: str, key_label: str) -> None:
-    job = queued(ledger, job_id)
-    attempt = ledger.begin_attempt(job, key_label)
-    ledger.attempt_created(job, attempt, 200, f"task-{job_id}")
 
 
 def next_steps(ledger: Ledger) -> str:
@@ -28,7 +22,7 @@ def next_steps(ledger: Ledger) -> str:
 
 def test_the_demo_keys_tasks_in_flight_go_on_with_resume_sandbox(tmp_path, monkeypatch):
     ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
-    started(ledger, "a", demo.KEY.label)
+    start(ledger, "a", key=demo.KEY.label)
 
     assert demo.in_sandbox(ledger)
     assert "2 job(s) unfinished: `batchgen resume --sandbox` goes on" in next_steps(ledger)
@@ -40,16 +34,12 @@ def test_the_demo_keys_tasks_in_flight_go_on_with_resume_sandbox(tmp_path, monke
 
 def test_a_ledger_that_went_on_with_a_real_key_after_a_demo_resumes_plainly(tmp_path):
     ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
-    started(ledger, "a", demo.KEY.label)
-    ledger.task_completed(running(ledger, "a"), ["https://cdn.example/a.mp4"])
-    started(ledger, "b", REAL)
+    start(ledger, "a", key=demo.KEY.label)
+    ledger.task_completed(unfinished(ledger, "a"), ["https://cdn.example/a.mp4"])
+    start(ledger, "b", key=REAL)
 
     assert not demo.in_sandbox(ledger)
     assert "1 job(s) unfinished: `batchgen resume` goes on" in next_steps(ledger)
     with pytest.raises(AuthError) as refused:
         demo.keys_for(str(ledger.path))
     assert "--sandbox" not in str(refused.value).replace("run MANIFEST --sandbox", "")
-
-
-def running(ledger: Ledger, job_id: str) -> LedgerJob:
-    return next(j for j in ledger.unfinished_jobs(["c"]) if j.id == job_id)

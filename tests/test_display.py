@@ -3,17 +3,8 @@ passed to a terminal as control codes, on a terminal (a pseudo-terminal here) or
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
-import select
-import struct
-import subprocess
-import sys
-import termios
 import threading
-import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -23,7 +14,7 @@ from batchgen.progress import LiveDisplay, PlainLog
 from batchgen.sandbox import Response, Sandbox, SandboxConfig, serve
 from batchgen.sandbox.config import DEFAULT_KEY
 from batchgen.text import shown
-from tests.e2e import FAST, batchgen, command_env, grok_batch, rows
+from tests.e2e import FAST, batchgen, command_env, grok_batch, rows, run_on_a_terminal
 
 # What a hostile or careless service may say: rich markup, a closing tag that matches no
 # opening one (rich raises MarkupError on it), a colour code and a window-title change.
@@ -80,43 +71,6 @@ class OddWordsSandbox(Sandbox):
 
 def _json(status: int, value: Any) -> Response:
     return Response(status, {"Content-Type": "application/json"}, json.dumps(value).encode())
-
-
-def run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
-    """Run the real command with a pseudo-terminal as its stdin, stdout and stderr (wide,
-    so nothing wraps); its exit code and everything it wrote."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", *args],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env={**env, "TERM": "xterm-256color", "COLUMNS": "400", "LINES": "50"},
-        close_fds=True,
-    )
-    os.close(follower)
-    output = bytearray()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: every process holding it has ended
-                break
-            if not chunk:
-                break
-            output += chunk
-        elif process.poll() is not None:
-            break
-    os.close(leader)
-    try:
-        code = process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    return code, output.decode("utf-8", "replace")
 
 
 def test_markup_and_escape_codes_from_the_service_are_shown_literally_on_a_terminal(tmp_path):

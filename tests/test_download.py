@@ -32,8 +32,8 @@ from batchgen.download import (
 )
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
+from tests.builders import complete, grok, invoke, make_ledger
 from tests.e2e import batchgen, spawn
-from tests.test_report import complete, grok, invoke, make_ledger
 
 
 class FileServer:

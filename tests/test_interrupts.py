@@ -2,7 +2,7 @@
 §10): a submission already on the wire is waited for so its task id is recorded (nothing
 paid twice), a second Ctrl-C stops at once, and downloads never delay exit 130.
 
-The service is the sandbox (wrapped by tests/test_hostile_service.HostileSandbox to hold
+The service is the sandbox (wrapped by tests/hostile.HostileSandbox to hold
 an answer or stream a file), served on 127.0.0.1; money and tasks are checked against
 its truth.
 """
@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from batchgen.sandbox import Response, Stream, serve
-from tests.crashing import audit, build_ledger, query
+from tests.builders import PRICE, build_ledger
+from tests.crashing import audit, query
 from tests.e2e import FAST, StderrWatch, batchgen, spawn, wait_for
-from tests.test_hostile_service import PRICE, HostileSandbox, trickle
+from tests.hostile import HostileSandbox, trickle
 
 KEY = "okpk_sandbox_demo"
 SLOW_ANSWER = 3.0  # seconds the service takes to answer the first submission

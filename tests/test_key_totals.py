@@ -17,20 +17,22 @@ from batchgen import migrations
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
 from batchgen.ledger.reads import NO_KEY, UNLABELLED
-from tests.e2e import rows
-from tests.old_ledgers import written_before
-from tests.test_report import (
+from tests.builders import (
     complete,
+    every_kind_of_job,
     fail,
     grok,
     invoke,
+    kept_totals,
     make_ledger,
-    queued,
+    recomputed_totals,
     report,
     start,
+    unfinished,
     unknown,
 )
-from tests.test_scale import every_kind_of_job, kept_totals, recomputed_totals
+from tests.e2e import rows
+from tests.old_ledgers import written_before
 
 
 def label(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c") -> None:
@@ -231,13 +233,13 @@ def refused_on_each_key(path: Path) -> Ledger:
     task failed for its output on studio (refunded, as every failed task)."""
     ledger = two_keys(path)
     ledger.ingest(Campaign("c", "c.yaml", "sha", None), [grok("said-no"), grok("made-no")])
-    job = queued(ledger, "said-no")
+    job = unfinished(ledger, "said-no")
     attempt = ledger.begin_attempt(job, "night")
     ledger.attempt_ended(
         job, attempt, state="rejected", outcome="refused", counted=True, job_status="failed",
         http_status=400, error="SAFETY.INPUT.TEXT", reason="refused",
     )  # fmt: skip
-    job = queued(ledger, "made-no")
+    job = unfinished(ledger, "made-no")
     attempt = ledger.begin_attempt(job, "studio")
     ledger.attempt_created(job, attempt, 200, "task-made-no")
     ledger.task_failed(job, "SAFETY.OUTPUT.VIDEO", "failed", refused=True)

@@ -9,33 +9,19 @@ import pytest
 
 from batchgen import migrations
 from batchgen.client import Client
-from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
 from batchgen.pacing import Follow, Learned, Started
 from batchgen.progress import describe
 from batchgen.scheduler import Scheduler, Settings
+from tests.builders import complete, make_ledger, numbered
 
 GROK = ("grok-video-3", 5)
-
-
-def ledger_with_jobs(path, n: int = 6) -> Ledger:
-    ledger = Ledger(path)
-    jobs = [Job("c", f"j{i}", "grok-video-3", f"prompt {i}", duration=5) for i in range(n)]
-    ledger.ingest(Campaign("c", "m.yaml", "sha", None), jobs)
-    return ledger
-
-
-def complete(ledger: Ledger, job_id: str, task_id: str, observed: float | None) -> None:
-    job = next(j for j in ledger.unfinished_jobs() if j.id == job_id)
-    attempt = ledger.begin_attempt(job)
-    ledger.attempt_created(job, attempt, 200, task_id)
-    ledger.task_completed(job, ["https://cdn.example.com/v.mp4"], observed_seconds=observed)
 
 
 def test_an_old_ledger_gains_the_column_and_its_old_tasks_teach_nothing(tmp_path, monkeypatch):
     path = tmp_path / "old.db"
     monkeypatch.setattr(migrations, "MIGRATIONS", [migrations.m001_initial])
-    ledger_with_jobs(path, 1).close()
+    make_ledger(path, numbered(1)).close()
     monkeypatch.undo()
     db = sqlite3.connect(path)  # a task as the old batchgen left it: 599 s answer to finish
     db.execute(
@@ -55,9 +41,9 @@ def test_an_old_ledger_gains_the_column_and_its_old_tasks_teach_nothing(tmp_path
 
 
 def test_only_times_observed_from_submission_to_completion_are_read_back(tmp_path):
-    ledger = ledger_with_jobs(tmp_path / "l.db")
+    ledger = make_ledger(tmp_path / "l.db", numbered(6))
     for i, observed in enumerate([10.0, None, 11.0, 599.0, 9.0]):
-        complete(ledger, f"j{i}", f"t{i}", observed)
+        complete(ledger, f"j{i}", task=f"t{i}", observed=observed)
     assert ledger.observed_times() == {GROK: [10.0, 11.0, 599.0, 9.0]}  # oldest first
     assert ledger.generation_seconds() == {GROK: 10.5}  # a median
     plan = ledger.query(
@@ -68,21 +54,21 @@ def test_only_times_observed_from_submission_to_completion_are_read_back(tmp_pat
 
 
 def test_a_new_run_starts_from_the_observed_times_of_the_ledger(tmp_path):
-    ledger = ledger_with_jobs(tmp_path / "l.db")
+    ledger = make_ledger(tmp_path / "l.db", numbered(6))
     for i in range(3):
-        complete(ledger, f"j{i}", f"t{i}", 2.0 + i / 10)
+        complete(ledger, f"j{i}", task=f"t{i}", observed=2.0 + i / 10)
     scheduler = Scheduler(ledger, Client("https://okaypic.test", "okpk_test"), Settings())
     evidence = scheduler.learned.durations.evidence(GROK)
     assert evidence is not None and evidence.typical == pytest.approx(2.1)
 
 
 def test_a_runner_learns_the_times_other_runners_record_once_each(tmp_path):
-    ledger = ledger_with_jobs(tmp_path / "l.db")
-    complete(ledger, "j0", "t0", 30.0)  # before this runner started: its history
+    ledger = make_ledger(tmp_path / "l.db", numbered(6))
+    complete(ledger, "j0", task="t0", observed=30.0)  # before this runner started: its history
     scheduler = Scheduler(ledger, Client("https://okaypic.test", "okpk_test"), Settings())
     scheduler.runner_id = "me"
-    complete(ledger, "j1", "t1", 2.0)  # another runner's, meanwhile
-    complete(ledger, "j2", "t2", 2.0)
+    complete(ledger, "j1", task="t1", observed=2.0)  # another runner's, meanwhile
+    complete(ledger, "j2", task="t2", observed=2.0)
     with ledger.transaction() as db:  # and one of this runner's own: learned as it completed
         db.execute("UPDATE attempts SET runner_id = CASE WHEN task_id = 't2' THEN 'me'"
                    " ELSE 'other' END")  # fmt: skip
@@ -92,7 +78,7 @@ def test_a_runner_learns_the_times_other_runners_record_once_each(tmp_path):
 
 
 def test_the_eta_spreads_the_learned_times_of_what_is_left_over_the_slots(tmp_path):
-    ledger = ledger_with_jobs(tmp_path / "l.db")
+    ledger = make_ledger(tmp_path / "l.db", numbered(6))
     clock = [100.0]
     scheduler = Scheduler(
         ledger, Client("https://okaypic.test", "okpk_test"), Settings(), clock=lambda: clock[0]
@@ -110,7 +96,7 @@ def test_the_eta_spreads_the_learned_times_of_what_is_left_over_the_slots(tmp_pa
 def test_the_runs_display_shows_the_eta_of_the_learned_times(tmp_path):
     from batchgen.runner import _Eta, _snapshot
 
-    ledger = ledger_with_jobs(tmp_path / "l.db")
+    ledger = make_ledger(tmp_path / "l.db", numbered(6))
     scheduler = Scheduler(ledger, Client("https://okaypic.test", "okpk_test"), Settings())
     eta = _Eta(ledger, None, scheduler)
     assert _snapshot(ledger, None, eta).eta_seconds is None  # nothing learned yet

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 from batchgen.sandbox import Response, serve
-from tests.crashing import audit, build_ledger, query
+from tests.builders import PRICE, build_ledger
+from tests.crashing import audit, query
 from tests.e2e import FAST, StderrWatch, batchgen, command_env, spawn, wait_for
 from tests.faulty import run_faulty, spawn_faulty
-from tests.test_hostile_service import PRICE, HostileSandbox
+from tests.hostile import HostileSandbox
 
 KEY = "okpk_sandbox_demo"
 JOBS = 3

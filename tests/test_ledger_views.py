@@ -16,10 +16,10 @@ import pytest
 from batchgen import migrations
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
+from tests.builders import complete, fail, grok, make_ledger, report, seedance
 from tests.documentation import readme_and_docs
-from tests.e2e import FAST, on_sandbox, rows, write_manifest
+from tests.e2e import FAST, on_sandbox, report_text, rows, write_manifest
 from tests.old_ledgers import written_before
-from tests.test_report import audit, complete, fail, grok, make_ledger, report, seedance  # noqa: F401
 
 MONEY = ("spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd")
 COUNTS = ("jobs", "completed", "failed", "queued", "video_seconds", "images")
@@ -223,10 +223,8 @@ def datasette_get(ledger: Path, *paths: str) -> list[Any]:
 
 
 def test_datasette_shows_the_views_with_the_reports_dollars(ran):
-    from tests.test_audit_e2e import report as run_report
-
-    by_campaign = json.loads(run_report(ran, "--format", "json"))
-    by_model = json.loads(run_report(ran, "--format", "json", "--by", "model"))
+    by_campaign = json.loads(report_text(ran, "--format", "json"))
+    by_model = json.loads(report_text(ran, "--format", "json", "--by", "model"))
     campaigns, models, jobs = datasette_get(
         ran,
         "/batchgen/campaign_costs.json?_shape=array",

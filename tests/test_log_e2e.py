@@ -10,8 +10,16 @@ import signal
 from collections import Counter
 
 from batchgen.sandbox.config import DEFAULT_KEY
-from tests.e2e import FAST, StderrWatch, command_env, grok_batch, on_sandbox, spawn, wait_for
-from tests.test_display import run_on_a_terminal
+from tests.e2e import (
+    FAST,
+    StderrWatch,
+    command_env,
+    grok_batch,
+    on_sandbox,
+    run_on_a_terminal,
+    spawn,
+    wait_for,
+)
 
 SCALE = 0.01
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)$")

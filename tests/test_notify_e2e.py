@@ -32,7 +32,7 @@ from tests.e2e import (
     status_json,
     wait_for,
 )
-from tests.test_hostile_service import HostileSandbox, redirect
+from tests.hostile import HostileSandbox, redirect
 from tests.webhook import (
     refusing_url,
     silent_target,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from batchgen.job import Campaign, Job
 from batchgen.plan import KeysGiven, format_plan, keys_given, keys_needed, make_plan, makespan
-from tests.test_report import complete, grok, image, invoke, make_ledger, seedance, start, veo
+from tests.builders import complete, grok, image, invoke, make_ledger, seedance, start, veo
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_REF = [{"type": "video", "url": "https://example.com/ref.mp4"}]

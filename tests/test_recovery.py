@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.errors import LedgerWriteFailed
 from batchgen.ledger import Ledger, LedgerJob
-from tests.crashing import build_ledger
+from tests.builders import build_ledger
 
 
 def created(job: LedgerJob, attempt: int, task_id: str = "task-1") -> dict[str, Any]:

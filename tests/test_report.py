@@ -2,7 +2,7 @@
 methods, the path the scheduler takes, and every expected sum is worked out by hand from
 the price table (okaypic-api.txt).
 
-The ledger builders at the top are shared with test_status, test_plan and test_download.
+The ledgers are built by tests/builders.py (`audit`: every money state once).
 """
 
 from __future__ import annotations
@@ -14,187 +14,21 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from batchgen.cli import cli
-from batchgen.job import Campaign, Job
-from batchgen.ledger import Ledger, LedgerJob
-from batchgen.report import COLUMNS, JOB_COLUMNS, render
-
-# ---------------------------------------------------------------- building ledgers the way the
-# scheduler does: begin_attempt, attempt_created, task_completed / task_failed / attempt_ended
-
-CDN = "https://cdn.example.com"
-
-
-def seedance(job_id: str, duration: int = 5, fast: bool = False, **kw) -> Job:
-    model = "jimeng-video-seedance-2.0" + ("-fast" if fast else "")
-    return Job("c", job_id, model, f"prompt {job_id}", duration=duration, **kw)
-
-
-def grok(job_id: str, duration: int = 5, **kw) -> Job:
-    return Job("c", job_id, "grok-video-3", f"prompt {job_id}", duration=duration, **kw)
-
-
-def veo(job_id: str, variant: str = "veo3.1-pro", **kw) -> Job:
-    return Job("c", job_id, "veo3.1", f"prompt {job_id}", variant=variant, **kw)
-
-
-def image(job_id: str, **kw) -> Job:
-    return Job("c", job_id, "jimeng-5.0", f"prompt {job_id}", **kw)
-
-
-def make_ledger(
-    path: Path, jobs: list[Job], campaign: str = "c", budget: int | None = None
-) -> Ledger:
-    ledger = Ledger(path)
-    for job in jobs:
-        job.campaign = campaign
-    ledger.ingest(Campaign(campaign, f"{campaign}.yaml", "sha", budget), jobs)
-    return ledger
-
-
-def queued(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
-    return next(j for j in ledger.unfinished_jobs([campaign]) if j.id == job_id)
-
-
-def start(ledger: Ledger, job_id: str, campaign: str = "c", task: str | None = None) -> LedgerJob:
-    """Submit a queued job: its task is created and charged (in flight)."""
-    job = queued(ledger, job_id, campaign)
-    attempt = ledger.begin_attempt(job)
-    ledger.attempt_created(job, attempt, 200, task or f"task-{campaign}-{job_id}-{job.attempts}")
-    return job
-
-
-def complete(
-    ledger: Ledger, job_id: str, campaign: str = "c", urls: list[str] | None = None
-) -> LedgerJob:
-    job = start(ledger, job_id, campaign)
-    ledger.task_completed(job, [f"{CDN}/{job_id}.mp4"] if urls is None else urls)
-    return job
-
-
-def fail(
-    ledger: Ledger, job_id: str, campaign: str = "c", then: str = "failed", why: str = "NSFW"
-) -> LedgerJob:
-    """The task is created, then fails (refunded); the job is `then` (failed or queued)."""
-    job = start(ledger, job_id, campaign)
-    ledger.task_failed(job, why, then)
-    return job
-
-
-def unknown(ledger: Ledger, job_id: str, campaign: str = "c", then: str = "held") -> LedgerJob:
-    """The request left and no usable answer came back."""
-    job = queued(ledger, job_id, campaign)
-    attempt = ledger.begin_attempt(job)
-    ledger.attempt_ended(
-        job,
-        attempt,
-        state="unknown",
-        outcome="read timeout",
-        counted=True,
-        job_status=then,
-        error="ReadTimeout",
-        reason="unknown outcome" if then == "held" else None,
-    )
-    return job
-
-
-def rejected(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
-    job = queued(ledger, job_id, campaign)
-    attempt = ledger.begin_attempt(job)
-    ledger.attempt_ended(
-        job,
-        attempt,
-        state="rejected",
-        outcome="rejected",
-        counted=True,
-        job_status="failed",
-        http_status=400,
-        error="invalid ratio",
-    )
-    return job
-
-
-def sending(ledger: Ledger, job_id: str, campaign: str = "c") -> LedgerJob:
-    """A crash right after the intent was committed: the attempt stays `sending`."""
-    job = queued(ledger, job_id, campaign)
-    ledger.begin_attempt(job)
-    return job
-
-
-def sent_with(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c") -> None:
-    """Record `key` as the label of the key the job's latest attempt was sent with, as the
-    scheduler records it when the attempt begins."""
-    with ledger.transaction() as db:
-        db.execute(
-            "UPDATE attempts SET key_label = ? WHERE id = (SELECT MAX(id) FROM attempts"
-            " WHERE campaign = ? AND job_id = ?)",
-            (key, campaign, job_id),
-        )
-
-
-def invoke(ledger: Path, *args: str):
-    return CliRunner().invoke(cli, ["--ledger", str(ledger), *args])
-
-
-# ---------------------------------------------------------------- a ledger with every state
-
-
-@pytest.fixture
-def audit(tmp_path) -> Path:
-    """Every money state once, with tags:
-
-    fast-10   seedance fast 10 s, completed        spent 0.80     tags a, b   10 video s
-    grok-15   grok 15 s, completed                  spent 0.30     tag a       15 video s
-    grok-bad  grok 5 s, task failed (refunded)      refunded 0.10  tag b
-    sd-run    seedance 5 s, running                 in flight 0.60
-    pro-lost  veo pro, unknown outcome, held        unknown 0.30   tag a
-    sd-sent   seedance 5 s + video ref, `sending`   unknown 1.20
-    poster    jimeng-5.0, completed                 spent 0.20     1 image
-    veo-done  veo fast, completed                   spent 0.10     0 video s
-    bad-400   grok 5 s, rejected                    nothing
-    wait      grok 10 s, queued                     nothing        tag a
-    """
-    path = tmp_path / "audit.db"
-    ref = [{"type": "video", "url": "https://example.com/ref.mp4"}]
-    ledger = make_ledger(
-        path,
-        [
-            seedance("fast-10", 10, fast=True, tags=["a", "b"]),
-            grok("grok-15", 15, tags=["a"]),
-            grok("grok-bad", tags=["b"]),
-            seedance("sd-run"),
-            veo("pro-lost", tags=["a"]),
-            seedance("sd-sent", ref_mode="omni", media=ref),
-            image("poster"),
-            veo("veo-done", variant="veo3.1-fast"),
-            grok("bad-400"),
-            grok("wait", 10, tags=["a"]),
-        ],
-        budget=5_000_000,
-    )
-    complete(ledger, "fast-10")
-    complete(ledger, "grok-15")
-    fail(ledger, "grok-bad")
-    start(ledger, "sd-run")
-    unknown(ledger, "pro-lost")
-    sending(ledger, "sd-sent")
-    complete(ledger, "poster", urls=[f"{CDN}/poster.png"])
-    complete(ledger, "veo-done")
-    rejected(ledger, "bad-400")
-    ledger.close()
-    return path
-
-
-def report(path: Path, by: str = "campaign", fmt: str = "json", per_job: bool = False, **kw):
-    ledger = Ledger(path, create=False)
-    try:
-        text = render(ledger, kw.get("campaigns", []), by, fmt, per_job, kw.get("width", 200))
-    finally:
-        ledger.close()
-    assert text.endswith("\n")
-    return json.loads(text) if fmt == "json" else text
+from batchgen.job import Campaign
+from batchgen.ledger import Ledger
+from batchgen.report import COLUMNS, JOB_COLUMNS
+from tests.builders import (
+    CDN,
+    complete,
+    fail,
+    grok,
+    invoke,
+    make_ledger,
+    report,
+    sent_with,
+    start,
+)
 
 
 def test_json_totals_are_worked_out_from_the_price_table(audit):

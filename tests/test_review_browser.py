@@ -389,7 +389,7 @@ def test_a_result_not_saved_locally_is_shown_from_the_services_url_and_marked(
 
 
 def test_a_large_ledger_is_shown_a_page_at_a_time_and_filtered_by_the_server(browser, tmp_path):
-    from tests.test_report import complete, grok, make_ledger
+    from tests.builders import complete, grok, make_ledger
 
     ledger = make_ledger(tmp_path / "l.db", [grok(f"clip-{i:03d}") for i in range(230)])
     complete(ledger, "clip-229", urls=[])  # the last job: the only completed one

@@ -31,8 +31,8 @@ from batchgen.ledger import Ledger
 from batchgen.review import open_review, parse_bind
 from batchgen.review.files import locate
 from batchgen.review.server import Guard, Review, build_app
+from tests.builders import CDN, complete, grok, image, make_ledger, start
 from tests.e2e import command_env
-from tests.test_report import CDN, complete, grok, image, make_ledger, start
 
 VIDEO = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8  # 2,060 bytes
 LOCAL = 8766  # the port the in-process client pretends to reach

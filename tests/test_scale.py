@@ -27,29 +27,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen import migrations
-from batchgen.job import Campaign, Job
+from batchgen.job import Campaign
 from batchgen.ledger import Ledger
 from batchgen.ledger.reads import usd_sql
 from batchgen.money import usd
 from batchgen.status import status_data
-from tests.e2e import command_env
-from tests.old_ledgers import written_before
-from tests.test_report import (
+from tests.builders import (
     CDN,
+    ODD,
     complete,
+    every_kind_of_job,
     fail,
     grok,
     image,
     invoke,
+    kept_totals,
     make_ledger,
+    recomputed_totals,
     rejected,
-    seedance,
-    sending,
     start,
     unknown,
 )
-
-ODD = 'quote " backslash \\ tab\t newline\n bell\x07 é 😀 \u2028 </script>'
+from tests.e2e import command_env
+from tests.old_ledgers import written_before
 
 # ---------------------------------------------------------------- the plain way, for reference
 
@@ -176,79 +176,6 @@ def status_json_command(path: Path, *args: str) -> str:
     return result.output
 
 
-def every_kind_of_job(path: Path) -> Ledger:
-    """Two campaigns, every status, odd text in ids, prompts and errors, result URLs with
-    non-ASCII characters (stored escaped by json.dumps), several files per job, a failed
-    download, a sub-cent price, verdicts current, withdrawn and stale."""
-    ledger = make_ledger(
-        path,
-        [
-            grok("done"),
-            seedance(f"odd {ODD}", fast=True),
-            grok("two-files"),
-            image("judged"),
-            grok("withdrawn"),
-            grok("again"),
-            grok("bad"),
-            seedance("run"),
-            grok("held"),
-            grok("sent"),
-            grok("wait"),
-            grok("refused"),
-        ],
-        budget=40_000_000,
-    )
-    ledger.ingest(Campaign("b-second", "b.yaml", "sha", None), [Job("b-second", "x", "veo3.1",
-                  "veo", variant="veo3.1-fast"), Job("b-second", "y", "grok-video-3", "y",
-                  duration=10)])  # fmt: skip
-    done = complete(ledger, "done")
-    ledger.record_verdict("c", "done", done.task_id or "", "approved", None)
-    complete(ledger, f"odd {ODD}", urls=[f"{CDN}/caf\u00e9 {ODD}.mp4"])
-    complete(ledger, "two-files", urls=[f"{CDN}/a.mp4", f"{CDN}/b.mp4"])
-    marks = {"c2pa": None, "xmp": {"description": ODD}, "labels": [], "marked": False}
-    columns = {row[1] for row in ledger.conn.execute("PRAGMA table_info(files)")}
-    if "provenance" not in columns:  # a ledger from before m012
-        marks = None
-    ledger.file_saved("c", "two-files", 1, f"{CDN}/b.mp4", f"out/c/two {ODD}.mp4", 3, "ab", marks)
-    ledger.file_saved("c", "two-files", 0, f"{CDN}/a.mp4", "out/c/two-files.mp4", 3, "cd")
-    ledger.file_failed("c", "done", 0, f"{CDN}/done.mp4", f"HTTP 404 {ODD}")
-    for job_id in ("judged", "withdrawn", "again"):
-        job = complete(ledger, job_id)
-        ledger.record_verdict("c", job_id, job.task_id or "", "approved", None)
-    ledger.record_verdict("c", "judged", queued_task(ledger, "judged"), "rejected", ODD)
-    ledger.record_verdict("c", "withdrawn", queued_task(ledger, "withdrawn"), None, None)
-    assert ledger.requeue_rejected(["c"]) == 1  # judged: its rejected result is stale now
-    ledger.record_verdict("c", "again", queued_task(ledger, "again"), "rejected", "no")
-    fail(ledger, "bad", why=f"Generation failed: {ODD}")
-    start(ledger, "run")
-    unknown(ledger, "held")
-    sending(ledger, "sent")
-    rejected(ledger, "refused")
-    complete(ledger, "y", campaign="b-second")
-    start(ledger, "x", campaign="b-second")
-    label_keys(ledger)
-    return ledger
-
-
-def label_keys(ledger: Ledger) -> None:
-    """Sent with two keys, and some attempts before labels were kept (NULL), as the
-    scheduler records the label of each attempt (m007; nothing on an older ledger)."""
-    columns = {row[1] for row in ledger.conn.execute("PRAGMA table_info(attempts)")}
-    if "key_label" in columns:
-        with ledger.transaction() as db:
-            db.execute(
-                "UPDATE attempts SET key_label ="
-                " CASE id % 3 WHEN 1 THEN 'studio' WHEN 2 THEN 'night' END"
-            )
-
-
-def queued_task(ledger: Ledger, job_id: str) -> str:
-    (task_id,) = ledger.conn.execute(
-        "SELECT task_id FROM jobs WHERE campaign = 'c' AND id = ?", (job_id,)
-    ).fetchone()
-    return str(task_id)
-
-
 # ---------------------------------------------------------------- status --json, streamed
 
 
@@ -318,54 +245,6 @@ def test_money_spelled_in_sql_is_money_usd(micros):
 
 
 # ---------------------------------------------------------------- totals kept by triggers
-
-
-Totals = tuple[dict[Any, tuple[int, ...]], dict[Any, int], dict[Any, tuple[int, ...]]]
-
-
-def recomputed_totals(path: Path) -> Totals:
-    """What attempt_totals, verdict_totals and key_totals must hold, summed from the rows."""
-    db = sqlite3.connect(path)
-    attempts = {
-        (c, s): (n, cost, unit, refund)
-        for c, s, n, cost, unit, refund in db.execute(
-            "SELECT campaign, state, COUNT(*), SUM(cost_micro_usd), SUM(unit_price_micro_usd),"
-            " SUM(refunded_micro_usd) FROM attempts GROUP BY campaign, state"
-        )
-    }
-    verdicts = {
-        (c, v): n
-        for c, v, n in db.execute(
-            "SELECT j.campaign, cv.verdict, COUNT(*) FROM jobs j JOIN current_verdicts cv"
-            " ON cv.campaign = j.campaign AND cv.job_id = j.id AND cv.task_id = j.task_id"
-            " WHERE j.status = 'completed' AND cv.verdict IS NOT NULL GROUP BY 1, 2"
-        )
-    }
-    keys = {
-        (c, k, s): (n, cost, unit, refund, refusals)
-        for c, k, s, n, cost, unit, refund, refusals in db.execute(
-            "SELECT campaign, key_label, state, COUNT(*), SUM(cost_micro_usd),"
-            " SUM(unit_price_micro_usd), SUM(refunded_micro_usd), SUM(outcome IS 'refused')"
-            " FROM attempts GROUP BY campaign, key_label, state"
-        )
-    }
-    db.close()
-    return attempts, verdicts, keys
-
-
-def kept_totals(path: Path) -> Totals:
-    db = sqlite3.connect(path)
-    attempts = {
-        (c, s): (n, cost, unit, refund)
-        for c, s, n, cost, unit, refund in db.execute("SELECT * FROM attempt_totals")
-    }
-    verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals")}
-    keys = {  # '' is how key_totals keeps the NULL label of attempts recorded before m007
-        (c, k or None, s): (n, cost, unit, refund, refusals)
-        for c, k, s, n, cost, unit, refund, refusals in db.execute("SELECT * FROM key_totals")
-    }
-    db.close()
-    return attempts, verdicts, keys
 
 
 def test_the_totals_equal_the_sums_over_the_rows_after_every_kind_of_write(tmp_path):

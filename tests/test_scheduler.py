@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from batchgen.client import Client
-from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
 from batchgen.scheduler import AuthFailed, Scheduler, Settings
+from tests.builders import make_ledger, numbered
 
 FAST = Settings(concurrency=3, poll_interval=0.001, retry_delay=0.001, max_attempts=4)
 QUICK = {"poll_interval": 0.001, "retry_delay": 0.001}
@@ -67,13 +67,6 @@ def raises(exc: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.R
     return reply
 
 
-def make_ledger(tmp_path, n: int = 1, budget: int | None = None) -> Ledger:
-    ledger = Ledger(tmp_path / "l.db")
-    jobs = [Job("c", f"j{i}", "grok-video-3", f"prompt {i}", duration=5) for i in range(n)]
-    ledger.ingest(Campaign("c", "m.yaml", "sha", budget), jobs)
-    return ledger
-
-
 def run(ledger: Ledger, service: ScriptedService, settings: Settings = FAST):
     async def go():
         client = Client("https://okaypic.test", "okpk_test", transport=httpx.MockTransport(service))
@@ -94,7 +87,7 @@ def job(ledger: Ledger, job_id: str = "j0") -> dict[str, Any]:
 
 
 def test_a_created_task_is_polled_to_completion_and_costed(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     run(ledger, ScriptedService([CREATED], [{"status": "processing", "progress": 40}, DONE]))
     row = job(ledger)
     assert (row["status"], row["task_id"], row["cost_micro_usd"]) == (
@@ -107,7 +100,7 @@ def test_a_created_task_is_polled_to_completion_and_costed(tmp_path):
 
 
 def test_the_body_sent_is_the_job_request_with_the_bearer_key(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService([CREATED])
     run(ledger, service)
     post = service.requests[0]
@@ -121,7 +114,7 @@ def test_the_body_sent_is_the_job_request_with_the_bearer_key(tmp_path):
 
 
 def test_429_on_submit_waits_without_spending_an_attempt(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     run(ledger, ScriptedService([error(429), error(429), CREATED]))
     assert job(ledger)["attempts"] == 1
     assert [(a["http_status"], a["counted"], a["state"]) for a in attempts(ledger)] == [
@@ -132,7 +125,7 @@ def test_429_on_submit_waits_without_spending_an_attempt(tmp_path):
 
 
 def test_500_on_submit_is_retried_and_counts_until_the_job_fails(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService([error(500, "backend down")])
     run(ledger, service)
     row = job(ledger)
@@ -142,7 +135,7 @@ def test_500_on_submit_is_retried_and_counts_until_the_job_fails(tmp_path):
 
 
 def test_400_fails_the_job_at_once_with_the_services_message(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService([error(400, "invalid ratio")])
     run(ledger, service)
     assert (job(ledger)["status"], job(ledger)["last_error"]) == ("failed", "invalid ratio")
@@ -150,21 +143,21 @@ def test_400_fails_the_job_at_once_with_the_services_message(tmp_path):
 
 
 def test_a_connect_error_is_retried_without_counting_an_attempt(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     run(ledger, ScriptedService([raises(httpx.ConnectError), CREATED]))
     assert job(ledger)["attempts"] == 1
     assert job(ledger)["status"] == "completed"
 
 
 def test_a_service_that_cannot_be_reached_stops_the_run_resumably(tmp_path):
-    ledger = make_ledger(tmp_path, 2)
+    ledger = make_ledger(tmp_path / "l.db", numbered(2))
     summary = run(ledger, ScriptedService([raises(httpx.ConnectError)]))
     assert summary.stopped_for == "unreachable"
     assert ledger.counts()["queued"] == 2
 
 
 def test_a_read_timeout_on_submit_is_an_unknown_attempt_then_resubmitted(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService([raises(httpx.ReadTimeout), CREATED])
     run(ledger, service)
     assert [a["state"] for a in attempts(ledger)] == ["unknown", "completed"]
@@ -173,7 +166,7 @@ def test_a_read_timeout_on_submit_is_an_unknown_attempt_then_resubmitted(tmp_pat
 
 
 def test_on_unknown_hold_keeps_the_job_for_a_person(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService([raises(httpx.ReadTimeout), CREATED])
     run(ledger, service, Settings(3, 0.001, 0.001, 4, on_unknown="hold"))
     assert job(ledger)["status"] == "held"
@@ -181,7 +174,7 @@ def test_on_unknown_hold_keeps_the_job_for_a_person(tmp_path):
 
 
 def test_poll_errors_never_cause_a_resubmission(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService(
         [CREATED],
         [
@@ -198,7 +191,7 @@ def test_poll_errors_never_cause_a_resubmission(tmp_path):
 
 
 def test_a_failed_task_is_refunded_and_submitted_again(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     failed = {"status": "failed", "errorMessage": "Generation failed", "type": "video"}
     service = ScriptedService([CREATED], [failed, DONE])
     run(ledger, service)
@@ -211,7 +204,7 @@ def test_a_failed_task_is_refunded_and_submitted_again(tmp_path):
 
 
 def test_401_stops_at_once_after_one_request_and_no_job_changes_state(tmp_path):
-    ledger = make_ledger(tmp_path, 3)
+    ledger = make_ledger(tmp_path / "l.db", numbered(3))
     service = ScriptedService([error(401, "Invalid or missing API key")])
     with pytest.raises(AuthFailed):
         run(ledger, service)
@@ -220,7 +213,7 @@ def test_401_stops_at_once_after_one_request_and_no_job_changes_state(tmp_path):
 
 
 def test_402_submits_nothing_more_but_lets_tasks_in_flight_finish(tmp_path):
-    ledger = make_ledger(tmp_path, 5)
+    ledger = make_ledger(tmp_path / "l.db", numbered(5))
     service = ScriptedService(
         [CREATED, CREATED, error(402, "Insufficient balance")],
         [{"status": "processing", "progress": 10}] * 5 + [DONE],
@@ -233,7 +226,7 @@ def test_402_submits_nothing_more_but_lets_tasks_in_flight_finish(tmp_path):
 
 
 def test_a_job_over_budget_is_not_submitted_and_waits_with_reason_budget(tmp_path):
-    ledger = make_ledger(tmp_path, 3, budget=250_000)
+    ledger = make_ledger(tmp_path / "l.db", numbered(3), budget=250_000)
     summary = run(ledger, ScriptedService([CREATED]))
     assert len(summary.budget_blocked) == 1
     assert ledger.counts()["completed"] == 2
@@ -241,7 +234,7 @@ def test_a_job_over_budget_is_not_submitted_and_waits_with_reason_budget(tmp_pat
 
 
 def test_a_submission_interrupted_by_a_crash_is_settled_as_unknown_on_resume(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     crashed = ledger.unfinished_jobs()[0]
     ledger.begin_attempt(crashed)  # the process died after committing its intent
     service = ScriptedService([CREATED])
@@ -251,7 +244,7 @@ def test_a_submission_interrupted_by_a_crash_is_settled_as_unknown_on_resume(tmp
 
 
 def test_a_task_recorded_before_a_crash_is_polled_not_resubmitted(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     crashed = ledger.unfinished_jobs()[0]
     ledger.attempt_created(crashed, ledger.begin_attempt(crashed), 200, "task-from-before")
     service = ScriptedService([CREATED])
@@ -262,7 +255,7 @@ def test_a_task_recorded_before_a_crash_is_polled_not_resubmitted(tmp_path):
 
 
 def test_never_more_than_the_concurrency_in_flight(tmp_path):
-    ledger = make_ledger(tmp_path, 7)
+    ledger = make_ledger(tmp_path / "l.db", numbered(7))
     in_flight = peak = 0
 
     class Counting(ScriptedService):
@@ -287,7 +280,7 @@ def moved(request: httpx.Request) -> httpx.Response:
 
 
 def test_a_3xx_on_submit_stops_the_run_with_every_job_queued_and_no_attempt_counted(tmp_path):
-    ledger = make_ledger(tmp_path, 3)
+    ledger = make_ledger(tmp_path / "l.db", numbered(3))
     service = ScriptedService([moved])
     summary = run(ledger, service)
     assert summary.stopped_for == "redirect"
@@ -301,7 +294,7 @@ def test_a_3xx_on_submit_stops_the_run_with_every_job_queued_and_no_attempt_coun
 
 
 def test_a_task_without_a_usable_answer_for_lost_after_is_held_as_lost(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     service = ScriptedService([CREATED], [error(404, "Task not found")])
     run(ledger, service, Settings(3, 0.001, 0.001, 4, lost_after=0.05))
     lost = job(ledger)
@@ -314,7 +307,7 @@ def test_a_task_without_a_usable_answer_for_lost_after_is_held_as_lost(tmp_path)
 
 
 def test_a_lost_task_is_polled_once_more_by_the_next_run_and_taken_back_if_it_answers(tmp_path):
-    ledger = make_ledger(tmp_path)
+    ledger = make_ledger(tmp_path / "l.db", numbered(1))
     run(ledger, ScriptedService([CREATED], [error(404)]), Settings(lost_after=0.05, **QUICK))
     still_lost = ScriptedService([CREATED], [error(404)])
     run(ledger, still_lost, Settings(lost_after=0.05, **QUICK))
@@ -332,7 +325,7 @@ def test_a_freed_slot_is_given_its_next_submission_before_the_completion_is_hand
     """PRODUCT §6: slots are refilled as soon as a task is seen finished, before any
     download. What `on_completed` starts (the run's download) runs after the next job's
     submission has been sent."""
-    ledger = make_ledger(tmp_path, n=3)
+    ledger = make_ledger(tmp_path / "l.db", numbered(3))
     service = ScriptedService([CREATED])
     seen_at_download: list[int] = []
 

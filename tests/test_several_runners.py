@@ -35,7 +35,6 @@ from tests.e2e import (
 ALPHA, BRAVO = "okpk_alpha_1111", "okpk_bravo_2222"
 KEYS = f"studio={ALPHA},night={BRAVO}"
 PLENTY = 100_000_000
-PRICE = 100_000  # a grok job of build_ledger/grok_batch: $0.10
 
 
 def two_keys(make_sandbox: Any, **knobs: Any) -> Any:

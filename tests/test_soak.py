@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from tests.crashing import CHECKPOINTS, ROOT, audit, build_ledger, crashing_command
+from tests.builders import build_ledger
+from tests.crashing import CHECKPOINTS, ROOT, audit, crashing_command
 from tests.e2e import FAST, batchgen, command_env
 
 JOBS = 200

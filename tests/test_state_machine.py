@@ -35,12 +35,11 @@ from batchgen.client import Client
 from batchgen.ledger import Ledger
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler, Settings
-from tests.crashing import build_ledger
+from tests.builders import PRICE, build_ledger
 
 JOBS = 5
 SETTINGS = Settings(concurrency=3, poll_interval=1.0, retry_delay=1.0, max_attempts=4)
 LIMIT = 3  # the service's active tasks per key
-PRICE = 100_000  # a 5 s grok task
 SUBMIT_FAULTS = (
     "created",
     "created",

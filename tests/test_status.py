@@ -8,16 +8,16 @@ import json
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
 from batchgen.status import format_status, status_data
-from tests.test_report import (
+from tests.builders import (
     complete,
     fail,
     grok,
     invoke,
     make_ledger,
-    queued,
     rejected,
     seedance,
     start,
+    unfinished,
     unknown,
 )
 
@@ -238,7 +238,7 @@ def test_status_command_shows_labels_never_keys(tmp_path, monkeypatch):
 
 def test_human_status_says_to_top_up_when_jobs_wait_for_the_balance(tmp_path):
     ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
-    job = queued(ledger, "a")
+    job = unfinished(ledger, "a")
     attempt = ledger.begin_attempt(job)
     ledger.attempt_ended(
         job,

@@ -15,7 +15,7 @@ from batchgen.download import file_name, file_path
 from batchgen.ledger import Ledger, VerdictRefused
 from batchgen.migrations import MIGRATIONS, migrate
 from batchgen.status import format_status, status_data
-from tests.test_report import (
+from tests.builders import (
     CDN,
     complete,
     fail,
