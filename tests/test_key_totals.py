@@ -27,22 +27,13 @@ from tests.builders import (
     make_ledger,
     recomputed_totals,
     report,
+    sent_with,
     start,
     unfinished,
     unknown,
 )
 from tests.e2e import rows
 from tests.old_ledgers import written_before
-
-
-def label(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c") -> None:
-    """Record `key` as the key of the job's latest attempt (as begin_attempt does)."""
-    with ledger.transaction() as db:
-        db.execute(
-            "UPDATE attempts SET key_label = ? WHERE id = (SELECT MAX(id) FROM attempts"
-            " WHERE campaign = ? AND job_id = ?)",
-            (key, campaign, job_id),
-        )
 
 
 def two_keys(path: Path) -> Ledger:
@@ -61,18 +52,18 @@ def two_keys(path: Path) -> Ledger:
     )
     complete(ledger, "old")
     complete(ledger, "s1")
-    label(ledger, "s1", "studio")
+    sent_with(ledger, "s1", "studio")
     start(ledger, "n1")
-    label(ledger, "n1", "night")
+    sent_with(ledger, "n1", "night")
     fail(ledger, "moved", then="queued")
-    label(ledger, "moved", "night")
+    sent_with(ledger, "moved", "night")
     complete(ledger, "moved")
-    label(ledger, "moved", "studio")
+    sent_with(ledger, "moved", "studio")
     unknown(ledger, "lost")
-    label(ledger, "lost", "night")
+    sent_with(ledger, "lost", "night")
     job = next(j for j in ledger.unfinished_jobs(["c"]) if j.id == "slot")
     attempt = ledger.begin_attempt(job)
-    label(ledger, "slot", "night")
+    sent_with(ledger, "slot", "night")
     ledger.attempt_ended(
         job, attempt, state="not_sent", outcome="slot taken", counted=False,
         job_status="queued", http_status=429,
@@ -155,7 +146,7 @@ def test_a_campaign_scope_counts_only_its_own_attempts(tmp_path):
     ledger = two_keys(tmp_path / "l.db")
     ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("d1")])
     complete(ledger, "d1", campaign="d")
-    label(ledger, "d1", "dawn", campaign="d")
+    sent_with(ledger, "d1", "dawn", campaign="d")
     assert [k.label for k in ledger.key_use(["d"])] == ["dawn"]
     assert [k.label for k in ledger.key_use(["c"])] == ["night", "studio", None]
     assert [k.label for k in ledger.key_use()] == ["dawn", "night", "studio", None]
@@ -213,7 +204,7 @@ def test_key_costs_is_per_campaign_and_key(tmp_path):
     ledger = two_keys(path)
     ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("d1")])
     complete(ledger, "d1", campaign="d")
-    label(ledger, "d1", "studio", campaign="d")
+    sent_with(ledger, "d1", "studio", campaign="d")
     ledger.close()
     found = [(r["campaign"], r["key_label"]) for r in rows(path, "SELECT * FROM key_costs")]
     assert found == [("c", None), ("c", "night"), ("c", "studio"), ("d", "studio")]

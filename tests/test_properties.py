@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchgen import catalog
-from batchgen.job import Campaign, Job
-from batchgen.ledger import Ledger
+from batchgen.job import Job
 from batchgen.money import to_micros, usd
 from batchgen.sandbox import Sandbox, SandboxConfig
+from tests.builders import make_ledger
 
 # okaypic-api.txt, by hand: model -> ($/s, $/s with a video reference or None)
 PER_SECOND = {
@@ -188,9 +188,8 @@ def test_the_ledger_prices_each_job_and_the_service_charges_the_same(priced):
     when it accepts the job: batchgen's budget and spend rest on this."""
     jobs = [as_job(request, f"j{i}") for i, (request, _) in enumerate(priced)]
     with tempfile.TemporaryDirectory() as folder:
-        ledger = Ledger(Path(folder) / "l.db")
+        ledger = make_ledger(Path(folder) / "l.db", jobs)
         try:
-            ledger.ingest(Campaign("c", "m.yaml", "sha", None), jobs)
             prices = {
                 r["id"]: r["price_micro_usd"]
                 for r in ledger.query("SELECT id, price_micro_usd FROM jobs")

@@ -16,6 +16,7 @@ from tests.builders import (
     make_ledger,
     rejected,
     seedance,
+    sent_with,
     start,
     unfinished,
     unknown,
@@ -187,16 +188,11 @@ def test_human_status_gives_counts_spend_running_and_failures(tmp_path):
     assert "`batchgen resume`" in text
 
 
-def labelled(ledger: Ledger, keys: dict[str, str]) -> None:
-    """Record each job's key (job id -> label) on its attempts, as the scheduler does."""
-    with ledger.transaction() as db:
-        for job_id, key in keys.items():
-            db.execute("UPDATE attempts SET key_label = ? WHERE job_id = ?", (key, job_id))
-
-
 def test_status_json_gives_each_key_and_each_jobs_key(tmp_path):
     ledger = small(tmp_path)
-    labelled(ledger, {"done": "studio", "run": "night", "bad": "night"})
+    sent_with(ledger, "done", "studio")
+    sent_with(ledger, "run", "night")
+    sent_with(ledger, "bad", "night")
     data = status_data(ledger, [])
     assert data["keys"] == [
         {"label": "night", "in_flight": 1, "spent_usd": "0.00", "refusals": 0},
@@ -208,7 +204,8 @@ def test_status_json_gives_each_key_and_each_jobs_key(tmp_path):
 
 def test_human_status_shows_each_keys_tasks_in_flight_and_spend(tmp_path):
     ledger = small(tmp_path)
-    labelled(ledger, {"done": "studio", "run": "night"})
+    sent_with(ledger, "done", "studio")
+    sent_with(ledger, "run", "night")
     text = format_status(ledger, status_data(ledger, [], jobs=False), [])
     lines = text.splitlines()
     at = lines.index("keys (3):")
@@ -227,7 +224,7 @@ def test_human_status_says_nothing_of_keys_when_none_was_labelled(tmp_path):
 def test_status_command_shows_labels_never_keys(tmp_path, monkeypatch):
     secret = "okpk_live_secret_value_1234"
     ledger = small(tmp_path)
-    labelled(ledger, {"done": "studio"})
+    sent_with(ledger, "done", "studio")
     ledger.close()
     monkeypatch.setenv("OKAYPIC_API_KEYS", f"studio={secret}")
     for args in (["status"], ["status", "--json"]):
