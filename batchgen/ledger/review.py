@@ -174,8 +174,8 @@ class ReviewMixin(ReadsMixin):
         """The first `limit` jobs the review page shows under `filters`, and whether there
         are more: the newest campaign first (the one a run filled last night), each in
         ingestion order. Each with its request fields, status, cost (micro-dollars),
-        attempts made, result URLs, the files saved for them (n, path, size) and the
-        current verdict and note of its result.
+        attempts made, result URLs, the files saved for them (n, path, size, and provenance:
+        the marks read on save, or None) and the current verdict and note of its result.
 
         Read a campaign at a time on its index until the page is full, so the first page
         costs the same on a million jobs as on a hundred (a filter that matches few jobs
@@ -202,7 +202,9 @@ class ReviewMixin(ReadsMixin):
                 " (SELECT COUNT(*) FROM attempts a WHERE a.job_ref = j.ref AND a.counted)"
                 "   AS attempts,"
                 " (SELECT json_group_array(json_object('n', f.n, 'url', f.url, 'path', f.path,"
-                "   'size', f.size)) FROM files f WHERE f.job_ref = j.ref"
+                # the marks read on save (m012), as JSON; null: not read
+                f"   'size', f.size, 'provenance', CASE WHEN json_valid({self._provenance})"
+                f"   THEN json({self._provenance}) END)) FROM files f WHERE f.job_ref = j.ref"
                 "   AND f.downloaded_at IS NOT NULL AND f.error IS NULL) AS files,"
                 " cv.verdict, cv.note, cv.at AS verdict_at, cv.reviewer,"
                 # the result's verdicts, newest first: its history (a few rows, on

@@ -166,8 +166,8 @@ function makeCard(result) {
   reject.addEventListener("click", () => { setCurrent(card); rejectWithNote(card); });
   note.addEventListener("click", () => { setCurrent(card); editNote(card); });
   actions.append(approve, reject, note);
-  meta.append(title, el("div", "facts"), el("div", "tags"), el("div", "state"), el("div", "note"),
-    el("div", "who"), actions);
+  meta.append(title, el("div", "facts"), el("div", "marks"), el("div", "tags"), el("div", "state"),
+    el("div", "note"), el("div", "who"), actions);
   const box = el("div", "media");
   box.title = "open at full size (Enter)";
   box.addEventListener("click", () => { setCurrent(card, false); openLightbox(); });
@@ -193,6 +193,7 @@ function update(card, result) {
   badge.textContent = card.dataset.verdict === "none" ? "" :
     card.dataset.verdict === "unreviewed" ? "to review" : result.verdict;
   card.querySelector(".facts").textContent = facts(result);
+  showMarks(card.querySelector(".marks"), marksOf(result));
   const tags = card.querySelector(".tags");
   const tagText = result.tags.join("\u0000");
   if (tags.dataset.text !== tagText) {
@@ -206,6 +207,19 @@ function update(card, result) {
   const judgeable = result.status === "completed" && !!result.task_id;
   card.querySelectorAll(".actions button").forEach((b) => { b.disabled = !judgeable; });
   updateMedia(card, result);
+}
+
+// What the first file's marks say (provenance, read when it was saved): {state, badge,
+// details} from the server, or null (no saved file).
+function marksOf(result) {
+  const item = result.media.find((m) => m.marks);
+  return item ? item.marks : null;
+}
+
+function showMarks(node, marks) {
+  node.dataset.state = marks ? marks.state : "";
+  node.textContent = marks ? marks.badge : "";
+  node.title = marks ? marks.details.join("\n") : "";
 }
 
 function facts(result) {
@@ -706,6 +720,15 @@ function showLightbox() {
     (comparing ? " of this prompt" : "");
   $("lb-prompt").textContent = result.prompt;
   $("lb-facts").textContent = facts(result) + (result.note ? " · note: " + result.note : "");
+  // Each file's marks in full (the card shows the first one's badge).
+  const marked = result.media.filter((m) => m.marks);
+  $("lb-marks").replaceChildren(...marked.map((m) => {
+    const item = el("li");
+    const badge = el("span", "marks", (marked.length > 1 ? "file " + (m.n + 1) + ": " : "") + m.marks.badge);
+    badge.dataset.state = m.marks.state;
+    item.append(badge, ...m.marks.details.map((line) => el("div", "", line)));
+    return item;
+  }));
   $("lb-history").replaceChildren(...(result.history || []).map((h) => el("li", "",
     (h.verdict || "withdrawn") + " by " + (h.reviewer || "someone unnamed") + " · " +
     shortTime(h.at) + (h.note ? " · " + h.note : ""))));
