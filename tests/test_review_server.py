@@ -28,6 +28,7 @@ from starlette.testclient import TestClient
 
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
+from batchgen.ledger.review import ReviewFilters
 from batchgen.provenance.xmp import TRAINED
 from batchgen.review import open_review, parse_bind
 from batchgen.review.files import locate
@@ -263,6 +264,25 @@ def test_a_file_saved_before_marks_were_read_or_never_saved_is_said_so(server):
     by_id = cards(server)
     assert by_id["a1"]["media"][0]["marks"]["badge"] == "marks not read"
     assert by_id["remote"]["media"][0]["marks"] is None  # never saved: nothing was read
+
+
+def test_the_marks_come_in_the_pages_own_query_not_one_query_a_result(folder):
+    ledger = Ledger(folder / "l.db", create=False)
+    review = Review(ledger, [], "out")
+    statements: list[str] = []
+    ledger.conn.set_trace_callback(statements.append)
+    try:
+        review.results(None, ReviewFilters(), 1)  # what is read once (the columns kept)
+        asked = {}
+        for limit in (1, 6):
+            statements.clear()
+            data = review.results(None, ReviewFilters(), limit)
+            asked[limit] = len(statements)
+    finally:
+        ledger.close()
+    saved = [m for g in data["groups"] for r in g["results"] for m in r["media"] if m["local"]]
+    assert len(saved) == 3 and all(m["marks"] for m in saved)
+    assert 0 < asked[1] == asked[6]
 
 
 # -- a ledger too large for one answer: pages, newest campaign first, filters on the server --
