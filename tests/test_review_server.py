@@ -260,6 +260,22 @@ def test_the_badge_says_what_the_recorded_marks_say(folder, kind, state, badge, 
     assert any(line.startswith(detail) for line in item["marks"]["details"]), item["marks"]
 
 
+@pytest.mark.parametrize(
+    "marks, expected",
+    [("invalid", {"img"}), ("valid", {"a1"}), ("none", {"a2"}), ("unread", {"gone"})],
+)
+def test_the_server_filters_by_the_marks_of_a_results_files(folder, marks, expected):
+    ledger = Ledger(folder / "l.db")
+    unmarked = {"c2pa": None, "xmp": None, "labels": [], "marked": False, "error": None}
+    for job_id, record in (("img", MARKS["forged"]), ("a1", MARKS["xmp"]), ("a2", unmarked)):
+        ext = "png" if job_id == "img" else "mp4"
+        url, path = f"{CDN}/{job_id}.{ext}", f"out/c/{job_id}.{ext}"
+        ledger.file_saved("c", job_id, 0, url, path, len(VIDEO), "0", record)
+    ledger.close()
+    with in_process(folder / "l.db", "out") as client:
+        assert ids(ask(client, marks=marks)) == expected
+
+
 def test_a_file_saved_before_marks_were_read_or_never_saved_is_said_so(server):
     by_id = cards(server)
     assert by_id["a1"]["media"][0]["marks"]["badge"] == "marks not read"

@@ -44,7 +44,7 @@ function el(tag, className, text) {
 
 // The filters the server applies: each select's and the search box's value.
 const SERVER_FILTERS = { campaign: "f-campaign", status: "f-status", model: "f-model",
-  tag: "f-tag", verdict: "f-verdict", reviewer: "f-reviewer", q: "f-text" };
+  tag: "f-tag", verdict: "f-verdict", reviewer: "f-reviewer", marks: "f-marks", q: "f-text" };
 
 function query(force) {
   const params = new URLSearchParams({ limit: String(state.limit) });
@@ -300,7 +300,8 @@ function updateMedia(card, result) {
 
 // -- filters -------------------------------------------------------------------------------
 
-const FILTERS = ["f-campaign", "f-status", "f-model", "f-tag", "f-verdict", "f-reviewer", "f-text"];
+const FILTERS = ["f-campaign", "f-status", "f-model", "f-tag", "f-verdict", "f-reviewer", "f-marks",
+  "f-text"];
 
 // Campaigns and models from the server (all of them, not only those shown); tags from the
 // results shown (listing every tag of a million jobs would read them all).
@@ -336,6 +337,7 @@ function matches(card) {
   if (f("f-tag") && !r.tags.includes(f("f-tag"))) return false;
   if (f("f-verdict") && verdictOf(r) !== f("f-verdict")) return false;
   if (f("f-reviewer") && !(r.verdict && r.reviewer === f("f-reviewer"))) return false;
+  if (f("f-marks") && !r.media.some((m) => m.marks && m.marks.state === f("f-marks"))) return false;
   const text = f("f-text").trim().toLowerCase();
   if (text && !(r.prompt.toLowerCase().includes(text) || r.id.toLowerCase().includes(text))) return false;
   return true;
