@@ -409,6 +409,11 @@ def test_a_result_not_saved_locally_is_shown_from_the_services_url_then_saved_wi
             "validation valid",
         ):
             assert fact in details, details
+        press(browser, "\ue00c")  # Esc
+        # The marks filter: applied by the server, over the whole ledger.
+        for marks, shown in (("invalid", []), ("none", []), ("valid", sorted(keys))):
+            Select(browser.find_element(By.ID, "f-marks")).select_by_value(marks)
+            wait(browser, f"marks {marks}", lambda d, s=shown: sorted(keys_of_the_grid(d)) == s)
         assert severe_logs(browser, origin=url) == []
 
 
