@@ -581,10 +581,13 @@ def test_the_lightbox_opens_steps_through_the_results_zooms_and_steps_a_videos_f
         wait(browser, "the frame before", lambda d: int(lightbox(d)["frame"]) == frame)
         press(browser, "\ue00c")  # Esc
         wait(browser, "the lightbox closed", lambda d: lightbox(d)["hidden"] == "1")
-        # A click on a result's picture opens it too.
-        browser.find_element(
+        # A click on a result's picture opens it too (scrolled clear of the page's header,
+        # which stays on top: Selenium clicks where the picture's middle is).
+        picture = browser.find_element(
             By.CSS_SELECTOR, 'article.card[data-key="takes/poster-3"] .media'
-        ).click()
+        )
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
+        picture.click()
         wait(browser, "the click", lambda d: lightbox(d)["key"] == "takes/poster-3")
         assert no_reload_since(browser)
         help_text = browser.find_element(By.ID, "help").get_attribute("textContent")
