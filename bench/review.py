@@ -265,6 +265,8 @@ def main() -> None:
                         "reads every campaign",
                     ),
                     ("reviewer nobody is (no match)", {"reviewer": "Zed"}, "reads every campaign"),
+                    ("marks = valid (a provider's C2PA)", {"marks": "valid"}, ""),
+                    ("marks = invalid (no match)", {"marks": "invalid"}, "reads every campaign"),
                     ("status = failed (no match)", {"status": "failed"}, "on its index"),
                     (
                         "verdict + reviewer + model",
