@@ -78,7 +78,7 @@ def marks(record: dict[str, Any] | None) -> dict[str, Any]:
     details = []
     if c2pa:
         manifests = c2pa.get("manifests") or []
-        issuer = next((m["issuer"] or m["common_name"] for m in manifests), None) or ""
+        issuer = next((m.get("issuer") or m.get("common_name") for m in manifests), None) or ""
         sound = c2pa["state"] in ("trusted", "valid")
         badge = f"C2PA ✓ {issuer}".strip() if sound else f"C2PA {c2pa['state']}"
         said = f"C2PA: {c2pa['state']}"
