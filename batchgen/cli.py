@@ -1025,7 +1025,7 @@ def _sandbox_balance(ctx: click.Context, param: click.Parameter, value: str) -> 
     type=click.Choice(PROGRESS_MODES),
     default=DEFAULT_PROGRESS_MODE,
     show_default=True,
-    help="How a running task reports progress (see the README's sandbox section).",
+    help="How a running task reports progress (see docs/sandbox.md).",
 )
 @click.option(
     "--provenance",

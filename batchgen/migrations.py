@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 JOB_STATUSES = ("queued", "submitting", "running", "completed", "failed", "held")
 
-# What an attempt's state means for money (see README "The ledger"):
+# What an attempt's state means for money (see docs/ledger.md):
 #   sending    request intent committed, no answer yet (a crash leaves it: unknown outcome)
 #   running    task created and charged, not finished        -> in_flight
 #   completed  task completed                                 -> spent
@@ -625,8 +625,8 @@ def m007_key_labels(db: sqlite3.Connection) -> None:
 # exactly; integers do. So m008 recreates every money view with, beside each dollar
 # column `X_usd`, its exact twin `X_micro_usd`: the same money in integer micro-dollars.
 # A sum over rows is `sum(X_micro_usd)`, exact, and in dollars `sum(X_micro_usd) / 1e6`:
-# one division, rounded once, the float nearest the exact amount (60.0, 0.3). The README
-# says so ("Browsing the ledger").
+# one division, rounded once, the float nearest the exact amount (60.0, 0.3).
+# docs/ledger.md says so ("Browsing the ledger").
 #
 # Each dollar column is one division of an integer sum, through `_dollars` below: on
 # PostgreSQL (NUMERIC, where sums are exact) the same SQL with DOLLAR_TYPE

@@ -1,7 +1,7 @@
 """Read one sheet of an Excel workbook (.xlsx) for rows.py: bounded, and every cell placed.
 
 A workbook is a zip of XML, and a few dozen KB of zip can unpack to millions of rows, so
-each step is bounded before the next one starts (the limits below, named in the README):
+each step is bounded before the next one starts (the limits below, named in docs/manifest.md):
 1. the sizes the zip declares for its parts (zipfile never unpacks a part beyond them);
 2. one streaming pass of expat over every XML part, which keeps nothing: rows, cells,
    cells in a row and XML elements are counted before openpyxl parses anything (openpyxl

@@ -15,11 +15,12 @@ from click.testing import CliRunner
 
 from batchgen.cli import cli
 from batchgen.report import render
+from tests.documentation import readme_and_docs
 from tests.e2e import batchgen, write_manifest
 from tests.test_report import audit, grok, make_ledger, report  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+README_AND_DOCS = readme_and_docs()  # the README, and docs/ where its reference moved
 SPRING = ROOT / "manifests" / "spring-launch.yaml"
 
 
@@ -176,14 +177,14 @@ def test_resume_goes_on_in_the_sandbox_as_run_does():
     assert "--sandbox" in resume and "--sandbox" in run
 
 
-# --- the README tells how to install, complete and save ---------------------------------
+# --- the README and docs/ tell how to install, complete and save ---------------------------------
 
 
-def test_the_readme_documents_output_folder_completion_and_installing_as_a_tool():
+def test_the_docs_document_output_folder_completion_and_installing_as_a_tool():
     for text in ("BATCHGEN_OUT", "_BATCHGEN_COMPLETE=bash_source batchgen",
                  "_BATCHGEN_COMPLETE=zsh_source batchgen", "pipx install", "uv tool install",
                  "datasette batchgen.db"):  # fmt: skip
-        assert text in README, text
+        assert text in README_AND_DOCS, text
 
 
 def test_shell_completion_works_as_the_readme_says(tmp_path):

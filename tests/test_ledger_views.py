@@ -16,6 +16,7 @@ import pytest
 from batchgen import migrations
 from batchgen.job import Campaign
 from batchgen.ledger import Ledger
+from tests.documentation import readme_and_docs
 from tests.e2e import FAST, on_sandbox, rows, write_manifest
 from tests.old_ledgers import written_before
 from tests.test_report import audit, complete, fail, grok, make_ledger, report, seedance  # noqa: F401
@@ -408,13 +409,13 @@ def test_m008_gives_an_old_ledgers_views_the_same_rows_and_dollars_and_their_exa
     assert "m008_exact_dollar_views" in applied
 
 
-def test_the_readmes_examples_over_the_views_run_and_add_money_up_exactly(tmp_path):
+def test_the_docs_examples_over_the_views_run_and_add_money_up_exactly(tmp_path):
     import re
 
     path = tmp_path / "many.db"
     totals = many_attempts(path, 500, seed=3)
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    examples = re.findall(r'^sqlite-utils batchgen\.db "(.+)"$', readme, re.MULTILINE)
+    docs = readme_and_docs()  # the examples are in docs/ledger.md
+    examples = re.findall(r'^sqlite-utils batchgen\.db "(.+)"$', docs, re.MULTILINE)
     assert len(examples) >= 7
     for sql in examples:
         found = rows(path, sql.replace("'spring-launch'", "'c1'"))

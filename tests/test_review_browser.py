@@ -10,7 +10,7 @@ beside the first, and the open page picks it up as a new result to review.
 
 Then judging at full size (the lightbox, its zoom and a video's frame steps), compare,
 the reviewer's name recorded with each verdict, and a teammate on the shared address.
-With BATCHGEN_SCREENSHOTS=DIR, the screenshots of the README are taken into DIR (docs).
+With BATCHGEN_SCREENSHOTS=DIR, the screenshots of docs/review.md are taken into DIR (docs).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--window-size=1280,900",
 ]
-SHOTS = os.environ.get("BATCHGEN_SCREENSHOTS")  # a folder (docs): take the README's pictures
+SHOTS = os.environ.get("BATCHGEN_SCREENSHOTS")  # a folder (docs): take docs/review.md's pictures
 WAIT = 60  # seconds: generous deadlines for a busy machine, never a timed assertion
 
 
@@ -749,10 +749,10 @@ def test_tiles_come_in_three_sizes_that_fill_a_1280_pixel_screen(takes_run, brow
         assert browser.execute_script("return document.body.dataset.size") == "l"
 
 
-# -- the README's pictures ----------------------------------------------------------------------
+# -- docs/review.md's pictures ------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHOTS, reason="BATCHGEN_SCREENSHOTS=docs takes the README's pictures")
+@pytest.mark.skipif(not SHOTS, reason="BATCHGEN_SCREENSHOTS=docs takes docs/review.md's pictures")
 def test_screenshots_of_the_grid_the_lightbox_and_compare(tmp_path, browser):
     """From a sandbox run of the spring-launch example, at 1280x800."""
     assert SHOTS

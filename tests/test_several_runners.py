@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchgen.sandbox.truth import payload_key
 from tests.crashing import ROOT, crashing_command
 from tests.e2e import (
@@ -152,11 +154,25 @@ def test_status_lists_a_live_runner_with_its_keys(make_sandbox, tmp_path):
     assert status_json(ledger)["runners"] == []
 
 
-def test_runners_killed_at_random_moments_keep_every_promise(make_sandbox, tmp_path):
+@pytest.mark.parametrize(
+    ("progress", "faults"),
+    [
+        ("linear", {"fail_rate": 0.1}),
+        # Answers lost after the task was made (unknown outcomes), spurious 429s, garbage.
+        ("none", {"drop_rate": 0.05, "spurious_429_rate": 0.05, "garbage_rate": 0.03}),
+        ("random-pending", {"fail_rate": 0.05, "poll_500_rate": 0.1}),
+    ],
+)
+def test_runners_killed_at_random_moments_keep_every_promise(
+    make_sandbox, tmp_path, progress, faults
+):
     """Three runners on two keys and a budget, each killed -9 now and then and started
-    again; then one last resume finishes. The sandbox's own counts must hold."""
+    again; then one last resume finishes. The sandbox's own counts must hold, whatever
+    its progress behaviour and faults."""
     rng = random.Random(22)
-    sandbox = two_keys(make_sandbox, time_scale=0.02, latency=(0.0, 0.05), fail_rate=0.1)
+    sandbox = two_keys(
+        make_sandbox, time_scale=0.02, latency=(0.0, 0.05), progress=progress, **faults
+    )
     ledger = tmp_path / "l.db"
     budget = 3_000_000
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 40, budget="3.00"))

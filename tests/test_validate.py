@@ -22,7 +22,7 @@ CORPUS = TESTS / "bad_manifests"
 EXAMPLES = TESTS.parent / "manifests"
 BAD = sorted(path.name for path in CORPUS.glob("*.yaml"))
 
-# How many jobs each example expands to (README and the sandbox runs rely on these).
+# How many jobs each example expands to (the docs and the sandbox runs rely on these).
 EXAMPLE_JOBS = {"quickstart.yaml": 6, "spring-launch.yaml": 36}
 
 

@@ -2,7 +2,7 @@
 
 Every write is one `BEGIN IMMEDIATE` transaction on a WAL database with
 `synchronous=FULL`, so a kill -9 at any moment leaves the last committed state, which is
-always one the scheduler can resume from. Table and column meanings are in the README.
+always one the scheduler can resume from. Table and column meanings are in docs/ledger.md.
 
 The package's modules, each a part of the one `Ledger` class:
 - base: the connection, transactions, events, shared dataclasses and helpers;

@@ -66,7 +66,7 @@ class LedgerJob:
 
 @dataclass
 class Money:
-    """Sums over attempts, in micro-dollars (see the README for each meaning)."""
+    """Sums over attempts, in micro-dollars (see docs/ledger.md for each meaning)."""
 
     spent: int = 0
     in_flight: int = 0

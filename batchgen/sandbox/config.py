@@ -79,7 +79,7 @@ class SandboxConfig:
     - file_bytes: result files (real PNG/MP4 media) are padded to at least this many
       bytes; 0 serves them as made (tens of kilobytes).
     - progress: how a running task reports progress, one of progress_curves.PROGRESS_MODES
-      (linear from submission by default; see batchgen/progress_curves.py and the README).
+      (linear from submission by default; see batchgen/progress_curves.py and docs/sandbox.md).
     - provenance: result files carry a C2PA manifest signed as a provider would sign it
       (media.Provider: a throwaway CA made when the sandbox starts; needs
       `batchgen[provenance]`).
