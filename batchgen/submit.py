@@ -88,7 +88,7 @@ class Submitting(RunBase):
                     if answer.status is not None and answer.status != 401:
                         slots.accepted = True
                     outcome = classify_submit(answer, self.catalog.refusal_phrases)
-                    ended = await self._record_submit(job, attempt, outcome, slots)
+                    ended = await self._record_submit(job, attempt, outcome)
                     if ended is not None:
                         return ended
                 finally:
@@ -156,9 +156,7 @@ class Submitting(RunBase):
             return Ended.BUDGET
         return Ended.TAKEN
 
-    async def _record_submit(
-        self, job: LedgerJob, attempt: int, outcome: Any, slots: KeySlots
-    ) -> Ended | None:
+    async def _record_submit(self, job: LedgerJob, attempt: int, outcome: Any) -> Ended | None:
         """Record what a submission's answer means: None to go on (follow the task, or act
         on the answer), else how the job's driving ends here."""
         action, message = outcome.action, outcome.message

@@ -31,6 +31,7 @@ from openpyxl.worksheet._reader import WorkSheetParser  # private: see _CellPars
 from openpyxl.xml.constants import SHEET_MAIN_NS
 
 from batchgen.rows import RowsFile, add_rows, cell_name
+from batchgen.templates import as_text
 
 MAX_WORKBOOK_UNPACKED_BYTES = 100 * 1024 * 1024  # the parts' sizes unpacked, all together
 MAX_WORKBOOK_ROWS = 1_048_576  # rows in a sheet (and in all sheets), empty ones too: Excel's
@@ -343,15 +344,10 @@ def _sheet_header(
 
 
 def _cell_text(value: Any) -> str:
-    """A spreadsheet cell as the text a person sees (a whole number without '.0')."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    """A spreadsheet cell as the text a person sees: a date as a date, anything else as a
+    template shows its value (a whole number without '.0')."""
     if isinstance(value, datetime.datetime) and value.time() == datetime.time():
         return value.date().isoformat()
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
-    return str(value)
+    return as_text(value)

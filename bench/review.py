@@ -6,8 +6,10 @@ How it measures:
 - The ledger: 10,000 jobs in 5 campaigns of 2,000 (4 takes of each prompt, two models,
   tags), all completed with a result URL, brought there by SQL in one transaction as the
   scheduler writes it (bench/status.py does the same); the first 1,000 have a saved
-  file on disk (a small PNG) recorded in `files`; 3,000 have a verdict given by one of
-  three reviewers (a tenth of those a second verdict on top: history), by
+  file on disk (a small PNG) recorded in `files` with the marks read on save (a
+  provider's C2PA manifest, as the sandbox's --provenance signs it; each card's marks
+  are read with its files, in the page's one query); 3,000 have a verdict given by one
+  of three reviewers (a tenth of those a second verdict on top: history), by
   `Ledger.record_verdict`-shaped SQL (the triggers keep the totals as they would).
 - The server: the real review application (`batchgen.review.open_review`: Starlette on
   uvicorn, in a thread of this process), asked over real HTTP on 127.0.0.1 by an httpx
@@ -27,6 +29,7 @@ Run: python bench/review.py [--repeat 7] [--results 10000]
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import statistics
 import tempfile
@@ -39,6 +42,7 @@ import httpx
 
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger, now
+from batchgen.provenance.xmp import TRAINED
 from batchgen.review import open_review
 
 TARGET = 0.200  # seconds
@@ -46,6 +50,34 @@ CAMPAIGNS = 5
 SAVED = 1000
 JUDGED = 0.30
 REVIEWERS = ("Ada", "Grace", "Lin")
+# The marks `download` records of a file the sandbox signed with --provenance (456 bytes).
+PROVIDER_MARKS = json.dumps(
+    {
+        "c2pa": {
+            "state": "valid",
+            "manifests": [
+                {
+                    "issuer": "Okaypic Sandbox",
+                    "common_name": "Okaypic Sandbox content signing",
+                    "claim_generator": "okaypic-sandbox 1",
+                    "digital_source_type": TRAINED,
+                    "signed_at": None,
+                    "active": True,
+                    "batchgen": None,
+                    "state": "valid",
+                    "failures": [],
+                }
+            ],
+            "failures": [],
+            "untrusted": True,
+            "error": None,
+        },
+        "xmp": None,
+        "labels": [],
+        "marked": True,
+        "error": None,
+    }
+)
 
 
 def tiny_png() -> bytes:
@@ -125,8 +157,8 @@ def build_ledger(path: Path, out: Path, n: int) -> dict[str, int]:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(png)
     db.executemany(
-        "INSERT INTO files (campaign, job_id, n, url, path, size, sha256, downloaded_at)"
-        " VALUES (?, ?, 0, ?, ?, ?, '-', ?)",
+        "INSERT INTO files (campaign, job_id, n, url, path, size, sha256, downloaded_at,"
+        " provenance) VALUES (?, ?, 0, ?, ?, ?, '-', ?, ?)",
         (
             (
                 c,
@@ -135,6 +167,7 @@ def build_ledger(path: Path, out: Path, n: int) -> dict[str, int]:
                 str(out / c / f"{i}.png"),
                 len(png),
                 stamp,
+                PROVIDER_MARKS,
             )
             for c, i in saved
         ),  # fmt: skip
@@ -232,6 +265,8 @@ def main() -> None:
                         "reads every campaign",
                     ),
                     ("reviewer nobody is (no match)", {"reviewer": "Zed"}, "reads every campaign"),
+                    ("marks = valid (a provider's C2PA)", {"marks": "valid"}, ""),
+                    ("marks = invalid (no match)", {"marks": "invalid"}, "reads every campaign"),
                     ("status = failed (no match)", {"status": "failed"}, "on its index"),
                     (
                         "verdict + reviewer + model",

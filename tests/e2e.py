@@ -155,6 +155,42 @@ def run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 60)
     return code, output.decode("utf-8", "replace")
 
 
+# Two results, an image and a video (with --provenance, signed as a provider would).
+POSTER_AND_CLIP = """
+    version: 1
+    campaign: launch
+    jobs:
+      - id: poster
+        model: jimeng-5.0
+        prompt: Minimalist poster of a red bicycle
+      - id: clip
+        model: grok-video-3
+        duration: 5
+        ratio: "1:1"
+        prompt: A cat playing piano
+"""
+
+
+def generated(
+    make_sandbox, tmp_path: Path, provenance: bool, served: list | None = None
+) -> tuple[Path, dict[str, Path]]:
+    """Run the two jobs on a sandbox and download them: the ledger and job id -> file
+    (the sandbox is appended to `served`)."""
+    sandbox = make_sandbox(time_scale=0.001, provenance=provenance)
+    if served is not None:
+        served.append(sandbox)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ledger = tmp_path / "ledger.db"
+    manifest = write_manifest(tmp_path / "m.yaml", POSTER_AND_CLIP)
+    result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    result = on_sandbox(sandbox, "download", "--out", str(tmp_path / "out"), ledger=ledger)
+    assert result.returncode == 0, result.stderr
+    files = {r["job_id"]: Path(r["path"]) for r in rows(ledger, "SELECT job_id, path FROM files")}
+    assert set(files) == {"poster", "clip"}
+    return ledger, files
+
+
 def rows(ledger: Path, sql: str, *params: Any) -> list[dict[str, Any]]:
     db = sqlite3.connect(ledger)
     db.row_factory = sqlite3.Row

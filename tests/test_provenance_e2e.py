@@ -22,41 +22,14 @@ from batchgen.ledger import Ledger
 from batchgen.provenance import certs
 from batchgen.provenance.marks import read as marks_read
 from batchgen.provenance.xmp import TRAINED
-from tests.e2e import FAST, batchgen, command_env, on_sandbox, rows, status_json, write_manifest
-
-MANIFEST = """
-    version: 1
-    campaign: launch
-    jobs:
-      - id: poster
-        model: jimeng-5.0
-        prompt: Minimalist poster of a red bicycle
-      - id: clip
-        model: grok-video-3
-        duration: 5
-        ratio: "1:1"
-        prompt: A cat playing piano
-"""
-
-
-def generated(
-    make_sandbox, tmp_path: Path, provenance: bool, served: list | None = None
-) -> tuple[Path, dict[str, Path]]:
-    """Run the two jobs on a sandbox and download them: the ledger and job id -> file
-    (the sandbox is appended to `served`)."""
-    sandbox = make_sandbox(time_scale=0.001, provenance=provenance)
-    if served is not None:
-        served.append(sandbox)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    ledger = tmp_path / "ledger.db"
-    manifest = write_manifest(tmp_path / "m.yaml", MANIFEST)
-    result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
-    assert result.returncode == 0, result.stderr
-    result = on_sandbox(sandbox, "download", "--out", str(tmp_path / "out"), ledger=ledger)
-    assert result.returncode == 0, result.stderr
-    files = {r["job_id"]: Path(r["path"]) for r in rows(ledger, "SELECT job_id, path FROM files")}
-    assert set(files) == {"poster", "clip"}
-    return ledger, files
+from tests.e2e import (
+    POSTER_AND_CLIP,
+    batchgen,
+    command_env,
+    generated,
+    rows,
+    status_json,
+)
 
 
 def sha(path: Path) -> str:
@@ -188,7 +161,7 @@ def test_an_unmarked_file_gets_xmp_with_the_ai_system_and_the_prompt_if_asked(
     found = exiftool_xmp(copy)
     assert found["XMP-iptcExt:DigitalSourceType"] == TRAINED
     assert found["XMP-xmp:CreatorTool"].startswith("okaypic ")
-    assert found["XMP-dc:Description"] in MANIFEST
+    assert found["XMP-dc:Description"] in POSTER_AND_CLIP
     assert sha(files[job]) == before  # the original untouched
     assert batchgen("verify", str(copy), ledger=ledger).returncode == 0
 

@@ -360,10 +360,11 @@ def test_a_person_reviews_the_morning_results_and_regenerates_the_rejected_one(
     assert severe_logs(browser, origin=review) == []
 
 
-def test_a_result_not_saved_locally_is_shown_from_the_services_url_and_marked(
+def test_a_result_not_saved_locally_is_shown_from_the_services_url_then_saved_with_its_marks(
     make_sandbox, browser, tmp_path
 ):
-    sandbox = make_sandbox(time_scale=0.01)  # still serving its result URLs
+    # still serving its result URLs, and signing them with a C2PA manifest as a provider
+    sandbox = make_sandbox(time_scale=0.01, provenance=True)
     manifest = write_manifest(
         tmp_path / "m.yaml",
         """
@@ -377,15 +378,50 @@ def test_a_result_not_saved_locally_is_shown_from_the_services_url_and_marked(
     ledger = tmp_path / "l.db"
     result = on_sandbox(sandbox, "run", str(manifest), "--no-download", *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
+    keys = ("unsaved/clip", "unsaved/still")
     with serving(tmp_path, "--ledger", str(ledger)) as url:
         load(browser, url)
-        for key in ("unsaved/clip", "unsaved/still"):
+        for key in keys:
             state = media_shown(browser, key)
             assert state["local"] == "0" and state["src"].startswith(sandbox.base_url)
         marks = browser.execute_script(
             "return [...document.querySelectorAll('.media .remote')].map(e => e.textContent)"
         )
         assert marks == ["not saved locally: from the service's URL"] * 2
+        assert [badge(browser, key) for key in keys] == [""] * 2  # nothing read yet
+
+        # Saved: the open page shows each file's marks, read as it was saved.
+        result = on_sandbox(sandbox, "download", "--out", str(tmp_path / "out"), ledger=ledger)
+        assert result.returncode == 0, result.stderr
+        for key in keys:
+            wait(browser, f"{key}'s marks", lambda d, k=key: badge(d, k) != "")
+            assert badge(browser, key) == "C2PA ✓ Okaypic Sandbox"
+            assert media_shown(browser, key)["local"] == "1"
+        go_to(browser, "unsaved/still")
+        press(browser, "\n")
+        wait(browser, "the lightbox", lambda d: lightbox(d)["key"] == "unsaved/still")
+        details = browser.find_element(By.ID, "lb-marks").get_attribute("textContent")
+        for fact in (
+            "C2PA ✓ Okaypic Sandbox",
+            "issuer Okaypic Sandbox",
+            "claim generator",
+            "digital source type trainedAlgorithmicMedia",
+            "validation valid",
+        ):
+            assert fact in details, details
+        press(browser, "\ue00c")  # Esc
+        # The marks filter: applied by the server, over the whole ledger.
+        for marks, shown in (("invalid", []), ("none", []), ("valid", sorted(keys))):
+            Select(browser.find_element(By.ID, "f-marks")).select_by_value(marks)
+            wait(browser, f"marks {marks}", lambda d, s=shown: sorted(keys_of_the_grid(d)) == s)
+        assert severe_logs(browser, origin=url) == []
+
+
+def badge(driver: WebDriver, key: str) -> str:
+    """The marks badge of a result's card (its file's provenance), as shown."""
+    return driver.find_element(
+        By.CSS_SELECTOR, f'article.card[data-key="{key}"] .marks'
+    ).get_attribute("textContent")
 
 
 def test_a_large_ledger_is_shown_a_page_at_a_time_and_filtered_by_the_server(browser, tmp_path):
@@ -545,10 +581,13 @@ def test_the_lightbox_opens_steps_through_the_results_zooms_and_steps_a_videos_f
         wait(browser, "the frame before", lambda d: int(lightbox(d)["frame"]) == frame)
         press(browser, "\ue00c")  # Esc
         wait(browser, "the lightbox closed", lambda d: lightbox(d)["hidden"] == "1")
-        # A click on a result's picture opens it too.
-        browser.find_element(
+        # A click on a result's picture opens it too (scrolled clear of the page's header,
+        # which stays on top: Selenium clicks where the picture's middle is).
+        picture = browser.find_element(
             By.CSS_SELECTOR, 'article.card[data-key="takes/poster-3"] .media'
-        ).click()
+        )
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
+        picture.click()
         wait(browser, "the click", lambda d: lightbox(d)["key"] == "takes/poster-3")
         assert no_reload_since(browser)
         help_text = browser.find_element(By.ID, "help").get_attribute("textContent")

@@ -28,11 +28,13 @@ from starlette.testclient import TestClient
 
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
+from batchgen.ledger.review import ReviewFilters
+from batchgen.provenance.xmp import TRAINED
 from batchgen.review import open_review, parse_bind
 from batchgen.review.files import locate
 from batchgen.review.server import Guard, Review, build_app
 from tests.builders import CDN, complete, grok, image, make_ledger, start
-from tests.e2e import command_env
+from tests.e2e import command_env, generated
 
 VIDEO = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8  # 2,060 bytes
 LOCAL = 8766  # the port the in-process client pretends to reach
@@ -100,6 +102,11 @@ def cards(server: TestClient) -> dict[str, dict]:
     return {r["id"]: r for g in results(server)["groups"] for r in g["results"]}
 
 
+def where(item: dict) -> dict:
+    """Where a result's file is shown from (its media entry without its marks)."""
+    return {k: item[k] for k in ("n", "type", "src", "local", "path")}
+
+
 def verdict(
     server: TestClient,
     job_id: str,
@@ -136,12 +143,12 @@ def test_results_are_grouped_by_prompt_with_local_files_and_remote_ones_marked(s
     assert groups["a cat"] == ["a1", "a2"]  # two takes of one prompt, side by side
     assert len(data["groups"]) == 5
     by_id = cards(server)
-    assert by_id["a1"]["media"] == [
+    assert [where(m) for m in by_id["a1"]["media"]] == [
         {"n": 0, "type": "video", "src": "/files/c/a1/0", "local": True, "path": "out/c/a1.mp4"}
     ]
     assert by_id["img"]["media"][0]["type"] == "image"
     for job_id in ("gone", "remote"):  # not on disk: the service's URL, marked as such
-        assert by_id[job_id]["media"] == [
+        assert [where(m) for m in by_id[job_id]["media"]] == [
             {"n": 0, "type": "video", "src": f"{CDN}/{job_id}.mp4", "local": False, "path": None}
         ]
     later = by_id["later"]
@@ -175,6 +182,122 @@ def test_a_verdict_given_here_changes_the_version_so_the_page_shows_it(server):
     assert verdict(server, "a2", "approved").status_code == 200
     after = server.get("/api/results", params={"since": version}).json()
     assert after["version"] != version and after["counts"]["approved"] == 1
+
+
+# -- provenance: the marks each file carried when it was saved (PRODUCT §13) ------------------
+
+
+def test_a_provider_signed_result_carries_its_c2pa_manifest_to_the_page(make_sandbox, tmp_path):
+    ledger, _ = generated(make_sandbox, tmp_path, provenance=True)
+    with in_process(ledger, tmp_path / "out") as client:
+        by_id = cards(client)
+    for job_id in ("poster", "clip"):  # a PNG and an MP4
+        [item] = by_id[job_id]["media"]
+        assert item["local"] is True
+        manifest = item["provenance"]["c2pa"]["manifests"][0]
+        assert (item["provenance"]["c2pa"]["state"], manifest["issuer"]) == (
+            "valid",
+            "Okaypic Sandbox",
+        )  # the sandbox's own CA is no trust anchor here
+        marks = item["marks"]
+        assert (marks["state"], marks["badge"]) == ("valid", "C2PA ✓ Okaypic Sandbox")
+        details = "\n".join(marks["details"])
+        assert "the issuer is not among the trust anchors" in details
+        for fact in (
+            "issuer Okaypic Sandbox",
+            f"claim generator {manifest['claim_generator']}",
+            "digital source type trainedAlgorithmicMedia",
+            "validation valid",
+        ):
+            assert fact in details, details
+
+
+def test_a_result_whose_file_has_no_marks_says_so(make_sandbox, tmp_path):
+    ledger, _ = generated(make_sandbox, tmp_path, provenance=False)
+    with in_process(ledger, tmp_path / "out") as client:
+        by_id = cards(client)
+    for job_id in ("poster", "clip"):
+        [item] = by_id[job_id]["media"]
+        assert (item["provenance"]["c2pa"], item["provenance"]["marked"]) == (None, False)
+        assert (item["marks"]["state"], item["marks"]["badge"]) == ("none", "no marks")
+
+
+MARKS = {
+    "forged": {
+        "c2pa": {"state": "invalid", "manifests": [], "failures": [], "untrusted": False,
+                 "error": "the manifest could not be read: Signature"},
+        "xmp": None, "labels": [], "marked": True, "error": None,
+    },
+    "xmp": {
+        "c2pa": None, "xmp": {"digital_source_type": TRAINED, "creator_tool": "<b>Tool</b>",
+                              "description": None},
+        "labels": [], "marked": True, "error": None,
+    },
+    "label": {"c2pa": None, "xmp": None, "labels": [{"label": "TC260 AIGC"}], "marked": True,
+              "error": None},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind, state, badge, detail",
+    [
+        ("forged", "invalid", "C2PA invalid", "C2PA: invalid: the manifest could not be read"),
+        ("xmp", "valid", "XMP: trainedAlgorithmicMedia", "XMP CreatorTool: <b>Tool</b>"),
+        ("label", "valid", "TC260 AIGC", "AI label: TC260 AIGC"),
+    ],
+)
+def test_the_badge_says_what_the_recorded_marks_say(folder, kind, state, badge, detail):
+    ledger = Ledger(folder / "l.db")
+    ledger.file_saved(
+        "c", "img", 0, f"{CDN}/img.png", "out/c/img.png", len(VIDEO), "0", MARKS[kind]
+    )
+    ledger.close()
+    with in_process(folder / "l.db", "out") as client:
+        [item] = cards(client)["img"]["media"]
+    assert item["provenance"] == MARKS[kind]
+    assert (item["marks"]["state"], item["marks"]["badge"]) == (state, badge)
+    assert any(line.startswith(detail) for line in item["marks"]["details"]), item["marks"]
+
+
+@pytest.mark.parametrize(
+    "marks, expected",
+    [("invalid", {"img"}), ("valid", {"a1"}), ("none", {"a2"}), ("unread", {"gone"})],
+)
+def test_the_server_filters_by_the_marks_of_a_results_files(folder, marks, expected):
+    ledger = Ledger(folder / "l.db")
+    unmarked = {"c2pa": None, "xmp": None, "labels": [], "marked": False, "error": None}
+    for job_id, record in (("img", MARKS["forged"]), ("a1", MARKS["xmp"]), ("a2", unmarked)):
+        ext = "png" if job_id == "img" else "mp4"
+        url, path = f"{CDN}/{job_id}.{ext}", f"out/c/{job_id}.{ext}"
+        ledger.file_saved("c", job_id, 0, url, path, len(VIDEO), "0", record)
+    ledger.close()
+    with in_process(folder / "l.db", "out") as client:
+        assert ids(ask(client, marks=marks)) == expected
+
+
+def test_a_file_saved_before_marks_were_read_or_never_saved_is_said_so(server):
+    by_id = cards(server)
+    assert by_id["a1"]["media"][0]["marks"]["badge"] == "marks not read"
+    assert by_id["remote"]["media"][0]["marks"] is None  # never saved: nothing was read
+
+
+def test_the_marks_come_in_the_pages_own_query_not_one_query_a_result(folder):
+    ledger = Ledger(folder / "l.db", create=False)
+    review = Review(ledger, [], "out")
+    statements: list[str] = []
+    ledger.conn.set_trace_callback(statements.append)
+    try:
+        review.results(None, ReviewFilters(), 1)  # what is read once (the columns kept)
+        asked = {}
+        for limit in (1, 6):
+            statements.clear()
+            data = review.results(None, ReviewFilters(), limit)
+            asked[limit] = len(statements)
+    finally:
+        ledger.close()
+    saved = [m for g in data["groups"] for r in g["results"] for m in r["media"] if m["local"]]
+    assert len(saved) == 3 and all(m["marks"] for m in saved)
+    assert 0 < asked[1] == asked[6]
 
 
 # -- a ledger too large for one answer: pages, newest campaign first, filters on the server --

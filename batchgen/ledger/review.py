@@ -52,9 +52,13 @@ class ReviewFilters:
     verdict: str | None = None  # approved, rejected, or unreviewed (completed, no verdict)
     reviewer: str | None = None  # who gave the current verdict
     text: str | None = None  # in the prompt or the id, whatever the case (ASCII letters)
+    # a saved file's marks (PRODUCT §13): valid, invalid, none, or unread (saved before
+    # they were read), as batchgen.provenance.marks.verdict says
+    marks: str | None = None
 
-    def sql(self) -> tuple[str, list[Any]]:
-        """The conditions on the job `j` (and its current verdict `cv`), as SQL and values."""
+    def sql(self, provenance: str = "f.provenance") -> tuple[str, list[Any]]:
+        """The conditions on the job `j` (and its current verdict `cv`), as SQL and values;
+        `provenance` is the files' (`f`) column of marks (NULL on a ledger without it)."""
         conditions, values = [], []
         for column in ("status", "model"):
             value = getattr(self, column)
@@ -77,7 +81,25 @@ class ReviewFilters:
                 "(instr(lower(j.prompt), lower(?)) > 0 OR instr(lower(j.id), lower(?)) > 0)"
             )
             values += [self.text] * 2
+        if self.marks is not None:
+            conditions.append(
+                "EXISTS (SELECT 1 FROM files f WHERE f.job_ref = j.ref"
+                " AND f.downloaded_at IS NOT NULL AND f.error IS NULL"
+                f" AND {marks_state(provenance)} = ?)"
+            )
+            values.append(self.marks)
         return "".join(f" AND {c}" for c in conditions), values
+
+
+def marks_state(provenance: str) -> str:
+    """SQL for a file's marks state from its provenance record: what
+    batchgen.provenance.marks.verdict says of it, or "unread" when none was recorded."""
+    return (
+        f"CASE WHEN {provenance} IS NULL OR NOT json_valid({provenance}) THEN 'unread'"
+        f" WHEN json_extract({provenance}, '$.error') IS NOT NULL"
+        f" OR json_extract({provenance}, '$.c2pa.state') = 'invalid' THEN 'invalid'"
+        f" WHEN json_extract({provenance}, '$.marked') THEN 'valid' ELSE 'none' END"
+    )
 
 
 class ReviewMixin(ReadsMixin):
@@ -174,8 +196,8 @@ class ReviewMixin(ReadsMixin):
         """The first `limit` jobs the review page shows under `filters`, and whether there
         are more: the newest campaign first (the one a run filled last night), each in
         ingestion order. Each with its request fields, status, cost (micro-dollars),
-        attempts made, result URLs, the files saved for them (n, path, size) and the
-        current verdict and note of its result.
+        attempts made, result URLs, the files saved for them (n, path, size, and provenance:
+        the marks read on save, or None) and the current verdict and note of its result.
 
         Read a campaign at a time on its index until the page is full, so the first page
         costs the same on a million jobs as on a hundred (a filter that matches few jobs
@@ -189,7 +211,7 @@ class ReviewMixin(ReadsMixin):
             )
             if filters.campaign is None or name == filters.campaign
         ]
-        conditions, values = filters.sql()
+        conditions, values = filters.sql(self._provenance)
         rows: list[dict[str, Any]] = []
         for name in names:
             wanted = limit + 1 - len(rows)
@@ -202,7 +224,9 @@ class ReviewMixin(ReadsMixin):
                 " (SELECT COUNT(*) FROM attempts a WHERE a.job_ref = j.ref AND a.counted)"
                 "   AS attempts,"
                 " (SELECT json_group_array(json_object('n', f.n, 'url', f.url, 'path', f.path,"
-                "   'size', f.size)) FROM files f WHERE f.job_ref = j.ref"
+                # the marks read on save (m012), as JSON; null: not read
+                f"   'size', f.size, 'provenance', CASE WHEN json_valid({self._provenance})"
+                f"   THEN json({self._provenance}) END)) FROM files f WHERE f.job_ref = j.ref"
                 "   AND f.downloaded_at IS NOT NULL AND f.error IS NULL) AS files,"
                 " cv.verdict, cv.note, cv.at AS verdict_at, cv.reviewer,"
                 # the result's verdicts, newest first: its history (a few rows, on

@@ -6,7 +6,9 @@ Routes:
                                 by campaign and prompt, the newest campaign first, with a
                                 version V; `more` says whether more match. Filters:
                                 campaign, status, model, tag, verdict (approved | rejected |
-                                unreviewed), reviewer, q (text in the prompt or id). With
+                                unreviewed), reviewer, marks (valid | invalid | none |
+                                unread: a saved file's provenance), q (text in the prompt
+                                or id). With
                                 since=V: {"version": V, "unchanged": true} while nothing
                                 changed
     POST /api/verdict           {"campaign", "job_id", "task_id", "verdict": "approved" |
@@ -60,7 +62,7 @@ from batchgen.review.results import grouped
 
 PAGE = 200  # results in a first page: enough for a morning, cheap on a million jobs
 MAX_LIMIT = 2000  # results in one answer at most (the page asks for more, PAGE at a time)
-FILTERS = ("campaign", "status", "model", "tag", "verdict", "reviewer", "q")
+FILTERS = ("campaign", "status", "model", "tag", "verdict", "reviewer", "marks", "q")
 MAX_POST_BYTES = 64 * 1024
 MAX_FILE_NUMBER = 10**6  # result files of one job: a handful; more is not a file number
 TOKEN_COOKIE = "batchgen_review_token"

@@ -44,7 +44,7 @@ function el(tag, className, text) {
 
 // The filters the server applies: each select's and the search box's value.
 const SERVER_FILTERS = { campaign: "f-campaign", status: "f-status", model: "f-model",
-  tag: "f-tag", verdict: "f-verdict", reviewer: "f-reviewer", q: "f-text" };
+  tag: "f-tag", verdict: "f-verdict", reviewer: "f-reviewer", marks: "f-marks", q: "f-text" };
 
 function query(force) {
   const params = new URLSearchParams({ limit: String(state.limit) });
@@ -166,8 +166,8 @@ function makeCard(result) {
   reject.addEventListener("click", () => { setCurrent(card); rejectWithNote(card); });
   note.addEventListener("click", () => { setCurrent(card); editNote(card); });
   actions.append(approve, reject, note);
-  meta.append(title, el("div", "facts"), el("div", "tags"), el("div", "state"), el("div", "note"),
-    el("div", "who"), actions);
+  meta.append(title, el("div", "facts"), el("div", "marks"), el("div", "tags"), el("div", "state"),
+    el("div", "note"), el("div", "who"), actions);
   const box = el("div", "media");
   box.title = "open at full size (Enter)";
   box.addEventListener("click", () => { setCurrent(card, false); openLightbox(); });
@@ -193,6 +193,7 @@ function update(card, result) {
   badge.textContent = card.dataset.verdict === "none" ? "" :
     card.dataset.verdict === "unreviewed" ? "to review" : result.verdict;
   card.querySelector(".facts").textContent = facts(result);
+  showMarks(card.querySelector(".marks"), marksOf(result));
   const tags = card.querySelector(".tags");
   const tagText = result.tags.join("\u0000");
   if (tags.dataset.text !== tagText) {
@@ -206,6 +207,19 @@ function update(card, result) {
   const judgeable = result.status === "completed" && !!result.task_id;
   card.querySelectorAll(".actions button").forEach((b) => { b.disabled = !judgeable; });
   updateMedia(card, result);
+}
+
+// What the first file's marks say (provenance, read when it was saved): {state, badge,
+// details} from the server, or null (no saved file).
+function marksOf(result) {
+  const item = result.media.find((m) => m.marks);
+  return item ? item.marks : null;
+}
+
+function showMarks(node, marks) {
+  node.dataset.state = marks ? marks.state : "";
+  node.textContent = marks ? marks.badge : "";
+  node.title = marks ? marks.details.join("\n") : "";
 }
 
 function facts(result) {
@@ -286,7 +300,8 @@ function updateMedia(card, result) {
 
 // -- filters -------------------------------------------------------------------------------
 
-const FILTERS = ["f-campaign", "f-status", "f-model", "f-tag", "f-verdict", "f-reviewer", "f-text"];
+const FILTERS = ["f-campaign", "f-status", "f-model", "f-tag", "f-verdict", "f-reviewer", "f-marks",
+  "f-text"];
 
 // Campaigns and models from the server (all of them, not only those shown); tags from the
 // results shown (listing every tag of a million jobs would read them all).
@@ -322,6 +337,7 @@ function matches(card) {
   if (f("f-tag") && !r.tags.includes(f("f-tag"))) return false;
   if (f("f-verdict") && verdictOf(r) !== f("f-verdict")) return false;
   if (f("f-reviewer") && !(r.verdict && r.reviewer === f("f-reviewer"))) return false;
+  if (f("f-marks") && !r.media.some((m) => m.marks && m.marks.state === f("f-marks"))) return false;
   const text = f("f-text").trim().toLowerCase();
   if (text && !(r.prompt.toLowerCase().includes(text) || r.id.toLowerCase().includes(text))) return false;
   return true;
@@ -706,6 +722,15 @@ function showLightbox() {
     (comparing ? " of this prompt" : "");
   $("lb-prompt").textContent = result.prompt;
   $("lb-facts").textContent = facts(result) + (result.note ? " · note: " + result.note : "");
+  // Each file's marks in full (the card shows the first one's badge).
+  const marked = result.media.filter((m) => m.marks);
+  $("lb-marks").replaceChildren(...marked.map((m) => {
+    const item = el("li");
+    const badge = el("span", "marks", (marked.length > 1 ? "file " + (m.n + 1) + ": " : "") + m.marks.badge);
+    badge.dataset.state = m.marks.state;
+    item.append(badge, ...m.marks.details.map((line) => el("div", "", line)));
+    return item;
+  }));
   $("lb-history").replaceChildren(...(result.history || []).map((h) => el("li", "",
     (h.verdict || "withdrawn") + " by " + (h.reviewer || "someone unnamed") + " · " +
     shortTime(h.at) + (h.note ? " · " + h.note : ""))));
