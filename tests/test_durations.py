@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from batchgen.durations import format_duration, parse_duration
-from tests.e2e import batchgen
 
 
 @pytest.mark.parametrize(
@@ -45,9 +44,3 @@ def test_a_duration_is_shown_as_a_person_writes_it(seconds, text):
 )
 def test_a_measured_duration_is_shown_rounded(seconds, text):
     assert format_duration(seconds) == text
-
-
-def test_a_bad_lost_after_is_a_usage_error(tmp_path):
-    result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
-    assert result.returncode == 2
-    assert "--lost-after" in result.stderr and "30m" in result.stderr

@@ -14,7 +14,6 @@ from batchgen.client import Client
 from batchgen.errors import AuthError
 from batchgen.keys import ApiKey, Redactor, api_keys, label
 from batchgen.outcomes import Transport
-from tests.e2e import batchgen, grok_batch, rows
 
 KEY = "okpk_live_9f3kQ2"
 
@@ -125,31 +124,6 @@ def test_the_client_hands_on_no_transport_error_holding_the_key():
     answer = _ask(_client(fail), "POST")
     assert answer.transport is Transport.LOST
     assert answer.error is not None and KEY not in answer.error
-
-
-# ---------------------------------------------------------------------- the command
-
-
-@pytest.mark.parametrize("key", ["okpk_first\nsecond_half", "okpk_clé_secrète"])
-def test_a_key_with_a_line_break_or_non_ascii_exits_4_in_one_line_never_showing_it(
-    make_sandbox, tmp_path, key
-):
-    sandbox = make_sandbox(time_scale=0.01)
-    ledger = tmp_path / "l.db"
-    manifest = grok_batch(tmp_path / "m.yaml", 2)
-    for args in (("run", str(manifest)), ("resume",)):
-        result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=key)
-        assert result.returncode == 4, result.stderr
-        assert "Traceback" not in result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "OKAYPIC_API_KEY" in lines[0], result.stderr
-        for part in ("okpk_first", "second_half", "okpk_cl", "secr"):
-            assert part not in result.stdout + result.stderr
-    assert sandbox.sim.truth().submissions == []
-    if ledger.exists():
-        assert rows(ledger, "SELECT COUNT(*) AS n FROM attempts")[0]["n"] == 0
-        for path in tmp_path.iterdir():
-            assert b"second_half" not in path.read_bytes() and b"secr" not in path.read_bytes()
 
 
 # ---------------------------------------------------------------- several keys (§6)
