@@ -75,6 +75,7 @@ def test_a_measured_duration_is_shown_rounded(seconds, text):
         (3599, "59m59s"),
         (3600, "1h00m"),
         (7530, "2h05m"),
+        (7140, "1h59m"),  # 59 whole minutes past the hour
         (90061, "25h01m"),
     ],
 )
