@@ -578,6 +578,11 @@ def test_the_refusal_phrases_are_the_callers_so_none_given_means_no_refusal():
     assert classify_submit(answer, ["", "weather"]).action is Submit.REJECTED
 
 
+def test_a_400_without_the_services_words_is_a_rejection_not_a_refusal():
+    for body in ({}, {"error": ""}, b"<html>Bad Request</html>"):
+        assert classify_submit(answered(400, body), PHRASES).action is Submit.REJECTED
+
+
 @pytest.mark.parametrize("message", REFUSALS)
 def test_a_task_failed_for_content_reasons_is_a_refusal(message):
     body = {"status": "failed", "errorMessage": message}
