@@ -8,7 +8,14 @@ import pytest
 from tests.e2e import batchgen, grok_batch, rows
 
 
-@pytest.mark.parametrize("key", ["okpk_first\nsecond_half", "okpk_clé_secrète"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "okpk_first\nsecond_half",
+        "okpk_clé_secrète",
+        "okpk_secr\udcffbad",
+    ],  # \udcff: a byte not UTF-8
+)
 def test_a_key_with_a_line_break_or_non_ascii_exits_4_in_one_line_never_showing_it(
     make_sandbox, tmp_path, key
 ):
