@@ -13,8 +13,8 @@ from tests.e2e import batchgen, grok_batch, rows
     [
         "okpk_first\nsecond_half",
         "okpk_clé_secrète",
-        "okpk_secr\udcffbad",
-    ],  # \udcff: a byte not UTF-8
+        "okpk_secr\udcffbad",  # how Python reads a byte of the environment that is not UTF-8
+    ],
 )
 def test_a_key_with_a_line_break_or_non_ascii_exits_4_in_one_line_never_showing_it(
     make_sandbox, tmp_path, key
