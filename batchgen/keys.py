@@ -165,7 +165,10 @@ class Redactor:
         if not key:
             return
         mark = f"[{name or label(key)}]"
-        forms = {key, json.dumps(key)[1:-1], key.replace("/", "\\/"), quote(key, safe="")}
+        # `quote` of the bytes: a key read from an environment with undecodable bytes
+        # holds lone surrogates, which a plain `quote(key)` cannot encode.
+        encoded = quote(key.encode("utf-8", "surrogatepass"), safe="")
+        forms = {key, json.dumps(key)[1:-1], key.replace("/", "\\/"), encoded}
         known = {form for form, _ in self._forms}
         self._forms.extend((form, mark) for form in forms if form and form not in known)
         # Longest first: a key that contains another key is replaced whole.

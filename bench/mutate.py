@@ -40,6 +40,9 @@ TESTS = {
     "money": ["tests/test_money.py"],
     "catalog": ["tests/test_catalog.py"],
     "templates": ["tests/test_templates.py"],
+    "keys": ["tests/test_keys.py"],
+    "summary": ["tests/test_summary.py"],
+    "durations": ["tests/test_durations.py"],
     # Several runners (PRODUCT §6): the rules the claim and takeover transactions apply.
     "arbitration": ["tests/test_claims.py"],
     "ledger/claims": ["tests/test_claims.py"],

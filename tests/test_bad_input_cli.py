@@ -99,3 +99,9 @@ def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, t
         "2 problem(s) found; nothing was written.",
     ]
     assert not ledger.exists()
+
+
+def test_a_bad_lost_after_is_a_usage_error(tmp_path):
+    result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
+    assert result.returncode == 2
+    assert "--lost-after" in result.stderr and "30m" in result.stderr

@@ -362,3 +362,8 @@ def test_a_task_id_is_sent_as_one_path_segment(task_id, segment):
     assert catalog.path_segment(task_id) == segment
     model = catalog.load().model(GROK)
     assert model is not None and model.poll_path(task_id) == f"/api/video/tasks/{segment}"
+
+
+def test_the_catalog_gives_the_words_a_content_refusal_holds():
+    phrases = catalog.load().refusal_phrases
+    assert "content policy" in phrases and all(isinstance(p, str) and p for p in phrases)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchgen.durations import format_duration, parse_duration
-from tests.e2e import batchgen
+from batchgen.durations import elapsed, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -32,6 +31,17 @@ def test_anything_else_is_refused_saying_what_is_accepted(text):
         parse_duration(text)
 
 
+def test_the_refusal_quotes_the_text_and_says_what_is_accepted():
+    with pytest.raises(ValueError) as refused:
+        parse_duration("1d")
+    assert str(refused.value) == (
+        "'1d' is not a duration: use seconds (3600) or a number with s, m or h (90s, 30m, 8h)"
+    )
+    with pytest.raises(ValueError) as refused:
+        parse_duration("0m")
+    assert str(refused.value) == "'0m': a duration must be longer than 0"
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"), [(45, "45s"), (1800, "30m"), (3600, "1h"), (5400, "1h30m")]
 )
@@ -41,13 +51,33 @@ def test_a_duration_is_shown_as_a_person_writes_it(seconds, text):
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(3.16038, "3.2s"), (1.0004, "1s"), (0.05, "0.05s"), (12.7, "13s"), (59.7, "1m"), (92, "2m")],
+    [
+        (3.16038, "3.2s"),
+        (1.0004, "1s"),
+        (0.05, "0.05s"),
+        (12.7, "13s"),
+        (59.5, "1m"),
+        (59.7, "1m"),
+        (92, "2m"),
+    ],
 )
 def test_a_measured_duration_is_shown_rounded(seconds, text):
     assert format_duration(seconds) == text
 
 
-def test_a_bad_lost_after_is_a_usage_error(tmp_path):
-    result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
-    assert result.returncode == 2
-    assert "--lost-after" in result.stderr and "30m" in result.stderr
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (59.9, "59s"),  # to the second, not rounded up
+        (60, "1m00s"),
+        (187, "3m07s"),
+        (3599, "59m59s"),
+        (3600, "1h00m"),
+        (7530, "2h05m"),
+        (7140, "1h59m"),  # 59 whole minutes past the hour
+        (90061, "25h01m"),
+    ],
+)
+def test_a_time_span_is_shown_to_the_second_under_an_hour(seconds, text):
+    assert elapsed(seconds) == text

@@ -17,6 +17,7 @@ from batchgen.outcomes import (
     Transport,
     classify_poll,
     classify_submit,
+    is_refusal,
     parse_retry_after,
     task_id_problem,
 )
@@ -576,6 +577,12 @@ def test_the_refusal_phrases_are_the_callers_so_none_given_means_no_refusal():
     assert classify_submit(answer).action is Submit.REJECTED
     assert classify_submit(answer, ["CONTENT POLICY"]).action is Submit.REFUSED
     assert classify_submit(answer, ["", "weather"]).action is Submit.REJECTED
+
+
+def test_an_answer_without_the_services_words_is_never_a_refusal():
+    for body in ({}, {"error": ""}, b"<html>Bad Request</html>"):
+        assert classify_submit(answered(400, body), PHRASES).action is Submit.REJECTED
+    assert not is_refusal(None, PHRASES) and not is_refusal("", PHRASES)
 
 
 @pytest.mark.parametrize("message", REFUSALS)

@@ -343,3 +343,113 @@ def test_an_interrupt_wins_over_tasks_waiting_for_their_key():
     summary = Summary(stopped_for="interrupted", unpolled={"night": 1}, missing_keys={"night"})
     end = end_of_run(facts(counts=counts(running=1)), summary, RUN)
     assert end.exit_code == EXIT_INTERRUPTED
+
+
+@pytest.mark.parametrize(
+    ("summary", "counted", "title"),
+    [
+        (Summary(stopped_for="interrupted"), {}, "interrupted (exit 130)"),
+        (
+            Summary(stopped_for="redirect", message="302"),
+            {},
+            "stopped: the service redirects (wrong base URL) (exit 1)",
+        ),
+        (Summary(stopped_for="balance"), {}, "stopped: okaypic balance exhausted (exit 3)"),
+        (
+            Summary(stopped_for="unreachable", message="refused"),
+            {},
+            "stopped: the service cannot be reached (exit 3)",
+        ),
+        (Summary(budget_blocked={("spring", "a")}), {}, "stopped: budget reached (exit 3)"),
+        (Summary(), {"queued": 1}, "stopped with work remaining (exit 3)"),
+    ],
+)
+def test_the_title_says_how_the_run_ended(summary, counted, title):
+    end = end_of_run(facts(counts=counts(**counted)), summary, RUN)
+    assert end.title == f"batchgen run spring: {title}"
+
+
+def test_an_interrupt_before_the_run_began_is_titled_interrupted():
+    end = stopped_by_error("resume", [], "interrupted", EXIT_INTERRUPTED, None)
+    assert end.title == "batchgen resume: interrupted (exit 130)"
+    assert end.lines == ["error: interrupted"]
+
+
+def test_the_defaults_are_a_run_with_tasks_lost_after_an_hour():
+    end = end_of_run(facts(counts=counts(held=1), lost=1), Summary(), Closing())
+    assert end.title.startswith("batchgen run spring: ")
+    assert "no usable answer for over 1h;" in end.lines[-1]
+
+
+def test_at_most_five_jobs_are_named_even_when_the_ledger_gives_more():
+    end = end_of_run(facts(counts=counts(failed=7), failed=notes("failed", 6)), Summary(), RUN)
+    assert [line for line in end.lines if line.startswith("failed: ")] == [
+        f"failed: spring/job-{i}: failed because {i}" for i in range(1, 6)
+    ]
+    assert "and 2 more failed job(s): `batchgen status --campaign spring`" in end.lines
+
+
+def test_three_campaigns_are_all_named_in_the_title():
+    end = end_of_run(facts(campaigns=["a", "b", "c"]), Summary(), Closing(command="resume"))
+    assert end.title.startswith("batchgen resume a, b, c: ")
+
+
+@pytest.mark.parametrize(
+    ("counted", "left"),
+    [({"queued": 1, "submitting": 2, "running": 3}, 6), ({"running": 2}, 2), ({"queued": 1}, 1)],
+)
+def test_work_left_to_other_live_runners_exits_0_saying_who_has_it(counted, left):
+    end = end_of_run(facts(counts=counts(**counted), other_runners=2), Summary(), RUN)
+    assert end.exit_code == EXIT_OK
+    assert end.title == (
+        f"batchgen run spring: nothing left for this runner ({left} job(s) with 2 other "
+        "runner(s)) (exit 0)"
+    )
+    assert end.lines[-1] == (
+        "the other runners go on with the rest: `batchgen status --campaign spring` shows them"
+    )
+
+
+def test_jobs_being_submitted_are_counted_as_queued():
+    end = end_of_run(facts(counts=counts(queued=1, submitting=2)), Summary(), RUN)
+    assert end.lines[0].startswith("0 completed, 0 failed, 0 held, 3 queued, 0 running; ")
+
+
+def test_unsaved_files_of_the_in_process_sandbox_are_not_advised_a_download():
+    end = end_of_run(facts(), Summary(), Closing(sandbox=True), unsaved=2)
+    assert end.lines[-1] == (
+        "2 result file(s) could not be saved (see above): "
+        "the sandbox's result URLs ended with the run"
+    )
+
+
+def test_no_download_in_the_in_process_sandbox_says_the_files_are_gone():
+    end = end_of_run(facts(), Summary(), Closing(sandbox=True, download_dir=None))
+    assert end.lines[-1] == (
+        "files not saved (--no-download); the sandbox's result URLs ended with the run"
+    )
+
+
+def test_tasks_recorded_before_labels_existed_are_polled_with_the_first_key():
+    summary = Summary(unpolled={"(unlabelled)": 1}, missing_keys={"(unlabelled)"})
+    end = end_of_run(facts(counts=counts(running=1)), summary, RUN)
+    assert "((unlabelled): the key first in the list)" in end.lines[-1]
+
+
+def test_the_budget_advice_without_one_manifest_to_name_is_general():
+    end = end_of_run(facts(counts=counts(queued=2)), Summary(budget_blocked={("spring", "a")}), RUN)
+    assert end.lines[-1] == (
+        "1 job(s) wait: the campaign budget_usd would be exceeded; "
+        "raise it in the manifest and re-run"
+    )
+
+
+def test_the_budget_advice_of_a_sandbox_run_runs_the_manifest_in_the_sandbox_again():
+    end = end_of_run(
+        facts(counts=counts(queued=2), manifests={"spring": "m.yaml"}),
+        Summary(budget_blocked={("spring", "a")}),
+        dataclasses.replace(RUN, sandbox=True),
+    )
+    assert end.lines[-1].endswith(
+        "raise budget_usd in m.yaml, then `batchgen run m.yaml --sandbox`"
+    )
