@@ -338,14 +338,19 @@ class Scheduler(Submitting, Following):
                 self.on_completed(job)
 
     def _free_key(self) -> KeySlots | None:
-        """The key to submit the next job with: the least busy of those still submitting,
-        if it has a slot free."""
+        """The key to submit the next job with: the least busy of those still submitting
+        that has a slot free, here and in the ledger. The ledger's count is only read
+        here (a read never waits for a writer): a claim bound to fail, a write, is spared,
+        and other runners' writes are not held up by it. The claim itself decides."""
         now = self.clock()
         usable = [k for k in self.keys.values() if k.out is None and k.full_until <= now]
-        if not usable:
-            return None
-        slots = min(usable, key=lambda k: k.busy)
-        return slots if slots.busy < self.settings.concurrency else None
+        for slots in sorted(usable, key=lambda k: k.busy):
+            if slots.busy >= self.settings.concurrency:
+                return None  # the least busy is full here: so is every other
+            if self.ledger.key_in_flight(slots.label) < self.settings.concurrency:
+                return slots
+            slots.full_until = now + self._recheck  # other runners fill it
+        return None
 
     async def _cancel_all(self) -> None:
         tasks = list(self.in_flight)

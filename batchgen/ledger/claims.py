@@ -236,11 +236,7 @@ class ClaimsMixin(SchedulingMixin):
                 "SELECT status, attempts FROM jobs WHERE campaign = ? AND id = ?",
                 (job.campaign, job.id),
             ).fetchone()
-            (in_flight,) = db.execute(
-                "SELECT COALESCE(SUM(attempts), 0) FROM key_totals"
-                " WHERE key_label = ? AND (state = 'sending' OR state = 'running')",
-                (key_label or "",),
-            ).fetchone()
+            in_flight = self.key_in_flight(key_label)
             budget = self.budget_micros(job.campaign)
             money = self.money([job.campaign]) if budget is not None else None
             facts = ClaimFacts(
@@ -278,6 +274,15 @@ class ClaimsMixin(SchedulingMixin):
             )
         job.status = "submitting"
         return Claim.CLAIMED, int(cursor.lastrowid or 0)
+
+    def key_in_flight(self, key_label: str | None) -> int:
+        """The key's attempts sending or running, every runner's (from key_totals)."""
+        (n,) = self.conn.execute(
+            "SELECT COALESCE(SUM(attempts), 0) FROM key_totals"
+            " WHERE key_label = ? AND (state = 'sending' OR state = 'running')",
+            (key_label or "",),
+        ).fetchone()
+        return int(n)
 
     def in_flight_anywhere(self, campaign: str) -> int:
         """Attempts of this campaign in flight, any runner's: money that may come back."""
