@@ -589,23 +589,32 @@ def test_what_status_resume_and_each_tick_read_never_walks_a_whole_table(tmp_pat
     whole_count = {
         ("SCAN jobs USING COVERING INDEX jobs_by_position", "(SELECT COUNT(*) FROM jobs )")
     }
-    # The 5,000 newest attempts, newest first, then stop: not every attempt (the observed
-    # ones through the partial index that holds only them).
+    # The 5,000 newest attempts (200 for the times other runners saw since the last look),
+    # newest first, then stop: not every attempt (the observed ones through the partial
+    # index that holds only them).
     newest = {
         ("SCAN attempts", "ORDER BY id DESC LIMIT 5000"),
         ("SCAN attempts USING INDEX attempts_observed", "ORDER BY id DESC LIMIT 5000"),
         ("SCAN a", "LIMIT 5000) a"),
+        ("SCAN attempts USING INDEX attempts_observed", "ORDER BY id DESC LIMIT 200"),
+        ("SCAN a", "LIMIT 200) a"),
     }
+    me = ledger.register_runner("resume", ["k1"], 120.0)
     reads: dict[str, Any] = {
+        # Several runners (PRODUCT §6): what a runner reads at start-up and at each beat.
+        "orphans taken over": lambda: ledger.take_over(me, scope),
+        "its own tasks": lambda: ledger.owned_jobs(me),
+        "a key's slots": lambda: ledger.key_in_flight("k1"),
+        "money that may come back": lambda: ledger.in_flight_anywhere("c"),
+        "other runners' times": lambda: ledger.recent_observations(200),
+        "the live runners": ledger.runners,
         "counts": lambda: ledger.counts(scope),
         "money": lambda: ledger.money(scope),
         "money by campaign": lambda: ledger.money_by_campaign(scope),
         "verdict counts": lambda: ledger.verdict_counts(scope),
         "each key's use": lambda: ledger.key_use(scope),
         "the queue, a page at a time": lambda: list(ledger.queued_jobs(scope, page=2)),
-        "running": lambda: ledger.unfinished_jobs(scope, statuses=("running",)),
         "lost": lambda: ledger.lost_jobs(scope),
-        "interrupted": lambda: ledger.interrupted_submissions(scope),
         "one job": lambda: ledger.unfinished_job("c", "sent"),
         "reasons": lambda: (ledger.held_reasons(scope), ledger.queued_reasons(scope)),
         "recent failures": lambda: ledger.jobs_in_status(scope, "failed", 10, True),

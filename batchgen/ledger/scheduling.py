@@ -221,19 +221,6 @@ class SchedulingMixin(LedgerBase):
         job.attempts += int(counted)
         return True
 
-    def interrupted_submissions(
-        self, campaigns: list[str] | None = None
-    ) -> list[tuple[int, str, str]]:
-        """(attempt id, campaign, job id) of attempts left `sending` by a process that died
-        between committing its intent and recording the answer: their outcome is unknown."""
-        where, params = _campaign_filter(campaigns)
-        rows = self.conn.execute(
-            f"SELECT id, campaign, job_id FROM attempts WHERE state = 'sending' {where}"
-            " ORDER BY id",
-            params,
-        )
-        return [(a, c, j) for a, c, j in rows]
-
     def task_progress(self, job: LedgerJob, progress: int) -> None:
         with self.transaction() as db:
             db.execute(
