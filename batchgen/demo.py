@@ -20,6 +20,7 @@ from pathlib import Path
 from batchgen.errors import AuthError, LedgerError
 from batchgen.keys import KEY_VARIABLE, SANDBOX_KEY, ApiKey, api_keys, given, label
 from batchgen.ledger import Ledger
+from batchgen.ledger.db import companion, redacted
 
 TIME_SCALE = 0.05  # a demo batch finishes in seconds, not minutes
 STATE_SUFFIX = ".sandbox.json"
@@ -28,9 +29,9 @@ KEY = ApiKey(label(SANDBOX_KEY), SANDBOX_KEY)
 
 
 def state_path(ledger_path: str) -> Path:
-    """Where the sandbox of this ledger keeps its state: beside it."""
-    ledger = Path(ledger_path)
-    return ledger.with_name(ledger.name + STATE_SUFFIX)
+    """Where the sandbox of this ledger keeps its state: beside it (for a PostgreSQL
+    ledger, in this machine's state directory: batchgen.ledger.db.companion)."""
+    return companion(ledger_path, STATE_SUFFIX)
 
 
 @contextmanager
@@ -43,15 +44,16 @@ def _held(ledger_path: str) -> Iterator[None]:
     except ImportError:  # no advisory locks (Windows): one sandbox run at a time is then
         yield  # the user's to keep
         return
-    ledger = Path(ledger_path)
-    with open(ledger.with_name(ledger.name + LOCK_SUFFIX), "a+", encoding="utf-8") as lock:
+    lock_path = companion(ledger_path, LOCK_SUFFIX)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+", encoding="utf-8") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             raise LedgerError(
-                f"the sandbox of {ledger_path} is served by another batchgen process (pid "
+                f"the sandbox of {redacted(ledger_path)} is served by another batchgen process (pid "
                 f"{holder}): a ledger has one sandbox; go on once that run has ended"
             ) from None
         lock.seek(0)

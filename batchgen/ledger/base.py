@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from contextlib import suppress
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,16 @@ from urllib.parse import quote
 from batchgen.errors import LedgerError
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
+from batchgen.ledger.db import (
+    POSTGRESQL,
+    PgConnection,
+    database_errors,
+    dialect_of,
+    is_url,
+    password,
+    pg_waitable,
+    redacted,
+)
 from batchgen.migrations import JOB_STATUSES, known_migrations, migrate
 
 DEFAULT_PATH = "batchgen.db"
@@ -103,12 +114,19 @@ class LedgerBase:
         read_only: bool = False,
     ):
         """Open (creating it if `create`) and migrate the ledger; `read_only`: open an
-        existing one with SQLite's mode=ro, for reading commands, which never write."""
-        self.path = Path(path)
+        existing one with SQLite's mode=ro, for reading commands, which never write.
+        `path`: a SQLite file, or a PostgreSQL URL (batchgen.ledger.db)."""
+        self.location = str(path)  # as given: a file's path, or a URL with its password
+        self.name = redacted(path)  # as shown and stored
+        self.path = Path(path) if not is_url(path) else Path(self.name)
         self._writes = not read_only  # a reading command's ledger never writes
         self.notify = notify or _to_stderr
         # Every key in force (the runner adds them): no text is stored with one in it.
         self.redact = Redactor()
+        self.redact.add(password(path) or "", "password")
+        if is_url(path):
+            self._connect_postgres(read_only, create)
+            return
         if read_only and not self.path.is_file():
             raise LedgerError(f"{self.path}: no ledger here")
         if not create and not self.path.exists():
@@ -127,7 +145,7 @@ class LedgerBase:
         try:
             self.conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_MS}")
             if read_only:
-                self._patiently(lambda: check_ours(self.conn, self.path, empty_ok=False))
+                self._patiently(lambda: check_ours(self.conn, self.name, empty_ok=False))
             else:
                 self._patiently(self._open)
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -138,14 +156,51 @@ class LedgerBase:
             self.conn.close()
             raise
 
+    def _connect_postgres(self, read_only: bool, create: bool) -> None:
+        """Connect to a PostgreSQL ledger, waiting (saying so) while the server cannot be
+        reached, then check it is ours and, for writing, bring its schema up to date."""
+        import psycopg
+
+        def connect() -> PgConnection:
+            try:
+                return PgConnection(self.location, read_only=read_only)
+            except psycopg.OperationalError as e:
+                if _refused_for_good(e):
+                    raise LedgerError(f"{self.name}: cannot connect to the ledger: {_first_line(e)}") from e
+                raise
+
+        self.conn = self._patiently(connect)  # type: ignore[assignment]
+        try:
+            self.conn.set_lock_wait(LOCK_WAIT_MS / 1000)
+            if read_only or not create:
+                self._patiently(lambda: check_ours(self.conn, self.name, empty_ok=False))
+            if not read_only:
+                self._patiently(self._open)
+            self.conn.set_lock_wait(BUSY_TIMEOUT_MS / 1000)
+        except psycopg.Error as e:
+            self.conn.close()
+            raise LedgerError(f"{self.name}: cannot use the ledger: {_first_line(e)}") from e
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @property
+    def dialect(self) -> Any:
+        return dialect_of(self.conn)
+
+    @property
+    def on_postgres(self) -> bool:
+        return bool(self.dialect.name == POSTGRESQL)
+
     def _open(self) -> None:
         """Check that the file is a ledger of ours before anything writes to it (a foreign
         database or a newer batchgen's ledger is left exactly as it is), then set it up and
         bring its schema up to date."""
-        check_ours(self.conn, self.path, empty_ok=True)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
+        check_ours(self.conn, self.name, empty_ok=True)
+        if not self.on_postgres:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
         migrate(self.conn)
 
     def _patiently(self, action: Callable[[], T]) -> T:
@@ -156,21 +211,37 @@ class LedgerBase:
             tried = time.monotonic()
             try:
                 return action()
-            except sqlite3.OperationalError as e:
+            except database_errors() as e:
                 if not is_locked(e):
                     raise
             if time.monotonic() - tried < 0.1:
                 time.sleep(0.2)  # refused at once, without SQLite's own wait: do not spin
             if told is None or time.monotonic() - told >= LOCK_NOTICE_EVERY:
                 told = time.monotonic()
-                self.notify(
-                    f"{self.path}: another program holds a lock on the ledger; waiting for "
-                    f"it ({told - started:.0f} s so far; Ctrl-C to stop)"
+                what = (
+                    "cannot reach the ledger's server or it holds a lock"
+                    if self.on_postgres_location
+                    else "another program holds a lock on the ledger"
                 )
+                self.notify(
+                    f"{self.name}: {what}; waiting for it ({told - started:.0f} s so far;"
+                    " Ctrl-C to stop)"
+                )
+
+    def lock_wait(self, seconds: float) -> None:
+        """How long a write waits for another's lock before failing as locked."""
+        if self.on_postgres:
+            self.conn.set_lock_wait(seconds)
+        else:
+            self.conn.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
+
+    @property
+    def on_postgres_location(self) -> bool:
+        return is_url(self.location)
 
     def close(self) -> None:
         """Close the connection; a writing one first checkpoints (see `_checkpoint`)."""
-        if self._writes:
+        if self._writes and not self.on_postgres_location:
             self._checkpoint()
         self.conn.close()
 
@@ -191,16 +262,18 @@ class LedgerBase:
     def transaction(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` write; `patient`: wait, saying so, while another program
         holds the lock (for commands outside a run, where Ctrl-C still stops the wait)."""
+        begin = self.dialect.begin_write
         if patient:
-            self._patiently(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+            self._patiently(lambda: begin(self.conn))
         else:
-            self.conn.execute("BEGIN IMMEDIATE")
+            begin(self.conn)
         try:
             yield self.conn
         except BaseException:
             # SQLite may have rolled back already (a full disk): keep the real error.
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+                with suppress(*database_errors()):
+                    self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -208,18 +281,22 @@ class LedgerBase:
     def snapshot(self) -> Iterator[None]:
         """Read several things as of one moment: in WAL mode every statement of a read
         transaction sees the same committed state, whatever a runner commits meanwhile."""
-        self.conn.execute("BEGIN")
+        if self.on_postgres:
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        else:
+            self.conn.execute("BEGIN")
         try:
             yield
         finally:
-            self.conn.execute("COMMIT")
+            with suppress(*database_errors()):
+                self.conn.execute("COMMIT")
 
     @functools.cached_property
     def _money_table(self) -> str:
         """Where the money sums are read: `attempt_totals` (m006), or on a ledger that a
         reading command finds not yet migrated (it never writes), the attempts themselves.
         The money rules give the same sums on either (see migrations.py, m006)."""
-        return "attempt_totals" if "attempt_totals" in _tables(self.conn) else "attempts"
+        return "attempt_totals" if "attempt_totals" in self.dialect.tables(self.conn) else "attempts"
 
     def _event(
         self, kind: str, campaign: str | None = None, job_id: str | None = None, **detail: Any
@@ -268,9 +345,10 @@ def job_counts(db: sqlite3.Connection, campaigns: list[str] | None = None) -> di
     # No WHERE at all for the whole ledger: `WHERE 1=1` would lose the fast count.
     total = f"SELECT COUNT(*) FROM jobs {'WHERE 1=1 ' + where if where else ''}"
     rows = db.execute(
-        f"SELECT ({total}), s.status, s.n FROM (SELECT 1) LEFT JOIN"
+        f"SELECT ({total}), s.status, s.n FROM (SELECT 1) one LEFT JOIN"
         " (SELECT status, COUNT(*) AS n FROM jobs"
-        f"  WHERE status IN ({', '.join('?' * len(others))}) {where} GROUP BY status) s",
+        f"  WHERE status IN ({', '.join('?' * len(others))}) {where} GROUP BY status) s"
+        " ON 1 = 1",
         [*params, *others, *params],
     ).fetchall()
     counts = dict.fromkeys(JOB_STATUSES, 0)
@@ -291,13 +369,33 @@ def _primary_code(error: sqlite3.Error) -> int | None:
     return None if code is None else code & 0xFF
 
 
-def is_locked(error: sqlite3.Error) -> bool:
-    """Is this SQLite's "busy" or "locked" (another connection holds the lock)?"""
-    return _primary_code(error) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+def is_locked(error: BaseException) -> bool:
+    """Is this SQLite's "busy" or "locked" (another connection holds the lock), or on
+    PostgreSQL a lock not granted in time or a server that cannot be reached now (a
+    restart, a network cut): all of which pass if waited for?"""
+    if isinstance(error, sqlite3.Error):
+        return _primary_code(error) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return pg_waitable(error)
 
 
-def unusable(path: Path, error: sqlite3.DatabaseError) -> LedgerError:
+def _refused_for_good(error: BaseException) -> bool:
+    """A connection refused for a reason waiting does not cure: a wrong password, a
+    database or role that does not exist, a malformed URL."""
+    text = str(error).lower()
+    return any(
+        words in text
+        for words in ("password", "does not exist", "authentication", "invalid", "no pg_hba")
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def unusable(path: Path, error: BaseException) -> LedgerError:
     """One clear line for a ledger file SQLite cannot use (damaged, not a database, ...)."""
+    if not isinstance(error, sqlite3.Error):
+        return LedgerError(f"{redacted(path)}: cannot use the ledger: {_first_line(error)}")
     code = _primary_code(error)
     if code == _SQLITE_NOTADB:
         return LedgerError(f"{path}: not a batchgen ledger (not an SQLite database at all)")
@@ -309,31 +407,28 @@ def unusable(path: Path, error: sqlite3.DatabaseError) -> LedgerError:
     return LedgerError(f"{path}: cannot use the ledger: {error}")
 
 
-def _tables(db: sqlite3.Connection) -> set[str]:
-    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def check_ours(db: sqlite3.Connection, path: Path, empty_ok: bool) -> None:
+def check_ours(db: Any, path: str | Path, empty_ok: bool) -> None:
     """Refuse, reading only, a database that is not a batchgen ledger, or a ledger written
     by a newer batchgen (one that recorded a migration this one does not know). An empty
     database is a new ledger when `empty_ok`."""
-    tables = _tables(db)
+    tables = dialect_of(db).tables(db)
     if not tables:
         if empty_ok:
             return
         raise LedgerError(
-            f"{path}: no ledger here, the file is empty (run `batchgen ingest` first)"
+            f"{path}: no ledger here, the {'database' if is_url(path) else 'file'} is empty"
+            " (run `batchgen ingest` first)"
         )
     names: set[str] = set()
     if "_migrations" in tables:
         try:
             names = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-        except sqlite3.OperationalError as e:
+        except database_errors() as e:
             if is_locked(e):
                 raise
     if "m001_initial" not in names:
         raise LedgerError(
-            f"{path}: not a batchgen ledger (an SQLite database with other tables); "
+            f"{redacted(path)}: not a batchgen ledger (a database with other tables); "
             "it was left unchanged: give batchgen its own file with --ledger"
         )
     newer = sorted(names - known_migrations())

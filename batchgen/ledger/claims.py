@@ -23,7 +23,7 @@ from batchgen.arbitration import (
     claim_verdict,
     runner_state,
 )
-from batchgen.ledger.base import LedgerJob, _campaign_filter, _tables, now
+from batchgen.ledger.base import LedgerJob, _campaign_filter, now
 from batchgen.ledger.scheduling import SchedulingMixin, _ledger_job
 from batchgen.processes import Holder, liveness, this_process
 
@@ -108,7 +108,7 @@ class ClaimsMixin(SchedulingMixin):
 
     def runners(self) -> list[dict[str, Any]]:
         """The runners not known to be dead: host, pid, key labels, since, heartbeat."""
-        if "runners" not in _tables(self.conn):
+        if "runners" not in self.dialect.tables(self.conn):
             return []  # a ledger from before m010, read without migrating it
         me = this_process()
         stamp = _seconds(now())
@@ -253,10 +253,10 @@ class ClaimsMixin(SchedulingMixin):
             if verdict is not Claim.CLAIMED:
                 return verdict, None
             stamp = now()
-            cursor = db.execute(
+            (attempt_id,) = db.execute(
                 "INSERT INTO attempts (campaign, job_id, started_at, fingerprint,"
                 " unit_price_micro_usd, state, key_label, runner_id)"
-                " VALUES (?, ?, ?, ?, ?, 'sending', ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, 'sending', ?, ?) RETURNING id",
                 (
                     job.campaign,
                     job.id,
@@ -266,14 +266,14 @@ class ClaimsMixin(SchedulingMixin):
                     key_label,
                     runner_id,
                 ),
-            )
+            ).fetchone()
             db.execute(
                 "UPDATE jobs SET status = 'submitting', reason = NULL, updated_at = ?"
                 " WHERE campaign = ? AND id = ? AND status = 'queued'",
                 (stamp, job.campaign, job.id),
             )
         job.status = "submitting"
-        return Claim.CLAIMED, int(cursor.lastrowid or 0)
+        return Claim.CLAIMED, int(attempt_id)
 
     def key_in_flight(self, key_label: str | None) -> int:
         """The key's attempts sending or running, every runner's (from key_totals)."""

@@ -16,7 +16,6 @@ from batchgen.ledger.base import (
     Money,
     _campaign_filter,
     _dicts,
-    _tables,
     now,
 )
 
@@ -99,7 +98,7 @@ class ReadsMixin(LedgerBase):
         unknown = [c for c in campaigns if c not in known]
         if unknown:
             raise LedgerError(
-                f"{self.path}: no campaign named {', '.join(unknown)} "
+                f"{self.name}: no campaign named {', '.join(unknown)} "
                 f"(known: {', '.join(known) or 'none'})"
             )
         return list(dict.fromkeys(campaigns))
@@ -151,7 +150,7 @@ class ReadsMixin(LedgerBase):
         """Where each key's sums are read: `key_totals` (m007, kept by triggers; its
         `refusals` since m009), or on a ledger not yet migrated, the attempts themselves in
         the same shape (label '' for an attempt recorded before labels)."""
-        if "key_totals" in _tables(self.conn):
+        if "key_totals" in self.dialect.tables(self.conn):
             columns = {row[1] for row in self.conn.execute("PRAGMA table_info(key_totals)")}
             if "refusals" in columns:
                 return "key_totals"

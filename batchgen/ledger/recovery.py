@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from batchgen.durable import fsync_dir
 from batchgen.errors import LedgerError, LedgerWriteFailed
 from batchgen.ledger.base import BUSY_TIMEOUT_MS, now
+from batchgen.ledger.db import companion, database_errors, pg_waitable
 from batchgen.ledger.scheduling import SchedulingMixin
 
 T = TypeVar("T")
@@ -49,24 +50,27 @@ class RecoveryMixin(SchedulingMixin):
         """Run one ledger write, waiting at most `wait` seconds for the lock; a failure the
         caller may retry later (locked, disk full, I/O error) is LedgerWriteFailed, with
         nothing of the write applied."""
-        self.conn.execute(f"PRAGMA busy_timeout = {max(0, int(wait * 1000))}")
+        self.lock_wait(wait)
         try:
             return write()
-        except sqlite3.OperationalError as e:
+        except database_errors() as e:
+            if not (isinstance(e, sqlite3.OperationalError) or pg_waitable(e)):
+                raise
             # A COMMIT that failed (disk full) leaves its transaction open: end it, so the
             # next try starts clean.
             if self.conn.in_transaction:
-                with suppress(sqlite3.Error):
+                with suppress(*database_errors()):
                     self.conn.execute("ROLLBACK")
-            raise LedgerWriteFailed(str(e) or type(e).__name__) from e
+            raise LedgerWriteFailed(str(e).strip() or type(e).__name__) from e
         finally:
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            with suppress(*database_errors()):  # a server gone: set again on reconnecting
+                self.lock_wait(BUSY_TIMEOUT_MS / 1000)
 
     # ---------------------------------------------------------------- the recovery file
 
     @property
     def recovery_path(self) -> Path:
-        return self.path.with_name(self.path.name + RECOVERY_SUFFIX)
+        return companion(self.location, RECOVERY_SUFFIX)
 
     @property
     def rejected_path(self) -> Path:
@@ -187,7 +191,7 @@ class RecoveryMixin(SchedulingMixin):
                 )
         except sqlite3.OperationalError as e:
             raise LedgerError(
-                f"{self.path}: cannot apply {self.recovery_path.name} ({len(lines)} line(s) "
+                f"{self.name}: cannot apply {self.recovery_path.name} ({len(lines)} line(s) "
                 f"a run could not record): {e}; nothing else was done, try again"
             ) from e
         applied = sum(ok is True for ok in done.values())

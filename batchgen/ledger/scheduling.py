@@ -103,18 +103,19 @@ class SchedulingMixin(LedgerBase):
         request is sent: a crash after sending must leave a trace, which resume reads as an
         attempt of unknown outcome, and the task it may create is polled with that key."""
         with self.transaction() as db:
-            cursor = db.execute(
+            (attempt_id,) = db.execute(
                 "INSERT INTO attempts (campaign, job_id, started_at, fingerprint,"
-                " unit_price_micro_usd, state, key_label) VALUES (?, ?, ?, ?, ?, 'sending', ?)",
+                " unit_price_micro_usd, state, key_label) VALUES (?, ?, ?, ?, ?, 'sending', ?)"
+                " RETURNING id",
                 (job.campaign, job.id, now(), job.fingerprint, job.price_micros, key_label),
-            )
+            ).fetchone()
             db.execute(
                 "UPDATE jobs SET status='submitting', reason=NULL, updated_at=?"
                 " WHERE campaign=? AND id=?",
                 (now(), job.campaign, job.id),
             )
         job.status = "submitting"
-        return int(cursor.lastrowid or 0)
+        return int(attempt_id)
 
     def attempt_created(
         self,

@@ -1,0 +1,297 @@
+"""Where a ledger lives, and the connection to it: a SQLite file or a PostgreSQL database.
+
+The ledger's SQL is written once, in the SQL both engines speak (`?` placeholders,
+`ON CONFLICT`, `RETURNING`, `CASE`); the few things spelled differently (JSON arrays,
+a day of a timestamp, a write's lock, the schema's types) are the methods of `Dialect`.
+A PostgreSQL connection is wrapped to look like sqlite3's (`execute`, `executemany`,
+`in_transaction`, rows as tuples, integer sums as int), so the rest of the ledger does
+not know which it has.
+
+Writes are serialized on both. SQLite has one writer at a time (`BEGIN IMMEDIATE`); on
+PostgreSQL every write transaction first takes one transaction-level advisory lock of the
+database (`pg_advisory_xact_lock`), so a claim reads and decides exactly as it does on
+SQLite, whatever the isolation level. Reads never wait (WAL; MVCC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+SQLITE, POSTGRESQL = "sqlite", "postgresql"
+URL_SCHEMES = ("postgresql://", "postgres://")
+# The advisory lock every PostgreSQL write transaction takes: a number of our own
+# (the first 8 bytes of SHA-256 of "batchgen ledger", as a signed 64-bit integer).
+WRITE_LOCK = int.from_bytes(hashlib.sha256(b"batchgen ledger").digest()[:8], "big", signed=True)
+
+
+def is_url(location: str | Path) -> bool:
+    """Is this ledger location a PostgreSQL URL (else a SQLite file's path)?"""
+    return str(location).startswith(URL_SCHEMES)
+
+
+def redacted(location: str | Path) -> str:
+    """The location as it may be shown or stored: a password in a URL becomes `***`."""
+    text = str(location)
+    if not is_url(text):
+        return text
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def password(location: str | Path) -> str | None:
+    """The password written in a PostgreSQL URL, if any (to be redacted wherever shown)."""
+    if not is_url(location):
+        return None
+    found = urlsplit(str(location)).password
+    return unquote(found) if found else None
+
+
+def companion(location: str | Path, suffix: str) -> Path:
+    """Where a file that goes with the ledger is kept (the recovery file, the sandbox's
+    state): beside a SQLite file; for a PostgreSQL ledger, on this machine, in the user's
+    state directory ($XDG_STATE_HOME/batchgen, else ~/.local/state/batchgen), named after
+    the server and database, since what it keeps (answers not yet recorded) is this
+    machine's."""
+    if not is_url(location):
+        path = Path(location)
+        return path.with_name(path.name + suffix)
+    parts = urlsplit(str(location))
+    server = f"{parts.hostname or 'local'}-{parts.port or 5432}"
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{database}")
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "batchgen" / (name + suffix)
+
+
+class Dialect:
+    """SQL that SQLite spells one way and PostgreSQL another; SQLite's is the default."""
+
+    name = SQLITE
+    dollar_type = "REAL"  # dollars in the views; sums over them stay exact on PostgreSQL
+
+    def begin_write(self, db: Any) -> None:
+        db.execute("BEGIN IMMEDIATE")
+
+    def json_array_agg(self, expression: str, order: str = "") -> str:
+        """The JSON text of the values of `expression` over a query's rows ('[]' for none),
+        in `order` (SQLite aggregates in its subquery's order, which the caller gives)."""
+        return f"json_group_array({expression})"
+
+    def json_values(self, json_array: str) -> str:
+        """A FROM item: the elements of a JSON array of strings, as the column `value`."""
+        return f"json_each({json_array})"
+
+    def json_text(self, expression: str) -> str:
+        """A text as a JSON string literal (quoted and escaped)."""
+        return f"json_quote({expression})"
+
+    def flag(self, condition: str) -> str:
+        """1 where `condition` holds, else 0."""
+        return f"({condition})"
+
+    def day(self, timestamp: str) -> str:
+        """The UTC day (YYYY-MM-DD) of one of the ledger's ISO 8601 timestamps."""
+        return f"date({timestamp})"
+
+    def tables(self, db: Any) -> set[str]:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
+
+    def columns(self, db: Any, table: str) -> set[str]:
+        return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+class PostgresDialect(Dialect):
+    name = POSTGRESQL
+    dollar_type = "NUMERIC(20, 6)"
+
+    def begin_write(self, db: Any) -> None:
+        db.execute("BEGIN")
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def json_array_agg(self, expression: str, order: str = "") -> str:
+        # Spelled as SQLite writes it (no spaces), so both ledgers give the same text.
+        ordered = f" ORDER BY {order}" if order else ""
+        return f"COALESCE('[' || string_agg(({expression})::text, ','{ordered}) || ']', '[]')"
+
+    def json_values(self, json_array: str) -> str:
+        return f"json_array_elements_text(({json_array})::json) AS value"
+
+    def json_text(self, expression: str) -> str:
+        return f"to_json(({expression})::text)::text"
+
+    def flag(self, condition: str) -> str:
+        return f"(CASE WHEN {condition} THEN 1 ELSE 0 END)"
+
+    def day(self, timestamp: str) -> str:
+        return f"substr({timestamp}, 1, 10)"
+
+    def tables(self, db: Any) -> set[str]:
+        rows = db.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+        return {row[0] for row in rows}
+
+    def columns(self, db: Any, table: str) -> set[str]:
+        rows = db.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {row[0] for row in rows}
+
+
+SQLITE_DIALECT, POSTGRES_DIALECT = Dialect(), PostgresDialect()
+
+
+def dialect_of(db: Any) -> Dialect:
+    return POSTGRES_DIALECT if isinstance(db, PgConnection) else SQLITE_DIALECT
+
+
+# ------------------------------------------------------------------------ PostgreSQL
+
+
+@lru_cache(maxsize=1024)
+def pg_sql(sql: str) -> str:
+    """sqlite3's `?` placeholders as psycopg's `%s` (a `%` of the SQL doubled); a `?`
+    inside a quoted string or identifier is left as it is."""
+    parts = re.split(r"""('(?:[^']|'')*'|"(?:[^"]|"")*")""", sql)
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("%", "%%").replace("?", "%s")
+    for i in range(1, len(parts), 2):
+        parts[i] = parts[i].replace("%", "%%")
+    return "".join(parts)
+
+
+class PgConnection:
+    """A psycopg 3 connection that answers as a sqlite3 connection does (autocommit,
+    explicit BEGIN/COMMIT, `?` placeholders, integer sums as int, bools sent as 0/1)."""
+
+    def __init__(self, url: str, read_only: bool = False, connect_timeout: int = 10):
+        self.url, self.read_only, self.connect_timeout = url, read_only, connect_timeout
+        self._closed = False
+        self._conn = self._connect()
+
+    def _connect(self) -> Any:
+        conn = _psycopg().connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        _adapt(conn)
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
+
+    def _live(self) -> Any:
+        """The connection, opened again if the server dropped it (a restart, a network
+        cut): a statement then fails only while the server cannot be reached."""
+        if self._conn.broken and not self._closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        if not params:
+            return self._live().execute(sql.replace("%", "%%") if "%" in sql else sql)
+        return self._live().execute(pg_sql(sql), _plain(params))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        cursor = self._live().cursor()
+        cursor.executemany(pg_sql(sql), [_plain(row) for row in rows])
+        return cursor
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Insert rows with COPY (ingest's fast path on PostgreSQL)."""
+        with self._live().cursor() as cursor:
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(_plain(row))
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg.pq
+
+        status = self._conn.info.transaction_status
+        return bool(status not in (psycopg.pq.TransactionStatus.IDLE,))
+
+    def set_lock_wait(self, seconds: float) -> None:
+        """How long a write waits for the write lock before failing as locked."""
+        self.execute(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+
+    def close(self) -> None:
+        self._closed = True
+        self._conn.close()
+
+
+def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
+    """Parameters as PostgreSQL takes them: a bool as the integer SQLite would store."""
+    if isinstance(params, dict):
+        return {k: int(v) if isinstance(v, bool) else v for k, v in params.items()}
+    return [int(v) if isinstance(v, bool) else v for v in params]
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as e:  # pragma: no cover - the extra is part of the test install
+        from batchgen.errors import LedgerError
+
+        raise LedgerError(
+            "a PostgreSQL ledger needs psycopg: pip install 'batchgen[postgres]'"
+        ) from e
+    return psycopg
+
+
+def _adapt(conn: Any) -> None:
+    """Numbers as sqlite3 gives them: a NUMERIC without a fraction (a SUM of integers) as
+    int, with one (dollars) as float; timestamps are the ledger's own text."""
+    from psycopg.adapt import Loader
+
+    class NumericAsSqlite(Loader):
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode()
+            return float(text) if "." in text or "e" in text.lower() else int(text)
+
+    conn.adapters.register_loader("numeric", NumericAsSqlite)
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """Every error a ledger's database may raise (sqlite3's, and psycopg's if installed)."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def pg_waitable(error: BaseException) -> bool:
+    """A PostgreSQL error that passes if waited for: a lock not granted in time, a
+    deadlock or serialization failure, a server gone away or refusing connections."""
+    try:
+        import psycopg
+        from psycopg import errors
+    except ImportError:
+        return False
+    if not isinstance(error, psycopg.Error):
+        return False
+    if isinstance(error, errors.LockNotAvailable | errors.DeadlockDetected):
+        return True
+    if isinstance(error, errors.SerializationFailure | errors.QueryCanceled):
+        return True
+    return isinstance(error, psycopg.OperationalError)
