@@ -22,10 +22,25 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
+
+
+class Connection(Protocol):
+    """What the ledger uses of a connection: sqlite3's, which PgConnection also offers."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Any, /) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 URL_SCHEMES = ("postgresql://", "postgres://")
 # The advisory lock every PostgreSQL write transaction takes: a number of our own
 # (the first 8 bytes of SHA-256 of "batchgen ledger", as a signed 64-bit integer).
@@ -190,7 +205,9 @@ class PgConnection:
         self._conn = self._connect()
 
     def _connect(self) -> Any:
-        conn = _psycopg().connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        conn = load_psycopg().connect(
+            self.url, autocommit=True, connect_timeout=self.connect_timeout
+        )
         _adapt(conn)
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
@@ -243,7 +260,7 @@ def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
     return [int(v) if isinstance(v, bool) else v for v in params]
 
 
-def _psycopg() -> Any:
+def load_psycopg() -> Any:
     try:
         import psycopg
     except ImportError as e:  # pragma: no cover - the extra is part of the test install
