@@ -209,10 +209,12 @@ def _alive(pid: int) -> bool:
 
 
 def _stop(run_as: list[str], bindir: Path, base: Path) -> None:
-    if (base / "data" / "postmaster.pid").exists():
+    server = base / "data" / "postmaster.pid"  # there while the server runs
+    if server.exists():
         stop = ["-D", str(base / "data"), "-m", "immediate", "-w", "stop"]
         _run(run_as, bindir, base, "pg_ctl", *stop, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    if not server.exists():  # never the directory of a server still running (not ours)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _run_as() -> list[str]:
