@@ -181,13 +181,14 @@ def _admin(cluster: Cluster, statement: LiteralString, database: str) -> None:
 def stop_abandoned_clusters(run_as: list[str], bindir: Path) -> None:
     """Stop and remove the clusters whose test process is gone (killed before its atexit):
     never one whose process still runs, another worker's or another person's."""
-    for base in (base for place in PLACES for base in place.glob(f"{PREFIX}*")):
-        try:
-            owner = int((base / OWNER_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # being set up, or not ours
-        if not _alive(owner):
-            _stop(run_as, bindir, base)
+    for place in PLACES:
+        for base in place.glob(f"{PREFIX}*"):
+            try:
+                owner = int((base / OWNER_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # being set up, or not ours to read
+            if not _alive(owner):
+                _stop(run_as, bindir, base)
 
 
 def _place() -> Path:
