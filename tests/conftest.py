@@ -6,6 +6,7 @@ PostgreSQL server (postgres_url). And each test module's tier (TIERS), as a mark
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -137,6 +138,23 @@ def postgres_url(postgres_cluster):
     url = postgres.new_database(postgres_cluster)
     yield url
     postgres.drop_database(postgres_cluster, url)
+
+
+LEDGER_KINDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=LEDGER_KINDS)
+def ledger_at(request, tmp_path, monkeypatch):
+    """Where the test's ledger is, once on each kind (PRODUCT §5: the suite runs on both): a
+    SQLite file (a Path in tmp_path) or a new PostgreSQL database (its URL, a str). It is
+    also BATCHGEN_LEDGER for the test. A test that does not take it is SQLite's alone, and
+    says why where that is the point (the file's bytes, its WAL, sqlite3 itself)."""
+    if request.param == "sqlite":
+        location: Path | str = tmp_path / "ledger.db"
+    else:
+        location = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("BATCHGEN_LEDGER", str(location))
+    return location
 
 
 # The sandbox fixtures (sandbox, make_sandbox, sandbox_env), and the ledger with every money
