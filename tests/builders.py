@@ -67,9 +67,10 @@ def clips(n: int) -> list[Job]:
 
 
 def make_ledger(
-    path: Path, jobs: list[Job], campaign: str = "c", budget: int | None = None
+    path: Path | str, jobs: list[Job], campaign: str = "c", budget: int | None = None
 ) -> Ledger:
-    """A ledger holding `jobs`, all queued, in `campaign` (budget in micro-dollars)."""
+    """A ledger holding `jobs`, all queued, in `campaign` (budget in micro-dollars), at
+    `path`: a SQLite file or a PostgreSQL database's URL."""
     ledger = Ledger(path)
     for job in jobs:
         job.campaign = campaign
@@ -77,8 +78,8 @@ def make_ledger(
     return ledger
 
 
-def build_ledger(path: Path, n: int, budget_usd: str | None = None) -> list[str]:
-    """A ledger file of n clips (see `clips`), closed for a command to open; their ids."""
+def build_ledger(path: Path | str, n: int, budget_usd: str | None = None) -> list[str]:
+    """A ledger of n clips (see `clips`), closed for a command to open; their ids."""
     jobs = clips(n)
     make_ledger(path, jobs, budget=None if budget_usd is None else to_micros(budget_usd)).close()
     return [job.id for job in jobs]
