@@ -45,7 +45,7 @@ from batchgen.ledger import Ledger
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler, Settings
 from tests import postgres
-from tests.builders import PRICE, build_ledger
+from tests.builders import PRICE, build_ledger, clips
 
 JOBS = 5
 SETTINGS = Settings(concurrency=3, poll_interval=1.0, retry_delay=1.0, max_attempts=4)
@@ -201,14 +201,16 @@ async def _spin(rounds: int) -> None:
 
 
 class SchedulerMachine(RuleBasedStateMachine):
-    # Where each example's ledger is: a new SQLite file, or a new database on this cluster.
+    # Where each example's ledger is: a new SQLite file, or on this cluster a new copy of
+    # one database, the ledger of JOBS made once.
     cluster: postgres.Cluster | None = None
+    made_once: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.folder: Path | None = None
         self.path = self.new_ledger()
-        self.job_ids = build_ledger(self.path, JOBS)
+        self.job_ids = [job.id for job in clips(JOBS)]
         self.clock = VirtualClock()
         self.service = FakeOkaypic()
         self.restarts = 0
@@ -216,13 +218,19 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def new_ledger(self) -> Path | str:
         if self.cluster is not None:
-            return postgres.new_database(self.cluster)
+            cls = type(self)
+            if cls.made_once is None:
+                cls.made_once = postgres.new_database(self.cluster)
+                build_ledger(cls.made_once, JOBS)
+            return postgres.new_database(self.cluster, copy_of=cls.made_once)
         # fsync-heavy (synchronous=FULL): on tmpfs where there is one, for speed only
         shm = Path("/dev/shm")
         self.folder = Path(
             tempfile.mkdtemp(prefix="batchgen-sm-", dir=shm if shm.is_dir() else None)
         )
-        return self.folder / "ledger.db"
+        path = self.folder / "ledger.db"
+        build_ledger(path, JOBS)
+        return path
 
     def drop_ledger(self) -> None:
         if self.folder is not None:
@@ -459,7 +467,14 @@ def on_ledgers_of(kind: str, request: pytest.FixtureRequest) -> type[SchedulerMa
     if kind == "sqlite":
         return SchedulerMachine
     cluster = request.getfixturevalue("postgres_cluster")
-    return type("SchedulerMachineOnPostgres", (SchedulerMachine,), {"cluster": cluster})
+    machine = type("SchedulerMachineOnPostgres", (SchedulerMachine,), {"cluster": cluster})
+
+    def drop_the_ledger_made_once() -> None:
+        if machine.made_once is not None:
+            postgres.drop_database(cluster, machine.made_once)
+
+    request.addfinalizer(drop_the_ledger_made_once)
+    return machine
 
 
 KINDS = pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
