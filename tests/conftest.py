@@ -65,6 +65,7 @@ TIERS = {
         "test_interrupts",
         "test_keys_e2e",
         "test_ledger_faults",
+        "test_ledger_copy",
         "test_ledger_file",
         "test_ledger_views",
         "test_log_e2e",

@@ -57,6 +57,10 @@ TOTALS = ("attempt_totals", "key_totals", "verdict_totals")  # kept by triggers,
 NOT_COPIED = ("runners", "_migrations", *TOTALS)
 # The integer keys PostgreSQL numbers with an identity: moved past the copied ids.
 IDENTITIES = (("jobs", "ref"), ("attempts", "id"), ("verdicts", "id"), ("events", "id"))
+# Inserted one statement a row on PostgreSQL, as the review writes them: their totals'
+# triggers read the verdicts already there before each row, and PostgreSQL fires a
+# statement's AFTER ROW triggers only once the statement has inserted all its rows.
+ONE_BY_ONE = ("verdicts",)
 PAGE = 5000  # rows read and written at a time
 
 
@@ -165,7 +169,7 @@ def _pages(
 def _insert(db: Any, table: str, columns: Sequence[str], pages: Iterator[list[Any]]) -> int:
     count = 0
     for page in pages:
-        if isinstance(db, PgConnection):
+        if isinstance(db, PgConnection) and table not in ONE_BY_ONE:
             db.copy_rows(table, columns, page)  # COPY: PostgreSQL's fast path; triggers fire
         else:
             marks = ", ".join("?" * len(columns))
