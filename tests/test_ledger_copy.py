@@ -197,6 +197,36 @@ def test_a_run_on_either_copy_numbers_its_rows_after_the_copied_ones(
         finally:
             db.close()
         assert len(refs) == 3 and min(refs) > oldest
+        assert kept_attempt_totals(ledger) == summed_attempt_totals(ledger)  # triggers at work
+
+
+def kept_attempt_totals(location: str | Path) -> list[tuple[Any, ...]]:
+    db = connection(location)
+    try:
+        return sorted(
+            tuple(row)
+            for row in db.execute(
+                "SELECT campaign, state, attempts, cost_micro_usd, unit_price_micro_usd,"
+                " refunded_micro_usd FROM attempt_totals"
+            )
+        )
+    finally:
+        db.close()
+
+
+def summed_attempt_totals(location: str | Path) -> list[tuple[Any, ...]]:
+    db = connection(location)
+    try:
+        return sorted(
+            tuple(row)
+            for row in db.execute(
+                "SELECT campaign, state, COUNT(*), SUM(cost_micro_usd),"
+                " SUM(unit_price_micro_usd), SUM(refunded_micro_usd)"
+                " FROM attempts GROUP BY campaign, state"
+            )
+        )
+    finally:
+        db.close()
 
 
 def test_rows_are_copied_a_page_at_a_time_in_order_of_their_keys(
