@@ -21,10 +21,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import common  # noqa: I001  (puts the repository on sys.path first)
-import batchgen.ledger  # noqa: F401  (before year_ledger: batchgen.migrations first is a cycle)
-import year_ledger
-
 import psycopg
+
+from batchgen.ledger import copying
 
 
 def main() -> None:
@@ -36,6 +35,9 @@ def main() -> None:
     if not args.server:
         parser.error("name a PostgreSQL server: --server URL or BATCHGEN_TEST_POSTGRES")
     common.header(f"ledger copy: {args.jobs:,} jobs, SQLite -> PostgreSQL -> SQLite")
+    print(f"pages   : {copying.PAGE} rows")
+    import year_ledger  # after batchgen.ledger: batchgen.migrations imported first is a cycle
+
     source, _ = year_ledger.cached_ledger(jobs=args.jobs, campaigns=max(2, args.jobs // 20_000))
     with sqlite3.connect(source) as db:
         rows = {
