@@ -306,6 +306,33 @@ def test_an_empty_database_or_an_empty_ledger_is_a_destination(tmp_path, postgre
     assert copied(first, postgres_url)["rows"]["jobs"] == 14  # the fixture's: no table at all
 
 
+def test_a_password_in_a_url_is_never_printed(tmp_path, postgres_url):
+    first = tmp_path / "first.db"
+    every_kind_of_job(first).close()
+    parts = urlsplit(postgres_url)  # the test server trusts its user: any password will do
+    secret = "s3cr3t-pw"
+    host = f"{parts.hostname}:{parts.port}"
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}:{secret}@{host}"))
+    shown = urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    there = batchgen("ledger", "copy", str(first), url, ledger=Path(os.devnull))
+    assert there.returncode == 0, there.stderr
+    assert there.stdout == f"copied {first} to {shown}: campaigns 2, jobs 14, attempts 13," \
+        " verdicts 7, files 3, events 23\n"  # fmt: skip
+    back = batchgen(
+        "ledger", "copy", url, str(tmp_path / "back.db"), "--json", ledger=Path(os.devnull)
+    )
+    assert json.loads(back.stdout)["source"] == shown
+    assert secret not in there.stdout + there.stderr + back.stdout + back.stderr
+
+
+def test_a_ledger_is_not_copied_onto_itself(tmp_path):
+    first = tmp_path / "first.db"
+    Ledger(first).close()
+    kept = first.read_bytes()
+    assert "SRC and DST are the same ledger" in refused(first, tmp_path / "." / "first.db")
+    assert first.read_bytes() == kept
+
+
 def test_a_missing_source_is_refused_and_no_destination_is_made(tmp_path):
     line = refused(tmp_path / "nothing.db", tmp_path / "copy.db")
     assert "nothing.db" in line

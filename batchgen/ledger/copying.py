@@ -93,7 +93,7 @@ class Copied:
     rows: dict[str, int]
 
     def line(self) -> str:
-        counts = ", ".join(f"{n} {table}" for table, n in self.rows.items())
+        counts = ", ".join(f"{table} {n}" for table, n in self.rows.items())
         return f"copied {self.source} to {self.destination}: {counts}"
 
     def as_json(self) -> dict[str, Any]:
@@ -122,6 +122,8 @@ def copy_ledger(source: str, destination: str) -> Copied:
 
 
 def _copy(source: str, destination: str) -> Copied:
+    if _same(source, destination):
+        raise LedgerError(f"{redacted(source)}: SRC and DST are the same ledger")
     src = Ledger.read_only(source)
     try:
         _refuse_older(src)
@@ -223,6 +225,12 @@ def _totals(db: Any, table: str) -> list[tuple[Any, ...]]:
 
 
 # ------------------------------------------------------------------------ refusals
+
+
+def _same(source: str, destination: str) -> bool:
+    if is_url(source) or is_url(destination):
+        return source == destination
+    return Path(source).resolve() == Path(destination).resolve()
 
 
 def _refuse_older(src: Ledger) -> None:
