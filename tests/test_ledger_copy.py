@@ -333,6 +333,14 @@ def test_a_ledger_is_not_copied_onto_itself(tmp_path):
     assert first.read_bytes() == kept
 
 
+def test_a_folder_is_no_destination(tmp_path):
+    first = tmp_path / "first.db"
+    Ledger(first).close()
+    (tmp_path / "folder").mkdir()
+    assert "folder: a folder" in refused(first, tmp_path / "folder")
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
 def test_a_missing_source_is_refused_and_no_destination_is_made(tmp_path):
     line = refused(tmp_path / "nothing.db", tmp_path / "copy.db")
     assert "nothing.db" in line

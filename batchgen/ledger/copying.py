@@ -271,7 +271,9 @@ def _refuse_unless_empty(location: str) -> None:
     name = redacted(location)
     if not is_url(location):
         path = Path(location)
-        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        if path.is_dir():
+            raise LedgerError(f"{path}: a folder; DST is a ledger file's path or a URL")
+        if not path.exists() or path.stat().st_size == 0:
             return
     db = _look_at(location)
     try:
