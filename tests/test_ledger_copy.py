@@ -306,6 +306,20 @@ def test_an_empty_database_or_an_empty_ledger_is_a_destination(tmp_path, postgre
     assert copied(first, postgres_url)["rows"]["jobs"] == 14  # the fixture's: no table at all
 
 
+def test_a_copy_that_fails_half_way_leaves_the_destination_without_a_row(tmp_path, postgres_url):
+    """PostgreSQL takes no NUL character in a text, which SQLite keeps: the last table's
+    last row fails, after every other row went in."""
+    first = tmp_path / "first.db"
+    every_kind_of_job(first).close()
+    with sqlite3.connect(first) as db:
+        db.execute(
+            "UPDATE events SET detail = ? WHERE id = (SELECT MAX(id) FROM events)", ("a\x00b",)
+        )
+    line = refused(first, postgres_url)
+    assert "the copy failed" in line and "nothing was copied" in line
+    assert all(rows == [] for rows in content(postgres_url).values())
+
+
 def test_a_password_in_a_url_is_never_printed(tmp_path, postgres_url):
     first = tmp_path / "first.db"
     every_kind_of_job(first).close()

@@ -21,6 +21,7 @@ What is not copied, and why:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from urllib.parse import quote
 from batchgen.errors import LedgerError
 from batchgen.keys import Redactor
 from batchgen.ledger import Ledger
-from batchgen.ledger.base import check_ours, unusable
+from batchgen.ledger.base import _first_line, check_ours, unusable
 from batchgen.ledger.db import (
     SQLITE_DIALECT,
     PgConnection,
@@ -112,10 +113,10 @@ def copy_ledger(source: str, destination: str) -> Copied:
     except LedgerError as e:
         raise LedgerError(redact(str(e))) from None
     except database_errors() as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise LedgerError(
             redact(
-                f"{redacted(source)} -> {redacted(destination)}: the copy failed ({first});"
+                f"{redacted(source)} -> {redacted(destination)}: the copy failed"
+                f" ({_first_line(e)});"
                 f" nothing was copied into {redacted(destination)}"
             )
         ) from None
@@ -199,7 +200,7 @@ def _insert(db: Any, table: str, columns: Sequence[str], pages: Iterator[list[An
     count = 0
     for page in pages:
         if isinstance(db, PgConnection):
-            db.copy_rows(table, columns, page)  # COPY: PostgreSQL's fast path; triggers fire
+            db.copy_rows(table, columns, page)  # COPY: PostgreSQL's fast path
         else:
             marks = ", ".join("?" * len(columns))
             db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", page)
@@ -302,14 +303,11 @@ def _refuse_rows(db: Any, name: str) -> None:
 
 def _look_at(location: str) -> Any:
     """A read-only connection to an existing DST, or one clear line why not."""
-    import sqlite3
-
     if is_url(location):
         try:
             return PgConnection(location, read_only=True)
         except database_errors() as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise LedgerError(f"{redacted(location)}: cannot connect: {first}") from None
+            raise LedgerError(f"{redacted(location)}: cannot connect: {_first_line(e)}") from None
     path = Path(location)
     try:
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
