@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import shutil
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import click
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
+from batchgen.ledger.db import database_errors
 from batchgen.ports import REVIEW_PORT, SANDBOX_PORT
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
@@ -43,6 +43,8 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         redact = Redactor.from_environment()  # no key in any line shown, whatever happens
+        root = click.get_current_context().find_root()
+        redact.add_ledger((root.obj or {}).get("ledger"))  # nor a ledger URL's password
         try:
             return command(*args, **kwargs)
         except ManifestInvalid as e:
@@ -53,10 +55,10 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except BatchgenError as e:
             click.echo(shown(redact(f"error: {e}")), err=True)
             sys.exit(e.exit_code)
-        except sqlite3.DatabaseError as e:  # the ledger failed mid-command (damaged page, I/O)
+        except database_errors() as e:  # the ledger failed mid-command (damaged, I/O, gone)
             from batchgen.ledger import unusable
 
-            path = Path(click.get_current_context().find_root().obj["ledger"])
+            path = str(click.get_current_context().find_root().obj["ledger"])
             click.echo(shown(redact(f"error: {unusable(path, e)}")), err=True)
             sys.exit(1)
         except KeyboardInterrupt:

@@ -19,13 +19,28 @@ import hashlib
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
+
+
+class Connection(Protocol):
+    """What the ledger uses of a connection: sqlite3's, which PgConnection also offers."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Any, /) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 URL_SCHEMES = ("postgresql://", "postgres://")
 # The advisory lock every PostgreSQL write transaction takes: a number of our own
 # (the first 8 bytes of SHA-256 of "batchgen ledger", as a signed 64-bit integer).
@@ -188,9 +203,16 @@ class PgConnection:
         self.url, self.read_only, self.connect_timeout = url, read_only, connect_timeout
         self._closed = False
         self._conn = self._connect()
+        # How a statement outside a transaction waits while the server cannot be reached
+        # (the ledger's `_patiently`: a line every few seconds, Ctrl-C stops it). A
+        # transaction is never waited for here: its caller decides (a run's writes fail at
+        # once, their answers kept in the recovery file, and are tried again).
+        self.patience: Callable[[Callable[[], Any]], Any] | None = None
 
     def _connect(self) -> Any:
-        conn = _psycopg().connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        conn = load_psycopg().connect(
+            self.url, autocommit=True, connect_timeout=self.connect_timeout
+        )
         _adapt(conn)
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
@@ -204,6 +226,11 @@ class PgConnection:
         return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        if self.patience is None or self.in_transaction or sql.lstrip()[:5].upper() in _TXN:
+            return self._execute(sql, params)
+        return self.patience(lambda: self._execute(sql, params))
+
+    def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
         if not params:
             return self._live().execute(sql.replace("%", "%%") if "%" in sql else sql)
         return self._live().execute(pg_sql(sql), _plain(params))
@@ -236,6 +263,9 @@ class PgConnection:
         self._conn.close()
 
 
+_TXN = ("BEGIN", "COMMI", "ROLLB")
+
+
 def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
     """Parameters as PostgreSQL takes them: a bool as the integer SQLite would store."""
     if isinstance(params, dict):
@@ -243,7 +273,7 @@ def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
     return [int(v) if isinstance(v, bool) else v for v in params]
 
 
-def _psycopg() -> Any:
+def load_psycopg() -> Any:
     try:
         import psycopg
     except ImportError as e:  # pragma: no cover - the extra is part of the test install
