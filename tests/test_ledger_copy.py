@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,34 +20,6 @@ from batchgen.ledger.db import SQLITE_DIALECT, PgConnection, dialect_of
 from batchgen.ledger.recovery import RECOVERY_SUFFIX
 from tests.builders import every_kind_of_job
 from tests.e2e import FAST, batchgen, grok_batch, on_sandbox
-
-# --- a PostgreSQL server ------------------------------------------------------------------
-#
-# Until tests/postgres.py (branch pginfra: a throwaway cluster per test session, and its
-# `postgres_url` fixture in tests/conftest.py) is on main, this module's own `postgres_url`
-# makes a fresh database per test on the server BATCHGEN_TEST_POSTGRES names
-# (postgresql://user@host:port/postgres). At that merge, delete this fixture: the
-# conftest's takes its place under the same name.
-SERVER = os.environ.get("BATCHGEN_TEST_POSTGRES")
-
-
-def _admin(statement: str) -> None:
-    import psycopg
-
-    assert SERVER is not None
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    if not SERVER:
-        pytest.skip("no PostgreSQL server: set BATCHGEN_TEST_POSTGRES (until tests/postgres.py)")
-    name = f"copy_{uuid.uuid4().hex[:12]}"
-    _admin(f"CREATE DATABASE {name}")
-    parts = urlsplit(SERVER)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    _admin(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture(autouse=True)
@@ -177,15 +147,9 @@ def test_a_run_on_either_copy_numbers_its_rows_after_the_copied_ones(
     before = content(first)
     more = grok_batch(tmp_path / "more.yaml", 3, campaign="more")
     for ledger in (postgres_url, str(second)):
-        run = batchgen(
-            "--ledger", ledger, "run", str(more), *FAST,
-            ledger=tmp_path / "unused.db", base_url=sandbox.base_url, key=sandbox.key,
-        )  # fmt: skip
+        run = on_sandbox(sandbox, "run", str(more), *FAST, ledger=ledger)
         assert run.returncode == 0, run.stderr
-        resume = batchgen(
-            "--ledger", ledger, "resume", "--campaign", "more", *FAST,
-            ledger=tmp_path / "unused.db", base_url=sandbox.base_url, key=sandbox.key,
-        )  # fmt: skip
+        resume = on_sandbox(sandbox, "resume", "--campaign", "more", *FAST, ledger=ledger)
         assert resume.returncode == 0, resume.stderr
         after = content(ledger)
         for table in ("jobs", "attempts", "events"):
