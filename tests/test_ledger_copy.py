@@ -108,7 +108,7 @@ def test_a_sandbox_run_copied_to_postgresql_and_back_is_the_same_row_for_row(
     assert back["rows"] == counts
 
 
-@pytest.mark.parametrize("by", ["campaign", "model", "tag", "status", "key", "verdict"])
+@pytest.mark.parametrize("by", ["campaign", "model", "tag", "status", "key", "verdict", "reviewer"])
 def test_the_report_of_a_sqlite_copy_of_a_postgresql_copy_is_the_original_report(
     tmp_path, sandbox, postgres_url, by
 ):
@@ -129,10 +129,13 @@ def test_the_report_of_a_sqlite_copy_of_a_postgresql_copy_is_the_original_report
 def test_the_report_of_the_postgresql_copy_is_the_original_report(tmp_path, sandbox, postgres_url):
     first = a_ledger_of_every_kind(tmp_path / "first.db", sandbox)
     copied(first, postgres_url)
-    for by in ("campaign", "model", "tag", "status", "key", "verdict"):
-        args = ["report", "--by", by, "--format", "json"]
-        on_postgres = batchgen(*args, "--ledger", postgres_url, ledger=Path(os.devnull))
-        assert on_postgres.stdout == batchgen(*args, ledger=first).stdout, on_postgres.stderr
+    for by in ("campaign", "model", "tag", "status", "key", "verdict", "reviewer"):
+        for args in (["--by", by, "--format", "json"], ["--by", by, "--format", "csv"]):
+            on_postgres = batchgen("report", *args, ledger=postgres_url)
+            original = batchgen("report", *args, ledger=first)
+            assert on_postgres.stdout == original.stdout, on_postgres.stderr
+    jobs = ["report", "--jobs", "--format", "json"]
+    assert batchgen(*jobs, ledger=postgres_url).stdout == batchgen(*jobs, ledger=first).stdout
 
 
 def test_a_run_on_either_copy_numbers_its_rows_after_the_copied_ones(
