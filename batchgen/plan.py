@@ -23,6 +23,7 @@ from batchgen.errors import AuthError
 from batchgen.job import Campaign, Job, fingerprint
 from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys, given
 from batchgen.ledger import Ledger
+from batchgen.ledger.db import is_url, redacted
 from batchgen.money import usd
 
 SLOTS = 3  # the service's limit per API key (catalog: max_active_tasks_per_key)
@@ -165,8 +166,9 @@ def make_plan(
         campaign.name,
         campaign.budget_micros,
         sorted(models.values(), key=lambda m: m.model),
-        ledger_path,
-        Path(ledger_path).is_file(),
+        redacted(ledger_path),  # as shown: a URL's password never is
+        # A PostgreSQL ledger's database is there to be read (an error says if it is not).
+        is_url(ledger_path) or Path(ledger_path).is_file(),
         keys=keys or KeysGiven(),
         within_seconds=within,
     )

@@ -109,7 +109,7 @@ class Dialect:
         return f"json_each({json_array})"
 
     def json_text(self, expression: str) -> str:
-        """A text as a JSON string literal (quoted and escaped)."""
+        """A text as a JSON string literal (quoted and escaped); NULL as `null`."""
         return f"json_quote({expression})"
 
     def flag(self, condition: str) -> str:
@@ -126,6 +126,31 @@ class Dialect:
 
     def columns(self, db: Any, table: str) -> set[str]:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+    def json_of(self, json_text: str) -> str:
+        """A JSON text taken as JSON, not as a string, where `json_array_agg` gathers it."""
+        return f"json({json_text})"
+
+    def json_items(self, json_array: str, alias: str) -> str:
+        """A FROM item named `alias`: the elements of a JSON array of strings, as `value`,
+        with `key` their index from 0 (join it with CROSS JOIN)."""
+        return f"json_each({json_array}) {alias}"
+
+    def json_array_length(self, json_array: str) -> str:
+        return f"json_array_length({json_array})"
+
+    def text_agg(self, expression: str, separator: str, order: str = "") -> str:
+        """The texts of `expression` over a query's rows joined by `separator` (SQL), NULL
+        for none, in `order` (SQLite joins in its subquery's order, which the caller gives)."""
+        return f"group_concat({expression}, {separator})"
+
+    def zero_padded(self, number: str, width: int) -> str:
+        """A non-negative integer's digits, with zeros in front up to `width`."""
+        return f"printf('%0{width}d', {number})"
+
+    def instr(self, text: str, part: str) -> str:
+        """Where `part` first is in `text`, from 1; 0 when it is not."""
+        return f"instr({text}, {part})"
 
 
 class PostgresDialect(Dialect):
@@ -149,7 +174,7 @@ class PostgresDialect(Dialect):
         return f"json_array_elements_text(({json_array})::json) AS value"
 
     def json_text(self, expression: str) -> str:
-        return f"to_json(({expression})::text)::text"
+        return f"COALESCE(to_json(({expression})::text)::text, 'null')"
 
     def flag(self, condition: str) -> str:
         return f"(CASE WHEN {condition} THEN 1 ELSE 0 END)"
@@ -171,6 +196,28 @@ class PostgresDialect(Dialect):
             (table,),
         )
         return {row[0] for row in rows}
+
+    def json_of(self, json_text: str) -> str:
+        return f"({json_text})"
+
+    def json_items(self, json_array: str, alias: str) -> str:
+        return (
+            f"LATERAL (SELECT e.value, e.number - 1 AS key FROM json_array_elements_text"
+            f"(({json_array})::json) WITH ORDINALITY AS e(value, number)) {alias}"
+        )
+
+    def json_array_length(self, json_array: str) -> str:
+        return f"json_array_length(({json_array})::json)"
+
+    def text_agg(self, expression: str, separator: str, order: str = "") -> str:
+        ordered = f" ORDER BY {order}" if order else ""
+        return f"string_agg(({expression})::text, {separator}{ordered})"
+
+    def zero_padded(self, number: str, width: int) -> str:
+        return f"lpad(({number})::text, {width}, '0')"
+
+    def instr(self, text: str, part: str) -> str:
+        return f"strpos({text}, {part})"
 
 
 SQLITE_DIALECT, POSTGRES_DIALECT = Dialect(), PostgresDialect()
