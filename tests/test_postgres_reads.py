@@ -5,7 +5,9 @@ SQLite file and to a PostgreSQL database, then the real `batchgen status`, `repo
 ledger's own location aside.
 
 The PostgreSQL server: the one BATCHGEN_TEST_POSTGRES names (a server's URL), a new
-database of it per ledger (`new_database`); skipped when it is not set.
+database of it per ledger (`new_database`); skipped when it is not set. Each database
+sorts text as people do (ICU's en-US: `alpha` before `Zeta`), where SQLite compares bytes
+(`Zeta` first): the ledger's columns are collated "C", so its order is SQLite's.
 """
 
 from __future__ import annotations
@@ -72,10 +74,13 @@ def postgres_server() -> str:
 
 @contextmanager
 def new_database(server: str) -> Iterator[str]:
-    """A new, empty database on the server, dropped afterwards: its URL."""
+    """A new, empty database on the server, sorting text by ICU's en-US, dropped
+    afterwards: its URL."""
     name = f"reads_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )
     try:
         yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
     finally:
@@ -101,8 +106,9 @@ def fixed_clock() -> Iterator[None]:
 
 
 def team_ledger(location: str) -> None:
-    """What a team's ledger holds after some work: two campaigns; jobs in every status,
+    """What a team's ledger holds after some work: three campaigns; jobs in every status,
     odd text in ids, prompts, errors and notes; tags (several on a job, one listed twice);
+    names that bytes and people sort apart (Zeta, alpha; Zed, a; adam, Ana);
     a result of two files, one saved with its marks, a download that failed, a URL with
     non-ASCII characters; verdicts by named reviewers and by nobody; attempts sent with
     two keys and before labels were kept, one refused for content reasons."""
@@ -112,9 +118,9 @@ def team_ledger(location: str) -> None:
         [
             grok("done", tags=["a", "b"]),
             seedance(odd, fast=True, tags=[ODD, "a"]),
-            grok("two-files", tags=["a", "a"]),
+            grok("two-files", tags=["a", "a", "Zed"]),
             image("judged", tags=["b"]),
-            grok("unnamed"),
+            grok("later"),
             grok("bad", tags=["b"]),
             grok("refused"),
             seedance("run"),
@@ -129,11 +135,12 @@ def team_ledger(location: str) -> None:
         Campaign("b-second", "b.yaml", "sha", None),
         [veo("x", variant="veo3.1-fast"), grok("y", 10)],
     )
+    ledger.ingest(Campaign("Zeta", "z.yaml", "sha", 1_000_000), [image("z", tags=["Zed"])])
     complete(ledger, "done", observed=40.0)
     complete(ledger, odd, urls=[f"{CDN}/caf\u00e9 {ODD}.mp4"])
     complete(ledger, "two-files", urls=[f"{CDN}/a.mp4", f"{CDN}/b.mp4"], observed=50.0)
     complete(ledger, "judged", urls=[f"{CDN}/judged.png"])
-    complete(ledger, "unnamed")
+    complete(ledger, "later")
     marks = {"c2pa": None, "xmp": {"description": ODD}, "labels": [], "marked": False}
     ledger.file_saved("c", "two-files", 1, f"{CDN}/b.mp4", f"out/c/two {ODD}.mp4", 3, "ab", marks)
     ledger.file_saved("c", "two-files", 0, f"{CDN}/a.mp4", "out/c/two-files.mp4", 3, "cd")
@@ -143,6 +150,7 @@ def team_ledger(location: str) -> None:
         (odd, "rejected", ODD, "Bo"),
         ("two-files", "rejected", "too dark", "Ana"),
         ("judged", "approved", None, None),
+        ("later", "approved", None, "adam"),
     ):
         ledger.record_verdict("c", job_id, queued_task(ledger, job_id), verdict, note, reviewer)
     fail(ledger, "bad", why=f"Generation failed: {ODD}")
@@ -153,6 +161,7 @@ def team_ledger(location: str) -> None:
     sending(ledger, "sent")
     rejected(ledger, "bad-400")
     complete(ledger, "y", campaign="b-second")
+    complete(ledger, "z", campaign="Zeta", urls=[f"{CDN}/z.png"])
     start(ledger, "x", campaign="b-second")
     label_keys(ledger)
     ledger.close()
@@ -215,7 +224,7 @@ def test_plan_against_a_postgresql_ledger_says_what_it_says_against_sqlite(ledge
           - {id: done, prompt: "prompt done", tags: [a, b]}
           - {id: wait, prompt: "prompt wait", tags: [a]}
           - {id: bad, prompt: "prompt bad", tags: [b]}
-          - {id: unnamed, prompt: "changed since"}
+          - {id: later, prompt: "changed since"}
           - {id: new-one, prompt: "new"}
         """,
     )
@@ -267,6 +276,19 @@ def test_the_report_groups_add_up_to_the_same_cents_on_postgresql(ledgers):
         assert totals(ledgers[1], by) == on_sqlite
 
 
+def test_names_are_in_sqlites_byte_order_on_a_database_that_sorts_otherwise(ledgers):
+    def keys(by: str) -> list[str]:
+        report = json.loads(answer(ledgers[1], "report", "--by", by, "--format", "json")[1])
+        return [group["key"] for group in report["groups"]]
+
+    assert keys("campaign") == ["Zeta", "b-second", "c"]
+    assert keys("tag")[:3] == ["(none)", "Zed", "a"]
+    assert keys("reviewer")[:4] == ["(no result)", "(unnamed)", "(unreviewed)", "Ana"]
+    assert keys("reviewer")[4:] == ["Bo", "adam"]
+    jobs = json.loads(answer(ledgers[1], "status", "--json")[1])["jobs"]
+    assert [job["campaign"] for job in jobs][:2] == ["Zeta", "b-second"]
+
+
 # ---------------------------------------------------------------- download
 
 
@@ -310,8 +332,9 @@ def served() -> Iterator[Files]:
 
 def downloadable(location: str, served: Files) -> None:
     """Completed jobs whose results are served: ids differing only by case (their files
-    are named with a hash), a job of two results, an id a file name cannot keep."""
-    ids = ["TEA-02", "tea-02", "two", f"odd {ODD}", "Solo"]
+    are named with a hash; by a non-ASCII letter's case, not: SQLite lower-cases ASCII
+    only), a job of two results, an id a file name cannot keep."""
+    ids = ["TEA-02", "tea-02", "two", f"odd {ODD}", "Solo", "\u00c9CLAIR", "\u00e9clair"]
     ledger = make_ledger(
         location,
         [grok(job_id) for job_id in ids],
@@ -344,7 +367,7 @@ def test_download_saves_the_same_files_under_the_same_names_from_either_ledger(
             )
             status = answer(location, "status", "--json", out=out)[1]
             statuses.append([(job["id"], job["files"]) for job in json.loads(status)["jobs"]])
-    assert results[0][0] == 0 and len(trees[0]) == 6, results[0]
+    assert results[0][0] == 0 and len(trees[0]) == 8, results[0]
     assert results[1] == results[0]
     assert trees[1] == trees[0]
     assert statuses[1] == statuses[0]

@@ -171,7 +171,11 @@ class PostgresDialect(Dialect):
         return f"COALESCE('[' || string_agg(({expression})::text, ','{ordered}) || ']', '[]')"
 
     def json_values(self, json_array: str) -> str:
-        return f"json_array_elements_text(({json_array})::json) AS value"
+        # Collated "C" as the ledger's text columns are: compared and sorted as SQLite does.
+        return (
+            f"LATERAL (SELECT e.value COLLATE \"C\" AS value"
+            f" FROM json_array_elements_text(({json_array})::json) AS e(value)) AS value"
+        )
 
     def json_text(self, expression: str) -> str:
         return f"COALESCE(to_json(({expression})::text)::text, 'null')"
@@ -202,8 +206,9 @@ class PostgresDialect(Dialect):
 
     def json_items(self, json_array: str, alias: str) -> str:
         return (
-            f"LATERAL (SELECT e.value, e.number - 1 AS key FROM json_array_elements_text"
-            f"(({json_array})::json) WITH ORDINALITY AS e(value, number)) {alias}"
+            f"LATERAL (SELECT e.value COLLATE \"C\" AS value, e.number - 1 AS key"
+            f" FROM json_array_elements_text(({json_array})::json) WITH ORDINALITY"
+            f" AS e(value, number)) {alias}"
         )
 
     def json_array_length(self, json_array: str) -> str:
