@@ -181,6 +181,7 @@ class LedgerBase:
             if not read_only:
                 self._patiently(self._open)
             conn.set_lock_wait(BUSY_TIMEOUT_MS / 1000)
+            conn.patience = self._patiently
         except psycopg.Error as e:
             self.conn.close()
             raise LedgerError(f"{self.name}: cannot use the ledger: {_first_line(e)}") from e

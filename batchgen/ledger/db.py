@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -255,6 +255,11 @@ class PgConnection:
         self.url, self.read_only, self.connect_timeout = url, read_only, connect_timeout
         self._closed = False
         self._conn = self._connect()
+        # How a statement outside a transaction waits while the server cannot be reached
+        # (the ledger's `_patiently`: a line every few seconds, Ctrl-C stops it). A
+        # transaction is never waited for here: its caller decides (a run's writes fail at
+        # once, their answers kept in the recovery file, and are tried again).
+        self.patience: Callable[[Callable[[], Any]], Any] | None = None
 
     def _connect(self) -> Any:
         conn = load_psycopg().connect(
@@ -273,6 +278,11 @@ class PgConnection:
         return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        if self.patience is None or self.in_transaction or sql.lstrip()[:5].upper() in _TXN:
+            return self._execute(sql, params)
+        return self.patience(lambda: self._execute(sql, params))
+
+    def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
         if not params:  # psycopg reads no placeholders (nor doubled %) in SQL sent alone
             return self._live().execute(sql)
         return self._live().execute(pg_sql(sql), _plain(params))
@@ -303,6 +313,9 @@ class PgConnection:
     def close(self) -> None:
         self._closed = True
         self._conn.close()
+
+
+_TXN = ("BEGIN", "COMMI", "ROLLB")
 
 
 def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
