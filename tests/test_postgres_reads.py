@@ -4,10 +4,10 @@ SQLite file and to a PostgreSQL database, then the real `batchgen status`, `repo
 `plan` and `download` run on each, and what they print is compared byte for byte, the
 ledger's own location aside.
 
-The PostgreSQL server: the one BATCHGEN_TEST_POSTGRES names (a server's URL), a new
-database of it per ledger (`new_database`); skipped when it is not set. Each database
-sorts text as people do (ICU's en-US: `alpha` before `Zeta`), where SQLite compares bytes
-(`Zeta` first): the ledger's columns are collated "C", so its order is SQLite's.
+The PostgreSQL server: the tests' throwaway cluster (tests/postgres.py), a new database
+of it per ledger (`new_database`) that sorts text as people do (ICU's en-US: `alpha`
+before `Zeta`), where SQLite compares bytes (`Zeta` first): the ledger's columns are
+collated "C", so its order is SQLite's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from batchgen.job import Campaign
@@ -50,9 +50,6 @@ from tests.builders import (
 )
 from tests.e2e import batchgen, write_manifest
 
-psycopg = pytest.importorskip("psycopg")
-
-SERVER = "BATCHGEN_TEST_POSTGRES"  # a PostgreSQL server's URL, for these tests' databases
 # The ledger's clock while a test writes the content: a second per reading from a moment
 # in 2100, so both ledgers hold the same times and `status` ages them 0s whenever it runs.
 EPOCH = datetime(2100, 1, 1, tzinfo=UTC)
@@ -65,11 +62,9 @@ FORMATS = ("table", "csv", "json")
 
 
 @pytest.fixture(scope="module")
-def postgres_server() -> str:
-    server = os.environ.get(SERVER)
-    if not server:
-        pytest.skip(f"no PostgreSQL server to test on: set {SERVER} to its URL")
-    return server
+def postgres_server(postgres_cluster) -> str:
+    """The URL of the cluster's `postgres` database, where databases are made."""
+    return str(postgres_cluster.url("postgres"))
 
 
 @contextmanager
@@ -181,8 +176,7 @@ def ledgers(tmp_path_factory, postgres_server) -> Iterator[tuple[str, str]]:
 def answer(location: str, *args: str, out: Path | None = None) -> tuple[int, str, str]:
     """The real command on the ledger at `location`: its exit code, stdout and stderr, the
     location (and the `out` folder) written as LEDGER (and OUT) in them."""
-    home = Path(location).parent if "://" not in location else Path.cwd()
-    result = batchgen("--ledger", location, *args, ledger=home / "unused.db")
+    result = batchgen(*args, ledger=location)
     texts = [result.stdout, result.stderr]
     for place, name in ((location, "LEDGER"), (str(out), "OUT")):
         texts = [text.replace(place, name) for text in texts]

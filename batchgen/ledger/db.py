@@ -127,9 +127,10 @@ class Dialect:
     def columns(self, db: Any, table: str) -> set[str]:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
-    def json_of(self, json_text: str) -> str:
-        """A JSON text taken as JSON, not as a string, where `json_array_agg` gathers it."""
-        return f"json({json_text})"
+    def json(self, text: str) -> str:
+        """A JSON text as JSON, to be nested in `json_object` or gathered by `json_array_agg`
+        (else it is a string)."""
+        return f"json({text})"
 
     def json_items(self, json_array: str, alias: str) -> str:
         """A FROM item named `alias`: the elements of a JSON array of strings, as `value`,
@@ -173,7 +174,7 @@ class PostgresDialect(Dialect):
     def json_values(self, json_array: str) -> str:
         # Collated "C" as the ledger's text columns are: compared and sorted as SQLite does.
         return (
-            f"LATERAL (SELECT e.value COLLATE \"C\" AS value"
+            f'LATERAL (SELECT e.value COLLATE "C" AS value'
             f" FROM json_array_elements_text(({json_array})::json) AS e(value)) AS value"
         )
 
@@ -201,12 +202,12 @@ class PostgresDialect(Dialect):
         )
         return {row[0] for row in rows}
 
-    def json_of(self, json_text: str) -> str:
-        return f"({json_text})"
+    def json(self, text: str) -> str:
+        return f"({text})::json"
 
     def json_items(self, json_array: str, alias: str) -> str:
         return (
-            f"LATERAL (SELECT e.value COLLATE \"C\" AS value, e.number - 1 AS key"
+            f'LATERAL (SELECT e.value COLLATE "C" AS value, e.number - 1 AS key'
             f" FROM json_array_elements_text(({json_array})::json) WITH ORDINALITY"
             f" AS e(value, number)) {alias}"
         )

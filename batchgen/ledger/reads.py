@@ -393,7 +393,7 @@ class ReadsMixin(LedgerBase):
         key_label = "a.key_label" if self._key_labels_kept else "NULL"
         d = self.dialect
         paths = d.json_array_agg(d.json_text("f.path"), order="f.n")
-        marks = d.json_array_agg(d.json_of("COALESCE(f.p, 'null')"), order="f.n")
+        marks = d.json_array_agg(d.json("COALESCE(f.p, 'null')"), order="f.n")
         return _dicts(
             self.conn.execute(
                 "SELECT j.campaign, j.id, j.model, j.status, j.prompt, j.tags, j.duration,"
