@@ -270,6 +270,25 @@ def test_the_report_groups_add_up_to_the_same_cents_on_postgresql(ledgers):
         assert totals(ledgers[1], by) == on_sqlite
 
 
+def test_a_stream_reads_the_rows_and_columns_a_query_reads(ledgers):
+    # status --json and report --jobs read their rows as a stream on PostgreSQL (a million
+    # jobs never held at once); its rows and columns are the query's, none included.
+    ledger = Ledger.read_only(ledgers[1])
+    try:
+        for where in ("", " WHERE id = ?", " WHERE false"):
+            sql = f"SELECT campaign, id, position FROM jobs{where} ORDER BY ref"
+            params = ["later"] if "?" in where else []
+            whole = ledger.conn.execute(sql, params)
+            stream = ledger.conn.stream(sql, params)
+            rows = list(stream)
+            assert rows == whole.fetchall() and (rows or where == " WHERE false")
+            if rows:
+                assert [c[0] for c in stream.description] == ["campaign", "id", "position"]
+        assert ledger.conn.execute("SELECT 1").fetchone() == (1,)  # once read, free again
+    finally:
+        ledger.close()
+
+
 def test_names_are_in_sqlites_byte_order_on_a_database_that_sorts_otherwise(ledgers):
     def keys(by: str) -> list[str]:
         report = json.loads(answer(ledgers[1], "report", "--by", by, "--format", "json")[1])

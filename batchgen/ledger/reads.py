@@ -18,7 +18,7 @@ from batchgen.ledger.base import (
     _dicts,
     now,
 )
-from batchgen.ledger.db import SQLITE_DIALECT, Dialect
+from batchgen.ledger.db import SQLITE_DIALECT, Dialect, PgConnection
 
 # The current verdict of each job's current result, as SQL joined to `jobs j` (the view
 # `current_verdicts` is made by migration m004_verdicts).
@@ -210,7 +210,7 @@ class ReadsMixin(LedgerBase):
         urls = d.text_agg(text("u.value"), "', '", order="u.key")
         paths = d.text_agg(text("f.path"), "', '", order="f.n")
         marks = d.text_agg("COALESCE(f.p, 'null')", "', '", order="f.n")
-        rows = self.conn.execute(
+        rows = self._stream(
             f"SELECT '{{\"campaign\": ' || {text('j.campaign')} || ', \"id\": ' || {text('j.id')}"
             f" || ', \"status\": ' || {text('j.status')} || ', \"model\": ' || {text('j.model')}"
             f" || ', \"attempts\": ' || j.attempts || ', \"task_id\": ' || {text('j.task_id')}"
@@ -234,6 +234,13 @@ class ReadsMixin(LedgerBase):
             params,
         )
         return (entry for (entry,) in rows)
+
+    def _stream(self, sql: str, params: list[Any]) -> Any:
+        """A query's rows as they are read, never all held at once: sqlite3's cursor, or
+        on PostgreSQL a stream (PgConnection.stream), during which nothing else is read."""
+        if isinstance(self.conn, PgConnection):
+            return self.conn.stream(sql, params)
+        return self.conn.execute(sql, params)
 
     def queued_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
         """reason -> number of queued jobs waiting for it (None: nothing in the way)."""
@@ -395,7 +402,7 @@ class ReadsMixin(LedgerBase):
         paths = d.json_array_agg(d.json_text("f.path"), order="f.n")
         marks = d.json_array_agg(d.json("COALESCE(f.p, 'null')"), order="f.n")
         return _dicts(
-            self.conn.execute(
+            self._stream(
                 "SELECT j.campaign, j.id, j.model, j.status, j.prompt, j.tags, j.duration,"
                 " j.variant, j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
                 " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
