@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol
 
 from batchgen import catalog
 from batchgen.durations import elapsed as duration_text
-from batchgen.errors import AuthError
+from batchgen.errors import AuthError, NoLedger
 from batchgen.job import Campaign, Job, fingerprint
 from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys, given
 from batchgen.ledger import Ledger
@@ -174,8 +174,11 @@ def make_plan(
     )
     existing: dict[str, tuple[str, str]] = {}
     seen: dict[tuple[str, int | None], float] = {}
-    if plan.ledger_found:
-        ledger = Ledger.read_only(ledger_path)
+    try:
+        ledger = Ledger.read_only(ledger_path) if plan.ledger_found else None
+    except NoLedger:  # an empty database (or file): as with no file, every job is new
+        plan.ledger_found, ledger = False, None
+    if ledger is not None:
         try:
             existing = ledger.existing_fingerprints(campaign.name)
             seen = ledger.generation_seconds()

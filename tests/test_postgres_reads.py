@@ -54,6 +54,11 @@ from tests.e2e import batchgen, write_manifest
 # in 2100, so both ledgers hold the same times and `status` ages them 0s whenever it runs.
 EPOCH = datetime(2100, 1, 1, tzinfo=UTC)
 CLOCKED = (base, claims, ingest, reads, recovery, review, scheduling)  # modules calling now()
+ONE_JOB = """
+    version: 1
+    campaign: c
+    jobs: [{id: one, model: grok-video-3, duration: 5, prompt: one}]
+    """
 BY = ("campaign", "model", "tag", "status", "key", "verdict", "reviewer")
 FORMATS = ("table", "csv", "json")
 
@@ -230,15 +235,15 @@ def test_plan_against_a_postgresql_ledger_says_what_it_says_against_sqlite(ledge
     assert (plan["found"], plan["done"], plan["changed"], plan["new"]) == (True, 1, 2, 1)
 
 
+def test_plan_against_an_empty_postgresql_database_counts_every_job_new(postgres_url, tmp_path):
+    manifest = write_manifest(tmp_path / "m.yaml", ONE_JOB)
+    code, out, err = answer(postgres_url, "plan", str(manifest))
+    assert code == 0, err
+    assert "no ledger at LEDGER: every job is new" in out
+
+
 def test_a_password_in_the_url_is_not_shown_by_plan(ledgers, tmp_path):
-    manifest = write_manifest(
-        tmp_path / "m.yaml",
-        """
-        version: 1
-        campaign: c
-        jobs: [{id: one, model: grok-video-3, duration: 5, prompt: one}]
-        """,
-    )
+    manifest = write_manifest(tmp_path / "m.yaml", ONE_JOB)
     parts = urlsplit(ledgers[1])
     secret = f"{parts.username}:hunter2@{parts.hostname}:{parts.port}"
     with_password = urlunsplit(parts._replace(netloc=secret))
