@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -209,6 +210,28 @@ def test_status_and_report_say_the_same_on_postgresql_as_on_sqlite(ledgers, args
     on_sqlite, on_postgres = (answer(location, *args) for location in ledgers)
     assert on_sqlite[0] == 0 and on_sqlite[1], on_sqlite
     assert on_postgres == on_sqlite
+
+
+def test_status_shows_the_runners_at_work_alike_on_both(ledgers):
+    # A runner's times are the database server's clock on PostgreSQL: left out here.
+    registered = []
+    for location in ledgers:
+        ledger = Ledger(location)
+        registered.append((ledger, ledger.register_runner("resume", ["studio", None], 30.0)))
+    try:
+        texts, runners = [], []
+        for location in ledgers:
+            code, out, err = answer(location, "status")
+            assert code == 0 and "runners (1):" in out, err
+            texts.append(re.sub(r"since \S+, heartbeat \S+ ago", "since T", out))
+            status = json.loads(answer(location, "status", "--json")[1])
+            runners.append([{**r, "since": "T", "heartbeat": "T"} for r in status["runners"]])
+        assert texts[1] == texts[0]
+        assert runners[1] == runners[0] and runners[0][0]["keys"] == ["studio", None]
+    finally:
+        for ledger, runner in registered:
+            ledger.unregister_runner(runner)
+            ledger.close()
 
 
 def test_plan_against_a_postgresql_ledger_says_what_it_says_against_sqlite(ledgers, tmp_path):
