@@ -393,7 +393,7 @@ def test_download_saves_the_same_files_under_the_same_names_from_either_ledger(
 ):
     path = str(tmp_path / "l.db")
     with new_database(postgres_server) as url:
-        results, trees, statuses = [], [], []
+        results, trees, statuses, exported = [], [], [], []
         for n, location in enumerate((path, url)):
             with fixed_clock():
                 downloadable(location, served)
@@ -408,7 +408,16 @@ def test_download_saves_the_same_files_under_the_same_names_from_either_ledger(
             )
             status = answer(location, "status", "--json", out=out)[1]
             statuses.append([(job["id"], job["files"]) for job in json.loads(status)["jobs"]])
+            ledger = Ledger.read_only(location)  # what `export` hands on
+            exported.append(
+                [
+                    {**f, "path": Path(f["path"]).relative_to(out)}
+                    for f in ledger.exported_files(None, False)
+                ]
+            )
+            ledger.close()
     assert results[0][0] == 0 and len(trees[0]) == 8, results[0]
     assert results[1] == results[0]
     assert trees[1] == trees[0]
     assert statuses[1] == statuses[0]
+    assert exported[1] == exported[0] and len(exported[0]) == 8
