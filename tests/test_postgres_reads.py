@@ -203,6 +203,14 @@ REPORTS = [
     ("report", "--by", "tag", "--campaign", "c", "--format", "json"),
     ("report", "--jobs", "--campaign", "c", "--format", "csv"),
 ]
+UNKNOWN = [("status", "--campaign", "nope"), ("report", "--campaign", "c", "--campaign", "nope")]
+
+
+@pytest.mark.parametrize("args", UNKNOWN, ids=" ".join)
+def test_an_unknown_campaign_is_the_same_error_on_both(ledgers, args):
+    on_sqlite, on_postgres = (answer(location, *args) for location in ledgers)
+    assert on_sqlite[0] == 1 and "nope" in on_sqlite[2] and on_sqlite[1] == "", on_sqlite
+    assert on_postgres == on_sqlite
 
 
 @pytest.mark.parametrize("args", [*STATUS, *REPORTS], ids=" ".join)
