@@ -21,10 +21,11 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 
@@ -54,24 +55,28 @@ def is_url(location: str | Path) -> bool:
 
 
 def redacted(location: str | Path) -> str:
-    """The location as it may be shown or stored: a password in a URL becomes `***`."""
+    """The location as it may be shown or stored: a password in a URL (before the host,
+    or as its `password=` parameter) becomes `***`."""
     text = str(location)
     if not is_url(text):
         return text
     parts = urlsplit(text)
-    if parts.password is None:
-        return text
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 def password(location: str | Path) -> str | None:
     """The password written in a PostgreSQL URL, if any (to be redacted wherever shown)."""
     if not is_url(location):
         return None
-    found = urlsplit(str(location)).password
-    return unquote(found) if found else None
+    parts = urlsplit(str(location))
+    if parts.password:
+        return unquote(parts.password)
+    return parse_qs(parts.query).get("password", [None])[0]
 
 
 def companion(location: str | Path, suffix: str) -> Path:
@@ -84,7 +89,8 @@ def companion(location: str | Path, suffix: str) -> Path:
         path = Path(location)
         return path.with_name(path.name + suffix)
     parts = urlsplit(str(location))
-    server = f"{parts.hostname or 'local'}-{parts.port or 5432}"
+    service = parse_qs(parts.query).get("service", [""])[0]  # a pg_service.conf entry
+    server = f"{parts.hostname or service or 'local'}-{parts.port or 5432}"
     database = parts.path.lstrip("/") or parts.username or "postgres"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{database}")
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
@@ -97,8 +103,11 @@ class Dialect:
     name = SQLITE
     dollar_type = "REAL"  # dollars in the views; sums over them stay exact on PostgreSQL
 
-    def begin_write(self, db: Any) -> None:
+    def begin_write(self, db: Any) -> int | None:
+        """Begin a write transaction, holding the write lock; the PostgreSQL transaction's
+        id (None on SQLite): what tells, if its COMMIT goes unanswered, whether it held."""
         db.execute("BEGIN IMMEDIATE")
+        return None
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         """The JSON text of the values of `expression` over a query's rows ('[]' for none),
@@ -159,13 +168,17 @@ class PostgresDialect(Dialect):
     name = POSTGRESQL
     dollar_type = "NUMERIC(20, 6)"
 
-    def begin_write(self, db: Any) -> None:
+    def begin_write(self, db: Any) -> int | None:
         db.execute("BEGIN")
         try:
-            db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            (_, xid) = db.execute(
+                "SELECT pg_advisory_xact_lock(?), txid_current()", (WRITE_LOCK,)
+            ).fetchone()
         except BaseException:
-            db.execute("ROLLBACK")
+            with suppress(Exception):
+                db.execute("ROLLBACK")
             raise
+        return int(xid)
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         # Spelled as SQLite writes it (no spaces), so both ledgers give the same text.
@@ -278,7 +291,7 @@ class PgConnection:
     def _live(self) -> Any:
         """The connection, opened again if the server dropped it (a restart, a network
         cut): a statement then fails only while the server cannot be reached."""
-        if self._conn.broken and not self._closed:
+        if (self._conn.broken or self._conn.closed) and not self._closed:
             self._conn = self._connect()
         return self._conn
 
