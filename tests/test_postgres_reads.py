@@ -109,7 +109,7 @@ def fixed_clock() -> Iterator[None]:
 def team_ledger(location: str) -> None:
     """What a team's ledger holds after some work: three campaigns; jobs in every status,
     odd text in ids, prompts, errors and notes; tags (several on a job, one listed twice);
-    names that bytes and people sort apart (Zeta, alpha; Zed, a; adam, Ana);
+    names that bytes and people sort apart (Zeta, b-second; Zed, a; adam, Ana);
     a result of two files, one saved with its marks, a download that failed, a URL with
     non-ASCII characters; verdicts by named reviewers and by nobody; attempts sent with
     two keys and before labels were kept, one refused for content reasons."""
