@@ -91,7 +91,8 @@ class Commands(click.Group):
                     type=click.Path(dir_okay=False),
                     expose_value=False,
                     callback=_ledger_after_command,
-                    help="The SQLite ledger file (also accepted before the command; "
+                    help="The ledger: a SQLite file, or a postgresql:// URL (also accepted "
+                    "before the command; "
                     "env BATCHGEN_LEDGER).",
                 )
             )
@@ -139,7 +140,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON obj
     default=DEFAULT_PATH,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="The SQLite ledger file (env BATCHGEN_LEDGER).",
+    help="The ledger: a SQLite file, or a postgresql:// URL (env BATCHGEN_LEDGER).",
 )
 @click.version_option(package_name="batchgen")
 @click.pass_context
@@ -333,12 +334,12 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool, as_j
         ledger.close()
     if as_json:
         counts = {"new": added.new, "unchanged": added.unchanged, "replaced": added.replaced}
-        answer = {"campaign": result.campaign.name, **counts, "ledger": str(ledger.path)}
+        answer = {"campaign": result.campaign.name, **counts, "ledger": ledger.name}
         click.echo(json.dumps(answer, ensure_ascii=False))
         return
     click.echo(
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
-        f"already in the ledger, {added.replaced} replaced ({ledger.path})"
+        f"already in the ledger, {added.replaced} replaced ({ledger.name})"
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from batchgen.errors import LedgerError
+from batchgen.errors import LedgerError, NoLedger
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.ledger.db import (
@@ -130,7 +130,7 @@ class LedgerBase:
             self._connect_postgres(read_only, create)
             return
         if read_only and not self.path.is_file():
-            raise LedgerError(f"{self.path}: no ledger here")
+            raise NoLedger(f"{self.path}: no ledger here")
         if not create and not self.path.exists():
             raise LedgerError(f"{self.path}: no ledger here (run `batchgen ingest` or `run` first)")
         try:
@@ -269,9 +269,9 @@ class LedgerBase:
         holds the lock (for commands outside a run, where Ctrl-C still stops the wait)."""
         begin = self.dialect.begin_write
         if patient:
-            self._patiently(lambda: begin(self.conn))
+            xid = self._patiently(lambda: begin(self.conn))
         else:
-            begin(self.conn)
+            xid = begin(self.conn)
         try:
             yield self.conn
         except BaseException:
@@ -280,7 +280,25 @@ class LedgerBase:
                 with suppress(*database_errors()):
                     self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except database_errors():
+            if xid is None or not self._committed_after_all(xid):
+                raise
+            # The server committed it and the connection went before it could say so.
+
+    def _committed_after_all(self, xid: int) -> bool:
+        """Whether the PostgreSQL transaction `xid` committed, its COMMIT's answer lost with
+        the connection (a restart, a network cut): asked again on a new connection (waiting
+        while the server cannot be reached), since doing a write twice, or thinking it done
+        when it was not, are both wrong."""
+        while True:
+            (status,) = self._patiently(
+                lambda: self.conn.execute("SELECT txid_status(?)", (xid,)).fetchone()
+            )
+            if status != "in progress":
+                return bool(status == "committed")
+            time.sleep(0.1)  # its backend is still ending it
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -421,7 +439,7 @@ def check_ours(db: Any, path: str | Path, empty_ok: bool) -> None:
     if not tables:
         if empty_ok:
             return
-        raise LedgerError(
+        raise NoLedger(
             f"{path}: no ledger here, the {'database' if is_url(path) else 'file'} is empty"
             " (run `batchgen ingest` first)"
         )
