@@ -16,7 +16,7 @@ import pytest
 from batchgen import migrations
 from batchgen.ledger import Ledger, copying
 from batchgen.ledger.copying import COPIED, NOT_COPIED, TOTALS, copy_ledger
-from batchgen.ledger.db import SQLITE_DIALECT, PgConnection, dialect_of
+from batchgen.ledger.db import SQLITE_DIALECT, PgConnection, dialect_of, is_url
 from batchgen.ledger.recovery import RECOVERY_SUFFIX
 from tests.builders import every_kind_of_job
 from tests.e2e import FAST, batchgen, grok_batch, on_sandbox
@@ -32,7 +32,7 @@ def state_home(monkeypatch, tmp_path):
 
 
 def connection(location: str | Path) -> Any:
-    if str(location).startswith("postgresql://"):
+    if is_url(location):
         return PgConnection(str(location), read_only=True)
     return sqlite3.connect(f"file:{location}?mode=ro", uri=True)
 
