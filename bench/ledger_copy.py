@@ -36,7 +36,7 @@ def main() -> None:
         parser.error("name a PostgreSQL server: --server URL or BATCHGEN_TEST_POSTGRES")
     common.header(f"ledger copy: {args.jobs:,} jobs, SQLite -> PostgreSQL -> SQLite")
     print(f"pages   : {copying.PAGE} rows")
-    import year_ledger  # after batchgen.ledger: batchgen.migrations imported first is a cycle
+    import year_ledger
 
     source, _ = year_ledger.cached_ledger(jobs=args.jobs, campaigns=max(2, args.jobs // 20_000))
     with sqlite3.connect(source) as db:

@@ -13,8 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from batchgen import migrations
-from batchgen.ledger import Ledger, copying
+from batchgen.ledger import Ledger, copying, migrations
 from batchgen.ledger.copying import COPIED, NOT_COPIED, TOTALS, copy_ledger
 from batchgen.ledger.db import SQLITE_DIALECT, PgConnection, dialect_of, is_url
 from batchgen.ledger.recovery import RECOVERY_SUFFIX

@@ -42,8 +42,8 @@ from batchgen.ledger.db import (
     password,
     redacted,
 )
+from batchgen.ledger.migrations import MIGRATIONS
 from batchgen.ledger.recovery import RECOVERY_SUFFIX
-from batchgen.migrations import MIGRATIONS
 
 # The tables copied, in the order their foreign keys need, each with the key it is read
 # in order of (a page at a time: the rows after the last key read).

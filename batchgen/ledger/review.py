@@ -17,8 +17,8 @@ from typing import Any
 
 from batchgen.errors import LedgerError
 from batchgen.ledger.base import _campaign_filter, job_counts, now
+from batchgen.ledger.migrations import VERDICTS
 from batchgen.ledger.reads import JOB_VERDICT_JOIN, ReadsMixin
-from batchgen.migrations import VERDICTS
 
 MAX_NOTE = 2000  # characters: a note is a sentence or two, not a file
 MAX_REVIEWER = 60  # characters of a reviewer's name
