@@ -70,6 +70,7 @@ TIERS = {
         "test_log_e2e",
         "test_notify_e2e",
         "test_pacing_e2e",
+        "test_postgres_review",
         "test_provenance_e2e",
         "test_refusals_e2e",
         "test_replace",

@@ -142,7 +142,7 @@ class ReadsMixin(LedgerBase):
     @functools.cached_property
     def _provenance(self) -> str:
         """The files' provenance column (m012), or NULL on a ledger read before it."""
-        kept = any(row[1] == "provenance" for row in self.conn.execute("PRAGMA table_info(files)"))
+        kept = "provenance" in self.dialect.columns(self.conn, "files")
         return "f.provenance" if kept else "NULL"
 
     @functools.cached_property
@@ -537,9 +537,11 @@ class ReadsMixin(LedgerBase):
         with self.transaction(patient=True) as db:
             db.execute(
                 "INSERT INTO events (at, campaign, job_id, kind, detail)"
-                " SELECT ?, campaign, id, 'requeued', json_object('attempts', attempts,"
-                " 'from', status, 'last_error', last_error)"
-                f" FROM jobs WHERE status = ? {where} ORDER BY campaign, position",
+                " SELECT ?, campaign, id, 'requeued', "
+                + self.dialect.json_object(
+                    "'attempts', attempts, 'from', status, 'last_error', last_error"
+                )
+                + f" FROM jobs WHERE status = ? {where} ORDER BY campaign, position",
                 (stamp, status, *params),
             )
             cursor = db.execute(

@@ -104,7 +104,7 @@ class Review:
             reviewers = self.ledger.reviewers()
         return {
             "version": version,
-            "ledger": str(self.ledger.path),
+            "ledger": self.ledger.name,  # a URL with its password redacted
             "out": str(self.out_dir),
             "counts": counts,
             "total_jobs": total,
