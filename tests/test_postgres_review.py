@@ -539,3 +539,35 @@ def test_report_by_reviewer_counts_the_same_verdicts_on_postgresql_as_on_sqlite(
     jobs = {row["key"]: row["jobs"] for row in reports[1]["groups"]}
     assert jobs == {A: 2, B: 1, "(unreviewed)": 3, "(no result)": 3}
 
+
+def test_a_page_whose_connection_the_server_cut_says_so_in_one_line_and_carries_on(
+    postgres_url, tmp_path
+):
+    """A restart or a network cut ends the review server's connection: the next request
+    gets a 503 and one line (the page shows it and asks again), never a traceback; the
+    one after it is answered on a new connection."""
+    import psycopg
+
+    out = tmp_path / "out"
+    a_night(postgres_url, out)
+    with review_page(postgres_url, out) as page:
+
+        def cut() -> None:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+        for ask in (
+            lambda: httpx.get(page.url + "api/results", timeout=30),
+            lambda: give(page, "c/a1", "approved", A, task_id="task-c-a1-0"),
+            lambda: httpx.get(page.url + "files/c/a1/0", timeout=30),
+        ):
+            cut()
+            answer = ask()
+            assert answer.status_code == 503, answer.text
+            [line] = answer.json()["error"].splitlines()
+            assert "cannot reach the ledger" in line
+            assert ask().status_code == 200
+        assert cards(page)["c/a1"]["verdict"] == "approved"
