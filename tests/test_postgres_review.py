@@ -576,3 +576,14 @@ def test_a_page_whose_connection_the_server_cut_says_so_in_one_line_and_carries_
             assert "cannot reach the ledger" in line
             assert ask().status_code == 200
         assert cards(page)["c/a1"]["verdict"] == "approved"
+
+
+def test_a_statement_without_values_reaches_postgresql_as_written(postgres_url):
+    """A `%` in SQL sent without values (a modulo, a LIKE pattern) is not a placeholder:
+    psycopg sends such a statement as it is."""
+    ledger = Ledger(postgres_url)
+    try:
+        assert ledger.conn.execute("SELECT 7 % 2, 'a%b' LIKE 'a%'").fetchone() == (1, True)
+        assert ledger.conn.execute("SELECT 7 % ?, ? LIKE 'a%'", (4, "ab")).fetchone() == (3, True)
+    finally:
+        ledger.close()

@@ -277,8 +277,8 @@ class PgConnection:
         return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        if not params:
-            return self._live().execute(sql.replace("%", "%%") if "%" in sql else sql)
+        if not params:  # sent as it is: without values, psycopg reads no placeholder
+            return self._live().execute(sql)
         return self._live().execute(pg_sql(sql), _plain(params))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
