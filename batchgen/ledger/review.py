@@ -18,7 +18,7 @@ from typing import Any
 from batchgen.errors import LedgerError
 from batchgen.ledger.base import _campaign_filter, job_counts, now
 from batchgen.ledger.db import SQLITE_DIALECT, Dialect, dialect_of
-from batchgen.ledger.reads import JOB_VERDICT_JOIN, ReadsMixin
+from batchgen.ledger.reads import CURRENT_VERDICT, JOB_VERDICT_JOIN, ReadsMixin
 from batchgen.migrations import VERDICTS
 
 MAX_NOTE = 2000  # characters: a note is a sentence or two, not a file
@@ -73,7 +73,9 @@ class ReviewFilters:
             conditions.append(f"EXISTS (SELECT 1 FROM {tags} WHERE value = ?)")
             values.append(self.tag)
         if self.verdict == "unreviewed":
-            conditions.append("j.status = 'completed' AND cv.verdict IS NULL")
+            # The verdict read for the job's own row, not the joined one's: PostgreSQL then
+            # reads the jobs in order and stops at the page's end, as SQLite does.
+            conditions.append(f"j.status = 'completed' AND {CURRENT_VERDICT} IS NULL")
         elif self.verdict is not None:
             conditions.append("cv.verdict = ?")
             values.append(self.verdict)
