@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import shutil
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import click
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
+from batchgen.ledger.db import database_errors
 from batchgen.ports import REVIEW_PORT, SANDBOX_PORT
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
@@ -43,6 +43,8 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         redact = Redactor.from_environment()  # no key in any line shown, whatever happens
+        root = click.get_current_context().find_root()
+        redact.add_ledger((root.obj or {}).get("ledger"))  # nor a ledger URL's password
         try:
             return command(*args, **kwargs)
         except ManifestInvalid as e:
@@ -53,10 +55,10 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except BatchgenError as e:
             click.echo(shown(redact(f"error: {e}")), err=True)
             sys.exit(e.exit_code)
-        except sqlite3.DatabaseError as e:  # the ledger failed mid-command (damaged page, I/O)
+        except database_errors() as e:  # the ledger failed mid-command (damaged, I/O, gone)
             from batchgen.ledger import unusable
 
-            path = Path(click.get_current_context().find_root().obj["ledger"])
+            path = str(click.get_current_context().find_root().obj["ledger"])
             click.echo(shown(redact(f"error: {unusable(path, e)}")), err=True)
             sys.exit(1)
         except KeyboardInterrupt:
@@ -89,7 +91,8 @@ class Commands(click.Group):
                     type=click.Path(dir_okay=False),
                     expose_value=False,
                     callback=_ledger_after_command,
-                    help="The SQLite ledger file (also accepted before the command; "
+                    help="The ledger: a SQLite file, or a postgresql:// URL (also accepted "
+                    "before the command; "
                     "env BATCHGEN_LEDGER).",
                 )
             )
@@ -137,7 +140,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON obj
     default=DEFAULT_PATH,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="The SQLite ledger file (env BATCHGEN_LEDGER).",
+    help="The ledger: a SQLite file, or a postgresql:// URL (env BATCHGEN_LEDGER).",
 )
 @click.version_option(package_name="batchgen")
 @click.pass_context
@@ -331,12 +334,12 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool, as_j
         ledger.close()
     if as_json:
         counts = {"new": added.new, "unchanged": added.unchanged, "replaced": added.replaced}
-        answer = {"campaign": result.campaign.name, **counts, "ledger": str(ledger.path)}
+        answer = {"campaign": result.campaign.name, **counts, "ledger": ledger.name}
         click.echo(json.dumps(answer, ensure_ascii=False))
         return
     click.echo(
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
-        f"already in the ledger, {added.replaced} replaced ({ledger.path})"
+        f"already in the ledger, {added.replaced} replaced ({ledger.name})"
     )
 
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+import click
 
 from batchgen import notify
 from batchgen.durations import elapsed
 from batchgen.errors import AuthError, BatchgenError, ManifestInvalid, UsageProblem
 from batchgen.keys import Redactor
+from batchgen.ledger.db import database_errors
 from batchgen.progress import LogFile
 from batchgen.summary import EXIT_INTERRUPTED, EndOfRun, stopped_by_error
 from batchgen.text import shown
@@ -47,6 +49,9 @@ class Companions:
         self.host = socket.gethostname()
         self.campaigns: list[str] = []  # named in a title, once known
         self.redact = Redactor.from_environment()  # no key in any line kept or sent
+        context = click.get_current_context(silent=True)  # None outside a command
+        if context is not None:  # nor the password of the ledger's URL
+            self.redact.add_ledger((context.find_root().obj or {}).get("ledger"))
 
     @classmethod
     def open(cls, command: str, log_path: str | None, urls: Sequence[str]) -> Companions:
@@ -121,7 +126,7 @@ class Companions:
             return stopped_by_error(
                 self.command, self.campaigns, self.redact(str(error)), error.exit_code, step
             )
-        if isinstance(error, sqlite3.DatabaseError):
+        if isinstance(error, database_errors()):
             text = f"the ledger failed: {error}"
             return stopped_by_error(self.command, self.campaigns, self.redact(text), 1, None)
         text = f"batchgen failed unexpectedly: {type(error).__name__}: {error}"

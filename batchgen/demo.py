@@ -53,8 +53,8 @@ def _held(ledger_path: str) -> Iterator[None]:
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             raise LedgerError(
-                f"the sandbox of {redacted(ledger_path)} is served by another batchgen process (pid "
-                f"{holder}): a ledger has one sandbox; go on once that run has ended"
+                f"the sandbox of {redacted(ledger_path)} is served by another batchgen process"
+                f" (pid {holder}): a ledger has one sandbox; go on once that run has ended"
             ) from None
         lock.seek(0)
         lock.truncate()

@@ -209,4 +209,12 @@ class Redactor:
             redactor.add(entry.strip())
         for text in (single, single.strip(), several.strip()):
             redactor.add(text if text.strip() else "")
+        redactor.add_ledger(env.get("BATCHGEN_LEDGER", ""))
         return redactor
+
+    def add_ledger(self, location: str | None) -> None:
+        """Hold the password a PostgreSQL ledger's URL may carry (PRODUCT §5): it is never
+        shown, as a key is not."""
+        from batchgen.ledger.db import password
+
+        self.add(password(location or "") or "", "password")

@@ -1,12 +1,17 @@
 """Shared fixtures: every test gets its own ledger path and files folder, and no API key
-from the user's shell. And each test module's tier (TIERS), as a marker: `pytest -m unit`."""
+from the user's shell; a test that asks for one gets a database of its own on a throwaway
+PostgreSQL server (postgres_url). And each test module's tier (TIERS), as a marker:
+`pytest -m unit`."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests import postgres
 
 # The test pyramid, by what a module's tests start (the heaviest of them decides):
 # unit: nothing, logic in the test's process (files in tmp_path allowed), quick;
@@ -28,6 +33,7 @@ TIERS = {
         "test_key_totals",
         "test_keys",
         "test_learning",
+        "test_ledger_db",
         "test_manifest_loading",
         "test_money",
         "test_outcomes",
@@ -70,6 +76,9 @@ TIERS = {
         "test_log_e2e",
         "test_notify_e2e",
         "test_pacing_e2e",
+        "test_postgres_cluster",
+        "test_postgres_outage",
+        "test_postgres_reads",
         "test_postgres_review",
         "test_provenance_e2e",
         "test_refusals_e2e",
@@ -115,6 +124,41 @@ def env_setup(monkeypatch, tmp_path):
     monkeypatch.delenv("OKAYPIC_API_KEYS", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)
     monkeypatch.delenv("BATCHGEN_NOTIFY", raising=False)  # no test sends a user's messages
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL server (tests/postgres.py), started the first time a test asks
+    for it: one per pytest-xdist worker, stopped at the end of the session."""
+    cluster = postgres.cluster_for_tests()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster):
+    """A new, empty database of the test's own (postgresql://batchgen@127.0.0.1:PORT/NAME,
+    no password), dropped afterwards."""
+    url = postgres.new_database(postgres_cluster)
+    yield url
+    postgres.drop_database(postgres_cluster, url)
+
+
+LEDGER_KINDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=LEDGER_KINDS)
+def ledger_at(request, tmp_path, monkeypatch):
+    """Where the test's ledger is, once on each kind (PRODUCT §5: the suite runs on both): a
+    SQLite file (a Path in tmp_path) or a new PostgreSQL database (its URL, a str). It is
+    also BATCHGEN_LEDGER for the test. A test that does not take it is SQLite's alone, and
+    says why where that is the point (the file's bytes, its WAL, sqlite3 itself)."""
+    if request.param == "sqlite":
+        location: Path | str = tmp_path / "ledger.db"
+    else:
+        location = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("BATCHGEN_LEDGER", str(location))
+    return location
 
 
 # The sandbox fixtures (sandbox, make_sandbox, sandbox_env), and the ledger with every money

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from batchgen.ledger.db import PgConnection, is_url
+
 FAST = ["--poll-interval", "0.02", "--retry-delay", "0.01"]
 
 
 def command_env(
-    ledger: Path, base_url: str | None, key: str | None, keys: str | None = None
+    ledger: Path | str, base_url: str | None, key: str | None, keys: str | None = None
 ) -> dict[str, str]:
     """The command's environment: this ledger, service and key(s) (`keys`: the value of
     OKAYPIC_API_KEYS), and none of the developer's own."""
@@ -35,7 +37,7 @@ def command_env(
     if keys is not None:
         env["OKAYPIC_API_KEYS"] = keys
     env["BATCHGEN_LEDGER"] = str(ledger)
-    env["BATCHGEN_OUT"] = str(ledger.parent / "out")  # run/resume save files by default
+    env["BATCHGEN_OUT"] = str(out_dir(ledger))  # run/resume save files by default
     if base_url is not None:
         env["OKAYPIC_BASE_URL"] = base_url
     if key is not None:
@@ -45,7 +47,7 @@ def command_env(
 
 def batchgen(
     *args: str,
-    ledger: Path,
+    ledger: Path | str,
     base_url: str | None = None,
     key: str | None = None,
     timeout: float = 120,
@@ -63,7 +65,7 @@ def batchgen(
 
 
 def on_sandbox(
-    sandbox: Any, *args: str, ledger: Path, timeout: float = 120
+    sandbox: Any, *args: str, ledger: Path | str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run the real command to its end against a served sandbox, with its key."""
     return batchgen(
@@ -73,7 +75,7 @@ def on_sandbox(
 
 def spawn(
     *args: str,
-    ledger: Path,
+    ledger: Path | str,
     base_url: str | None = None,
     key: str | None = None,
     stdout: Any = subprocess.PIPE,
@@ -111,7 +113,7 @@ def grok_batch(path: Path, n: int, campaign: str = "e2e", budget: str | None = N
     return path
 
 
-def report_text(ledger: Path, *args: str) -> str:
+def report_text(ledger: Path | str, *args: str) -> str:
     """What the real `batchgen report ARGS` prints (it must succeed)."""
     result = batchgen("report", *args, ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -191,7 +193,24 @@ def generated(
     return ledger, files
 
 
-def rows(ledger: Path, sql: str, *params: Any) -> list[dict[str, Any]]:
+def out_dir(ledger: Path | str) -> Path:
+    """Where a command saves files for this ledger in a test: beside a SQLite file; the
+    test's BATCHGEN_OUT (conftest) for a PostgreSQL ledger."""
+    if is_url(ledger):
+        return Path(os.environ["BATCHGEN_OUT"])
+    return Path(ledger).parent / "out"
+
+
+def rows(ledger: Path | str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """A query's rows as dicts, on either kind of ledger (`?` placeholders)."""
+    if is_url(ledger):
+        pg = PgConnection(str(ledger))
+        try:
+            cursor = pg.execute(sql, params)
+            names = [column.name for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            pg.close()
     db = sqlite3.connect(ledger)
     db.row_factory = sqlite3.Row
     try:
@@ -200,13 +219,13 @@ def rows(ledger: Path, sql: str, *params: Any) -> list[dict[str, Any]]:
         db.close()
 
 
-def status_json(ledger: Path) -> dict[str, Any]:
+def status_json(ledger: Path | str) -> dict[str, Any]:
     result = batchgen("status", "--json", ledger=ledger)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def ledger_spent_micros(ledger: Path) -> int:
+def ledger_spent_micros(ledger: Path | str) -> int:
     return rows(
         ledger,
         "SELECT COALESCE(SUM(cost_micro_usd), 0) AS s FROM attempts"
@@ -214,13 +233,13 @@ def ledger_spent_micros(ledger: Path) -> int:
     )[0]["s"]
 
 
-def recorded_task_ids(ledger: Path) -> list[str]:
+def recorded_task_ids(ledger: Path | str) -> list[str]:
     return [
         r["task_id"] for r in rows(ledger, "SELECT task_id FROM attempts WHERE task_id IS NOT NULL")
     ]
 
 
-def known_completed_micros(ledger: Path, truth: Any) -> int:
+def known_completed_micros(ledger: Path | str, truth: Any) -> int:
     """What the service says the tasks the ledger knows of cost, those that completed."""
     known = set(recorded_task_ids(ledger))
     return sum(

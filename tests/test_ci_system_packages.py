@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "system-packages"
-NEEDED = ("chromium", "chromedriver", "ffprobe", "file", "exiftool")
+NEEDED = ("chromium", "chromedriver", "ffprobe", "file", "exiftool", "pg_ctl")
 
 
 def _tool(bin_dir: Path, name: str, body: str) -> None:
@@ -18,9 +18,17 @@ def _tool(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-def _run(tmp_path: Path, *, present: tuple[str, ...] = (), lock_held_for: int = 0):
+def _run(
+    tmp_path: Path,
+    *,
+    present: tuple[str, ...] = (),
+    lock_held_for: int = 0,
+    postgresql_lib: Path | None = None,
+):
     """Run the script with apt-get answering "could not get lock" to its first
-    `lock_held_for` updates; the apt-get calls, one line each."""
+    `lock_held_for` updates, and PostgreSQL's server binaries looked for in
+    `postgresql_lib` (by default an empty folder), besides the PATH; the apt-get calls, one
+    line each."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "apt-calls"
@@ -41,7 +49,10 @@ def _run(tmp_path: Path, *, present: tuple[str, ...] = (), lock_held_for: int = 
     _tool(bin_dir, "sleep", "true")  # the pauses between tries take no time here
     for name in present:
         _tool(bin_dir, name, "true")
-    env = {**os.environ, "PATH": str(bin_dir)}
+    if postgresql_lib is None:
+        postgresql_lib = tmp_path / "postgresql"
+        postgresql_lib.mkdir()
+    env = {**os.environ, "PATH": str(bin_dir), "POSTGRESQL_LIB": str(postgresql_lib)}
     result = subprocess.run(
         ["/bin/bash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=60
     )
@@ -62,7 +73,18 @@ def test_only_the_missing_packages_are_installed_and_apt_waits_for_dpkgs_lock(tm
     assert all("-o DPkg::Lock::Timeout=600" in call for call in calls)
     assert calls[1].endswith(
         "install -y -qq --no-install-recommends chromium-driver ffmpeg libimage-exiftool-perl"
+        " postgresql"
     )
+
+
+def test_the_postgresql_server_where_debian_puts_it_off_the_path_counts_as_installed(tmp_path):
+    debian = tmp_path / "usr-lib-postgresql"
+    (debian / "15" / "bin").mkdir(parents=True)
+    (debian / "15" / "bin" / "pg_ctl").write_text("", encoding="utf-8")
+    others = tuple(name for name in NEEDED if name != "pg_ctl")
+    result, calls = _run(tmp_path, present=others, postgresql_lib=debian)
+    assert result.returncode == 0, result.stderr
+    assert calls == []
 
 
 def test_an_update_refused_because_another_apt_holds_the_lock_is_tried_again(tmp_path):

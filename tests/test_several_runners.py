@@ -1,9 +1,10 @@
 """Several runners on one ledger (PRODUCT.md §6, §10), end to end: real `batchgen`
-processes on one SQLite ledger against the sandbox over HTTP, killed with a real kill -9
-at random moments. Every invariant is read from the sandbox's own record, never from
-batchgen's: at most 3 tasks in flight per key, charges within the budget, no job paid
-twice except through an unknown outcome the ledger recorded, no poll with the wrong key,
-every task followed to its end, and the ledger's spend equal to the service's charges.
+processes on one ledger (a SQLite file, then a PostgreSQL database) against the sandbox
+over HTTP, killed with a real kill -9 at random moments. Every invariant is read from the
+sandbox's own record, never from batchgen's: at most 3 tasks in flight per key, charges
+within the budget, no job paid twice except through an unknown outcome the ledger
+recorded, no poll with the wrong key, every task followed to its end, and the ledger's
+spend equal to the service's charges.
 """
 
 from __future__ import annotations
@@ -12,25 +13,22 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchgen.sandbox.truth import payload_key
 from tests.crashing import ROOT, crashing_command
 from tests.e2e import (
     FAST,
     batchgen,
     command_env,
     grok_batch,
-    recorded_task_ids,
-    rows,
     spawn,
     status_json,
     wait_for,
 )
+from tests.promises import check_the_promises
 
 ALPHA, BRAVO = "okpk_alpha_1111", "okpk_bravo_2222"
 KEYS = f"studio={ALPHA},night={BRAVO}"
@@ -41,68 +39,28 @@ def two_keys(make_sandbox: Any, **knobs: Any) -> Any:
     return make_sandbox(keys={ALPHA: PLENTY, BRAVO: PLENTY}, **knobs)
 
 
-def ingest(ledger: Path, manifest: Path) -> None:
+def ingest(ledger: Path | str, manifest: Path) -> None:
     result = batchgen("ingest", str(manifest), ledger=ledger)
     assert result.returncode == 0, result.stderr
 
 
-def runner(sandbox: Any, ledger: Path, *extra: str, keys: str = KEYS) -> Any:
+def runner(sandbox: Any, ledger: Path | str, *extra: str, keys: str = KEYS) -> Any:
     return spawn(
         "resume", *FAST, "--lease", "2s", *extra,
         ledger=ledger, base_url=sandbox.base_url, keys=keys, stdout=None,
     )  # fmt: skip
 
 
-def finish(sandbox: Any, ledger: Path, keys: str = KEYS) -> Any:
+def finish(sandbox: Any, ledger: Path | str, keys: str = KEYS) -> Any:
     return batchgen(
         "resume", *FAST, "--lease", "2s", ledger=ledger, base_url=sandbox.base_url, keys=keys
     )
 
 
-def unknown_attempts_per_payload(ledger: Path) -> Counter[str]:
-    """Attempts of unknown outcome per request (as the sandbox keys its submissions)."""
-    import json
-
-    found: Counter[str] = Counter()
-    for row in rows(
-        ledger,
-        "SELECT j.request FROM attempts a JOIN jobs j ON j.campaign = a.campaign"
-        " AND j.id = a.job_id WHERE a.state = 'unknown' OR a.outcome LIKE 'created (recorded%'",
-    ):
-        found[payload_key(json.loads(row["request"]))] += 1
-    return found
-
-
-def check_the_promises(truth: Any, ledger: Path, budget: int | None = None) -> None:
-    """The §10 promises for several runners, from the sandbox's own record."""
-    for key in (ALPHA, BRAVO):
-        assert truth.peak_active.get(key, 0) <= 3, truth.peak_active
-    assert truth.foreign_poll_count() == 0
-    unknown = unknown_attempts_per_payload(ledger)
-    # Paid: every task not refunded (a failed task is refunded, and its job submitted again).
-    paid = Counter(payload_key(s.payload) for s in truth.submissions if s.status != "failed")
-    for payload, tasks in paid.items():
-        assert tasks <= 1 + unknown[payload], (payload, tasks, unknown[payload])
-    if budget is not None:  # what the service kept: failed tasks are refunded
-        assert truth.net_charged_micros() <= budget
-    known = set(recorded_task_ids(ledger))
-    # Every task the ledger knows of was followed to its end (none left running).
-    assert not [s.task_id for s in truth.submissions if s.task_id in known and s.status in (
-        "pending", "processing")]  # fmt: skip
-    spent = rows(
-        ledger,
-        "SELECT COALESCE(SUM(cost_micro_usd), 0) AS s FROM attempts WHERE state = 'completed'",
-    )[0]["s"]
-    completed = sum(
-        s.price_micros for s in truth.submissions if s.status == "completed" and s.task_id in known
-    )
-    assert spent == completed
-
-
-def test_a_second_runner_joins_and_no_job_is_paid_twice(make_sandbox, tmp_path):
+def test_a_second_runner_joins_and_no_job_is_paid_twice(make_sandbox, ledger_at, tmp_path):
     """The `--force` takeover paid 9 jobs with 15 tasks: now two runners share them."""
     sandbox = two_keys(make_sandbox, time_scale=0.02)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 9))
     first = runner(sandbox, ledger, keys=f"studio={ALPHA}")
     try:
@@ -118,26 +76,26 @@ def test_a_second_runner_joins_and_no_job_is_paid_twice(make_sandbox, tmp_path):
     assert len(truth.submissions) == 9
     assert set(truth.submissions_per_payload.values()) == {1}
     assert status_json(ledger)["counts"]["completed"] == 9
-    check_the_promises(truth, ledger)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO))
 
 
-def test_the_budget_holds_with_two_keys_when_answers_are_slow(make_sandbox, tmp_path):
+def test_the_budget_holds_with_two_keys_when_answers_are_slow(make_sandbox, ledger_at, tmp_path):
     """Ten $0.10 jobs on a $0.50 budget, two keys, slow answers and some 400s: a job that
     waited behind a slow first answer had passed the budget check without being in the
     ledger, and the other key spent the same room ($0.60 charged, $0.70 with a 400)."""
     sandbox = two_keys(make_sandbox, time_scale=0.02, latency=(0.3, 1.0), reject_rate=0.3, seed=3)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 10, budget="0.50"))
     result = finish(sandbox, ledger)
     assert result.returncode in (1, 3), result.stderr  # some rejected, some over budget
     truth = sandbox.sim.truth()
     assert truth.charged_micros() <= 500_000  # no task fails here: charged is kept
-    check_the_promises(truth, ledger, budget=500_000)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO), budget=500_000)
 
 
-def test_status_lists_a_live_runner_with_its_keys(make_sandbox, tmp_path):
+def test_status_lists_a_live_runner_with_its_keys(make_sandbox, ledger_at, tmp_path):
     sandbox = two_keys(make_sandbox, time_scale=0.2)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 6))
     live = runner(sandbox, ledger)
     try:
@@ -163,7 +121,7 @@ def test_status_lists_a_live_runner_with_its_keys(make_sandbox, tmp_path):
     ],
 )
 def test_runners_killed_at_random_moments_keep_every_promise(
-    make_sandbox, tmp_path, progress, faults
+    make_sandbox, ledger_at, tmp_path, progress, faults
 ):
     """Three runners on two keys and a budget, each killed -9 now and then and started
     again; then one last resume finishes. The sandbox's own counts must hold, whatever
@@ -172,7 +130,7 @@ def test_runners_killed_at_random_moments_keep_every_promise(
     sandbox = two_keys(
         make_sandbox, time_scale=0.02, latency=(0.0, 0.05), progress=progress, **faults
     )
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     budget = 3_000_000
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 40, budget="3.00"))
     runners = [runner(sandbox, ledger) for _ in range(3)]
@@ -200,18 +158,18 @@ def test_runners_killed_at_random_moments_keep_every_promise(
     assert counts["queued"] + counts["submitting"] + counts["running"] == 0 or (
         final.returncode == 3
     )
-    check_the_promises(sandbox.sim.truth(), ledger, budget=budget)
+    check_the_promises(sandbox.sim.truth(), ledger, (ALPHA, BRAVO), budget=budget)
 
 
 def test_a_runner_paused_past_its_lease_finds_its_claim_taken_and_sends_nothing_twice(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     """A closed laptop lid, played by SIGSTOP right after a claim was committed (outside any
     transaction, so the ledger is not held): the other runner takes the paused one's tasks
     and its claim over once its lease lapses; woken, the paused runner sends nothing for
     the claim it lost and pays for nothing twice."""
     sandbox = two_keys(make_sandbox, time_scale=0.05)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 12))
     env = command_env(ledger, sandbox.base_url, None, f"studio={ALPHA}")
     env["BATCHGEN_TEST_SIGNAL"] = "SIGSTOP"
@@ -240,7 +198,7 @@ def test_a_runner_paused_past_its_lease_finds_its_claim_taken_and_sends_nothing_
     truth = sandbox.sim.truth()
     assert len(truth.submissions) == submitted == 12  # woken, it sent nothing more
     assert status_json(ledger)["counts"]["completed"] == 12
-    check_the_promises(truth, ledger)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO))
 
 
 def stopped(pid: int) -> bool:
@@ -249,11 +207,13 @@ def stopped(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] == "T"
 
 
-def test_a_runner_stopped_with_ctrl_c_leaves_its_tasks_to_the_other_at_once(make_sandbox, tmp_path):
+def test_a_runner_stopped_with_ctrl_c_leaves_its_tasks_to_the_other_at_once(
+    make_sandbox, ledger_at, tmp_path
+):
     """Ctrl-C on one of two runners: it exits 130, leaving its tasks in flight to the ledger
     (no runner owns them), and the other follows them to their end, submitting none again."""
     sandbox = two_keys(make_sandbox, time_scale=0.05)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     ingest(ledger, grok_batch(tmp_path / "m.yaml", 12))
     # A lease of 1 s: the other runner looks for orphans every 0.25 s.
     first = spawn(
@@ -283,4 +243,4 @@ def test_a_runner_stopped_with_ctrl_c_leaves_its_tasks_to_the_other_at_once(make
     truth = sandbox.sim.truth()
     assert len(truth.submissions) == 12
     assert status_json(ledger)["counts"]["completed"] == 12
-    check_the_promises(truth, ledger)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO))

@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from contextlib import suppress
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from batchgen.errors import LedgerError
+from batchgen.errors import LedgerError, NoLedger
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.ledger.db import (
     POSTGRESQL,
+    Connection,
     PgConnection,
     database_errors,
     dialect_of,
     is_url,
+    load_psycopg,
     password,
     pg_waitable,
     redacted,
@@ -116,6 +117,7 @@ class LedgerBase:
         """Open (creating it if `create`) and migrate the ledger; `read_only`: open an
         existing one with SQLite's mode=ro, for reading commands, which never write.
         `path`: a SQLite file, or a PostgreSQL URL (batchgen.ledger.db)."""
+        self.conn: Connection
         self.location = str(path)  # as given: a file's path, or a URL with its password
         self.name = redacted(path)  # as shown and stored
         self.path = Path(path) if not is_url(path) else Path(self.name)
@@ -128,7 +130,7 @@ class LedgerBase:
             self._connect_postgres(read_only, create)
             return
         if read_only and not self.path.is_file():
-            raise LedgerError(f"{self.path}: no ledger here")
+            raise NoLedger(f"{self.path}: no ledger here")
         if not create and not self.path.exists():
             raise LedgerError(f"{self.path}: no ledger here (run `batchgen ingest` or `run` first)")
         try:
@@ -159,24 +161,27 @@ class LedgerBase:
     def _connect_postgres(self, read_only: bool, create: bool) -> None:
         """Connect to a PostgreSQL ledger, waiting (saying so) while the server cannot be
         reached, then check it is ours and, for writing, bring its schema up to date."""
-        import psycopg
+        psycopg = load_psycopg()
 
         def connect() -> PgConnection:
             try:
                 return PgConnection(self.location, read_only=read_only)
             except psycopg.OperationalError as e:
                 if _refused_for_good(e):
-                    raise LedgerError(f"{self.name}: cannot connect to the ledger: {_first_line(e)}") from e
+                    raise LedgerError(
+                        f"{self.name}: cannot connect to the ledger: {_first_line(e)}"
+                    ) from e
                 raise
 
-        self.conn = self._patiently(connect)  # type: ignore[assignment]
+        self.conn = conn = self._patiently(connect)
         try:
-            self.conn.set_lock_wait(LOCK_WAIT_MS / 1000)
+            conn.set_lock_wait(LOCK_WAIT_MS / 1000)
             if read_only or not create:
-                self._patiently(lambda: check_ours(self.conn, self.name, empty_ok=False))
+                self._patiently(lambda: check_ours(conn, self.name, empty_ok=False))
             if not read_only:
                 self._patiently(self._open)
-            self.conn.set_lock_wait(BUSY_TIMEOUT_MS / 1000)
+            conn.set_lock_wait(BUSY_TIMEOUT_MS / 1000)
+            conn.patience = self._patiently
         except psycopg.Error as e:
             self.conn.close()
             raise LedgerError(f"{self.name}: cannot use the ledger: {_first_line(e)}") from e
@@ -230,7 +235,7 @@ class LedgerBase:
 
     def lock_wait(self, seconds: float) -> None:
         """How long a write waits for another's lock before failing as locked."""
-        if self.on_postgres:
+        if isinstance(self.conn, PgConnection):
             self.conn.set_lock_wait(seconds)
         else:
             self.conn.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
@@ -259,14 +264,14 @@ class LedgerBase:
             pass  # in a transaction, locked, damaged: the log keeps it, as before
 
     @contextmanager
-    def transaction(self, patient: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, patient: bool = False) -> Iterator[Connection]:
         """One `BEGIN IMMEDIATE` write; `patient`: wait, saying so, while another program
         holds the lock (for commands outside a run, where Ctrl-C still stops the wait)."""
         begin = self.dialect.begin_write
         if patient:
-            self._patiently(lambda: begin(self.conn))
+            xid = self._patiently(lambda: begin(self.conn))
         else:
-            begin(self.conn)
+            xid = begin(self.conn)
         try:
             yield self.conn
         except BaseException:
@@ -275,7 +280,25 @@ class LedgerBase:
                 with suppress(*database_errors()):
                     self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except database_errors():
+            if xid is None or not self._committed_after_all(xid):
+                raise
+            # The server committed it and the connection went before it could say so.
+
+    def _committed_after_all(self, xid: int) -> bool:
+        """Whether the PostgreSQL transaction `xid` committed, its COMMIT's answer lost with
+        the connection (a restart, a network cut): asked again on a new connection (waiting
+        while the server cannot be reached), since doing a write twice, or thinking it done
+        when it was not, are both wrong."""
+        while True:
+            (status,) = self._patiently(
+                lambda: self.conn.execute("SELECT txid_status(?)", (xid,)).fetchone()
+            )
+            if status != "in progress":
+                return bool(status == "committed")
+            time.sleep(0.1)  # its backend is still ending it
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -296,7 +319,8 @@ class LedgerBase:
         """Where the money sums are read: `attempt_totals` (m006), or on a ledger that a
         reading command finds not yet migrated (it never writes), the attempts themselves.
         The money rules give the same sums on either (see migrations.py, m006)."""
-        return "attempt_totals" if "attempt_totals" in self.dialect.tables(self.conn) else "attempts"
+        tables = self.dialect.tables(self.conn)
+        return "attempt_totals" if "attempt_totals" in tables else "attempts"
 
     def _event(
         self, kind: str, campaign: str | None = None, job_id: str | None = None, **detail: Any
@@ -332,7 +356,7 @@ def _campaign_filter(
     return f"AND {column} IN ({', '.join('?' * len(campaigns))})", list(campaigns)
 
 
-def job_counts(db: sqlite3.Connection, campaigns: list[str] | None = None) -> dict[str, int]:
+def job_counts(db: Connection, campaigns: list[str] | None = None) -> dict[str, int]:
     """Jobs per status, in one statement (one moment of the ledger).
 
     A year's ledger is mostly completed jobs: every other status is counted on the
@@ -392,7 +416,7 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def unusable(path: Path, error: BaseException) -> LedgerError:
+def unusable(path: str | Path, error: BaseException) -> LedgerError:
     """One clear line for a ledger file SQLite cannot use (damaged, not a database, ...)."""
     if not isinstance(error, sqlite3.Error):
         return LedgerError(f"{redacted(path)}: cannot use the ledger: {_first_line(error)}")
@@ -415,7 +439,7 @@ def check_ours(db: Any, path: str | Path, empty_ok: bool) -> None:
     if not tables:
         if empty_ok:
             return
-        raise LedgerError(
+        raise NoLedger(
             f"{path}: no ledger here, the {'database' if is_url(path) else 'file'} is empty"
             " (run `batchgen ingest` first)"
         )

@@ -60,8 +60,20 @@ class ClaimsMixin(SchedulingMixin):
         self._runner_labels = [label or "" for label in key_labels]
         self._lease = lease
         with self.transaction(patient=True):
-            self._insert_runner(runner_id, command, now())
+            self._insert_runner(runner_id, command, self._clock())
         return runner_id
+
+    def _clock(self) -> str:
+        """Now, as the ledger's heartbeats are stamped and aged: the database server's clock
+        on PostgreSQL, which every runner on every machine reads alike (their own clocks
+        may differ); this machine's for a SQLite file, which one machine shares."""
+        if not self.on_postgres:
+            return now()
+        (stamp,) = self.conn.execute(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC',"
+            ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+        ).fetchone()
+        return str(stamp)
 
     def _insert_runner(self, runner_id: str, command: str, started_at: str) -> None:
         me = this_process()
@@ -78,7 +90,7 @@ class ClaimsMixin(SchedulingMixin):
                 json.dumps(self._runner_labels),
                 self._lease,
                 started_at,
-                now(),
+                self._clock(),
             ),
         )
 
@@ -87,11 +99,11 @@ class ClaimsMixin(SchedulingMixin):
         was gone): it is added again, and its caller finds which of its tasks were taken."""
         with self.transaction():
             cursor = self.conn.execute(
-                "UPDATE runners SET heartbeat_at = ? WHERE id = ?", (now(), runner_id)
+                "UPDATE runners SET heartbeat_at = ? WHERE id = ?", (self._clock(), runner_id)
             )
             if cursor.rowcount:
                 return True
-            self._insert_runner(runner_id, command, now())
+            self._insert_runner(runner_id, command, self._clock())
             self._event("runner_revived", runner=runner_id)
         return False
 
@@ -111,7 +123,7 @@ class ClaimsMixin(SchedulingMixin):
         if "runners" not in self.dialect.tables(self.conn):
             return []  # a ledger from before m010, read without migrating it
         me = this_process()
-        stamp = _seconds(now())
+        stamp = _seconds(self._clock())
         live = []
         for row in self.query("SELECT * FROM runners ORDER BY started_at, id"):
             if _state(row, stamp, me) is RunnerState.DEAD:
@@ -135,7 +147,7 @@ class ClaimsMixin(SchedulingMixin):
         runner holds (it polls them with that key). Counts the tasks of its keys whose
         runner is late: not known dead yet, so waited for."""
         me = this_process()
-        stamp = _seconds(now())
+        stamp = _seconds(self._clock())
         where, params = _campaign_filter(campaigns, "a.campaign")
         # An attempt recorded before key labels (NULL) is polled with any runner's first key.
         labels = [*self._runner_labels, ""]

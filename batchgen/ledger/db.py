@@ -16,16 +16,33 @@ SQLite, whatever the isolation level. Reads never wait (WAL; MVCC).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
+
+
+class Connection(Protocol):
+    """What the ledger uses of a connection: sqlite3's, which PgConnection also offers."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Any, /) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 URL_SCHEMES = ("postgresql://", "postgres://")
 # The advisory lock every PostgreSQL write transaction takes: a number of our own
 # (the first 8 bytes of SHA-256 of "batchgen ledger", as a signed 64-bit integer).
@@ -38,24 +55,28 @@ def is_url(location: str | Path) -> bool:
 
 
 def redacted(location: str | Path) -> str:
-    """The location as it may be shown or stored: a password in a URL becomes `***`."""
+    """The location as it may be shown or stored: a password in a URL (before the host,
+    or as its `password=` parameter) becomes `***`."""
     text = str(location)
     if not is_url(text):
         return text
     parts = urlsplit(text)
-    if parts.password is None:
-        return text
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 def password(location: str | Path) -> str | None:
     """The password written in a PostgreSQL URL, if any (to be redacted wherever shown)."""
     if not is_url(location):
         return None
-    found = urlsplit(str(location)).password
-    return unquote(found) if found else None
+    parts = urlsplit(str(location))
+    if parts.password:
+        return unquote(parts.password)
+    return parse_qs(parts.query).get("password", [None])[0]
 
 
 def companion(location: str | Path, suffix: str) -> Path:
@@ -68,7 +89,8 @@ def companion(location: str | Path, suffix: str) -> Path:
         path = Path(location)
         return path.with_name(path.name + suffix)
     parts = urlsplit(str(location))
-    server = f"{parts.hostname or 'local'}-{parts.port or 5432}"
+    service = parse_qs(parts.query).get("service", [""])[0]  # a pg_service.conf entry
+    server = f"{parts.hostname or service or 'local'}-{parts.port or 5432}"
     database = parts.path.lstrip("/") or parts.username or "postgres"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{database}")
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
@@ -81,8 +103,11 @@ class Dialect:
     name = SQLITE
     dollar_type = "REAL"  # dollars in the views; sums over them stay exact on PostgreSQL
 
-    def begin_write(self, db: Any) -> None:
+    def begin_write(self, db: Any) -> int | None:
+        """Begin a write transaction, holding the write lock; the PostgreSQL transaction's
+        id (None on SQLite): what tells, if its COMMIT goes unanswered, whether it held."""
         db.execute("BEGIN IMMEDIATE")
+        return None
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         """The JSON text of the values of `expression` over a query's rows ('[]' for none),
@@ -94,7 +119,7 @@ class Dialect:
         return f"json_each({json_array})"
 
     def json_text(self, expression: str) -> str:
-        """A text as a JSON string literal (quoted and escaped)."""
+        """A text as a JSON string literal (quoted and escaped); NULL as `null`."""
         return f"json_quote({expression})"
 
     def flag(self, condition: str) -> str:
@@ -113,8 +138,30 @@ class Dialect:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
     def json(self, text: str) -> str:
-        """A JSON text as JSON, to be nested in `json_object` (else it is a string)."""
+        """A JSON text as JSON, to be nested in `json_object` or gathered by `json_array_agg`
+        (else it is a string)."""
         return f"json({text})"
+
+    def json_items(self, json_array: str, alias: str) -> str:
+        """A FROM item named `alias`: the elements of a JSON array of strings, as `value`,
+        with `key` their index from 0 (join it with CROSS JOIN)."""
+        return f"json_each({json_array}) {alias}"
+
+    def json_array_length(self, json_array: str) -> str:
+        return f"json_array_length({json_array})"
+
+    def text_agg(self, expression: str, separator: str, order: str = "") -> str:
+        """The texts of `expression` over a query's rows joined by `separator` (SQL), NULL
+        for none, in `order` (SQLite joins in its subquery's order, which the caller gives)."""
+        return f"group_concat({expression}, {separator})"
+
+    def zero_padded(self, number: str, width: int) -> str:
+        """A non-negative integer's digits, with zeros in front up to `width`."""
+        return f"printf('%0{width}d', {number})"
+
+    def instr(self, text: str, part: str) -> str:
+        """Where `part` first is in `text`, from 1; 0 when it is not."""
+        return f"instr({text}, {part})"
 
     def json_object(self, arguments: str) -> str:
         """A JSON object from `arguments`, SQL of `'key', value, ...` (a value given by
@@ -157,13 +204,17 @@ class PostgresDialect(Dialect):
     name = POSTGRESQL
     dollar_type = "NUMERIC(20, 6)"
 
-    def begin_write(self, db: Any) -> None:
+    def begin_write(self, db: Any) -> int | None:
         db.execute("BEGIN")
         try:
-            db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            (_, xid) = db.execute(
+                "SELECT pg_advisory_xact_lock(?), txid_current()", (WRITE_LOCK,)
+            ).fetchone()
         except BaseException:
-            db.execute("ROLLBACK")
+            with suppress(Exception):
+                db.execute("ROLLBACK")
             raise
+        return int(xid)
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         # Spelled as SQLite writes it (no spaces), so both ledgers give the same text.
@@ -171,10 +222,14 @@ class PostgresDialect(Dialect):
         return f"COALESCE('[' || string_agg(({expression})::text, ','{ordered}) || ']', '[]')"
 
     def json_values(self, json_array: str) -> str:
-        return f"json_array_elements_text(({json_array})::json) AS value"
+        # Collated "C" as the ledger's text columns are: compared and sorted as SQLite does.
+        return (
+            f'LATERAL (SELECT e.value COLLATE "C" AS value'
+            f" FROM json_array_elements_text(({json_array})::json) AS e(value)) AS value"
+        )
 
     def json_text(self, expression: str) -> str:
-        return f"to_json(({expression})::text)::text"
+        return f"COALESCE(to_json(({expression})::text)::text, 'null')"
 
     def flag(self, condition: str) -> str:
         return f"(CASE WHEN {condition} THEN 1 ELSE 0 END)"
@@ -199,6 +254,26 @@ class PostgresDialect(Dialect):
 
     def json(self, text: str) -> str:
         return f"({text})::json"
+
+    def json_items(self, json_array: str, alias: str) -> str:
+        return (
+            f'LATERAL (SELECT e.value COLLATE "C" AS value, e.number - 1 AS key'
+            f" FROM json_array_elements_text(({json_array})::json) WITH ORDINALITY"
+            f" AS e(value, number)) {alias}"
+        )
+
+    def json_array_length(self, json_array: str) -> str:
+        return f"json_array_length(({json_array})::json)"
+
+    def text_agg(self, expression: str, separator: str, order: str = "") -> str:
+        ordered = f" ORDER BY {order}" if order else ""
+        return f"string_agg(({expression})::text, {separator}{ordered})"
+
+    def zero_padded(self, number: str, width: int) -> str:
+        return f"lpad(({number})::text, {width}, '0')"
+
+    def instr(self, text: str, part: str) -> str:
+        return f"strpos({text}, {part})"
 
     def json_object(self, arguments: str) -> str:
         return f"json_build_object({arguments})"
@@ -261,10 +336,20 @@ class PgConnection:
         self.url, self.read_only, self.connect_timeout = url, read_only, connect_timeout
         self._closed = False
         self._conn = self._connect()
+        # How a statement outside a transaction waits while the server cannot be reached
+        # (the ledger's `_patiently`: a line every few seconds, Ctrl-C stops it). A
+        # transaction is never waited for here: its caller decides (a run's writes fail at
+        # once, their answers kept in the recovery file, and are tried again).
+        self.patience: Callable[[Callable[[], Any]], Any] | None = None
 
     def _connect(self) -> Any:
-        conn = _psycopg().connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+        conn = load_psycopg().connect(
+            self.url, autocommit=True, connect_timeout=self.connect_timeout
+        )
         _adapt(conn)
+        # No JIT compilation: the ledger's large reads (status --json, report --jobs) run
+        # small subqueries per job, which JIT only delays (2 of the 5 s of 200,000 jobs).
+        conn.execute("SET jit = off")
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
         return conn
@@ -272,12 +357,17 @@ class PgConnection:
     def _live(self) -> Any:
         """The connection, opened again if the server dropped it (a restart, a network
         cut): a statement then fails only while the server cannot be reached."""
-        if self._conn.broken and not self._closed:
+        if (self._conn.broken or self._conn.closed) and not self._closed:
             self._conn = self._connect()
         return self._conn
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        if not params:  # sent as it is: without values, psycopg reads no placeholder
+        if self.patience is None or self.in_transaction or sql.lstrip()[:5].upper() in _TXN:
+            return self._execute(sql, params)
+        return self.patience(lambda: self._execute(sql, params))
+
+    def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
+        if not params:  # psycopg reads no placeholders (nor doubled %) in SQL sent alone
             return self._live().execute(sql)
         return self._live().execute(pg_sql(sql), _plain(params))
 
@@ -292,6 +382,23 @@ class PgConnection:
             with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(_plain(row))
+
+    def stream(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Streamed:
+        """The rows of a query as the server sends them, STREAM_CHUNK at a time (libpq's
+        chunked mode; a row at a time before libpq 17 or psycopg 3.2): never all held at
+        once, as sqlite3's cursor never holds them (`execute` holds every row). Until its
+        last row is read, the connection runs nothing else."""
+
+        def start() -> Streamed:
+            cursor = self._live().cursor()
+            query = (pg_sql(sql), _plain(params)) if params else (sql,)
+            rows = cursor.stream(*query, **_chunked())
+            first = next(rows, None)  # the columns are known once rows come
+            return Streamed(cursor.description or [], first, rows)
+
+        if self.patience is None or self.in_transaction:
+            return start()
+        return self.patience(start)  # type: ignore[no-any-return]
 
     @property
     def in_transaction(self) -> bool:
@@ -309,6 +416,28 @@ class PgConnection:
         self._conn.close()
 
 
+_TXN = ("BEGIN", "COMMI", "ROLLB")
+STREAM_CHUNK = 1000  # rows a stream receives at a time
+
+
+class Streamed:
+    """A query's rows as they come, and its columns (`description`, as a cursor's)."""
+
+    def __init__(self, description: Sequence[Any], first: Any, rest: Iterator[Any]):
+        self.description = description
+        self._rows = itertools.chain(() if first is None else (first,), rest)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._rows
+
+
+def _chunked() -> dict[str, int]:
+    """`Cursor.stream`'s rows at a time, where libpq (17) and psycopg (3.2) can."""
+    psycopg = load_psycopg()
+    version = tuple(int(part) for part in re.findall(r"\d+", psycopg.__version__)[:2])
+    return {"size": STREAM_CHUNK} if psycopg.pq.version() >= 170000 and version >= (3, 2) else {}
+
+
 def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
     """Parameters as PostgreSQL takes them: a bool as the integer SQLite would store."""
     if isinstance(params, dict):
@@ -316,7 +445,7 @@ def _plain(params: Sequence[Any] | dict[str, Any]) -> Any:
     return [int(v) if isinstance(v, bool) else v for v in params]
 
 
-def _psycopg() -> Any:
+def load_psycopg() -> Any:
     try:
         import psycopg
     except ImportError as e:  # pragma: no cover - the extra is part of the test install

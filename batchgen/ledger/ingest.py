@@ -14,6 +14,7 @@ from batchgen.errors import JobConflict
 from batchgen.job import Campaign, Job, canonical_json
 from batchgen.job import fingerprint as job_fingerprint
 from batchgen.ledger.base import IngestResult, LedgerBase, now
+from batchgen.ledger.db import PgConnection
 
 
 class IngestMixin(LedgerBase):
@@ -84,11 +85,15 @@ class IngestMixin(LedgerBase):
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM jobs WHERE campaign = ?",
                 (campaign.name,),
             ).fetchone()[0]
-            db.executemany(
-                f"INSERT INTO jobs ({', '.join(JOB_INSERT_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(JOB_INSERT_COLUMNS))})",
-                ((campaign.name, start + i, *row) for i, row in enumerate(new_rows)),
-            )
+            numbered = ((campaign.name, start + i, *row) for i, row in enumerate(new_rows))
+            if isinstance(db, PgConnection):  # COPY: PostgreSQL's way to take many rows
+                db.copy_rows("jobs", JOB_INSERT_COLUMNS, numbered)
+            else:
+                db.executemany(
+                    f"INSERT INTO jobs ({', '.join(JOB_INSERT_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(JOB_INSERT_COLUMNS))})",
+                    numbered,
+                )
             for job, fingerprint, price, request in changed:
                 values = _job_row(job, request, fingerprint, price, stamp)
                 content = dict(zip(JOB_INSERT_COLUMNS[2:], values, strict=True))

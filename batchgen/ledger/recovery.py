@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from batchgen.durable import fsync_dir
 from batchgen.errors import LedgerError, LedgerWriteFailed
 from batchgen.ledger.base import BUSY_TIMEOUT_MS, now
-from batchgen.ledger.db import companion, database_errors, pg_waitable
+from batchgen.ledger.db import Connection, companion, database_errors, pg_waitable
 from batchgen.ledger.scheduling import SchedulingMixin
 
 T = TypeVar("T")
@@ -233,7 +233,7 @@ class RecoveryMixin(SchedulingMixin):
         )
         return True
 
-    def _apply(self, db: sqlite3.Connection, answer: dict[str, Any] | None) -> bool | None:
+    def _apply(self, db: Connection, answer: dict[str, Any] | None) -> bool | None:
         """True: recorded now; False: already in the ledger; None: no answer this batchgen
         can record (see the module's docstring)."""
         if answer is None:

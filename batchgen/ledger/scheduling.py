@@ -8,7 +8,6 @@ learns so from the returned value."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import statistics
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from batchgen.ledger.base import (
     job_counts,
     now,
 )
+from batchgen.ledger.db import Connection
 
 
 class SchedulingMixin(LedgerBase):
@@ -483,7 +483,7 @@ class SchedulingMixin(LedgerBase):
 
     def _record_created(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         campaign: str,
         job_id: str,
         attempt_id: int,
@@ -539,7 +539,7 @@ class SchedulingMixin(LedgerBase):
 
     def _record_completed(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         campaign: str,
         job_id: str,
         task_id: str,
