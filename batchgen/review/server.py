@@ -57,6 +57,7 @@ from starlette.staticfiles import StaticFiles
 from batchgen import catalog
 from batchgen.errors import LedgerError
 from batchgen.ledger import Ledger, VerdictRefused
+from batchgen.ledger.base import _first_line
 from batchgen.ledger.db import database_errors
 from batchgen.ledger.review import ReviewFilters
 from batchgen.review.files import content_type, locate
@@ -153,10 +154,8 @@ class Review:
         try:
             yield
         except database_errors() as e:
-            said = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise LedgerError(
-                self.ledger.redact(f"{self.ledger.name}: cannot reach the ledger now ({said})")
-            ) from e
+            said = f"{self.ledger.name}: cannot reach the ledger now ({_first_line(e)})"
+            raise LedgerError(self.ledger.redact(said)) from e
 
 
 # -- the guard in front of every request ---------------------------------------------------
