@@ -62,7 +62,7 @@ def a_night(location: str | Path, out: Path) -> None:
     """What a night leaves in the ledger at `location`, its files in `out`: campaign c (two
     takes of one odd prompt, saved, one signed, one with broken marks; an image saved
     before marks were read; a video with no marks; one never saved; one running, one
-    failed, one held), then campaign d (a completed job, saved)."""
+    failed, one held), then campaign d (a completed job, not saved)."""
     takes = [
         Job("c", take, "grok-video-3", f"A Cat {ODD}", duration=5, tags=["cats", "night"])
         for take in ("a1", "a2")
@@ -216,7 +216,7 @@ def test_the_review_page_answers_the_same_json_on_postgresql_as_on_sqlite(postgr
     everything = on_postgres[json.dumps({})]
     assert everything["counts"] == {"approved": 2, "rejected": 1, "unreviewed": 3}
     assert everything["reviewers"] == [A, B]
-    # and what the filters found, so that equal is not equal and empty
+    # what the filters found (two answers may be equal and both empty)
     found = {
         key: [r["id"] for g in data["groups"] for r in g["results"]]
         for key, data in on_postgres.items()
