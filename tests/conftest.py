@@ -70,6 +70,7 @@ TIERS = {
         "test_init",
         "test_interrupts",
         "test_keys_e2e",
+        "test_ledger_copy",
         "test_ledger_faults",
         "test_ledger_file",
         "test_ledger_views",
