@@ -236,6 +236,35 @@ def test_the_review_page_answers_the_same_json_on_postgresql_as_on_sqlite(postgr
     assert [status for status, _ in on_postgres["verdicts"]] == [200] * 6 + [400, 409, 404, 409]
 
 
+def test_a_ledger_copied_to_postgresql_shows_the_same_page_to_the_microsecond(
+    postgres_url, tmp_path
+):
+    """`batchgen ledger copy` keeps every time: the page of the copy is the original's,
+    times and all (its version and the ledger's name aside), under every filter."""
+    out = tmp_path / "out"
+    a_night(tmp_path / "l.db", out)
+    with review_page(tmp_path / "l.db", out) as page:
+        review_a_night(page)
+    done = command(
+        tmp_path / "l.db", tmp_path, "ledger", "copy", str(tmp_path / "l.db"), postgres_url
+    )
+    assert done.returncode == 0, done.stderr
+    answers = []
+    for location in (tmp_path / "l.db", postgres_url):
+        with review_page(location, out) as page:
+            answers.append(
+                {
+                    json.dumps(f): {
+                        k: v
+                        for k, v in results(page, **f).items()
+                        if k not in ("version", "ledger")
+                    }
+                    for f in FILTERS
+                }
+            )
+    assert answers[1] == answers[0]
+
+
 # -- several machines at once -----------------------------------------------------------------
 
 
