@@ -116,6 +116,8 @@ if os.environ.get("CI"):
 def env_setup(monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHGEN_LEDGER", str(tmp_path / "ledger.db"))
     monkeypatch.setenv("BATCHGEN_OUT", str(tmp_path / "out"))  # files saved by run/resume
+    # The files that go with a PostgreSQL ledger (recovery, sandbox state): not in ~/.local.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("OKAYPIC_API_KEY", raising=False)
     monkeypatch.delenv("OKAYPIC_API_KEYS", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)

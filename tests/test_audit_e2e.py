@@ -28,7 +28,7 @@ MONEY = ["spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"]
 
 
 @pytest.fixture
-def audited(make_sandbox, tmp_path):
+def audited(make_sandbox, ledger_at, tmp_path):
     """Two campaigns run on one key through failed tasks, 500s, 429s and dropped answers."""
     sandbox = make_sandbox(
         time_scale=SCALE,
@@ -38,7 +38,7 @@ def audited(make_sandbox, tmp_path):
         spurious_429_rate=0.15,
         drop_rate=0.15,
     )
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     for campaign, n in (("alpha", 8), ("beta", 6)):
         manifest = grok_batch(tmp_path / f"{campaign}.yaml", n, campaign=campaign)
         result = on_sandbox(
@@ -145,10 +145,10 @@ def sha256(path) -> str:
 
 
 def test_downloads_match_the_served_bytes_and_are_restored_without_generating_again(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    ledger, out = ledger_at, tmp_path / "out"
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from batchgen.cli import cli
-from tests.e2e import batchgen
+from tests.e2e import batchgen, ledger_written
 from tests.workbooks import inline, row, write_workbook
 
 CORPUS = Path(__file__).resolve().parent / "bad_manifests"
@@ -27,12 +27,12 @@ def options_for(name: str) -> list[str]:
 @pytest.mark.parametrize("command", ["validate", "plan", "ingest", "run"])
 @pytest.mark.parametrize("name", BAD)
 def test_a_bad_manifest_is_refused_with_its_lines_and_nothing_written(
-    name, command, tmp_path, monkeypatch
+    name, command, ledger_at, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(CORPUS)  # FILE in each line is the path as given
     monkeypatch.setenv("OKAYPIC_API_KEY", "okpk_never_used")
     monkeypatch.setenv("OKAYPIC_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_at
     result = CliRunner().invoke(cli, ["--ledger", str(ledger), command, name, *options_for(name)])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -41,13 +41,13 @@ def test_a_bad_manifest_is_refused_with_its_lines_and_nothing_written(
         expected = (CORPUS / name).with_suffix(".expected").read_text().splitlines()
         for line in expected:
             assert line in result.output
-    assert not ledger.exists()
+    assert not ledger_written(ledger)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["python-tag.yaml", "alias-bomb.yaml", "grok-duration.yaml"])
-def test_the_real_command_refuses_a_hostile_manifest_in_one_line_each(name, tmp_path):
-    ledger = tmp_path / "ledger.db"
+def test_the_real_command_refuses_a_hostile_manifest_in_one_line_each(name, ledger_at, tmp_path):
+    ledger = ledger_at
     result = batchgen(
         "run",
         str(CORPUS / name),
@@ -59,11 +59,11 @@ def test_the_real_command_refuses_a_hostile_manifest_in_one_line_each(name, tmp_
     assert "Traceback" not in result.stderr
     problems = [line for line in result.stderr.splitlines() if re.match(r".+:\d+:\d+: ", line)]
     assert problems and result.stderr.strip().endswith("nothing was written.")
-    assert not ledger.exists()
+    assert not ledger_written(ledger)
 
 
 @pytest.mark.parametrize("command", ["validate", "ingest", "run"])
-def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, tmp_path):
+def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, ledger_at, tmp_path):
     # A cell pointing at shared string 999 of 3, and a date in the year 10113 (openpyxl
     # warns of it): one line each, never a traceback or a warning.
     write_workbook(
@@ -81,7 +81,7 @@ def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, t
         'jobs:\n  - {id: "row-{sku}", rows: prompts.xlsx, prompt: "{description} on {shoot}"}\n',
         encoding="utf-8",
     )
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_at
     result = batchgen(
         command,
         str(tmp_path / "m.yaml"),
@@ -98,10 +98,10 @@ def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, t
         "show (to 9999-12-31)",
         "2 problem(s) found; nothing was written.",
     ]
-    assert not ledger.exists()
+    assert not ledger_written(ledger)
 
 
-def test_a_bad_lost_after_is_a_usage_error(tmp_path):
-    result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
+def test_a_bad_lost_after_is_a_usage_error(ledger_at, tmp_path):
+    result = batchgen("resume", "--lost-after", "soon", ledger=ledger_at)
     assert result.returncode == 2
     assert "--lost-after" in result.stderr and "30m" in result.stderr

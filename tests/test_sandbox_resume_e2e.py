@@ -35,17 +35,17 @@ from tests.e2e import (
 JOBS = 6  # two rounds of the demo key's 3 slots: about 2 s each
 
 
-def state_path(ledger: Path) -> Path:
+def state_path(ledger: Path | str) -> Path:
     """Where the sandbox of a ledger keeps its state: beside it."""
     return ledger.with_name(ledger.name + ".sandbox.json")
 
 
-def service_truth(ledger: Path) -> Truth:
+def service_truth(ledger: Path | str) -> Truth:
     """What the sandbox of this ledger did, from its state file."""
     return Sandbox(state=state_path(ledger)).truth()
 
 
-def tasks_running(ledger: Path) -> int:
+def tasks_running(ledger: Path | str) -> int:
     if not ledger.exists():
         return 0
     try:
@@ -74,7 +74,7 @@ def interrupted_demo(tmp_path: Path) -> tuple[Path, Path, str]:
     return ledger, manifest, advised[0]
 
 
-def assert_finished_once(ledger: Path) -> None:
+def assert_finished_once(ledger: Path | str) -> None:
     """Every job completed, each by one task: none submitted twice, nothing unknown."""
     truth = service_truth(ledger)
     assert len(truth.submissions) == JOBS, "a task was submitted twice"
