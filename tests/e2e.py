@@ -250,6 +250,16 @@ def stored_bytes(ledger: Path | str) -> bytes:
     return b"\n".join(found)
 
 
+def ledger_content(ledger: Path | str) -> bytes:
+    """What a ledger holds, to compare before and after a command that must not write: a
+    SQLite file's bytes and its WAL's, the rows of a PostgreSQL database's tables."""
+    if is_url(ledger):
+        return stored_bytes(ledger)
+    path = Path(ledger)
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
 def status_json(ledger: Path | str) -> dict[str, Any]:
     result = batchgen("status", "--json", ledger=ledger)
     assert result.returncode == 0, result.stderr

@@ -15,10 +15,9 @@ from hypothesis import strategies as st
 
 from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger
-from batchgen.ledger.db import is_url
 from batchgen.plan import KeysGiven, format_plan, keys_given, keys_needed, make_plan, makespan
 from tests.builders import complete, grok, image, invoke, make_ledger, seedance, start, veo
-from tests.e2e import ledger_written, stored_bytes
+from tests.e2e import ledger_content, ledger_written
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_REF = [{"type": "video", "url": "https://example.com/ref.mp4"}]
@@ -98,15 +97,6 @@ def ledger_with_history(location: Path | str) -> Path | str:
     return location
 
 
-def kept(location: Path | str) -> bytes:
-    """What a ledger holds: a SQLite file's bytes and its WAL's, a PostgreSQL database's rows."""
-    if is_url(location):
-        return stored_bytes(location)
-    path = Path(location)
-    wal = path.with_name(path.name + "-wal")
-    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
-
-
 def test_against_a_ledger_jobs_are_new_changed_done_or_unfinished(ledger_at):
     path = ledger_with_history(ledger_at)
     jobs = [grok("done"), Job("c", "edit", "grok-video-3", "a new prompt", duration=5)]
@@ -131,9 +121,9 @@ def test_the_budget_check_counts_what_the_ledger_already_spent_or_committed(ledg
 
 def test_plan_writes_nothing_to_an_existing_ledger(ledger_at):
     path = ledger_with_history(ledger_at)
-    before = kept(path)
+    before = ledger_content(path)
     make_plan(manifest([grok("done"), grok("brand-new")]), str(path))
-    assert kept(path) == before
+    assert ledger_content(path) == before
 
 
 def test_wall_time_is_greedy_on_three_slots_from_typical_times(tmp_path):
