@@ -23,7 +23,7 @@ import click
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
-from batchgen.ledger.db import database_errors
+from batchgen.ledger.db import database_errors, is_url
 from batchgen.ports import REVIEW_PORT, SANDBOX_PORT
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
@@ -174,7 +174,7 @@ def complete_campaigns(
     from batchgen.ledger import Ledger
 
     path = (ctx.obj or {}).get("ledger") or ctx.find_root().params.get("ledger") or DEFAULT_PATH
-    if not Path(path).is_file():
+    if not is_url(path) and not Path(path).is_file():
         return []
     try:
         ledger = Ledger.read_only(path, notify=lambda message: None)
