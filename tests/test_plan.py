@@ -174,6 +174,16 @@ def test_plan_command_prints_the_quickstart_cost_and_writes_nothing(ledger_at, t
     assert not ledger_written(ledger_at)
 
 
+def test_plan_never_shows_the_password_of_a_postgresql_ledgers_url(postgres_url):
+    """PRODUCT §5: a password in the ledger's URL is redacted where the plan names it."""
+    ledger = postgres_url.replace("batchgen@", "batchgen:s3cret@", 1)
+    quickstart = str(ROOT / "manifests" / "quickstart.yaml")
+    for as_json in ([], ["--json"]):
+        result = invoke(ledger, "plan", quickstart, *as_json)
+        assert result.exit_code == 0, result.output
+        assert "s3cret" not in result.output and "batchgen:***@" in result.output
+
+
 # ---------------------------------------------------------------- API keys: 3 slots each
 
 
