@@ -23,7 +23,7 @@ from batchgen.errors import AuthError, NoLedgerYet
 from batchgen.job import Campaign, Job, fingerprint
 from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys, given
 from batchgen.ledger import Ledger
-from batchgen.ledger.db import is_url
+from batchgen.ledger.db import is_url, redacted
 from batchgen.money import usd
 
 SLOTS = 3  # the service's limit per API key (catalog: max_active_tasks_per_key)
@@ -167,7 +167,7 @@ def make_plan(
         campaign.name,
         campaign.budget_micros,
         sorted(models.values(), key=lambda m: m.model),
-        ledger_path,
+        redacted(ledger_path),  # as shown: no password
         ledger is not None,
         keys=keys or KeysGiven(),
         within_seconds=within,
