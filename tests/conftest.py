@@ -76,6 +76,7 @@ TIERS = {
         "test_notify_e2e",
         "test_pacing_e2e",
         "test_postgres_cluster",
+        "test_postgres_outage",
         "test_provenance_e2e",
         "test_refusals_e2e",
         "test_replace",

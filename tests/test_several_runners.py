@@ -13,25 +13,22 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchgen.sandbox.truth import payload_key
 from tests.crashing import ROOT, crashing_command
 from tests.e2e import (
     FAST,
     batchgen,
     command_env,
     grok_batch,
-    recorded_task_ids,
-    rows,
     spawn,
     status_json,
     wait_for,
 )
+from tests.promises import check_the_promises
 
 ALPHA, BRAVO = "okpk_alpha_1111", "okpk_bravo_2222"
 KEYS = f"studio={ALPHA},night={BRAVO}"
@@ -60,46 +57,6 @@ def finish(sandbox: Any, ledger: Path | str, keys: str = KEYS) -> Any:
     )
 
 
-def unknown_attempts_per_payload(ledger: Path | str) -> Counter[str]:
-    """Attempts of unknown outcome per request (as the sandbox keys its submissions)."""
-    import json
-
-    found: Counter[str] = Counter()
-    for row in rows(
-        ledger,
-        "SELECT j.request FROM attempts a JOIN jobs j ON j.campaign = a.campaign"
-        " AND j.id = a.job_id WHERE a.state = 'unknown' OR a.outcome LIKE 'created (recorded%'",
-    ):
-        found[payload_key(json.loads(row["request"]))] += 1
-    return found
-
-
-def check_the_promises(truth: Any, ledger: Path | str, budget: int | None = None) -> None:
-    """The §10 promises for several runners, from the sandbox's own record."""
-    for key in (ALPHA, BRAVO):
-        assert truth.peak_active.get(key, 0) <= 3, truth.peak_active
-    assert truth.foreign_poll_count() == 0
-    unknown = unknown_attempts_per_payload(ledger)
-    # Paid: every task not refunded (a failed task is refunded, and its job submitted again).
-    paid = Counter(payload_key(s.payload) for s in truth.submissions if s.status != "failed")
-    for payload, tasks in paid.items():
-        assert tasks <= 1 + unknown[payload], (payload, tasks, unknown[payload])
-    if budget is not None:  # what the service kept: failed tasks are refunded
-        assert truth.net_charged_micros() <= budget
-    known = set(recorded_task_ids(ledger))
-    # Every task the ledger knows of was followed to its end (none left running).
-    assert not [s.task_id for s in truth.submissions if s.task_id in known and s.status in (
-        "pending", "processing")]  # fmt: skip
-    spent = rows(
-        ledger,
-        "SELECT COALESCE(SUM(cost_micro_usd), 0) AS s FROM attempts WHERE state = 'completed'",
-    )[0]["s"]
-    completed = sum(
-        s.price_micros for s in truth.submissions if s.status == "completed" and s.task_id in known
-    )
-    assert spent == completed
-
-
 def test_a_second_runner_joins_and_no_job_is_paid_twice(make_sandbox, ledger_at, tmp_path):
     """The `--force` takeover paid 9 jobs with 15 tasks: now two runners share them."""
     sandbox = two_keys(make_sandbox, time_scale=0.02)
@@ -119,7 +76,7 @@ def test_a_second_runner_joins_and_no_job_is_paid_twice(make_sandbox, ledger_at,
     assert len(truth.submissions) == 9
     assert set(truth.submissions_per_payload.values()) == {1}
     assert status_json(ledger)["counts"]["completed"] == 9
-    check_the_promises(truth, ledger)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO))
 
 
 def test_the_budget_holds_with_two_keys_when_answers_are_slow(make_sandbox, ledger_at, tmp_path):
@@ -133,7 +90,7 @@ def test_the_budget_holds_with_two_keys_when_answers_are_slow(make_sandbox, ledg
     assert result.returncode in (1, 3), result.stderr  # some rejected, some over budget
     truth = sandbox.sim.truth()
     assert truth.charged_micros() <= 500_000  # no task fails here: charged is kept
-    check_the_promises(truth, ledger, budget=500_000)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO), budget=500_000)
 
 
 def test_status_lists_a_live_runner_with_its_keys(make_sandbox, ledger_at, tmp_path):
@@ -201,7 +158,7 @@ def test_runners_killed_at_random_moments_keep_every_promise(
     assert counts["queued"] + counts["submitting"] + counts["running"] == 0 or (
         final.returncode == 3
     )
-    check_the_promises(sandbox.sim.truth(), ledger, budget=budget)
+    check_the_promises(sandbox.sim.truth(), ledger, (ALPHA, BRAVO), budget=budget)
 
 
 def test_a_runner_paused_past_its_lease_finds_its_claim_taken_and_sends_nothing_twice(
@@ -241,7 +198,7 @@ def test_a_runner_paused_past_its_lease_finds_its_claim_taken_and_sends_nothing_
     truth = sandbox.sim.truth()
     assert len(truth.submissions) == submitted == 12  # woken, it sent nothing more
     assert status_json(ledger)["counts"]["completed"] == 12
-    check_the_promises(truth, ledger)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO))
 
 
 def stopped(pid: int) -> bool:
@@ -286,4 +243,4 @@ def test_a_runner_stopped_with_ctrl_c_leaves_its_tasks_to_the_other_at_once(
     truth = sandbox.sim.truth()
     assert len(truth.submissions) == 12
     assert status_json(ledger)["counts"]["completed"] == 12
-    check_the_promises(truth, ledger)
+    check_the_promises(truth, ledger, (ALPHA, BRAVO))

@@ -269,9 +269,9 @@ class LedgerBase:
         holds the lock (for commands outside a run, where Ctrl-C still stops the wait)."""
         begin = self.dialect.begin_write
         if patient:
-            self._patiently(lambda: begin(self.conn))
+            xid = self._patiently(lambda: begin(self.conn))
         else:
-            begin(self.conn)
+            xid = begin(self.conn)
         try:
             yield self.conn
         except BaseException:
@@ -280,7 +280,25 @@ class LedgerBase:
                 with suppress(*database_errors()):
                     self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except database_errors():
+            if xid is None or not self._committed_after_all(xid):
+                raise
+            # The server committed it and the connection went before it could say so.
+
+    def _committed_after_all(self, xid: int) -> bool:
+        """Whether the PostgreSQL transaction `xid` committed, its COMMIT's answer lost with
+        the connection (a restart, a network cut): asked again on a new connection (waiting
+        while the server cannot be reached), since doing a write twice, or thinking it done
+        when it was not, are both wrong."""
+        while True:
+            (status,) = self._patiently(
+                lambda: self.conn.execute("SELECT txid_status(?)", (xid,)).fetchone()
+            )
+            if status != "in progress":
+                return bool(status == "committed")
+            time.sleep(0.1)  # its backend is still ending it
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

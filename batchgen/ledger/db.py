@@ -20,6 +20,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,8 +97,11 @@ class Dialect:
     name = SQLITE
     dollar_type = "REAL"  # dollars in the views; sums over them stay exact on PostgreSQL
 
-    def begin_write(self, db: Any) -> None:
+    def begin_write(self, db: Any) -> int | None:
+        """Begin a write transaction, holding the write lock; the PostgreSQL transaction's
+        id (None on SQLite): what tells, if its COMMIT goes unanswered, whether it held."""
         db.execute("BEGIN IMMEDIATE")
+        return None
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         """The JSON text of the values of `expression` over a query's rows ('[]' for none),
@@ -132,13 +136,17 @@ class PostgresDialect(Dialect):
     name = POSTGRESQL
     dollar_type = "NUMERIC(20, 6)"
 
-    def begin_write(self, db: Any) -> None:
+    def begin_write(self, db: Any) -> int | None:
         db.execute("BEGIN")
         try:
-            db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            (_, xid) = db.execute(
+                "SELECT pg_advisory_xact_lock(?), txid_current()", (WRITE_LOCK,)
+            ).fetchone()
         except BaseException:
-            db.execute("ROLLBACK")
+            with suppress(Exception):
+                db.execute("ROLLBACK")
             raise
+        return int(xid)
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         # Spelled as SQLite writes it (no spaces), so both ledgers give the same text.
@@ -221,7 +229,7 @@ class PgConnection:
     def _live(self) -> Any:
         """The connection, opened again if the server dropped it (a restart, a network
         cut): a statement then fails only while the server cannot be reached."""
-        if self._conn.broken and not self._closed:
+        if (self._conn.broken or self._conn.closed) and not self._closed:
             self._conn = self._connect()
         return self._conn
 
