@@ -91,7 +91,8 @@ class Commands(click.Group):
                     type=click.Path(dir_okay=False),
                     expose_value=False,
                     callback=_ledger_after_command,
-                    help="The SQLite ledger file (also accepted before the command; "
+                    help="The ledger: a SQLite file, or a postgresql:// URL (also accepted "
+                    "before the command; "
                     "env BATCHGEN_LEDGER).",
                 )
             )
@@ -139,7 +140,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON obj
     default=DEFAULT_PATH,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="The SQLite ledger file (env BATCHGEN_LEDGER).",
+    help="The ledger: a SQLite file, or a postgresql:// URL (env BATCHGEN_LEDGER).",
 )
 @click.version_option(package_name="batchgen")
 @click.pass_context

@@ -33,6 +33,7 @@ TIERS = {
         "test_key_totals",
         "test_keys",
         "test_learning",
+        "test_ledger_db",
         "test_manifest_loading",
         "test_money",
         "test_outcomes",

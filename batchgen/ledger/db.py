@@ -24,7 +24,7 @@ from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 
@@ -54,24 +54,28 @@ def is_url(location: str | Path) -> bool:
 
 
 def redacted(location: str | Path) -> str:
-    """The location as it may be shown or stored: a password in a URL becomes `***`."""
+    """The location as it may be shown or stored: a password in a URL (before the host,
+    or as its `password=` parameter) becomes `***`."""
     text = str(location)
     if not is_url(text):
         return text
     parts = urlsplit(text)
-    if parts.password is None:
-        return text
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 def password(location: str | Path) -> str | None:
     """The password written in a PostgreSQL URL, if any (to be redacted wherever shown)."""
     if not is_url(location):
         return None
-    found = urlsplit(str(location)).password
-    return unquote(found) if found else None
+    parts = urlsplit(str(location))
+    if parts.password:
+        return unquote(parts.password)
+    return parse_qs(parts.query).get("password", [None])[0]
 
 
 def companion(location: str | Path, suffix: str) -> Path:
@@ -84,7 +88,8 @@ def companion(location: str | Path, suffix: str) -> Path:
         path = Path(location)
         return path.with_name(path.name + suffix)
     parts = urlsplit(str(location))
-    server = f"{parts.hostname or 'local'}-{parts.port or 5432}"
+    service = parse_qs(parts.query).get("service", [""])[0]  # a pg_service.conf entry
+    server = f"{parts.hostname or service or 'local'}-{parts.port or 5432}"
     database = parts.path.lstrip("/") or parts.username or "postgres"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{database}")
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
