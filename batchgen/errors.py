@@ -53,11 +53,6 @@ class LedgerError(BatchgenError):
     pass
 
 
-class NoLedgerYet(LedgerError):
-    """An empty database where a ledger would be made: an empty SQLite file, or a
-    PostgreSQL database with no tables (which exists before the first `ingest`)."""
-
-
 class JobConflict(LedgerError):
     pass
 

@@ -19,11 +19,10 @@ from typing import Any, NamedTuple, Protocol
 
 from batchgen import catalog
 from batchgen.durations import elapsed as duration_text
-from batchgen.errors import AuthError, NoLedgerYet
+from batchgen.errors import AuthError
 from batchgen.job import Campaign, Job, fingerprint
 from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys, given
 from batchgen.ledger import Ledger
-from batchgen.ledger.db import is_url, redacted
 from batchgen.money import usd
 
 SLOTS = 3  # the service's limit per API key (catalog: max_active_tasks_per_key)
@@ -162,19 +161,19 @@ def make_plan(
             line.video_seconds += int(p.request.get("duration") or 0)
 
     campaign = manifest.campaign
-    ledger = _existing_ledger(ledger_path)
     plan = Plan(
         campaign.name,
         campaign.budget_micros,
         sorted(models.values(), key=lambda m: m.model),
-        redacted(ledger_path),  # as shown: no password
-        ledger is not None,
+        ledger_path,
+        Path(ledger_path).is_file(),
         keys=keys or KeysGiven(),
         within_seconds=within,
     )
     existing: dict[str, tuple[str, str]] = {}
     seen: dict[tuple[str, int | None], float] = {}
-    if ledger is not None:
+    if plan.ledger_found:
+        ledger = Ledger.read_only(ledger_path)
         try:
             existing = ledger.existing_fingerprints(campaign.name)
             seen = ledger.generation_seconds()
@@ -211,17 +210,6 @@ def make_plan(
         if plan.keys_needed is not None:
             plan.needed_wall_seconds = makespan(times, SLOTS * plan.keys_needed)
     return plan
-
-
-def _existing_ledger(location: str) -> Ledger | None:
-    """The ledger to compare the manifest with, opened for reading; None when there is none
-    yet: no SQLite file, or a PostgreSQL database with no tables (`ingest` makes one there)."""
-    if not is_url(location):
-        return Ledger.read_only(location) if Path(location).is_file() else None
-    try:
-        return Ledger.read_only(location)
-    except NoLedgerYet:
-        return None
 
 
 class _Priced(NamedTuple):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from batchgen.errors import LedgerError, NoLedgerYet
+from batchgen.errors import LedgerError
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.ledger.db import (
@@ -439,7 +439,7 @@ def check_ours(db: Any, path: str | Path, empty_ok: bool) -> None:
     if not tables:
         if empty_ok:
             return
-        raise NoLedgerYet(
+        raise LedgerError(
             f"{path}: no ledger here, the {'database' if is_url(path) else 'file'} is empty"
             " (run `batchgen ingest` first)"
         )
