@@ -26,6 +26,7 @@ from tests.e2e import (
     batchgen,
     command_env,
     grok_batch,
+    ledger_written,
     on_sandbox,
     rows,
     spawn,
@@ -381,7 +382,7 @@ def test_a_url_apprise_cannot_read_is_a_usage_error_before_anything_is_sent(
     assert line.startswith(f"error: --notify URL #2 ({shown}): ")
     for secret in ("secret", "SECRET", "hunter22", "T000"):
         assert secret not in result.stderr
-    assert not ledger.exists() and sandbox.sim.truth().submissions == []
+    assert not ledger_written(ledger) and sandbox.sim.truth().submissions == []
     assert hook.messages == []
 
 
@@ -397,4 +398,4 @@ def test_a_log_file_that_cannot_be_opened_is_a_usage_error_before_anything_is_se
         assert line.startswith(f"error: --log {log}: cannot open it to append to")
     resumed = on_sandbox(sandbox, "resume", "--log", str(tmp_path), ledger=ledger)
     assert resumed.returncode == 2
-    assert not ledger.exists() and sandbox.sim.truth().submissions == []
+    assert not ledger_written(ledger) and sandbox.sim.truth().submissions == []
