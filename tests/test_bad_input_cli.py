@@ -27,12 +27,15 @@ def options_for(name: str) -> list[str]:
 @pytest.mark.parametrize("command", ["validate", "plan", "ingest", "run"])
 @pytest.mark.parametrize("name", BAD)
 def test_a_bad_manifest_is_refused_with_its_lines_and_nothing_written(
-    name, command, ledger_at, tmp_path, monkeypatch
+    name, command, tmp_path, monkeypatch
 ):
+    """On a SQLite file only: a manifest is refused before any ledger is opened, whatever
+    its kind (the corpus is 200 cases); a PostgreSQL database left untouched by a refused
+    manifest is the next test's, and the workbook's."""
     monkeypatch.chdir(CORPUS)  # FILE in each line is the path as given
     monkeypatch.setenv("OKAYPIC_API_KEY", "okpk_never_used")
     monkeypatch.setenv("OKAYPIC_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-    ledger = ledger_at
+    ledger = tmp_path / "ledger.db"
     result = CliRunner().invoke(cli, ["--ledger", str(ledger), command, name, *options_for(name)])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
