@@ -49,7 +49,7 @@ def test_a_bad_manifest_is_refused_with_its_lines_and_nothing_written(
 
 
 @pytest.mark.parametrize("name", ["python-tag.yaml", "alias-bomb.yaml", "grok-duration.yaml"])
-def test_the_real_command_refuses_a_hostile_manifest_in_one_line_each(name, ledger_at, tmp_path):
+def test_the_real_command_refuses_a_hostile_manifest_in_one_line_each(name, ledger_at):
     ledger = ledger_at
     result = batchgen(
         "run",
@@ -104,7 +104,7 @@ def test_a_corrupt_workbook_is_a_problem_placed_by_sheet_row_and_cell(command, l
     assert not ledger_written(ledger)
 
 
-def test_a_bad_lost_after_is_a_usage_error(ledger_at, tmp_path):
-    result = batchgen("resume", "--lost-after", "soon", ledger=ledger_at)
+def test_a_bad_lost_after_is_a_usage_error(tmp_path):
+    result = batchgen("resume", "--lost-after", "soon", ledger=tmp_path / "l.db")
     assert result.returncode == 2
     assert "--lost-after" in result.stderr and "30m" in result.stderr

@@ -405,7 +405,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "manifests").glob("*
 
 @pytest.mark.parametrize("manifest", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_429(
-    make_sandbox, ledger_at, tmp_path, manifest
+    make_sandbox, ledger_at, manifest
 ):
     sandbox = make_sandbox(time_scale=0.002)
     ledger = ledger_at
