@@ -422,6 +422,29 @@ def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_42
         assert truth.count(route, 429) == 0
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_commands_a_run_advises_repeat_the_ledger_typed_before_or_after_it(
+    make_sandbox, ledger_at, tmp_path, where
+):
+    """PRODUCT §7: `--ledger` is also accepted after the command; typed either way, the
+    commands the run advises repeat it (BATCHGEN_LEDGER names another ledger here: the
+    advice followed without it would open that one)."""
+    sandbox = make_sandbox(time_scale=SCALE)
+    manifest = grok_batch(tmp_path / "m.yaml", 2, budget="0.10")  # one runs, one waits
+    run = ["run", str(manifest), *FAST]
+    typed = ["--ledger", str(ledger_at)]
+    args = [*typed, *run] if where == "before" else [*run, *typed]
+    result = batchgen(
+        *args, ledger=tmp_path / "elsewhere.db", base_url=sandbox.base_url, key=sandbox.key
+    )
+    assert result.returncode == 3, result.stderr  # the budget
+    advised = re.findall(r"`(batchgen [^`]*)`", result.stderr)
+    assert advised, result.stderr
+    for command in advised:
+        assert shlex.split(command)[1:3] == typed, command
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
 def test_the_sandbox_demo_only_advises_commands_that_work(ledger_at, tmp_path):
     """`batchgen run manifests/quickstart.yaml --sandbox`, as the README suggests: every
     command its closing lines name works on the ledger it leaves (the in-process sandbox,
