@@ -75,6 +75,7 @@ def ledger_path(ctx: click.Context) -> str:
 def _ledger_after_command(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.ensure_object(dict)["ledger"] = value  # the group's dict: what ledger_path reads
+        ctx.obj["ledger_typed"] = True  # as when typed before the command: advice repeats it
 
 
 class Commands(click.Group):
@@ -466,6 +467,7 @@ def _ledger_option(ctx: click.Context) -> str | None:
     """The ledger path when `--ledger` was typed (the advised commands then repeat it)."""
     root = ctx.find_root()
     given = root.get_parameter_source("ledger") == click.core.ParameterSource.COMMANDLINE
+    given = given or bool(ctx.obj.get("ledger_typed"))  # typed after the command
     return ledger_path(ctx) if given and ledger_path(ctx) != DEFAULT_PATH else None
 
 
