@@ -17,8 +17,8 @@ from typing import Any
 from batchgen import demo
 from batchgen.durations import elapsed as duration_text
 from batchgen.ledger import Ledger
+from batchgen.ledger.migrations import JOB_STATUSES
 from batchgen.ledger.reads import UNLABELLED
-from batchgen.migrations import JOB_STATUSES
 from batchgen.money import usd
 from batchgen.text import shown
 
@@ -97,7 +97,7 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
     scope = campaigns or None
     counts: dict[str, int] = data["counts"]
     names = campaigns or ledger.campaign_names()
-    lines = [f"ledger {ledger.path}: {len(names)} campaign(s): {_listed(names)}"]
+    lines = [f"ledger {ledger.name}: {len(names)} campaign(s): {_listed(names)}"]
     total = sum(counts.values())
     lines.append(
         f"jobs: {total} total, "
