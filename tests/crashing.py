@@ -103,7 +103,7 @@ def audit(
 ) -> Audit:
     """Check every promise of PRODUCT.md §10 that holds after any crash and a finished resume:
 
-    - a SQLite file is intact (PRAGMA integrity_check);
+    - a SQLite file is intact (PRAGMA integrity_check; a PostgreSQL server keeps its own);
     - no job lost: exactly the ingested jobs, each completed (or, if not `all_completed`,
       at least in a legal state with a reason when it failed);
     - no recorded task submitted again: every task id in the ledger is distinct and is a
