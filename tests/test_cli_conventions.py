@@ -98,14 +98,14 @@ def test_every_command_that_prints_data_takes_json(command):
     assert result.exit_code == 0 and "--json" in result.output
 
 
-def test_report_json_is_the_same_as_format_json(audit):  # noqa: F811
+def test_report_json_is_the_same_as_format_json(audit_at):
     for extra in ([], ["--jobs"], ["--by", "model"]):
-        as_format = batchgen("report", "--format", "json", *extra, ledger=audit)
-        as_json = batchgen("report", "--json", *extra, ledger=audit)
+        as_format = batchgen("report", "--format", "json", *extra, ledger=audit_at)
+        as_json = batchgen("report", "--json", *extra, ledger=audit_at)
         assert as_json.returncode == as_format.returncode == 0, as_json.stderr
         assert as_json.stdout == as_format.stdout
         json.loads(as_json.stdout)
-    both = batchgen("report", "--json", "--format", "csv", ledger=audit)
+    both = batchgen("report", "--json", "--format", "csv", ledger=audit_at)
     assert both.returncode == 2 and "--json" in both.stderr
 
 
@@ -243,18 +243,18 @@ def test_the_shell_completes_campaign_names(ledger_at, tmp_path, words, where):
 
 @pytest.mark.parametrize("by", ["campaign", "model", "tag", "status"])
 @pytest.mark.parametrize("per_job", [False, True])
-def test_report_tables_fit_in_80_columns(audit, by, per_job):  # noqa: F811
-    text = report(audit, by=by, fmt="table", per_job=per_job, width=80)
+def test_report_tables_fit_in_80_columns(audit_at, by, per_job):
+    text = report(audit_at, by=by, fmt="table", per_job=per_job, width=80)
     assert max(len(line) for line in text.splitlines()) <= 80, text
     if not per_job:  # nothing that costs money is ever left out
         for header in ("spent", "in flight", "unknown", "refunded"):
             assert header in text
 
 
-def test_report_command_fits_the_terminal_width_it_is_given(audit):  # noqa: F811
+def test_report_command_fits_the_terminal_width_it_is_given(audit_at):
     for args in (["report", "--by", "model"], ["report", "--jobs"]):
         result = subprocess.run(
-            [sys.executable, "-m", "batchgen", "--ledger", str(audit), *args],
+            [sys.executable, "-m", "batchgen", "--ledger", str(audit_at), *args],
             env={**os.environ, "COLUMNS": "80"},
             capture_output=True,
             text=True,
@@ -262,7 +262,7 @@ def test_report_command_fits_the_terminal_width_it_is_given(audit):  # noqa: F81
         )
         assert result.returncode == 0, result.stderr
         assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
-    wide = render_text(audit, 200)
+    wide = render_text(audit_at, 200)
     assert "refunded" in wide and "video s" in wide
 
 
