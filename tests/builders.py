@@ -189,6 +189,17 @@ def sent_with(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c")
 
 @pytest.fixture
 def audit(tmp_path) -> Path:
+    """A SQLite file of `audit_ledger`'s."""
+    return Path(audit_ledger(tmp_path / "audit.db"))
+
+
+@pytest.fixture
+def audit_at(ledger_at) -> Path | str:
+    """`audit_ledger` on each kind of ledger (conftest's ledger_at)."""
+    return audit_ledger(ledger_at)
+
+
+def audit_ledger(path: Path | str) -> Path | str:
     """Every money state once, with tags:
 
     fast-10   seedance fast 10 s, completed        spent 0.80     tags a, b   10 video s
@@ -202,7 +213,6 @@ def audit(tmp_path) -> Path:
     bad-400   grok 5 s, rejected                    nothing
     wait      grok 10 s, queued                     nothing        tag a
     """
-    path = tmp_path / "audit.db"
     ref = [{"type": "video", "url": "https://example.com/ref.mp4"}]
     ledger = make_ledger(
         path,

@@ -166,6 +166,6 @@ def ledger_at(request, tmp_path, monkeypatch):
 
 
 # The sandbox fixtures (sandbox, make_sandbox, sandbox_env), and the ledger with every money
-# state (audit), for every test module.
-from tests.builders import audit  # noqa: E402, F401
+# state (audit; audit_at on each kind of ledger), for every test module.
+from tests.builders import audit, audit_at  # noqa: E402, F401
 from tests.sandbox_fixtures import make_sandbox, sandbox, sandbox_env  # noqa: E402, F401
