@@ -212,7 +212,8 @@ def test_begin_commit_and_rollback_are_never_waited_for(pg, postgres_url):
     assert patience.asked == 0
     pg.execute("BEGIN")  # on a new connection
     pg.execute("COMMIT")
-    pg.execute("ROLLBACK")  # none open: a warning from the server, no error
+    pg.execute("COMMIT")  # none open: a warning from the server, no error
+    pg.execute("ROLLBACK")
     assert patience.asked == 0
 
 
