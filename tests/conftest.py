@@ -81,6 +81,7 @@ TIERS = {
         "test_postgres_cluster",
         "test_postgres_outage",
         "test_postgres_reads",
+        "test_postgres_review",
         "test_provenance_e2e",
         "test_refusals_e2e",
         "test_replace",

@@ -647,3 +647,23 @@ def test_an_interrupted_download_exits_130_leaving_no_partial_file(
     assert "interrupted" in err and "batchgen download" in err
     assert "Traceback" not in err and "Aborted" not in err
     assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_a_ledger_that_cannot_be_read_fails_the_jobs_files_saying_so(ledger, tmp_path, server):
+    """`run --download` fetches each completed job's files in a task nobody awaits alone:
+    a ledger that cannot give the job's files (here its table renamed by hand; a
+    PostgreSQL server gone) is a failure said and counted, never swallowed (run ends 3)."""
+    said: list[str] = []
+    ledger.conn.execute("ALTER TABLE files RENAME TO files_elsewhere")
+
+    async def fetch() -> bool:
+        downloader = Downloader(ledger, tmp_path / "out", on_failure=said.append)
+        try:
+            return await downloader.fetch_job("c", "one")
+        finally:
+            await downloader.aclose()
+            assert downloader.tally.failed == 1
+
+    assert asyncio.run(fetch()) is False
+    assert len(said) == 1 and "c/one" in said[0] and "ledger" in said[0], said
+    assert server.requests == []
