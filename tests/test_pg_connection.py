@@ -5,6 +5,7 @@ PostgresDialect spelling giving, on the server, what SQLite's gives in sqlite3."
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 
@@ -368,14 +369,35 @@ def test_the_dialect_is_told_by_the_connection(pg):
 # ------------------------------------------------------------------ the same answers
 
 
-ITEMS = [  # n, v (a text), p (a JSON text or NULL), urls (a JSON array of strings), at
-    (3, 'say "hi"', '{"a":1}', '["u3","b\\u00e9"]', "2026-12-07T23:59:59.123456Z"),
-    (1, "plain", None, "[]", "2026-01-31T00:00:00Z"),
-    (4, "ünïcode ✓ \\ back", "[1,2]", '["x"]', "2025-02-28T12:00:00Z"),
-    (2, "tab\tnew\nline\x01", "null", '["B","a","é","a"]', "2026-12-07T00:00:00.5Z"),
-    (5, None, '"s"', '["z","y"]', "2024-02-29T23:00:00Z"),
+ITEMS = [  # n, v (a text), p (a JSON text or NULL), urls (a JSON array of strings), at, doc
+    (
+        3,
+        'say "hi"',
+        '{"a":1}',
+        '["u3","b\\u00e9"]',
+        "2026-12-07T23:59:59.123456Z",
+        '{"error":null,"c2pa":{"state":"invalid"},"marked":true}',
+    ),
+    (1, "plain", None, "[]", "2026-01-31T00:00:00Z", None),
+    (
+        4,
+        "ünïcode ✓ \\ back",
+        "[1,2]",
+        '["x"]',
+        "2025-02-28T12:00:00Z",
+        '{"error":"unreadable","marked":false}',
+    ),
+    (
+        2,
+        "tab\tnew\nline\x01",
+        "null",
+        '["B","a","é","a"]',
+        "2026-12-07T00:00:00.5Z",
+        '{"c2pa":{"state":"valid"},"marked":true}',
+    ),
+    (5, None, '"s"', '["z","y"]', "2024-02-29T23:00:00Z", "{}"),
 ]
-SCHEMA = "CREATE TABLE items (n INTEGER, v TEXT, p TEXT, urls TEXT, at TEXT)"
+SCHEMA = "CREATE TABLE items (n INTEGER, v TEXT, p TEXT, urls TEXT, at TEXT, doc TEXT)"
 
 
 @pytest.fixture
@@ -391,12 +413,12 @@ def both(pg, lite):
     runs query(dialect) on each and gives both answers."""
     for conn in (lite, pg):
         conn.execute(SCHEMA)
-        conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", ITEMS)
+        conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", ITEMS)
 
-    def ask(query):
+    def ask(query, params=()):
         return (
-            lite.execute(query(SQLITE_DIALECT)).fetchall(),
-            pg.execute(query(POSTGRES_DIALECT)).fetchall(),
+            lite.execute(query(SQLITE_DIALECT), params).fetchall(),
+            pg.execute(query(POSTGRES_DIALECT), params).fetchall(),
         )
 
     return ask
@@ -406,6 +428,7 @@ def both(pg, lite):
 NULL_AS_JSON, PLAIN = "COALESCE(i.p, 'null')", "v = 'plain'"
 COMMA_SPACE, COMMA, DASH = "', '", "','", "'-'"
 A, ESCAPE, BRACKET = "'a'", "'\\u'", "'['"
+ERROR, STATE, MARKED = "$.error", "$.c2pa.state", "$.marked"
 ORDERED = "(SELECT * FROM items ORDER BY n) AS i"  # SQLite aggregates in this order
 
 SPELLINGS = {
@@ -459,6 +482,20 @@ SPELLINGS = {
         f"SELECT n, {d.instr('urls', A)}, {d.instr('urls', ESCAPE)}, {d.instr('urls', BRACKET)}"
         " FROM items ORDER BY n"
     ),
+    "json_value": lambda d: (
+        f"SELECT n, {d.json_value('doc', ERROR)}, {d.json_value('doc', ERROR)} IS NULL,"
+        f" {d.json_value('doc', STATE)}, {d.json_value('doc', STATE)} = 'invalid'"
+        " FROM items ORDER BY n"
+    ),
+    "json_true": lambda d: (
+        f"SELECT n, CASE WHEN {d.json_true('doc', MARKED)} THEN 'yes' ELSE 'no' END,"
+        f" CASE WHEN NOT {d.json_true('doc', MARKED)} THEN 'not' ELSE 'null' END"
+        " FROM items ORDER BY n"
+    ),
+    "json_valid": lambda d: (
+        f"SELECT n, CASE WHEN {d.json_valid('doc')} THEN 'yes' ELSE 'no' END,"
+        f" CASE WHEN NOT {d.json_valid('doc')} THEN 'not' ELSE 'else' END FROM items ORDER BY n"
+    ),
     "json as JSON in text": lambda d: (
         f"SELECT n, {d.json_array_agg(d.json('p'))} FROM items WHERE p IS NOT NULL GROUP BY n"
         " ORDER BY n"
@@ -471,6 +508,52 @@ def test_each_postgresql_spelling_gives_what_sqlites_gives(both, query):
     on_sqlite, on_postgresql = both(query)
     assert on_postgresql == on_sqlite
     assert on_sqlite  # a comparison of something
+
+
+@pytest.mark.parametrize("part", ["PLA", "pla", "Say", "ÜN", "ün", "✓ \\ B", "x", ""])
+def test_contains_text_folds_ascii_letters_only_on_both(both, part):
+    """The review page's search: `?` is what the reviewer typed."""
+    on_sqlite, on_postgresql = both(
+        lambda d: f"SELECT n FROM items WHERE {d.contains_text('v', '?')} ORDER BY n", (part,)
+    )
+    assert on_postgresql == on_sqlite
+
+
+def test_a_json_object_with_a_json_array_value_parses_the_same_on_both(both):
+    def query(d):
+        detail = d.json_object(
+            f"'n', i.n, 'v', i.v, 'p', {d.json(NULL_AS_JSON)},"
+            f" 'urls', (SELECT {d.json_array_value('u.value', 'u.key')}"
+            f" FROM {d.json_items('i.urls', 'u')})"
+        )
+        return f"SELECT {detail} FROM {ORDERED} ORDER BY i.n"
+
+    on_sqlite, on_postgresql = both(query)
+    # sqlite3 gives the JSON's text, psycopg the value its json type loads as
+    assert [row for (row,) in on_postgresql] == [json.loads(row) for (row,) in on_sqlite]
+    assert on_postgresql[3][0] == {"n": 4, "v": "ünïcode ✓ \\ back", "p": [1, 2], "urls": ["x"]}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_data_version_changes_when_another_connection_commits_and_only_then(
+    kind, tmp_path, postgres_url
+):
+    if kind == "sqlite":
+        reader = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+        writer = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    else:
+        reader, writer = PgConnection(postgres_url), PgConnection(postgres_url)
+    dialect = dialect_of(reader)
+    with closing(reader), closing(writer):
+        writer.execute("CREATE TABLE t (n INTEGER)")
+        before = dialect.data_version(reader)
+        assert dialect.data_version(reader) == before
+        writer.execute("INSERT INTO t VALUES (1)")
+        after = dialect.data_version(reader)
+        assert after != before
+        assert dialect.data_version(reader) == after
+        reader.execute("INSERT INTO t VALUES (2)")  # a change of its own
+        assert dialect.data_version(reader) != after
 
 
 def test_the_same_tables_and_columns_are_found_on_both(both, pg, lite):
@@ -490,7 +573,6 @@ def test_every_spelling_of_the_dialect_is_compared():
         for name, member in vars(Dialect).items()
         if callable(member) and not name.startswith("_")
     }
-    compared = {"begin_write", "tables", "columns"} | {
-        name for name in spelled if any(name in key for key in SPELLINGS)
-    }
+    compared = {"begin_write", "tables", "columns", "contains_text", "json_object"}
+    compared |= {"json_array_value", "data_version"} | {key.split()[0] for key in SPELLINGS}
     assert spelled <= compared
