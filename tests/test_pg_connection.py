@@ -54,9 +54,11 @@ def backend_pid(conn) -> int:
 
 
 def cut(postgres_url, pid: int) -> None:
-    """Cut a connection from the server's side, as a restart or a network cut would."""
+    """Cut a connection from the server's side, as a restart or a network cut would (and
+    wait, up to 10 s, until its server process is gone)."""
     with closing(PgConnection(postgres_url)) as other:
-        assert other.execute("SELECT pg_terminate_backend(?)", (pid,)).fetchone() == (True,)
+        ended = other.execute("SELECT pg_terminate_backend(?, 10000)", (pid,)).fetchone()
+        assert ended == (True,)
 
 
 # ------------------------------------------------------------------ placeholders
