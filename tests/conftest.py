@@ -122,6 +122,9 @@ if os.environ.get("CI"):
 def env_setup(monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHGEN_LEDGER", str(tmp_path / "ledger.db"))
     monkeypatch.setenv("BATCHGEN_OUT", str(tmp_path / "out"))  # files saved by run/resume
+    # A PostgreSQL ledger's recovery file and sandbox state (ledger.db.companion): the
+    # test's, never the user's ~/.local/state, nor another test's database of the same name.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("OKAYPIC_API_KEY", raising=False)
     monkeypatch.delenv("OKAYPIC_API_KEYS", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)
