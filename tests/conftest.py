@@ -77,6 +77,7 @@ TIERS = {
         "test_log_e2e",
         "test_notify_e2e",
         "test_pacing_e2e",
+        "test_pg_connection",
         "test_postgres_cluster",
         "test_postgres_outage",
         "test_postgres_reads",
