@@ -152,6 +152,17 @@ def test_a_cut_connection_fails_one_statement_then_the_next_one_reconnects(pg, p
     assert backend_pid(pg) != first
 
 
+def test_a_write_begun_on_a_cut_connection_begins_at_once_on_a_new_one(pg, postgres_url):
+    """Nothing is done before a write holds its lock: a connection the server dropped
+    while idle (a run's writes wait seconds apart) costs the write nothing."""
+    first = backend_pid(pg)
+    cut(postgres_url, first)
+    xid = POSTGRES_DIALECT.begin_write(pg)
+    assert type(xid) is int and pg.in_transaction
+    assert backend_pid(pg) != first
+    pg.execute("ROLLBACK")
+
+
 def test_a_reconnected_read_only_connection_is_still_read_only(postgres_url):
     with closing(PgConnection(postgres_url, read_only=True)) as reader:
         cut(postgres_url, backend_pid(reader))
@@ -315,11 +326,17 @@ def test_a_write_waits_for_anothers_write_lock_then_fails_as_waitable(postgres_u
         second.execute("COMMIT")
 
 
-def test_set_lock_wait_is_the_servers_lock_timeout_in_milliseconds(pg):
+def test_set_lock_wait_is_the_servers_lock_timeout_in_milliseconds_in_each_write(pg):
+    default = pg.execute("SHOW lock_timeout").fetchone()
     pg.set_lock_wait(2.5)
+    POSTGRES_DIALECT.begin_write(pg)
     assert pg.execute("SHOW lock_timeout").fetchone() == ("2500ms",)
+    pg.execute("COMMIT")
+    assert pg.execute("SHOW lock_timeout").fetchone() == default  # the write's alone
     pg.set_lock_wait(0)  # never 0, which is PostgreSQL's "wait for ever"
+    POSTGRES_DIALECT.begin_write(pg)
     assert pg.execute("SHOW lock_timeout").fetchone() == ("1ms",)
+    pg.execute("ROLLBACK")
 
 
 def test_a_sqlite_write_begins_immediately_and_has_no_transaction_id(tmp_path):

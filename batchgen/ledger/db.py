@@ -359,9 +359,9 @@ class PgConnection:
         return self.patience(lambda: self._once_more_if_cut(sql, params))
 
     def _once_more_if_cut(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
-        """A statement outside a transaction, sent again at once on a new connection if the
-        server had dropped this one (which shows only when it is used): a read, as every
-        write is a transaction of its own."""
+        """A statement that starts from nothing (a read outside a transaction, as every
+        write is a transaction of its own; a write's BEGIN), sent again at once on a new
+        connection if the server had dropped this one (which shows only when it is used)."""
         try:
             return self._execute(sql, params)
         except load_psycopg().OperationalError:
@@ -420,12 +420,14 @@ class PgConnection:
     def begin_write(self) -> int:
         """Begin a write transaction, its lock wait, and the write lock, in one round trip
         to the server (a write's other statements are its own); the transaction's id."""
-        cursor = self._execute(
-            f"BEGIN; SET LOCAL lock_timeout = {self.lock_wait_ms};"
-            f" SELECT pg_advisory_xact_lock({WRITE_LOCK}), txid_current()",
-            (),
-        )
         try:
+            # Nothing is done before the lock: on a connection the server had dropped (it
+            # shows only when used), sent again at once on a new one.
+            cursor = self._once_more_if_cut(
+                f"BEGIN; SET LOCAL lock_timeout = {self.lock_wait_ms};"
+                f" SELECT pg_advisory_xact_lock({WRITE_LOCK}), txid_current()",
+                (),
+            )
             while cursor.nextset():  # BEGIN and SET answer nothing; the SELECT comes last
                 pass
             (_, xid) = cursor.fetchone()
