@@ -23,7 +23,6 @@ from batchgen.errors import LedgerError, NoLedger
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.ledger.db import (
-    POSTGRESQL,
     Connection,
     PgConnection,
     database_errors,
@@ -195,7 +194,8 @@ class LedgerBase:
 
     @property
     def on_postgres(self) -> bool:
-        return bool(self.dialect.name == POSTGRESQL)
+        """A PostgreSQL ledger (known from its location, before it is even reached)."""
+        return is_url(self.location)
 
     def _open(self) -> None:
         """Check that the file is a ledger of ours before anything writes to it (a foreign
@@ -225,7 +225,7 @@ class LedgerBase:
                 told = time.monotonic()
                 what = (
                     "cannot reach the ledger's server or it holds a lock"
-                    if self.on_postgres_location
+                    if self.on_postgres
                     else "another program holds a lock on the ledger"
                 )
                 self.notify(
@@ -240,13 +240,9 @@ class LedgerBase:
         else:
             self.conn.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
 
-    @property
-    def on_postgres_location(self) -> bool:
-        return is_url(self.location)
-
     def close(self) -> None:
         """Close the connection; a writing one first checkpoints (see `_checkpoint`)."""
-        if self._writes and not self.on_postgres_location:
+        if self._writes and not self.on_postgres:
             self._checkpoint()
         self.conn.close()
 
