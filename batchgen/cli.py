@@ -334,12 +334,12 @@ def ingest(ctx: click.Context, manifest: str, max_jobs: int, replace: bool, as_j
         ledger.close()
     if as_json:
         counts = {"new": added.new, "unchanged": added.unchanged, "replaced": added.replaced}
-        answer = {"campaign": result.campaign.name, **counts, "ledger": str(ledger.path)}
+        answer = {"campaign": result.campaign.name, **counts, "ledger": ledger.name}
         click.echo(json.dumps(answer, ensure_ascii=False))
         return
     click.echo(
         f"campaign {result.campaign.name}: {added.new} new job(s), {added.unchanged} "
-        f"already in the ledger, {added.replaced} replaced ({ledger.path})"
+        f"already in the ledger, {added.replaced} replaced ({ledger.name})"
     )
 
 

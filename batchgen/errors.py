@@ -5,6 +5,8 @@ BatchgenError                 any error batchgen reports to the user (exit 1 unl
 ├── WouldOverwrite            `init` found files of its own names in DIR (starter.py; exit 1)
 ├── LedgerError               the ledger file cannot be used
 │   ├── JobConflict           a job changed under the same id (exit 1)
+│   ├── NoLedger              none where one was looked for: no file, an empty file or
+│   │                         database (`plan` then counts every job as new)
 │   ├── LedgerWriteFailed     one write failed (locked, disk full, I/O): the run retries it
 │   └── VerdictRefused        a review verdict that cannot be recorded (ledger/review.py)
 ├── DownloadError             one result file could not be saved; its message goes to the
@@ -54,6 +56,10 @@ class LedgerError(BatchgenError):
 
 
 class JobConflict(LedgerError):
+    pass
+
+
+class NoLedger(LedgerError):
     pass
 
 

@@ -19,10 +19,11 @@ from typing import Any, NamedTuple, Protocol
 
 from batchgen import catalog
 from batchgen.durations import elapsed as duration_text
-from batchgen.errors import AuthError
+from batchgen.errors import AuthError, NoLedger
 from batchgen.job import Campaign, Job, fingerprint
 from batchgen.keys import KEY_VARIABLE, KEYS_VARIABLE, api_keys, given
 from batchgen.ledger import Ledger
+from batchgen.ledger.db import is_url, redacted
 from batchgen.money import usd
 
 SLOTS = 3  # the service's limit per API key (catalog: max_active_tasks_per_key)
@@ -165,15 +166,19 @@ def make_plan(
         campaign.name,
         campaign.budget_micros,
         sorted(models.values(), key=lambda m: m.model),
-        ledger_path,
-        Path(ledger_path).is_file(),
+        redacted(ledger_path),  # as shown: a URL's password never is
+        # A PostgreSQL ledger's database is there to be read (an error says if it is not).
+        is_url(ledger_path) or Path(ledger_path).is_file(),
         keys=keys or KeysGiven(),
         within_seconds=within,
     )
     existing: dict[str, tuple[str, str]] = {}
     seen: dict[tuple[str, int | None], float] = {}
-    if plan.ledger_found:
-        ledger = Ledger.read_only(ledger_path)
+    try:
+        ledger = Ledger.read_only(ledger_path) if plan.ledger_found else None
+    except NoLedger:  # an empty database (or file): as with no file, every job is new
+        plan.ledger_found, ledger = False, None
+    if ledger is not None:
         try:
             existing = ledger.existing_fingerprints(campaign.name)
             seen = ledger.generation_seconds()

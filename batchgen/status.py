@@ -97,7 +97,7 @@ def format_status(ledger: Ledger, data: dict[str, Any], campaigns: list[str]) ->
     scope = campaigns or None
     counts: dict[str, int] = data["counts"]
     names = campaigns or ledger.campaign_names()
-    lines = [f"ledger {ledger.path}: {len(names)} campaign(s): {_listed(names)}"]
+    lines = [f"ledger {ledger.name}: {len(names)} campaign(s): {_listed(names)}"]
     total = sum(counts.values())
     lines.append(
         f"jobs: {total} total, "

@@ -262,7 +262,7 @@ def every_kind_of_job(path: Path) -> Ledger:
     complete(ledger, f"odd {ODD}", urls=[f"{CDN}/caf\u00e9 {ODD}.mp4"])
     complete(ledger, "two-files", urls=[f"{CDN}/a.mp4", f"{CDN}/b.mp4"])
     marks = {"c2pa": None, "xmp": {"description": ODD}, "labels": [], "marked": False}
-    columns = {row[1] for row in ledger.conn.execute("PRAGMA table_info(files)")}
+    columns = ledger.dialect.columns(ledger.conn, "files")
     if "provenance" not in columns:  # a ledger from before m012
         marks = None
     ledger.file_saved("c", "two-files", 1, f"{CDN}/b.mp4", f"out/c/two {ODD}.mp4", 3, "ab", marks)
@@ -289,7 +289,7 @@ def every_kind_of_job(path: Path) -> Ledger:
 def label_keys(ledger: Ledger) -> None:
     """Sent with two keys, and some attempts before labels were kept (NULL), as the
     scheduler records the label of each attempt (m007; nothing on an older ledger)."""
-    columns = {row[1] for row in ledger.conn.execute("PRAGMA table_info(attempts)")}
+    columns = ledger.dialect.columns(ledger.conn, "attempts")
     if "key_label" in columns:
         with ledger.transaction() as db:
             db.execute(

@@ -78,6 +78,7 @@ TIERS = {
         "test_pacing_e2e",
         "test_postgres_cluster",
         "test_postgres_outage",
+        "test_postgres_reads",
         "test_provenance_e2e",
         "test_refusals_e2e",
         "test_replace",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from batchgen.errors import LedgerError
+from batchgen.errors import LedgerError, NoLedger
 from batchgen.job import canonical_json
 from batchgen.keys import Redactor
 from batchgen.ledger.db import (
@@ -130,7 +130,7 @@ class LedgerBase:
             self._connect_postgres(read_only, create)
             return
         if read_only and not self.path.is_file():
-            raise LedgerError(f"{self.path}: no ledger here")
+            raise NoLedger(f"{self.path}: no ledger here")
         if not create and not self.path.exists():
             raise LedgerError(f"{self.path}: no ledger here (run `batchgen ingest` or `run` first)")
         try:
@@ -439,7 +439,7 @@ def check_ours(db: Any, path: str | Path, empty_ok: bool) -> None:
     if not tables:
         if empty_ok:
             return
-        raise LedgerError(
+        raise NoLedger(
             f"{path}: no ledger here, the {'database' if is_url(path) else 'file'} is empty"
             " (run `batchgen ingest` first)"
         )

@@ -18,6 +18,7 @@ from batchgen.ledger.base import (
     _dicts,
     now,
 )
+from batchgen.ledger.db import SQLITE_DIALECT, Dialect, PgConnection
 
 # The current verdict of each job's current result, as SQL joined to `jobs j` (the view
 # `current_verdicts` is made by migration m004_verdicts).
@@ -53,13 +54,14 @@ class KeyUse:
     refusals: int = 0  # attempts refused for content reasons (PRODUCT §2)
 
 
-def usd_sql(micros: str) -> str:
+def usd_sql(micros: str, dialect: Dialect = SQLITE_DIALECT) -> str:
     """SQL spelling the integer micro-dollars `micros` as money.usd does ('0.40',
     '0.001234', '-1.50'); whole cents, the usual amount, the short way."""
-    digits = f"rtrim(printf('%06d', abs({micros}) % 1000000), '0')"
+    digits = f"rtrim({dialect.zero_padded(f'abs({micros}) % 1000000', 6)}, '0')"
+    cents = dialect.zero_padded(f"{micros} / 10000 % 100", 2)
     return (
         f"(CASE WHEN {micros} >= 0 AND {micros} % 10000 = 0"
-        f" THEN printf('%d.%02d', {micros} / 1000000, {micros} / 10000 % 100)"
+        f" THEN ({micros} / 1000000) || '.' || {cents}"
         f" ELSE CASE WHEN {micros} < 0 THEN '-' ELSE '' END || (abs({micros}) / 1000000) || '.'"
         f" || CASE WHEN length({digits}) < 2 THEN substr({digits} || '00', 1, 2)"
         f" ELSE {digits} END END)"
@@ -135,14 +137,12 @@ class ReadsMixin(LedgerBase):
     def _key_labels_kept(self) -> bool:
         """Whether attempts record their key's label (m007; a reading command may find a
         ledger not yet migrated, whose attempts were all sent with one unlabelled key)."""
-        return any(
-            row[1] == "key_label" for row in self.conn.execute("PRAGMA table_info(attempts)")
-        )
+        return "key_label" in self.dialect.columns(self.conn, "attempts")
 
     @functools.cached_property
     def _provenance(self) -> str:
         """The files' provenance column (m012), or NULL on a ledger read before it."""
-        kept = any(row[1] == "provenance" for row in self.conn.execute("PRAGMA table_info(files)"))
+        kept = "provenance" in self.dialect.columns(self.conn, "files")
         return "f.provenance" if kept else "NULL"
 
     @functools.cached_property
@@ -151,15 +151,15 @@ class ReadsMixin(LedgerBase):
         `refusals` since m009), or on a ledger not yet migrated, the attempts themselves in
         the same shape (label '' for an attempt recorded before labels)."""
         if "key_totals" in self.dialect.tables(self.conn):
-            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(key_totals)")}
-            if "refusals" in columns:
+            if "refusals" in self.dialect.columns(self.conn, "key_totals"):
                 return "key_totals"
             # Before m009 no batchgen recorded a refusal.
             return "(SELECT *, 0 AS refusals FROM key_totals)"
         label = "COALESCE(key_label, '')" if self._key_labels_kept else "''"
+        refused = self.dialect.flag("COALESCE(outcome, '') = 'refused'")
         return (
             f"(SELECT campaign, {label} AS key_label, state, 1 AS attempts, cost_micro_usd,"
-            " unit_price_micro_usd, refunded_micro_usd, (outcome IS 'refused') AS refusals"
+            f" unit_price_micro_usd, refunded_micro_usd, {refused} AS refusals"
             " FROM attempts)"
         )
 
@@ -204,31 +204,43 @@ class ReadsMixin(LedgerBase):
         `_job_key`; null for none, or one recorded before labels); cost_usd is the job's
         `cost_micro_usd` as money text (money.usd)."""
         where, params = _campaign_filter(campaigns, "j.campaign")
-        rows = self.conn.execute(
-            "SELECT '{\"campaign\": ' || json_quote(j.campaign) || ', \"id\": ' || json_quote(j.id)"
-            " || ', \"status\": ' || json_quote(j.status) || ', \"model\": ' || json_quote(j.model)"
-            " || ', \"attempts\": ' || j.attempts || ', \"task_id\": ' || json_quote(j.task_id)"
-            f" || ', \"key\": ' || json_quote({self._job_key()})"
-            f" || ', \"cost_usd\": \"' || {usd_sql('j.cost_micro_usd')} || '\"'"
+        d = self.dialect
+        text = d.json_text
+        escaped = d.instr("j.result_urls", "'\\u'")  # SQL: where a \u escape is, or 0
+        urls = d.text_agg(text("u.value"), "', '", order="u.key")
+        paths = d.text_agg(text("f.path"), "', '", order="f.n")
+        marks = d.text_agg("COALESCE(f.p, 'null')", "', '", order="f.n")
+        rows = self._stream(
+            f"SELECT '{{\"campaign\": ' || {text('j.campaign')} || ', \"id\": ' || {text('j.id')}"
+            f" || ', \"status\": ' || {text('j.status')} || ', \"model\": ' || {text('j.model')}"
+            f" || ', \"attempts\": ' || j.attempts || ', \"task_id\": ' || {text('j.task_id')}"
+            f" || ', \"key\": ' || {text(self._job_key())}"
+            f" || ', \"cost_usd\": \"' || {usd_sql('j.cost_micro_usd', d)} || '\"'"
             # As stored (json.dumps'd), unless it holds \u escapes: json.dumps would have
             # written those characters as they are (ensure_ascii=False).
             " || ', \"result_urls\": ' || CASE WHEN j.result_urls IS NULL THEN '[]'"
-            "   WHEN instr(j.result_urls, '\\u') = 0 THEN j.result_urls"
-            "   ELSE '[' || COALESCE((SELECT group_concat(json_quote(u.value), ', ')"
-            "    FROM json_each(j.result_urls) u), '') || ']' END"
+            f"   WHEN {escaped} = 0 THEN j.result_urls"
+            f"   ELSE '[' || COALESCE((SELECT {urls}"
+            f"    FROM {d.json_items('j.result_urls', 'u')}), '') || ']' END"
             # The saved files' paths, then each one's marks as recorded (json.dumps'd; null
             # where not read), in one look at the job's files.
-            " || ', \"files\": [' || COALESCE((SELECT group_concat(json_quote(f.path), ', ')"
-            "   || '], \"provenance\": [' || group_concat(COALESCE(f.p, 'null'), ', ')"
-            f"   FROM (SELECT path, {self._provenance} AS p FROM files f"
+            f" || ', \"files\": [' || COALESCE((SELECT {paths} || '], \"provenance\": ['"
+            f"   || {marks} FROM (SELECT path, n, {self._provenance} AS p FROM files f"
             "    WHERE f.job_ref = j.ref AND f.error IS NULL AND f.downloaded_at IS NOT NULL"
             "    ORDER BY f.n) f), '], \"provenance\": [') || ']'"
-            f" || ', \"verdict\": ' || json_quote({CURRENT_VERDICT})"
-            " || ', \"error\": ' || json_quote(j.last_error) || '}'"
+            f" || ', \"verdict\": ' || {text(CURRENT_VERDICT)}"
+            f" || ', \"error\": ' || {text('j.last_error')} || '}}'"
             f" FROM jobs j WHERE 1=1 {where} ORDER BY j.campaign, j.position",
             params,
         )
-        return (text for (text,) in rows)
+        return (entry for (entry,) in rows)
+
+    def _stream(self, sql: str, params: list[Any]) -> Any:
+        """A query's rows as they are read, never all held at once: sqlite3's cursor, or
+        on PostgreSQL a stream (PgConnection.stream), during which nothing else is read."""
+        if isinstance(self.conn, PgConnection):
+            return self.conn.stream(sql, params)
+        return self.conn.execute(sql, params)
 
     def queued_reasons(self, campaigns: list[str] | None = None) -> dict[str | None, int]:
         """reason -> number of queued jobs waiting for it (None: nothing in the way)."""
@@ -277,8 +289,8 @@ class ReadsMixin(LedgerBase):
             key = "COALESCE(k.tag, '(none)')"
             # DISTINCT: a tag listed twice on one job counts once.
             tagged = (
-                ", k AS (SELECT DISTINCT j.campaign, j.id AS job_id, t.value AS tag"
-                f" FROM jobs j, json_each(j.tags) t WHERE 1=1 {where})"
+                ", k AS (SELECT DISTINCT j.campaign, j.id AS job_id, value AS tag"
+                f" FROM jobs j, {self.dialect.json_values('j.tags')} WHERE 1=1 {where})"
             )
             tag_params = params
             tag_join = " LEFT JOIN k ON k.campaign = j.campaign AND k.job_id = j.id"
@@ -299,23 +311,34 @@ class ReadsMixin(LedgerBase):
             key = f"j.{by}"
         else:
             raise ValueError(f"cannot group by {by!r}")
+        completed, failed, queued, images = self._status_flags("j.")
         return self.query(
             "WITH m AS (SELECT a.campaign, a.job_id,"
             f" SUM({spent}) AS spent, SUM({in_flight}) AS in_flight,"
             f" SUM({unknown}) AS unknown, SUM({refunded}) AS refunded"
             f" FROM attempts a WHERE 1=1 {attempt_where} GROUP BY a.campaign, a.job_id){tagged}"
             f" SELECT {key} AS key, COUNT(*) AS jobs,"
-            " COALESCE(SUM(j.status = 'completed'), 0) AS completed,"
-            " COALESCE(SUM(j.status = 'failed'), 0) AS failed,"
-            " COALESCE(SUM(j.status = 'queued'), 0) AS queued,"
+            f" COALESCE(SUM({completed}), 0) AS completed,"
+            f" COALESCE(SUM({failed}), 0) AS failed, COALESCE(SUM({queued}), 0) AS queued,"
             " COALESCE(SUM(m.spent), 0) AS spent, COALESCE(SUM(m.in_flight), 0) AS in_flight,"
             " COALESCE(SUM(m.unknown), 0) AS unknown, COALESCE(SUM(m.refunded), 0) AS refunded,"
             " COALESCE(SUM(CASE WHEN j.status = 'completed' AND j.kind = 'video'"
             "   THEN COALESCE(j.duration, 0) ELSE 0 END), 0) AS video_seconds,"
-            " COALESCE(SUM(j.status = 'completed' AND j.kind = 'image'), 0) AS images"
+            f" COALESCE(SUM({images}), 0) AS images"
             " FROM jobs j LEFT JOIN m ON m.campaign = j.campaign AND m.job_id = j.id"
             f"{tag_join} WHERE 1=1 {where} {group}",
             [*attempt_params, *tag_params, *params],
+        )
+
+    def _status_flags(self, jobs: str) -> tuple[str, str, str, str]:
+        """SQL: 1 or 0 for a job (its columns prefixed `jobs`) completed, failed, queued,
+        and an image completed: the report's job columns, summed."""
+        flag = self.dialect.flag
+        return (
+            flag(f"{jobs}status = 'completed'"),
+            flag(f"{jobs}status = 'failed'"),
+            flag(f"{jobs}status = 'queued'"),
+            flag(f"{jobs}status = 'completed' AND {jobs}kind = 'image'"),
         )
 
     def _report_by_key(self, campaigns: list[str] | None) -> list[dict[str, Any]]:
@@ -335,15 +358,17 @@ class ReadsMixin(LedgerBase):
                 ("spent", "in_flight", "unknown", "refunded"), self._ATTEMPT_MONEY, strict=True
             )
         )
+        completed, failed, queued, images = self._status_flags("")
         return self.query(
             "WITH jk AS (SELECT j.status, j.kind, j.duration,"
             f"  COALESCE({job_key}, '{NO_KEY}') AS key"
             f"  FROM jobs j WHERE 1=1 {where}),"
-            " c AS (SELECT key, COUNT(*) AS jobs, SUM(status = 'completed') AS completed,"
-            "  SUM(status = 'failed') AS failed, SUM(status = 'queued') AS queued,"
+            f" c AS (SELECT key, COUNT(*) AS jobs, SUM({completed}) AS completed,"
+            f"  SUM({failed}) AS failed, SUM({queued}) AS queued,"
             "  SUM(CASE WHEN status = 'completed' AND kind = 'video'"
             "   THEN COALESCE(duration, 0) ELSE 0 END) AS video_seconds,"
-            "  SUM(status = 'completed' AND kind = 'image') AS images FROM jk GROUP BY key),"
+            f"  SUM({images}) AS images"
+            "  FROM jk GROUP BY key),"
             f" m AS (SELECT COALESCE(NULLIF(a.key_label, ''), '{UNLABELLED}') AS key, {sums},"
             "  COALESCE(SUM(a.refusals), 0) AS refusals"
             f"  FROM {self._key_totals_table} a WHERE 1=1 {attempt_where} GROUP BY a.key_label)"
@@ -373,8 +398,11 @@ class ReadsMixin(LedgerBase):
         where, params = _campaign_filter(campaigns, "j.campaign")
         spent, in_flight, unknown, refunded = self._ATTEMPT_MONEY
         key_label = "a.key_label" if self._key_labels_kept else "NULL"
+        d = self.dialect
+        paths = d.json_array_agg(d.json_text("f.path"), order="f.n")
+        marks = d.json_array_agg(d.json("COALESCE(f.p, 'null')"), order="f.n")
         return _dicts(
-            self.conn.execute(
+            self._stream(
                 "SELECT j.campaign, j.id, j.model, j.status, j.prompt, j.tags, j.duration,"
                 " j.variant, j.price_micro_usd, j.task_id AS job_task_id, j.last_error,"
                 " a.id AS attempt_id, a.started_at, a.http_status, a.outcome, a.state,"
@@ -389,14 +417,14 @@ class ReadsMixin(LedgerBase):
                 " (SELECT av.note FROM current_verdicts av WHERE av.attempt_id = a.id"
                 "   ORDER BY av.at DESC LIMIT 1) AS attempt_note,"
                 " CASE WHEN j.status = 'completed' AND a.state = 'completed'"
-                "  AND a.task_id = j.task_id THEN (SELECT json_group_array(path) FROM"
-                "   (SELECT path FROM files f WHERE f.campaign = j.campaign AND f.job_id = j.id"
-                "    AND f.path IS NOT NULL AND f.error IS NULL ORDER BY f.n)) END AS files,"
+                f"  AND a.task_id = j.task_id THEN (SELECT {paths} FROM"
+                "   (SELECT path, n FROM files f WHERE f.campaign = j.campaign AND f.job_id = j.id"
+                "    AND f.path IS NOT NULL AND f.error IS NULL ORDER BY f.n) f) END AS files,"
                 " CASE WHEN j.status = 'completed' AND a.state = 'completed'"
-                "  AND a.task_id = j.task_id THEN (SELECT json_group_array(json(COALESCE(p,"
-                f"   'null'))) FROM (SELECT {self._provenance} AS p FROM files f"
+                f"  AND a.task_id = j.task_id THEN (SELECT {marks}"
+                f"   FROM (SELECT n, {self._provenance} AS p FROM files f"
                 "    WHERE f.campaign = j.campaign AND f.job_id = j.id AND f.path IS NOT NULL"
-                "    AND f.error IS NULL ORDER BY f.n)) END AS provenance"
+                "    AND f.error IS NULL ORDER BY f.n) f) END AS provenance"
                 " FROM jobs j LEFT JOIN attempts a ON a.campaign = j.campaign AND a.job_id = j.id"
                 f"{JOB_VERDICT_JOIN} WHERE 1=1 {where} ORDER BY j.campaign, j.position, a.id",
                 params,
@@ -414,13 +442,14 @@ class ReadsMixin(LedgerBase):
         where, params = _campaign_filter(campaigns, "j.campaign")
         if job is not None:
             where, params = "AND j.campaign = ? AND j.id = ?", list(job)
+        d = self.dialect
         return self.query(
             "SELECT j.campaign, j.id AS job_id, u.key AS n,"
-            " json_array_length(j.result_urls) AS count, u.value AS url, f.url AS saved_url,"
+            f" {d.json_array_length('j.result_urls')} AS count, u.value AS url, f.url AS saved_url,"
             f" f.path, f.size, f.sha256, f.downloaded_at, {self._provenance} AS provenance,"
             " (SELECT COUNT(*) FROM attempts a WHERE a.campaign = j.campaign"
             "   AND a.job_id = j.id AND a.state = 'completed') AS result"
-            " FROM jobs j JOIN json_each(j.result_urls) u"
+            f" FROM jobs j CROSS JOIN {d.json_items('j.result_urls', 'u')}"
             " LEFT JOIN files f ON f.campaign = j.campaign AND f.job_id = j.id AND f.n = u.key"
             f" WHERE j.status = 'completed' AND j.result_urls IS NOT NULL {where}"
             " ORDER BY j.campaign, j.position, u.key",
@@ -459,14 +488,14 @@ class ReadsMixin(LedgerBase):
     def _verdicts_name_reviewers(self) -> bool:
         """Whether the ledger records who gave each verdict (a `reviewer` column, m011; a
         reading command may find a ledger not yet migrated, whose verdicts name nobody)."""
-        return any(row[1] == "reviewer" for row in self.conn.execute("PRAGMA table_info(verdicts)"))
+        return "reviewer" in self.dialect.columns(self.conn, "verdicts")
 
     def recorded_file_paths(self, campaign: str) -> list[tuple[str, int, str]]:
-        """(job id, n, path) of every result file of `campaign` recorded with a path, in
-        the order they were first recorded."""
+        """(job id, n, path) of every result file of `campaign` recorded with a path, by
+        job id and index (the table's key: PostgreSQL keeps no order of insertion)."""
         rows = self.conn.execute(
             "SELECT job_id, n, path FROM files WHERE campaign = ? AND path IS NOT NULL"
-            " ORDER BY rowid",
+            " ORDER BY job_id, n",
             (campaign,),
         )
         return [(job_id, n, path) for job_id, n, path in rows]
@@ -480,10 +509,11 @@ class ReadsMixin(LedgerBase):
         and each group's lower-case id looked up on the index (0.2 s on a campaign of a
         million lower-case ids, where grouping them all takes 0.7 s)."""
         rows = self.conn.execute(
-            "SELECT lower(j.id) FROM jobs j WHERE j.campaign = ?1 AND j.id <> lower(j.id)"
-            " GROUP BY lower(j.id) HAVING COUNT(*) > 1 OR EXISTS"
-            " (SELECT 1 FROM jobs o WHERE o.campaign = ?1 AND o.id = lower(j.id))",
-            (campaign,),
+            "SELECT g.folded FROM (SELECT lower(id) AS folded, COUNT(*) AS n FROM jobs"
+            "  WHERE campaign = ? AND id <> lower(id) GROUP BY lower(id)) g"
+            " WHERE g.n > 1 OR EXISTS"
+            " (SELECT 1 FROM jobs o WHERE o.campaign = ? AND o.id = g.folded)",
+            (campaign, campaign),
         )
         return {folded for (folded,) in rows}
 

@@ -176,7 +176,7 @@ class SchedulingMixin(LedgerBase):
             cursor = db.execute(
                 "UPDATE attempts SET state=?, outcome=?, counted=?, http_status=?, error=?,"
                 " answered_at=?, finished_at=?,"
-                " cost_micro_usd = CASE WHEN ? THEN unit_price_micro_usd ELSE 0 END"
+                " cost_micro_usd = CASE WHEN ? = 1 THEN unit_price_micro_usd ELSE 0 END"
                 " WHERE id=? AND state='sending'",
                 (
                     state,
@@ -261,9 +261,9 @@ class SchedulingMixin(LedgerBase):
         with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE attempts SET state='failed', error=?, finished_at=?,"
-                " outcome = CASE WHEN ? THEN 'refused' ELSE outcome END,"
-                " refunded_micro_usd = CASE WHEN ? THEN cost_micro_usd ELSE 0 END,"
-                " cost_micro_usd = CASE WHEN ? THEN 0 ELSE cost_micro_usd END"
+                " outcome = CASE WHEN ? = 1 THEN 'refused' ELSE outcome END,"
+                " refunded_micro_usd = CASE WHEN ? = 1 THEN cost_micro_usd ELSE 0 END,"
+                " cost_micro_usd = CASE WHEN ? = 1 THEN 0 ELSE cost_micro_usd END"
                 " WHERE campaign=? AND job_id=? AND task_id=? AND state='running'",
                 (message, stamp, refused, refunded, refunded, job.campaign, job.id, job.task_id),
             )
@@ -271,7 +271,7 @@ class SchedulingMixin(LedgerBase):
                 return False
             db.execute(
                 "UPDATE jobs SET status=?, task_id=NULL, progress=NULL, last_error=?,"
-                " reason = CASE WHEN ? THEN 'refused' ELSE reason END,"
+                " reason = CASE WHEN ? = 1 THEN 'refused' ELSE reason END,"
                 " updated_at=?, finished_at=CASE WHEN ?='failed' THEN ? ELSE NULL END"
                 " WHERE campaign=? AND id=? AND task_id=?",
                 (
