@@ -30,6 +30,7 @@ above and moved by `batchgen ledger copy`, into a database named after the cache
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
 import sqlite3
@@ -272,7 +273,9 @@ def cached_ledger(
     folder = folder or Path(tempfile.gettempdir()) / "batchgen-bench-scale"
     folder.mkdir(parents=True, exist_ok=True)
     schema = ",".join(m.__name__ for m in MIGRATIONS)
-    source = Path(__file__).read_bytes() + Path(migrations.__file__).read_bytes()
+    # what the rows depend on: the building code (not the rest of this file) and the schema
+    code = "".join(inspect.getsource(f) for f in (build, _stamp)) + _SHAPE + _STATUS
+    source = code.encode() + Path(migrations.__file__).read_bytes()
     key = hashlib.sha256(f"{jobs}/{campaigns}/{schema}/{LAYOUT_VERSION}".encode() + source)
     path = folder / f"year-{jobs}-{key.hexdigest()[:12]}.db"
     if path.exists():
