@@ -81,7 +81,7 @@ class Commands(click.Group):
     """batchgen's command group: every command that uses the ledger also takes `--ledger`
     after its name (`batchgen status --ledger x.db`), same as before it."""
 
-    WITHOUT_LEDGER = frozenset({"validate", "sandbox", "init", "verify"})
+    WITHOUT_LEDGER = frozenset({"validate", "sandbox", "init", "verify", "ledger"})
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if cmd.name not in self.WITHOUT_LEDGER and not any(p.name == "ledger" for p in cmd.params):
@@ -926,6 +926,39 @@ def verify(files: tuple[str, ...], trust_anchor: str | None, as_json: bool) -> N
     else:
         click.echo(verify_module.text(results))
     sys.exit(verify_module.exit_code(results))
+
+
+@cli.group("ledger", context_settings=CONTEXT_SETTINGS)
+def ledger_group() -> None:
+    """Work on a whole ledger: copy it between SQLite and PostgreSQL.
+
+    \b
+    Example:
+        batchgen ledger copy batchgen.db postgresql://render-01/batchgen
+    """
+
+
+@ledger_group.command("copy")
+@click.argument("source", metavar="SRC")
+@click.argument("destination", metavar="DST")
+@json_option
+@reports_errors
+def ledger_copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy the ledger SRC into DST, exactly: jobs, attempts, money, verdicts, files, events.
+
+    SRC and DST are each a SQLite file or a postgresql:// URL, in either direction. SRC is
+    only read (stop its runners first); DST must be new or empty, and is never written
+    over. Afterwards `report` gives the same answers on both (see docs/ledger.md).
+
+    \b
+    Examples:
+        batchgen ledger copy batchgen.db postgresql://render-01/batchgen
+        batchgen ledger copy postgresql://render-01/batchgen backup.db --json
+    """
+    from batchgen.ledger.copying import copy_ledger
+
+    copied = copy_ledger(source, destination)
+    click.echo(json.dumps(copied.as_json()) if as_json else copied.line())
 
 
 def _sandbox_keys(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:

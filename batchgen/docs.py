@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from batchgen.cli import cli
@@ -23,7 +24,8 @@ ENVIRONMENT: dict[str, str | None] = {
 
 
 def help_text(command: str | None) -> str:
-    args = [command, "--help"] if command else ["--help"]
+    """`batchgen COMMAND --help` (COMMAND may be a group's: "ledger copy")."""
+    args = [*command.split(), "--help"] if command else ["--help"]
     result = CliRunner().invoke(
         cli, args, prog_name="batchgen", env=ENVIRONMENT, terminal_width=WIDTH
     )
@@ -32,9 +34,16 @@ def help_text(command: str | None) -> str:
 
 
 def help_texts() -> str:
-    """The generated part of the page: `batchgen --help`, then each command's."""
+    """The generated part of the page: `batchgen --help`, then each command's (a group's
+    commands after it: `batchgen ledger`, `batchgen ledger copy`)."""
     parts = ["## Help texts\n"]
-    for command in [None, *sorted(cli.commands)]:
+    commands: list[str | None] = [None]
+    for name in sorted(cli.commands):
+        group = cli.commands[name]
+        commands.append(name)
+        if isinstance(group, click.Group):
+            commands += [f"{name} {sub}" for sub in sorted(group.commands)]
+    for command in commands:
         name = f"batchgen {command}" if command else "batchgen"
         parts.append(f"### `{name}`\n\n```text\n{help_text(command)}```\n")
     return "\n".join(parts)

@@ -1,6 +1,6 @@
 """`batchgen report`: the cost audit, per group with totals, or per job with its attempts.
 
-Money comes from the attempts table by the state rules in migrations.py: spent =
+Money comes from the attempts table by the state rules in ledger/migrations.py: spent =
 completed and failed attempts' cost, in flight = running attempts' cost, unknown = the
 unit price of attempts of unknown outcome (or left `sending` by a crash), refunded = what
 failed tasks were refunded. Sums are integers in SQL; text is made by `money.usd`.

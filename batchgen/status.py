@@ -17,8 +17,8 @@ from typing import Any
 from batchgen import demo
 from batchgen.durations import elapsed as duration_text
 from batchgen.ledger import Ledger
+from batchgen.ledger.migrations import JOB_STATUSES
 from batchgen.ledger.reads import UNLABELLED
-from batchgen.migrations import JOB_STATUSES
 from batchgen.money import usd
 from batchgen.text import shown
 

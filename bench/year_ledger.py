@@ -40,9 +40,8 @@ from pathlib import Path
 
 import common  # noqa: F401, I001  (puts the repository on sys.path first)
 
-from batchgen import migrations
-from batchgen.ledger import Ledger
-from batchgen.migrations import MIGRATIONS
+from batchgen.ledger import Ledger, migrations
+from batchgen.ledger.migrations import MIGRATIONS
 
 JOBS = 1_000_000
 CAMPAIGNS = 50

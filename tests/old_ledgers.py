@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import migrations
+from batchgen.ledger import migrations
 
 # Later migrations today's write code needs, and how to take each back out.
 NEEDED_TO_WRITE: list[tuple[Callable[[sqlite3.Connection], None], str]] = [

@@ -13,7 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from batchgen.cli import cli
+from batchgen.cli import Commands, cli
 from batchgen.report import render
 from tests.builders import grok, make_ledger, report
 from tests.documentation import readme_and_docs
@@ -162,9 +162,7 @@ def test_the_ledger_can_be_named_before_or_after_the_command_or_by_environment(t
     assert json.loads(via_env.stdout)["counts"]["queued"] == 1
 
 
-@pytest.mark.parametrize(
-    "command", sorted(set(cli.commands) - {"validate", "sandbox", "init", "verify"})
-)
+@pytest.mark.parametrize("command", sorted(set(cli.commands) - Commands.WITHOUT_LEDGER))
 def test_every_command_that_uses_the_ledger_takes_it_after_its_name(command, tmp_path):
     result = CliRunner().invoke(cli, [command, "-h"])
     assert result.exit_code == 0 and "--ledger" in result.output

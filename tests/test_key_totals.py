@@ -13,9 +13,8 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from batchgen import migrations
 from batchgen.job import Campaign
-from batchgen.ledger import Ledger
+from batchgen.ledger import Ledger, migrations
 from batchgen.ledger.reads import NO_KEY, UNLABELLED
 from tests.builders import (
     complete,

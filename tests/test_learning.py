@@ -7,9 +7,8 @@ import sqlite3
 
 import pytest
 
-from batchgen import migrations
 from batchgen.client import Client
-from batchgen.ledger import Ledger
+from batchgen.ledger import Ledger, migrations
 from batchgen.pacing import Follow, Learned, Started
 from batchgen.progress import describe
 from batchgen.scheduler import Scheduler, Settings

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import migrations
+from batchgen.ledger import migrations
 from tests.builders import build_ledger
 from tests.e2e import FAST, batchgen, grok_batch, on_sandbox, rows, spawn
 from tests.old_ledgers import written_before

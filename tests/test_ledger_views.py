@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from batchgen import migrations
 from batchgen.job import Campaign
-from batchgen.ledger import Ledger
+from batchgen.ledger import Ledger, migrations
 from tests.builders import complete, fail, grok, make_ledger, report, seedance
 from tests.documentation import readme_and_docs
 from tests.e2e import FAST, on_sandbox, report_text, rows, write_manifest

@@ -26,9 +26,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchgen import migrations
 from batchgen.job import Campaign
-from batchgen.ledger import Ledger
+from batchgen.ledger import Ledger, migrations
 from batchgen.ledger.reads import usd_sql
 from batchgen.money import usd
 from batchgen.status import status_data

@@ -13,7 +13,7 @@ import pytest
 
 from batchgen.download import file_name, file_path
 from batchgen.ledger import Ledger, VerdictRefused
-from batchgen.migrations import MIGRATIONS, migrate
+from batchgen.ledger.migrations import MIGRATIONS, migrate
 from batchgen.status import format_status, status_data
 from tests.builders import (
     CDN,
@@ -130,7 +130,7 @@ def test_export_lists_who_gave_each_exported_results_verdict(reviewed):
 def test_the_reviewers_migration_keeps_every_verdict_of_a_ledger_made_before_it(
     tmp_path, monkeypatch
 ):
-    from batchgen import migrations
+    from batchgen.ledger import migrations
     from tests.old_ledgers import written_before
 
     path = tmp_path / "old.db"

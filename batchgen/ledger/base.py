@@ -34,7 +34,7 @@ from batchgen.ledger.db import (
     pg_waitable,
     redacted,
 )
-from batchgen.migrations import JOB_STATUSES, known_migrations, migrate
+from batchgen.ledger.migrations import JOB_STATUSES, known_migrations, migrate
 
 DEFAULT_PATH = "batchgen.db"
 DEFAULT_OUT = "out"  # where result files are saved, and found by `review` (PRODUCT §9)

@@ -567,9 +567,11 @@ class ReadsMixin(LedgerBase):
         with self.transaction(patient=True) as db:
             db.execute(
                 "INSERT INTO events (at, campaign, job_id, kind, detail)"
-                " SELECT ?, campaign, id, 'requeued', json_object('attempts', attempts,"
-                " 'from', status, 'last_error', last_error)"
-                f" FROM jobs WHERE status = ? {where} ORDER BY campaign, position",
+                " SELECT ?, campaign, id, 'requeued', "
+                + self.dialect.json_object(
+                    "'attempts', attempts, 'from', status, 'last_error', last_error"
+                )
+                + f" FROM jobs WHERE status = ? {where} ORDER BY campaign, position",
                 (stamp, status, *params),
             )
             cursor = db.execute(

@@ -17,8 +17,9 @@ from typing import Any
 
 from batchgen.errors import LedgerError
 from batchgen.ledger.base import _campaign_filter, job_counts, now
-from batchgen.ledger.reads import JOB_VERDICT_JOIN, ReadsMixin
-from batchgen.migrations import VERDICTS
+from batchgen.ledger.db import SQLITE_DIALECT, Dialect, dialect_of
+from batchgen.ledger.migrations import VERDICTS
+from batchgen.ledger.reads import CURRENT_VERDICT, JOB_VERDICT_JOIN, ReadsMixin
 
 MAX_NOTE = 2000  # characters: a note is a sentence or two, not a file
 MAX_REVIEWER = 60  # characters of a reviewer's name
@@ -56,7 +57,9 @@ class ReviewFilters:
     # they were read), as batchgen.provenance.marks.verdict says
     marks: str | None = None
 
-    def sql(self, provenance: str = "f.provenance") -> tuple[str, list[Any]]:
+    def sql(
+        self, provenance: str = "f.provenance", dialect: Dialect = SQLITE_DIALECT
+    ) -> tuple[str, list[Any]]:
         """The conditions on the job `j` (and its current verdict `cv`), as SQL and values;
         `provenance` is the files' (`f`) column of marks (NULL on a ledger without it)."""
         conditions, values = [], []
@@ -66,10 +69,13 @@ class ReviewFilters:
                 conditions.append(f"j.{column} = ?")
                 values.append(value)
         if self.tag is not None:
-            conditions.append("EXISTS (SELECT 1 FROM json_each(j.tags) t WHERE t.value = ?)")
+            tags = dialect.json_values("j.tags")
+            conditions.append(f"EXISTS (SELECT 1 FROM {tags} WHERE value = ?)")
             values.append(self.tag)
         if self.verdict == "unreviewed":
-            conditions.append("j.status = 'completed' AND cv.verdict IS NULL")
+            # The verdict read for the job's own row, not the joined one's: PostgreSQL then
+            # reads the jobs in order and stops at the page's end, as SQLite does.
+            conditions.append(f"j.status = 'completed' AND {CURRENT_VERDICT} IS NULL")
         elif self.verdict is not None:
             conditions.append("cv.verdict = ?")
             values.append(self.verdict)
@@ -77,28 +83,28 @@ class ReviewFilters:
             conditions.append("cv.verdict IS NOT NULL AND cv.reviewer = ?")
             values.append(self.reviewer)
         if self.text:
-            conditions.append(
-                "(instr(lower(j.prompt), lower(?)) > 0 OR instr(lower(j.id), lower(?)) > 0)"
-            )
+            prompt, job_id = (dialect.contains_text(column, "?") for column in ("j.prompt", "j.id"))
+            conditions.append(f"({prompt} OR {job_id})")
             values += [self.text] * 2
         if self.marks is not None:
             conditions.append(
                 "EXISTS (SELECT 1 FROM files f WHERE f.job_ref = j.ref"
                 " AND f.downloaded_at IS NOT NULL AND f.error IS NULL"
-                f" AND {marks_state(provenance)} = ?)"
+                f" AND {marks_state(provenance, dialect)} = ?)"
             )
             values.append(self.marks)
         return "".join(f" AND {c}" for c in conditions), values
 
 
-def marks_state(provenance: str) -> str:
+def marks_state(provenance: str, dialect: Dialect = SQLITE_DIALECT) -> str:
     """SQL for a file's marks state from its provenance record: what
     batchgen.provenance.marks.verdict says of it, or "unread" when none was recorded."""
+    d = dialect
     return (
-        f"CASE WHEN {provenance} IS NULL OR NOT json_valid({provenance}) THEN 'unread'"
-        f" WHEN json_extract({provenance}, '$.error') IS NOT NULL"
-        f" OR json_extract({provenance}, '$.c2pa.state') = 'invalid' THEN 'invalid'"
-        f" WHEN json_extract({provenance}, '$.marked') THEN 'valid' ELSE 'none' END"
+        f"CASE WHEN {provenance} IS NULL OR NOT {d.json_valid(provenance)} THEN 'unread'"
+        f" WHEN {d.json_value(provenance, '$.error')} IS NOT NULL"
+        f" OR {d.json_value(provenance, '$.c2pa.state')} = 'invalid' THEN 'invalid'"
+        f" WHEN {d.json_true(provenance, '$.marked')} THEN 'valid' ELSE 'none' END"
     )
 
 
@@ -187,8 +193,7 @@ class ReviewMixin(ReadsMixin):
         """A cheap marker that changes whenever the ledger changes: a commit by another
         program (SQLite's data_version) or by this connection (its total changes). Read
         in the same time on a million jobs as on ten."""
-        (version,) = self.conn.execute("PRAGMA data_version").fetchone()
-        return f"{version}.{self.conn.total_changes}"
+        return self.dialect.data_version(self.conn)
 
     def review_page(
         self, campaigns: list[str] | None, filters: ReviewFilters, limit: int
@@ -211,7 +216,16 @@ class ReviewMixin(ReadsMixin):
             )
             if filters.campaign is None or name == filters.campaign
         ]
-        conditions, values = filters.sql(self._provenance)
+        conditions, values = filters.sql(self._provenance, self.dialect)
+        d, provenance = self.dialect, self._provenance
+        # each saved file, with the marks read on save (m012) as JSON (null: not read)
+        file = d.json_object(
+            "'n', f.n, 'url', f.url, 'path', f.path, 'size', f.size, 'provenance',"
+            f" CASE WHEN {d.json_valid(provenance)} THEN {d.json(provenance)} END"
+        )
+        verdict = d.json_object(
+            "'verdict', h.verdict, 'note', h.note, 'reviewer', h.reviewer, 'at', h.at"
+        )
         rows: list[dict[str, Any]] = []
         for name in names:
             wanted = limit + 1 - len(rows)
@@ -221,18 +235,14 @@ class ReviewMixin(ReadsMixin):
                 "SELECT j.campaign, j.id, j.position, j.model, j.kind, j.prompt, j.duration,"
                 " j.ratio, j.variant, j.resolution, j.tags, j.status, j.reason, j.progress,"
                 " j.task_id, j.result_urls, j.cost_micro_usd, j.last_error, j.finished_at,"
-                " (SELECT COUNT(*) FROM attempts a WHERE a.job_ref = j.ref AND a.counted)"
+                " (SELECT COUNT(*) FROM attempts a WHERE a.job_ref = j.ref AND a.counted <> 0)"
                 "   AS attempts,"
-                " (SELECT json_group_array(json_object('n', f.n, 'url', f.url, 'path', f.path,"
-                # the marks read on save (m012), as JSON; null: not read
-                f"   'size', f.size, 'provenance', CASE WHEN json_valid({self._provenance})"
-                f"   THEN json({self._provenance}) END)) FROM files f WHERE f.job_ref = j.ref"
+                f" (SELECT {d.json_array_agg(file, 'f.n')} FROM files f WHERE f.job_ref = j.ref"
                 "   AND f.downloaded_at IS NOT NULL AND f.error IS NULL) AS files,"
                 " cv.verdict, cv.note, cv.at AS verdict_at, cv.reviewer,"
                 # the result's verdicts, newest first: its history (a few rows, on
                 # verdicts_by_result)
-                " (SELECT json_group_array(json_object('verdict', h.verdict, 'note', h.note,"
-                "   'reviewer', h.reviewer, 'at', h.at)) FROM (SELECT * FROM verdicts h"
+                f" (SELECT {d.json_array_agg(verdict, 'h.id DESC')} FROM (SELECT * FROM verdicts h"
                 "   WHERE j.status = 'completed' AND h.campaign = j.campaign AND h.job_id = j.id"
                 "   AND h.task_id = j.task_id ORDER BY h.id DESC) h) AS history"
                 f" FROM jobs j LEFT JOIN verdicts cv ON cv.id = {CURRENT_VERDICT_ID}"
@@ -363,15 +373,21 @@ def _requeue(db: Any, chosen: Callable[[str, str], str], params: list[Any], stam
     files) and error are kept in a `requeued` event, and files stay on disk (the next
     result is saved under another name). The same jobs in each statement: jobs change only
     in the last one."""
+    d = dialect_of(db)
+    file = d.json_object(
+        "'n', f.n, 'url', f.url, 'path', f.path, 'size', f.size, 'sha256', f.sha256"
+    )
+    urls = d.json("COALESCE(j.result_urls, '[]')")
+    detail = d.json_object(
+        "'from', j.status, 'verdict', cv.verdict, 'note', cv.note, 'attempts', j.attempts,"
+        " 'last_error', j.last_error,"
+        f" 'task_id', j.task_id, 'result_urls', {urls},"
+        f" 'files', (SELECT {d.json_array_value(file, 'f.n')} FROM files f"
+        "   WHERE f.campaign = j.campaign AND f.job_id = j.id)"
+    )
     db.execute(
         "INSERT INTO events (at, campaign, job_id, kind, detail)"
-        " SELECT ?, j.campaign, j.id, 'requeued', json_object('from', j.status,"
-        " 'verdict', cv.verdict, 'note', cv.note, 'attempts', j.attempts,"
-        " 'last_error', j.last_error,"
-        " 'task_id', j.task_id, 'result_urls', json(COALESCE(j.result_urls, '[]')),"
-        " 'files', (SELECT json_group_array(json_object('n', f.n, 'url', f.url,"
-        "   'path', f.path, 'size', f.size, 'sha256', f.sha256)) FROM files f"
-        "   WHERE f.campaign = j.campaign AND f.job_id = j.id))"
+        f" SELECT ?, j.campaign, j.id, 'requeued', {detail}"
         f" FROM jobs j {JOB_VERDICT_JOIN}"
         f" WHERE {chosen('j.campaign', 'j.id')}"
         " ORDER BY j.campaign, j.position",

@@ -186,7 +186,7 @@ def main(
         if server.share_url:
             print(f"shared review page: {server.share_url}", flush=True)
         print(
-            f"ledger {server.ledger.path}, files from {out_dir}/; only verdicts, notes and "
+            f"ledger {server.ledger.name}, files from {out_dir}/; only verdicts, notes and "
             "reviewer names are written. Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,

@@ -38,7 +38,8 @@ import ipaddress
 import json
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from importlib import resources
@@ -56,6 +57,8 @@ from starlette.staticfiles import StaticFiles
 from batchgen import catalog
 from batchgen.errors import LedgerError
 from batchgen.ledger import Ledger, VerdictRefused
+from batchgen.ledger.base import _first_line
+from batchgen.ledger.db import database_errors
 from batchgen.ledger.review import ReviewFilters
 from batchgen.review.files import content_type, locate
 from batchgen.review.results import grouped
@@ -93,7 +96,7 @@ class Review:
         """The page's data: the first `limit` results under `filters`, grouped, with the
         review's counts; or, when nothing changed since the version `since`, just that."""
         scope = self.campaigns or None
-        with self.lock, self.ledger.snapshot():
+        with self.lock, self._reached(), self.ledger.snapshot():
             version = f"{self.instance}.{self.ledger.change_marker()}"
             if since == version:
                 return {"version": version, "unchanged": True}
@@ -104,7 +107,7 @@ class Review:
             reviewers = self.ledger.reviewers()
         return {
             "version": version,
-            "ledger": str(self.ledger.path),
+            "ledger": self.ledger.name,  # a URL with its password redacted
             "out": str(self.out_dir),
             "counts": counts,
             "total_jobs": total,
@@ -130,7 +133,7 @@ class Review:
             raise VerdictRefused("invalid", "reviewer (your name) is required")
         if self.campaigns and body["campaign"] not in self.campaigns:
             raise VerdictRefused("unknown", f"campaign {body['campaign']!r} is not under review")
-        with self.lock:
+        with self.lock, self._reached():
             return self.ledger.record_verdict(
                 body["campaign"], body["job_id"], body["task_id"], verdict, note, reviewer
             )
@@ -138,11 +141,21 @@ class Review:
     def saved_file(self, campaign: str, job_id: str, n: int) -> Path | None:
         if self.campaigns and campaign not in self.campaigns:
             return None
-        with self.lock:
+        with self.lock, self._reached():
             record = self.ledger.saved_file(campaign, job_id, n)
         if record is None:
             return None
         return locate(self.out_dir, record["path"], record["size"])
+
+    @contextmanager
+    def _reached(self) -> Iterator[None]:
+        """A database error (a PostgreSQL server restarted or cut off) as a LedgerError of
+        one line, which the page shows before it asks again (on a new connection)."""
+        try:
+            yield
+        except database_errors() as e:
+            said = f"{self.ledger.name}: cannot reach the ledger now ({_first_line(e)})"
+            raise LedgerError(self.ledger.redact(said)) from e
 
 
 # -- the guard in front of every request ---------------------------------------------------
@@ -331,7 +344,10 @@ def build_app(review: Review, guard: Guard) -> Starlette:
         n = _number(params["n"], 0, MAX_FILE_NUMBER)
         if n is None:
             return _error(404, "not found")
-        found = review.saved_file(params["campaign"], params["job_id"], n)
+        try:
+            found = review.saved_file(params["campaign"], params["job_id"], n)
+        except LedgerError as e:
+            return _error(503, str(e))
         if found is None:
             return _error(404, "no saved file here")
         return FileResponse(
