@@ -135,8 +135,7 @@ def start_cluster(durable: bool = False) -> Cluster:
         for _ in range(START_TRIES):
             cluster.port = _free_port()
             options = (
-                f"-k {base} -p {cluster.port} -c listen_addresses=127.0.0.1 "
-                "-c max_connections=200"
+                f"-k {base} -p {cluster.port} -c listen_addresses=127.0.0.1 -c max_connections=200"
             )
             if not durable:
                 options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
