@@ -23,7 +23,7 @@ import click
 from batchgen.errors import BatchgenError, ManifestInvalid
 from batchgen.keys import SANDBOX_KEY, Redactor
 from batchgen.ledger import DEFAULT_OUT, DEFAULT_PATH
-from batchgen.ledger.db import database_errors
+from batchgen.ledger.db import database_errors, is_url
 from batchgen.ports import REVIEW_PORT, SANDBOX_PORT
 from batchgen.progress_curves import DEFAULT_MODE as DEFAULT_PROGRESS_MODE
 from batchgen.progress_curves import PROGRESS_MODES
@@ -75,6 +75,7 @@ def ledger_path(ctx: click.Context) -> str:
 def _ledger_after_command(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.ensure_object(dict)["ledger"] = value  # the group's dict: what ledger_path reads
+        ctx.obj["ledger_typed"] = True  # as when typed before the command: advice repeats it
 
 
 class Commands(click.Group):
@@ -175,7 +176,7 @@ def complete_campaigns(
     from batchgen.ledger import Ledger
 
     path = (ctx.obj or {}).get("ledger") or ctx.find_root().params.get("ledger") or DEFAULT_PATH
-    if not Path(path).is_file():
+    if not is_url(path) and not Path(path).is_file():
         return []
     try:
         ledger = Ledger.read_only(path, notify=lambda message: None)
@@ -466,6 +467,7 @@ def _ledger_option(ctx: click.Context) -> str | None:
     """The ledger path when `--ledger` was typed (the advised commands then repeat it)."""
     root = ctx.find_root()
     given = root.get_parameter_source("ledger") == click.core.ParameterSource.COMMANDLINE
+    given = given or bool(ctx.obj.get("ledger_typed"))  # typed after the command
     return ledger_path(ctx) if given and ledger_path(ctx) != DEFAULT_PATH else None
 
 

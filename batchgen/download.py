@@ -49,6 +49,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ import httpx
 from batchgen.durable import fsync_dir
 from batchgen.errors import BatchgenError
 from batchgen.ledger import Ledger
+from batchgen.ledger.db import database_errors
 from batchgen.pacing import backoff
 from batchgen.processes import pid_running
 from batchgen.provenance.marks import read as read_marks
@@ -264,8 +266,16 @@ class Downloader:
         self._cleaned: set[Path] = set()  # campaign folders rid of stale temporary files
 
     async def fetch_job(self, campaign: str, job_id: str) -> bool:
-        """Save every result file of one completed job; True when all of them are saved."""
-        rows = self.ledger.result_files(job=(campaign, job_id))
+        """Save every result file of one completed job; True when all of them are saved.
+        A ledger that cannot be read (its server gone) fails the job's files, said and
+        counted (`run --download` runs this as a task nobody awaits on its own)."""
+        try:
+            rows = self.ledger.result_files(job=(campaign, job_id))
+        except database_errors() as e:
+            self.tally.failed += 1
+            line = f"download failed: {campaign}/{job_id}: cannot read its files in the ledger: {e}"
+            self.on_failure(self.ledger.redact(line))
+            return False
         results = await asyncio.gather(*(self.fetch_file(row) for row in rows))
         return all(results)
 
@@ -297,7 +307,8 @@ class Downloader:
             return True
         except Exception as e:  # one bad file must not stop the others; it is recorded
             error = str(e) or type(e).__name__
-            self.ledger.file_failed(campaign, job_id, n, url, error)
+            with suppress(*database_errors()):  # said below even if it cannot be recorded
+                self.ledger.file_failed(campaign, job_id, n, url, error)
             self.tally.failed += 1
             line = f"download failed: {campaign}/{job_id} file {n + 1}: {url}: {error}"
             self.on_failure(self.ledger.redact(line))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from batchgen.durations import format_duration
 from batchgen.keys import is_hash_label
+from batchgen.ledger.db import redacted
 from batchgen.money import usd
 from batchgen.text import shown
 
@@ -86,7 +87,7 @@ class Closing:
         """An exact command, quoted for a shell: `batchgen [--ledger L] WORDS [--campaign C]`."""
         parts = ["batchgen"]
         if self.ledger is not None:
-            parts += ["--ledger", self.ledger]
+            parts += ["--ledger", redacted(self.ledger)]  # a URL's password never shown
         parts += words
         if campaigns:
             for name in self.selection:

@@ -46,6 +46,9 @@ TESTS = {
     # Several runners (PRODUCT §6): the rules the claim and takeover transactions apply.
     "arbitration": ["tests/test_claims.py"],
     "ledger/claims": ["tests/test_claims.py"],
+    # Where a ledger lives, and PgConnection and the dialect on a real PostgreSQL server
+    # (tests/test_pg_connection.py starts one: a few seconds a mutant).
+    "ledger/db": ["tests/test_ledger_db.py", "tests/test_pg_connection.py"],
 }
 
 SWAPS: dict[type, list[type]] = {

@@ -10,7 +10,6 @@ Not a test module: test modules import from here, never from one another
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from batchgen.job import Campaign, Job
 from batchgen.ledger import Ledger, LedgerJob
 from batchgen.money import to_micros
 from batchgen.report import render
+from tests.e2e import rows
 
 CDN = "https://cdn.example.com"
 PRICE = 100_000  # micro-dollars: each job of `numbered` and `clips`, a 5 s grok task
@@ -67,9 +67,10 @@ def clips(n: int) -> list[Job]:
 
 
 def make_ledger(
-    path: Path, jobs: list[Job], campaign: str = "c", budget: int | None = None
+    path: Path | str, jobs: list[Job], campaign: str = "c", budget: int | None = None
 ) -> Ledger:
-    """A ledger holding `jobs`, all queued, in `campaign` (budget in micro-dollars)."""
+    """A ledger holding `jobs`, all queued, in `campaign` (budget in micro-dollars), at
+    `path`: a SQLite file or a PostgreSQL database's URL."""
     ledger = Ledger(path)
     for job in jobs:
         job.campaign = campaign
@@ -77,8 +78,8 @@ def make_ledger(
     return ledger
 
 
-def build_ledger(path: Path, n: int, budget_usd: str | None = None) -> list[str]:
-    """A ledger file of n clips (see `clips`), closed for a command to open; their ids."""
+def build_ledger(path: Path | str, n: int, budget_usd: str | None = None) -> list[str]:
+    """A ledger of n clips (see `clips`), closed for a command to open; their ids."""
     jobs = clips(n)
     make_ledger(path, jobs, budget=None if budget_usd is None else to_micros(budget_usd)).close()
     return [job.id for job in jobs]
@@ -188,6 +189,17 @@ def sent_with(ledger: Ledger, job_id: str, key: str | None, campaign: str = "c")
 
 @pytest.fixture
 def audit(tmp_path) -> Path:
+    """A SQLite file of `audit_ledger`'s."""
+    return Path(audit_ledger(tmp_path / "audit.db"))
+
+
+@pytest.fixture
+def audit_at(ledger_at) -> Path | str:
+    """`audit_ledger` on each kind of ledger (conftest's ledger_at)."""
+    return audit_ledger(ledger_at)
+
+
+def audit_ledger(path: Path | str) -> Path | str:
     """Every money state once, with tags:
 
     fast-10   seedance fast 10 s, completed        spent 0.80     tags a, b   10 video s
@@ -201,7 +213,6 @@ def audit(tmp_path) -> Path:
     bad-400   grok 5 s, rejected                    nothing
     wait      grok 10 s, queued                     nothing        tag a
     """
-    path = tmp_path / "audit.db"
     ref = [{"type": "video", "url": "https://example.com/ref.mp4"}]
     ledger = make_ledger(
         path,
@@ -308,11 +319,11 @@ def queued_task(ledger: Ledger, job_id: str) -> str:
 # ---------------------------------------------------------------- reading them back
 
 
-def invoke(ledger: Path, *args: str):
+def invoke(ledger: Path | str, *args: str):
     return CliRunner().invoke(cli, ["--ledger", str(ledger), *args])
 
 
-def report(path: Path, by: str = "campaign", fmt: str = "json", per_job: bool = False, **kw):
+def report(path: Path | str, by: str = "campaign", fmt: str = "json", per_job: bool = False, **kw):
     ledger = Ledger(path, create=False)
     try:
         text = render(ledger, kw.get("campaigns", []), by, fmt, per_job, kw.get("width", 200))
@@ -325,46 +336,54 @@ def report(path: Path, by: str = "campaign", fmt: str = "json", per_job: bool = 
 Totals = tuple[dict[Any, tuple[int, ...]], dict[Any, int], dict[Any, tuple[int, ...]]]
 
 
-def recomputed_totals(path: Path) -> Totals:
+def recomputed_totals(path: Path | str) -> Totals:
     """What attempt_totals, verdict_totals and key_totals must hold, summed from the rows."""
-    db = sqlite3.connect(path)
     attempts = {
-        (c, s): (n, cost, unit, refund)
-        for c, s, n, cost, unit, refund in db.execute(
-            "SELECT campaign, state, COUNT(*), SUM(cost_micro_usd), SUM(unit_price_micro_usd),"
-            " SUM(refunded_micro_usd) FROM attempts GROUP BY campaign, state"
+        (r["campaign"], r["state"]): (r["n"], r["cost"], r["unit"], r["refund"])
+        for r in rows(
+            path,
+            "SELECT campaign, state, COUNT(*) AS n, SUM(cost_micro_usd) AS cost,"
+            " SUM(unit_price_micro_usd) AS unit, SUM(refunded_micro_usd) AS refund"
+            " FROM attempts GROUP BY campaign, state",
         )
     }
     verdicts = {
-        (c, v): n
-        for c, v, n in db.execute(
-            "SELECT j.campaign, cv.verdict, COUNT(*) FROM jobs j JOIN current_verdicts cv"
+        (r["campaign"], r["verdict"]): r["n"]
+        for r in rows(
+            path,
+            "SELECT j.campaign, cv.verdict, COUNT(*) AS n FROM jobs j JOIN current_verdicts cv"
             " ON cv.campaign = j.campaign AND cv.job_id = j.id AND cv.task_id = j.task_id"
-            " WHERE j.status = 'completed' AND cv.verdict IS NOT NULL GROUP BY 1, 2"
+            " WHERE j.status = 'completed' AND cv.verdict IS NOT NULL"
+            " GROUP BY j.campaign, cv.verdict",
         )
     }
     keys = {
-        (c, k, s): (n, cost, unit, refund, refusals)
-        for c, k, s, n, cost, unit, refund, refusals in db.execute(
-            "SELECT campaign, key_label, state, COUNT(*), SUM(cost_micro_usd),"
-            " SUM(unit_price_micro_usd), SUM(refunded_micro_usd), SUM(outcome IS 'refused')"
-            " FROM attempts GROUP BY campaign, key_label, state"
+        (r["campaign"], r["key_label"], r["state"]): (
+            r["n"], r["cost"], r["unit"], r["refund"], r["refusals"]
         )
-    }
-    db.close()
+        for r in rows(
+            path,
+            "SELECT campaign, key_label, state, COUNT(*) AS n, SUM(cost_micro_usd) AS cost,"
+            " SUM(unit_price_micro_usd) AS unit, SUM(refunded_micro_usd) AS refund,"
+            " SUM(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END) AS refusals"
+            " FROM attempts GROUP BY campaign, key_label, state",
+        )
+    }  # fmt: skip
     return attempts, verdicts, keys
 
 
-def kept_totals(path: Path) -> Totals:
-    db = sqlite3.connect(path)
+def kept_totals(path: Path | str) -> Totals:
     attempts = {
         (c, s): (n, cost, unit, refund)
-        for c, s, n, cost, unit, refund in db.execute("SELECT * FROM attempt_totals")
+        for c, s, n, cost, unit, refund in _tuples(path, "SELECT * FROM attempt_totals")
     }
-    verdicts = {(c, v): n for c, v, n in db.execute("SELECT * FROM verdict_totals")}
+    verdicts = {(c, v): n for c, v, n in _tuples(path, "SELECT * FROM verdict_totals")}
     keys = {  # '' is how key_totals keeps the NULL label of attempts recorded before m007
         (c, k or None, s): (n, cost, unit, refund, refusals)
-        for c, k, s, n, cost, unit, refund, refusals in db.execute("SELECT * FROM key_totals")
+        for c, k, s, n, cost, unit, refund, refusals in _tuples(path, "SELECT * FROM key_totals")
     }
-    db.close()
     return attempts, verdicts, keys
+
+
+def _tuples(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(row.values()) for row in rows(path, sql)]

@@ -77,6 +77,7 @@ TIERS = {
         "test_log_e2e",
         "test_notify_e2e",
         "test_pacing_e2e",
+        "test_pg_connection",
         "test_postgres_cluster",
         "test_postgres_outage",
         "test_postgres_reads",
@@ -121,6 +122,9 @@ if os.environ.get("CI"):
 def env_setup(monkeypatch, tmp_path):
     monkeypatch.setenv("BATCHGEN_LEDGER", str(tmp_path / "ledger.db"))
     monkeypatch.setenv("BATCHGEN_OUT", str(tmp_path / "out"))  # files saved by run/resume
+    # A PostgreSQL ledger's recovery file and sandbox state (ledger.db.companion): the
+    # test's, never the user's ~/.local/state, nor another test's database of the same name.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("OKAYPIC_API_KEY", raising=False)
     monkeypatch.delenv("OKAYPIC_API_KEYS", raising=False)
     monkeypatch.delenv("OKAYPIC_BASE_URL", raising=False)
@@ -163,6 +167,6 @@ def ledger_at(request, tmp_path, monkeypatch):
 
 
 # The sandbox fixtures (sandbox, make_sandbox, sandbox_env), and the ledger with every money
-# state (audit), for every test module.
-from tests.builders import audit  # noqa: E402, F401
+# state (audit; audit_at on each kind of ledger), for every test module.
+from tests.builders import audit, audit_at  # noqa: E402, F401
 from tests.sandbox_fixtures import make_sandbox, sandbox, sandbox_env  # noqa: E402, F401

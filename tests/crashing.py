@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen import cli
+from batchgen.ledger.db import is_url
 from batchgen.sandbox import Truth
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler
@@ -97,10 +98,12 @@ class Audit:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
-def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool = True) -> Audit:
+def audit(
+    ledger: Path | str, truth: Truth, job_ids: list[str], *, all_completed: bool = True
+) -> Audit:
     """Check every promise of PRODUCT.md §10 that holds after any crash and a finished resume:
 
-    - the file is intact (PRAGMA integrity_check);
+    - a SQLite file is intact (PRAGMA integrity_check; a PostgreSQL server keeps its own);
     - no job lost: exactly the ingested jobs, each completed (or, if not `all_completed`,
       at least in a legal state with a reason when it failed);
     - no recorded task submitted again: every task id in the ledger is distinct and is a
@@ -112,7 +115,8 @@ def audit(ledger: Path, truth: Truth, job_ids: list[str], *, all_completed: bool
       and spent + unknown covers everything the service kept (net charges).
     """
     result = Audit()
-    assert query(ledger, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+    if not is_url(ledger):
+        assert query(ledger, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
 
     jobs = {r["id"]: r for r in query(ledger, "SELECT * FROM jobs")}
     assert sorted(jobs) == sorted(job_ids), "the ledger's jobs are not the ingested ones"

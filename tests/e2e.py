@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batchgen.ledger.db import PgConnection, is_url
+from batchgen.ledger.db import PgConnection, PostgresDialect, companion, is_url
 
 FAST = ["--poll-interval", "0.02", "--retry-delay", "0.01"]
 
@@ -217,6 +217,47 @@ def rows(ledger: Path | str, sql: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in db.execute(sql, params)]
     finally:
         db.close()
+
+
+def ledger_written(ledger: Path | str) -> bool:
+    """Has anything been written to the ledger: a SQLite file created, or a table in the
+    PostgreSQL database (which exists, empty, before any command runs)?"""
+    if not is_url(ledger):
+        return Path(ledger).exists()
+    pg = PgConnection(str(ledger))
+    try:
+        return bool(PostgresDialect().tables(pg))
+    finally:
+        pg.close()
+
+
+def stored_bytes(ledger: Path | str) -> bytes:
+    """All a ledger keeps, to search for a secret: a SQLite file and the files beside it
+    (its WAL, the recovery file, the sandbox's state); every row of every table of a
+    PostgreSQL database, as text, and the files that go with it in the state directory."""
+    if not is_url(ledger):
+        path = Path(ledger)
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file())
+    kept = companion(ledger, "")
+    found = [p.read_bytes() for p in kept.parent.glob(kept.name + "*") if p.is_file()]
+    pg = PgConnection(str(ledger))
+    try:
+        for table in sorted(PostgresDialect().tables(pg)):
+            texts = pg.execute(f'SELECT t::text FROM "{table}" t').fetchall()
+            found += [text.encode() for (text,) in texts]
+    finally:
+        pg.close()
+    return b"\n".join(found)
+
+
+def ledger_content(ledger: Path | str) -> bytes:
+    """What a ledger holds, to compare before and after a command that must not write: a
+    SQLite file's bytes and its WAL's, the rows of a PostgreSQL database's tables."""
+    if is_url(ledger):
+        return stored_bytes(ledger)
+    path = Path(ledger)
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
 def status_json(ledger: Path | str) -> dict[str, Any]:

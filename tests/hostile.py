@@ -5,7 +5,6 @@ bodies that trickle in). Its truth still says what the service really did."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -15,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from batchgen.sandbox import Response, Sandbox, SandboxConfig, Stream
+from tests.e2e import rows
 
 SCALE = 0.01  # the sandbox's time: a 5 s grok task takes about 0.05 s
 
@@ -57,7 +57,7 @@ class HostileSandbox(Sandbox):
         polls: list[Response] = (),  # type: ignore[assignment]
         polls_per_task: int = 0,
         progress: list[Any] = (),  # type: ignore[assignment]
-        ledger: Path | None = None,
+        ledger: Path | str | None = None,
         time_scale: float = SCALE,
         on_created: Callable[[int, str, Response], Response] | None = None,
         on_poll: Callable[[str, Response], Response | None] | None = None,
@@ -153,14 +153,8 @@ class HostileSandbox(Sandbox):
     def _record_progress(self, task_id: str) -> None:
         if self.ledger is None:
             return
-        db = sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True, timeout=30)
-        try:
-            self.seen_progress += [
-                row[0]
-                for row in db.execute("SELECT progress FROM jobs WHERE task_id = ?", (task_id,))
-            ]
-        finally:
-            db.close()
+        found = rows(self.ledger, "SELECT progress FROM jobs WHERE task_id = ?", task_id)
+        self.seen_progress += [row["progress"] for row in found]
 
 
 def redirect(status: int, location: str) -> Response:

@@ -162,11 +162,14 @@ def cluster_for_tests() -> Cluster:
         pytest.skip(str(missing))
 
 
-def new_database(cluster: Cluster) -> str:
-    """A new, empty database on the cluster (a name of its own); its URL."""
+def new_database(cluster: Cluster, copy_of: str | None = None) -> str:
+    """A new, empty database on the cluster (a name of its own); its URL. `copy_of`: a
+    copy of that database (its URL; nothing may be connected to it) instead, far quicker
+    than making the same ledger again (migrating a ledger takes 0.3-0.5 s)."""
     name = f"test_{os.getpid()}_{next(_counter)}"
+    template = "template0" if copy_of is None else copy_of.rsplit("/", 1)[1]
     # template0: nothing another test put in template1; FILE_COPY: no WAL for the copy
-    _admin(cluster, "CREATE DATABASE {} TEMPLATE template0 STRATEGY FILE_COPY", name)
+    _admin(cluster, "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY", name, template)
     return cluster.url(name)
 
 
@@ -177,10 +180,10 @@ def drop_database(cluster: Cluster, url: str) -> None:
     _admin(cluster, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
-def _admin(cluster: Cluster, statement: LiteralString, database: str) -> None:
+def _admin(cluster: Cluster, statement: LiteralString, *databases: str) -> None:
     # autocommit: CREATE and DROP DATABASE cannot run in a transaction
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as connection:
-        connection.execute(sql.SQL(statement).format(sql.Identifier(database)))
+        connection.execute(sql.SQL(statement).format(*map(sql.Identifier, databases)))
 
 
 def stop_abandoned_clusters(run_as: list[str], bindir: Path) -> None:

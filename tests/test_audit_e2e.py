@@ -7,10 +7,14 @@ import csv
 import hashlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
 from batchgen.money import to_micros
+from batchgen.sandbox import DEFAULT_KEY, Sandbox, SandboxConfig, serve
+from tests import postgres
+from tests.conftest import LEDGER_KINDS
 from tests.e2e import (
     FAST,
     batchgen,
@@ -27,30 +31,43 @@ GROUP_SUMS = ["jobs", "completed", "failed", "queued", "video_seconds", "images"
 MONEY = ["spent_usd", "in_flight_usd", "unknown_usd", "refunded_usd"]
 
 
-@pytest.fixture
-def audited(make_sandbox, tmp_path):
-    """Two campaigns run on one key through failed tasks, 500s, 429s and dropped answers."""
-    sandbox = make_sandbox(
-        time_scale=SCALE,
-        seed=11,
-        fail_rate=0.25,
-        submit_500_rate=0.15,
-        spurious_429_rate=0.15,
-        drop_rate=0.15,
-    )
-    ledger = tmp_path / "l.db"
-    for campaign, n in (("alpha", 8), ("beta", 6)):
-        manifest = grok_batch(tmp_path / f"{campaign}.yaml", n, campaign=campaign)
-        result = on_sandbox(
-            sandbox, "run", str(manifest), *FAST, "--max-attempts", "8", ledger=ledger
+@pytest.fixture(scope="module", params=LEDGER_KINDS)
+def audited(request, tmp_path_factory):
+    """Two campaigns run on one key through failed tasks, 500s, 429s and dropped answers;
+    made once per kind of ledger for the module (its tests only read it)."""
+    folder = tmp_path_factory.mktemp("audited")
+    if request.param == "sqlite":
+        ledger: Path | str = folder / "l.db"
+    else:
+        cluster = request.getfixturevalue("postgres_cluster")
+        ledger = postgres.new_database(cluster)
+        request.addfinalizer(lambda: postgres.drop_database(cluster, str(ledger)))
+    sandbox = Sandbox(
+        SandboxConfig(
+            time_scale=SCALE,
+            seed=11,
+            fail_rate=0.25,
+            submit_500_rate=0.15,
+            spurious_429_rate=0.15,
+            drop_rate=0.15,
         )
-        assert result.returncode in (0, 1), result.stderr
+    )
+    with serve(sandbox) as served, pytest.MonkeyPatch.context() as env:
+        env.setenv("BATCHGEN_OUT", str(folder / "out"))  # as conftest's env_setup does
+        env.setenv("XDG_STATE_HOME", str(folder / "state"))
+        for campaign, n in (("alpha", 8), ("beta", 6)):
+            manifest = grok_batch(folder / f"{campaign}.yaml", n, campaign=campaign)
+            result = batchgen(
+                "run", str(manifest), *FAST, "--max-attempts", "8",
+                ledger=ledger, base_url=served.base_url, key=DEFAULT_KEY,
+            )  # fmt: skip
+            assert result.returncode in (0, 1), result.stderr
     return sandbox, ledger
 
 
 def test_report_totals_equal_the_services_net_charges_to_the_cent(audited):
     sandbox, ledger = audited
-    truth = sandbox.sim.truth()
+    truth = sandbox.truth()
     known = set(recorded_task_ids(ledger))
     assert truth.faults.get("task.fail", 0) > 0 and truth.faults.get("submit.drop", 0) > 0
     totals = json.loads(report_text(ledger, "--format", "json"))["totals"]
@@ -145,10 +162,10 @@ def sha256(path) -> str:
 
 
 def test_downloads_match_the_served_bytes_and_are_restored_without_generating_again(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    ledger, out = ledger_at, tmp_path / "out"
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
     assert result.returncode == 0, result.stderr

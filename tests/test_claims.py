@@ -1,6 +1,7 @@
 """The ledger arbitrates between runners (PRODUCT.md §6, "Several runners, one ledger"):
 the pure rules case by case, then each transition of the claim, takeover and record
-transactions on a real ledger file opened by two connections, as two runners would."""
+transactions on a real ledger (a SQLite file, a PostgreSQL database) opened by two
+connections, as two runners would."""
 
 from __future__ import annotations
 
@@ -93,14 +94,16 @@ def test_a_runner_beats_four_times_per_lease_within_bounds():
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    path = tmp_path / "l.db"
-    build_ledger(path, 6, budget_usd="0.50")
-    return path
+def location(ledger_at: Path | str) -> Path | str:
+    """A ledger of six clips and a $0.50 budget, on each kind (a file, a database)."""
+    build_ledger(ledger_at, 6, budget_usd="0.50")
+    return ledger_at
 
 
-def runner(path: Path, labels: list[str | None], lease: float = 120.0) -> tuple[Ledger, str]:
-    ledger = Ledger(path)
+def runner(
+    location: Path | str, labels: list[str | None], lease: float = 120.0
+) -> tuple[Ledger, str]:
+    ledger = Ledger(location)
     return ledger, ledger.register_runner("resume", labels, lease)
 
 
@@ -112,8 +115,8 @@ def claim(ledger: Ledger, runner_id: str, n: int, key: str | None = "k1", concur
     return ledger.claim(job(ledger, n), runner_id, key, concurrency, 4)
 
 
-def test_two_runners_claiming_one_job_get_it_once(path):
-    (a, a_id), (b, b_id) = runner(path, ["k1"]), runner(path, ["k1"])
+def test_two_runners_claiming_one_job_get_it_once(location):
+    (a, a_id), (b, b_id) = runner(location, ["k1"]), runner(location, ["k1"])
     first, second = job(a, 0), job(b, 0)  # both read it queued
     assert a.claim(first, a_id, "k1", 3, 4)[0] is Claim.CLAIMED
     assert first.status == "submitting"
@@ -122,8 +125,8 @@ def test_two_runners_claiming_one_job_get_it_once(path):
     assert a.query("SELECT runner_id FROM attempts") == [{"runner_id": a_id}]
 
 
-def test_a_keys_slots_are_counted_across_runners(path):
-    (a, a_id), (b, b_id) = runner(path, ["k1"]), runner(path, ["k1", "k2"])
+def test_a_keys_slots_are_counted_across_runners(location):
+    (a, a_id), (b, b_id) = runner(location, ["k1"]), runner(location, ["k1", "k2"])
     for n in range(2):
         assert claim(a, a_id, n)[0] is Claim.CLAIMED
     assert claim(b, b_id, 2)[0] is Claim.CLAIMED
@@ -132,8 +135,8 @@ def test_a_keys_slots_are_counted_across_runners(path):
     assert job(b, 3).status == "submitting"
 
 
-def test_the_budget_counts_what_was_spent_and_what_is_in_flight_as_well(path):
-    ledger, me = runner(path, ["k1", "k2"])
+def test_the_budget_counts_what_was_spent_and_what_is_in_flight_as_well(location):
+    ledger, me = runner(location, ["k1", "k2"])
     done, running = job(ledger, 0), job(ledger, 1)
     for each, task in ((done, "t-0"), (running, "t-1")):
         _, attempt = ledger.claim(each, me, "k1", 3, 4)
@@ -147,8 +150,8 @@ def test_the_budget_counts_what_was_spent_and_what_is_in_flight_as_well(path):
     assert ledger.in_flight_anywhere("elsewhere") == 0
 
 
-def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(path):
-    ledger, me = runner(path, ["k1", "k2", "k3"])
+def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(location):
+    ledger, me = runner(location, ["k1", "k2", "k3"])
     keys = ["k1", "k1", "k1", "k2", "k2"]
     attempts = [claim(ledger, me, n, key)[1] for n, key in enumerate(keys)]
     assert claim(ledger, me, 5, "k3")[0] is Claim.BUDGET  # $0.50 reserved by five claims
@@ -162,8 +165,8 @@ def test_the_budget_is_reserved_by_the_claim_and_freed_when_no_task_was_made(pat
     assert claim(ledger, me, 4, "k3")[0] is Claim.CLAIMED
 
 
-def test_a_job_whose_attempts_are_used_is_exhausted(path):
-    ledger, me = runner(path, ["k1"])
+def test_a_job_whose_attempts_are_used_is_exhausted(location):
+    ledger, me = runner(location, ["k1"])
     used = job(ledger, 0)  # read with 0 attempts; then other runners use them all
     ledger.conn.execute("UPDATE jobs SET attempts = 4 WHERE id = ?", (used.id,))
     assert ledger.claim(used, me, "k1", 3, 4) == (Claim.EXHAUSTED, None)
@@ -172,8 +175,8 @@ def test_a_job_whose_attempts_are_used_is_exhausted(path):
     assert not ledger.fail_job(used, "gave up")  # not queued any more
 
 
-def test_a_runner_whose_lease_lapsed_finds_its_claim_taken_and_its_answer_kept_for_audit(path):
-    (a, a_id), (b, b_id) = runner(path, ["k1"], lease=1.0), runner(path, ["k1"])
+def test_a_runner_whose_lease_lapsed_finds_its_claim_taken_and_its_answer_kept_for_audit(location):
+    (a, a_id), (b, b_id) = runner(location, ["k1"], lease=1.0), runner(location, ["k1"])
     mine = job(a, 0)
     _, attempt = a.claim(mine, a_id, "k1", 3, 4)
     assert attempt is not None and a.owns(a_id, attempt)
@@ -198,8 +201,8 @@ def test_a_runner_whose_lease_lapsed_finds_its_claim_taken_and_its_answer_kept_f
     assert a.heartbeat(a_id, "resume")
 
 
-def test_a_live_runners_attempts_are_not_taken_and_a_stopped_ones_are(path):
-    (a, a_id), (b, b_id) = runner(path, ["k1"]), runner(path, ["k1"])
+def test_a_live_runners_attempts_are_not_taken_and_a_stopped_ones_are(location):
+    (a, a_id), (b, b_id) = runner(location, ["k1"]), runner(location, ["k1"])
     mine = job(a, 0)
     _, attempt = a.claim(mine, a_id, "k1", 3, 4)
     assert attempt is not None
@@ -213,8 +216,8 @@ def test_a_live_runners_attempts_are_not_taken_and_a_stopped_ones_are(path):
     assert [j.id for j in b.owned_jobs(b_id)] == [mine.id]
 
 
-def test_a_runner_takes_only_tasks_of_its_keys_and_names_those_nobody_holds(path):
-    (a, a_id), (b, b_id) = runner(path, ["night"]), runner(path, ["studio"])
+def test_a_runner_takes_only_tasks_of_its_keys_and_names_those_nobody_holds(location):
+    (a, a_id), (b, b_id) = runner(location, ["night"]), runner(location, ["studio"])
     night = job(a, 0)
     _, attempt = a.claim(night, a_id, "night", 3, 4)
     assert attempt is not None and a.attempt_created(night, attempt, 200, "t-1", runner_id=a_id)
@@ -223,8 +226,8 @@ def test_a_runner_takes_only_tasks_of_its_keys_and_names_those_nobody_holds(path
     assert takeover.orphans == [] and takeover.unheld == {"night": 1}
 
 
-def test_two_runners_recording_one_completion_record_it_once(path):
-    (a, a_id), (b, _) = runner(path, ["k1"]), runner(path, ["k1"])
+def test_two_runners_recording_one_completion_record_it_once(location):
+    (a, a_id), (b, _) = runner(location, ["k1"]), runner(location, ["k1"])
     mine = job(a, 0)
     _, attempt = a.claim(mine, a_id, "k1", 3, 4)
     assert attempt is not None and a.attempt_created(mine, attempt, 200, "t-1", runner_id=a_id)
@@ -239,8 +242,8 @@ def job_status(ledger: Ledger, job_id: str) -> str:
     return str(ledger.query("SELECT status FROM jobs WHERE id = ?", [job_id])[0]["status"])
 
 
-def test_status_lists_the_live_runners_with_their_keys(path):
-    (a, _), (_, b_id) = runner(path, ["studio", "night"]), runner(path, [None])
+def test_status_lists_the_live_runners_with_their_keys(location):
+    (a, _), (_, b_id) = runner(location, ["studio", "night"]), runner(location, [None])
     listed = a.runners()
     assert [r["keys"] for r in listed] == [["studio", "night"], [None]]
     assert all(r["host"] and r["pid"] and r["since"] and r["heartbeat"] for r in listed)
@@ -249,8 +252,8 @@ def test_status_lists_the_live_runners_with_their_keys(path):
     assert [r["keys"] for r in a.runners()] == [["studio", "night"]]
 
 
-def test_a_runner_elsewhere_that_missed_beats_is_waited_for_then_taken_over(path, monkeypatch):
-    (a, a_id), (b, b_id) = runner(path, ["k1"], lease=60.0), runner(path, ["k1"])
+def test_a_runner_elsewhere_that_missed_beats_is_waited_for_then_taken_over(location, monkeypatch):
+    (a, a_id), (b, b_id) = runner(location, ["k1"], lease=60.0), runner(location, ["k1"])
     mine = job(a, 0)
     _, attempt = a.claim(mine, a_id, "k1", 3, 4)
     assert attempt is not None and a.attempt_created(mine, attempt, 200, "t-1", runner_id=a_id)
@@ -264,7 +267,9 @@ def test_a_runner_elsewhere_that_missed_beats_is_waited_for_then_taken_over(path
                 [stamp, a_id],
             )
 
-    monkeypatch.setattr("batchgen.ledger.claims.now", lambda: "2026-12-07T00:01:00.000000Z")
+    # B's clock, as the ledger ages heartbeats (the server's on PostgreSQL, this machine's
+    # for a SQLite file), reads a minute past A's first beat.
+    monkeypatch.setattr(b, "_clock", lambda: "2026-12-07T00:01:00.000000Z")
     a_beat_ago(10)  # within two beats (15 s each for a 60 s lease): alive
     assert b.take_over(b_id) == Takeover([], 0, {})
     a_beat_ago(40)  # late: its task is waited for, not taken

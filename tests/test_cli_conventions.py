@@ -17,7 +17,7 @@ from batchgen.cli import Commands, cli
 from batchgen.report import render
 from tests.builders import grok, make_ledger, report
 from tests.documentation import readme_and_docs
-from tests.e2e import batchgen, write_manifest
+from tests.e2e import batchgen, ledger_content, ledger_written, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 README_AND_DOCS = readme_and_docs()  # the README, and docs/ where its reference moved
@@ -98,19 +98,19 @@ def test_every_command_that_prints_data_takes_json(command):
     assert result.exit_code == 0 and "--json" in result.output
 
 
-def test_report_json_is_the_same_as_format_json(audit):  # noqa: F811
+def test_report_json_is_the_same_as_format_json(audit_at):
     for extra in ([], ["--jobs"], ["--by", "model"]):
-        as_format = batchgen("report", "--format", "json", *extra, ledger=audit)
-        as_json = batchgen("report", "--json", *extra, ledger=audit)
+        as_format = batchgen("report", "--format", "json", *extra, ledger=audit_at)
+        as_json = batchgen("report", "--json", *extra, ledger=audit_at)
         assert as_json.returncode == as_format.returncode == 0, as_json.stderr
         assert as_json.stdout == as_format.stdout
         json.loads(as_json.stdout)
-    both = batchgen("report", "--json", "--format", "csv", ledger=audit)
+    both = batchgen("report", "--json", "--format", "csv", ledger=audit_at)
     assert both.returncode == 2 and "--json" in both.stderr
 
 
-def test_ingest_json_gives_the_counts_as_one_object(tmp_path):
-    ledger = tmp_path / "l.db"
+def test_ingest_json_gives_the_counts_as_one_object(ledger_at, tmp_path):
+    ledger = ledger_at
     first = batchgen("ingest", str(SPRING), "--json", ledger=ledger)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout) == {
@@ -141,18 +141,18 @@ def test_plan_json_gives_the_plan_as_one_object(tmp_path):
 # --- --ledger after the command ----------------------------------------------------------
 
 
-def test_the_ledger_can_be_named_before_or_after_the_command_or_by_environment(tmp_path):
+def test_the_ledger_can_be_named_before_or_after_the_command_or_by_environment(ledger_at, tmp_path):
     manifest = write_manifest(
         tmp_path / "m.yaml",
         "version: 1\ncampaign: c\njobs: [{id: a, model: grok-video-3, prompt: A cat}]\n",
     )
     elsewhere = tmp_path / "env.db"  # what BATCHGEN_LEDGER says in these runs
-    after, before = tmp_path / "after.db", tmp_path / "before.db"
+    after, before = ledger_at, tmp_path / "before.db"
     result = batchgen("ingest", str(manifest), "--ledger", str(after), ledger=elsewhere)
     assert result.returncode == 0, result.stderr
     result = batchgen("--ledger", str(before), "ingest", str(manifest), ledger=elsewhere)
     assert result.returncode == 0, result.stderr
-    assert after.exists() and before.exists() and not elsewhere.exists()
+    assert ledger_written(after) and before.exists() and not elsewhere.exists()
     for args in (["status", "--json", "--ledger", str(after)],
                  ["--ledger", str(after), "status", "--json"]):  # fmt: skip
         result = batchgen(*args, ledger=elsewhere)
@@ -193,23 +193,22 @@ def test_shell_completion_works_as_the_readme_says(tmp_path):
     assert result.stdout.strip() == "plain,report"
 
 
-def two_campaigns(tmp_path: Path) -> Path:
-    path = tmp_path / "l.db"
+def two_campaigns(path: Path | str) -> Path | str:
     for campaign in ("spring-launch", "summer"):
         make_ledger(path, [grok("a")], campaign=campaign).close()
     return path
 
 
-def test_campaign_names_complete_from_the_ledger_read_only(tmp_path):
+def test_campaign_names_complete_from_the_ledger_read_only(ledger_at, tmp_path):
     from batchgen.cli import complete_campaigns
 
-    path = two_campaigns(tmp_path)
-    before = path.read_bytes()
+    path = two_campaigns(ledger_at)
+    before = ledger_content(path)
     ctx = click.Context(cli, obj={"ledger": str(path)})
     param = cli.commands["status"].params[0]
     assert [c.value for c in complete_campaigns(ctx, param, "")] == ["spring-launch", "summer"]
     assert [c.value for c in complete_campaigns(ctx, param, "sp")] == ["spring-launch"]
-    assert path.read_bytes() == before
+    assert ledger_content(path) == before
     for nothing in (tmp_path / "none.db", tmp_path):  # no ledger, a folder: nothing offered
         assert complete_campaigns(click.Context(cli, obj={"ledger": str(nothing)}), param, "") == []
     (tmp_path / "junk.db").write_bytes(b"not a ledger")
@@ -221,8 +220,8 @@ def test_campaign_names_complete_from_the_ledger_read_only(tmp_path):
     "words", ["batchgen status --campaign s", "batchgen retry --job a --campaign s"]
 )
 @pytest.mark.parametrize("where", ["environment", "--ledger before", "--ledger after"])
-def test_the_shell_completes_campaign_names(tmp_path, words, where):
-    path = two_campaigns(tmp_path)
+def test_the_shell_completes_campaign_names(ledger_at, tmp_path, words, where):
+    path = two_campaigns(ledger_at)
     env = {**os.environ, "_BATCHGEN_COMPLETE": "bash_complete"}
     env.pop("BATCHGEN_LEDGER", None)
     if where == "environment":
@@ -244,18 +243,18 @@ def test_the_shell_completes_campaign_names(tmp_path, words, where):
 
 @pytest.mark.parametrize("by", ["campaign", "model", "tag", "status"])
 @pytest.mark.parametrize("per_job", [False, True])
-def test_report_tables_fit_in_80_columns(audit, by, per_job):  # noqa: F811
-    text = report(audit, by=by, fmt="table", per_job=per_job, width=80)
+def test_report_tables_fit_in_80_columns(audit_at, by, per_job):
+    text = report(audit_at, by=by, fmt="table", per_job=per_job, width=80)
     assert max(len(line) for line in text.splitlines()) <= 80, text
     if not per_job:  # nothing that costs money is ever left out
         for header in ("spent", "in flight", "unknown", "refunded"):
             assert header in text
 
 
-def test_report_command_fits_the_terminal_width_it_is_given(audit):  # noqa: F811
+def test_report_command_fits_the_terminal_width_it_is_given(audit_at):
     for args in (["report", "--by", "model"], ["report", "--jobs"]):
         result = subprocess.run(
-            [sys.executable, "-m", "batchgen", "--ledger", str(audit), *args],
+            [sys.executable, "-m", "batchgen", "--ledger", str(audit_at), *args],
             env={**os.environ, "COLUMNS": "80"},
             capture_output=True,
             text=True,
@@ -263,11 +262,11 @@ def test_report_command_fits_the_terminal_width_it_is_given(audit):  # noqa: F81
         )
         assert result.returncode == 0, result.stderr
         assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
-    wide = render_text(audit, 200)
+    wide = render_text(audit_at, 200)
     assert "refunded" in wide and "video s" in wide
 
 
-def render_text(path: Path, width: int) -> str:
+def render_text(path: Path | str, width: int) -> str:
     from batchgen.ledger import Ledger
 
     ledger = Ledger(path, create=False)
@@ -277,11 +276,11 @@ def render_text(path: Path, width: int) -> str:
         ledger.close()
 
 
-def test_a_long_name_folds_within_its_column_at_80_columns(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", [grok("a-very-long-job-id-" + "x" * 60)],
+def test_a_long_name_folds_within_its_column_at_80_columns(ledger_at):
+    ledger = make_ledger(ledger_at, [grok("a-very-long-job-id-" + "x" * 60)],
                          campaign="campaign-with-a-long-name")  # fmt: skip
     ledger.close()
-    text = report(tmp_path / "l.db", per_job=True, fmt="table", width=80)
+    text = report(ledger_at, per_job=True, fmt="table", width=80)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "x" * 30 in text.replace("\n", "")  # folded over lines, not cut
 

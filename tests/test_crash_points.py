@@ -1,4 +1,5 @@
-"""kill -9 at each point where a crash matters, then `batchgen resume` (PRODUCT.md §6, §10).
+"""kill -9 at each point where a crash matters, then `batchgen resume` (PRODUCT.md §6, §10),
+on each kind of ledger (a SQLite file, a PostgreSQL database).
 
 Each test runs the real command against the sandbox served by the test process, kills it
 with SIGKILL at one named point (tests/crashing.py arms `Scheduler.checkpoint`; for "the
@@ -67,10 +68,10 @@ class Service:
         self.key = next(iter(sim.config.keys))
         self.base_url = self.served.base_url
 
-    def env(self, ledger: Path) -> dict[str, str]:
+    def env(self, ledger: Path | str) -> dict[str, str]:
         return command_env(ledger, self.base_url, self.key)
 
-    def resume(self, ledger: Path, *args: str) -> Any:
+    def resume(self, ledger: Path | str, *args: str) -> Any:
         return batchgen("resume", *FAST, *args, ledger=ledger, base_url=self.base_url, key=self.key)
 
 
@@ -90,23 +91,23 @@ def holding_service() -> Iterator[Service]:
     running.served.stop()
 
 
-def kill_at(service: Service, ledger: Path, point: str, nth: int) -> None:
+def kill_at(service: Service, ledger: Path | str, point: str, nth: int) -> None:
     result = run_crashing(point, nth, "resume", *FAST, env=service.env(ledger))
     assert result.returncode == -signal.SIGKILL, (
         f"expected a SIGKILL at {point} #{nth}, got {result.returncode}: {result.stderr}"
     )
 
 
-def attempts(ledger: Path, *states: str) -> list[dict[str, Any]]:
+def attempts(ledger: Path | str, *states: str) -> list[dict[str, Any]]:
     marks = ", ".join("?" * len(states))
     return query(ledger, f"SELECT * FROM attempts WHERE state IN ({marks}) ORDER BY id", *states)
 
 
-def recorded(ledger: Path) -> list[dict[str, Any]]:
+def recorded(ledger: Path | str) -> list[dict[str, Any]]:
     return query(ledger, "SELECT * FROM attempts WHERE task_id IS NOT NULL ORDER BY id")
 
 
-def unrecorded_tasks(ledger: Path, truth: Truth) -> Counter[str]:
+def unrecorded_tasks(ledger: Path | str, truth: Truth) -> Counter[str]:
     """Job id -> tasks the service created for it that the ledger has no task id for."""
     jobs = {
         payload_key(json.loads(r["request"])): r["id"] for r in query(ledger, "SELECT * FROM jobs")
@@ -117,7 +118,7 @@ def unrecorded_tasks(ledger: Path, truth: Truth) -> Counter[str]:
     )
 
 
-def left_sending(ledger: Path, truth: Truth) -> list[dict[str, Any]]:
+def left_sending(ledger: Path | str, truth: Truth) -> list[dict[str, Any]]:
     """The attempts a kill left `sending` (other jobs may have been mid-submission too, at
     concurrency 3), after checking each created at most one task nobody recorded."""
     sending = attempts(ledger, "sending")
@@ -130,7 +131,7 @@ def left_sending(ledger: Path, truth: Truth) -> list[dict[str, Any]]:
     return sending
 
 
-def settled_as_unknown(ledger: Path, sending: list[dict[str, Any]], result: Audit) -> None:
+def settled_as_unknown(ledger: Path | str, sending: list[dict[str, Any]], result: Audit) -> None:
     """§6: each attempt left `sending` is now an attempt of unknown outcome that counts
     toward --max-attempts, and no other attempt is; only those may have orphan tasks."""
     unknown = attempts(ledger, "unknown")
@@ -140,9 +141,9 @@ def settled_as_unknown(ledger: Path, sending: list[dict[str, Any]], result: Audi
 
 
 def test_kill_after_the_intent_commit_leaves_an_attempt_that_resume_settles_as_unknown(
-    service, tmp_path
+    service, ledger_at
 ):
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, JOBS)
     kill_at(service, ledger, "intent_committed", NTH)
 
@@ -162,10 +163,10 @@ def test_kill_after_the_intent_commit_leaves_an_attempt_that_resume_settles_as_u
 
 
 def test_kill_after_the_request_reached_the_service_is_an_unknown_attempt_covering_its_charge(
-    holding_service, tmp_path
+    holding_service, ledger_at
 ):
     service = holding_service
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, JOBS)
     process = spawn("resume", *FAST, ledger=ledger, base_url=service.base_url, key=service.key)
     try:
@@ -196,8 +197,10 @@ def test_kill_after_the_request_reached_the_service_is_an_unknown_attempt_coveri
     assert truth.net_charged_micros() <= result.spent + result.unknown
 
 
-def test_kill_after_the_answer_arrived_is_an_unknown_attempt_covering_its_charge(service, tmp_path):
-    ledger = tmp_path / "l.db"
+def test_kill_after_the_answer_arrived_is_an_unknown_attempt_covering_its_charge(
+    service, ledger_at
+):
+    ledger = ledger_at
     job_ids = build_ledger(ledger, JOBS)
     kill_at(service, ledger, "submit_answered", NTH)
 
@@ -214,8 +217,8 @@ def test_kill_after_the_answer_arrived_is_an_unknown_attempt_covering_its_charge
     assert truth.net_charged_micros() <= result.spent + result.unknown
 
 
-def test_kill_after_the_answer_with_on_unknown_hold_keeps_the_job_for_a_person(service, tmp_path):
-    ledger = tmp_path / "l.db"
+def test_kill_after_the_answer_with_on_unknown_hold_keeps_the_job_for_a_person(service, ledger_at):
+    ledger = ledger_at
     job_ids = build_ledger(ledger, JOBS)
     kill_at(service, ledger, "submit_answered", NTH)
     sending = left_sending(ledger, service.sim.truth())
@@ -233,9 +236,9 @@ def test_kill_after_the_answer_with_on_unknown_hold_keeps_the_job_for_a_person(s
 
 
 def test_kill_after_the_task_id_commit_polls_that_task_and_never_submits_it_again(
-    service, tmp_path
+    service, ledger_at
 ):
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, JOBS)
     kill_at(service, ledger, "task_id_committed", NTH)
 
@@ -257,8 +260,8 @@ def test_kill_after_the_task_id_commit_polls_that_task_and_never_submits_it_agai
     assert truth.net_charged_micros() == result.spent + sum(result.orphans.values()) * 100_000
 
 
-def test_kill_mid_poll_resumes_polling_without_resubmitting(service, tmp_path):
-    ledger = tmp_path / "l.db"
+def test_kill_mid_poll_resumes_polling_without_resubmitting(service, ledger_at):
+    ledger = ledger_at
     job_ids = build_ledger(ledger, JOBS)
     kill_at(service, ledger, "poll_answered", 8)
 
@@ -346,14 +349,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_kill_mid_download_then_download_saves_every_file_without_generating_again(tmp_path):
+def test_kill_mid_download_then_download_saves_every_file_without_generating_again(
+    ledger_at, tmp_path
+):
     pytest.importorskip("batchgen.download", reason="batchgen/download.py (§9) has not landed yet")
     size = 256 * 1024
     sim = Sandbox(SandboxConfig(time_scale=SCALE, file_bytes=size))
     service = Service(sim)
     files = StallingFiles(sim, nth=2)
     sim.base_url = files.base_url  # result URLs point at the stalling CDN
-    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    ledger, out = ledger_at, tmp_path / "out"
     job_ids = build_ledger(ledger, JOBS)
     try:
         process = spawn(

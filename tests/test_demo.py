@@ -20,20 +20,20 @@ def next_steps(ledger: Ledger) -> str:
     return format_status(ledger, status_data(ledger, [], jobs=False), []).split("\n\n")[-1]
 
 
-def test_the_demo_keys_tasks_in_flight_go_on_with_resume_sandbox(tmp_path, monkeypatch):
-    ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
+def test_the_demo_keys_tasks_in_flight_go_on_with_resume_sandbox(ledger_at, monkeypatch):
+    ledger = make_ledger(ledger_at, [grok("a"), grok("b")])
     start(ledger, "a", key=demo.KEY.label)
 
     assert demo.in_sandbox(ledger)
     assert "2 job(s) unfinished: `batchgen resume --sandbox` goes on" in next_steps(ledger)
     with pytest.raises(AuthError, match="add --sandbox"):
-        demo.keys_for(str(ledger.path))
+        demo.keys_for(ledger.location)
     monkeypatch.setenv("OKAYPIC_API_KEY", "okpk_a_real_key")
-    assert [k.label for k in demo.keys_for(str(ledger.path))] == [REAL]
+    assert [k.label for k in demo.keys_for(ledger.location)] == [REAL]
 
 
-def test_a_ledger_that_went_on_with_a_real_key_after_a_demo_resumes_plainly(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
+def test_a_ledger_that_went_on_with_a_real_key_after_a_demo_resumes_plainly(ledger_at):
+    ledger = make_ledger(ledger_at, [grok("a"), grok("b")])
     start(ledger, "a", key=demo.KEY.label)
     ledger.task_completed(unfinished(ledger, "a"), ["https://cdn.example/a.mp4"])
     start(ledger, "b", key=REAL)
@@ -41,5 +41,5 @@ def test_a_ledger_that_went_on_with_a_real_key_after_a_demo_resumes_plainly(tmp_
     assert not demo.in_sandbox(ledger)
     assert "1 job(s) unfinished: `batchgen resume` goes on" in next_steps(ledger)
     with pytest.raises(AuthError) as refused:
-        demo.keys_for(str(ledger.path))
+        demo.keys_for(ledger.location)
     assert "--sandbox" not in str(refused.value).replace("run MANIFEST --sandbox", "")

@@ -73,9 +73,11 @@ def _json(status: int, value: Any) -> Response:
     return Response(status, {"Content-Type": "application/json"}, json.dumps(value).encode())
 
 
-def test_markup_and_escape_codes_from_the_service_are_shown_literally_on_a_terminal(tmp_path):
+def test_markup_and_escape_codes_from_the_service_are_shown_literally_on_a_terminal(
+    ledger_at, tmp_path
+):
     sandbox = OddWordsSandbox()
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     with serve(sandbox) as served:
         env = command_env(ledger, served.base_url, DEFAULT_KEY)
@@ -95,9 +97,9 @@ def test_markup_and_escape_codes_from_the_service_are_shown_literally_on_a_termi
     assert "\x1b]0;owned" not in output
 
 
-def test_markup_and_escape_codes_are_shown_literally_in_a_log(tmp_path):
+def test_markup_and_escape_codes_are_shown_literally_in_a_log(ledger_at, tmp_path):
     sandbox = OddWordsSandbox()
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     with serve(sandbox) as served:
         result = batchgen(

@@ -121,11 +121,9 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture
-def ledger(tmp_path, server) -> Iterator[Ledger]:
+def ledger(ledger_at, server) -> Iterator[Ledger]:
     """one (1 video), two (2 takes), poster (an image); `pending` is not completed."""
-    ledger = make_ledger(
-        tmp_path / "l.db", [grok("one"), grok("two"), grok("poster"), grok("pending")]
-    )
+    ledger = make_ledger(ledger_at, [grok("one"), grok("two"), grok("poster"), grok("pending")])
     complete(ledger, "one", urls=[server.add("/r/one.mp4", VIDEO)])
     complete(ledger, "two", urls=[server.add("/r/a.mp4", VIDEO), server.add("/r/b.MP4", VIDEO2)])
     complete(ledger, "poster", urls=[server.add("/r/poster.png?sig=abc", PICTURE)])
@@ -209,8 +207,8 @@ def test_a_failed_download_is_recorded_and_retried_by_the_next_download(
     assert list((out / "c").glob(".*")) == []
 
 
-def test_a_hostile_job_id_cannot_write_outside_the_folder(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok("../../etc/x"), grok("..")])
+def test_a_hostile_job_id_cannot_write_outside_the_folder(ledger_at, tmp_path, server):
+    ledger = make_ledger(ledger_at, [grok("../../etc/x"), grok("..")])
     complete(ledger, "../../etc/x", urls=[server.add("/x.mp4", VIDEO)])
     complete(ledger, "..", urls=[server.add("/dots.mp4", VIDEO2)])
     out = tmp_path / "deep" / "out"
@@ -221,18 +219,18 @@ def test_a_hostile_job_id_cannot_write_outside_the_folder(tmp_path, server):
     assert not (tmp_path / "etc").exists() and not (tmp_path / "deep" / "etc").exists()
 
 
-def test_a_hostile_url_extension_cannot_write_outside_the_folder(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok("a"), grok("b")])
+def test_a_hostile_url_extension_cannot_write_outside_the_folder(ledger_at, tmp_path, server):
+    ledger = make_ledger(ledger_at, [grok("a"), grok("b")])
     complete(ledger, "a", urls=[server.add("/v.%2e%2e%2f%2e%2e%2fevil", VIDEO)])
     complete(ledger, "b", urls=[server.add("/v.mp4%2F..%2F..%2Fsh", VIDEO2)])
     out = tmp_path / "out"
     assert download_all(ledger, str(out), []) == 0
     assert sorted(p.name for p in (out / "c").iterdir()) == ["a.bin", "b.bin"]
-    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith("l.db")} == {"out"}
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger.db")} == {"out"}
 
 
-def test_redirects_are_followed_and_no_authorization_header_is_sent(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok("moved")])
+def test_redirects_are_followed_and_no_authorization_header_is_sent(ledger_at, tmp_path, server):
+    ledger = make_ledger(ledger_at, [grok("moved")])
     server.add("/cdn/moved.mp4", VIDEO)
     complete(ledger, "moved", urls=[server.url + "/redirect/cdn/moved.mp4"])
 
@@ -252,8 +250,8 @@ def test_redirects_are_followed_and_no_authorization_header_is_sent(tmp_path, se
     assert all("Authorization" not in headers for _, headers in server.requests)
 
 
-def test_a_500_or_a_short_body_is_tried_again(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok("flaky"), grok("short")])
+def test_a_500_or_a_short_body_is_tried_again(ledger_at, tmp_path, server):
+    ledger = make_ledger(ledger_at, [grok("flaky"), grok("short")])
     complete(ledger, "flaky", urls=[server.add("/flaky.mp4", VIDEO)])
     complete(ledger, "short", urls=[server.url + "/short/short.mp4"])
     server.add("/short.mp4", VIDEO2)
@@ -276,7 +274,9 @@ def test_a_500_or_a_short_body_is_tried_again(tmp_path, server):
     assert sorted(p.name for p in (tmp_path / "out" / "c").iterdir()) == ["flaky.mp4"]
 
 
-def test_a_download_tried_again_waits_the_runs_backoff_with_jitter(tmp_path, server, monkeypatch):
+def test_a_download_tried_again_waits_the_runs_backoff_with_jitter(
+    ledger_at, tmp_path, server, monkeypatch
+):
     """The pause before each new try is pacing.backoff's (full jitter, doubling from the
     retry delay), the one the scheduler uses, not a fixed doubling of our own."""
     waits: list[tuple[float, int]] = []
@@ -286,7 +286,7 @@ def test_a_download_tried_again_waits_the_runs_backoff_with_jitter(tmp_path, ser
         return 0.0
 
     monkeypatch.setattr("batchgen.download.backoff", recorded)
-    ledger = make_ledger(tmp_path / "l.db", [grok("flaky")])
+    ledger = make_ledger(ledger_at, [grok("flaky")])
     complete(ledger, "flaky", urls=[server.add("/flaky.mp4", VIDEO)])
     server.fail_first["/flaky.mp4"] = 2
 
@@ -301,8 +301,8 @@ def test_a_download_tried_again_waits_the_runs_backoff_with_jitter(tmp_path, ser
     assert waits == [(0.25, 1), (0.25, 2)]
 
 
-def test_downloads_run_a_few_at_a_time(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok(f"j{i}") for i in range(12)])
+def test_downloads_run_a_few_at_a_time(ledger_at, tmp_path, server):
+    ledger = make_ledger(ledger_at, [grok(f"j{i}") for i in range(12)])
     for i in range(12):
         complete(ledger, f"j{i}", urls=[server.add(f"/j{i}.mp4", VIDEO)])
     server.delay = 0.05
@@ -324,24 +324,24 @@ def test_fetch_job_of_a_job_not_yet_completed_has_nothing_to_do(ledger, tmp_path
 
 def test_download_command_saves_files_and_status_lists_them(ledger, tmp_path):
     out = tmp_path / "out"
-    result = invoke(ledger.path, "download", "--out", str(out))
+    result = invoke(ledger.location, "download", "--out", str(out))
     assert result.exit_code == 0, result.output
-    status = json.loads(invoke(ledger.path, "status", "--json").output)
+    status = json.loads(invoke(ledger.location, "status", "--json").output)
     saved = {job["id"]: job["files"] for job in status["jobs"]}
     assert saved["two"] == [str(out / "c" / "two.mp4"), str(out / "c" / "two+2.mp4")]
     assert saved["pending"] == []
 
 
 def test_download_without_a_terminal_says_what_it_does_and_what_it_did_and_nothing_else(
-    tmp_path, server
+    ledger_at, tmp_path, server
 ):
     """No progress-bar remnant (`10/13 file(s)`) in a log: a line to start, a summary."""
-    ledger = make_ledger(tmp_path / "l.db", [grok(f"clip-{n}") for n in range(13)])
+    ledger = make_ledger(ledger_at, [grok(f"clip-{n}") for n in range(13)])
     for n in range(13):
         complete(ledger, f"clip-{n}", urls=[server.add(f"/r/{n}.mp4", VIDEO)])
     ledger.close()
     out = tmp_path / "out"
-    result = batchgen("download", "--out", str(out), ledger=ledger.path)
+    result = batchgen("download", "--out", str(out), ledger=ledger.location)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         "downloading 13 file(s)",
@@ -349,9 +349,9 @@ def test_download_without_a_terminal_says_what_it_does_and_what_it_did_and_nothi
     ]
 
 
-def test_download_command_with_nothing_completed_says_so(tmp_path):
-    make_ledger(tmp_path / "l.db", [grok("a")]).close()
-    result = invoke(tmp_path / "l.db", "download", "--out", str(tmp_path / "out"))
+def test_download_command_with_nothing_completed_says_so(ledger_at, tmp_path):
+    make_ledger(ledger_at, [grok("a")]).close()
+    result = invoke(ledger_at, "download", "--out", str(tmp_path / "out"))
     assert result.exit_code == 0 and "nothing to download" in result.output
 
 
@@ -385,8 +385,8 @@ def test_names_differ_case_insensitively_and_a_hash_or_number_never_makes_anothe
     assert safe_name("CON").startswith("CON+") and safe_name("Aux.v2").startswith("Aux.v2+")
 
 
-def test_an_id_keeps_its_case_in_its_file_names(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok("TEA-02"), grok("Shot.v2")])
+def test_an_id_keeps_its_case_in_its_file_names(ledger_at, tmp_path, server):
+    ledger = make_ledger(ledger_at, [grok("TEA-02"), grok("Shot.v2")])
     complete(
         ledger, "TEA-02", urls=[server.add("/r/a.mp4", VIDEO), server.add("/r/b.png", PICTURE)]
     )
@@ -413,9 +413,9 @@ def id_hash(job_id: str) -> str:
     ],
 )
 def test_only_ids_differing_by_case_alone_get_a_suffix_the_hash_of_the_id_as_written(
-    tmp_path, server, order
+    ledger_at, tmp_path, server, order
 ):
-    ledger = make_ledger(tmp_path / "l.db", [grok(i) for i in order])
+    ledger = make_ledger(ledger_at, [grok(i) for i in order])
     for k, job_id in enumerate(order):
         complete(ledger, job_id, urls=[server.add(f"/r/{k}.mp4", job_id.encode() * 50)])
     out = tmp_path / "out"
@@ -433,9 +433,9 @@ def test_only_ids_differing_by_case_alone_get_a_suffix_the_hash_of_the_id_as_wri
 
 
 def test_a_file_saved_keeps_its_name_when_an_id_differing_only_by_case_comes_later(
-    tmp_path, server
+    ledger_at, tmp_path, server
 ):
-    ledger = make_ledger(tmp_path / "l.db", [grok("tea-02")])
+    ledger = make_ledger(ledger_at, [grok("tea-02")])
     complete(ledger, "tea-02", urls=[server.add("/r/a.mp4", VIDEO)])
     out = tmp_path / "out"
     assert download_all(ledger, str(out), []) == 0
@@ -450,9 +450,11 @@ def test_a_file_saved_keeps_its_name_when_an_id_differing_only_by_case_comes_lat
     ]
 
 
-def test_an_upper_case_ids_file_saved_under_the_earlier_hashed_name_keeps_it(tmp_path, server):
+def test_an_upper_case_ids_file_saved_under_the_earlier_hashed_name_keeps_it(
+    ledger_at, tmp_path, server
+):
     # An earlier batchgen hashed every id that was not lower-case: TEA-02+<hash>.mp4.
-    ledger = make_ledger(tmp_path / "l.db", [grok("TEA-02"), grok("Poster")])
+    ledger = make_ledger(ledger_at, [grok("TEA-02"), grok("Poster")])
     complete(ledger, "TEA-02", urls=[url := server.add("/r/a.mp4", VIDEO)])
     complete(ledger, "Poster", urls=[server.add("/r/b.mp4", VIDEO2)])
     out = tmp_path / "out"
@@ -484,8 +486,10 @@ def test_the_second_and_later_results_of_a_job_are_numbered_from_2(tmp_path):
     assert file_path(tmp_path, "c", file_name("j", 2, "https://x/c")) == tmp_path / "c" / "j+3.bin"
 
 
-def test_a_campaign_folder_that_is_a_symlink_out_of_the_folder_is_refused(tmp_path, server):
-    ledger = make_ledger(tmp_path / "l.db", [grok("a")])
+def test_a_campaign_folder_that_is_a_symlink_out_of_the_folder_is_refused(
+    ledger_at, tmp_path, server
+):
+    ledger = make_ledger(ledger_at, [grok("a")])
     complete(ledger, "a", urls=[server.add("/a.mp4", VIDEO)])
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
@@ -508,11 +512,13 @@ def test_path_of_a_saved_file_is_inside_the_folder(tmp_path):
 # ---------------------------------------------------------------- no two results on one path
 
 
-def test_no_two_results_share_a_path_even_on_a_case_insensitive_file_system(tmp_path, server):
+def test_no_two_results_share_a_path_even_on_a_case_insensitive_file_system(
+    ledger_at, tmp_path, server
+):
     # `shot` with two results and `shot-1` once both wrote shot-1.mp4; `Shot` and `shot`
     # are one file on macOS and Windows; `a b` and `a_b` sanitize alike.
     ids = ["shot", "shot-1", "Shot", "SHOT", "shot-2", "a b", "a_b", "con", "CON"]
-    ledger = make_ledger(tmp_path / "l.db", [grok(i) for i in ids])
+    ledger = make_ledger(ledger_at, [grok(i) for i in ids])
     content: dict[tuple[str, int], bytes] = {}
     for k, job_id in enumerate(ids):
         count = 2 if job_id == "shot" else 1
@@ -540,11 +546,11 @@ def record_legacy(ledger: Ledger, out: Path, job_id: str, n: int, url: str, name
 
 
 def test_files_saved_under_an_earlier_scheme_keep_their_path_and_are_never_overwritten(
-    tmp_path, server
+    ledger_at, tmp_path, server
 ):
     # The earlier scheme named job `two`'s results two-1.mp4 and two-2.mp4; job `two-1`,
     # completed since, must not take two-1.mp4 from it.
-    ledger = make_ledger(tmp_path / "l.db", [grok("two"), grok("two-1")])
+    ledger = make_ledger(ledger_at, [grok("two"), grok("two-1")])
     urls = [server.add("/r/a.mp4", VIDEO), server.add("/r/b.mp4", VIDEO2)]
     complete(ledger, "two", urls=urls)
     complete(ledger, "two-1", urls=[server.add("/r/c.mp4", PICTURE)])
@@ -561,10 +567,12 @@ def test_files_saved_under_an_earlier_scheme_keep_their_path_and_are_never_overw
     assert download_all(ledger, str(out), []) == 0 and server.requests == []
 
 
-def test_two_files_an_earlier_scheme_recorded_on_one_path_are_separated(tmp_path, server):
+def test_two_files_an_earlier_scheme_recorded_on_one_path_are_separated(
+    ledger_at, tmp_path, server
+):
     # What the earlier scheme left: `two`'s first result and `two-1`'s both recorded as
     # two-1.mp4, the later download having overwritten the first.
-    ledger = make_ledger(tmp_path / "l.db", [grok("two"), grok("two-1")])
+    ledger = make_ledger(ledger_at, [grok("two"), grok("two-1")])
     urls = [server.add("/r/a.mp4", VIDEO), server.add("/r/b.mp4", VIDEO2)]
     complete(ledger, "two", urls=urls)
     complete(ledger, "two-1", urls=[url := server.add("/r/c.mp4", PICTURE)])
@@ -633,7 +641,7 @@ def test_an_interrupted_download_exits_130_leaving_no_partial_file(
 ):
     server.delay = 30  # every answer is on its way when the signal comes
     out = tmp_path / "out"
-    process = spawn("download", "--out", str(out), ledger=ledger.path)
+    process = spawn("download", "--out", str(out), ledger=ledger.location)
     try:
         deadline = time.monotonic() + 30
         while server.active == 0:
@@ -647,3 +655,23 @@ def test_an_interrupted_download_exits_130_leaving_no_partial_file(
     assert "interrupted" in err and "batchgen download" in err
     assert "Traceback" not in err and "Aborted" not in err
     assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_a_ledger_that_cannot_be_read_fails_the_jobs_files_saying_so(ledger, tmp_path, server):
+    """`run --download` fetches each completed job's files in a task nobody awaits alone:
+    a ledger that cannot give the job's files (here its table renamed by hand; a
+    PostgreSQL server gone) is a failure said and counted, never swallowed (run ends 3)."""
+    said: list[str] = []
+    ledger.conn.execute("ALTER TABLE files RENAME TO files_elsewhere")
+
+    async def fetch() -> bool:
+        downloader = Downloader(ledger, tmp_path / "out", on_failure=said.append)
+        try:
+            return await downloader.fetch_job("c", "one")
+        finally:
+            await downloader.aclose()
+            assert downloader.tally.failed == 1
+
+    assert asyncio.run(fetch()) is False
+    assert len(said) == 1 and "c/one" in said[0] and "ledger" in said[0], said
+    assert server.requests == []

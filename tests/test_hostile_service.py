@@ -8,7 +8,7 @@ held job, never a traceback, a hang or a duplicate charge.
 The hostile answers come from a wrapped sandbox, so the service's truth still says what
 really happened: a hostile submit answer "after the task was created" is served only when
 the sandbox really created (and charged) the task; a hostile poll answer stands in for the
-real one, and the task goes on.
+real one, and the task goes on. Each test runs on a SQLite file and on a PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from tests.hostile import SCALE, HostileSandbox, as_json, html, raw, redirect, t
 HUGE = 5_000_000  # bytes: five times what the client reads of an answer
 
 
-def run_against(sim: HostileSandbox, ledger: Path, job_ids: list[str], *args: str) -> Any:
+def run_against(sim: HostileSandbox, ledger: Path | str, job_ids: list[str], *args: str) -> Any:
     served = serve(sim)
     try:
         return batchgen(
@@ -83,12 +83,12 @@ UNUSABLE_AFTER_CREATE = {
 
 
 def test_unusable_answers_after_a_task_was_created_are_unknown_attempts_covering_each_charge(
-    tmp_path,
+    ledger_at,
 ):
     """Each answer leaves the task's existence unknown (§6 table): an unknown attempt with
     its possible cost, then a resubmission; every job ends completed, and what the service
     charged for the tasks batchgen never heard of is exactly the unknown amount."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 6)
     # short tasks: the tasks nobody heard of hold slots (429s) until they end
     sim = HostileSandbox(submits=list(UNUSABLE_AFTER_CREATE.values()), time_scale=SCALE / 4)
@@ -107,8 +107,8 @@ def test_unusable_answers_after_a_task_was_created_are_unknown_attempts_covering
     assert task_ids <= {s.task_id for s in truth.submissions} | {None}
 
 
-def test_a_service_that_never_answers_usably_fails_each_job_with_a_clear_reason(tmp_path):
-    ledger = tmp_path / "l.db"
+def test_a_service_that_never_answers_usably_fails_each_job_with_a_clear_reason(ledger_at):
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 2)
     sim = HostileSandbox(submits=[html(502)] * 4)
     result = run_against(sim, ledger, job_ids, "--max-attempts", "2")
@@ -135,8 +135,8 @@ REFUSED_BEFORE_THE_SERVICE = [
 ]
 
 
-def test_error_pages_from_in_front_of_the_service_are_retried_and_charge_nothing(tmp_path):
-    ledger = tmp_path / "l.db"
+def test_error_pages_from_in_front_of_the_service_are_retried_and_charge_nothing(ledger_at):
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 3)
     sim = HostileSandbox(refusals=REFUSED_BEFORE_THE_SERVICE)
     result = run_against(sim, ledger, job_ids, "--max-attempts", "8")
@@ -199,9 +199,9 @@ UNUSABLE_POLLS = {
 
 
 @pytest.mark.parametrize("family", sorted(UNUSABLE_POLLS))
-def test_unusable_poll_answers_are_polled_again_never_resubmitted(tmp_path, family):
+def test_unusable_poll_answers_are_polled_again_never_resubmitted(ledger_at, tmp_path, family):
     answers = UNUSABLE_POLLS[family]
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 3, campaign="c")
     job_ids = [f"clip-{n}" for n in (1, 2, 3)]
     per_task = -(-len(answers) // 3)  # every answer served at least once over 3 tasks
@@ -232,8 +232,8 @@ def test_unusable_poll_answers_are_polled_again_never_resubmitted(tmp_path, fami
         ], "only the service's real result URL is kept"
 
 
-def test_negative_nan_and_odd_progress_is_ignored_and_never_stored(tmp_path):
-    ledger = tmp_path / "l.db"
+def test_negative_nan_and_odd_progress_is_ignored_and_never_stored(ledger_at):
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 6)
     odd = [-5, float("nan"), float("inf"), float("-inf"), 1e308, "50", True, [50], None, 250]
     sim = HostileSandbox(progress=odd, ledger=ledger)
@@ -266,11 +266,11 @@ def with_task_id(task_id: str) -> Callable[[Response], Response]:
 ODD_BUT_USABLE = ["../../generate", "x?admin=1", "..", "a b#c/d", "tâche-é"]
 
 
-def test_odd_task_ids_are_polled_as_one_escaped_segment_and_reach_no_other_endpoint(tmp_path):
+def test_odd_task_ids_are_polled_as_one_escaped_segment_and_reach_no_other_endpoint(ledger_at):
     """Ids like `../../generate` or `x?admin=1` are polled at /api/video/tasks/<one escaped
     segment>: no request, and so no bearer token, reaches any other endpoint; each task is
     followed to its completion and paid once."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, len(ODD_BUT_USABLE))
     sim = HostileSandbox()
 
@@ -321,12 +321,10 @@ def audit_aliased(ledger: Path, truth: Any, job_ids: list[str], aliases: dict[st
 UNUSABLE_TASK_IDS = ["a\nb", "\x00", "tab\there", "del\x7f", "t" * 201, "\ud800", "   "]
 
 
-def test_task_ids_with_control_characters_or_too_long_are_unknown_outcomes_never_a_crash(
-    tmp_path,
-):
+def test_task_ids_with_control_characters_or_too_long_are_unknown_outcomes_never_a_crash(ledger_at):
     """Each is an unusable answer (§2): an unknown attempt covering the task the service
     did create, then a resubmission; no poll ever crashes on it."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 4)
     hostile = [
         raw(json.dumps({"taskId": t, "status": "pending"}).encode()) for t in UNUSABLE_TASK_IDS
@@ -344,10 +342,10 @@ def test_task_ids_with_control_characters_or_too_long_are_unknown_outcomes_never
     assert all("unusable task id" in e for e in errors), errors
 
 
-def test_a_ledger_already_holding_an_unusable_task_id_does_not_wedge_resume(tmp_path):
+def test_a_ledger_already_holding_an_unusable_task_id_does_not_wedge_resume(ledger_at):
     """An older batchgen recorded the id "a\\nb": resume settles that attempt as an unknown
     outcome (its possible cost kept) instead of crashing on every poll, and finishes."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 3)
     sim = HostileSandbox()
     served = serve(sim)
@@ -391,13 +389,13 @@ NEVER_RESOLVING = {
 }
 
 
-def test_tasks_that_never_resolve_are_given_up_as_lost_freeing_their_slots(tmp_path):
+def test_tasks_that_never_resolve_are_given_up_as_lost_freeing_their_slots(ledger_at):
     """Five tasks answer nothing usable for ever (one of each kind), and hold all three
     slots: after --lost-after each is `held` (reason lost), its slot freed so the other
     jobs run, its cost unknown (not in flight); the run exits 3 saying so. The next resume
     polls each lost task exactly once more and submits nothing; once they answer, it
     takes them back: every job completes, each task paid once."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 8)
     hostile_answers = list(NEVER_RESOLVING.values())
     hostile_tasks: dict[str, Response] = {}
@@ -469,7 +467,9 @@ def first_draws(seed: int, knob: str, n: int, rate: float) -> list[bool]:
     return [stream.random() < rate for _ in range(n)]
 
 
-def test_vanished_tasks_are_lost_and_retry_unknown_submits_them_anew(make_sandbox, tmp_path):
+def test_vanished_tasks_are_lost_and_retry_unknown_submits_them_anew(
+    make_sandbox, ledger_at, tmp_path
+):
     """The sandbox's --vanish-rate: tasks accepted and charged, then 404 for ever. They
     end held (lost), exit 3; `retry --unknown` (a person's decision) submits them anew;
     every charge is accounted for: the lost ones as unknown cost."""
@@ -481,7 +481,7 @@ def test_vanished_tasks_are_lost_and_retry_unknown_submits_them_anew(make_sandbo
         and not any(first_draws(s, "vanish", 6, 0.5)[4:])
     )
     sandbox = make_sandbox(time_scale=SCALE, vanish_rate=0.5, seed=seed)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 4, campaign="c")
     first = on_sandbox(sandbox, "run", str(manifest), *FAST, "--lost-after", "1", ledger=ledger)
     assert first.returncode == 3, first.stderr
@@ -511,14 +511,14 @@ def test_vanished_tasks_are_lost_and_retry_unknown_submits_them_anew(make_sandbo
 
 @pytest.mark.parametrize("retry_after", ["0", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
 def test_endless_429s_with_an_unusable_retry_after_back_off_and_show_in_the_log(
-    make_sandbox, tmp_path, retry_after
+    make_sandbox, ledger_at, tmp_path, retry_after
 ):
     """Every submit answers 429 with Retry-After 0 (or -1, a date, garbage): batchgen's own
     backoff paces the retries (a few a second at first, fewer and fewer), and the log says
     now and then how many were refused, not one line per 429. (How each Retry-After is
     read is test_outcomes' and the wait test_pacing's, case by case: this is the real run.)"""
     sandbox = make_sandbox(time_scale=SCALE, spurious_429_rate=1.0, retry_after=retry_after)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     process = spawn(
         "run",
@@ -553,12 +553,12 @@ def test_endless_429s_with_an_unusable_retry_after_back_off_and_show_in_the_log(
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_on_submit_stops_the_run_naming_the_location_with_no_unknown_cost(
-    tmp_path, status
+    ledger_at, status
 ):
     """The base URL is wrong for every job: nothing is followed or created, the run stops
     at once with exit 1 naming the Location, every job stays queued and no attempt of
     unknown outcome eats the budget."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 4)
     where = "https://www.okaypic.test/api/video/generate"
     sim = HostileSandbox(refusals=[redirect(status, where)] * 20)
@@ -591,11 +591,11 @@ def deadline(seconds: float) -> list[str]:
     return ["--set", f"batchgen.client:REQUEST_DEADLINE={seconds}"]
 
 
-def test_a_poll_answer_that_trickles_in_is_cut_at_the_deadline_and_polled_again(tmp_path):
+def test_a_poll_answer_that_trickles_in_is_cut_at_the_deadline_and_polled_again(ledger_at):
     """Each of the first two polls of every task trickles in a byte at a time, fast
     enough for every read: the whole-request deadline ends each, the task is polled again
     (never resubmitted) and completes."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 3)
     polls: Counter[str] = Counter()
 
@@ -624,10 +624,10 @@ def test_a_poll_answer_that_trickles_in_is_cut_at_the_deadline_and_polled_again(
     assert cut and all("within 1 s" in e["detail"] for e in cut), cut
 
 
-def test_a_submit_answer_that_trickles_in_is_an_unknown_outcome_at_the_deadline(tmp_path):
+def test_a_submit_answer_that_trickles_in_is_an_unknown_outcome_at_the_deadline(ledger_at):
     """The task was created and its answer trickles: at the deadline the outcome is unknown
     (the attempt covers the charge) and the job is submitted again, as §6 says."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 2)
     sim = HostileSandbox(on_created=lambda n, task_id, real: trickling(real) if n == 1 else real)
     served = serve(sim)
@@ -649,12 +649,12 @@ def test_a_submit_answer_that_trickles_in_is_an_unknown_outcome_at_the_deadline(
 
 
 def test_a_result_file_that_trickles_in_fails_at_the_download_deadline_and_the_run_ends(
-    tmp_path,
+    ledger_at, tmp_path
 ):
     """`run --download` with a result file sent a byte per 0.5 s: past the download's
     whole deadline the file is recorded as failed (for `download` to retry) and the run
     ends instead of hanging."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 2)
     sim = HostileSandbox(on_file=lambda target: Response(200, {}, trickle(b"x" * 1000, 0.5)))
     served = serve(sim)

@@ -21,7 +21,9 @@ EXAMPLES = ROOT / "batchgen" / "examples"
 
 
 def batchgen_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real command, run from `folder` (never from the checkout), with no key."""
+    """The real command, run from `folder` (never from the checkout), with no key, on the
+    ledger a newcomer gets: the default, a SQLite file in the folder (so these tests are
+    SQLite's alone)."""
     return subprocess.run(
         [sys.executable, "-m", "batchgen", *args],
         cwd=folder,

@@ -4,7 +4,7 @@ paid twice), a second Ctrl-C stops at once, and downloads never delay exit 130.
 
 The service is the sandbox (wrapped by tests/hostile.HostileSandbox to hold
 an answer or stream a file), served on 127.0.0.1; money and tasks are checked against
-its truth.
+its truth. Each test runs on a SQLite file and on a PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ class Service:
         self.served = serve(sim)
         self.base_url = self.served.base_url
 
-    def spawn(self, ledger: Path, *args: str) -> Any:
+    def spawn(self, ledger: Path | str, *args: str) -> Any:
         return spawn(*args, ledger=ledger, base_url=self.base_url, key=KEY)
 
-    def resume(self, ledger: Path, *args: str) -> Any:
+    def resume(self, ledger: Path | str, *args: str) -> Any:
         return batchgen("resume", *FAST, *args, ledger=ledger, base_url=self.base_url, key=KEY)
 
 
@@ -61,12 +61,12 @@ def interrupted(process: Any, signum: int = signal.SIGINT) -> float:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_waits_for_a_submission_on_the_wire_and_nothing_is_paid_twice(
-    services, tmp_path, signum
+    services, ledger_at, signum
 ):
     """The first submission's answer takes 3 s; the signal comes after the service has
     created (and charged) the task, before its answer: the run waits for the answer,
     records the task id, exits 130; resume polls that task and never submits it again."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 3)
     created = threading.Event()
 
@@ -99,11 +99,11 @@ def test_an_interrupt_waits_for_a_submission_on_the_wire_and_nothing_is_paid_twi
     assert truth.net_charged_micros() == checked.spent == 3 * PRICE
 
 
-def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_answer(services, tmp_path):
+def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_answer(services, ledger_at):
     """The first answer never comes: Ctrl-C waits for it (saying so), a second Ctrl-C exits
     130 at once. The submission is then an attempt of unknown outcome whose possible cost
     covers the charge (the person chose not to wait)."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     job_ids = build_ledger(ledger, 2)
     created, release = threading.Event(), threading.Event()
 
@@ -149,11 +149,11 @@ def huge_file(streamed: list[int]) -> Stream:
 
 
 @pytest.mark.parametrize("body", ["trickle", "2 GB"])
-def test_ctrl_c_stops_downloads_at_once(services, tmp_path, body):
+def test_ctrl_c_stops_downloads_at_once(services, ledger_at, tmp_path, body):
     """`run --download` at its end, waiting for a result file that trickles in a byte per
     20 s (within every read timeout) or that is 2 GB: Ctrl-C exits 130 within 2 s, and
     `download` is left to save the file later."""
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     build_ledger(ledger, 1)
     started = threading.Event()
     streamed = [0]

@@ -35,7 +35,7 @@ from tests.e2e import rows
 from tests.old_ledgers import written_before
 
 
-def two_keys(path: Path) -> Ledger:
+def two_keys(path: Path | str) -> Ledger:
     """Jobs sent with the keys `studio` and `night`, one before labels, one never sent:
 
     old    completed before labels (NULL)      spent 0.10
@@ -71,6 +71,9 @@ def two_keys(path: Path) -> Ledger:
 
 
 # ---------------------------------------------------------------- m007 on a ledger written before
+
+# Ledgers written before m007 and m009 are SQLite files (PostgreSQL came later): their
+# migrations are SQLite's alone.
 
 
 def test_m007_adds_up_an_old_ledgers_attempts_as_sent_with_one_unlabelled_key(
@@ -129,8 +132,8 @@ def test_a_reading_command_on_a_ledger_before_m007_answers_the_same_without_writ
 # ---------------------------------------------------------------- each key's use, each job's key
 
 
-def test_each_key_has_its_tasks_in_flight_and_the_money_of_the_attempts_sent_with_it(tmp_path):
-    ledger = two_keys(tmp_path / "l.db")
+def test_each_key_has_its_tasks_in_flight_and_the_money_of_the_attempts_sent_with_it(ledger_at):
+    ledger = two_keys(ledger_at)
     use = {key.label: key for key in ledger.key_use()}
     ledger.close()
     assert list(use) == ["night", "studio", None]  # by label, the unlabelled last
@@ -141,8 +144,8 @@ def test_each_key_has_its_tasks_in_flight_and_the_money_of_the_attempts_sent_wit
     assert (studio.money.spent, old.money.spent) == (200_000, 100_000)
 
 
-def test_a_campaign_scope_counts_only_its_own_attempts(tmp_path):
-    ledger = two_keys(tmp_path / "l.db")
+def test_a_campaign_scope_counts_only_its_own_attempts(ledger_at):
+    ledger = two_keys(ledger_at)
     ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("d1")])
     complete(ledger, "d1", campaign="d")
     sent_with(ledger, "d1", "dawn", campaign="d")
@@ -152,8 +155,8 @@ def test_a_campaign_scope_counts_only_its_own_attempts(tmp_path):
     ledger.close()
 
 
-def test_a_jobs_key_is_its_latest_attempts_and_a_request_not_sent_is_no_attempt(tmp_path):
-    path = tmp_path / "l.db"
+def test_a_jobs_key_is_its_latest_attempts_and_a_request_not_sent_is_no_attempt(ledger_at):
+    path = ledger_at
     two_keys(path).close()
     keys = {j["id"]: j["key"] for j in json.loads(invoke(path, "status", "--json").output)["jobs"]}
     assert keys == {
@@ -167,8 +170,8 @@ def test_a_jobs_key_is_its_latest_attempts_and_a_request_not_sent_is_no_attempt(
     }
 
 
-def test_status_json_keys_add_up_to_the_spend_and_the_tasks_running(tmp_path):
-    path = tmp_path / "l.db"
+def test_status_json_keys_add_up_to_the_spend_and_the_tasks_running(ledger_at):
+    path = ledger_at
     two_keys(path).close()
     status = json.loads(invoke(path, "status", "--json").output)
     assert status["keys"] == [
@@ -183,8 +186,8 @@ def test_status_json_keys_add_up_to_the_spend_and_the_tasks_running(tmp_path):
 # ---------------------------------------------------------------- key_costs, for people
 
 
-def test_key_costs_gives_each_keys_money_as_report_by_key_does(tmp_path):
-    path = tmp_path / "l.db"
+def test_key_costs_gives_each_keys_money_as_report_by_key_does(ledger_at):
+    path = ledger_at
     two_keys(path).close()
     view = {r["key_label"]: r for r in rows(path, "SELECT * FROM key_costs")}
     groups = {g["key"]: g for g in report(path, "key")["groups"]}
@@ -198,8 +201,8 @@ def test_key_costs_gives_each_keys_money_as_report_by_key_does(tmp_path):
     assert (view["studio"]["attempts"], view["studio"]["in_flight"]) == (2, 0)
 
 
-def test_key_costs_is_per_campaign_and_key(tmp_path):
-    path = tmp_path / "l.db"
+def test_key_costs_is_per_campaign_and_key(ledger_at):
+    path = ledger_at
     ledger = two_keys(path)
     ledger.ingest(Campaign("d", "d.yaml", "sha", None), [grok("d1")])
     complete(ledger, "d1", campaign="d")
@@ -207,18 +210,16 @@ def test_key_costs_is_per_campaign_and_key(tmp_path):
     ledger.close()
     found = [(r["campaign"], r["key_label"]) for r in rows(path, "SELECT * FROM key_costs")]
     assert found == [("c", None), ("c", "night"), ("c", "studio"), ("d", "studio")]
-    db = sqlite3.connect(path)
-    (spent,) = db.execute(
-        "SELECT sum(spent_usd) FROM key_costs WHERE key_label = 'studio'"
-    ).fetchone()
-    db.close()
-    assert round(spent, 6) == 0.30
+    (spent,) = rows(
+        path, "SELECT sum(spent_usd) AS spent FROM key_costs WHERE key_label = 'studio'"
+    )
+    assert round(spent["spent"], 6) == 0.30
 
 
 # ---------------------------------------------------------------- m009: refusals per key
 
 
-def refused_on_each_key(path: Path) -> Ledger:
+def refused_on_each_key(path: Path | str) -> Ledger:
     """`two_keys`, and two refusals for content reasons (PRODUCT §2): a 400 on night, a
     task failed for its output on studio (refunded, as every failed task)."""
     ledger = two_keys(path)
@@ -237,9 +238,9 @@ def refused_on_each_key(path: Path) -> Ledger:
 
 
 def test_a_refusal_fails_its_job_with_reason_refused_and_costs_what_a_failed_task_costs(
-    tmp_path,
+    ledger_at,
 ):
-    path = tmp_path / "l.db"
+    path = ledger_at
     refused_on_each_key(path).close()
     jobs = {
         r["id"]: r
@@ -264,8 +265,8 @@ def test_a_refusal_fails_its_job_with_reason_refused_and_costs_what_a_failed_tas
     assert kept_totals(path) == recomputed_totals(path)
 
 
-def test_refusals_are_counted_per_key_in_status_report_and_key_costs(tmp_path):
-    path = tmp_path / "l.db"
+def test_refusals_are_counted_per_key_in_status_report_and_key_costs(ledger_at):
+    path = ledger_at
     refused_on_each_key(path).close()
     status = json.loads(invoke(path, "status", "--json").output)
     assert {k["label"]: k["refusals"] for k in status["keys"]} == {
@@ -293,6 +294,7 @@ def test_refusals_are_counted_per_key_in_status_report_and_key_costs(tmp_path):
 def test_m009_counts_the_refusals_an_old_ledger_holds_and_follows_outcomes_after(
     tmp_path, monkeypatch
 ):
+    """SQLite's alone, as m007's above: a ledger from before m009 is a SQLite file."""
     path = tmp_path / "old.db"
     written_before(migrations.m009_refusals, path, monkeypatch, lambda: two_keys(path).close())
     db = sqlite3.connect(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e import batchgen, grok_batch, rows
+from tests.e2e import batchgen, grok_batch, ledger_written, rows, stored_bytes
 
 
 @pytest.mark.parametrize(
@@ -17,10 +17,10 @@ from tests.e2e import batchgen, grok_batch, rows
     ],
 )
 def test_a_key_with_a_line_break_or_non_ascii_exits_4_in_one_line_never_showing_it(
-    make_sandbox, tmp_path, key
+    make_sandbox, ledger_at, tmp_path, key
 ):
     sandbox = make_sandbox(time_scale=0.01)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 2)
     for args in (("run", str(manifest)), ("resume",)):
         result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=key)
@@ -31,7 +31,8 @@ def test_a_key_with_a_line_break_or_non_ascii_exits_4_in_one_line_never_showing_
         for part in ("okpk_first", "second_half", "okpk_cl", "secr"):
             assert part not in result.stdout + result.stderr
     assert sandbox.sim.truth().submissions == []
-    if ledger.exists():
+    if ledger_written(ledger):
         assert rows(ledger, "SELECT COUNT(*) AS n FROM attempts")[0]["n"] == 0
-        for path in tmp_path.iterdir():
-            assert b"second_half" not in path.read_bytes() and b"secr" not in path.read_bytes()
+        files = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
+        for content in (stored_bytes(ledger), *files):
+            assert b"second_half" not in content and b"secr" not in content

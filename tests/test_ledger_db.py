@@ -3,18 +3,27 @@ pure logic, no database."""
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from batchgen.errors import LedgerError
 from batchgen.ledger.db import (
     POSTGRES_DIALECT,
     SQLITE_DIALECT,
+    STREAM_CHUNK,
     WRITE_LOCK,
+    _chunked,
     companion,
+    database_errors,
     is_url,
+    load_psycopg,
     password,
     pg_sql,
+    pg_waitable,
     redacted,
 )
 
@@ -40,6 +49,7 @@ def test_a_postgresql_url_is_told_from_a_sqlite_path(location, url):
     [
         ("postgresql://ann:s3cret@db:6543/ledger", "postgresql://ann:***@db:6543/ledger", "s3cret"),
         ("postgresql://ann:p%40ss@db/l", "postgresql://ann:***@db/l", "p@ss"),
+        ("postgresql://ann:p@ss@db/l", "postgresql://ann:***@db/l", "p@ss"),  # @ not encoded
         ("postgresql://:onlypw@db/l", "postgresql://:***@db/l", "onlypw"),
         (
             "postgresql://ann@db/l?sslmode=require&password=qq&application_name=x",
@@ -68,6 +78,7 @@ def test_files_that_go_with_a_postgresql_ledger_are_kept_in_the_users_state_dire
     found = companion("postgresql://ann:s3cret@db.example.com:6543/ledger", ".recovery.jsonl")
     assert found == tmp_path / "batchgen" / "db.example.com-6543-ledger.recovery.jsonl"
     assert companion("postgresql://db/other", ".x").name == "db-5432-other.x"
+    assert companion("postgresql://db/XY", ".x").name == "db-5432-XY.x"
     assert companion("postgresql:///?service=team", ".x").name == "team-5432-postgres.x"
     assert companion("postgresql://ann@/", ".x").name == "local-5432-ann.x"
     monkeypatch.delenv("XDG_STATE_HOME")
@@ -91,6 +102,7 @@ def test_a_name_with_odd_characters_makes_one_plain_file_name(monkeypatch, tmp_p
         ("SELECT 'why?' , ? FROM t", "SELECT 'why?' , %s FROM t"),
         ("SELECT 'it''s ?', ?", "SELECT 'it''s ?', %s"),
         ("SELECT '100%', ?", "SELECT '100%%', %s"),
+        ("SELECT 'a%', 'b%', ?", "SELECT 'a%%', 'b%%', %s"),
         ('SELECT "odd?name" FROM t WHERE a = ?', 'SELECT "odd?name" FROM t WHERE a = %s'),
     ],
 )
@@ -125,3 +137,33 @@ def test_each_engine_spells_what_differs_in_its_own_words():
     assert p.flag("a = 1") == "(CASE WHEN a = 1 THEN 1 ELSE 0 END)"
     assert s.day("t") == "date(t)"
     assert p.day("t") == "substr(t, 1, 10)"
+
+
+@pytest.mark.parametrize(
+    ("psycopg_version", "libpq_version", "chunked"),
+    [
+        ("3.2.0", 170000, True),
+        ("3.3.9", 180006, True),
+        ("3.10.1", 170002, True),
+        ("4.0", 170000, True),
+        ("3.1.19", 170000, False),  # psycopg before 3.2: a row at a time
+        ("3.2.0", 160009, False),  # libpq before 17: a row at a time
+        ("2.9", 150000, False),
+    ],
+)
+def test_a_stream_takes_rows_a_chunk_at_a_time_where_libpq_and_psycopg_can(
+    monkeypatch, psycopg_version, libpq_version, chunked
+):
+    monkeypatch.setattr(psycopg, "__version__", psycopg_version)
+    monkeypatch.setattr(psycopg.pq, "version", lambda: libpq_version)
+    assert _chunked() == ({"size": STREAM_CHUNK} if chunked else {})
+
+
+def test_without_psycopg_a_sqlite_ledger_works_and_a_postgresql_one_says_what_to_install(
+    monkeypatch,
+):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` fails
+    assert database_errors() == (sqlite3.Error,)
+    assert pg_waitable(sqlite3.OperationalError("database is locked")) is False
+    with pytest.raises(LedgerError, match=r"pip install 'batchgen\[postgres\]'"):
+        load_psycopg()

@@ -49,10 +49,10 @@ def summary_of(stderr: str, command: str = "run") -> list[str]:
 
 
 def test_a_run_with_failures_logs_each_event_once_in_time_order_and_the_summary_last(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE, reject_rate=0.5, seed=4)
-    ledger, log = tmp_path / "l.db", tmp_path / "night.log"
+    ledger, log = ledger_at, tmp_path / "night.log"
     manifest = grok_batch(tmp_path / "m.yaml", 8)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--log", str(log), ledger=ledger)
     assert result.returncode == 1, result.stderr
@@ -76,8 +76,10 @@ def test_a_run_with_failures_logs_each_event_once_in_time_order_and_the_summary_
     assert summary[0] == f"batchgen run e2e: ended with {len(failed)} failed job(s) (exit 1)"
 
 
-def test_a_second_run_appends_and_a_ctrl_c_ends_the_log_with_its_summary(make_sandbox, tmp_path):
-    ledger, log = tmp_path / "l.db", tmp_path / "night.log"
+def test_a_second_run_appends_and_a_ctrl_c_ends_the_log_with_its_summary(
+    make_sandbox, ledger_at, tmp_path
+):
+    ledger, log = ledger_at, tmp_path / "night.log"
     first = on_sandbox(
         make_sandbox(time_scale=SCALE),
         "run", str(grok_batch(tmp_path / "a.yaml", 2, campaign="first")), *FAST,
@@ -132,10 +134,12 @@ def test_the_log_gets_every_event_but_a_status_line_only_each_minute():
     assert log.index("3/9 done, 3 running, spent $0.30") == log.index("at 58.5") + 1
 
 
-def test_on_a_terminal_event_lines_show_the_time_and_the_log_file_is_written_too(tmp_path):
+def test_on_a_terminal_event_lines_show_the_time_and_the_log_file_is_written_too(
+    ledger_at, tmp_path
+):
     from batchgen.sandbox import Sandbox, SandboxConfig, serve
 
-    ledger, log = tmp_path / "l.db", tmp_path / "night.log"
+    ledger, log = ledger_at, tmp_path / "night.log"
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     with serve(Sandbox(SandboxConfig(time_scale=SCALE))) as served:
         env = command_env(ledger, served.base_url, DEFAULT_KEY)

@@ -26,6 +26,7 @@ from tests.e2e import (
     batchgen,
     command_env,
     grok_batch,
+    ledger_written,
     on_sandbox,
     rows,
     spawn,
@@ -45,7 +46,7 @@ SCALE = 0.01  # grok 5 s: about 0.05 s of generation
 FEW_SECONDS = 8.0  # the product promises "a few seconds"; notify.WAIT is 5
 
 
-def notified(sandbox: Any, manifest: Path, ledger: Path, *urls: str, args: tuple = ()) -> Any:
+def notified(sandbox: Any, manifest: Path, ledger: Path | str, *urls: str, args: tuple = ()) -> Any:
     notify = [arg for url in urls for arg in ("--notify", url)]
     return on_sandbox(sandbox, "run", str(manifest), *FAST, *notify, *args, ledger=ledger)
 
@@ -64,9 +65,11 @@ def summary_on_screen(stderr: str) -> list[str]:
     return [line for line in lines[start:] if not line.startswith("notification #")]
 
 
-def test_all_done_one_message_with_counts_spend_and_where_the_files_are(make_sandbox, tmp_path):
+def test_all_done_one_message_with_counts_spend_and_where_the_files_are(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 3, budget="1.00")
     with webhook() as hook:
         result = notified(sandbox, manifest, ledger, hook.url())
@@ -86,11 +89,11 @@ def test_all_done_one_message_with_counts_spend_and_where_the_files_are(make_san
 
 
 def test_the_message_gives_the_files_absolute_folder_the_host_and_how_long_the_run_took(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE)
     manifest = grok_batch(tmp_path / "m.yaml", 2)
-    env = command_env(tmp_path / "l.db", sandbox.base_url, sandbox.key)
+    env = command_env(ledger_at, sandbox.base_url, sandbox.key)
     with webhook() as hook:
         result = subprocess.run(
             [sys.executable, "-m", "batchgen", "run", str(manifest), *FAST,
@@ -106,11 +109,11 @@ def test_the_message_gives_the_files_absolute_folder_the_host_and_how_long_the_r
 
 @pytest.mark.parametrize("how", ["rejected (400)", "task failed"])
 def test_failed_jobs_are_named_with_their_reasons_and_the_key_the_service_echoes_never_is(
-    make_sandbox, tmp_path, how
+    make_sandbox, ledger_at, tmp_path, how
 ):
     knobs = {"reject_rate": 1.0} if how == "rejected (400)" else {"fail_rate": 1.0}
     sandbox = make_sandbox(time_scale=SCALE, echo_key=True, **knobs)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 7)
     with webhook() as hook:
         result = notified(sandbox, manifest, ledger, hook.url(), args=("--max-attempts", "1"))
@@ -129,9 +132,9 @@ def test_failed_jobs_are_named_with_their_reasons_and_the_key_the_service_echoes
     assert sandbox.key not in result.stderr
 
 
-def test_an_empty_balance_is_a_message_saying_top_up_then_resume(make_sandbox, tmp_path):
+def test_an_empty_balance_is_a_message_saying_top_up_then_resume(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE, keys={"okpk_small": 250_000})  # 2 x $0.10
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     with webhook() as hook:
         result = batchgen(
@@ -147,10 +150,10 @@ def test_an_empty_balance_is_a_message_saying_top_up_then_resume(make_sandbox, t
 
 
 def test_the_budget_is_a_message_with_spend_against_it_and_the_manifest_to_edit(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 4, budget="0.25")
     with webhook() as hook:
         result = notified(sandbox, manifest, ledger, hook.url())
@@ -165,9 +168,11 @@ def test_the_budget_is_a_message_with_spend_against_it_and_the_manifest_to_edit(
 
 
 @pytest.mark.parametrize("key", ["okpk_refused_key", None], ids=["refused", "missing"])
-def test_a_refused_or_missing_key_exits_4_and_still_sends_the_message(make_sandbox, tmp_path, key):
+def test_a_refused_or_missing_key_exits_4_and_still_sends_the_message(
+    make_sandbox, ledger_at, tmp_path, key
+):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     with webhook() as hook:
         result = batchgen(
@@ -186,9 +191,9 @@ def test_a_refused_or_missing_key_exits_4_and_still_sends_the_message(make_sandb
     assert sandbox.sim.truth().submissions == []
 
 
-def test_lost_tasks_are_a_message_naming_them_and_both_ways_on(make_sandbox, tmp_path):
+def test_lost_tasks_are_a_message_naming_them_and_both_ways_on(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE, vanish_rate=1.0)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 2)
     with webhook() as hook:
         result = notified(sandbox, manifest, ledger, hook.url(), args=("--lost-after", "1s"))
@@ -207,9 +212,11 @@ def test_lost_tasks_are_a_message_naming_them_and_both_ways_on(make_sandbox, tmp
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(make_sandbox, tmp_path, signum):
+def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(
+    make_sandbox, ledger_at, tmp_path, signum
+):
     sandbox = make_sandbox(time_scale=SCALE * 5)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 9)
     with webhook() as hook:
         process = spawn(
@@ -228,10 +235,10 @@ def test_ctrl_c_is_a_message_saying_interrupted_and_how_to_go_on(make_sandbox, t
     assert "Traceback" not in watch.text()
 
 
-def test_a_redirect_is_a_message_naming_where_it_points(tmp_path):
+def test_a_redirect_is_a_message_naming_where_it_points(ledger_at, tmp_path):
     where = "https://www.okaypic.test/api/video/generate"
     sim = HostileSandbox(refusals=[redirect(302, where)] * 20)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     with serve(sim) as served, webhook() as hook:
         result = batchgen(
@@ -247,10 +254,12 @@ def test_a_redirect_is_a_message_naming_where_it_points(tmp_path):
     assert where in message["message"].splitlines()[-2]  # the last: how long, where
 
 
-def test_unsaved_files_are_a_message_saying_how_many_and_how_to_save_them(make_sandbox, tmp_path):
+def test_unsaved_files_are_a_message_saying_how_many_and_how_to_save_them(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(time_scale=SCALE)
     sandbox.sim.base_url = "http://127.0.0.1:1"  # result URLs nobody answers
-    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    ledger, out = ledger_at, tmp_path / "out"
     manifest = grok_batch(tmp_path / "m.yaml", 2)
     with webhook() as hook:
         result = notified(sandbox, manifest, ledger, hook.url(), args=("--download", str(out)))
@@ -263,9 +272,11 @@ def test_unsaved_files_are_a_message_saying_how_many_and_how_to_save_them(make_s
     )
 
 
-def test_batchgen_notify_holds_several_urls_and_each_gets_one_message(make_sandbox, tmp_path):
+def test_batchgen_notify_holds_several_urls_and_each_gets_one_message(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 2)
     with webhook() as first, webhook() as second:
         env = command_env(ledger, sandbox.base_url, sandbox.key)
@@ -282,7 +293,9 @@ def test_batchgen_notify_holds_several_urls_and_each_gets_one_message(make_sandb
 # ------------------------------------------------------------- targets that fail
 
 
-def run_timed(sandbox: Any, manifest: Path, ledger: Path, *args: str) -> tuple[Any, str, float]:
+def run_timed(
+    sandbox: Any, manifest: Path, ledger: Path | str, *args: str
+) -> tuple[Any, str, float]:
     """Run to its end; (process, stderr, seconds from the summary's title to the exit)."""
     process = spawn(
         "run", str(manifest), *FAST, *args,
@@ -295,7 +308,7 @@ def run_timed(sandbox: Any, manifest: Path, ledger: Path, *args: str) -> tuple[A
     return process, watch.text(), time.monotonic() - summary_seen
 
 
-def ledger_outcome(ledger: Path) -> dict[str, Any]:
+def ledger_outcome(ledger: Path | str) -> dict[str, Any]:
     status = status_json(ledger)
     jobs = rows(ledger, "SELECT id, status, attempts, cost_micro_usd FROM jobs ORDER BY id")
     return {"counts": status["counts"], "spent": status["spent_usd"], "jobs": jobs}
@@ -322,14 +335,14 @@ class _nothing:  # noqa: N801 (a context manager that only hands a URL over)
 
 @pytest.mark.parametrize("target", sorted(FAILING_TARGETS))
 def test_a_failing_target_changes_neither_exit_code_nor_ledger_and_holds_the_exit_briefly(
-    make_sandbox, tmp_path, target
+    make_sandbox, ledger_at, tmp_path, target
 ):
     manifest = grok_batch(tmp_path / "m.yaml", 5, budget="0.30")  # ends with exit 3
     plain = tmp_path / "plain.db"
     result = on_sandbox(make_sandbox(time_scale=SCALE), "run", str(manifest), *FAST, ledger=plain)
     assert result.returncode == 3, result.stderr
 
-    ledger, log = tmp_path / "l.db", tmp_path / "run.log"
+    ledger, log = ledger_at, tmp_path / "run.log"
     with FAILING_TARGETS[target]() as url:
         process, stderr, seconds = run_timed(
             make_sandbox(time_scale=SCALE), manifest, ledger, "--notify", url, "--log", str(log)
@@ -356,9 +369,9 @@ def test_a_failing_target_changes_neither_exit_code_nor_ledger_and_holds_the_exi
     ],
 )
 def test_a_url_apprise_cannot_read_is_a_usage_error_before_anything_is_sent(
-    sandbox, tmp_path, url, shown
+    sandbox, ledger_at, tmp_path, url, shown
 ):
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 2)
     with webhook() as hook:
         result = on_sandbox(
@@ -369,14 +382,14 @@ def test_a_url_apprise_cannot_read_is_a_usage_error_before_anything_is_sent(
     assert line.startswith(f"error: --notify URL #2 ({shown}): ")
     for secret in ("secret", "SECRET", "hunter22", "T000"):
         assert secret not in result.stderr
-    assert not ledger.exists() and sandbox.sim.truth().submissions == []
+    assert not ledger_written(ledger) and sandbox.sim.truth().submissions == []
     assert hook.messages == []
 
 
 def test_a_log_file_that_cannot_be_opened_is_a_usage_error_before_anything_is_sent(
-    sandbox, tmp_path
+    sandbox, ledger_at, tmp_path
 ):
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 2)
     for log in (tmp_path, tmp_path / "no such folder" / "run.log"):
         result = on_sandbox(sandbox, "run", str(manifest), "--log", str(log), ledger=ledger)
@@ -385,4 +398,4 @@ def test_a_log_file_that_cannot_be_opened_is_a_usage_error_before_anything_is_se
         assert line.startswith(f"error: --log {log}: cannot open it to append to")
     resumed = on_sandbox(sandbox, "resume", "--log", str(tmp_path), ledger=ledger)
     assert resumed.returncode == 2
-    assert not ledger.exists() and sandbox.sim.truth().submissions == []
+    assert not ledger_written(ledger) and sandbox.sim.truth().submissions == []

@@ -6,13 +6,12 @@ from __future__ import annotations
 import signal
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 
 from batchgen.ledger import Ledger
 from batchgen.progress_curves import PROGRESS_MODES
-from tests.e2e import FAST, grok_batch, on_sandbox, rows, spawn, status_json
+from tests.e2e import FAST, grok_batch, ledger_written, on_sandbox, rows, spawn, status_json
 
 SCALE = 0.01  # grok 5 s: about 0.4 s of generation
 INTERVAL = 0.02
@@ -20,10 +19,10 @@ INTERVAL = 0.02
 
 @pytest.mark.parametrize("mode", PROGRESS_MODES)
 def test_in_every_progress_mode_a_batch_completes_without_429_and_with_few_polls(
-    make_sandbox, tmp_path, mode
+    make_sandbox, ledger_at, tmp_path, mode
 ):
     sandbox = make_sandbox(time_scale=SCALE, progress=mode, seed=5)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 12)
     result = on_sandbox(
         sandbox,
@@ -57,19 +56,21 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-def test_times_of_tasks_followed_across_a_kill_and_resume_are_not_learned(make_sandbox, tmp_path):
+def test_times_of_tasks_followed_across_a_kill_and_resume_are_not_learned(
+    make_sandbox, ledger_at, tmp_path
+):
     # Before: the learned time of a task was finished_at - answered_at, so the 2 s the
     # process was down counted as generation (a 0.4 s task "took" 2.4 s), and the next
     # resume paced grok-video-3 as if each task took seconds.
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 6)
     process = spawn(
         "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
     )
 
     def running() -> int:
-        if not Path(ledger).exists():
+        if not ledger_written(ledger):
             return 0
         try:
             return len(rows(ledger, "SELECT 1 FROM attempts WHERE state = 'running'"))

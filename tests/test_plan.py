@@ -4,10 +4,9 @@ new, changed or done against a ledger, with no write at all."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen.job import Campaign, Job
+from batchgen.ledger import Ledger
 from batchgen.plan import KeysGiven, format_plan, keys_given, keys_needed, make_plan, makespan
 from tests.builders import complete, grok, image, invoke, make_ledger, seedance, start, veo
+from tests.e2e import ledger_content, ledger_written
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_REF = [{"type": "video", "url": "https://example.com/ref.mp4"}]
@@ -81,24 +82,23 @@ def test_no_budget_is_said_plainly(tmp_path):
     assert "budget: none set" in format_plan(make_plan(manifest([grok("a")]), str(tmp_path / "x")))
 
 
-def test_plan_without_a_ledger_creates_no_file(tmp_path):
-    path = tmp_path / "ledger.db"
-    make_plan(manifest(price_table_jobs()), str(path))
+def test_plan_without_a_ledger_creates_no_file(ledger_at, tmp_path):
+    make_plan(manifest(price_table_jobs()), str(ledger_at))
     assert list(tmp_path.iterdir()) == []
+    assert not ledger_written(ledger_at)  # nor tables in an empty PostgreSQL database
 
 
-def ledger_with_history(tmp_path) -> Path:
+def ledger_with_history(location: Path | str) -> Path | str:
     """done (completed, $0.10), edit (queued), wait (queued), run (running, $0.10 in flight)."""
-    path = tmp_path / "l.db"
-    ledger = make_ledger(path, [grok("done"), grok("edit"), grok("wait"), grok("run")])
+    ledger = make_ledger(location, [grok("done"), grok("edit"), grok("wait"), grok("run")])
     complete(ledger, "done")
     start(ledger, "run")
     ledger.close()
-    return path
+    return location
 
 
-def test_against_a_ledger_jobs_are_new_changed_done_or_unfinished(tmp_path):
-    path = ledger_with_history(tmp_path)
+def test_against_a_ledger_jobs_are_new_changed_done_or_unfinished(ledger_at):
+    path = ledger_with_history(ledger_at)
     jobs = [grok("done"), Job("c", "edit", "grok-video-3", "a new prompt", duration=5)]
     jobs += [grok("wait"), grok("run"), grok("fresh", 10)]
     plan = make_plan(manifest(jobs), str(path))
@@ -110,8 +110,8 @@ def test_against_a_ledger_jobs_are_new_changed_done_or_unfinished(tmp_path):
     assert "--replace" in text
 
 
-def test_the_budget_check_counts_what_the_ledger_already_spent_or_committed(tmp_path):
-    path = ledger_with_history(tmp_path)
+def test_the_budget_check_counts_what_the_ledger_already_spent_or_committed(ledger_at):
+    path = ledger_with_history(ledger_at)
     jobs = [grok("done"), grok("wait"), grok("run")]
     plan = make_plan(manifest(jobs, budget=250_000), str(path))
     # spent 0.10 (done) + in flight 0.10 (run) + to run 0.10 (wait) = 0.30 > 0.25
@@ -119,13 +119,11 @@ def test_the_budget_check_counts_what_the_ledger_already_spent_or_committed(tmp_
     assert plan.over_budget_micros == 50_000
 
 
-def test_plan_writes_nothing_to_an_existing_ledger(tmp_path):
-    path = ledger_with_history(tmp_path)
-    before = hashlib.sha256(path.read_bytes()).hexdigest()
+def test_plan_writes_nothing_to_an_existing_ledger(ledger_at):
+    path = ledger_with_history(ledger_at)
+    before = ledger_content(path)
     make_plan(manifest([grok("done"), grok("brand-new")]), str(path))
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
-    wal = path.with_name(path.name + "-wal")
-    assert not wal.exists() or wal.stat().st_size == 0
+    assert ledger_content(path) == before
 
 
 def test_wall_time_is_greedy_on_three_slots_from_typical_times(tmp_path):
@@ -135,12 +133,12 @@ def test_wall_time_is_greedy_on_three_slots_from_typical_times(tmp_path):
     assert "estimated wall time with 1 key (3 slots): 2m00s" in format_plan(plan)
 
 
-def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(tmp_path):
-    path = ledger_with_history(tmp_path)
-    db = sqlite3.connect(path)  # the seen task was followed from creation to completion: 10 s
-    db.execute("UPDATE attempts SET observed_seconds = 10 WHERE state = 'completed'")
-    db.commit()
-    db.close()
+def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(ledger_at):
+    path = ledger_with_history(ledger_at)
+    ledger = Ledger(path)  # the seen task was followed from creation to completion: 10 s
+    with ledger.transaction() as db:
+        db.execute("UPDATE attempts SET observed_seconds = 10 WHERE state = 'completed'")
+    ledger.close()
     plan = make_plan(manifest([grok(f"g{i}") for i in range(6)]), str(path))
     assert plan.wall_seconds == pytest.approx(20, abs=0.01) and plan.refined_models == [
         "grok-video-3"
@@ -150,26 +148,40 @@ def test_wall_time_is_refined_by_the_generation_times_the_ledger_has_seen(tmp_pa
     assert plan.wall_seconds == 80.0 and plan.refined_models == []
 
 
-def test_wall_time_is_not_refined_by_a_task_no_process_followed_from_start_to_end(tmp_path):
+def test_wall_time_is_not_refined_by_a_task_no_process_followed_from_start_to_end(ledger_at):
     # Its time from creation to completion (here 599 s) includes a process that was down.
-    path = ledger_with_history(tmp_path)
-    db = sqlite3.connect(path)
-    db.execute(
-        "UPDATE attempts SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', answered_at,"
-        " '+599 seconds'), observed_seconds = NULL WHERE state = 'completed'"
-    )
-    db.commit()
-    db.close()
+    path = ledger_with_history(ledger_at)
+    ledger = Ledger(path)
+    with ledger.transaction() as db:
+        for attempt, answered in db.execute(
+            "SELECT id, answered_at FROM attempts WHERE state = 'completed'"
+        ).fetchall():
+            later = datetime.fromisoformat(answered) + timedelta(seconds=599)
+            db.execute(
+                "UPDATE attempts SET finished_at = ?, observed_seconds = NULL WHERE id = ?",
+                (later.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), attempt),
+            )
+    ledger.close()
     plan = make_plan(manifest([grok(f"g{i}") for i in range(6)]), str(path))
     assert plan.wall_seconds == 80.0 and plan.refined_models == []
 
 
-def test_plan_command_prints_the_quickstart_cost_and_writes_nothing(tmp_path):
-    ledger = tmp_path / "ledger.db"
-    result = invoke(ledger, "plan", str(ROOT / "manifests" / "quickstart.yaml"))
+def test_plan_command_prints_the_quickstart_cost_and_writes_nothing(ledger_at, tmp_path):
+    result = invoke(ledger_at, "plan", str(ROOT / "manifests" / "quickstart.yaml"))
     assert result.exit_code == 0, result.output
     assert "$0.92" in result.output and "budget $2.00" in result.output
     assert list(tmp_path.iterdir()) == []
+    assert not ledger_written(ledger_at)
+
+
+def test_plan_never_shows_the_password_of_a_postgresql_ledgers_url(postgres_url):
+    """PRODUCT §5: a password in the ledger's URL is redacted where the plan names it."""
+    ledger = postgres_url.replace("batchgen@", "batchgen:s3cret@", 1)
+    quickstart = str(ROOT / "manifests" / "quickstart.yaml")
+    for as_json in ([], ["--json"]):
+        result = invoke(ledger, "plan", quickstart, *as_json)
+        assert result.exit_code == 0, result.output
+        assert "s3cret" not in result.output and "batchgen:***@" in result.output
 
 
 # ---------------------------------------------------------------- API keys: 3 slots each

@@ -1,17 +1,21 @@
-"""The ledger's recovery file (batchgen/ledger/recovery.py), on real ledger files: answers a
-run could not write are applied by the next opening for writing, once, whatever order
-things happened in. End to end (a real lock, a full disk): tests/test_ledger_faults.py."""
+"""The ledger's recovery file (batchgen/ledger/recovery.py), on real ledgers of each kind (a
+SQLite file, a PostgreSQL database): answers a run could not write are applied by the next
+opening for writing, once, whatever order things happened in. End to end (a real lock, a
+full disk): tests/test_ledger_faults.py."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from batchgen.errors import LedgerWriteFailed
 from batchgen.ledger import Ledger, LedgerJob
+from batchgen.ledger.db import is_url
 from tests.builders import build_ledger
 
 
@@ -39,23 +43,48 @@ def completed(job: LedgerJob, task_id: str = "task-1") -> dict[str, Any]:
 
 
 @pytest.fixture
-def sent(tmp_path: Path) -> tuple[Path, LedgerJob, int]:
+def sent(ledger_at: Path | str) -> tuple[Path | str, LedgerJob, int]:
     """A ledger whose first job's submission was sent, its answer not recorded."""
-    path = tmp_path / "l.db"
-    build_ledger(path, 2)
-    ledger = Ledger(path)
+    build_ledger(ledger_at, 2)
+    ledger = Ledger(ledger_at)
     job = ledger.unfinished_jobs()[0]
     attempt = ledger.begin_attempt(job)
     ledger.close()
-    return path, job, attempt
+    return ledger_at, job, attempt
 
 
-def rows(path: Path, sql: str) -> list[dict[str, Any]]:
+def recovery_file(ledger: Ledger) -> Path:
+    """The ledger's recovery file, for a test to write as a crash or a full disk left it
+    (its folder made, as the run's first held answer makes it)."""
+    ledger.recovery_path.parent.mkdir(parents=True, exist_ok=True)
+    return ledger.recovery_path
+
+
+def rows(path: Path | str, sql: str) -> list[dict[str, Any]]:
     ledger = Ledger(path)
     try:
         return ledger.query(sql)
     finally:
         ledger.close()
+
+
+def test_the_recovery_file_is_beside_a_sqlite_ledger_and_in_the_state_directory_for_postgresql(
+    sent,
+):
+    """What it keeps (answers not yet recorded) is this machine's: a PostgreSQL ledger's is
+    in the user's state directory ($XDG_STATE_HOME/batchgen), named after its database."""
+    path, job, attempt = sent
+    ledger = Ledger(path)
+    ledger.close()
+    if is_url(path):
+        assert ledger.recovery_path.parent == Path(os.environ["XDG_STATE_HOME"]) / "batchgen"
+        database = urlsplit(str(path)).path.lstrip("/")
+        assert ledger.recovery_path.name.endswith(f"-{database}.recovery.jsonl")
+    else:
+        assert ledger.recovery_path == Path(path).with_name("ledger.db.recovery.jsonl")
+    assert ledger.rejected_path == ledger.recovery_path.with_name(
+        ledger.recovery_path.name + ".rejected"
+    )
 
 
 def test_an_answer_held_in_the_recovery_file_is_recorded_by_the_next_opening(sent, capsys):
@@ -64,7 +93,6 @@ def test_an_answer_held_in_the_recovery_file_is_recorded_by_the_next_opening(sen
     assert ledger.hold_answer(created(job, attempt)) is None
     assert ledger.hold_answer(completed(job)) is None
     ledger.close()
-    assert ledger.recovery_path == path.with_name("l.db.recovery.jsonl")
     assert ledger.recovery_path.exists()
     reopened = Ledger(path)  # any command opening it for writing
     assert "recorded 2 answer(s)" in capsys.readouterr().err
@@ -132,7 +160,7 @@ def test_a_line_cut_short_by_a_crash_is_set_aside_and_the_rest_applied(sent, cap
     path, job, attempt = sent
     ledger = Ledger(path)
     cut = '{"kind": "completed", "campaign": "c", "job_'
-    with ledger.recovery_path.open("a") as f:
+    with recovery_file(ledger).open("a") as f:
         f.write(cut)  # a crash mid-write
     ledger.hold_answer(created(job, attempt))  # a later run's answer, after it
     ledger.close()
@@ -166,7 +194,6 @@ def test_lines_that_are_no_answer_are_moved_to_the_rejected_file_reported_never_
         "(cut short, an unknown kind, a field missing or malformed, or not in this ledger) "
         f"moved to {ledger.rejected_path}; nothing was recorded from them"
     ) in err
-    assert ledger.rejected_path == path.with_name("l.db.recovery.jsonl.rejected")
     kept = [json.loads(line) for line in ledger.rejected_path.read_text().splitlines()]
     assert kept == strangers
     assert not ledger.recovery_path.exists()
@@ -199,7 +226,7 @@ def test_a_recovery_file_that_holds_nothing_is_removed_and_said_to_keep_nothing(
     where answers are kept, and it does not stay."""
     path, job, attempt = sent
     ledger = Ledger(path)
-    ledger.recovery_path.write_bytes(b"")
+    recovery_file(ledger).write_bytes(b"")
     assert ledger.held_count() == 0 and not ledger.holds(created(job, attempt))
     ledger.release_answer(created(job, attempt))  # the run's write worked after all
     assert not ledger.recovery_path.exists()
@@ -210,18 +237,23 @@ def test_a_recovery_file_that_holds_nothing_is_removed_and_said_to_keep_nothing(
     assert capsys.readouterr().err == ""
 
 
-def test_a_write_that_fails_is_reported_with_nothing_of_it_applied(tmp_path):
-    path = tmp_path / "l.db"
-    build_ledger(path, 1)
-    ledger = Ledger(path)
+def test_a_write_that_fails_is_reported_with_nothing_of_it_applied(ledger_at):
+    build_ledger(ledger_at, 1)
+    ledger = Ledger(ledger_at)
     job = ledger.unfinished_jobs()[0]
 
     def half_then_fail() -> None:
         with ledger.transaction() as db:
             db.execute("UPDATE jobs SET status = 'failed'")
-            db.execute("SELECT * FROM no_such_table_so_sqlite_fails")
+            if ledger.on_postgres:  # the error a full disk raises (SQLSTATE 53100)
+                db.execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'disk_full_played_by_the_test'"
+                    " USING ERRCODE = 'disk_full'; END $$"
+                )
+            else:  # an OperationalError, as a full disk's or an I/O error's
+                db.execute("SELECT * FROM disk_full_played_by_the_test")
 
-    with pytest.raises(LedgerWriteFailed, match="no_such_table"):
+    with pytest.raises(LedgerWriteFailed, match="disk_full_played_by_the_test"):
         ledger.try_write(half_then_fail, 0.1)
     assert not ledger.conn.in_transaction
     assert ledger.query("SELECT status FROM jobs") == [{"status": "queued"}]

@@ -41,12 +41,12 @@ def _service_refusals(sandbox) -> dict[str, int]:
     return {LABELS[row["key"]]: row["refusals"] for row in answer["keys"]}
 
 
-def _run(sandbox, *args: str, ledger: Path):
+def _run(sandbox, *args: str, ledger: Path | str):
     return batchgen(*args, *FAST, ledger=ledger, base_url=sandbox.base_url, keys=KEYS)
 
 
 def test_a_refused_job_fails_at_once_is_never_sent_again_and_is_counted_on_its_key(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(
         time_scale=0.01,
@@ -55,7 +55,7 @@ def test_a_refused_job_fails_at_once_is_never_sent_again_and_is_counted_on_its_k
         fail_rate=0.15,  # plain failures, which are submitted again
         keys={STUDIO: 100_000_000, NIGHT: 100_000_000},
     )
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", JOBS)
 
     result = _run(sandbox, "run", str(manifest), "--max-attempts", "8", ledger=ledger)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e import FAST, batchgen, on_sandbox, rows, status_json, write_manifest
+from tests.e2e import FAST, batchgen, on_sandbox, out_dir, rows, status_json, write_manifest
 
 MANIFEST = """
     version: 1
@@ -24,13 +24,13 @@ def manifest(tmp_path: Path, prompt: str) -> Path:
     return write_manifest(tmp_path / "swap.yaml", MANIFEST.format(prompt=prompt))
 
 
-def job(ledger: Path, job_id: str) -> dict:
+def job(ledger: Path | str, job_id: str) -> dict:
     [found] = rows(ledger, "SELECT * FROM jobs WHERE campaign = 'swap' AND id = ?", job_id)
     return found
 
 
-def test_ingest_replace_replaces_a_changed_job_that_never_ran(tmp_path):
-    ledger = tmp_path / "ledger.db"
+def test_ingest_replace_replaces_a_changed_job_that_never_ran(ledger_at, tmp_path):
+    ledger = ledger_at
     assert batchgen("ingest", str(manifest(tmp_path, "a red cat")), ledger=ledger).returncode == 0
     before, kept = job(ledger, "change"), job(ledger, "keep")
 
@@ -55,8 +55,8 @@ def test_ingest_replace_replaces_a_changed_job_that_never_ran(tmp_path):
     assert len(events) == 1
 
 
-def test_ingest_replace_takes_the_new_price(tmp_path):
-    ledger = tmp_path / "ledger.db"
+def test_ingest_replace_takes_the_new_price(ledger_at, tmp_path):
+    ledger = ledger_at
     assert batchgen("ingest", str(manifest(tmp_path, "a red cat")), ledger=ledger).returncode == 0
     longer = (
         (tmp_path / "swap.yaml")
@@ -73,8 +73,10 @@ def test_ingest_replace_takes_the_new_price(tmp_path):
     assert job(ledger, "change")["duration"] == 15
 
 
-def test_run_replace_generates_the_new_version_and_keeps_the_old_ones_cost(sandbox, tmp_path):
-    ledger = tmp_path / "ledger.db"
+def test_run_replace_generates_the_new_version_and_keeps_the_old_ones_cost(
+    sandbox, ledger_at, tmp_path
+):
+    ledger = ledger_at
     first = on_sandbox(sandbox, "run", str(manifest(tmp_path, "a red cat")), *FAST, ledger=ledger)
     assert first.returncode == 0, first.stderr
     old = job(ledger, "change")
@@ -109,8 +111,9 @@ def test_run_replace_generates_the_new_version_and_keeps_the_old_ones_cost(sandb
     assert report.stdout.splitlines()[-1].split(",")[5] == "0.30"
 
 
-def test_a_replaced_jobs_new_result_is_saved_beside_the_old_one(sandbox, tmp_path):
-    ledger, out = tmp_path / "ledger.db", tmp_path / "out" / "swap"
+def test_a_replaced_jobs_new_result_is_saved_beside_the_old_one(sandbox, ledger_at, tmp_path):
+    ledger = ledger_at
+    out = out_dir(ledger) / "swap"
     first = on_sandbox(sandbox, "run", str(manifest(tmp_path, "a red cat")), *FAST, ledger=ledger)
     assert first.returncode == 0, first.stderr
     old_bytes = (out / "change.mp4").read_bytes()

@@ -1,8 +1,9 @@
 """The scheduler end to end: the real `batchgen` command against the sandbox on 127.0.0.1,
-on a real SQLite ledger (PRODUCT.md §6, §7, §10)."""
+on a real ledger, a SQLite file and a PostgreSQL database (PRODUCT.md §5, §6, §7, §10)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from batchgen.ledger.db import companion, is_url
 from batchgen.money import to_micros, usd
 from batchgen.validate import check_manifest
 from tests.e2e import (
@@ -20,11 +22,13 @@ from tests.e2e import (
     grok_batch,
     known_completed_micros,
     ledger_spent_micros,
+    ledger_written,
     on_sandbox,
     recorded_task_ids,
     rows,
     spawn,
     status_json,
+    stored_bytes,
 )
 
 SCALE = 0.01  # grok 5 s: about 0.4 s of generation
@@ -44,9 +48,9 @@ def each_task_submitted_once(ledger, truth) -> None:
     assert len(set(recorded_task_ids(ledger))) == len(recorded_task_ids(ledger))
 
 
-def test_a_batch_completes_with_exact_costs_and_no_429(make_sandbox, tmp_path):
+def test_a_batch_completes_with_exact_costs_and_no_429(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 9)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -59,9 +63,9 @@ def test_a_batch_completes_with_exact_costs_and_no_429(make_sandbox, tmp_path):
     each_task_submitted_once(ledger, truth)
 
 
-def test_a_second_run_of_the_same_manifest_submits_nothing(make_sandbox, tmp_path):
+def test_a_second_run_of_the_same_manifest_submits_nothing(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     for _ in range(2):
         result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
@@ -71,10 +75,10 @@ def test_a_second_run_of_the_same_manifest_submits_nothing(make_sandbox, tmp_pat
 
 @pytest.mark.parametrize("key", [None, "okpk_wrong"])
 def test_a_missing_or_wrong_key_exits_4_naming_the_variable_and_fails_no_job(
-    make_sandbox, tmp_path, key
+    make_sandbox, ledger_at, tmp_path, key
 ):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 4)
     started = time.monotonic()
     result = batchgen(
@@ -85,15 +89,15 @@ def test_a_missing_or_wrong_key_exits_4_naming_the_variable_and_fails_no_job(
     assert "OKAYPIC_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr
     assert sandbox.sim.truth().submissions == []
-    if ledger.exists():
+    if ledger_written(ledger):
         assert rows(ledger, "SELECT COUNT(*) AS n FROM jobs WHERE status != 'queued'")[0]["n"] == 0
 
 
 def test_402_mid_run_exits_3_keeps_the_rest_queued_and_resume_finishes_after_a_top_up(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE, keys={"okpk_small": 450_000})  # 4 x $0.10 + 0.05
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 8)
     result = batchgen(
         "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key="okpk_small"
@@ -112,9 +116,9 @@ def test_402_mid_run_exits_3_keeps_the_rest_queued_and_resume_finishes_after_a_t
     each_task_submitted_once(ledger, truth)
 
 
-def test_the_budget_is_never_exceeded_and_the_run_exits_3(make_sandbox, tmp_path):
+def test_the_budget_is_never_exceeded_and_the_run_exits_3(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 6, budget="0.35")
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
     assert result.returncode == 3, result.stderr
@@ -134,7 +138,9 @@ def test_the_budget_is_never_exceeded_and_the_run_exits_3(make_sandbox, tmp_path
     assert reasons == {"budget"}
 
 
-def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(make_sandbox, tmp_path):
+def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(
         time_scale=SCALE,
         seed=7,
@@ -146,7 +152,7 @@ def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(make_san
         garbage_rate=0.1,
         latency=(0.0, 0.01),
     )
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 20)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "6", ledger=ledger)
     assert result.returncode in (0, 1), result.stderr
@@ -170,9 +176,11 @@ def test_with_every_fault_on_each_job_ends_and_spend_equals_net_charges(make_san
     each_task_submitted_once(ledger, truth)
 
 
-def test_accept_then_drop_shows_as_unknown_cost_covering_what_was_charged(make_sandbox, tmp_path):
+def test_accept_then_drop_shows_as_unknown_cost_covering_what_was_charged(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(time_scale=SCALE, seed=3, drop_rate=0.4)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 8)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "8", ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -185,9 +193,9 @@ def test_accept_then_drop_shows_as_unknown_cost_covering_what_was_charged(make_s
     assert spent + dropped * 100_000 == truth.net_charged_micros()
 
 
-def test_hold_keeps_a_job_of_unknown_outcome_for_a_person(make_sandbox, tmp_path):
+def test_hold_keeps_a_job_of_unknown_outcome_for_a_person(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE, seed=3, drop_rate=0.5)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 6)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--on-unknown", "hold", ledger=ledger)
     held = status_json(ledger)["counts"]["held"]
@@ -208,10 +216,10 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
 
 
 def test_kill_9_mid_run_then_resume_completes_without_resubmitting_a_recorded_task(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = make_sandbox(time_scale=SCALE * 3)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 12)
     process = spawn(
         "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
@@ -225,7 +233,8 @@ def test_kill_9_mid_run_then_resume_completes_without_resubmitting_a_recorded_ta
     assert result.returncode == 0, result.stderr
     truth = sandbox.sim.truth()
     assert status_json(ledger)["counts"]["completed"] == 12
-    assert rows(ledger, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+    if not is_url(ledger):  # a SQLite file killed mid-write is still whole
+        assert rows(ledger, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
     each_task_submitted_once(ledger, truth)
     spent = ledger_spent_micros(ledger)
     assert spent == known_completed_micros(ledger, truth)
@@ -236,9 +245,11 @@ def test_kill_9_mid_run_then_resume_completes_without_resubmitting_a_recorded_ta
     assert spent <= truth.net_charged_micros() <= spent + unknown
 
 
-def test_ctrl_c_exits_130_within_2_s_and_resume_finishes_without_duplicates(make_sandbox, tmp_path):
+def test_ctrl_c_exits_130_within_2_s_and_resume_finishes_without_duplicates(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(time_scale=SCALE * 5)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 9)
     process = spawn(
         "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key
@@ -257,7 +268,7 @@ def test_ctrl_c_exits_130_within_2_s_and_resume_finishes_without_duplicates(make
     assert truth.duplicate_payloads() == {}
 
 
-def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_path):
+def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, ledger_at, tmp_path):
     """Also when the service echoes the bearer token in its 400, 401, 500 and failed-task
     messages (the sandbox's echo_key): such text is redacted before it is stored or shown."""
     secret, refused = "okpk_secret_4f9a1c", "okpk_refused_77e2b0"
@@ -272,7 +283,7 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
         echo_key=True,
         seed=5,
     )
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 8)
     outputs = []
     for key, args in (
@@ -292,6 +303,8 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
         if path.is_file():
             content = path.read_bytes()
             assert secret.encode() not in content and refused.encode() not in content, path
+    stored = stored_bytes(ledger)  # a PostgreSQL ledger is not in tmp_path
+    assert secret.encode() not in stored and refused.encode() not in stored
     # The hostile messages were really sent, and batchgen kept their words, not the key.
     truth = sandbox.sim.truth()
     assert truth.count("POST /api/video/generate", 400) >= 1
@@ -303,10 +316,69 @@ def test_the_api_key_appears_in_no_output_log_or_ledger_file(make_sandbox, tmp_p
     assert any("Authorization: Bearer [key-" in e for e in errors)
 
 
-def test_a_run_whose_downloads_failed_says_so_in_its_exit_line_and_exits_3(make_sandbox, tmp_path):
+def test_a_password_in_a_postgresql_url_is_never_shown_or_stored(
+    make_sandbox, postgres_url, tmp_path
+):
+    """PRODUCT §5: the password a PostgreSQL URL carries is redacted as a key is. No output
+    of run (on the service, in the sandbox), ingest, plan, status, report or an error shows
+    it, whether the URL is typed after --ledger (the advised commands repeat it) or set in
+    BATCHGEN_LEDGER; the ledger stores it nowhere (its events included); the files kept with
+    the ledger (the sandbox's state) neither hold it nor are named after it. The test
+    server trusts any password: this one is accepted."""
+    secret = "s3cret"
+    ledger = postgres_url.replace("batchgen@", f"batchgen:{secret}@", 1)
+    assert secret in ledger
+    no_database = ledger.rsplit("/", 1)[0] + "/no_such_database"
+    sandbox = make_sandbox(time_scale=SCALE)
+    manifest = grok_batch(tmp_path / "m.yaml", 4, budget="0.30")  # stops on the budget: 3
+    demo = grok_batch(tmp_path / "demo.yaml", 2, campaign="demo")
+    typed = ("--ledger", ledger)
+    results = {}
+    for args in (
+        ("ingest", str(manifest), "--json", *typed),
+        ("ingest", str(manifest)),
+        ("plan", str(manifest), *typed),
+        ("plan", str(manifest), "--json"),
+        (*typed, "run", str(manifest), *FAST),  # its advice repeats --ledger
+        ("run", str(demo), "--sandbox", *typed),
+        ("resume", "--sandbox", *typed),
+        ("status", *typed),
+        ("status", "--json"),
+        ("report", *typed),
+        ("report", "--format", "csv"),
+        ("report", "--jobs", "--format", "json"),
+        ("download", "--out", str(tmp_path / "files"), *typed),
+        ("status", "--ledger", no_database),  # an error naming the ledger
+        ("run", str(manifest), "--ledger", no_database),
+    ):
+        result = batchgen(*args, ledger=ledger, base_url=sandbox.base_url, key=sandbox.key)
+        results[args] = result
+        assert secret not in result.stdout + result.stderr, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+    stopped = results[(*typed, "run", str(manifest), *FAST)]
+    assert stopped.returncode == 3 and "--ledger 'postgresql://batchgen:***@" in stopped.stderr
+    assert results[("run", str(demo), "--sandbox", *typed)].returncode == 0
+    assert results[("status", "--json")].returncode == 0
+    assert json.loads(results[("status", "--json")].stdout)["counts"]["completed"] == 5
+    assert results[("status", "--ledger", no_database)].returncode == 1
+    assert "no_such_database" in results[("status", "--ledger", no_database)].stderr
+
+    assert secret.encode() not in stored_bytes(ledger)  # every row of every table
+    assert rows(ledger, "SELECT COUNT(*) AS n FROM events")[0]["n"] > 0
+    state = companion(ledger, ".sandbox.json")
+    assert state.is_file() and state.is_relative_to(tmp_path)  # XDG_STATE_HOME: conftest
+    for path in tmp_path.rglob("*"):
+        assert secret not in path.name, path
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_run_whose_downloads_failed_says_so_in_its_exit_line_and_exits_3(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = make_sandbox(time_scale=SCALE)
     sandbox.sim.base_url = "http://127.0.0.1:1"  # result URLs nobody answers
-    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    ledger, out = ledger_at, tmp_path / "out"
     manifest = grok_batch(tmp_path / "m.yaml", 3)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--download", str(out), ledger=ledger)
     assert result.returncode == 3, result.stderr
@@ -317,9 +389,9 @@ def test_a_run_whose_downloads_failed_says_so_in_its_exit_line_and_exits_3(make_
     assert len(sandbox.sim.truth().submissions) == 3
 
 
-def test_a_completed_job_keeps_no_error_from_its_way_there(make_sandbox, tmp_path):
+def test_a_completed_job_keeps_no_error_from_its_way_there(make_sandbox, ledger_at, tmp_path):
     sandbox = make_sandbox(time_scale=SCALE, spurious_429_rate=0.5, fail_rate=0.3, seed=2)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 6)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, "--max-attempts", "9", ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -334,10 +406,10 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "manifests").glob("*
 
 @pytest.mark.parametrize("manifest", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_429(
-    make_sandbox, tmp_path, manifest
+    make_sandbox, ledger_at, manifest
 ):
     sandbox = make_sandbox(time_scale=0.002)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     expected = sum(job.cost_micros() for job in check_manifest(manifest).jobs)
     result = on_sandbox(sandbox, "run", str(manifest), *FAST, ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -350,11 +422,34 @@ def test_every_example_manifest_completes_at_exactly_its_price_without_400_or_42
         assert truth.count(route, 429) == 0
 
 
-def test_the_sandbox_demo_only_advises_commands_that_work(tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_commands_a_run_advises_repeat_the_ledger_typed_before_or_after_it(
+    make_sandbox, ledger_at, tmp_path, where
+):
+    """PRODUCT §7: `--ledger` is also accepted after the command; typed either way, the
+    commands the run advises repeat it (BATCHGEN_LEDGER names another ledger here: the
+    advice followed without it would open that one)."""
+    sandbox = make_sandbox(time_scale=SCALE)
+    manifest = grok_batch(tmp_path / "m.yaml", 2, budget="0.10")  # one runs, one waits
+    run = ["run", str(manifest), *FAST]
+    typed = ["--ledger", str(ledger_at)]
+    args = [*typed, *run] if where == "before" else [*run, *typed]
+    result = batchgen(
+        *args, ledger=tmp_path / "elsewhere.db", base_url=sandbox.base_url, key=sandbox.key
+    )
+    assert result.returncode == 3, result.stderr  # the budget
+    advised = re.findall(r"`(batchgen [^`]*)`", result.stderr)
+    assert advised, result.stderr
+    for command in advised:
+        assert shlex.split(command)[1:3] == typed, command
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+def test_the_sandbox_demo_only_advises_commands_that_work(ledger_at, tmp_path):
     """`batchgen run manifests/quickstart.yaml --sandbox`, as the README suggests: every
     command its closing lines name works on the ledger it leaves (the in-process sandbox,
     and its result URLs, are gone by then)."""
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_at
     quickstart = Path(__file__).parent.parent / "manifests" / "quickstart.yaml"
     demo = batchgen("run", str(quickstart), "--sandbox", ledger=ledger)
     assert demo.returncode == 0, demo.stderr
@@ -370,7 +465,7 @@ def test_the_sandbox_demo_only_advises_commands_that_work(tmp_path):
         assert followed.returncode == 0, f"{command}: {followed.stderr}"
 
 
-def assert_serves_the_review_page(args: list[str], ledger: Path) -> None:
+def assert_serves_the_review_page(args: list[str], ledger: Path | str) -> None:
     server = spawn(*args, ledger=ledger)
     try:
         assert server.stdout is not None

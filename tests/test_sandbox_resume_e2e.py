@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 import shlex
 import signal
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
+from batchgen.ledger.db import companion, database_errors, is_url
 from batchgen.sandbox import DEFAULT_KEY, Sandbox, Truth
 from tests.crashing import audit, run_crashing
 from tests.e2e import (
@@ -26,6 +26,7 @@ from tests.e2e import (
     batchgen,
     command_env,
     grok_batch,
+    ledger_written,
     rows,
     spawn,
     status_json,
@@ -35,32 +36,35 @@ from tests.e2e import (
 JOBS = 6  # two rounds of the demo key's 3 slots: about 2 s each
 
 
-def state_path(ledger: Path) -> Path:
-    """Where the sandbox of a ledger keeps its state: beside it."""
-    return ledger.with_name(ledger.name + ".sandbox.json")
+def state_path(ledger: Path | str) -> Path:
+    """Where the sandbox of a ledger keeps its state: beside a SQLite file; for a PostgreSQL
+    ledger, in the state directory (XDG_STATE_HOME, in tmp_path: conftest)."""
+    if is_url(ledger):
+        return companion(ledger, ".sandbox.json")
+    return Path(ledger).with_name(Path(ledger).name + ".sandbox.json")
 
 
-def service_truth(ledger: Path) -> Truth:
+def service_truth(ledger: Path | str) -> Truth:
     """What the sandbox of this ledger did, from its state file."""
     return Sandbox(state=state_path(ledger)).truth()
 
 
-def tasks_running(ledger: Path) -> int:
-    if not ledger.exists():
+def tasks_running(ledger: Path | str) -> int:
+    if not ledger_written(ledger):
         return 0
     try:
         found = rows(
             ledger,
             "SELECT COUNT(*) AS n FROM attempts WHERE state = 'running' AND task_id IS NOT NULL",
         )
-    except sqlite3.Error:  # not created yet
+    except database_errors():  # not created yet
         return 0
     return int(found[0]["n"])
 
 
-def interrupted_demo(tmp_path: Path) -> tuple[Path, Path, str]:
+def interrupted_demo(ledger: Path | str, tmp_path: Path) -> tuple[Path | str, Path, str]:
     """(ledger, manifest, the command the run advised) after a Ctrl-C while tasks ran."""
-    ledger, manifest = tmp_path / "l.db", grok_batch(tmp_path / "m.yaml", JOBS, "demo")
+    manifest = grok_batch(tmp_path / "m.yaml", JOBS, "demo")
     process = spawn("run", str(manifest), "--sandbox", ledger=ledger)
     watch = StderrWatch(process)
     wait_for(lambda: tasks_running(ledger) > 0, what="tasks running")
@@ -74,7 +78,7 @@ def interrupted_demo(tmp_path: Path) -> tuple[Path, Path, str]:
     return ledger, manifest, advised[0]
 
 
-def assert_finished_once(ledger: Path) -> None:
+def assert_finished_once(ledger: Path | str) -> None:
     """Every job completed, each by one task: none submitted twice, nothing unknown."""
     truth = service_truth(ledger)
     assert len(truth.submissions) == JOBS, "a task was submitted twice"
@@ -84,8 +88,8 @@ def assert_finished_once(ledger: Path) -> None:
     assert status["unknown_usd"] == "0.00" and status["in_flight_usd"] == "0.00"
 
 
-def test_after_ctrl_c_a_sandbox_run_goes_on_with_the_command_it_advises(tmp_path):
-    ledger, _, advised = interrupted_demo(tmp_path)
+def test_after_ctrl_c_a_sandbox_run_goes_on_with_the_command_it_advises(ledger_at, tmp_path):
+    ledger, _, advised = interrupted_demo(ledger_at, tmp_path)
     assert advised == "batchgen resume --sandbox --campaign demo"
 
     resumed = batchgen(*shlex.split(advised)[1:], ledger=ledger, timeout=60)
@@ -93,20 +97,22 @@ def test_after_ctrl_c_a_sandbox_run_goes_on_with_the_command_it_advises(tmp_path
     assert_finished_once(ledger)
 
 
-def test_after_ctrl_c_run_sandbox_again_finishes_without_waiting_for_lost_after(tmp_path):
+def test_after_ctrl_c_run_sandbox_again_finishes_without_waiting_for_lost_after(
+    ledger_at, tmp_path
+):
     """The tasks of the stopped run still hold the demo key's slots: they are polled to
     their end (default --lost-after: 1 h), not waited out."""
-    ledger, manifest, _ = interrupted_demo(tmp_path)
+    ledger, manifest, _ = interrupted_demo(ledger_at, tmp_path)
 
     again = batchgen("run", str(manifest), "--sandbox", ledger=ledger, timeout=60)
     assert again.returncode == 0, again.stderr
     assert_finished_once(ledger)
 
 
-def test_after_kill_9_a_sandbox_run_goes_on_with_resume_sandbox(tmp_path):
+def test_after_kill_9_a_sandbox_run_goes_on_with_resume_sandbox(ledger_at, tmp_path):
     """Killed just after the ledger recorded the third task id (the three slots full, no
     submission on the wire): the tasks the sandbox created are all known and followed."""
-    ledger, manifest = tmp_path / "l.db", grok_batch(tmp_path / "m.yaml", JOBS, "demo")
+    ledger, manifest = ledger_at, grok_batch(tmp_path / "m.yaml", JOBS, "demo")
     env = command_env(ledger, None, None)
     killed = run_crashing("task_id_committed", 3, "run", str(manifest), "--sandbox", env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -117,8 +123,8 @@ def test_after_kill_9_a_sandbox_run_goes_on_with_resume_sandbox(tmp_path):
     assert_finished_once(ledger)
 
 
-def test_resume_without_sandbox_on_a_sandbox_ledger_says_to_add_sandbox(tmp_path):
-    ledger, _, advised = interrupted_demo(tmp_path)
+def test_resume_without_sandbox_on_a_sandbox_ledger_says_to_add_sandbox(ledger_at, tmp_path):
+    ledger, _, advised = interrupted_demo(ledger_at, tmp_path)
     status = batchgen("status", ledger=ledger)
     assert "`batchgen resume --sandbox` goes on with them" in status.stdout
 
@@ -128,10 +134,12 @@ def test_resume_without_sandbox_on_a_sandbox_ledger_says_to_add_sandbox(tmp_path
     assert batchgen(*shlex.split(advised)[1:], ledger=ledger, timeout=60).returncode == 0
 
 
-def test_a_second_sandbox_runner_on_the_ledger_is_refused_while_the_first_serves_it(tmp_path):
+def test_a_second_sandbox_runner_on_the_ledger_is_refused_while_the_first_serves_it(
+    ledger_at, tmp_path
+):
     """Several runners may share a ledger, but not its sandbox: a second one, loaded from
     the same state, would not know the tasks the first creates."""
-    ledger, manifest = tmp_path / "l.db", grok_batch(tmp_path / "m.yaml", JOBS, "demo")
+    ledger, manifest = ledger_at, grok_batch(tmp_path / "m.yaml", JOBS, "demo")
     first = spawn("run", str(manifest), "--sandbox", ledger=ledger)
     watch = StderrWatch(first)
     wait_for(lambda: tasks_running(ledger) > 0, what="tasks running")
@@ -143,8 +151,9 @@ def test_a_second_sandbox_runner_on_the_ledger_is_refused_while_the_first_serves
     assert_finished_once(ledger)
 
 
-def test_a_sandbox_state_that_is_not_one_stops_the_run_naming_the_file(tmp_path):
-    ledger, manifest = tmp_path / "l.db", grok_batch(tmp_path / "m.yaml", 1, "demo")
+def test_a_sandbox_state_that_is_not_one_stops_the_run_naming_the_file(ledger_at, tmp_path):
+    ledger, manifest = ledger_at, grok_batch(tmp_path / "m.yaml", 1, "demo")
+    state_path(ledger).parent.mkdir(parents=True, exist_ok=True)
     state_path(ledger).write_text("{garbage")
 
     result = batchgen("run", str(manifest), "--sandbox", ledger=ledger)

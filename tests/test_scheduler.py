@@ -1,4 +1,5 @@
-"""The scheduler against a scripted service (httpx.MockTransport): each rule of §6 alone.
+"""The scheduler against a scripted service (httpx.MockTransport): each rule of §6 alone,
+on each kind of ledger (a SQLite file, a PostgreSQL database).
 
 End-to-end behaviour over real HTTP is in test_run_e2e.py; here every answer is chosen.
 """
@@ -86,8 +87,8 @@ def job(ledger: Ledger, job_id: str = "j0") -> dict[str, Any]:
     return ledger.query("SELECT * FROM jobs WHERE id = ?", [job_id])[0]
 
 
-def test_a_created_task_is_polled_to_completion_and_costed(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_created_task_is_polled_to_completion_and_costed(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     run(ledger, ScriptedService([CREATED], [{"status": "processing", "progress": 40}, DONE]))
     row = job(ledger)
     assert (row["status"], row["task_id"], row["cost_micro_usd"]) == (
@@ -99,8 +100,8 @@ def test_a_created_task_is_polled_to_completion_and_costed(tmp_path):
     assert ledger.money().spent == 100_000
 
 
-def test_the_body_sent_is_the_job_request_with_the_bearer_key(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_the_body_sent_is_the_job_request_with_the_bearer_key(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService([CREATED])
     run(ledger, service)
     post = service.requests[0]
@@ -113,8 +114,8 @@ def test_the_body_sent_is_the_job_request_with_the_bearer_key(tmp_path):
     }
 
 
-def test_429_on_submit_waits_without_spending_an_attempt(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_429_on_submit_waits_without_spending_an_attempt(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     run(ledger, ScriptedService([error(429), error(429), CREATED]))
     assert job(ledger)["attempts"] == 1
     assert [(a["http_status"], a["counted"], a["state"]) for a in attempts(ledger)] == [
@@ -124,8 +125,8 @@ def test_429_on_submit_waits_without_spending_an_attempt(tmp_path):
     ]
 
 
-def test_500_on_submit_is_retried_and_counts_until_the_job_fails(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_500_on_submit_is_retried_and_counts_until_the_job_fails(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService([error(500, "backend down")])
     run(ledger, service)
     row = job(ledger)
@@ -134,30 +135,30 @@ def test_500_on_submit_is_retried_and_counts_until_the_job_fails(tmp_path):
     assert row["last_error"] == "gave up after 4 attempt(s); last error: backend down"
 
 
-def test_400_fails_the_job_at_once_with_the_services_message(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_400_fails_the_job_at_once_with_the_services_message(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService([error(400, "invalid ratio")])
     run(ledger, service)
     assert (job(ledger)["status"], job(ledger)["last_error"]) == ("failed", "invalid ratio")
     assert service.submits == 1
 
 
-def test_a_connect_error_is_retried_without_counting_an_attempt(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_connect_error_is_retried_without_counting_an_attempt(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     run(ledger, ScriptedService([raises(httpx.ConnectError), CREATED]))
     assert job(ledger)["attempts"] == 1
     assert job(ledger)["status"] == "completed"
 
 
-def test_a_service_that_cannot_be_reached_stops_the_run_resumably(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(2))
+def test_a_service_that_cannot_be_reached_stops_the_run_resumably(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(2))
     summary = run(ledger, ScriptedService([raises(httpx.ConnectError)]))
     assert summary.stopped_for == "unreachable"
     assert ledger.counts()["queued"] == 2
 
 
-def test_a_read_timeout_on_submit_is_an_unknown_attempt_then_resubmitted(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_read_timeout_on_submit_is_an_unknown_attempt_then_resubmitted(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService([raises(httpx.ReadTimeout), CREATED])
     run(ledger, service)
     assert [a["state"] for a in attempts(ledger)] == ["unknown", "completed"]
@@ -165,16 +166,16 @@ def test_a_read_timeout_on_submit_is_an_unknown_attempt_then_resubmitted(tmp_pat
     assert job(ledger)["attempts"] == 2
 
 
-def test_on_unknown_hold_keeps_the_job_for_a_person(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_on_unknown_hold_keeps_the_job_for_a_person(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService([raises(httpx.ReadTimeout), CREATED])
     run(ledger, service, Settings(3, 0.001, 0.001, 4, on_unknown="hold"))
     assert job(ledger)["status"] == "held"
     assert service.submits == 1
 
 
-def test_poll_errors_never_cause_a_resubmission(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_poll_errors_never_cause_a_resubmission(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService(
         [CREATED],
         [
@@ -190,8 +191,8 @@ def test_poll_errors_never_cause_a_resubmission(tmp_path):
     assert job(ledger)["status"] == "completed"
 
 
-def test_a_failed_task_is_refunded_and_submitted_again(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_failed_task_is_refunded_and_submitted_again(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     failed = {"status": "failed", "errorMessage": "Generation failed", "type": "video"}
     service = ScriptedService([CREATED], [failed, DONE])
     run(ledger, service)
@@ -203,8 +204,8 @@ def test_a_failed_task_is_refunded_and_submitted_again(tmp_path):
     assert (money.spent, money.refunded) == (100_000, 100_000)
 
 
-def test_401_stops_at_once_after_one_request_and_no_job_changes_state(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(3))
+def test_401_stops_at_once_after_one_request_and_no_job_changes_state(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(3))
     service = ScriptedService([error(401, "Invalid or missing API key")])
     with pytest.raises(AuthFailed):
         run(ledger, service)
@@ -212,8 +213,8 @@ def test_401_stops_at_once_after_one_request_and_no_job_changes_state(tmp_path):
     assert ledger.counts()["queued"] == 3
 
 
-def test_402_submits_nothing_more_but_lets_tasks_in_flight_finish(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(5))
+def test_402_submits_nothing_more_but_lets_tasks_in_flight_finish(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(5))
     service = ScriptedService(
         [CREATED, CREATED, error(402, "Insufficient balance")],
         [{"status": "processing", "progress": 10}] * 5 + [DONE],
@@ -225,16 +226,16 @@ def test_402_submits_nothing_more_but_lets_tasks_in_flight_finish(tmp_path):
     assert service.submits == 3
 
 
-def test_a_job_over_budget_is_not_submitted_and_waits_with_reason_budget(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(3), budget=250_000)
+def test_a_job_over_budget_is_not_submitted_and_waits_with_reason_budget(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(3), budget=250_000)
     summary = run(ledger, ScriptedService([CREATED]))
     assert len(summary.budget_blocked) == 1
     assert ledger.counts()["completed"] == 2
     assert ledger.query("SELECT reason FROM jobs WHERE status = 'queued'") == [{"reason": "budget"}]
 
 
-def test_a_submission_interrupted_by_a_crash_is_settled_as_unknown_on_resume(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_submission_interrupted_by_a_crash_is_settled_as_unknown_on_resume(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     crashed = ledger.unfinished_jobs()[0]
     ledger.begin_attempt(crashed)  # the process died after committing its intent
     service = ScriptedService([CREATED])
@@ -243,8 +244,8 @@ def test_a_submission_interrupted_by_a_crash_is_settled_as_unknown_on_resume(tmp
     assert job(ledger)["attempts"] == 2
 
 
-def test_a_task_recorded_before_a_crash_is_polled_not_resubmitted(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_task_recorded_before_a_crash_is_polled_not_resubmitted(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     crashed = ledger.unfinished_jobs()[0]
     ledger.attempt_created(crashed, ledger.begin_attempt(crashed), 200, "task-from-before")
     service = ScriptedService([CREATED])
@@ -254,8 +255,8 @@ def test_a_task_recorded_before_a_crash_is_polled_not_resubmitted(tmp_path):
     assert job(ledger)["status"] == "completed"
 
 
-def test_never_more_than_the_concurrency_in_flight(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(7))
+def test_never_more_than_the_concurrency_in_flight(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(7))
     in_flight = peak = 0
 
     class Counting(ScriptedService):
@@ -279,8 +280,8 @@ def moved(request: httpx.Request) -> httpx.Response:
     return httpx.Response(301, headers={"Location": "https://www.okaypic.test/api/video/generate"})
 
 
-def test_a_3xx_on_submit_stops_the_run_with_every_job_queued_and_no_attempt_counted(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(3))
+def test_a_3xx_on_submit_stops_the_run_with_every_job_queued_and_no_attempt_counted(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(3))
     service = ScriptedService([moved])
     summary = run(ledger, service)
     assert summary.stopped_for == "redirect"
@@ -293,8 +294,8 @@ def test_a_3xx_on_submit_stops_the_run_with_every_job_queued_and_no_attempt_coun
     assert ledger.money().unknown == 0
 
 
-def test_a_task_without_a_usable_answer_for_lost_after_is_held_as_lost(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_task_without_a_usable_answer_for_lost_after_is_held_as_lost(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     service = ScriptedService([CREATED], [error(404, "Task not found")])
     run(ledger, service, Settings(3, 0.001, 0.001, 4, lost_after=0.05))
     lost = job(ledger)
@@ -306,8 +307,8 @@ def test_a_task_without_a_usable_answer_for_lost_after_is_held_as_lost(tmp_path)
     assert service.submits == 1
 
 
-def test_a_lost_task_is_polled_once_more_by_the_next_run_and_taken_back_if_it_answers(tmp_path):
-    ledger = make_ledger(tmp_path / "l.db", numbered(1))
+def test_a_lost_task_is_polled_once_more_by_the_next_run_and_taken_back_if_it_answers(ledger_at):
+    ledger = make_ledger(ledger_at, numbered(1))
     run(ledger, ScriptedService([CREATED], [error(404)]), Settings(lost_after=0.05, **QUICK))
     still_lost = ScriptedService([CREATED], [error(404)])
     run(ledger, still_lost, Settings(lost_after=0.05, **QUICK))
@@ -321,11 +322,11 @@ def test_a_lost_task_is_polled_once_more_by_the_next_run_and_taken_back_if_it_an
     assert ledger.money().spent == 100_000 and ledger.money().unknown == 0
 
 
-def test_a_freed_slot_is_given_its_next_submission_before_the_completion_is_handed_on(tmp_path):
+def test_a_freed_slot_is_given_its_next_submission_before_the_completion_is_handed_on(ledger_at):
     """PRODUCT §6: slots are refilled as soon as a task is seen finished, before any
     download. What `on_completed` starts (the run's download) runs after the next job's
     submission has been sent."""
-    ledger = make_ledger(tmp_path / "l.db", numbered(3))
+    ledger = make_ledger(ledger_at, numbered(3))
     service = ScriptedService([CREATED])
     seen_at_download: list[int] = []
 

@@ -19,7 +19,17 @@ import pytest
 from batchgen.keys import label
 from batchgen.money import to_micros
 from batchgen.progress_curves import PROGRESS_MODES
-from tests.e2e import FAST, batchgen, grok_batch, recorded_task_ids, rows, spawn, wait_for
+from tests.e2e import (
+    FAST,
+    batchgen,
+    grok_batch,
+    ledger_written,
+    recorded_task_ids,
+    rows,
+    spawn,
+    stored_bytes,
+    wait_for,
+)
 
 ALPHA, BRAVO, CHARLIE = "okpk_alpha_1111", "okpk_bravo_2222", "okpk_charlie_3333"
 KEYS = f"studio={ALPHA},night={BRAVO},{CHARLIE}"
@@ -40,7 +50,7 @@ def _run(sandbox, *args, ledger, keys=KEYS):
     return batchgen(*args, *FAST, ledger=ledger, base_url=sandbox.base_url, keys=keys)
 
 
-def _spent_per_label(ledger: Path) -> dict[str, int]:
+def _spent_per_label(ledger: Path | str) -> dict[str, int]:
     return {
         r["key_label"]: r["spent"]
         for r in rows(
@@ -51,7 +61,7 @@ def _spent_per_label(ledger: Path) -> dict[str, int]:
     }
 
 
-def _completed_per_label(truth, ledger: Path) -> dict[str, int]:
+def _completed_per_label(truth, ledger: Path | str) -> dict[str, int]:
     """What the sandbox says each key's completed tasks cost, for the tasks the ledger
     knows of (a submission killed on the wire may have created one it never learnt of:
     that is an unknown attempt, its possible cost in `unknown_usd`)."""
@@ -63,12 +73,8 @@ def _completed_per_label(truth, ledger: Path) -> dict[str, int]:
     return spent
 
 
-def _ledger_bytes(ledger: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in ledger.parent.glob(ledger.name + "*"))
-
-
-def _no_key_anywhere(ledger: Path, *texts: str) -> None:
-    stored = _ledger_bytes(ledger)
+def _no_key_anywhere(ledger: Path | str, *texts: str) -> None:
+    stored = stored_bytes(ledger)
     for key in (ALPHA, BRAVO, CHARLIE):
         assert key.encode() not in stored
         for text in texts:
@@ -76,10 +82,10 @@ def _no_key_anywhere(ledger: Path, *texts: str) -> None:
 
 
 def test_three_keys_fill_three_slots_each_poll_with_their_own_key_and_match_the_charges(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
     sandbox = _three_keys(make_sandbox)
-    ledger, log = tmp_path / "l.db", tmp_path / "run.log"
+    ledger, log = ledger_at, tmp_path / "run.log"
     manifest = grok_batch(tmp_path / "m.yaml", 27)
     result = _run(sandbox, "run", str(manifest), "--log", str(log), ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -124,7 +130,7 @@ FAULTS = {
     ids=[*PROGRESS_MODES, "faults"],
 )
 def test_every_progress_behaviour_and_fault_keeps_each_task_on_its_key(
-    make_sandbox, tmp_path, behaviour
+    make_sandbox, ledger_at, tmp_path, behaviour
 ):
     """Whatever the service says about progress, and whatever faults it throws (a key it
     echoes back included), tasks stay on their key's slots and polls, and the money per
@@ -132,7 +138,7 @@ def test_every_progress_behaviour_and_fault_keeps_each_task_on_its_key(
     sandbox = make_sandbox(
         time_scale=0.01, seed=5, keys=dict.fromkeys((ALPHA, BRAVO, CHARLIE), PLENTY), **behaviour
     )
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 18)
     result = _run(sandbox, "run", str(manifest), "--max-attempts", "8", ledger=ledger)
     assert result.returncode in (0, 1), result.stderr  # 1: a job out of attempts
@@ -149,9 +155,9 @@ def test_every_progress_behaviour_and_fault_keeps_each_task_on_its_key(
     _no_key_anywhere(ledger, result.stdout, result.stderr)
 
 
-def test_a_key_out_of_balance_leaves_the_batch_to_the_others(make_sandbox, tmp_path):
+def test_a_key_out_of_balance_leaves_the_batch_to_the_others(make_sandbox, ledger_at, tmp_path):
     sandbox = _three_keys(make_sandbox, balances={BRAVO: 300_000})  # three $0.10 clips
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 15)
     result = _run(sandbox, "run", str(manifest), ledger=ledger)
     assert result.returncode == 0, result.stderr
@@ -164,9 +170,11 @@ def test_a_key_out_of_balance_leaves_the_batch_to_the_others(make_sandbox, tmp_p
     assert rows(ledger, "SELECT COUNT(*) AS n FROM jobs WHERE status = 'completed'")[0]["n"] == 15
 
 
-def test_a_refused_key_is_taken_out_and_the_others_finish_the_batch(make_sandbox, tmp_path):
+def test_a_refused_key_is_taken_out_and_the_others_finish_the_batch(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = _three_keys(make_sandbox)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 12)
     keys = f"studio={ALPHA},revoked=okpk_not_known_here,{CHARLIE}"
     result = _run(sandbox, "run", str(manifest), ledger=ledger, keys=keys)
@@ -176,12 +184,14 @@ def test_a_refused_key_is_taken_out_and_the_others_finish_the_batch(make_sandbox
     truth = sandbox.sim.truth()
     assert truth.statuses() == {"completed": 12}
     assert truth.responses[SUBMIT].get("401", 0) == 1  # tried once, then left out
-    assert b"okpk_not_known_here" not in _ledger_bytes(ledger)
+    assert b"okpk_not_known_here" not in stored_bytes(ledger)
 
 
-def test_every_key_refused_exits_4_naming_the_labels_and_changes_no_job(make_sandbox, tmp_path):
+def test_every_key_refused_exits_4_naming_the_labels_and_changes_no_job(
+    make_sandbox, ledger_at, tmp_path
+):
     sandbox = _three_keys(make_sandbox)
-    ledger = tmp_path / "l.db"
+    ledger = ledger_at
     manifest = grok_batch(tmp_path / "m.yaml", 6)
     keys = "one=okpk_wrong_1,two=okpk_wrong_2"
     result = _run(sandbox, "run", str(manifest), ledger=ledger, keys=keys)
@@ -193,17 +203,16 @@ def test_every_key_refused_exits_4_naming_the_labels_and_changes_no_job(make_san
     assert statuses == {"queued"}
 
 
-def _killed_mid_run(make_sandbox, tmp_path, jobs: int = 18):
+def _killed_mid_run(make_sandbox, ledger, tmp_path, jobs: int = 18):
     """A run on three keys killed (kill -9) while tasks of every key are in flight."""
     sandbox = _three_keys(make_sandbox, time_scale=0.2)  # grok 5 s: a few seconds each
-    ledger = tmp_path / "l.db"
     manifest = grok_batch(tmp_path / "m.yaml", jobs)
     process = spawn(
         "run", str(manifest), *FAST, ledger=ledger, base_url=sandbox.base_url, keys=KEYS
     )
 
     def every_key_has_a_task_running() -> bool:
-        if not ledger.exists():
+        if not ledger_written(ledger):
             return False
         try:
             found = rows(ledger, "SELECT DISTINCT key_label FROM attempts WHERE state = 'running'")
@@ -227,14 +236,14 @@ def _killed_mid_run(make_sandbox, tmp_path, jobs: int = 18):
     return sandbox, ledger, running
 
 
-def _final_tasks(ledger: Path) -> dict[str, str | None]:
+def _final_tasks(ledger: Path | str) -> dict[str, str | None]:
     return {r["id"]: r["task_id"] for r in rows(ledger, "SELECT id, task_id FROM jobs")}
 
 
 def test_kill_9_then_resume_with_the_keys_in_another_order_polls_each_task_with_its_key(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
-    sandbox, ledger, running = _killed_mid_run(make_sandbox, tmp_path)
+    sandbox, ledger, running = _killed_mid_run(make_sandbox, ledger_at, tmp_path)
     reordered = f"{CHARLIE},night={BRAVO},studio={ALPHA}"
     result = _run(sandbox, "resume", ledger=ledger, keys=reordered)
     assert result.returncode == 0, result.stderr
@@ -249,9 +258,9 @@ def test_kill_9_then_resume_with_the_keys_in_another_order_polls_each_task_with_
 
 
 def test_resume_without_one_key_leaves_its_tasks_alone_and_exits_3_naming_it(
-    make_sandbox, tmp_path
+    make_sandbox, ledger_at, tmp_path
 ):
-    sandbox, ledger, running = _killed_mid_run(make_sandbox, tmp_path)
+    sandbox, ledger, running = _killed_mid_run(make_sandbox, ledger_at, tmp_path)
     night = {job for job, (_, key_label) in running.items() if key_label == "night"}
     assert night
     night_tasks = {running[job][0] for job in night}

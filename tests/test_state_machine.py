@@ -1,5 +1,6 @@
-"""The scheduler as a state machine (hypothesis): the real `Scheduler` on a real ledger
-file, against a fake okaypic whose every request waits for the test to answer it.
+"""The scheduler as a state machine (hypothesis): the real `Scheduler` on a real ledger (a
+SQLite file, then a PostgreSQL database: a new one for each example), against a fake
+okaypic whose every request waits for the test to answer it.
 
 Rules are what the world can do: answer a submit (created, 500, spurious 429, connect
 error, lost on the way, or created and then the answer lost), answer a poll (or fail to),
@@ -27,15 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
+from batchgen import follow
 from batchgen.client import Client
 from batchgen.ledger import Ledger
 from batchgen.sandbox.truth import payload_key
 from batchgen.scheduler import Scheduler, Settings
-from tests.builders import PRICE, build_ledger
+from tests import postgres
+from tests.builders import PRICE, build_ledger, clips
 
 JOBS = 5
 SETTINGS = Settings(concurrency=3, poll_interval=1.0, retry_delay=1.0, max_attempts=4)
@@ -191,19 +201,42 @@ async def _spin(rounds: int) -> None:
 
 
 class SchedulerMachine(RuleBasedStateMachine):
+    # Where each example's ledger is: a new SQLite file, or on this cluster a new copy of
+    # one database, the ledger of JOBS made once.
+    cluster: postgres.Cluster | None = None
+    made_once: str | None = None
+
     def __init__(self) -> None:
         super().__init__()
+        self.folder: Path | None = None
+        self.path = self.new_ledger()
+        self.job_ids = [job.id for job in clips(JOBS)]
+        self.clock = VirtualClock()
+        self.service = FakeOkaypic()
+        self.restarts = 0
+        self.start()
+
+    def new_ledger(self) -> Path | str:
+        if self.cluster is not None:
+            cls = type(self)
+            if cls.made_once is None:
+                cls.made_once = postgres.new_database(self.cluster)
+                build_ledger(cls.made_once, JOBS)
+            return postgres.new_database(self.cluster, copy_of=cls.made_once)
         # fsync-heavy (synchronous=FULL): on tmpfs where there is one, for speed only
         shm = Path("/dev/shm")
         self.folder = Path(
             tempfile.mkdtemp(prefix="batchgen-sm-", dir=shm if shm.is_dir() else None)
         )
-        self.path = self.folder / "ledger.db"
-        self.job_ids = build_ledger(self.path, JOBS)
-        self.clock = VirtualClock()
-        self.service = FakeOkaypic()
-        self.restarts = 0
-        self.start()
+        path = self.folder / "ledger.db"
+        build_ledger(path, JOBS)
+        return path
+
+    def drop_ledger(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        elif self.cluster is not None:
+            postgres.drop_database(self.cluster, str(self.path))
 
     # ------------------------------------------------------------------ the process
 
@@ -418,15 +451,63 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.charges_are_known_tasks_plus_unknown()
         finally:
             self.stop()
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.drop_ledger()
 
 
-def test_a_followed_job_whose_task_failed_is_driven_once_when_the_queue_is_read():
+EXAMPLES = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def on_ledgers_of(kind: str, request: pytest.FixtureRequest) -> type[SchedulerMachine]:
+    """The machine, its ledgers SQLite files or databases of the session's PostgreSQL."""
+    if kind == "sqlite":
+        return SchedulerMachine
+    cluster = request.getfixturevalue("postgres_cluster")
+    machine = type("SchedulerMachineOnPostgres", (SchedulerMachine,), {"cluster": cluster})
+
+    def drop_the_ledger_made_once() -> None:
+        if machine.made_once is not None:
+            postgres.drop_database(cluster, machine.made_once)
+
+    request.addfinalizer(drop_the_ledger_made_once)
+    return machine
+
+
+KINDS = pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+
+
+class WallClockAtItsEpoch:
+    """The wall clock as the scheduler reads the age of a task it takes over from the
+    ledger's stamp (batchgen/follow.py): at 0, so such a task is as new as when it was
+    taken over. The seconds the test really takes (more on PostgreSQL, or on a busy
+    machine) must not decide when it is polled: time here is the virtual clock's."""
+
+    @staticmethod
+    def time() -> float:
+        return 0.0
+
+
+@pytest.fixture(autouse=True)
+def virtual_time_only(monkeypatch):
+    monkeypatch.setattr(follow, "time", WallClockAtItsEpoch)
+
+
+@KINDS
+def test_the_scheduler_keeps_its_promises_whatever_the_service_and_time_do(kind, request):
+    run_state_machine_as_test(on_ledgers_of(kind, request), settings=EXAMPLES)
+
+
+@KINDS
+def test_a_followed_job_whose_task_failed_is_driven_once_when_the_queue_is_read(kind, request):
     """Found by the machine: on resume, jobs already running are followed at once and the
     queue is read later, when a slot frees. A followed job whose task failed is `queued`
     while its own coroutine resubmits it (here: in backoff after a 500), and must not be
     taken from the queue a second time: two live tasks for one job is a double charge."""
-    machine = SchedulerMachine()
+    machine = on_ledgers_of(kind, request)()
     try:
         for _ in range(3):  # clip-1, then clip-2 and clip-3 once the key is known good
             machine.answer_a_submit_with(0, "created")
@@ -448,12 +529,3 @@ def test_a_followed_job_whose_task_failed_is_driven_once_when_the_queue_is_read(
         assert all(n == 1 for n in submitted.values()), submitted
     finally:
         machine.teardown()
-
-
-SchedulerMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-TestScheduler = SchedulerMachine.TestCase

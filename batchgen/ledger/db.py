@@ -205,16 +205,7 @@ class PostgresDialect(Dialect):
     dollar_type = "NUMERIC(20, 6)"
 
     def begin_write(self, db: Any) -> int | None:
-        db.execute("BEGIN")
-        try:
-            (_, xid) = db.execute(
-                "SELECT pg_advisory_xact_lock(?), txid_current()", (WRITE_LOCK,)
-            ).fetchone()
-        except BaseException:
-            with suppress(Exception):
-                db.execute("ROLLBACK")
-            raise
-        return int(xid)
+        return int(db.begin_write())
 
     def json_array_agg(self, expression: str, order: str = "") -> str:
         # Spelled as SQLite writes it (no spaces), so both ledgers give the same text.
@@ -334,6 +325,7 @@ class PgConnection:
 
     def __init__(self, url: str, read_only: bool = False, connect_timeout: int = 10):
         self.url, self.read_only, self.connect_timeout = url, read_only, connect_timeout
+        self.lock_wait_ms = 30_000  # set_lock_wait
         self._closed = False
         self._conn = self._connect()
         # How a statement outside a transaction waits while the server cannot be reached
@@ -364,7 +356,18 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         if self.patience is None or self.in_transaction or sql.lstrip()[:5].upper() in _TXN:
             return self._execute(sql, params)
-        return self.patience(lambda: self._execute(sql, params))
+        return self.patience(lambda: self._once_more_if_cut(sql, params))
+
+    def _once_more_if_cut(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
+        """A statement outside a transaction, sent again at once on a new connection if the
+        server had dropped this one (which shows only when it is used): a read, as every
+        write is a transaction of its own."""
+        try:
+            return self._execute(sql, params)
+        except load_psycopg().OperationalError:
+            if not self._conn.broken:
+                raise
+        return self._execute(sql, params)
 
     def _execute(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> Any:
         if not params:  # psycopg reads no placeholders (nor doubled %) in SQL sent alone
@@ -404,12 +407,33 @@ class PgConnection:
     def in_transaction(self) -> bool:
         import psycopg.pq
 
-        status = self._conn.info.transaction_status
-        return bool(status not in (psycopg.pq.TransactionStatus.IDLE,))
+        # A connection the server dropped holds no transaction any more (UNKNOWN): the
+        # next statement opens a new one, and a read there waits for the server.
+        status = psycopg.pq.TransactionStatus
+        return self._conn.info.transaction_status in (status.INTRANS, status.INERROR, status.ACTIVE)
 
     def set_lock_wait(self, seconds: float) -> None:
-        """How long a write waits for the write lock before failing as locked."""
-        self.execute(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+        """How long a write waits for the write lock (or a migration for a table's lock)
+        before failing as locked: kept here, and set in each write transaction."""
+        self.lock_wait_ms = max(1, int(seconds * 1000))
+
+    def begin_write(self) -> int:
+        """Begin a write transaction, its lock wait, and the write lock, in one round trip
+        to the server (a write's other statements are its own); the transaction's id."""
+        cursor = self._execute(
+            f"BEGIN; SET LOCAL lock_timeout = {self.lock_wait_ms};"
+            f" SELECT pg_advisory_xact_lock({WRITE_LOCK}), txid_current()",
+            (),
+        )
+        try:
+            while cursor.nextset():  # BEGIN and SET answer nothing; the SELECT comes last
+                pass
+            (_, xid) = cursor.fetchone()
+        except BaseException:
+            with suppress(Exception):
+                self._execute("ROLLBACK", ())
+            raise
+        return int(xid)
 
     def close(self) -> None:
         self._closed = True

@@ -535,6 +535,9 @@ class ReadsMixin(LedgerBase):
         if provenance is not None:
             column, update = ", provenance", ", provenance = excluded.provenance"
             values.append(json.dumps(provenance, ensure_ascii=False))
+        self._patiently(lambda: self._record_file(values, column, update))
+
+    def _record_file(self, values: list[Any], column: str, update: str) -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO files (campaign, job_id, n, url, path, size, sha256, downloaded_at"
@@ -548,14 +551,18 @@ class ReadsMixin(LedgerBase):
     def file_failed(self, campaign: str, job_id: str, n: int, url: str, error: str) -> None:
         """Record a download that failed: `download` tries it again, generation never does."""
         error = self.redact(error)
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO files (campaign, job_id, n, url, error) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (campaign, job_id, n) DO UPDATE SET url = excluded.url,"
-                " path = NULL, size = NULL, sha256 = NULL, downloaded_at = NULL,"
-                " error = excluded.error",
-                (campaign, job_id, n, url, error),
-            )
+
+        def record() -> None:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO files (campaign, job_id, n, url, error) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (campaign, job_id, n) DO UPDATE SET url = excluded.url,"
+                    " path = NULL, size = NULL, sha256 = NULL, downloaded_at = NULL,"
+                    " error = excluded.error",
+                    (campaign, job_id, n, url, error),
+                )
+
+        self._patiently(record)  # an upsert: done again whole after a lock or a cut
 
     def requeue(self, campaigns: list[str] | None, status: str) -> int:
         """Put `failed` (or `held`) jobs back to `queued` with fresh attempts; their old

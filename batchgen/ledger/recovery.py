@@ -4,7 +4,8 @@ A write that fails (another program holds the lock, the disk is full, an I/O err
 reported as `LedgerWriteFailed` by `try_write`, which waits only briefly for a lock so the
 run stays responsive (its caller retries). An answer that cannot be recorded yet — a task
 id, a completion — is held meanwhile in a *recovery file* beside the ledger
-(`<ledger>.recovery.jsonl`, one JSON object a line, fsync'd), and taken out again once
+(`<ledger>.recovery.jsonl`, one JSON object a line, fsync'd; a PostgreSQL ledger's is in
+this machine's state directory, db.companion), and taken out again once
 it is recorded. If the run must end first (Ctrl-C, a kill), the file stays, and the next
 batchgen that opens the ledger for writing applies it before anything else
 (`apply_recovery`, from `Ledger.__init__`): a task id that was paid for is polled, never
@@ -84,6 +85,10 @@ class RecoveryMixin(SchedulingMixin):
         data = ("\n" + _line(answer) + "\n").encode("ascii")
         new = False
         try:
+            folder = self.recovery_path.parent
+            if not folder.is_dir():  # a PostgreSQL ledger's: this machine's state directory
+                folder.mkdir(parents=True, exist_ok=True)
+                fsync_dir(folder.parent)
             new = not self.recovery_path.exists()
             fd = os.open(self.recovery_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:

@@ -173,6 +173,8 @@ class SchedulingMixin(LedgerBase):
         stamp = now()
         possible = state == "unknown"
         with self.transaction() as db:
+            # A flag parameter reaches either engine as 0 or 1 (PgConnection sends a bool as
+            # an integer), which PostgreSQL's CASE WHEN does not take as a condition: `? = 1`.
             cursor = db.execute(
                 "UPDATE attempts SET state=?, outcome=?, counted=?, http_status=?, error=?,"
                 " answered_at=?, finished_at=?,"
