@@ -68,8 +68,9 @@ def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
     added up; null when none has one), each key's use and the review's verdicts."""
     money = ledger.money(scope)
     budgets = [b for b in ledger.budgets(scope).values() if b is not None]
+    counts = ledger.counts(scope)
     return {
-        "counts": ledger.counts(scope),
+        "counts": counts,
         "spent_usd": usd(money.spent),
         "in_flight_usd": usd(money.in_flight),
         "unknown_usd": usd(money.unknown),
@@ -88,7 +89,8 @@ def _head(ledger: Ledger, scope: list[str] | None) -> dict[str, Any]:
         ],
         # The runners working on the ledger now (§6): host, pid, key labels, since, heartbeat.
         "runners": ledger.runners(),
-        "verdicts": ledger.verdict_counts(scope),  # completed jobs by review verdict (§12)
+        # completed jobs by review verdict (§12)
+        "verdicts": ledger.verdict_counts(scope, counts["completed"]),
     }
 
 

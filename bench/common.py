@@ -1,5 +1,6 @@
 """What the benchmarks share: the machine they ran on, the real `batchgen` command in a
-subprocess, and a few numbers-to-text helpers.
+subprocess, a PostgreSQL server to put ledgers on (`--postgres`), and a few
+numbers-to-text helpers.
 
 Not a benchmark itself. Each bench/*.py script puts the repository root on `sys.path`
 (batchgen need not be installed) and runs the CLI as `python -m batchgen` with the same
@@ -8,6 +9,7 @@ root on PYTHONPATH, exactly as a user's shell would run it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,15 +17,22 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from batchgen.keys import SANDBOX_KEY as SANDBOX_KEY  # noqa: E402  (once the path is set)
+from batchgen.ledger.db import PgConnection, is_url  # noqa: E402
+
+# A ledger as the benchmarks name it: a SQLite file's path, or a PostgreSQL URL.
+Location = Path | str
 
 
 def cpu_model() -> str:
@@ -52,8 +61,27 @@ def load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def folder_of(ledger: Location) -> Path:
+    """Where a ledger's by-products go (result files, and for a PostgreSQL ledger the
+    companion files batchgen keeps in the user's state directory): beside a SQLite file;
+    for a URL, a folder of the benchmarks' in the temporary directory."""
+    if not is_url(ledger):
+        return Path(ledger).parent
+    folder = Path(tempfile.gettempdir()) / "batchgen-bench-postgres"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def connect(ledger: Location) -> Any:
+    """A connection for the benchmark's own reads of a ledger: sqlite3's, or the ledger's
+    PostgreSQL connection, which answers as sqlite3's does (`?`, rows as tuples)."""
+    if is_url(ledger):
+        return PgConnection(str(ledger))
+    return sqlite3.connect(ledger)
+
+
 def command_env(
-    ledger: Path,
+    ledger: Location,
     base_url: str | None = None,
     key: str | None = None,
     keys: list[str] | None = None,
@@ -67,7 +95,9 @@ def command_env(
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["BATCHGEN_LEDGER"] = str(ledger)
-    env["BATCHGEN_OUT"] = str(ledger.parent / "out")  # run/resume save files by default
+    env["BATCHGEN_OUT"] = str(folder_of(ledger) / "out")  # run/resume save files by default
+    if is_url(ledger):  # the recovery file and the like, out of the user's home
+        env["XDG_STATE_HOME"] = str(folder_of(ledger) / "state")
     if base_url is not None:
         env["OKAYPIC_BASE_URL"] = base_url
     if key is not None:
@@ -79,7 +109,7 @@ def command_env(
 
 def batchgen(
     *args: str,
-    ledger: Path,
+    ledger: Location,
     base_url: str | None = None,
     key: str | None = None,
     keys: list[str] | None = None,
@@ -104,7 +134,7 @@ def batchgen(
 def batchgens(
     count: int,
     *args: str,
-    ledger: Path,
+    ledger: Location,
     base_url: str | None = None,
     key: str | None = None,
     keys: list[str] | None = None,
@@ -149,7 +179,7 @@ with tempfile.TemporaryFile() as err:
 """
 
 
-def measure(*args: str, ledger: Path, base_url: str | None = None) -> tuple[float, float]:
+def measure(*args: str, ledger: Location, base_url: str | None = None) -> tuple[float, float]:
     """Run `batchgen ARGS` to its end: (wall seconds, peak RSS in MB of that process)."""
     command = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "batchgen", *args]
     env = command_env(ledger, base_url, SANDBOX_KEY if base_url else None)
@@ -182,3 +212,98 @@ def best(samples: list[float]) -> str:
 
 def verdict(met: bool) -> str:
     return "MET" if met else "MISSED"
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+def add_postgres_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="put the ledgers on PostgreSQL: a throwaway cluster started for the run, or the "
+        "server of URL (e.g. postgresql://me@host/postgres; it needs CREATEDB)",
+    )
+
+
+class Postgres:
+    """A PostgreSQL server the benchmark makes its ledgers' databases on: a throwaway
+    cluster (`url` None), or the server an existing database's URL names.
+
+    The throwaway cluster is tests/postgres.py's, the one the tests use (importing from
+    tests/ here is deliberate: one way to start a server as root, and to sweep one left
+    behind), durable: its data on disk, fsync, synchronous commits and full page writes
+    on, as a real server keeps them (the tests' cluster turns them off), since the SQLite
+    ledger's figures are measured with synchronous=FULL.
+    """
+
+    def __init__(self, url: str | None = None):
+        self.cluster: Any = None
+        if url:
+            self.admin_url = url
+        else:
+            from tests.postgres import start_cluster  # bench may use the tests' helper
+
+            self.cluster = start_cluster(durable=True)
+            self.admin_url = self.cluster.url("postgres")
+        self.made: list[str] = []
+
+    def url(self, database: str) -> str:
+        return urlunsplit(urlsplit(self.admin_url)._replace(path=f"/{database}"))
+
+    def admin(self, statement: str, *params: object) -> list[tuple[Any, ...]]:
+        """A statement on the server's admin database, outside any transaction."""
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            cursor = connection.execute(statement, params or None)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def exists(self, database: str) -> bool:
+        return bool(self.admin("SELECT 1 FROM pg_database WHERE datname = %s", database))
+
+    def create(self, database: str, template: str | None = None) -> str:
+        """A new database (dropped first if it is there): its URL. From a template: a copy
+        of that database's files (FILE_COPY, checkpointed and fsync'd before it returns),
+        the quick way to a fresh copy of a large ledger."""
+        self.drop(database)
+        copy = f" TEMPLATE {template} STRATEGY FILE_COPY" if template else ""
+        self.admin(f"CREATE DATABASE {database}{copy}")
+        self.made.append(database)
+        return self.url(database)
+
+    def drop(self, database: str) -> None:
+        self.admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+    def size(self, database: str) -> str:
+        return str(self.admin("SELECT pg_size_pretty(pg_database_size(%s))", database)[0][0])
+
+    def describe(self) -> str:
+        """The server's version, its durability settings, shared_buffers and where its data
+        is, in one line for the benchmark's header."""
+        (version,) = self.admin("SHOW server_version")[0]
+        settings = ", ".join(
+            f"{name} {self.admin(f'SHOW {name}')[0][0]}"
+            for name in ("fsync", "synchronous_commit", "full_page_writes", "shared_buffers")
+        )
+        where = f"a throwaway cluster in {self.cluster.base}" if self.cluster else "given"
+        return f"PostgreSQL {version} ({where}; {settings})"
+
+    def close(self) -> None:
+        """Drop the databases `create` made, or stop the throwaway cluster."""
+        if self.cluster is not None:
+            self.cluster.stop()
+            return
+        for database in self.made:
+            self.drop(database)
+
+
+def postgres_server(url: str | None) -> Postgres | None:
+    """The server --postgres names (None: the benchmark runs on SQLite, as before)."""
+    if url is None:
+        return None
+    server = Postgres(url or None)
+    print(f"server  : {server.describe()}\n")
+    return server

@@ -17,7 +17,14 @@ How it measures, in one run, for each of two manifests written to a temporary fo
   (bench/year_ledger.py): a new campaign added beside a year of others.
 Each figure is the best of --repeat runs (the median is shown beside it).
 
+With --postgres (issue 23: at most 4x, COPY allowed) every ledger is a new PostgreSQL
+database (bench/common.py: a throwaway cluster, or the server of --postgres URL), and
+bare is psycopg's `executemany` of the same rows into a plain table of the same columns
+and types in a new database, and a commit; a bare COPY of them is shown beside it, and
+"the same rows into batchgen's jobs table" is a COPY, as ingest writes them there.
+
 Run: python bench/ingest.py [--repeat 3] [--jobs 100000] [--only matrix|rows] [--year]
+     [--postgres [URL]]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import common  # noqa: I001  (puts the repository on sys.path first)
 import year_ledger
@@ -42,6 +50,7 @@ from batchgen.ledger import JOB_INSERT_COLUMNS, Ledger
 from batchgen.validate import check_manifest
 
 TIME_TARGET = 2.0
+POSTGRES_TIME_TARGET = 4.0  # issue 23
 MEMORY_TARGET_MB = 300
 
 
@@ -88,7 +97,9 @@ def rows_manifest(folder: Path, n: int) -> Path:
     return path
 
 
-def in_process(manifest: Path, ledger_path: Path, n: int) -> tuple[float, float, list[Job]]:
+def in_process(
+    manifest: Path, ledger_path: common.Location, n: int
+) -> tuple[float, float, list[Job]]:
     """(validate seconds, ingest seconds, the jobs) on a fresh ledger."""
     started = time.perf_counter()
     result = check_manifest(manifest, max_jobs=n)
@@ -102,10 +113,10 @@ def in_process(manifest: Path, ledger_path: Path, n: int) -> tuple[float, float,
     return validated - started, ingested - opened, result.jobs
 
 
-def check_rows(ledger_path: Path, jobs: list[Job], every: int = 97) -> int:
+def check_rows(ledger_path: common.Location, jobs: list[Job], every: int = 97) -> int:
     """The rows written hold what each Job says of itself (request body, fingerprint,
     price, tags), checked the slow, obvious way on every `every`-th job; how many."""
-    db = sqlite3.connect(ledger_path)
+    db = common.connect(ledger_path)
     written = {
         job_id: rest
         for job_id, *rest in db.execute(
@@ -129,7 +140,7 @@ def check_rows(ledger_path: Path, jobs: list[Job], every: int = 97) -> int:
     return checked
 
 
-def cli(manifest: Path, ledger_path: Path, n: int) -> tuple[float, float]:
+def cli(manifest: Path, ledger_path: common.Location, n: int) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of `batchgen ingest` in a subprocess."""
     return common.measure("ingest", "--max-jobs", str(n), str(manifest), ledger=ledger_path)
 
@@ -148,10 +159,57 @@ def bare(rows: list[tuple[object, ...]], path: Path) -> float:
     return time.perf_counter() - started
 
 
-def into_jobs(rows: list[tuple[object, ...]], campaign: tuple[object, ...], path: Path) -> float:
+def bare_postgres(rows: list[tuple[object, ...]], url: str, types: list[str], copy: bool) -> float:
+    """Seconds to insert `rows` into a plain table of the same columns and types (no index,
+    no constraint) in a new database, with psycopg's executemany (or COPY), and commit."""
+    import psycopg
+
+    columns = ", ".join(JOB_INSERT_COLUMNS)
+    started = time.perf_counter()
+    with psycopg.connect(url) as db:
+        spelled = ", ".join(f"{c} {t}" for c, t in zip(JOB_INSERT_COLUMNS, types, strict=True))
+        db.execute(f"CREATE TABLE jobs ({spelled})")  # type: ignore[arg-type]
+        with db.cursor() as cursor:
+            if copy:
+                with cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as writing:  # type: ignore[arg-type]
+                    for row in rows:
+                        writing.write_row(row)
+            else:
+                marks = ", ".join(["%s"] * len(JOB_INSERT_COLUMNS))
+                cursor.executemany(f"INSERT INTO jobs ({columns}) VALUES ({marks})", rows)  # type: ignore[arg-type]
+        db.commit()
+    return time.perf_counter() - started
+
+
+def column_types(url: str) -> list[str]:
+    """The types of batchgen's `jobs` columns that ingest writes, in that order."""
+    db = common.connect(url)
+    found = dict(
+        db.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'jobs'"
+        ).fetchall()
+    )
+    db.close()
+    return [found[column] for column in JOB_INSERT_COLUMNS]
+
+
+def into_jobs(
+    rows: list[tuple[object, ...]], campaign: tuple[object, ...], path: common.Location
+) -> float:
     """Seconds to insert `rows` the same way into batchgen's own `jobs` table: a new ledger
-    (schema, indexes, WAL, synchronous=FULL, foreign keys), one transaction."""
+    (schema, indexes, WAL, synchronous=FULL, foreign keys), one transaction. On
+    PostgreSQL: a COPY, as ingest writes them, in one transaction."""
     Ledger(path).close()
+    if isinstance(path, str):
+        pg = common.connect(path)
+        started = time.perf_counter()
+        pg.execute("BEGIN")
+        pg.execute("INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?)", campaign)
+        pg.copy_rows("jobs", JOB_INSERT_COLUMNS, rows)
+        pg.execute("COMMIT")
+        pg.close()
+        return time.perf_counter() - started
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -167,12 +225,17 @@ def into_jobs(rows: list[tuple[object, ...]], campaign: tuple[object, ...], path
     return time.perf_counter() - started
 
 
-def written_rows(ledger_path: Path) -> tuple[list[tuple[object, ...]], tuple[object, ...]]:
-    db = sqlite3.connect(ledger_path)
-    rows = db.execute(
-        f"SELECT {', '.join(JOB_INSERT_COLUMNS)} FROM jobs ORDER BY position"
-    ).fetchall()
-    campaign = db.execute("SELECT * FROM campaigns").fetchone()
+def written_rows(
+    ledger_path: common.Location,
+) -> tuple[list[tuple[object, ...]], tuple[object, ...]]:
+    db = common.connect(ledger_path)
+    rows = [
+        tuple(row)
+        for row in db.execute(
+            f"SELECT {', '.join(JOB_INSERT_COLUMNS)} FROM jobs ORDER BY position"
+        ).fetchall()
+    ]
+    campaign = tuple(db.execute("SELECT * FROM campaigns").fetchone())
     db.close()
     return rows, campaign
 
@@ -189,58 +252,107 @@ def imports() -> float:
     return time.perf_counter() - started
 
 
-def scenario(name: str, manifest: Path, n: int, repeat: int, work: Path, year: Path | None) -> bool:
+class Places:
+    """Where each ledger of a run goes: new files in the work folder, or new databases on
+    a PostgreSQL server."""
+
+    def __init__(self, work: Path, server: common.Postgres | None, year: common.Location | None):
+        self.work, self.server, self.year = work, server, year
+
+    def ledger(self, name: str) -> common.Location:
+        if self.server is None:
+            return self.work / f"{name}.db"
+        return self.server.create(f"bench_ingest_{name}".replace("-", "_"))
+
+    def year_copy(self) -> common.Location:
+        """A copy of the year ledger, on disk before the ingest: its commit pays only its own."""
+        assert self.year is not None
+        if self.server is not None:
+            template = urlsplit(str(self.year)).path.lstrip("/")
+            return self.server.create("bench_ingest_year", template=template)
+        copy = self.work / "year.db"
+        shutil.copy(self.year, copy)
+        with open(copy, "rb+") as f:
+            os.fsync(f.fileno())
+        return copy
+
+    def size(self, ledger: common.Location) -> str:
+        if isinstance(ledger, str):
+            assert self.server is not None
+            return f"database {self.server.size(urlsplit(ledger).path.lstrip('/'))}"
+        return f"ledger file {ledger.stat().st_size / 2**20:.0f} MB"
+
+    def remove(self, name: str) -> None:
+        if self.server is not None:
+            self.server.drop(f"bench_ingest_{name}".replace("-", "_"))
+        for leftover in self.work.glob(f"{name}.db*"):
+            leftover.unlink()
+
+
+def scenario(name: str, manifest: Path, n: int, repeat: int, places: Places) -> bool:
+    postgres = places.server is not None
+    target = POSTGRES_TIME_TARGET if postgres else TIME_TARGET
     figures: dict[str, list[float]] = {}
     rss: list[float] = []
     rows: list[tuple[object, ...]] = []
     campaign: tuple[object, ...] = ()
+    types: list[str] = []
     checked = 0
+    size = ""
     for i in range(repeat):
-        ledger_path = work / f"{name}-{i}.db"
+        ledger_path = places.ledger(f"{name}-{i}")
         v, g, jobs = in_process(manifest, ledger_path, n)
         figures.setdefault("check_manifest (validate + expand), in process", []).append(v)
         figures.setdefault("Ledger.ingest, in process", []).append(g)
         if not rows:
             rows, campaign = written_rows(ledger_path)
             checked = check_rows(ledger_path, jobs)
+            size = places.size(ledger_path)
+            if isinstance(ledger_path, str):
+                types = column_types(ledger_path)
         del jobs
         figures.setdefault("interpreter start-up and imports", []).append(imports())
-        wall, peak = cli(manifest, work / f"{name}-cli-{i}.db", n)
+        wall, peak = cli(manifest, places.ledger(f"{name}-cli-{i}"), n)
         figures.setdefault("`batchgen ingest` command, whole", []).append(wall)
         rss.append(peak)
-        figures.setdefault("bare executemany into a plain table", []).append(
-            bare(rows, work / f"{name}-bare-{i}.db")
-        )
-        figures.setdefault("the same rows into batchgen's jobs table", []).append(
-            into_jobs(rows, campaign, work / f"{name}-jobs-{i}.db")
-        )
-        if year is not None:
-            copy = work / "year.db"
-            shutil.copy(year, copy)
-            with open(copy, "rb+") as f:  # on disk before: the ingest's fsync pays its own
-                os.fsync(f.fileno())
+        bare_place = places.ledger(f"{name}-bare-{i}")
+        if isinstance(bare_place, str):
+            figures.setdefault("bare executemany into a plain table", []).append(
+                bare_postgres(rows, bare_place, types, copy=False)
+            )
+            bare_place = places.ledger(f"{name}-bare-{i}")
+            figures.setdefault("bare COPY into a plain table", []).append(
+                bare_postgres(rows, bare_place, types, copy=True)
+            )
+        else:
+            figures.setdefault("bare executemany into a plain table", []).append(
+                bare(rows, bare_place)
+            )
+        figures.setdefault(
+            "the same rows into batchgen's jobs table" + (" (COPY)" if postgres else ""), []
+        ).append(into_jobs(rows, campaign, places.ledger(f"{name}-jobs-{i}")))
+        if places.year is not None:
+            copy = places.year_copy()
             wall, peak = cli(manifest, copy, n)
             figures.setdefault("`batchgen ingest` into the 1,000,000-job ledger", []).append(wall)
             rss.append(peak)
-            for leftover in work.glob("year.db*"):
-                leftover.unlink()
-        for leftover in work.glob(f"{name}-*-{i}.db*"):
-            leftover.unlink()
+            places.remove("year")
+        for part in ("", "-cli", "-bare", "-jobs"):
+            places.remove(f"{name}{part}-{i}")
     ratio = min(figures["`batchgen ingest` command, whole"]) / min(
         figures["bare executemany into a plain table"]
     )
-    size = (work / f"{name}-0.db").stat().st_size / 2**20
-    print(f"-- {name}: {manifest.name}, {n:,} jobs, ledger file {size:.0f} MB")
+    print(f"-- {name}: {manifest.name}, {n:,} jobs, {size}")
     for label, samples in figures.items():
         print(f"   {label:48s} {common.best(samples)}")
     print(f"   peak RSS of `batchgen ingest`                    {max(rss):.0f} MB")
     print(f"   rows checked against Job.request()/fingerprint()/cost_micros(): {checked:,}")
     print(
-        f"   command / bare = {ratio:.2f}x (target <= {TIME_TARGET:.0f}x): "
-        f"{common.verdict(ratio <= TIME_TARGET)}; "
+        f"   command / bare = {ratio:.2f}x (target <= {target:.0f}x): "
+        f"{common.verdict(ratio <= target)}; "
         f"memory < {MEMORY_TARGET_MB} MB: {common.verdict(max(rss) < MEMORY_TARGET_MB)}\n"
     )
-    return ratio <= TIME_TARGET and max(rss) < MEMORY_TARGET_MB
+    return ratio <= target and max(rss) < MEMORY_TARGET_MB
 
 
 def main() -> None:
@@ -251,20 +363,30 @@ def main() -> None:
     parser.add_argument(
         "--year", action="store_true", help="also ingest into the 1,000,000-job year ledger"
     )
+    common.add_postgres_option(parser)
     args = parser.parse_args()
     common.header("ingest: `batchgen ingest` of 100,000 jobs vs a bare executemany")
-    print(f"load before: {common.load()}\n")
-    year = year_ledger.cached_ledger()[0] if args.year else None
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        work = Path(tmp)
-        manifests = {
-            "matrix": matrix_manifest(work, args.jobs),
-            "rows": rows_manifest(work, args.jobs),
-        }
-        for name, manifest in manifests.items():
-            if args.only in (None, name):
-                scenario(name, manifest, args.jobs, args.repeat, work, year)
-    print(f"load after: {common.load()}")
+    server = common.postgres_server(args.postgres)
+    try:
+        print(f"load before: {common.load()}\n")
+        year: common.Location | None = None
+        if args.year:
+            year = year_ledger.cached_ledger()[0]
+            if server is not None:
+                year = year_ledger.postgres_ledger(server, year)[0]
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+            work = Path(tmp)
+            manifests = {
+                "matrix": matrix_manifest(work, args.jobs),
+                "rows": rows_manifest(work, args.jobs),
+            }
+            for name, manifest in manifests.items():
+                if args.only in (None, name):
+                    scenario(name, manifest, args.jobs, args.repeat, Places(work, server, year))
+        print(f"load after: {common.load()}")
+    finally:
+        if server is not None:
+            server.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ What it measures, each the real `batchgen` command in a subprocess (bench/common
 Each figure is the best of --repeat runs, with the median beside it; the machine's load
 (`uptime`) is printed before and after, since the machine may be shared.
 
+With --postgres the ledger is a PostgreSQL database (bench/common.py: a throwaway cluster,
+or the server of --postgres URL): the same year ledger, built on SQLite and copied there
+(year_ledger.postgres_ledger); each `resume` runs on a database made from it as a
+template.
+
 Run: python bench/scale.py [--repeat 3] [--jobs 1000000] [--only status,resume,...]
+     [--postgres [URL]]
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def resume_startup(ledger: Path, *options: str) -> dict[str, object]:
+def resume_startup(ledger: common.Location, *options: str) -> dict[str, object]:
     """`batchgen resume OPTIONS` on `ledger` against an empty-balance sandbox: seconds from
     launch to the first request, what it was, peak RSS then, and seconds from SIGINT to
     the process's exit (with its exit code)."""
@@ -107,7 +113,7 @@ def resume_startup(ledger: Path, *options: str) -> dict[str, object]:
     }
 
 
-def review_first_page(ledger: Path, limit: int = 200) -> dict[str, float]:
+def review_first_page(ledger: common.Location, limit: int = 200) -> dict[str, float]:
     """`batchgen review --port 0` on `ledger`: seconds from launch to its address printed,
     the page's first request for results, and its next poll with nothing changed."""
     env = common.command_env(ledger)
@@ -160,16 +166,31 @@ def main() -> None:
         "--only", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS)
     )
     parser.add_argument("--cache", type=Path, default=None, help="where the ledger is kept")
+    common.add_postgres_option(parser)
     args = parser.parse_args()
     parts = set(args.only.split(","))
     common.header(f"scale: a year of campaigns, {args.jobs:,} jobs in one ledger")
-    print(f"load before: {common.load()}")
-    ledger, built = year_ledger.cached_ledger(args.cache, args.jobs)
-    how = f"built in {built:.1f} s" if built is not None else "reused from an earlier run"
-    print(f"ledger: {ledger} ({ledger.stat().st_size / 2**20:,.0f} MB), {how}")
-    import sqlite3
+    server = common.postgres_server(args.postgres)
+    try:
+        run(args, parts, server)
+    finally:
+        if server is not None:
+            server.close()
 
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+
+def run(args: argparse.Namespace, parts: set[str], server: common.Postgres | None) -> None:
+    print(f"load before: {common.load()}")
+    path, built = year_ledger.cached_ledger(args.cache, args.jobs)
+    how = f"built in {built:.1f} s" if built is not None else "reused from an earlier run"
+    print(f"ledger: {path} ({path.stat().st_size / 2**20:,.0f} MB), {how}")
+    ledger: common.Location = path
+    year = year_ledger.database_name(path)
+    if server is not None:
+        ledger, copied = year_ledger.postgres_ledger(server, path)
+        how = f"copied in {copied:.1f} s" if copied is not None else "there from an earlier run"
+        print(f"on PostgreSQL: database {year} ({server.size(year)}), {how}")
+
+    db = common.connect(ledger)
     rows = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
             for t in ("jobs", "attempts", "files", "verdicts", "events")}  # fmt: skip
     statuses = dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
@@ -207,15 +228,13 @@ def main() -> None:
                     ("resume, every campaign", []),
                     ("resume --campaign y2026-w49 (all queued)", ["--campaign", "y2026-w49"]),
                 ):
-                    copy = work / "resume.db"
-                    shutil.copy(ledger, copy)
-                    # On disk before the run: its first fsync must not pay for the copy.
-                    with open(copy, "rb+") as f:
-                        os.fsync(f.fileno())
+                    copy = fresh_copy(ledger, work, server, year)
                     got = resume_startup(copy, *options)
                     sample(f"{name}: start-up to first request", got["startup"], got["rss"])  # type: ignore[arg-type]
                     sample(f"{name}: SIGINT to exit", got["exit_after_sigint"])  # type: ignore[arg-type]
                     notes[f"{name}: start-up to first request"] = f"first: {got['first']}"
+                    if server is not None:
+                        server.drop(RESUME_DATABASE)
                     for leftover in work.glob("resume.db*"):
                         leftover.unlink()
             if "review" in parts:
@@ -246,6 +265,25 @@ def main() -> None:
     print(f"\nload after: {common.load()}")
     print(json.dumps({k: sorted(v) for k, v in figures.items()}), file=sys.stderr)
     os.environ.pop("BATCHGEN_LEDGER", None)
+
+
+RESUME_DATABASE = "bench_resume"
+
+
+def fresh_copy(
+    ledger: common.Location, work: Path, server: common.Postgres | None, year: str
+) -> common.Location:
+    """A copy of the year ledger for one `resume`, on disk before the run (its first
+    commit must not pay for the copy): a file copied and fsync'd, or a database made
+    from the year's as its template (CREATE DATABASE ... TEMPLATE: the files copied,
+    checkpointed)."""
+    if server is not None:
+        return server.create(RESUME_DATABASE, template=year)
+    copy = work / "resume.db"
+    shutil.copy(ledger, copy)
+    with open(copy, "rb+") as f:
+        os.fsync(f.fileno())
+    return copy
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ How it measures:
   the jobs, slots and budget between them. The makespan ends at the last completion any
   of them saw; the ideal is the same (3·K slots).
 
+- PostgreSQL (`--postgres [URL]`, issue 23): each run's ledger is a new database on a
+  PostgreSQL server (bench/common.py: a throwaway cluster, or the server of URL) instead
+  of a SQLite file; the rest is the same.
+
 Run: python bench/schedule.py [--keys K] [--runners R] [--progress MODE ...] [--runs 3]
-     [--jobs N] [--seed 1]
+     [--jobs N] [--seed 1] [--postgres [URL]]
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ import itertools
 import json
 import os
 import queue
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -58,6 +61,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import common  # noqa: I001  (puts the repository on sys.path first)
 import httpx
@@ -66,6 +70,7 @@ from batchgen import catalog
 from batchgen.job import Campaign, Job
 from batchgen.keys import label
 from batchgen.ledger import Ledger
+from batchgen.ledger.db import dialect_of
 from batchgen.progress_curves import PROGRESS_MODES
 from batchgen.sandbox import Sandbox, SandboxConfig, Truth, serve
 
@@ -219,9 +224,18 @@ def from_truth(
 
 
 def run_batchgen(
-    jobs: list[Job], seed: int, progress: str, workdir: Path, keys: Keys, runners: int = 1
+    jobs: list[Job],
+    seed: int,
+    progress: str,
+    workdir: Path,
+    keys: Keys,
+    runners: int = 1,
+    server: common.Postgres | None = None,
 ) -> Outcome:
-    ledger_path = workdir / f"schedule-{progress}-{seed}-{len(keys.secrets)}.db"
+    name = f"schedule-{progress}-{seed}-{len(keys.secrets)}"
+    ledger_path: common.Location = workdir / f"{name}.db"
+    if server is not None:
+        ledger_path = server.create(name.replace("-", "_"))
     ledger = Ledger(ledger_path)
     ledger.ingest(Campaign("bench", "bench/schedule.py", "-", None), jobs)
     ledger.close()
@@ -242,7 +256,7 @@ def run_batchgen(
         for result in results:
             common.check(result)
         truth = sandbox.truth()
-    db = sqlite3.connect(ledger_path)
+    db = common.connect(ledger_path)
     attempts = db.execute(
         "SELECT task_id, started_at, answered_at, finished_at FROM attempts"
         " WHERE state = 'completed'"
@@ -272,11 +286,10 @@ def run_batchgen(
     return outcome
 
 
-def labels_recorded(db: sqlite3.Connection) -> dict[str, str | None] | None:
+def labels_recorded(db: Any) -> dict[str, str | None] | None:
     """task id -> the key label the ledger recorded for its attempt (None: no label), or
     None when no attempt has one (a batchgen from before several keys)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
-    if "key_label" not in columns:
+    if "key_label" not in dialect_of(db).columns(db, "attempts"):
         return None
     rows = db.execute("SELECT task_id, key_label FROM attempts WHERE task_id IS NOT NULL")
     recorded: dict[str, str | None] = dict(rows.fetchall())
@@ -416,6 +429,7 @@ def main() -> None:
     parser.add_argument("--progress", nargs="+", choices=PROGRESS_MODES, default=PROGRESS_MODES)
     parser.add_argument("--no-script", action="store_true", help="skip the baseline script")
     parser.add_argument("--script", metavar="BASE_URL", help=argparse.SUPPRESS)
+    common.add_postgres_option(parser)
     args = parser.parse_args()
     if args.script:  # the child process: keys and job bodies on stdin, seen times on stdout
         given = json.loads(sys.stdin.read())
@@ -427,6 +441,15 @@ def main() -> None:
     common.header(
         "schedule: batchgen vs ideal vs a polling script (3 threads per key), per progress mode"
     )
+    server = common.postgres_server(args.postgres)
+    try:
+        measure(args, keys, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def measure(args: argparse.Namespace, keys: Keys, server: common.Postgres | None) -> None:
     jobs = make_jobs(args.jobs or JOBS_PER_KEY * args.keys)
     given = "OKAYPIC_API_KEYS (named k1..)" if args.keys > 1 else "OKAYPIC_API_KEY"
     print(
@@ -442,7 +465,7 @@ def main() -> None:
         for seed in range(args.seed, args.seed + args.runs):
             for progress in args.progress:
                 print(f"-- progress {progress}, seed {seed}")
-                outcome = run_batchgen(jobs, seed, progress, Path(tmp), keys, args.runners)
+                outcome = run_batchgen(jobs, seed, progress, Path(tmp), keys, args.runners, server)
                 ours.setdefault(progress, []).append(outcome)
                 show(outcome)
                 if not args.no_script:
@@ -497,6 +520,7 @@ def main() -> None:
             "over ideal no longer than its own in every run"
         )
     print(f"\ntarget ({wanted}): {common.verdict(met_all)}")
+    print(f"load after: {common.load()}")
 
 
 if __name__ == "__main__":

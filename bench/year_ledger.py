@@ -21,12 +21,18 @@ them:
 
 Money is exact integer micro-dollars, priced as the catalog prices each job. Built once per
 layout into a cache folder (`cached_ledger`) and reused by later runs.
+
+On PostgreSQL (`postgres_ledger`, for `--postgres`): the same ledger, built on SQLite as
+above and moved by `batchgen ledger copy`, into a database named after the cached file
+(kept on a server given by URL, and reused while its name matches).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -266,7 +272,9 @@ def cached_ledger(
     folder = folder or Path(tempfile.gettempdir()) / "batchgen-bench-scale"
     folder.mkdir(parents=True, exist_ok=True)
     schema = ",".join(m.__name__ for m in MIGRATIONS)
-    source = Path(__file__).read_bytes() + Path(migrations.__file__).read_bytes()
+    # what the rows depend on: the building code (not the rest of this file) and the schema
+    code = "".join(inspect.getsource(f) for f in (build, _stamp)) + _SHAPE + _STATUS
+    source = code.encode() + Path(migrations.__file__).read_bytes()
     key = hashlib.sha256(f"{jobs}/{campaigns}/{schema}/{LAYOUT_VERSION}".encode() + source)
     path = folder / f"year-{jobs}-{key.hexdigest()[:12]}.db"
     if path.exists():
@@ -280,13 +288,58 @@ def cached_ledger(
     return path, time.perf_counter() - started
 
 
+def database_name(path: Path) -> str:
+    """The PostgreSQL database of the cached SQLite ledger at `path` (its layout's key)."""
+    return path.stem.replace("-", "_")
+
+
+def postgres_ledger(server: common.Postgres, path: Path) -> tuple[str, float | None]:
+    """The year ledger of `path` as a database of `server`, copied there unless it is
+    there already: (its URL, the seconds the copy took, or None when it was reused).
+
+    The copy is the real `batchgen ledger copy SQLITE URL`, into a database of its own
+    renamed when done (a copy cut short is never taken for the ledger), then VACUUM
+    ANALYZE, the state autovacuum leaves a ledger in: planner statistics, and a
+    visibility map for index-only scans.
+    """
+    name = database_name(path)
+    if server.exists(name):
+        return server.url(name), None
+    prefix = name.rsplit("_", 1)[0]  # year_JOBS: older layouts (and a copy cut short) go
+    for (old,) in server.admin("SELECT datname FROM pg_database"):
+        if re.fullmatch(rf"{prefix}_[0-9a-f]+(_building)?", old):
+            server.drop(old)
+    building = f"{name}_building"
+    server.admin(f"CREATE DATABASE {building}")
+    started = time.perf_counter()
+    result, _ = common.batchgen(
+        "ledger", "copy", str(path), server.url(building), ledger=path, timeout=3600
+    )
+    common.check(result)
+    import psycopg
+
+    with psycopg.connect(server.url(building), autocommit=True) as connection:
+        connection.execute("VACUUM (ANALYZE)")
+    server.admin(f"ALTER DATABASE {building} RENAME TO {name}")
+    return server.url(name), time.perf_counter() - started
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Build (or find) the year ledger.")
     parser.add_argument("--jobs", type=int, default=JOBS)
     parser.add_argument("--campaigns", type=int, default=CAMPAIGNS)
+    common.add_postgres_option(parser)
     args = parser.parse_args()
     found, seconds = cached_ledger(jobs=args.jobs, campaigns=args.campaigns)
     how = f"built in {seconds:.1f} s" if seconds is not None else "reused"
     print(f"{found} ({found.stat().st_size / 2**20:.0f} MB), {how}")
+    server = common.postgres_server(args.postgres)
+    if server is not None:
+        try:
+            url, seconds = postgres_ledger(server, found)
+            how = f"copied in {seconds:.1f} s" if seconds is not None else "reused"
+            print(f"{url} ({server.size(database_name(found))}), {how}")
+        finally:
+            server.close()

@@ -109,15 +109,19 @@ class Cluster:
             _stop(self.run_as, self.bindir, self.base)
 
 
-def start_cluster() -> Cluster:
+def start_cluster(durable: bool = False) -> Cluster:
     """initdb a new cluster in a temporary directory and start its server on a free port
-    (another port if one is taken meanwhile); stopped at exit at the latest."""
+    (another port if one is taken meanwhile); stopped at exit at the latest. The tests'
+    cluster skips durability (in memory when it can, no fsync); `durable`: on the disk of
+    the temporary directory with PostgreSQL's own settings (fsync, synchronous commits,
+    full page writes), as a real server keeps its data (for the benchmarks)."""
     bindir = server_bindir()
     if bindir is None:
         raise PostgresUnavailable(f"no PostgreSQL server binaries (pg_ctl): {INSTALL_HINT}")
     run_as = _run_as()
     stop_abandoned_clusters(run_as, bindir)
-    base = Path(tempfile.mkdtemp(prefix=PREFIX, dir=_place()))
+    place = PLACES[1] if durable else _place()
+    base = Path(tempfile.mkdtemp(prefix=PREFIX, dir=place))
     (base / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
     if run_as:
         system_user = pwd.getpwnam(SYSTEM_USER)
@@ -131,9 +135,10 @@ def start_cluster() -> Cluster:
         for _ in range(START_TRIES):
             cluster.port = _free_port()
             options = (
-                f"-k {base} -p {cluster.port} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                f"-k {base} -p {cluster.port} -c listen_addresses=127.0.0.1 -c max_connections=200"
             )
+            if not durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             started = cluster.pg_ctl("-w", "-l", str(log), "-o", options, "start", check=False)
             if started.returncode == 0:
                 return cluster

@@ -9,6 +9,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -93,6 +94,18 @@ def test_a_stopped_cluster_leaves_no_server_and_no_directory():
     assert not accepts_connections(cluster.url("postgres"))
     assert not cluster.base.exists()
     cluster.stop()  # again: nothing to do
+
+
+def test_a_durable_cluster_keeps_its_data_on_disk_and_fsyncs_it_as_a_server_does():
+    cluster = postgres.start_cluster(durable=True)
+    try:
+        assert cluster.base.parent == Path(tempfile.gettempdir())
+        with psycopg.connect(cluster.url("postgres")) as connection:
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                assert connection.execute(f"SHOW {setting}").fetchone() == ("on",)
+    finally:
+        cluster.stop()
+    assert not cluster.base.exists()
 
 
 def test_a_cluster_whose_test_process_was_killed_is_stopped_by_the_next_start():

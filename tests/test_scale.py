@@ -669,3 +669,18 @@ def test_status_json_finds_each_jobs_key_on_an_index_among_its_own_attempts(tmp_
     search = plan.index("SEARCH a USING INDEX attempts_by_job_ref (job_ref=?)")
     assert "TEMP B-TREE" not in plan[search + 1], plan  # newest first is the index's order
     assert not any(step.split()[:2] == ["SCAN", "a"] for step in plan), plan
+
+
+@pytest.mark.parametrize("jobs", [False, True])
+def test_status_counts_the_whole_ledger_once(tmp_path, jobs):
+    """A count of every job is the one read of `status` that grows with the ledger (on
+    PostgreSQL, which has no count from an index's cells, 70-120 ms on a million jobs):
+    the verdicts' unreviewed count takes the completed jobs from the counts already read."""
+    ledger = every_kind_of_job(tmp_path / "l.db")
+    statements: list[str] = []
+    ledger.conn.set_trace_callback(statements.append)
+    data = status_data(ledger, [], jobs=jobs)
+    ledger.conn.set_trace_callback(None)
+    assert sum("SELECT COUNT(*) FROM jobs" in sql for sql in statements) == 1
+    assert data["verdicts"] == ledger.verdict_counts()
+    ledger.close()
