@@ -53,7 +53,7 @@ def test_the_readme_gives_the_two_newcomer_commands_and_ci_runs_the_checks_and_t
     ci = (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     noxfile = (root / "noxfile.py").read_text(encoding="utf-8")
     assert "batchgen run manifests/quickstart.yaml --sandbox" in README
-    checks, tests = "nox -s lint types", "python -m pytest -n auto --dist loadgroup"
+    checks, tests = "nox -s lint types", "python -m pytest -n 4 --dist loadgroup"
     assert f"\n{checks}  " in README and f"\n{tests}  " in README
     assert ci[-2:] == [checks, tests]
     assert f"TESTS = {tests.split()!r}".replace("'", '"') in noxfile
