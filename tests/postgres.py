@@ -37,6 +37,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from batchgen.processes import pid_running
+
 USER = "batchgen"  # the cluster's superuser, the name in every URL
 SYSTEM_USER = "postgres"  # who runs the server when the tests run as root
 PREFIX = "batchgen-pg-"  # the clusters' directories, in one of PLACES
@@ -195,7 +197,7 @@ def stop_abandoned_clusters(run_as: list[str], bindir: Path) -> None:
                 owner = int((base / OWNER_FILE).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # being set up, or not ours to read
-            if not _alive(owner):
+            if not pid_running(owner):
                 _stop(run_as, bindir, base)
 
 
@@ -205,16 +207,6 @@ def _place() -> Path:
         if shutil.disk_usage(memory).free >= ROOM_NEEDED:
             return memory
     return PLACES[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _stop(run_as: list[str], bindir: Path, base: Path) -> None:
