@@ -865,9 +865,6 @@ def _m008_views(d: Dialect = SQLITE_DIALECT) -> dict[str, str]:
     }
 
 
-M008_VIEWS = _m008_views()
-
-
 def m008_exact_dollar_views(db: Connection) -> None:
     """Every money view again, each dollar column with its integer micro-dollar twin
     (`spent_usd` and `spent_micro_usd`), whose SQL sums are exact."""
@@ -898,9 +895,6 @@ def _m009_key_costs(d: Dialect = SQLITE_DIALECT) -> str:
         {key_dollars}, {key_micros}, SUM(t.refusals) AS refusals
     FROM key_totals t
     GROUP BY t.campaign, t.key_label ORDER BY t.campaign, t.key_label"""
-
-
-M009_KEY_COSTS = _m009_key_costs()
 
 
 def m009_refusals(db: Connection) -> None:
